@@ -1,0 +1,3 @@
+from bridgeport.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Thin adapters between the pure core and the world: nftables, netlink, files, sockets."""

@@ -1,0 +1,254 @@
+"""The agent loop: any change marks the node dirty; one reconcile converges everything.
+
+Level-based: each reconcile reads a complete snapshot, plans the whole node, and converges
+bridges, the userland proxies and nftables to it. Debounced and coalescing; a periodic resync
+repairs drift. Stopping the agent leaves the kernel as it is, so traffic keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from bridgeport import __version__, metrics
+from bridgeport.adapters import facts as node_facts
+from bridgeport.adapters import links
+from bridgeport.adapters.nft import Nft, NftError
+from bridgeport.adapters.statefile import write_atomic
+from bridgeport.core import planner, ruleset
+from bridgeport.core.plan import NodePlan, Outcome, ProxyKey, ProxyPort, State
+from bridgeport.core.source import Snapshot, Source
+from bridgeport.core.specs import PORT_PUBLICATION, ResourceRef
+
+log = structlog.get_logger(__name__)
+
+
+class ProxyStatusLike(Protocol):
+    state: str  # listening | failed
+    reason: str
+    message: str
+    owner: ResourceRef
+
+
+class Proxies(Protocol):
+    async def sync(self, desired: Sequence[ProxyPort]) -> Mapping[ProxyKey, ProxyStatusLike]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class SyncReport:
+    plan: NodePlan
+    outcomes: tuple[Outcome, ...]
+    digest: str
+    commands: int
+    full: bool
+    duration: float
+    proxy_states: dict[ResourceRef, str]
+
+
+class Agent:
+    def __init__(
+        self,
+        source: Source,
+        node_name: str,
+        labels: Mapping[str, str] | None = None,
+        state_file: Path | None = None,
+        resync: float = 30.0,
+        debounce: float = 0.05,
+        proxies: Proxies | None = None,
+    ) -> None:
+        self.source = source
+        self.node_name = node_name
+        self.labels = dict(labels or {})
+        self.state_file = state_file
+        self.resync = resync
+        self.debounce = debounce
+        self.proxies = proxies
+        self.nft = Nft()
+        self.last: SyncReport | None = None
+        self._dirty = asyncio.Event()
+        self._synced_once = False
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    async def run(self) -> None:
+        watch = asyncio.create_task(self.source.run(self.mark_dirty), name="source")
+        next_resync = time.monotonic() + self.resync
+        try:
+            while True:
+                periodic = False
+                try:
+                    await asyncio.wait_for(self._dirty.wait(),
+                                           max(0.0, next_resync - time.monotonic()))
+                except TimeoutError:
+                    periodic = True
+                await asyncio.sleep(self.debounce)  # let a burst of changes coalesce
+                self._dirty.clear()
+                if watch.done():
+                    watch.result()  # surface a crashed source instead of silently idling
+                await self.reconcile(check_drift=periodic)
+                if periodic:
+                    next_resync = time.monotonic() + self.resync
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            if self.proxies is not None:
+                await self.proxies.close()
+
+    async def reconcile(self, check_drift: bool = False) -> SyncReport | None:
+        """One full convergence. Never raises: failures become outcomes, logs and metrics."""
+        snapshot = self.source.snapshot()
+        if snapshot is None:
+            log.info("waiting for the first complete listing before touching anything")
+            return None
+        started = time.perf_counter()
+        try:
+            report = await self._reconcile(snapshot, check_drift, started)
+        except Exception as exc:
+            metrics.ERRORS.labels("reconcile").inc()
+            log.exception("reconcile failed", error=str(exc))
+            return None
+        metrics.RECONCILE_SECONDS.observe(report.duration)
+        self.last = report
+        self._write_state(report, snapshot)
+        return report
+
+    async def _reconcile(self, snapshot: Snapshot, check_drift: bool,
+                         started: float) -> SyncReport:
+        labels = snapshot.node_labels if snapshot.node_labels is not None else self.labels
+        facts, _ours = node_facts.gather(self.node_name, labels)
+        plan = planner.plan(snapshot.resources, facts)
+        proxy_states: dict[ResourceRef, str] = {}
+        if self.proxies is not None:
+            plan, proxy_states = await self._sync_proxies(plan, snapshot, facts)
+
+        overrides: dict[ResourceRef, Outcome] = {}
+        for failure in links.converge(plan.bridges):
+            ref = ResourceRef("BridgeNetwork", "", failure.network)
+            overrides[ref] = Outcome(ref, _generation(plan, ref), State.FAILED, "BridgeFailed",
+                                     f"bridge {failure.bridge}: {failure.message}")
+            metrics.ERRORS.labels("links").inc()
+
+        tables = ruleset.render(plan)
+        full = not self._synced_once
+        if check_drift and not full:
+            drifted = self.nft.drifted()
+            if drifted:
+                log.warning("our nftables content drifted; restoring it", families=drifted)
+                metrics.DRIFT_REPAIRS.inc()
+                full = True
+        commands = 0
+        try:
+            commands = self.nft.apply(tables, full=full)
+            self._synced_once = True
+        except NftError as exc:
+            metrics.APPLY_FAILURES.inc()
+            log.error("nftables transaction rejected; kernel unchanged", error=str(exc))
+            for o in plan.outcomes:
+                if o.state is State.APPLIED:
+                    overrides[o.ref] = replace(o, state=State.FAILED, reason="NftRejected",
+                                               message=f"nftables rejected the update: {exc}")
+        # Only after a complete listing (we have one) and a committed ruleset: drop stale bridges.
+        links.remove_stale(b.name for b in plan.bridges)
+
+        outcomes = tuple(overrides.get(o.ref, o) for o in plan.outcomes)
+        duration = time.perf_counter() - started
+        metrics.ELEMENTS.set(sum(sum(len(v) for v in t.elements.values()) for t in tables))
+        metrics.BRIDGES.set(len(plan.bridges))
+        metrics.PROXIES.set(len(plan.proxies))
+        report = SyncReport(plan, outcomes, ruleset.digest(tables), commands, full, duration,
+                            proxy_states)
+        log.info("reconciled", node=self.node_name, digest=report.digest, commands=commands,
+                 full=full, ms=round(duration * 1000, 1), **plan.counts())
+        for o in outcomes:
+            if o.state not in (State.APPLIED, State.INACTIVE):
+                log.warning("resource not applied", resource=str(o.ref), state=o.state.value,
+                            reason=o.reason, message=o.message)
+        for err in (*snapshot.errors, *plan.errors):
+            log.error("input error", error=err)
+        return report
+
+    async def _sync_proxies(self, plan: NodePlan, snapshot: Snapshot,
+                            facts: Any) -> tuple[NodePlan, dict[ResourceRef, str]]:
+        """Claim proxy ports first: a port a host process holds makes its publication
+        Conflicted (PortInUse), and the replan drops its DNAT so the process is never shadowed."""
+        assert self.proxies is not None
+        statuses = await self.proxies.sync(plan.proxies)
+        in_use = {s.owner: s.message for s in statuses.values()
+                  if s.state == "failed" and s.reason == "PortInUse"}
+        if in_use:
+            facts = replace(facts, ports_in_use=in_use)
+            plan = planner.plan(snapshot.resources, facts)
+            statuses = await self.proxies.sync(plan.proxies)
+        states: dict[ResourceRef, str] = {}
+        for s in statuses.values():
+            if states.get(s.owner) != "failed":
+                states[s.owner] = "failed" if s.state == "failed" else "listening"
+        return plan, states
+
+    def _write_state(self, report: SyncReport, snapshot: Snapshot) -> None:
+        if self.state_file is None:
+            return
+        try:
+            write_atomic(self.state_file, state_document(self.node_name, report, snapshot))
+        except OSError as exc:
+            log.error("cannot write state file", path=str(self.state_file), error=str(exc))
+
+
+def state_document(node: str, report: SyncReport, snapshot: Snapshot) -> dict[str, Any]:
+    resources = []
+    for o in report.outcomes:
+        entry: dict[str, Any] = {
+            "kind": o.ref.kind, "namespace": o.ref.namespace, "name": o.ref.name,
+            "generation": o.generation, "state": o.state.value, "reason": o.reason,
+            "message": o.message,
+        }
+        if o.ref.kind == PORT_PUBLICATION:
+            entry["proxy"] = report.proxy_states.get(o.ref, "off")
+        resources.append(entry)
+    plan = report.plan
+    return {
+        "node": node,
+        "agentVersion": __version__,
+        "lastSync": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "lastSyncMs": round(report.duration * 1000, 2),
+        "tableDigest": report.digest,
+        "counts": {
+            **{o.state.value: 0 for o in report.outcomes},
+            **_count_states(report.outcomes),
+            "bridges": len(plan.bridges),
+            "dnat": len(plan.dnats),
+            "proxies": len(plan.proxies),
+        },
+        "resources": resources,
+        "errors": [*snapshot.errors, *plan.errors],
+    }
+
+
+def _count_states(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.state.value] = counts.get(o.state.value, 0) + 1
+    return counts
+
+
+def _generation(plan: NodePlan, ref: ResourceRef) -> int:
+    o = plan.outcome(ref)
+    return o.generation if o else 0
+
+
+def cleanup() -> list[str]:
+    """Remove everything bridgeport owns on this node: our tables and our bridges."""
+    Nft().delete_tables(ruleset.FAMILIES)
+    return links.remove_stale([])

@@ -1,0 +1,165 @@
+"""The `bridgeport` command: agent, plan, cleanup."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bridgeport import __version__
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value")
+    return key, value
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bridgeport", description=__doc__)
+    p.add_argument("--version", action="version", version=f"bridgeport {__version__}")
+    p.add_argument("--log-level", default=os.environ.get("BRIDGEPORT_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("agent", help="converge this node to the resources (the DaemonSet process)")
+    a.add_argument("--source", default="kube",
+                   help="kube (default) or dir:PATH (standalone: a directory of manifests)")
+    a.add_argument("--node-name", default=os.environ.get("NODE_NAME"))
+    a.add_argument("--node-label", action="append", type=_label, default=[], metavar="K=V")
+    a.add_argument("--state-file", type=Path)
+    a.add_argument("--resync", type=float, default=30.0, metavar="SECONDS")
+    a.add_argument("--cleanup", action="store_true",
+                   help="remove every table and bridge bridgeport owns on this node, then exit")
+
+    pl = sub.add_parser("plan", help="print what the agent would program (no root, no kernel)")
+    pl.add_argument("-f", "--file", dest="files", action="append", type=Path, required=True,
+                    help="manifest file or directory (repeatable)")
+    pl.add_argument("--node-name", default="node")
+    pl.add_argument("--node-ip", action="append", type=_address, default=[])
+    pl.add_argument("--node-label", action="append", type=_label, default=[], metavar="K=V")
+    pl.add_argument("--no-ip-forward", action="store_true",
+                    help="plan for a node with IP forwarding off")
+    pl.add_argument("--format", choices=("nft", "json"), default="nft")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from bridgeport import log
+
+    log.setup(args.log_level, None if args.log_format == "auto" else args.log_format == "json")
+    if args.command == "plan":
+        return cmd_plan(args)
+    return cmd_agent(args)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bridgeport.adapters.dirsource import SUFFIXES, load_files
+    from bridgeport.core import planner, ruleset
+    from bridgeport.core.plan import NodeFacts, State
+
+    paths: list[Path] = []
+    for f in args.files:
+        paths += sorted(p for p in f.iterdir() if p.suffix in SUFFIXES) if f.is_dir() else [f]
+    resources, errors = load_files(paths)
+    facts = NodeFacts(
+        name=args.node_name,
+        labels=dict(args.node_label),
+        addresses=frozenset(args.node_ip),
+        ipv4_forwarding=not args.no_ip_forward,
+        ipv6_forwarding=not args.no_ip_forward,
+    )
+    plan = planner.plan(resources, facts)
+    tables = ruleset.render(plan)
+    if args.format == "json":
+        print(json.dumps(_plan_json(plan, tables, ruleset.digest(tables)), indent=2))
+    else:
+        for o in plan.outcomes:
+            print(f"# {o.ref}: {o.state.value} ({o.reason}) {o.message}")
+        for p in plan.proxies:
+            print(f"# proxy {p.listen}:{p.port}/{p.protocol.value} -> {p.target}:{p.target_port}"
+                  f" ({p.why}, {p.owner})")
+        print("".join(t.text() for t in tables), end="")
+    problems = [*errors, *plan.errors,
+                *(o.message for o in plan.outcomes if o.state is State.INVALID)]
+    for msg in problems:
+        print(f"error: {msg}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _plan_json(plan: Any, tables: Any, digest: str) -> dict[str, Any]:
+    return {
+        "node": plan.node,
+        "digest": digest,
+        "outcomes": [{"kind": o.ref.kind, "namespace": o.ref.namespace, "name": o.ref.name,
+                      "state": o.state.value, "reason": o.reason, "message": o.message}
+                     for o in plan.outcomes],
+        "bridges": [{"name": b.name, "network": b.network, "mtu": b.mtu,
+                     "addresses": [str(a) for a in b.addresses]} for b in plan.bridges],
+        "proxies": [{"listen": str(p.listen), "port": p.port, "protocol": p.protocol.value,
+                     "target": f"{p.target}:{p.target_port}", "owner": p.owner.key,
+                     "why": p.why} for p in plan.proxies],
+        "nft": {t.family: t.text() for t in tables},
+        "errors": list(plan.errors),
+    }
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    import structlog
+
+    from bridgeport import agent
+
+    log = structlog.get_logger("bridgeport.cli")
+    if args.cleanup:
+        removed = agent.cleanup()
+        log.info("cleaned up", tables="ip/ip6 bridgeport", bridges=removed)
+        return 0
+    if not args.node_name:
+        print("error: --node-name (or NODE_NAME) is required", file=sys.stderr)
+        return 2
+    if args.source.startswith("dir:"):
+        from bridgeport.adapters.dirsource import DirSource
+
+        source: Any = DirSource(Path(args.source[4:]))
+    else:
+        print(f"error: source {args.source!r} is not available (use dir:PATH)", file=sys.stderr)
+        return 2
+    the_agent = agent.Agent(source, args.node_name, dict(args.node_label),
+                            state_file=args.state_file, resync=args.resync)
+    return _run_until_signal(the_agent.run())
+
+
+def _run_until_signal(coro: Any) -> int:
+    """Run until SIGTERM/SIGINT; kernel state is deliberately left in place."""
+    import structlog
+
+    log = structlog.get_logger("bridgeport.cli")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("stopping; kernel state left in place so traffic keeps flowing")
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,122 @@
+"""The node plan: everything one node should have, computed by the planner, consumed by adapters."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from bridgeport.core.specs import IPAddress, Protocol, ResourceRef
+
+
+class State(StrEnum):
+    APPLIED = "Applied"
+    INACTIVE = "Inactive"
+    CONFLICTED = "Conflicted"
+    INVALID = "Invalid"
+    FAILED = "Failed"  # valid and wanted here, but the kernel refused it (see reason)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ref: ResourceRef
+    generation: int
+    state: State
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the planner needs to know about the node; gathered by adapters, never by the core."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    addresses: frozenset[IPAddress] = frozenset()
+    ipv4_forwarding: bool = True
+    ipv6_forwarding: bool = True
+    # Interfaces that exist and are not ours: a network asking for one of these names conflicts.
+    foreign_interfaces: frozenset[str] = frozenset()
+    # Publications whose port a host process already holds (found by the proxy's bind).
+    ports_in_use: Mapping[ResourceRef, str] = field(default_factory=dict)
+
+    def forwarding(self, family: int) -> bool:
+        return self.ipv4_forwarding if family == 4 else self.ipv6_forwarding
+
+
+@dataclass(frozen=True)
+class BridgePlan:
+    network: str
+    name: str
+    addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
+    mtu: int
+    subnet: ipaddress.IPv4Network
+    subnet6: ipaddress.IPv6Network | None
+    masquerade: bool
+    internal: bool
+    inter_container: bool
+    shared: bool
+
+
+@dataclass(frozen=True)
+class Dnat:
+    """host_ip:port[-port_end]/protocol -> target:target_port (ranges map 1:1)."""
+
+    family: int
+    host_ip: IPAddress | None
+    protocol: Protocol
+    port: int
+    port_end: int
+    target: IPAddress
+    target_port: int
+    owner: ResourceRef
+
+    @property
+    def same_ports(self) -> bool:
+        """A range that keeps its port numbers can live in an interval map as one element."""
+        return self.port == self.target_port
+
+
+@dataclass(frozen=True, order=True)
+class ProxyKey:
+    listen: str  # the bound address as text ("0.0.0.0", "::", "127.0.0.1", ...)
+    port: int
+    protocol: Protocol
+
+
+@dataclass(frozen=True)
+class ProxyPort:
+    """A userland proxy listener the agent must run (docker-proxy's job)."""
+
+    listen: IPAddress
+    port: int
+    protocol: Protocol
+    target: IPAddress
+    target_port: int
+    owner: ResourceRef
+    why: str  # loopback | no-forwarding | always
+
+    @property
+    def key(self) -> ProxyKey:
+        return ProxyKey(str(self.listen), self.port, self.protocol)
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    node: str
+    bridges: tuple[BridgePlan, ...] = ()
+    dnats: tuple[Dnat, ...] = ()
+    hairpins: tuple[IPAddress, ...] = ()
+    proxies: tuple[ProxyPort, ...] = ()
+    outcomes: tuple[Outcome, ...] = ()
+    errors: tuple[str, ...] = ()  # documents too broken to name a resource
+
+    def outcome(self, ref: ResourceRef) -> Outcome | None:
+        return next((o for o in self.outcomes if o.ref == ref), None)
+
+    def counts(self) -> dict[str, int]:
+        by_state = {s.value: 0 for s in State}
+        for o in self.outcomes:
+            by_state[o.state.value] += 1
+        return by_state

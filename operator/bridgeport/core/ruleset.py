@@ -1,0 +1,270 @@
+"""NodePlan -> nftables content: tables `ip bridgeport` and `ip6 bridgeport`, nothing else.
+
+Per-packet cost is flat in the number of publications: DNAT goes through maps (host-IP maps
+first, then wildcard maps; interval maps for ranges that keep their port numbers), forward and
+masquerade dispatch go through verdict maps keyed by bridge, hairpin through a set of pairs.
+
+Everything here is pure text generation from validated, typed values: addresses come from
+`ipaddress`, ports are ints, interface names matched `specs.IFNAME`, comments are resource keys
+made of DNS-1123 characters. No string from a resource reaches nft unchecked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from bridgeport.core.plan import BridgePlan, Dnat, NodePlan
+from bridgeport.core.specs import IFNAME
+
+TABLE = "bridgeport"
+FAMILIES = ("ip", "ip6")
+COMMENT = "managed by bridgeport; changes are reverted"
+_SAFE_COMMENT = re.compile(r"^[a-z0-9./-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class SetDecl:
+    name: str
+    type: str  # e.g. "ipv4_addr . ipv4_addr" or "ifname : verdict"
+    interval: bool = False
+
+    def body(self) -> str:
+        return f"type {self.type};" + (" flags interval;" if self.interval else "")
+
+
+@dataclass(frozen=True, order=True)
+class Element:
+    key: str
+    value: str = ""
+    comment: str = ""
+
+    def text(self) -> str:
+        comment = f' comment "{self.comment}"' if self.comment else ""
+        value = f" : {self.value}" if self.value else ""
+        return f"{self.key}{comment}{value}"
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    rules: tuple[str, ...]
+    hook: str = ""  # "type nat hook prerouting priority dstnat; policy accept;" for base chains
+
+
+@dataclass(frozen=True)
+class Table:
+    family: str
+    sets: tuple[SetDecl, ...]
+    chains: tuple[Chain, ...]
+    elements: Mapping[str, frozenset[Element]] = field(default_factory=dict)
+
+    @property
+    def ident(self) -> str:
+        return f"{self.family} {TABLE}"
+
+    def text(self) -> str:
+        """The whole table as one `nft -f` block: readable, golden-tested, and applied as is."""
+        lines = [f"table {self.ident} {{", f'\tcomment "{COMMENT}"']
+        for s in self.sets:
+            kind = "map" if ":" in s.type else "set"
+            lines.append(f"\t{kind} {s.name} {{")
+            lines.append(f"\t\t{s.body()}")
+            elements = sorted(self.elements.get(s.name, ()))
+            if elements:
+                lines.append("\t\telements = {")
+                lines += [f"\t\t\t{e.text()}," for e in elements]
+                lines.append("\t\t}")
+            lines.append("\t}")
+        for c in self.chains:
+            lines.append(f"\tchain {c.name} {{")
+            if c.hook:
+                lines.append(f"\t\t{c.hook}")
+            lines += [f"\t\t{r}" for r in c.rules]
+            lines.append("\t}")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def replace_script(self) -> str:
+        """Declare, delete and redeclare in one batch: atomic whether or not the table exists."""
+        return f"add table {self.ident}\ndelete table {self.ident}\n{self.text()}"
+
+    def fingerprint(self) -> dict[str, int]:
+        """Rule count per chain and element count per set: what a drift check compares."""
+        counts = {f"chain {c.name}": len(c.rules) for c in self.chains}
+        counts |= {f"set {s.name}": len(self.elements.get(s.name, ())) for s in self.sets}
+        return counts
+
+
+def render(plan: NodePlan) -> tuple[Table, Table]:
+    """interContainer: false is not here: the links adapter isolates bridge ports instead,
+    which holds with or without br_netfilter and needs no bridge-family nft support."""
+    return (_ip_table(plan, 4), _ip_table(plan, 6))
+
+
+def digest(tables: Iterable[Table]) -> str:
+    return hashlib.sha256("".join(t.text() for t in tables).encode()).hexdigest()[:16]
+
+
+def _ip_table(plan: NodePlan, version: int) -> Table:
+    ip, addr = ("ip", "ipv4_addr") if version == 4 else ("ip6", "ipv6_addr")
+    loopback = "127.0.0.0/8" if version == 4 else "::1"
+    sets = (
+        SetDecl("pub_host", f"{addr} . inet_proto . inet_service : {addr} . inet_service"),
+        SetDecl("pub_host_range", f"{addr} . inet_proto . inet_service : {addr}", interval=True),
+        SetDecl("pub_any", f"inet_proto . inet_service : {addr} . inet_service"),
+        SetDecl("pub_any_range", f"inet_proto . inet_service : {addr}", interval=True),
+        SetDecl("hairpin", f"{addr} . {addr}"),
+        SetDecl("shared", "ifname"),
+        SetDecl("fwd_in", "ifname : verdict"),
+        SetDecl("fwd_out", "ifname : verdict"),
+        SetDecl("masq_from", "ifname : verdict"),
+    )
+    elements: dict[str, set[Element]] = {s.name: set() for s in sets}
+    for d in plan.dnats:
+        if d.family == version:
+            for name, element in _dnat_elements(d):
+                elements[name].add(element)
+    elements["hairpin"] = {Element(f"{a} . {a}") for a in plan.hairpins if a.version == version}
+
+    chains = [
+        Chain("prerouting", ("fib daddr type local jump publish",),
+              "type nat hook prerouting priority dstnat; policy accept;"),
+        # The output hook needs a numeric priority; loopback destinations go to the proxy.
+        Chain("output", (f"{ip} daddr != {loopback} fib daddr type local jump publish",),
+              "type nat hook output priority -100; policy accept;"),
+        Chain("publish", (
+            f"dnat {ip} to {ip} daddr . meta l4proto . th dport map @pub_host",
+            f"dnat {ip} to {ip} daddr . meta l4proto . th dport map @pub_host_range",
+            f"dnat {ip} to meta l4proto . th dport map @pub_any",
+            f"dnat {ip} to meta l4proto . th dport map @pub_any_range",
+        )),
+        Chain("postrouting", (
+            # A target reaching its own published port: the only path with no interface to match.
+            f"{ip} saddr . {ip} daddr @hairpin masquerade",
+            "iifname vmap @masq_from",
+        ), "type nat hook postrouting priority srcnat; policy accept;"),
+        Chain("forward", (
+            "ct state established,related accept",
+            "iifname vmap @fwd_in",
+            "oifname vmap @fwd_out",
+        ), "type filter hook forward priority filter; policy accept;"),
+    ]
+    for b in plan.bridges:
+        _check_ifname(b.name)
+        name = f'"{b.name}"'
+        elements["fwd_in"].add(Element(name, f"jump from_{b.name}"))
+        elements["fwd_out"].add(Element(name, f"jump to_{b.name}"))
+        if b.shared and not b.internal:
+            elements["shared"].add(Element(name))
+        chains.append(Chain(f"from_{b.name}", _from_bridge_rules(b)))
+        chains.append(Chain(f"to_{b.name}", _to_bridge_rules(b)))
+        masq = _masquerade_rules(b, ip, version)
+        if masq:
+            elements["masq_from"].add(Element(name, f"jump masq_{b.name}"))
+            chains.append(Chain(f"masq_{b.name}", masq))
+    return Table(ip, sets, tuple(chains), {k: frozenset(v) for k, v in elements.items()})
+
+
+def _from_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
+    """Leaving a container: its own bridge is always fine; internal stops everything else."""
+    rules = [f'oifname "{b.name}" accept']
+    if b.internal:
+        rules.append("counter drop")
+    return tuple(rules)
+
+
+def _to_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
+    """New traffic entering from elsewhere: only published ports (DNAT) or a Shared peer."""
+    rules: list[str] = []
+    if not b.internal:
+        rules.append("ct status dnat accept")
+        if b.shared:
+            rules.append("iifname @shared accept")
+    rules.append("counter drop")
+    return tuple(rules)
+
+
+def _masquerade_rules(b: BridgePlan, ip: str, version: int) -> tuple[str, ...]:
+    if b.internal:
+        return ()
+    subnet = b.subnet if version == 4 else b.subnet6
+    rules = []
+    if b.masquerade and subnet is not None:
+        rules.append(f'{ip} saddr {subnet} oifname != "{b.name}" masquerade')
+    # Container -> node address -> a neighbour on the same bridge: without SNAT the neighbour
+    # would answer directly and the client would drop the unexpected source.
+    rules.append(f'oifname "{b.name}" ct status dnat masquerade')
+    return tuple(rules)
+
+
+def _dnat_elements(d: Dnat) -> list[tuple[str, Element]]:
+    proto = d.protocol.nft
+    host = f"{d.host_ip} . " if d.host_ip is not None else ""
+    prefix = "pub_host" if d.host_ip is not None else "pub_any"
+    comment = _comment(d.owner.key)
+    if d.port == d.port_end:
+        return [(prefix, Element(f"{host}{proto} . {d.port}", f"{d.target} . {d.target_port}",
+                                 comment))]
+    if d.same_ports:
+        return [(f"{prefix}_range", Element(f"{host}{proto} . {d.port}-{d.port_end}",
+                                            str(d.target), comment))]
+    # A shifted range cannot be one interval (nft maps an interval to one value): expand 1:1.
+    return [
+        (prefix, Element(f"{host}{proto} . {port}", f"{d.target} . {d.target_port + i}", comment))
+        for i, port in enumerate(range(d.port, d.port_end + 1))
+    ]
+
+
+def _comment(text: str) -> str:
+    text = text[:128]
+    if not _SAFE_COMMENT.match(text):
+        raise ValueError(f"unsafe nft comment {text!r}")
+    return text
+
+
+def _check_ifname(name: str) -> None:
+    if not IFNAME.match(name):
+        raise ValueError(f"unsafe interface name {name!r}")
+
+
+def diff(old: Table, new: Table) -> list[str] | None:
+    """Commands turning `old` into `new` in place, or None when only a full replace will do.
+
+    Declarations and base chains are fixed by design, so in steady state only elements and
+    per-bridge chains change: one small transaction, no rewrite of unrelated content.
+    """
+    if old.family != new.family or old.sets != new.sets:
+        return None
+    old_chains = {c.name: c for c in old.chains}
+    new_chains = {c.name: c for c in new.chains}
+    for name, chain in new_chains.items():
+        if name in old_chains and old_chains[name].hook != chain.hook:
+            return None
+        if chain.hook and name not in old_chains:
+            return None
+    t = new.ident
+    cmds: list[str] = []
+    for name, chain in new_chains.items():
+        if name not in old_chains:
+            cmds.append(f"add chain {t} {name}")
+            cmds += [f"add rule {t} {name} {r}" for r in chain.rules]
+        elif old_chains[name].rules != chain.rules:
+            cmds.append(f"flush chain {t} {name}")
+            cmds += [f"add rule {t} {name} {r}" for r in chain.rules]
+    for s in new.sets:
+        before = old.elements.get(s.name, frozenset())
+        after = new.elements.get(s.name, frozenset())
+        removed, added = sorted(before - after), sorted(after - before)
+        if removed:
+            cmds.append(f"delete element {t} {s.name} {{ {', '.join(e.key for e in removed)} }}")
+        if added:
+            cmds.append(f"add element {t} {s.name} {{ {', '.join(e.text() for e in added)} }}")
+    for name, chain in old_chains.items():
+        if name not in new_chains:
+            if chain.hook:
+                return None
+            cmds.append(f"delete chain {t} {name}")
+    return cmds

@@ -1,0 +1,27 @@
+"""The contract between the agent and wherever resources come from (a directory, the API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridgeport.core.specs import ParseResult
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One complete view of the resources. Sources hand out None until they have one."""
+
+    resources: tuple[ParseResult, ...]
+    errors: tuple[str, ...] = ()  # unreadable inputs, reported and skipped
+    node_labels: Mapping[str, str] | None = None  # when the source knows them (the Node object)
+    version: int = 0  # bumps on every change; lets the agent skip identical snapshots
+    extra: Mapping[str, int] = field(default_factory=dict)
+
+
+class Source(Protocol):
+    def snapshot(self) -> Snapshot | None: ...
+
+    async def run(self, changed: Callable[[], None]) -> None:
+        """Watch forever; call `changed()` whenever `snapshot()` would return something new."""

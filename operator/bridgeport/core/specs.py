@@ -1,0 +1,506 @@
+"""Typed, immutable specs parsed from BridgeNetwork / PortPublication documents.
+
+Parsing never raises for bad content: it returns an `InvalidResource` whose errors name the
+resource and the field path, so one bad document never hides the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from bridgeport import API_VERSION
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_E = TypeVar("_E", bound=StrEnum)
+
+BRIDGE_NETWORK = "BridgeNetwork"
+PORT_PUBLICATION = "PortPublication"
+KINDS = (BRIDGE_NETWORK, PORT_PUBLICATION)
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# Kernel interface names: at most 15 bytes; we also keep to characters that are safe unquoted
+# in nft chain names and in shell output.
+IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+class Protocol(StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+    @property
+    def nft(self) -> str:
+        return self.value.lower()
+
+
+class Isolation(StrEnum):
+    ISOLATED = "Isolated"
+    SHARED = "Shared"
+
+
+class LoopbackPolicy(StrEnum):
+    AUTO = "Auto"
+    ALWAYS = "Always"
+    NEVER = "Never"
+
+
+@dataclass(frozen=True, order=True)
+class ResourceRef:
+    kind: str
+    namespace: str  # "" for cluster-scoped resources
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else (
+            f"{self.kind} {self.name}"
+        )
+
+    @property
+    def key(self) -> str:
+        """namespace/name (or name): the form used in comments and messages."""
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+@dataclass(frozen=True)
+class Requirement:
+    key: str
+    operator: str  # In | NotIn | Exists | DoesNotExist
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        present = self.key in labels
+        if self.operator == "In":
+            return present and labels[self.key] in self.values
+        if self.operator == "NotIn":
+            return not present or labels[self.key] not in self.values
+        if self.operator == "Exists":
+            return present
+        return not present  # DoesNotExist
+
+
+@dataclass(frozen=True)
+class NodeSelector:
+    """A metav1.LabelSelector; the empty selector selects every node."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels) and all(
+            r.matches(labels) for r in self.match_expressions
+        )
+
+    def __str__(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.match_labels]
+        parts += [f"{r.key} {r.operator} ({','.join(r.values)})" for r in self.match_expressions]
+        return ",".join(parts) or "<everything>"
+
+
+@dataclass(frozen=True)
+class Meta:
+    ref: ResourceRef
+    generation: int = 1
+    created: str = ""  # RFC 3339 creationTimestamp; "" sorts first (standalone files)
+    uid: str = ""
+
+    @property
+    def age_key(self) -> tuple[str, str, str]:
+        """Oldest wins a conflict, ties broken by namespace/name."""
+        return (self.created, self.ref.namespace, self.ref.name)
+
+
+@dataclass(frozen=True)
+class BridgeNetwork:
+    meta: Meta
+    bridge: str
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+    subnet6: ipaddress.IPv6Network | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+    mtu: int = 1500
+    masquerade: bool = True
+    internal: bool = False
+    inter_container: bool = True
+    isolation: Isolation = Isolation.ISOLATED
+    node_selector: NodeSelector = field(default_factory=NodeSelector)
+
+    @property
+    def name(self) -> str:
+        return self.meta.ref.name
+
+    def contains(self, address: IPAddress) -> bool:
+        if isinstance(address, ipaddress.IPv4Address):
+            return address in self.subnet
+        return self.subnet6 is not None and address in self.subnet6
+
+
+@dataclass(frozen=True)
+class PortPublication:
+    meta: Meta
+    protocol: Protocol
+    host_ip: IPAddress | None
+    host_port: int
+    host_port_end: int
+    target_address: IPAddress
+    target_port: int
+    network: str | None = None
+    loopback: LoopbackPolicy = LoopbackPolicy.AUTO
+    node_selector: NodeSelector = field(default_factory=NodeSelector)
+
+    @property
+    def port_count(self) -> int:
+        return self.host_port_end - self.host_port + 1
+
+    @property
+    def family(self) -> int:
+        return self.target_address.version
+
+    def describe(self) -> str:
+        host = f"{self.host_ip}:" if self.host_ip else ""
+        ports = f"{self.host_port}" if self.port_count == 1 else (
+            f"{self.host_port}-{self.host_port_end}"
+        )
+        return f"{host}{ports}/{self.protocol.value}"
+
+
+@dataclass(frozen=True)
+class InvalidResource:
+    """A document that could not be turned into a spec; `ref` is None if it has no identity."""
+
+    ref: ResourceRef | None
+    errors: tuple[str, ...]
+    generation: int = 0
+
+    @property
+    def message(self) -> str:
+        prefix = f"{self.ref}: " if self.ref else ""
+        return prefix + "; ".join(self.errors)
+
+
+Resource = BridgeNetwork | PortPublication
+ParseResult = Resource | InvalidResource
+
+
+def default_bridge_name(network_name: str) -> str:
+    """bp-<name>, shortened with a stable hash when it would exceed 15 characters."""
+    candidate = f"bp-{network_name}"
+    if len(candidate) <= 15 and IFNAME.match(candidate):
+        return candidate
+    digest = hashlib.sha256(network_name.encode()).hexdigest()[:5]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "", network_name)[:6]
+    return f"bp-{stem}-{digest}"
+
+
+class _Fields:
+    """Typed accessors over a mapping that record errors with their field path."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, errors: list[str]) -> None:
+        self.data, self.path, self.errors = data, path, errors
+        self.seen: set[str] = set()
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append(f"{self.at(key)}: {message}")
+
+    def raw(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.data.get(key)
+
+    def string(self, key: str, default: str | None = None, required: bool = False) -> str | None:
+        value = self.raw(key)
+        if value is None:
+            if required:
+                self.error(key, "is required")
+            return default
+        if not isinstance(value, str):
+            self.error(key, f"must be a string, not {type(value).__name__}")
+            return default
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(key, f"must be true or false, not {value!r}")
+            return default
+        return value
+
+    def integer(self, key: str, low: int, high: int, what: str, default: int | None = None,
+                required: bool = False) -> int | None:
+        value = self.raw(key)
+        if value is None:
+            if required:
+                self.error(key, "is required")
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(key, f"{value!r} is not {what} ({low}-{high})")
+            return default
+        if not low <= value <= high:
+            self.error(key, f"{value} is not {what} ({low}-{high})")
+            return default
+        return value
+
+    def enum(self, key: str, kind: type[_E], default: _E) -> _E:
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            return kind(value)
+        except ValueError:
+            allowed = " | ".join(m.value for m in kind)
+            self.error(key, f"{value!r} is not one of {allowed}")
+            return default
+
+    def mapping(self, key: str) -> Mapping[str, Any] | None:
+        value = self.raw(key)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            self.error(key, f"must be an object, not {type(value).__name__}")
+            return None
+        return value
+
+    def reject_unknown(self) -> None:
+        for key in sorted(set(self.data) - self.seen, key=str):
+            self.error(str(key), "unknown field")
+
+
+def _address(fields: _Fields, key: str, required: bool = False) -> IPAddress | None:
+    text = fields.string(key, required=required)
+    if text is None:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        fields.error(key, f"{text!r} is not an IP address")
+        return None
+    if address.is_multicast or address.is_unspecified:
+        fields.error(key, f"{text} is not a unicast address")
+        return None
+    return address
+
+
+def _network(fields: _Fields, key: str, version: int, required: bool) -> Any:
+    text = fields.string(key, required=required)
+    if text is None:
+        return None
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        fields.error(key, f"{text!r} is not a CIDR ({exc})")
+        return None
+    if net.version != version:
+        fields.error(key, f"{text} is not an IPv{version} CIDR")
+        return None
+    if net.num_addresses < 4:
+        fields.error(key, f"{text} is too small for a bridge network (need at least a /30 or /126)")
+        return None
+    return net
+
+
+def _selector(fields: _Fields, key: str) -> NodeSelector:
+    data = fields.mapping(key)
+    if data is None:
+        return NodeSelector()
+    sel = _Fields(data, fields.at(key), fields.errors)
+    labels: list[tuple[str, str]] = []
+    match_labels = sel.mapping("matchLabels") or {}
+    for k, v in sorted(match_labels.items(), key=lambda kv: str(kv[0])):
+        if not isinstance(k, str) or not _LABEL_KEY.match(k):
+            sel.error(f"matchLabels.{k}", "is not a valid label key")
+        elif not isinstance(v, str) or not _LABEL_VALUE.match(v):
+            sel.error(f"matchLabels.{k}", f"{v!r} is not a valid label value")
+        else:
+            labels.append((k, v))
+    requirements: list[Requirement] = []
+    expressions = sel.raw("matchExpressions") or []
+    if not isinstance(expressions, list):
+        sel.error("matchExpressions", "must be a list")
+        expressions = []
+    for i, expr in enumerate(expressions):
+        path = f"matchExpressions[{i}]"
+        if not isinstance(expr, Mapping):
+            sel.error(path, "must be an object")
+            continue
+        e = _Fields(expr, sel.at(path), fields.errors)
+        req_key = e.string("key", required=True)
+        op = e.string("operator", required=True)
+        values = e.raw("values") or []
+        e.reject_unknown()
+        if op is not None and op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            e.error("operator", f"{op!r} is not one of In | NotIn | Exists | DoesNotExist")
+            continue
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            e.error("values", "must be a list of strings")
+            continue
+        if op in ("In", "NotIn") and not values:
+            e.error("values", f"must not be empty for operator {op}")
+            continue
+        if req_key is not None and op is not None:
+            requirements.append(Requirement(req_key, op, tuple(values)))
+    sel.reject_unknown()
+    return NodeSelector(tuple(labels), tuple(requirements))
+
+
+def _meta(doc: Mapping[str, Any], kind: str, errors: list[str]) -> Meta | None:
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, Mapping):
+        errors.append("metadata: is required")
+        return None
+    name = metadata.get("name")
+    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
+        errors.append(f"metadata.name: {name!r} is not a valid name (DNS-1123 subdomain)")
+        return None
+    namespace = ""
+    if kind == PORT_PUBLICATION:
+        namespace = metadata.get("namespace") or "default"
+        if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
+            errors.append(f"metadata.namespace: {namespace!r} is not a valid namespace")
+            return None
+    generation = metadata.get("generation", 1)
+    created = metadata.get("creationTimestamp") or ""
+    return Meta(
+        ref=ResourceRef(kind, namespace, name),
+        generation=generation if isinstance(generation, int) else 1,
+        created=str(created),
+        uid=str(metadata.get("uid") or ""),
+    )
+
+
+def parse(doc: Any) -> ParseResult:
+    """Parse one resource document (a mapping as read from YAML/JSON or the API)."""
+    if not isinstance(doc, Mapping):
+        return InvalidResource(None, (f"document is a {type(doc).__name__}, not an object",))
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        return InvalidResource(None, (f"kind: {kind!r} is not one of {' | '.join(KINDS)}",))
+    errors: list[str] = []
+    meta = _meta(doc, kind, errors)
+    if meta is None:
+        return InvalidResource(None, tuple(f"{kind}: {e}" for e in errors))
+    if doc.get("apiVersion") != API_VERSION:
+        errors.append(f"apiVersion: {doc.get('apiVersion')!r} is not {API_VERSION}")
+    spec = doc.get("spec")
+    if not isinstance(spec, Mapping):
+        errors.append("spec: is required")
+        return InvalidResource(meta.ref, tuple(errors), meta.generation)
+    fields = _Fields(spec, "spec", errors)
+    result: Resource | None = (
+        _bridge_network(meta, fields) if kind == BRIDGE_NETWORK else _port_publication(meta, fields)
+    )
+    fields.reject_unknown()
+    if errors or result is None:
+        return InvalidResource(meta.ref, tuple(errors) or ("invalid",), meta.generation)
+    return result
+
+
+def _bridge_network(meta: Meta, f: _Fields) -> BridgeNetwork | None:
+    bridge = f.string("bridge") or default_bridge_name(meta.ref.name)
+    if not IFNAME.match(bridge) or bridge in (".", ".."):
+        f.error("bridge", f"{bridge!r} is not a valid interface name "
+                "(1-15 characters of A-Z a-z 0-9 _ . -, not starting with a symbol)")
+    subnet: ipaddress.IPv4Network | None = _network(f, "subnet", 4, required=True)
+    subnet6: ipaddress.IPv6Network | None = _network(f, "subnet6", 6, required=False)
+    gateway = _gateway(f, "gateway", subnet)
+    gateway6 = _gateway(f, "gateway6", subnet6) if subnet6 is not None else None
+    if subnet6 is None and f.data.get("gateway6") is not None:
+        f.error("gateway6", "requires spec.subnet6")
+    mtu = f.integer("mtu", 68, 65535, "an MTU", default=1500)
+    network = BridgeNetwork(
+        meta=meta,
+        bridge=bridge,
+        subnet=subnet or ipaddress.IPv4Network("0.0.0.0/30"),
+        gateway=gateway or ipaddress.IPv4Address(0),
+        subnet6=subnet6,
+        gateway6=gateway6,
+        mtu=mtu or 1500,
+        masquerade=f.boolean("masquerade", True),
+        internal=f.boolean("internal", False),
+        inter_container=f.boolean("interContainer", True),
+        isolation=f.enum("isolation", Isolation, Isolation.ISOLATED),
+        node_selector=_selector(f, "nodeSelector"),
+    )
+    return network if subnet is not None and gateway is not None else None
+
+
+def _gateway(f: _Fields, key: str, subnet: Any) -> Any:
+    if subnet is None:
+        f.raw(key)
+        return None
+    hosts = subnet.hosts()
+    address = _address(f, key)
+    if address is None:
+        return None if f.data.get(key) is not None else next(iter(hosts))
+    if address not in subnet:
+        f.error(key, f"{address} is not inside {subnet}")
+        return None
+    if address == subnet.network_address or (
+        subnet.version == 4 and address == subnet.broadcast_address
+    ):
+        f.error(key, f"{address} is not a host address of {subnet}")
+        return None
+    return address
+
+
+def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
+    protocol = f.enum("protocol", Protocol, Protocol.TCP)
+    host_ip = _address(f, "hostIP")
+    host_port = f.integer("hostPort", 1, 65535, "a port", required=True)
+    host_port_end = f.integer("hostPortEnd", 1, 65535, "a port")
+    network = f.string("network")
+    if network is not None and not _DNS_SUBDOMAIN.match(network):
+        f.error("network", f"{network!r} is not a valid BridgeNetwork name")
+    loopback = f.enum("loopback", LoopbackPolicy, LoopbackPolicy.AUTO)
+    selector = _selector(f, "nodeSelector")
+    target = f.mapping("target")
+    target_address: IPAddress | None = None
+    target_port: int | None = None
+    if target is None:
+        f.error("target", "is required")
+    else:
+        t = _Fields(target, f.at("target"), f.errors)
+        target_address = _address(t, "address", required=True)
+        target_port = t.integer("port", 1, 65535, "a port", required=True)
+        t.reject_unknown()
+    if host_port is None or target_address is None or target_port is None:
+        return None
+    end = host_port if host_port_end is None else host_port_end
+    if end < host_port:
+        f.error("hostPortEnd", f"{end} is below spec.hostPort {host_port}")
+        return None
+    if target_port + (end - host_port) > 65535:
+        f.error("target.port", f"range {target_port}-{target_port + end - host_port} "
+                "exceeds 65535")
+        return None
+    if host_ip is not None and host_ip.version != target_address.version and (
+        not host_ip.is_loopback
+    ):
+        f.error("hostIP", f"IPv{host_ip.version} host IP {host_ip} cannot be NATed to IPv"
+                f"{target_address.version} target {target_address}")
+        return None
+    return PortPublication(
+        meta=meta,
+        protocol=protocol,
+        host_ip=host_ip,
+        host_port=host_port,
+        host_port_end=end,
+        target_address=target_address,
+        target_port=target_port,
+        network=network,
+        loopback=loopback,
+        node_selector=selector,
+    )

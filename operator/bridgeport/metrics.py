@@ -1,0 +1,25 @@
+"""Prometheus metrics of the agent, on one registry served at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECONCILE_SECONDS = Histogram(
+    "bridgeport_reconcile_duration_seconds", "Time to plan and converge the node once",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
+ELEMENTS = Gauge("bridgeport_nft_elements", "Set and map elements programmed in our tables",
+                 registry=REGISTRY)
+BRIDGES = Gauge("bridgeport_bridges", "Bridges this agent manages", registry=REGISTRY)
+PROXIES = Gauge("bridgeport_proxy_listeners_planned", "Userland proxy listeners in the plan",
+                registry=REGISTRY)
+ERRORS = Counter("bridgeport_errors_total", "Errors by component", ["component"],
+                 registry=REGISTRY)
+APPLY_FAILURES = Counter("bridgeport_nft_apply_failures_total",
+                         "nftables transactions the kernel rejected", registry=REGISTRY)
+DRIFT_REPAIRS = Counter("bridgeport_drift_repairs_total",
+                        "Times the periodic resync found our tables changed and restored them",
+                        registry=REGISTRY)
