@@ -127,20 +127,42 @@ class Agent:
     async def _reconcile(self, snapshot: Snapshot, check_drift: bool,
                          started: float) -> SyncReport:
         labels = snapshot.node_labels if snapshot.node_labels is not None else self.labels
-        facts, _ours = node_facts.gather(self.node_name, labels)
+        # Netlink and libnftables calls block (and pyroute2 runs its own loop): keep them off
+        # the event loop that serves the proxies and the watch.
+        facts, _ours = await asyncio.to_thread(node_facts.gather, self.node_name, labels)
         plan = planner.plan(snapshot.resources, facts)
         proxy_states: dict[ResourceRef, str] = {}
         if self.proxies is not None:
             plan, proxy_states = await self._sync_proxies(plan, snapshot, facts)
+        tables = ruleset.render(plan)
+        overrides, commands, full = await asyncio.to_thread(
+            self._converge_kernel, plan, tables, check_drift)
+        outcomes = tuple(overrides.get(o.ref, o) for o in plan.outcomes)
+        duration = time.perf_counter() - started
+        metrics.ELEMENTS.set(sum(sum(len(v) for v in t.elements.values()) for t in tables))
+        metrics.BRIDGES.set(len(plan.bridges))
+        metrics.PROXIES.set(len(plan.proxies))
+        report = SyncReport(plan, outcomes, ruleset.digest(tables), commands, full, duration,
+                            proxy_states)
+        log.info("reconciled", node=self.node_name, digest=report.digest, commands=commands,
+                 full=full, ms=round(duration * 1000, 1), **plan.counts())
+        for o in outcomes:
+            if o.state not in (State.APPLIED, State.INACTIVE):
+                log.warning("resource not applied", resource=str(o.ref), state=o.state.value,
+                            reason=o.reason, message=o.message)
+        for err in (*snapshot.errors, *plan.errors):
+            log.error("input error", error=err)
+        return report
 
+    def _converge_kernel(self, plan: NodePlan, tables: Sequence[ruleset.Table],
+                         check_drift: bool) -> tuple[dict[ResourceRef, Outcome], int, bool]:
+        """Bridges first (rules may name them), then one nft transaction, then stale bridges."""
         overrides: dict[ResourceRef, Outcome] = {}
         for failure in links.converge(plan.bridges):
             ref = ResourceRef("BridgeNetwork", "", failure.network)
             overrides[ref] = Outcome(ref, _generation(plan, ref), State.FAILED, "BridgeFailed",
                                      f"bridge {failure.bridge}: {failure.message}")
             metrics.ERRORS.labels("links").inc()
-
-        tables = ruleset.render(plan)
         full = not self._synced_once
         if check_drift and not full:
             drifted = self.nft.drifted()
@@ -159,25 +181,9 @@ class Agent:
                 if o.state is State.APPLIED:
                     overrides[o.ref] = replace(o, state=State.FAILED, reason="NftRejected",
                                                message=f"nftables rejected the update: {exc}")
-        # Only after a complete listing (we have one) and a committed ruleset: drop stale bridges.
+        # Only with a complete listing (we have one) and a committed ruleset: drop stale bridges.
         links.remove_stale(b.name for b in plan.bridges)
-
-        outcomes = tuple(overrides.get(o.ref, o) for o in plan.outcomes)
-        duration = time.perf_counter() - started
-        metrics.ELEMENTS.set(sum(sum(len(v) for v in t.elements.values()) for t in tables))
-        metrics.BRIDGES.set(len(plan.bridges))
-        metrics.PROXIES.set(len(plan.proxies))
-        report = SyncReport(plan, outcomes, ruleset.digest(tables), commands, full, duration,
-                            proxy_states)
-        log.info("reconciled", node=self.node_name, digest=report.digest, commands=commands,
-                 full=full, ms=round(duration * 1000, 1), **plan.counts())
-        for o in outcomes:
-            if o.state not in (State.APPLIED, State.INACTIVE):
-                log.warning("resource not applied", resource=str(o.ref), state=o.state.value,
-                            reason=o.reason, message=o.message)
-        for err in (*snapshot.errors, *plan.errors):
-            log.error("input error", error=err)
-        return report
+        return overrides, commands, full
 
     async def _sync_proxies(self, plan: NodePlan, snapshot: Snapshot,
                             facts: Any) -> tuple[NodePlan, dict[ResourceRef, str]]:

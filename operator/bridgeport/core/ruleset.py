@@ -117,6 +117,7 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         SetDecl("pub_any", f"inet_proto . inet_service : {addr} . inet_service"),
         SetDecl("pub_any_range", f"inet_proto . inet_service : {addr}", interval=True),
         SetDecl("hairpin", f"{addr} . {addr}"),
+        SetDecl("published", f"{addr} . inet_proto . inet_service", interval=True),
         SetDecl("shared", "ifname"),
         SetDecl("fwd_in", "ifname : verdict"),
         SetDecl("fwd_out", "ifname : verdict"),
@@ -128,6 +129,7 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
             for name, element in _dnat_elements(d):
                 elements[name].add(element)
     elements["hairpin"] = {Element(f"{a} . {a}") for a in plan.hairpins if a.version == version}
+    elements["published"] = _published_elements(d for d in plan.dnats if d.family == version)
 
     chains = [
         Chain("prerouting", ("fib daddr type local jump publish",),
@@ -160,7 +162,7 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         if b.shared and not b.internal:
             elements["shared"].add(Element(name))
         chains.append(Chain(f"from_{b.name}", _from_bridge_rules(b)))
-        chains.append(Chain(f"to_{b.name}", _to_bridge_rules(b)))
+        chains.append(Chain(f"to_{b.name}", _to_bridge_rules(b, ip)))
         masq = _masquerade_rules(b, ip, version)
         if masq:
             elements["masq_from"].add(Element(name, f"jump masq_{b.name}"))
@@ -176,11 +178,13 @@ def _from_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
     return tuple(rules)
 
 
-def _to_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
+def _to_bridge_rules(b: BridgePlan, ip: str) -> tuple[str, ...]:
     """New traffic entering from elsewhere: only published ports (DNAT) or a Shared peer."""
     rules: list[str] = []
     if not b.internal:
         rules.append("ct status dnat accept")
+        # Like Docker: a published container port is also reachable when routed to directly.
+        rules.append(f"{ip} daddr . meta l4proto . th dport @published accept")
         if b.shared:
             rules.append("iifname @shared accept")
     rules.append("counter drop")
@@ -216,6 +220,26 @@ def _dnat_elements(d: Dnat) -> list[tuple[str, Element]]:
         (prefix, Element(f"{host}{proto} . {port}", f"{d.target} . {d.target_port + i}", comment))
         for i, port in enumerate(range(d.port, d.port_end + 1))
     ]
+
+
+def _published_elements(dnats: Iterable[Dnat]) -> set[Element]:
+    """Target address . protocol . port ranges, merged: an interval set rejects overlaps."""
+    spans: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for d in dnats:
+        key = (str(d.target), d.protocol.nft)
+        spans.setdefault(key, []).append((d.target_port, d.target_port + d.port_end - d.port))
+    out = set()
+    for (target, proto), ranges in spans.items():
+        merged: list[list[int]] = []
+        for low, high in sorted(ranges):
+            if merged and low <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], high)
+            else:
+                merged.append([low, high])
+        for low, high in merged:
+            ports = str(low) if low == high else f"{low}-{high}"
+            out.add(Element(f"{target} . {proto} . {ports}"))
+    return out
 
 
 def _comment(text: str) -> str:

@@ -1,0 +1,137 @@
+"""ProxyManager: makes exactly the desired listeners exist, inside the agent's event loop.
+
+Level-based like the rest of the agent: sync() gets the whole desired set every time, binds
+what is missing (retrying earlier failures), retargets what changed and closes the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from bridgeport.core.plan import ProxyKey, ProxyPort
+from bridgeport.core.specs import Protocol
+from bridgeport.proxy.listener import Listener
+from bridgeport.proxy.relay import PipePool
+from bridgeport.proxy.sockets import open_listener
+from bridgeport.proxy.stats import ListenerStats, ProxyCollector, Row
+from bridgeport.proxy.status import ProxyStatus, bind_failure, describe
+from bridgeport.proxy.tcp import TcpListener
+from bridgeport.proxy.udp import UdpListener
+
+log = structlog.get_logger(__name__)
+_YIELD_EVERY = 100  # binds between yields, so 1,000 new ports never stall the loop
+
+
+class ProxyManager:
+    def __init__(self, *, registry: CollectorRegistry | None = None,
+                 udp_idle_timeout: float = 90.0, max_udp_flows: int = 4096,
+                 max_tcp_connections: int = 4096, connect_timeout: float = 5.0) -> None:
+        self.udp_idle_timeout = udp_idle_timeout
+        self.max_udp_flows = max_udp_flows
+        self.max_tcp_connections = max_tcp_connections
+        self.connect_timeout = connect_timeout
+        self.listeners: dict[ProxyKey, Listener] = {}
+        self.failed: dict[ProxyKey, ProxyStatus] = {}
+        self._pool = PipePool()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._registry = registry
+        self._collector = ProxyCollector(self._rows)
+        if registry is not None:
+            registry.register(self._collector)
+
+    async def sync(self, desired: Sequence[ProxyPort]) -> dict[ProxyKey, ProxyStatus]:
+        """Converge on `desired`; bind failures become statuses, never exceptions."""
+        loop = asyncio.get_running_loop()
+        wanted: dict[ProxyKey, ProxyPort] = {}
+        for port in desired:
+            if wanted.setdefault(port.key, port) is not port:
+                log.warning("duplicate proxy port ignored", listen=describe(port.key),
+                            publication=port.owner.key, kept=wanted[port.key].owner.key)
+        for key in [k for k in self.listeners if k not in wanted]:
+            self.listeners.pop(key).close()
+            log.info("proxy stopped", listen=describe(key))
+        for key in [k for k in self.failed if k not in wanted]:
+            del self.failed[key]
+        statuses: dict[ProxyKey, ProxyStatus] = {}
+        for i, (key, port) in enumerate(sorted(wanted.items())):
+            if i and i % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            statuses[key] = self._ensure(loop, key, port)
+        self._arm_sweeper(loop)
+        return statuses
+
+    def _ensure(self, loop: asyncio.AbstractEventLoop, key: ProxyKey,
+                port: ProxyPort) -> ProxyStatus:
+        current = self.listeners.get(key)
+        if current is not None:
+            if current.port != port:
+                log.info("proxy retargeted", listen=describe(key), publication=port.owner.key,
+                         target=f"{port.target}:{port.target_port}")
+                current.retarget(port)
+            return ProxyStatus("listening", port.owner)
+        try:
+            self.listeners[key] = self._listen(loop, port)
+        except OSError as exc:
+            status = bind_failure(key, port.owner, exc)
+            if self.failed.get(key) != status:  # log changes, not every resync
+                log.warning("proxy bind failed", listen=describe(key),
+                            publication=port.owner.key, reason=status.reason,
+                            message=status.message)
+            self.failed[key] = status
+            return status
+        self.failed.pop(key, None)
+        log.info("proxy listening", listen=describe(key), publication=port.owner.key,
+                 target=f"{port.target}:{port.target_port}", why=port.why)
+        return ProxyStatus("listening", port.owner)
+
+    def _listen(self, loop: asyncio.AbstractEventLoop, port: ProxyPort) -> Listener:
+        sock = open_listener(port.key)
+        try:
+            if port.protocol is Protocol.TCP:
+                return TcpListener(loop, sock, port, self._pool, self.max_tcp_connections,
+                                   self.connect_timeout)
+            return UdpListener(loop, sock, port, self.max_udp_flows, self.udp_idle_timeout)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _arm_sweeper(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._sweeper is None and any(isinstance(x, UdpListener)
+                                         for x in self.listeners.values()):
+            interval = min(max(self.udp_idle_timeout / 4, 0.05), 5.0)
+            self._sweeper = loop.call_later(interval, self._sweep, loop, interval)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self._sweeper = None
+        now = loop.time()
+        for listener in self.listeners.values():
+            if isinstance(listener, UdpListener):
+                listener.expire(now)
+        self._arm_sweeper(loop)
+
+    def _rows(self) -> Iterator[Row]:
+        # A copy: a scrape from another thread must not see the dicts change under it.
+        for key, listener in list(self.listeners.items()):
+            yield Row(key, listener.port.owner, True, listener.stats)
+        for key, status in list(self.failed.items()):
+            yield Row(key, status.owner, False, ListenerStats())
+
+    async def close(self) -> None:
+        """Close every listener and live connection; the manager can be synced again."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for listener in self.listeners.values():
+            listener.close()
+        self.listeners.clear()
+        self.failed.clear()
+        self._pool.close()
+        if self._registry is not None:
+            with contextlib.suppress(KeyError):
+                self._registry.unregister(self._collector)
+            self._registry = None

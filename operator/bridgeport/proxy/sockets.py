@@ -1,0 +1,88 @@
+"""Listening sockets and IP_PKTINFO helpers.
+
+Binding is how the proxy claims a host port: a host process that already holds it makes our
+bind fail, and that is reported as a conflict instead of being silently shadowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+from bridgeport.core.plan import ProxyKey
+from bridgeport.core.specs import Protocol
+
+# Missing from Python 3.11's socket module on Linux (linux/in.h).
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
+_IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
+TCP_BACKLOG = 1024
+
+
+def family_of(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def is_wildcard(address: str) -> bool:
+    return ipaddress.ip_address(address).is_unspecified
+
+
+def open_listener(key: ProxyKey) -> socket.socket:
+    """Bind (and for TCP listen on) key's address; raises OSError as the kernel reports it."""
+    if key.protocol is Protocol.SCTP:
+        raise OSError(0, "SCTP is not supported by the userland proxy")
+    family = family_of(key.listen)
+    kind = socket.SOCK_STREAM if key.protocol is Protocol.TCP else socket.SOCK_DGRAM
+    sock = socket.socket(family, kind)
+    try:
+        sock.setblocking(False)
+        if family == socket.AF_INET6:
+            # 0.0.0.0 and :: must coexist as two listeners, as Docker binds them.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            # Lets a restarted agent rebind past TIME_WAIT; a live listener still conflicts.
+            # Never SO_REUSEPORT: it would share the port with a host process silently.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # No SO_REUSEADDR for UDP: there it lets two sockets bind one port, hiding conflicts.
+        sock.bind((key.listen, key.port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(TCP_BACKLOG)
+        elif is_wildcard(key.listen):
+            enable_pktinfo(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def enable_pktinfo(sock: socket.socket) -> None:
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+
+Ancillary = list[tuple[int, int, bytes]]
+
+
+def reply_pktinfo(ancdata: Ancillary) -> Ancillary:
+    """From a datagram's ancillary data, the pktinfo that makes a reply leave from the
+    address the client sent to (the kernel would otherwise pick the route's source)."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
+            _, local, _ = _IN_PKTINFO.unpack_from(data)
+            return [(level, kind, _IN_PKTINFO.pack(0, local, bytes(4)))]
+        if (level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO
+                and len(data) >= _IN6_PKTINFO.size):
+            # Keep the interface: a link-local source is only meaningful with it.
+            return [(level, kind, bytes(data[:_IN6_PKTINFO.size]))]
+    return []
+
+
+def pack_pktinfo(address: str, ifindex: int = 0) -> Ancillary:
+    """Ancillary data choosing the source address of a sent datagram (used by tests too)."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(ifindex, ip.packed, bytes(4)))]
+    return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _IN6_PKTINFO.pack(ip.packed, ifindex))]

@@ -1,0 +1,138 @@
+"""UDP listener: a flow table of connected sockets, one per client, reaped when idle.
+
+Each client address gets its own socket connected to the target, so replies find their way
+back without any state in the datagrams. On a wildcard listener the reply must leave from
+the address the client sent to, or the client (which usually connect()ed) drops it: the
+destination is read with IP_PKTINFO / IPV6_RECVPKTINFO and handed back to sendmsg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from bridgeport.core.plan import ProxyPort
+from bridgeport.proxy.listener import Listener
+from bridgeport.proxy.sockets import Ancillary, is_wildcard, reply_pktinfo
+
+_BURST = 64  # datagrams per wakeup before yielding to other listeners
+_ANCBUF = socket.CMSG_SPACE(20)  # in6_pktinfo, the larger of the two
+FlowKey = tuple[Any, bytes]  # (client address, local address as pktinfo bytes)
+
+
+class _Flow:
+    __slots__ = ("client", "fd", "key", "last", "listener", "reply", "sock")
+
+    def __init__(self, listener: UdpListener, key: FlowKey, client: Any, reply: Ancillary,
+                 sock: socket.socket) -> None:
+        self.listener, self.key, self.client, self.reply = listener, key, client, reply
+        self.sock, self.fd = sock, sock.fileno()
+        self.last = listener.loop.time()
+
+    def on_reply(self) -> None:
+        lst = self.listener
+        for _ in range(_BURST):
+            try:
+                n = self.sock.recv_into(lst.buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP unreachable from the target, reported on recv
+                lst.error("target_unreachable", "proxy UDP target unreachable", error=str(exc))
+                return
+            self.last = lst.loop.time()
+            try:
+                if self.reply:
+                    lst.sock.sendmsg([lst.view[:n]], self.reply, 0, self.client)
+                else:
+                    lst.sock.sendto(lst.view[:n], self.client)
+            except OSError:  # a full socket buffer drops, as the network would
+                lst.stats.errors["dropped"] += 1
+            else:
+                lst.stats.bytes_out += n
+
+    def close(self) -> None:
+        self.listener.loop.remove_reader(self.fd)
+        self.sock.close()
+        self.listener.stats.flows -= 1
+
+
+class UdpListener(Listener):
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, port: ProxyPort,
+                 max_flows: int, idle_timeout: float) -> None:
+        super().__init__(loop, sock, port)
+        self.max_flows, self.idle_timeout = max_flows, idle_timeout
+        self.wildcard = is_wildcard(port.key.listen)
+        self.flows: dict[FlowKey, _Flow] = {}
+        self.buf = bytearray(65536)  # shared: the loop runs one callback at a time
+        self.view = memoryview(self.buf)
+        loop.add_reader(sock.fileno(), self._on_datagram)
+
+    def _on_datagram(self) -> None:
+        for _ in range(_BURST):
+            reply: Ancillary = []
+            try:
+                if self.wildcard:
+                    n, anc, _, client = self.sock.recvmsg_into([self.buf], _ANCBUF)
+                    reply = reply_pktinfo(anc)
+                else:
+                    n, client = self.sock.recvfrom_into(self.buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.error("receive", "proxy UDP receive failed", error=str(exc))
+                return
+            key = (client, reply[0][2] if reply else b"")
+            flow = self.flows.get(key) or self._open(key, client, reply)
+            if flow is None:
+                continue
+            flow.last = self.loop.time()
+            try:
+                flow.sock.send(self.view[:n])
+            except BlockingIOError:
+                self.stats.errors["dropped"] += 1
+            except OSError as exc:  # e.g. ECONNREFUSED left by an earlier ICMP error
+                self.error("target_unreachable", "proxy UDP target unreachable",
+                           error=str(exc))
+            else:
+                self.stats.bytes_in += n
+
+    def _open(self, key: FlowKey, client: Any, reply: Ancillary) -> _Flow | None:
+        if len(self.flows) >= self.max_flows:
+            self.error("udp_flow_limit", "proxy UDP flow table full, dropping datagrams from "
+                       "new clients", limit=self.max_flows, idle_timeout=self.idle_timeout)
+            return None
+        sock = socket.socket(self.target_family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            sock.connect(self.target)
+        except OSError as exc:
+            sock.close()
+            self.error("connect", "proxy cannot reach the UDP target", error=str(exc))
+            return None
+        flow = _Flow(self, key, client, reply, sock)
+        self.flows[key] = flow
+        self.stats.connections += 1
+        self.stats.flows += 1
+        self.loop.add_reader(flow.fd, flow.on_reply)
+        return flow
+
+    def expire(self, now: float) -> None:
+        deadline = now - self.idle_timeout
+        for key in [k for k, f in self.flows.items() if f.last <= deadline]:
+            self.flows.pop(key).close()
+
+    def retarget(self, port: ProxyPort) -> None:
+        """Flows are connected to the old target: drop them, the next datagram re-opens."""
+        if (port.target, port.target_port) != (self.port.target, self.port.target_port):
+            self._close_flows()
+        super().retarget(port)
+
+    def _close_flows(self) -> None:
+        for flow in self.flows.values():
+            flow.close()
+        self.flows.clear()
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self._close_flows()
