@@ -125,6 +125,7 @@ class World:
     client: Netns
     agent: Agent
     stack: ExitStack
+    br_netfilter: bool = True
     containers: list[Netns] = field(default_factory=list)
 
     def container(self, bridge: str, address: str, gateway: str,
@@ -160,8 +161,10 @@ class World:
         return table, link
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
+@pytest.fixture(scope="module", params=[True, False], ids=["br_netfilter", "no_br_netfilter"])
+def world(request: pytest.FixtureRequest) -> Iterator[World]:
+    """The whole topology, once with bridged traffic through the ip hooks and once without
+    (both occur on real nodes)."""
     if os.geteuid() != 0 or shutil.which("nft") is None:
         pytest.skip("kernel tests need root and nft")
     with ExitStack() as stack:
@@ -175,6 +178,8 @@ def world() -> Iterator[World]:
         client.run(f"ip -6 addr add {CLIENT_IP6}/64 dev eth0 nodad")
         node.sysctl("net.ipv4.ip_forward", "1")
         node.sysctl("net.ipv6.conf.all.forwarding", "1")
+        for family in ("iptables", "ip6tables"):
+            node.sysctl(f"net.bridge.bridge-nf-call-{family}", "1" if request.param else "0")
         # Something else on the node that we must never touch.
         node.run(["nft", "-f", "-"], input=FOREIGN_TABLE)
         node.run("ip link add fbr0 type bridge")
@@ -184,7 +189,7 @@ def world() -> Iterator[World]:
         agent = Agent(node, workdir)
         stack.callback(agent.stop)
         agent.start()
-        world = World(node, client, agent, stack)
+        world = World(node, client, agent, stack, br_netfilter=request.param)
         yield world
 
 

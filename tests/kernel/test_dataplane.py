@@ -20,6 +20,8 @@ Scenarios:
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -96,7 +98,7 @@ def test_hairpin_self_and_neighbour(w: World) -> None:
     b = w.container("bp-a", "10.99.1.3/24", "10.99.1.1")
     w.serve(a, "--tcp", "80")
     w.serve(b, "--tcp", "80")
-    wait_for(lambda: w.agent.state(), what="state")  # ports get hairpin mode on next sync
+    # Ports attached after a sync get hairpin mode on the next one (resync is 1 s here).
     wait_for(lambda: w.ask(a, "tcp", NODE_IP, 8080).endswith(" 80"), timeout=5,
              what="self hairpin")
     assert w.ask(a, "tcp", NODE_IP, 8090).endswith(" 80")
@@ -261,11 +263,8 @@ def test_restart_keeps_established_connection(w: World) -> None:
     w.agent.wait({"net-a": "Applied", "echo": "Applied"})
     box = w.container("bp-a", "10.99.1.2/24", "10.99.1.1")
     w.serve(box, "--tcp", "7", "--echo")
-    tools = "tests/tools/peer_client.py"
-    import sys
-
-    conn = w.client.popen([sys.executable, tools, "hold", NODE_IP, "8087", "5"],
-                          stdin=__import__("subprocess").PIPE)
+    conn = w.client.popen([sys.executable, "tests/tools/peer_client.py", "hold", NODE_IP, "8087",
+                           "5"], stdin=subprocess.PIPE)
     assert conn.stdin is not None and conn.stdout is not None
     conn.stdin.write("one\n")
     conn.stdin.flush()

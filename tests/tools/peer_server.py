@@ -6,7 +6,6 @@ Prints "ready" once every socket is bound. Runs until killed.
 
 import argparse
 import socket
-import sys
 import threading
 
 
@@ -53,8 +52,9 @@ if __name__ == "__main__":
     p.add_argument("--udp", type=int, action="append", default=[])
     p.add_argument("--echo", action="store_true")
     a = p.parse_args()
-    jobs = [(tcp, (port, a.echo, fam)) for port in a.tcp for fam in (socket.AF_INET, socket.AF_INET6)]
-    jobs += [(udp, (port, fam)) for port in a.udp for fam in (socket.AF_INET, socket.AF_INET6)]
+    families = (socket.AF_INET, socket.AF_INET6)
+    jobs = [(tcp, (port, a.echo, fam)) for port in a.tcp for fam in families]
+    jobs += [(udp, (port, fam)) for port in a.udp for fam in families]
     for fn, args in jobs:
         threading.Thread(target=fn, args=args, daemon=True).start()
     for _ in jobs:

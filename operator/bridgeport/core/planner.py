@@ -28,7 +28,9 @@ from bridgeport.core.specs import (
     LoopbackPolicy,
     ParseResult,
     PortPublication,
+    Protocol,
     ResourceRef,
+    hostport,
 )
 
 WILDCARD4 = ipaddress.IPv4Address("0.0.0.0")
@@ -277,8 +279,8 @@ def _dnats(pub: PortPublication, facts: NodeFacts) -> list[Dnat]:
 
 def _proxies(pub: PortPublication, facts: NodeFacts) -> list[ProxyPort]:
     listens: list[tuple[IPAddress, str]] = []
-    if pub.loopback is LoopbackPolicy.NEVER:
-        return []
+    if pub.loopback is LoopbackPolicy.NEVER or pub.protocol is Protocol.SCTP:
+        return []  # the userland proxy speaks TCP and UDP
     wildcards: list[IPAddress] = [WILDCARD4, WILDCARD6]
     if pub.loopback is LoopbackPolicy.ALWAYS:
         listens = [(a, "always") for a in ([pub.host_ip] if pub.host_ip else wildcards)]
@@ -307,8 +309,9 @@ def _unserved(pub: PortPublication, facts: NodeFacts) -> _Verdict:
 
 
 def _applied_message(pub: PortPublication, dnats: list[Dnat], proxies: list[ProxyPort]) -> str:
-    target = (f"{pub.target_address}:{pub.target_port}" if pub.port_count == 1 else
-              f"{pub.target_address}:{pub.target_port}-{pub.target_port + pub.port_count - 1}")
+    address = hostport(pub.target_address)
+    target = (f"{address}:{pub.target_port}" if pub.port_count == 1 else
+              f"{address}:{pub.target_port}-{pub.target_port + pub.port_count - 1}")
     via = []
     if dnats:
         via.append("kernel DNAT")

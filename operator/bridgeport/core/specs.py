@@ -167,7 +167,7 @@ class PortPublication:
         return self.target_address.version
 
     def describe(self) -> str:
-        host = f"{self.host_ip}:" if self.host_ip else ""
+        host = f"{hostport(self.host_ip)}:" if self.host_ip else ""
         ports = f"{self.host_port}" if self.port_count == 1 else (
             f"{self.host_port}-{self.host_port_end}"
         )
@@ -190,6 +190,11 @@ class InvalidResource:
 
 Resource = BridgeNetwork | PortPublication
 ParseResult = Resource | InvalidResource
+
+
+def hostport(address: IPAddress) -> str:
+    """An address as it stands before :port ([v6] in brackets)."""
+    return f"[{address}]" if address.version == 6 else str(address)
 
 
 def default_bridge_name(network_name: str) -> str:

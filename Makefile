@@ -1,0 +1,37 @@
+# bridgeport: `make demo` and `make test` are the two commands a newcomer needs (as root).
+SHELL := /bin/bash
+PY := .venv/bin/python
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup test lint unit kernel demo bench golden clean
+
+setup:
+	@bash hack/setup.sh
+
+lint: setup
+	$(PY) -m ruff check operator tests bench
+	$(PY) -m mypy
+	.venv/bin/lint-imports
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+kernel: setup
+	$(PY) -m pytest -q tests/kernel
+
+## The full suite: lint, type check, layering contract, unit, kernel and API tests.
+test: lint
+	$(PY) -m pytest -q
+
+demo: setup
+	@bash hack/demo-standalone.sh
+
+bench: setup
+	$(PY) bench/dataplane.py
+
+golden: setup
+	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/test_golden.py
+
+clean:
+	-$(PY) -m bridgeport agent --cleanup
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

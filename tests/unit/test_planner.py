@@ -1,0 +1,226 @@
+"""The planner: resources + node facts -> NodePlan.
+
+Scenarios: oldest wins conflicts (ties by namespace/name) and the loser names the winner;
+wildcard vs specific host IP; overlapping ranges; protocol separates claims; subnet overlap and
+bridge-name clashes; foreign interfaces; node selectors; host IP not local; network references;
+internal networks; proxy policy (Auto/Always/Never, loopback host IP, forwarding off);
+host processes holding a port (PortInUse). Properties: deterministic, independent of input
+order, at most one winner per claimed port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridgeport.core import planner, ruleset, specs
+from bridgeport.core.plan import NodeFacts, NodePlan
+
+API = "bridgeport.io/v1alpha1"
+NODE = NodeFacts("node-1", {"zone": "a"},
+                 frozenset(ipaddress.ip_address(a) for a in ("192.0.2.1", "192.0.2.11")))
+
+
+def pub(name: str, port: int, created: str = "", ns: str = "default", **spec: Any) -> Any:
+    meta = {"name": name, "namespace": ns, "creationTimestamp": created}
+    body = {"hostPort": port, "target": {"address": "10.0.0.2", "port": 80}, **spec}
+    return specs.parse({"apiVersion": API, "kind": "PortPublication", "metadata": meta,
+                        "spec": body})
+
+
+def net(name: str, subnet: str, created: str = "", **spec: Any) -> Any:
+    return specs.parse({"apiVersion": API, "kind": "BridgeNetwork",
+                        "metadata": {"name": name, "creationTimestamp": created},
+                        "spec": {"subnet": subnet, **spec}})
+
+
+def states(plan: NodePlan) -> dict[str, tuple[str, str]]:
+    return {o.ref.name: (o.state.value, o.reason) for o in plan.outcomes}
+
+
+def message(plan: NodePlan, name: str) -> str:
+    return next(o.message for o in plan.outcomes if o.ref.name == name)
+
+
+def test_oldest_wins_and_loser_names_winner() -> None:
+    """Two claims on 8080/TCP: the older is applied, the younger names it."""
+    plan = planner.plan([pub("young", 8080, "2026-02-01T00:00:00Z"),
+                         pub("old", 8080, "2026-01-01T00:00:00Z")], NODE)
+    assert states(plan) == {"old": ("Applied", "Programmed"),
+                            "young": ("Conflicted", "PortConflict")}
+    assert "PortPublication default/old" in message(plan, "young")
+    assert len(plan.dnats) == 1 and plan.dnats[0].owner.name == "old"
+
+
+def test_tie_broken_by_namespace_then_name() -> None:
+    """Equal creation times: namespace/name order decides."""
+    plan = planner.plan([pub("b", 80, ns="x"), pub("a", 80, ns="y"), pub("z", 80, ns="a")], NODE)
+    assert states(plan)["z"] == ("Applied", "Programmed")
+
+
+def test_wildcard_conflicts_with_specific_host_ip() -> None:
+    """A wildcard claim overlaps every host IP on that port; distinct host IPs coexist."""
+    plan = planner.plan([pub("a", 80, "1", hostIP="192.0.2.1"),
+                         pub("b", 80, "2", hostIP="192.0.2.11"),
+                         pub("c", 80, "3")], NODE)
+    assert [s for s, _ in (states(plan)[n] for n in "abc")] == [
+        "Applied", "Applied", "Conflicted"]
+
+
+def test_overlapping_ranges_and_protocols() -> None:
+    """Ranges overlapping by one port conflict; the same port over UDP does not."""
+    plan = planner.plan([pub("r1", 9000, "1", hostPortEnd=9010),
+                         pub("r2", 9010, "2", hostPortEnd=9020),
+                         pub("single", 9005, "3"),
+                         pub("udp", 9005, "4", protocol="UDP"),
+                         pub("after", 9011, "5")], NODE)
+    assert states(plan) == {"r1": ("Applied", "Programmed"), "r2": ("Conflicted", "PortConflict"),
+                            "single": ("Conflicted", "PortConflict"),
+                            "udp": ("Applied", "Programmed"), "after": ("Applied", "Programmed")}
+
+
+def test_network_conflicts() -> None:
+    """Overlapping subnets and shared bridge names lose to the older network."""
+    plan = planner.plan([net("a", "10.0.0.0/16", "1"), net("b", "10.0.5.0/24", "2"),
+                         net("c", "10.1.0.0/24", "3", bridge="bp-a"),
+                         net("d", "10.2.0.0/24", "4", bridge="eth0")],
+                        NodeFacts("n", foreign_interfaces=frozenset({"eth0"})))
+    assert states(plan) == {"a": ("Applied", "Programmed"), "b": ("Conflicted", "SubnetOverlap"),
+                            "c": ("Conflicted", "BridgeNameInUse"),
+                            "d": ("Conflicted", "InterfaceInUse")}
+    assert "10.0.0.0/16 of BridgeNetwork a" in message(plan, "b")
+    assert [b.name for b in plan.bridges] == ["bp-a"]
+
+
+def test_node_selector_and_host_ip() -> None:
+    """Selector mismatch and a non-local host IP are Inactive with reasons."""
+    plan = planner.plan([pub("other-zone", 80, nodeSelector={"matchLabels": {"zone": "b"}}),
+                         pub("remote", 81, hostIP="203.0.113.5"),
+                         net("n", "10.9.0.0/24", nodeSelector={"matchLabels": {"zone": "b"}})],
+                        NODE)
+    assert states(plan) == {"other-zone": ("Inactive", "NodeSelectorMismatch"),
+                            "remote": ("Inactive", "HostIPNotLocal"),
+                            "n": ("Inactive", "NodeSelectorMismatch")}
+
+
+def test_network_references() -> None:
+    """Unknown network and target outside it are Invalid; an inactive network makes it wait."""
+    plan = planner.plan([
+        net("here", "10.0.0.0/24"),
+        net("away", "10.5.0.0/24", nodeSelector={"matchLabels": {"zone": "z"}}),
+        pub("missing", 80, network="nope"),
+        pub("outside", 81, network="here", target={"address": "10.9.9.9", "port": 80}),
+        pub("waiting", 82, network="away", target={"address": "10.5.0.2", "port": 80}),
+        pub("ok", 83, network="here"),
+    ], NODE)
+    s = states(plan)
+    assert s["missing"] == ("Invalid", "NetworkNotFound")
+    assert s["outside"] == ("Invalid", "TargetOutsideNetwork")
+    assert s["waiting"] == ("Inactive", "NetworkNotReady")
+    assert s["ok"] == ("Applied", "Programmed")
+    assert plan.hairpins == (ipaddress.ip_address("10.0.0.2"),)
+
+
+def test_internal_network_publishes_nothing() -> None:
+    """A target inside an internal network (named or inferred) is not published."""
+    plan = planner.plan([net("int", "10.0.0.0/24", internal=True), pub("p", 80)], NODE)
+    assert states(plan)["p"] == ("Inactive", "InternalNetwork")
+    assert not plan.dnats
+
+
+def test_proxy_policy() -> None:
+    """Auto: loopback listeners; Always: wildcard; Never: none; loopback host IP: proxy only."""
+    plan = planner.plan([pub("auto", 80), pub("always", 81, loopback="Always"),
+                         pub("never", 82, loopback="Never"),
+                         pub("lo", 83, hostIP="127.0.0.1"),
+                         pub("lo-never", 84, hostIP="127.0.0.1", loopback="Never")], NODE)
+    listens = {(p.owner.name, str(p.listen)) for p in plan.proxies}
+    assert listens == {("auto", "127.0.0.1"), ("auto", "::1"), ("always", "0.0.0.0"),
+                       ("always", "::"), ("lo", "127.0.0.1")}
+    assert {d.owner.name for d in plan.dnats} == {"auto", "always", "never"}
+    assert states(plan)["lo-never"] == ("Inactive", "LoopbackNeedsProxy")
+
+
+def test_no_forwarding_moves_everything_to_the_proxy() -> None:
+    """IPv4 forwarding off: no IPv4 DNAT; Auto proxies the wildcard; Never is inactive."""
+    facts = NodeFacts("n", addresses=NODE.addresses, ipv4_forwarding=False)
+    plan = planner.plan([pub("auto", 80), pub("bound", 81, hostIP="192.0.2.1"),
+                         pub("never", 82, loopback="Never")], facts)
+    assert not plan.dnats
+    assert {(p.owner.name, str(p.listen), p.why) for p in plan.proxies} == {
+        ("auto", "0.0.0.0", "no-forwarding"), ("auto", "::", "no-forwarding"),
+        ("bound", "192.0.2.1", "no-forwarding")}
+    assert states(plan)["never"] == ("Inactive", "IPForwardingDisabled")
+
+
+def test_port_in_use_is_conflicted_without_dnat() -> None:
+    """A port a host process holds: Conflicted/PortInUse, no DNAT shadows the process."""
+    p = pub("web", 80)
+    facts = NodeFacts("n", ports_in_use={p.meta.ref: "127.0.0.1:80/TCP is already in use"})
+    plan = planner.plan([p], facts)
+    assert states(plan)["web"] == ("Conflicted", "PortInUse")
+    assert not plan.dnats and not plan.proxies
+
+
+def test_invalid_and_duplicates() -> None:
+    """Invalid documents keep their name; a duplicate definition is reported, first one used."""
+    plan = planner.plan([pub("ok", 80), pub("ok", 81), specs.parse({"kind": "Nope"}),
+                         pub("bad", 0)], NODE)
+    assert states(plan)["bad"] == ("Invalid", "InvalidSpec")
+    assert len(plan.dnats) == 1
+    assert any("defined more than once" in e for e in plan.errors)
+    assert any("Nope" in e for e in plan.errors)
+
+
+# --- properties --------------------------------------------------------------------------
+
+claims = st.lists(
+    st.tuples(
+        st.sampled_from(["TCP", "UDP"]),
+        st.sampled_from([None, "192.0.2.1", "192.0.2.11"]),
+        st.integers(1000, 1030),
+        st.integers(0, 5),
+        st.sampled_from(["", "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"]),
+        st.sampled_from(["a", "b"]),
+    ),
+    max_size=12,
+)
+
+
+def build(items: list[tuple[Any, ...]]) -> list[Any]:
+    out = [net("n", "10.0.0.0/24")]
+    for i, (proto, host, port, span, created, ns) in enumerate(items):
+        extra: dict[str, Any] = {"protocol": proto, "hostPortEnd": port + span}
+        if host:
+            extra["hostIP"] = host
+        out.append(pub(f"p{i}", port, created, ns, **extra))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(claims, st.randoms(use_true_random=False))
+def test_input_order_never_matters(items: list[tuple[Any, ...]], rnd: Any) -> None:
+    """Any permutation of the same resources yields the identical plan and ruleset."""
+    resources = build(items)
+    shuffled = list(resources)
+    rnd.shuffle(shuffled)
+    a, b = planner.plan(resources, NODE), planner.plan(shuffled, NODE)
+    assert a == b
+    assert [t.text() for t in ruleset.render(a)] == [t.text() for t in ruleset.render(b)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(claims)
+def test_no_port_is_claimed_twice(items: list[tuple[Any, ...]]) -> None:
+    """Among applied publications no two overlapping claims coexist."""
+    plan = planner.plan(build(items), NODE)
+    seen: set[tuple[str, str, int]] = set()
+    for d in plan.dnats:
+        for port in range(d.port, d.port_end + 1):
+            for host in ([str(d.host_ip)] if d.host_ip else ["192.0.2.1", "192.0.2.11"]):
+                key = (d.protocol.value, host, port)
+                assert key not in seen
+                seen.add(key)

@@ -1,0 +1,129 @@
+"""Parsing resource documents into typed specs.
+
+Scenarios: defaults filled in; every bad field named with resource and path; unknown fields
+rejected; cross-field rules (range order, gateway in subnet, families); derived bridge names
+stay valid interface names; selectors match labels like Kubernetes does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridgeport.core import specs
+
+API = "bridgeport.io/v1alpha1"
+
+
+def pub(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"hostPort": 8080, "target": {"address": "10.0.0.2", "port": 80}}
+    return {"apiVersion": API, "kind": "PortPublication",
+            "metadata": {"name": "web", "namespace": "default"}, "spec": {**base, **spec}}
+
+
+def net(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "br0"},
+            "spec": {"subnet": "192.168.99.0/24", **spec}}
+
+
+def errors(doc: dict[str, Any]) -> str:
+    result = specs.parse(doc)
+    assert isinstance(result, specs.InvalidResource), result
+    return result.message
+
+
+def test_network_defaults() -> None:
+    """A minimal network gets Docker's defaults: first host as gateway, masquerade, isolated."""
+    n = specs.parse(net())
+    assert isinstance(n, specs.BridgeNetwork)
+    assert n.bridge == "bp-br0"
+    assert n.gateway == ipaddress.IPv4Address("192.168.99.1")
+    assert (n.mtu, n.masquerade, n.internal, n.inter_container) == (1500, True, False, True)
+    assert n.isolation is specs.Isolation.ISOLATED
+
+
+def test_publication_defaults() -> None:
+    """A minimal publication is TCP, single port, wildcard host IP, loopback Auto."""
+    p = specs.parse(pub())
+    assert isinstance(p, specs.PortPublication)
+    assert (p.protocol, p.host_ip, p.host_port_end, p.loopback) == (
+        specs.Protocol.TCP, None, 8080, specs.LoopbackPolicy.AUTO)
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    (pub(target={"address": "10.0.0.2", "port": 70000}),
+     "PortPublication default/web: spec.target.port: 70000 is not a port (1-65535)"),
+    (pub(hostPort=0), "spec.hostPort: 0 is not a port (1-65535)"),
+    (pub(hostPort="80"), "spec.hostPort: '80' is not a port (1-65535)"),
+    (pub(hostPortEnd=8000), "spec.hostPortEnd: 8000 is below spec.hostPort 8080"),
+    (pub(hostIP="300.1.1.1"), "spec.hostIP: '300.1.1.1' is not an IP address"),
+    (pub(protocol="ICMP"), "spec.protocol: 'ICMP' is not one of TCP | UDP | SCTP"),
+    (pub(loopback="Sometimes"), "spec.loopback: 'Sometimes' is not one of Auto | Always | Never"),
+    (pub(colour="blue"), "spec.colour: unknown field"),
+    (pub(target={"address": "10.0.0.2", "port": 80, "x": 1}), "spec.target.x: unknown field"),
+    (pub(target=None), "spec.target: is required"),
+    (pub(hostIP="2001:db8::1"), "spec.hostIP: IPv6 host IP 2001:db8::1 cannot be NATed"),
+    (pub(hostPort=65535, hostPortEnd=65535, target={"address": "10.0.0.2", "port": 65535}), None),
+    (pub(hostPort=100, hostPortEnd=200, target={"address": "10.0.0.2", "port": 65500}),
+     "spec.target.port: range 65500-65600 exceeds 65535"),
+    (net(subnet="192.168.99.1/24"), "spec.subnet: '192.168.99.1/24' is not a CIDR"),
+    (net(subnet="fd00::/64"), "spec.subnet: fd00::/64 is not an IPv4 CIDR"),
+    (net(gateway="10.0.0.1"), "spec.gateway: 10.0.0.1 is not inside 192.168.99.0/24"),
+    (net(gateway="192.168.99.255"), "spec.gateway: 192.168.99.255 is not a host address"),
+    (net(bridge="this-name-is-too-long"), "spec.bridge: 'this-name-is-too-long' is not a valid"),
+    (net(bridge="br;drop"), "spec.bridge: 'br;drop' is not a valid interface name"),
+    (net(mtu=10), "spec.mtu: 10 is not an MTU (68-65535)"),
+    (net(masquerade="yes"), "spec.masquerade: must be true or false, not 'yes'"),
+    (net(isolation="Open"), "spec.isolation: 'Open' is not one of Isolated | Shared"),
+    (net(nodeSelector={"matchLabels": {"bad key!": "x"}}),
+     "spec.nodeSelector.matchLabels.bad key!: is not a valid label key"),
+    (net(nodeSelector={"matchExpressions": [{"key": "a", "operator": "Near"}]}),
+     "spec.nodeSelector.matchExpressions[0].operator: 'Near' is not one of"),
+])
+def test_bad_fields_are_named(doc: dict[str, Any], message: str | None) -> None:
+    """Each bad field yields a message naming the resource and the field path."""
+    if message is None:
+        assert not isinstance(specs.parse(doc), specs.InvalidResource)
+    else:
+        assert message in errors(doc)
+
+
+def test_bad_identity() -> None:
+    """Documents without a usable identity are invalid without a ref, and say why."""
+    assert specs.parse([1, 2]).message == "document is a list, not an object"  # type: ignore[union-attr]
+    assert "kind: 'Pod' is not one of" in errors({"kind": "Pod"})
+    assert "metadata.name: 'Bad_Name'" in errors({"kind": "BridgeNetwork",
+                                                  "metadata": {"name": "Bad_Name"}})
+
+
+def test_wrong_api_version() -> None:
+    """Another apiVersion is refused rather than guessed at."""
+    doc = net()
+    doc["apiVersion"] = "bridgeport.io/v2"
+    assert "apiVersion: 'bridgeport.io/v2' is not bridgeport.io/v1alpha1" in errors(doc)
+
+
+@given(st.from_regex(r"[a-z0-9]([-a-z0-9.]{0,60}[a-z0-9])?", fullmatch=True))
+def test_default_bridge_names_are_valid(name: str) -> None:
+    """Any valid resource name derives a valid, deterministic interface name."""
+    derived = specs.default_bridge_name(name)
+    assert specs.IFNAME.match(derived) and len(derived) <= 15
+    assert derived == specs.default_bridge_name(name)
+
+
+def test_selector_semantics() -> None:
+    """matchLabels and matchExpressions follow metav1.LabelSelector semantics."""
+    n = specs.parse(net(nodeSelector={
+        "matchLabels": {"zone": "a"},
+        "matchExpressions": [{"key": "edge", "operator": "Exists"},
+                             {"key": "tier", "operator": "NotIn", "values": ["db"]}]}))
+    assert isinstance(n, specs.BridgeNetwork)
+    sel = n.node_selector
+    assert sel.matches({"zone": "a", "edge": ""})
+    assert not sel.matches({"zone": "a"})
+    assert not sel.matches({"zone": "a", "edge": "1", "tier": "db"})
+    assert specs.NodeSelector().matches({})
