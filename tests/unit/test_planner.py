@@ -121,7 +121,6 @@ def test_network_references() -> None:
     assert s["outside"] == ("Invalid", "TargetOutsideNetwork")
     assert s["waiting"] == ("Inactive", "NetworkNotReady")
     assert s["ok"] == ("Applied", "Programmed")
-    assert plan.hairpins == (ipaddress.ip_address("10.0.0.2"),)
 
 
 def test_internal_network_publishes_nothing() -> None:

@@ -34,8 +34,6 @@ def test_changed_target_is_one_element_swap() -> None:
     assert cmds == [
         "delete element ip bridgeport pub_any { tcp . 80 }",
         'add element ip bridgeport pub_any { tcp . 80 comment "default/web" : 10.0.0.3 . 80 }',
-        "delete element ip bridgeport published { 10.0.0.2 . tcp . 80 }",
-        "add element ip bridgeport published { 10.0.0.3 . tcp . 80 }",
     ]
 
 

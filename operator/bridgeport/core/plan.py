@@ -107,7 +107,6 @@ class NodePlan:
     node: str
     bridges: tuple[BridgePlan, ...] = ()
     dnats: tuple[Dnat, ...] = ()
-    hairpins: tuple[IPAddress, ...] = ()
     proxies: tuple[ProxyPort, ...] = ()
     outcomes: tuple[Outcome, ...] = ()
     errors: tuple[str, ...] = ()  # documents too broken to name a resource

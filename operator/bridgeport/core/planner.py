@@ -48,49 +48,51 @@ class _Verdict:
 
 def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
     """Compute the node's whole desired state. Input order never changes the result."""
-    networks: list[BridgeNetwork] = []
-    publications: list[PortPublication] = []
     outcomes: dict[ResourceRef, Outcome] = {}
     errors: list[str] = []
-    seen: set[ResourceRef] = set()
-    for res in sorted(resources, key=_input_order):
+    chosen: dict[ResourceRef, ParseResult] = {}
+    for res in resources:
+        ref = res.ref if isinstance(res, InvalidResource) else res.meta.ref
+        if ref is None:
+            errors.append(res.message)  # type: ignore[union-attr]
+        elif ref in chosen:
+            errors.append(f"{ref}: defined more than once; one definition is used")
+            chosen[ref] = min(chosen[ref], res, key=_duplicate_order)
+        else:
+            chosen[ref] = res
+    networks: list[BridgeNetwork] = []
+    publications: list[PortPublication] = []
+    for ref, res in chosen.items():
         if isinstance(res, InvalidResource):
-            if res.ref is None:
-                errors.append(res.message)
-            elif res.ref not in seen:
-                seen.add(res.ref)
-                outcomes[res.ref] = Outcome(res.ref, res.generation, State.INVALID,
-                                            "InvalidSpec", res.message)
-            continue
-        ref = res.meta.ref
-        if ref in seen:
-            errors.append(f"{ref}: defined more than once; the first definition is used")
-            continue
-        seen.add(ref)
-        (networks if isinstance(res, BridgeNetwork) else publications).append(res)  # type: ignore[arg-type]
+            outcomes[ref] = Outcome(ref, res.generation, State.INVALID, "InvalidSpec",
+                                    res.message)
+        elif isinstance(res, BridgeNetwork):
+            networks.append(res)
+        else:
+            publications.append(res)
+    networks.sort(key=lambda n: n.meta.age_key)
+    publications.sort(key=lambda p: p.meta.age_key)
 
     bridges = _plan_networks(networks, facts, outcomes)
     applied_networks = {b.network: b for b in bridges}
     all_networks = {n.name: n for n in networks}
-    dnats, proxies, hairpins = _plan_publications(
+    dnats, proxies = _plan_publications(
         publications, facts, applied_networks, all_networks, outcomes
     )
     return NodePlan(
         node=facts.name,
         bridges=tuple(sorted(bridges, key=lambda b: b.name)),
         dnats=tuple(sorted(dnats, key=_dnat_order)),
-        hairpins=tuple(sorted(set(hairpins), key=_addr_order)),
         proxies=tuple(sorted(proxies, key=lambda p: (p.key, _addr_order(p.target)))),
         outcomes=tuple(sorted(outcomes.values(), key=lambda o: o.ref)),
         errors=tuple(sorted(errors)),
     )
 
 
-def _input_order(res: ParseResult) -> tuple[int, tuple[str, str, str], str]:
-    """Valid resources oldest first; invalid ones last. Stable regardless of input order."""
+def _duplicate_order(res: ParseResult) -> tuple[int, tuple[str, str, str], str]:
+    """Which of two definitions of one resource is used: valid, then oldest, then by content."""
     if isinstance(res, InvalidResource):
-        ref = res.ref
-        return (1, ("", ref.namespace if ref else "", ref.name if ref else ""), res.message)
+        return (1, ("", "", ""), res.message)
     return (0, res.meta.age_key, repr(res))
 
 
@@ -155,11 +157,10 @@ def _plan_publications(
     applied: dict[str, BridgePlan],
     all_networks: dict[str, BridgeNetwork],
     outcomes: dict[ResourceRef, Outcome],
-) -> tuple[list[Dnat], list[ProxyPort], list[IPAddress]]:
+) -> tuple[list[Dnat], list[ProxyPort]]:
     accepted = _Claims()
     dnats: list[Dnat] = []
     proxies: list[ProxyPort] = []
-    hairpins: list[IPAddress] = []
     for pub in publications:
         ref = pub.meta.ref
         network = _target_network(pub, applied)
@@ -173,12 +174,10 @@ def _plan_publications(
                 accepted.add(pub)
                 dnats += pub_dnats
                 proxies += pub_proxies
-                if pub_dnats and network is not None:
-                    hairpins.append(pub.target_address)
                 verdict = _Verdict(State.APPLIED, "Programmed",
                                    _applied_message(pub, pub_dnats, pub_proxies))
         outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict))
-    return dnats, proxies, hairpins
+    return dnats, proxies
 
 
 def _target_network(pub: PortPublication, applied: dict[str, BridgePlan]) -> BridgePlan | None:

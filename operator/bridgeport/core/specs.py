@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from bridgeport import API_VERSION
 
@@ -55,8 +55,9 @@ class LoopbackPolicy(StrEnum):
     NEVER = "Never"
 
 
-@dataclass(frozen=True, order=True)
-class ResourceRef:
+class ResourceRef(NamedTuple):
+    """kind, namespace ("" when cluster-scoped), name: a resource's identity and sort order."""
+
     kind: str
     namespace: str  # "" for cluster-scoped resources
     name: str

@@ -42,5 +42,8 @@ class Listener:
         log.warning(event, publication=self.port.owner.key, listen=self.where,
                     target=f"{self.target[0]}:{self.target[1]}", kind=kind, **fields)
 
+    def tick(self, now: float) -> None:
+        """Periodic housekeeping (timeouts), called by the manager's sweeper."""
+
     def close(self) -> None:
         raise NotImplementedError

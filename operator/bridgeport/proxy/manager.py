@@ -38,6 +38,7 @@ class ProxyManager:
         self.listeners: dict[ProxyKey, Listener] = {}
         self.failed: dict[ProxyKey, ProxyStatus] = {}
         self._pool = PipePool()
+        self._udp_buf = bytearray(65536)  # the largest datagram
         self._sweeper: asyncio.TimerHandle | None = None
         self._registry = registry
         self._collector = ProxyCollector(self._rows)
@@ -95,23 +96,23 @@ class ProxyManager:
             if port.protocol is Protocol.TCP:
                 return TcpListener(loop, sock, port, self._pool, self.max_tcp_connections,
                                    self.connect_timeout)
-            return UdpListener(loop, sock, port, self.max_udp_flows, self.udp_idle_timeout)
+            return UdpListener(loop, sock, port, self.max_udp_flows, self.udp_idle_timeout,
+                               self._udp_buf)
         except BaseException:
             sock.close()
             raise
 
     def _arm_sweeper(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._sweeper is None and any(isinstance(x, UdpListener)
-                                         for x in self.listeners.values()):
-            interval = min(max(self.udp_idle_timeout / 4, 0.05), 5.0)
-            self._sweeper = loop.call_later(interval, self._sweep, loop, interval)
+        """One timer for every listener's timeouts, instead of one per connection or flow."""
+        if self._sweeper is None and self.listeners:
+            interval = min(self.udp_idle_timeout, self.connect_timeout) / 4
+            self._sweeper = loop.call_later(min(max(interval, 0.05), 5.0), self._sweep, loop)
 
-    def _sweep(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweeper = None
         now = loop.time()
-        for listener in self.listeners.values():
-            if isinstance(listener, UdpListener):
-                listener.expire(now)
+        for listener in list(self.listeners.values()):
+            listener.tick(now)
         self._arm_sweeper(loop)
 
     def _rows(self) -> Iterator[Row]:

@@ -47,6 +47,7 @@ def open_listener(key: ProxyKey) -> socket.socket:
         # No SO_REUSEADDR for UDP: there it lets two sockets bind one port, hiding conflicts.
         sock.bind((key.listen, key.port))
         if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accept()
             sock.listen(TCP_BACKLOG)
         elif is_wildcard(key.listen):
             enable_pktinfo(sock)

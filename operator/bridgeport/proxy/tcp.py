@@ -1,4 +1,4 @@
-"""TCP listener: accept, connect to the target (with a timeout), then splice-relay.
+"""TCP listener: accept, start connecting to the target, relay at once (see relay.py).
 
 Relay choice, measured side by side on one 2-vCPU machine (bench/proxy/README.md):
 RELAY_NUMBERS_PLACEHOLDER
@@ -12,20 +12,9 @@ import socket
 
 from bridgeport.core.plan import ProxyPort
 from bridgeport.proxy.listener import Listener
-from bridgeport.proxy.relay import PipePool, Relay, reset
+from bridgeport.proxy.relay import CONNECT_ERRORS, PipePool, Relay, reset, still_connecting
 
 _ACCEPT_BURST = 64  # accepts per wakeup, so a connection storm cannot starve other listeners
-
-
-class _Pending:
-    """A client waiting for its upstream connect to finish."""
-
-    __slots__ = ("client", "listener", "timer", "upstream")
-
-    def __init__(self, listener: TcpListener, client: socket.socket,
-                 upstream: socket.socket) -> None:
-        self.listener, self.client, self.upstream = listener, client, upstream
-        self.timer: asyncio.TimerHandle | None = None
 
 
 class TcpListener(Listener):
@@ -35,7 +24,7 @@ class TcpListener(Listener):
         self.pool, self.max_connections = pool, max_connections
         self.connect_timeout = connect_timeout
         self.relays: set[Relay] = set()
-        self.pending: set[_Pending] = set()
+        self.unconfirmed: dict[Relay, None] = {}  # insertion order is start order
         loop.add_reader(sock.fileno(), self._on_accept)
 
     def _on_accept(self) -> None:
@@ -48,7 +37,7 @@ class TcpListener(Listener):
                 self.error("accept", "proxy accept failed", error=str(exc))
                 return
             self.stats.connections += 1
-            if len(self.relays) + len(self.pending) >= self.max_connections:
+            if len(self.relays) >= self.max_connections:
                 reset(client)
                 self.error("connection_limit", "proxy connection limit reached, refusing",
                            limit=self.max_connections)
@@ -63,64 +52,45 @@ class TcpListener(Listener):
             reset(client)
             self.error("connect", "proxy cannot open a socket to the target", error=str(exc))
             return
-        # Go (docker-proxy) does the same: a relay must not add Nagle delays.
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A relay must not add Nagle delays (Go, hence docker-proxy, does the same); accepted
+        # sockets inherit TCP_NODELAY from the listener (set in sockets.py).
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         code = upstream.connect_ex(self.target)
-        p = _Pending(self, client, upstream)
+        if code not in (0, errno.EINPROGRESS):
+            reset(client)
+            upstream.close()
+            self.error(CONNECT_ERRORS.get(code, "connect"), "proxy cannot connect to the target",
+                       error=errno.errorcode.get(code, str(code)))
+            return
+        relay = Relay(self.loop, client, upstream, self.pool, self)
+        self.relays.add(relay)
+        self.unconfirmed[relay] = None
         self.stats.active += 1
-        if code == 0:
-            self._start(p)
-        elif code == errno.EINPROGRESS:
-            self.pending.add(p)
-            self.loop.add_writer(upstream.fileno(), self._on_connected, p)
-            p.timer = self.loop.call_later(self.connect_timeout, self._on_timeout, p)
-        else:
-            self._fail(p, code)
 
-    def _on_connected(self, p: _Pending) -> None:
-        self.pending.discard(p)
-        self.loop.remove_writer(p.upstream.fileno())
-        if p.timer is not None:
-            p.timer.cancel()
-        code = p.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            self._fail(p, code)
-        else:
-            self._start(p)
+    def relay_confirmed(self, relay: Relay) -> None:
+        self.unconfirmed.pop(relay, None)
 
-    def _on_timeout(self, p: _Pending) -> None:
-        self.pending.discard(p)
-        self.loop.remove_writer(p.upstream.fileno())
-        self._fail(p, errno.ETIMEDOUT)
-
-    def _fail(self, p: _Pending, code: int) -> None:
-        self.stats.active -= 1
-        reset(p.client)
-        p.upstream.close()
-        kind = {errno.ECONNREFUSED: "connect_refused", errno.ETIMEDOUT: "connect_timeout"}
-        self.error(kind.get(code, "connect"), "proxy cannot connect to the target",
-                   error=errno.errorcode.get(code, str(code)))
-
-    def _start(self, p: _Pending) -> None:
-        self.relays.add(Relay(self.loop, p.client, p.upstream, self.pool, self.stats,
-                              self._closed))
-
-    def _closed(self, relay: Relay) -> None:
+    def relay_closed(self, relay: Relay) -> None:
         self.relays.discard(relay)
+        self.unconfirmed.pop(relay, None)
         self.stats.active -= 1
+
+    def tick(self, now: float) -> None:
+        """Time out connects that never completed; confirm quiet ones that did."""
+        deadline = now - self.connect_timeout
+        for relay in list(self.unconfirmed):
+            if relay.started > deadline:
+                break
+            if still_connecting(relay.upstream):
+                self.error("connect_timeout", "proxy cannot connect to the target",
+                           error=f"no answer within {self.connect_timeout:g}s")
+                relay.close(hard=True)
+            else:
+                relay.confirm()
 
     def close(self) -> None:
         """Stop listening and end every connection: the port must be free afterwards."""
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        for p in list(self.pending):
-            self.pending.discard(p)
-            self.loop.remove_writer(p.upstream.fileno())
-            if p.timer is not None:
-                p.timer.cancel()
-            self.stats.active -= 1
-            reset(p.client)
-            p.upstream.close()
         for relay in list(self.relays):
             relay.close(hard=True)

@@ -1,0 +1,184 @@
+"""Kernel data plane benchmark: ratios measured side by side in one run (not a test).
+
+    client netns 192.0.2.2 --veth-- node netns 192.0.2.1 (the real agent, dir source)
+                                      bp-bench 10.77.0.1 --veth-- target netns 10.77.0.2
+                                                                  iperf3 -s :5201, httpd :80
+
+Prints: published-port vs direct throughput (iperf3) and new connections/s (wrk, Connection:
+close); new connections/s with 10,000 publications vs 10 (maps keep the per-packet cost flat)
+and with 10,000 Docker-style linear DNAT rules for contrast; plan/render/apply timings for
+10,000 publications and for changing one (bench/scale_probe.py); the agent's RSS.
+
+Run as root: `make bench` or `.venv/bin/python bench/dataplane.py [--seconds 10]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.netns import Netns, netns, veth, wait_for  # noqa: E402
+
+API = "bridgeport.io/v1alpha1"
+HTTPD_C = ROOT / "bench" / "httpd.c"
+
+
+def resources(count: int) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "bench"},
+         "spec": {"subnet": "10.77.0.0/24", "bridge": "bp-bench"}},
+        _pub("iperf", 15201, 5201), _pub("http", 8080, 80)]
+    docs += [_pub(f"filler-{i}", 20000 + i, 80) for i in range(count)]
+    return docs
+
+
+def _pub(name: str, host_port: int, port: int) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "PortPublication",
+            "metadata": {"name": name, "namespace": "bench"},
+            "spec": {"hostPort": host_port, "loopback": "Never",
+                     "target": {"address": "10.77.0.2", "port": port}}}
+
+
+def iperf(client: Netns, host: str, port: int, seconds: int) -> float:
+    out = client.run(["iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"],
+                     timeout=seconds + 30).stdout
+    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def wrk(client: Netns, url: str, seconds: int) -> float:
+    out = client.run(["wrk", "-t2", "-c50", f"-d{seconds}s", "-H", "Connection: close", url],
+                     timeout=seconds + 30).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not match:
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    return float(match.group(1))
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--publications", type=int, default=10_000)
+    args = ap.parse_args()
+    secs, many = args.seconds, args.publications
+    rows: list[tuple[str, str]] = []
+
+    with ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="bp-bench-"))
+        stack.callback(shutil.rmtree, tmp, True)
+        httpd = tmp / "httpd"
+        subprocess.run(["gcc", "-O2", "-o", str(httpd), str(HTTPD_C)], check=True)
+        node, client, target = (stack.enter_context(netns(p)) for p in ("bbn", "bbc", "bbt"))
+        veth(client, "eth0", node, "eth0")
+        node.run("ip addr add 192.0.2.1/24 dev eth0")
+        client.run("ip addr add 192.0.2.2/24 dev eth0")
+        client.run("ip route add 10.77.0.0/24 via 192.0.2.1")  # for the direct baseline
+        node.sysctl("net.ipv4.ip_forward", "1")
+        resdir = tmp / "resources"
+        resdir.mkdir()
+        (resdir / "bench.yaml").write_text(yaml.safe_dump_all(resources(8)))
+        agent_log = (tmp / "agent.log").open("w")
+        agent = node.popen([sys.executable, "-m", "bridgeport", "--log-format", "json", "agent",
+                            "--source", f"dir:{resdir}", "--node-name", "bench",
+                            "--state-file", str(tmp / "state.json"), "--resync", "3600"],
+                           stdout=agent_log, stderr=agent_log)
+        wait_for(lambda: node.run("ip link show bp-bench", check=False).returncode == 0,
+                 what="agent bridge")
+        veth(target, "eth0", node, "bbport")
+        node.run("ip link set bbport master bp-bench")
+        target.run("ip addr add 10.77.0.2/24 dev eth0")
+        target.run("ip route add default via 10.77.0.1")
+        target.popen(["iperf3", "-s", "-p", "5201"])
+        target.popen([str(httpd), "80", "2"])
+        wait_for(lambda: "ok" in client.run("curl -s --max-time 1 http://192.0.2.1:8080/",
+                                            check=False).stdout, what="published http")
+        # Direct access is dropped by design; admit the client for the baseline only (the
+        # agent's drift repair is parked with --resync 3600).
+        node.run(["nft", "insert rule ip bridgeport to_bp-bench ip saddr 192.0.2.2 accept"])
+
+        direct_bw = iperf(client, "10.77.0.2", 5201, secs)
+        dnat_bw = iperf(client, "192.0.2.1", 15201, secs)
+        direct_cps = wrk(client, "http://10.77.0.2:80/", secs)
+        dnat_cps = wrk(client, "http://192.0.2.1:8080/", secs)
+        rows += [
+            ("throughput direct / published (Gbit/s)", f"{direct_bw:.1f} / {dnat_bw:.1f}"),
+            ("throughput ratio published:direct", f"{dnat_bw / direct_bw:.2f}x"),
+            ("new conn/s direct / published", f"{direct_cps:.0f} / {dnat_cps:.0f}"),
+            ("new conn/s ratio published:direct", f"{dnat_cps / direct_cps:.2f}x"),
+        ]
+        rss_small = rss_mib(agent.pid)
+
+        (resdir / "bench.yaml").write_text(yaml.safe_dump_all(resources(many)))
+        wait_for(lambda: json.loads((tmp / "state.json").read_text())["counts"]["dnat"]
+                 >= many, timeout=120, what=f"{many} publications applied")
+        time.sleep(1)
+        many_cps = wrk(client, "http://192.0.2.1:8080/", secs)
+        rss_many = rss_mib(agent.pid)
+        rows += [
+            (f"new conn/s with {many} publications", f"{many_cps:.0f}"),
+            (f"ratio {many} : 10 publications", f"{many_cps / dnat_cps:.2f}x"),
+            ("agent RSS with 10 / " + str(many) + " publications (MiB)",
+             f"{rss_small:.0f} / {rss_many:.0f}"),
+        ]
+
+        # Contrast: Docker's design, one linear DNAT rule per published port, evaluated first.
+        linear = ["table ip linearbench {",
+                  " chain pre { type nat hook prerouting priority -101; policy accept;"]
+        linear += [f"  tcp dport {30000 + i} dnat to 10.77.0.2:80" for i in range(many)]
+        linear += [" }", "}"]
+        node.run(["nft", "-f", "-"], input="\n".join(linear))
+        linear_cps = wrk(client, "http://192.0.2.1:8080/", secs)
+        node.run("nft delete table ip linearbench")
+        rows.append((f"new conn/s behind {many} linear rules (Docker-style)",
+                     f"{linear_cps:.0f} ({linear_cps / dnat_cps:.2f}x)"))
+        agent.terminate()
+        agent.wait(10)
+
+        with netns("bbs") as scratch:
+            scratch.sysctl("net.ipv4.ip_forward", "1")
+            probe = json.loads(scratch.run([sys.executable, str(ROOT / "bench" / "scale_probe.py"),
+                                            str(many)], timeout=300).stdout)
+        reconcile_ms = sum(probe[k] for k in ("change_plan_ms", "change_render_ms",
+                                              "change_diff_ms", "steady_apply_ms"))
+        rows += [
+            (f"plan + render + apply {many} (ms, one transaction)",
+             f"{probe['plan_ms'] + probe['render_ms'] + probe['apply_full_ms']:.0f} "
+             f"(plan {probe['plan_ms']:.0f}, render {probe['render_ms']:.0f}, "
+             f"nft {probe['apply_full_ms']:.0f}); parse {probe['parse_ms']:.0f}"),
+            ("change one publication: nft transaction (ms)",
+             f"{probe['steady_apply_ms']:.2f} for {probe['change_commands']} commands "
+             f"(first change after a full load: {probe['change_apply_ms']:.1f}, nft cache fill)"),
+            ("change one publication: whole reconcile (ms)",
+             f"{reconcile_ms:.0f} (replan {probe['change_plan_ms']:.0f}, "
+             f"render {probe['change_render_ms']:.0f}, diff {probe['change_diff_ms']:.1f})"),
+        ]
+        node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
+
+    width = max(len(k) for k, _ in rows)
+    print(f"\nbridgeport kernel data plane, {secs}s per measurement, same run:")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
