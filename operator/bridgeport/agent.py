@@ -20,7 +20,7 @@ import structlog
 
 from bridgeport import __version__, metrics
 from bridgeport.adapters import facts as node_facts
-from bridgeport.adapters import links
+from bridgeport.adapters import conntrack, links
 from bridgeport.adapters.nft import Nft, NftError
 from bridgeport.adapters.statefile import write_atomic
 from bridgeport.core import planner, ruleset
@@ -77,6 +77,7 @@ class Agent:
         self.last: SyncReport | None = None
         self._dirty = asyncio.Event()
         self._synced_once = False
+        self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int]]] | None = None
 
     def mark_dirty(self) -> None:
         self._dirty.set()
@@ -181,9 +182,22 @@ class Agent:
                 if o.state is State.APPLIED:
                     overrides[o.ref] = replace(o, state=State.FAILED, reason="NftRejected",
                                                message=f"nftables rejected the update: {exc}")
+        else:
+            self._forget_stale_udp(plan)
         # Only with a complete listing (we have one) and a committed ruleset: drop stale bridges.
         links.remove_stale(b.name for b in plan.bridges)
         return overrides, commands, full
+
+    def _forget_stale_udp(self, plan: NodePlan) -> None:
+        now = plan.udp_mappings()
+        before = self._udp_mappings if self._udp_mappings is not None else {}
+        changed = {k for k in now.keys() | before.keys() if now.get(k) != before.get(k)}
+        self._udp_mappings = now
+        try:
+            conntrack.forget_udp(changed)
+        except (OSError, RuntimeError) as exc:  # conntrack support missing: NAT still works
+            metrics.ERRORS.labels("conntrack").inc()
+            log.warning("cannot flush stale UDP conntrack entries", error=str(exc))
 
     async def _sync_proxies(self, plan: NodePlan, snapshot: Snapshot,
                             facts: Any) -> tuple[NodePlan, dict[ResourceRef, str]]:

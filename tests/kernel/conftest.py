@@ -151,8 +151,9 @@ class World:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
 
-    def ask(self, ns: Netns, mode: str, host: str, port: int, timeout: float = 2) -> str:
-        return ns.python("peer_client.py", mode, host, str(port), str(timeout),
+    def ask(self, ns: Netns, mode: str, host: str, port: int, timeout: float = 2,
+            sport: int = 0) -> str:
+        return ns.python("peer_client.py", mode, host, str(port), str(timeout), str(sport),
                          check=False, timeout=timeout + 10).stdout.strip()
 
     def foreign_snapshot(self) -> tuple[str, str]:

@@ -12,6 +12,7 @@ Scenarios:
 - interContainer: false stops neighbours; true lets them talk
 - direct routed access: unpublished container ports refused, published ones reachable
 - IPv6 publication end to end
+- a UDP flow follows a retargeted publication at once (stale conntrack entries dropped)
 - deleting a resource stops its traffic and removes its bridge
 - drift repair: a flushed table and a deleted bridge come back on resync
 - invalid input: reported per resource, everything else still programmed, agent alive
@@ -197,6 +198,21 @@ def test_ipv6_publication(w: World) -> None:
     # Fresh IPv6 links finish duplicate address detection of their link-local first.
     wait_for(lambda: w.ask(w.client, "tcp", NODE_IP6, 8086, timeout=1) == f"{CLIENT_IP6} 80",
              timeout=8, what="IPv6 published port")
+
+
+def test_udp_flow_follows_a_retarget(w: World) -> None:
+    """The same client flow (fixed source port) reaches the new target right after a change."""
+    w.agent.apply(NET, publication("dns", 8053, "10.99.1.2", 53, protocol="UDP"))
+    w.agent.wait({"net-a": "Applied", "dns": "Applied"})
+    one = w.container("bp-a", "10.99.1.2/24", "10.99.1.1")
+    two = w.container("bp-a", "10.99.1.3/24", "10.99.1.1")
+    w.serve(one, "--udp", "53")
+    w.serve(two, "--udp", "54")
+    assert w.ask(w.client, "udp", NODE_IP, 8053, sport=40053) == f"{CLIENT_IP} 53"
+    w.agent.apply(NET, publication("dns", 8053, "10.99.1.3", 54, protocol="UDP"))
+    wait_for(lambda: "10.99.1.3" in w.node.run("nft list map ip bridgeport pub_any").stdout,
+             what="retargeted map element")
+    assert w.ask(w.client, "udp", NODE_IP, 8053, sport=40053) == f"{CLIENT_IP} 54"
 
 
 def test_delete_stops_traffic_and_removes_bridge(w: World) -> None:

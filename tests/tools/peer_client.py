@@ -11,11 +11,14 @@ import sys
 def main() -> int:
     mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 2.0
+    sport = int(sys.argv[5]) if len(sys.argv) > 5 else 0  # fixed source port (UDP flows)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         if mode == "udp":
             s = socket.socket(family, socket.SOCK_DGRAM)
             s.settimeout(timeout)
+            if sport:
+                s.bind(("", sport))
             s.sendto(b"hi", (host, port))
             print(s.recv(1024).decode().strip())
             return 0

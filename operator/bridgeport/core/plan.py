@@ -114,6 +114,16 @@ class NodePlan:
     def outcome(self, ref: ResourceRef) -> Outcome | None:
         return next((o for o in self.outcomes if o.ref == ref), None)
 
+    def udp_mappings(self) -> dict[tuple[int, int], set[tuple[str, str, int]]]:
+        """(family, host port) -> {(host IP, target, target port)} for every UDP DNAT port."""
+        out: dict[tuple[int, int], set[tuple[str, str, int]]] = {}
+        for d in self.dnats:
+            if d.protocol is Protocol.UDP:
+                for i in range(d.port_end - d.port + 1):
+                    out.setdefault((d.family, d.port + i), set()).add(
+                        (str(d.host_ip or "*"), str(d.target), d.target_port + i))
+        return out
+
     def counts(self) -> dict[str, int]:
         by_state = {s.value: 0 for s in State}
         for o in self.outcomes:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from bridgeport.proxy.stats import ListenerStats
 
-PIPE_SIZE = 65536  # bytes in flight per direction; see bench/proxy/README.md
+PIPE_SIZE = 256 * 1024  # bytes in flight per direction; see bench/proxy/README.md
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _splice = os.splice  # positional arguments and no attribute lookup: this is the hot path
 _BURST = 8  # chunks per wakeup before yielding to other connections

@@ -1,0 +1,66 @@
+"""`bridgeport plan`: what the agent would program, without root or a kernel.
+
+Scenarios: the shipped examples plan cleanly in both formats and match the golden ruleset;
+invalid input exits 1 with messages naming resource and field; node IPs and forwarding flags
+change the plan; a missing file is a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+def plan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridgeport", "plan", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_examples_plan_as_golden() -> None:
+    """The examples render exactly the documented golden ruleset, exit 0."""
+    out = plan("-f", "examples", "--node-ip", "192.0.2.1")
+    assert out.returncode == 0, out.stderr
+    golden = (ROOT / "tests/golden/examples.nft").read_text()
+    tables = golden[golden.index("table ip bridgeport"):]
+    assert out.stdout.endswith(tables)
+    assert "# PortPublication default/web: Applied" in out.stdout
+
+
+def test_json_format() -> None:
+    """--format json carries outcomes, bridges, proxies and the nft text."""
+    out = plan("-f", "examples/network.yaml", "-f", "examples/publication.yaml", "--format",
+               "json", "--no-ip-forward")
+    data = json.loads(out.stdout)
+    assert {o["name"]: o["state"] for o in data["outcomes"]} == {
+        "demo": "Applied", "dns-range": "Applied", "web": "Applied"}
+    assert {p["listen"] for p in data["proxies"]} == {"0.0.0.0", "::"}
+    assert "pub_any" in data["nft"]["ip"] and "tcp . 8080" not in data["nft"]["ip"]
+
+
+def test_invalid_input_exits_1(tmp_path: Path) -> None:
+    """A bad port: exit 1, the message names resource and field; the rest is still printed."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("""
+apiVersion: bridgeport.io/v1alpha1
+kind: PortPublication
+metadata: {name: web, namespace: default}
+spec: {hostPort: 8080, target: {address: 192.168.99.2, port: 70000}}
+""")
+    out = plan("-f", str(bad), "-f", "examples/network.yaml")
+    assert out.returncode == 1
+    assert ("error: PortPublication default/web: spec.target.port: 70000 is not a port "
+            "(1-65535)") in out.stderr
+    assert "chain from_bp-demo" in out.stdout
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    """Broken YAML and a missing file are reported as errors, exit 1."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kind: [\n")
+    out = plan("-f", str(broken), "-f", str(tmp_path / "missing.yaml"))
+    assert out.returncode == 1
+    assert "broken.yaml: unreadable" in out.stderr and "missing.yaml: unreadable" in out.stderr
