@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint unit kernel demo bench golden clean
+.PHONY: setup test lint unit kernel kube-build dev-cluster dev-cluster-down demo bench golden clean
 
 setup:
 	@bash hack/setup.sh
@@ -19,8 +19,19 @@ unit: setup
 kernel: setup
 	$(PY) -m pytest -q tests/kernel
 
+## Kubernetes from the Go module proxy (first run ~6 min on 2 cores; cached afterwards).
+kube-build: setup
+	@bash hack/kube/build.sh
+
+## A local control plane on 127.0.0.1:6443 (admin kubeconfig: see `hack/kube/cluster.sh env`).
+dev-cluster: kube-build
+	@bash hack/kube/cluster.sh up
+
+dev-cluster-down:
+	@bash hack/kube/cluster.sh down
+
 ## The full suite: lint, type check, layering contract, unit, kernel and API tests.
-test: lint
+test: lint kube-build
 	$(PY) -m pytest -q
 
 demo: setup
