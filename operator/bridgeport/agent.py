@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import structlog
 
 from bridgeport import __version__, metrics
-from bridgeport.adapters import facts as node_facts
 from bridgeport.adapters import conntrack, links
+from bridgeport.adapters import facts as node_facts
 from bridgeport.adapters.nft import Nft, NftError
 from bridgeport.adapters.statefile import write_atomic
 from bridgeport.core import planner, ruleset
@@ -65,6 +65,7 @@ class Agent:
         resync: float = 30.0,
         debounce: float = 0.05,
         proxies: Proxies | None = None,
+        reporters: Sequence[Callable[[dict[str, Any]], Awaitable[None]]] = (),
     ) -> None:
         self.source = source
         self.node_name = node_name
@@ -73,6 +74,7 @@ class Agent:
         self.resync = resync
         self.debounce = debounce
         self.proxies = proxies
+        self.reporters = list(reporters)
         self.nft = Nft()
         self.last: SyncReport | None = None
         self._dirty = asyncio.Event()
@@ -122,7 +124,14 @@ class Agent:
             return None
         metrics.RECONCILE_SECONDS.observe(report.duration)
         self.last = report
-        self._write_state(report, snapshot)
+        state = state_document(self.node_name, report, snapshot)
+        self._write_state(state)
+        for publish in self.reporters:
+            try:
+                await publish(state)
+            except Exception as exc:  # a reporter must never stop the data plane
+                metrics.ERRORS.labels("report").inc()
+                log.exception("state report failed", error=str(exc))
         return report
 
     async def _reconcile(self, snapshot: Snapshot, check_drift: bool,
@@ -160,9 +169,11 @@ class Agent:
         """Bridges first (rules may name them), then one nft transaction, then stale bridges."""
         overrides: dict[ResourceRef, Outcome] = {}
         for failure in links.converge(plan.bridges):
-            ref = ResourceRef("BridgeNetwork", "", failure.network)
-            overrides[ref] = Outcome(ref, _generation(plan, ref), State.FAILED, "BridgeFailed",
-                                     f"bridge {failure.bridge}: {failure.message}")
+            failed = plan.outcome(ResourceRef("BridgeNetwork", "", failure.network))
+            if failed is not None:
+                overrides[failed.ref] = replace(
+                    failed, state=State.FAILED, reason="BridgeFailed",
+                    message=f"bridge {failure.bridge}: {failure.message}")
             metrics.ERRORS.labels("links").inc()
         full = not self._synced_once
         if check_drift and not full:
@@ -217,11 +228,11 @@ class Agent:
                 states[s.owner] = "failed" if s.state == "failed" else "listening"
         return plan, states
 
-    def _write_state(self, report: SyncReport, snapshot: Snapshot) -> None:
+    def _write_state(self, state: dict[str, Any]) -> None:
         if self.state_file is None:
             return
         try:
-            write_atomic(self.state_file, state_document(self.node_name, report, snapshot))
+            write_atomic(self.state_file, state)
         except OSError as exc:
             log.error("cannot write state file", path=str(self.state_file), error=str(exc))
 
@@ -231,8 +242,8 @@ def state_document(node: str, report: SyncReport, snapshot: Snapshot) -> dict[st
     for o in report.outcomes:
         entry: dict[str, Any] = {
             "kind": o.ref.kind, "namespace": o.ref.namespace, "name": o.ref.name,
-            "generation": o.generation, "state": o.state.value, "reason": o.reason,
-            "message": o.message,
+            "generation": o.generation, "uid": o.uid, "state": o.state.value,
+            "reason": o.reason, "message": o.message,
         }
         if o.ref.kind == PORT_PUBLICATION:
             entry["proxy"] = report.proxy_states.get(o.ref, "off")
@@ -261,11 +272,6 @@ def _count_states(outcomes: Sequence[Outcome]) -> dict[str, int]:
     for o in outcomes:
         counts[o.state.value] = counts.get(o.state.value, 0) + 1
     return counts
-
-
-def _generation(plan: NodePlan, ref: ResourceRef) -> int:
-    o = plan.outcome(ref)
-    return o.generation if o else 0
 
 
 def cleanup() -> list[str]:

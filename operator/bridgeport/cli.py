@@ -46,6 +46,18 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--resync", type=float, default=30.0, metavar="SECONDS")
     a.add_argument("--cleanup", action="store_true",
                    help="remove every table and bridge bridgeport owns on this node, then exit")
+    a.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "8080")),
+                   help="kopf liveness endpoint /healthz (kube source; 0 disables)")
+    a.add_argument("--metrics-port", type=int,
+                   default=int(os.environ.get("METRICS_PORT", "9102")),
+                   help="Prometheus /metrics (0 disables)")
+
+    c = sub.add_parser("controller", help="aggregate NodeStates into each resource's .status")
+    c.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "8080")))
+    c.add_argument("--metrics-port", type=int,
+                   default=int(os.environ.get("METRICS_PORT", "9102")))
+    c.add_argument("--no-peering", action="store_true",
+                   help="run without kopf peering (a single replica, e.g. in tests)")
 
     pl = sub.add_parser("plan", help="print what the agent would program (no root, no kernel)")
     pl.add_argument("-f", "--file", dest="files", action="append", type=Path, required=True,
@@ -66,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setup(args.log_level, None if args.log_format == "auto" else args.log_format == "json")
     if args.command == "plan":
         return cmd_plan(args)
+    if args.command == "controller":
+        return cmd_controller(args)
     return cmd_agent(args)
 
 
@@ -133,16 +147,47 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if not args.node_name:
         print("error: --node-name (or NODE_NAME) is required", file=sys.stderr)
         return 2
+    reporters: list[Any] = []
     if args.source.startswith("dir:"):
         from bridgeport.adapters.dirsource import DirSource
 
         source: Any = DirSource(Path(args.source[4:]))
+    elif args.source == "kube":
+        from bridgeport.kube.nodestate import NodeStateReporter
+        from bridgeport.kube.source import KubeSource
+
+        source = KubeSource(args.node_name, liveness_endpoint=_endpoint(args.health_port))
+        reporters.append(NodeStateReporter(args.node_name, lambda: source.node_uid).publish)
     else:
-        print(f"error: source {args.source!r} is not available (use dir:PATH)", file=sys.stderr)
+        print(f"error: --source {args.source!r}: use kube or dir:PATH", file=sys.stderr)
         return 2
+    _serve_metrics(args.metrics_port)
     the_agent = agent.Agent(source, args.node_name, dict(args.node_label),
-                            state_file=args.state_file, resync=args.resync)
+                            state_file=args.state_file, resync=args.resync,
+                            reporters=reporters)
     return _run_until_signal(the_agent.run())
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from bridgeport.kube.controller import run_controller
+
+    _serve_metrics(args.metrics_port)
+    return run_controller(liveness_endpoint=_endpoint(args.health_port),
+                          peering=not args.no_peering)
+
+
+def _endpoint(port: int) -> str | None:
+    return f"http://0.0.0.0:{port}/healthz" if port else None
+
+
+def _serve_metrics(port: int) -> None:
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    from bridgeport.metrics import REGISTRY
+
+    start_http_server(port, registry=REGISTRY)
 
 
 def _run_until_signal(coro: Any) -> int:

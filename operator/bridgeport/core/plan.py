@@ -25,6 +25,7 @@ class Outcome:
     state: State
     reason: str
     message: str = ""
+    uid: str = ""
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
     for ref, res in chosen.items():
         if isinstance(res, InvalidResource):
             outcomes[ref] = Outcome(ref, res.generation, State.INVALID, "InvalidSpec",
-                                    res.message)
+                                    res.message, res.uid)
         elif isinstance(res, BridgeNetwork):
             networks.append(res)
         else:
@@ -104,7 +104,8 @@ def _plan_networks(networks: list[BridgeNetwork], facts: NodeFacts,
         if verdict is None:
             accepted.append(net)
             verdict = _Verdict(State.APPLIED, "Programmed", f"bridge {net.bridge} {net.subnet}")
-        outcomes[net.meta.ref] = Outcome(net.meta.ref, net.meta.generation, *_fields(verdict))
+        outcomes[net.meta.ref] = Outcome(net.meta.ref, net.meta.generation, *_fields(verdict),
+                                         net.meta.uid)
     return [_bridge_plan(n) for n in accepted]
 
 
@@ -176,7 +177,7 @@ def _plan_publications(
                 proxies += pub_proxies
                 verdict = _Verdict(State.APPLIED, "Programmed",
                                    _applied_message(pub, pub_dnats, pub_proxies))
-        outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict))
+        outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict), pub.meta.uid)
     return dnats, proxies
 
 

@@ -182,6 +182,7 @@ class InvalidResource:
     ref: ResourceRef | None
     errors: tuple[str, ...]
     generation: int = 0
+    uid: str = ""
 
     @property
     def message(self) -> str:
@@ -403,14 +404,15 @@ def parse(doc: Any) -> ParseResult:
     spec = doc.get("spec")
     if not isinstance(spec, Mapping):
         errors.append("spec: is required")
-        return InvalidResource(meta.ref, tuple(errors), meta.generation)
+        return InvalidResource(meta.ref, tuple(errors), meta.generation, meta.uid)
     fields = _Fields(spec, "spec", errors)
     result: Resource | None = (
         _bridge_network(meta, fields) if kind == BRIDGE_NETWORK else _port_publication(meta, fields)
     )
     fields.reject_unknown()
     if errors or result is None:
-        return InvalidResource(meta.ref, tuple(errors) or ("invalid",), meta.generation)
+        return InvalidResource(meta.ref, tuple(errors) or ("invalid",), meta.generation,
+                               meta.uid)
     return result
 
 

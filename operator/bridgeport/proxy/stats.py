@@ -69,7 +69,8 @@ class ProxyCollector(Collector):
             flows.add_metric(labels, s.flows)
             nbytes.add_metric([*labels, "client_to_target"], s.bytes_in)
             nbytes.add_metric([*labels, "target_to_client"], s.bytes_out)
-            for kind, count in sorted(s.errors.items()):
+            # dict() copies in one step under the GIL: a scrape thread never sees it change.
+            for kind, count in sorted(dict(s.errors).items()):
                 errors.add_metric([*labels, kind], count)
         yield from (up, conns, active, flows, nbytes, errors)
 

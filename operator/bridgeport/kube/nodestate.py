@@ -1,0 +1,108 @@
+"""This node's NodeState: the one object the agent writes, through its status subresource.
+
+One writer per object (the node's own agent), garbage-collected with its Node through an
+ownerReference. Written only when the report changed (plus a slow heartbeat), so N idle agents
+cost the API server nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from bridgeport import metrics
+
+log = structlog.get_logger(__name__)
+GROUP, VERSION, PLURAL = "bridgeport.io", "v1alpha1", "nodestates"
+HEARTBEAT = 300.0
+MAX_ERRORS = 64
+
+
+def load_api() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def status_from_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The agent's state document, shaped as NodeState.status."""
+    resources = []
+    for r in state["resources"]:
+        entry = {
+            "kind": r["kind"], "namespace": r["namespace"], "name": r["name"],
+            "uid": r.get("uid", ""), "observedGeneration": r["generation"],
+            "state": r["state"], "reason": r["reason"], "message": r["message"],
+        }
+        if "proxy" in r:
+            entry["proxy"] = r["proxy"]
+        resources.append(entry)
+    return {
+        "agentVersion": state["agentVersion"],
+        "lastSync": state["lastSync"],
+        "tableDigest": state["tableDigest"],
+        "counts": {k: v for k, v in state["counts"].items() if isinstance(v, int)},
+        "errors": list(state["errors"])[:MAX_ERRORS],
+        "resources": resources,
+    }
+
+
+class NodeStateReporter:
+    def __init__(self, node_name: str, node_uid: Callable[[], str | None],
+                 api: client.ApiClient | None = None) -> None:
+        self.node_name = node_name
+        self.node_uid = node_uid
+        self._api = api
+        self._last: dict[str, Any] | None = None
+        self._last_at = 0.0
+
+    @property
+    def api(self) -> client.CustomObjectsApi:
+        if self._api is None:
+            self._api = load_api()
+        return client.CustomObjectsApi(self._api)
+
+    async def publish(self, state: Mapping[str, Any]) -> None:
+        status = status_from_state(state)
+        comparable = {k: v for k, v in status.items() if k != "lastSync"}
+        if comparable == self._last and time.monotonic() - self._last_at < HEARTBEAT:
+            return
+        try:
+            await asyncio.to_thread(self._write, status)
+        except (ApiException, OSError) as exc:
+            metrics.ERRORS.labels("nodestate").inc()
+            log.warning("cannot write NodeState; will retry on the next sync",
+                        node=self.node_name, error=str(getattr(exc, "reason", exc)))
+            return
+        self._last, self._last_at = comparable, time.monotonic()
+
+    def _write(self, status: dict[str, Any]) -> None:
+        body = {"status": status}
+        try:
+            self.api.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, self.node_name,
+                                                        body)
+            return
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        self.api.create_cluster_custom_object(GROUP, VERSION, PLURAL, self._new_object())
+        self.api.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, self.node_name, body)
+        log.info("NodeState created", node=self.node_name)
+
+    def _new_object(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.node_name,
+                                "labels": {"app.kubernetes.io/managed-by": "bridgeport"}}
+        uid = self.node_uid()
+        if uid:
+            meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node",
+                                        "name": self.node_name, "uid": uid}]
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodeState", "metadata": meta,
+                "spec": {"nodeName": self.node_name}}
