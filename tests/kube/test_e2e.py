@@ -1,0 +1,162 @@
+"""End to end on the real API server: controller + two agents in node namespaces.
+
+Scenarios:
+- apply a BridgeNetwork and a PortPublication with kubectl: traffic from a client reaches the
+  container through both nodes; `kubectl get pp` shows READY 2/2; NodeStates exist, owned by
+  their Nodes
+- a spec change is observed (new generation) and traffic follows it
+- a conflicting publication gets a Conflicted condition naming the winner, and one Event
+- a nodeSelector excluding a node: that node programs nothing and is not counted
+- delete: the rules are gone
+- the API server stops for 20 s: the data plane is unchanged, the agents reconnect and
+  catch up with changes made after it returns
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.kube.world import API, KubeWorld, kube_world
+from tests.netns import wait_for
+
+pytestmark = pytest.mark.kube
+
+
+def network(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "e2e"},
+            "spec": {"bridge": "bp-e2e", "subnet": "10.88.0.0/24", **spec}}
+
+
+def publication(name: str, host_port: int, port: int, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "PortPublication",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"hostPort": host_port, "network": "e2e",
+                     "target": {"address": "10.88.0.2", "port": port}, **spec}}
+
+
+@pytest.fixture(scope="module")
+def world(control_plane: Any, crds: Any) -> Iterator[KubeWorld]:
+    with kube_world(control_plane) as w:
+        w.apply(network())
+        for node in w.nodes:
+            box = w.container(node, "bp-e2e", "10.88.0.2/24", "10.88.0.1")
+            w.serve(box, "--tcp", "80", "--tcp", "81")
+        yield w
+
+
+@pytest.fixture
+def w(world: KubeWorld) -> Iterator[KubeWorld]:
+    yield world
+    world.kubectl("delete", "pp", "--all", "-n", "default", "--wait=true")
+    world.apply(network())
+
+
+def ready(w: KubeWorld, name: str, expected: str) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+
+    def check() -> bool:
+        nonlocal obj
+        obj = w.get("pp", name, "default")
+        status = obj.get("status", {})
+        return bool(status.get("ready") == expected and
+                    status.get("observedGeneration") == obj["metadata"]["generation"] and
+                    w.condition(obj, "Ready").get("status") == "True")
+    wait_for(check, timeout=30, what=f"pp {name} ready {expected} "
+             f"(last: {obj.get('status')}; agent: {w.nodes[0].log_tail(5)})")
+    return obj
+
+
+def test_apply_serves_traffic_and_reports(w: KubeWorld) -> None:
+    """kubectl apply -> both nodes forward the port; READY 2/2; NodeStates owned by Nodes."""
+    w.apply(publication("web", 8080, 80))
+    ready(w, "web", "2/2")
+    for node in w.nodes:
+        assert w.ask(node.address, 8080) == f"{node.client_address} 80"
+    table = w.kubectl("get", "pp", "-n", "default")
+    assert "2/2" in table.splitlines()[1]
+    for node in w.nodes:
+        state = w.get("nodestates", node.name)
+        owner = state["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"]) == ("Node", node.name)
+        entries = {r["name"]: r["state"] for r in state["status"]["resources"]}
+        assert entries == {"e2e": "Applied", "web": "Applied"}
+
+
+def test_spec_change_is_followed(w: KubeWorld) -> None:
+    """A new generation is observed on every node and traffic moves to the new target port."""
+    w.apply(publication("web", 8080, 80))
+    ready(w, "web", "2/2")
+    w.apply(publication("web", 8080, 81))
+    obj = ready(w, "web", "2/2")
+    assert obj["metadata"]["generation"] == 2
+    for node in w.nodes:
+        assert w.ask(node.address, 8080) == f"{node.client_address} 81"
+
+
+def test_conflict_names_the_winner_with_one_event(w: KubeWorld) -> None:
+    """The younger claim on 8080/TCP is Conflicted, names the older one, and gets one Event."""
+    w.apply(publication("first", 8080, 80))
+    ready(w, "first", "2/2")
+    time.sleep(1.1)  # creationTimestamp has one-second resolution
+    w.apply(publication("second", 8080, 81))
+
+    def conflicted() -> bool:
+        cond = w.condition(w.get("pp", "second", "default"), "Conflicted")
+        return cond.get("status") == "True" and "default/first" in cond.get("message", "")
+    wait_for(conflicted, timeout=30, what="Conflicted condition naming the winner")
+    wait_for(lambda: "Conflicted" in w.kubectl(
+        "get", "events", "-n", "default", "--field-selector",
+        "involvedObject.name=second"), timeout=15, what="Conflicted event")
+    time.sleep(3)  # several reconciles later, still one event
+    events = w.kubectl("get", "events", "-n", "default", "--field-selector",
+                       "involvedObject.name=second,reason=Conflicted", "-o", "name")
+    assert len(events.split()) == 1
+    for node in w.nodes:
+        assert w.ask(node.address, 8080) == f"{node.client_address} 80"
+
+
+def test_node_selector_excludes_a_node(w: KubeWorld) -> None:
+    """Selecting zone-1 only: node-2 programs nothing and the count is 1/1."""
+    w.apply(publication("zoned", 8082, 80,
+                        nodeSelector={"matchLabels": {"zone": "zone-1"}}))
+    ready(w, "zoned", "1/1")
+    one, two = w.nodes
+    assert w.ask(one.address, 8082) == f"{one.client_address} 80"
+    assert "8082" not in two.nft_map()
+    assert w.ask(two.address, 8082, timeout=1).startswith("ERR")
+
+
+def test_delete_removes_rules(w: KubeWorld) -> None:
+    """Deleting the publication removes its map elements on every node."""
+    w.apply(publication("web", 8080, 80))
+    ready(w, "web", "2/2")
+    w.kubectl("delete", "pp", "web", "-n", "default")
+    for node in w.nodes:
+        wait_for(lambda n=node: "8080" not in n.nft_map(), timeout=15,
+                 what=f"rules gone on {node.name}")
+        assert w.ask(node.address, 8080, timeout=1).startswith("ERR")
+
+
+def test_api_server_outage(w: KubeWorld) -> None:
+    """20 s without an API server: traffic flows; afterwards agents catch up with changes."""
+    w.apply(publication("web", 8080, 80))
+    ready(w, "web", "2/2")
+    w.cp.stop_apiserver()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for node in w.nodes:
+                assert w.ask(node.address, 8080) == f"{node.client_address} 80"
+            time.sleep(2)
+    finally:
+        w.cp.start_apiserver()
+    assert all(node.agent and node.agent.poll() is None for node in w.nodes)
+    w.apply(publication("web", 8080, 81))
+    ready(w, "web", "2/2")
+    for node in w.nodes:
+        wait_for(lambda n=node: w.ask(n.address, 8080) == f"{n.client_address} 81",
+                 timeout=30, what=f"{node.name} caught up")

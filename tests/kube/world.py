@@ -1,0 +1,172 @@
+"""End-to-end topology on the local control plane: node netns running real agents.
+
+    client netns --veth-- node-1 netns (192.0.2.1)      agent + bridge + container netns
+                 --veth-- node-2 netns (198.51.100.1)   agent + bridge + container netns
+    controller: a process in the root namespace
+
+The API server listens on the root namespace's 127.0.0.1. Each node netns gets the same port
+on its own 127.0.0.1, bridged over a unix socket (socket files are shared by all network
+namespaces), so no test traffic ever leaves loopback or our own namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.netns import Netns, netns, unique, veth, wait_for
+
+API = "bridgeport.io/v1alpha1"
+
+
+@dataclass
+class Node:
+    name: str
+    ns: Netns
+    address: str
+    client_address: str
+    workdir: Path
+    env: dict[str, str]
+    agent: subprocess.Popen[str] | None = None
+
+    def start_agent(self) -> None:
+        log = (self.workdir / f"{self.name}.log").open("a")
+        cmd = [sys.executable, "-m", "bridgeport", "--log-format", "json", "agent",
+               "--node-name", self.name, "--state-file", str(self.workdir / f"{self.name}.json"),
+               "--resync", "5", "--health-port", "0", "--metrics-port", "0"]
+        self.agent = subprocess.Popen(self.ns.prefix() + cmd, stdout=log, stderr=log,
+                                      text=True, env=self.env)
+
+    def stop_agent(self) -> None:
+        if self.agent and self.agent.poll() is None:
+            self.agent.send_signal(signal.SIGTERM)
+            self.agent.wait(15)
+        self.agent = None
+
+    def nft_map(self, name: str = "pub_any") -> str:
+        return self.ns.run(["nft", "list", "map", "ip", "bridgeport", name], check=False).stdout
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.workdir / f"{self.name}.log"
+        return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
+
+
+@dataclass
+class KubeWorld:
+    cp: Any  # tests.harness.controlplane.ControlPlane
+    client: Netns
+    nodes: list[Node]
+    stack: ExitStack
+    workdir: Path
+    controller: subprocess.Popen[str] | None = None
+    containers: list[Netns] = field(default_factory=list)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        return str(self.cp.kubectl(*args, input=input, check=check).stdout)
+
+    def apply(self, *docs: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        ns = ["-n", namespace] if namespace else []
+        out = self.cp.kubectl("get", kind, name, *ns, "-o", "json", check=False)
+        return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
+
+    def condition(self, obj: dict[str, Any], kind: str) -> dict[str, Any]:
+        for c in obj.get("status", {}).get("conditions", []):
+            if c["type"] == kind:
+                return dict(c)
+        return {}
+
+    def container(self, node: Node, bridge: str, address: str, gateway: str) -> Netns:
+        wait_for(lambda: node.ns.run(f"ip link show {bridge}", check=False).returncode == 0,
+                 timeout=30, what=f"bridge {bridge} on {node.name} ({node.log_tail()})")
+        box = self.stack.enter_context(netns("bpe"))
+        port = unique("bpq")
+        veth(box, "eth0", node.ns, port)
+        node.ns.run(f"ip link set {port} master {bridge}")
+        box.run(f"ip addr add {address} dev eth0")
+        box.run(f"ip route add default via {gateway}")
+        self.containers.append(box)
+        return box
+
+    def serve(self, ns: Netns, *args: str) -> None:
+        tools = Path(__file__).parent.parent / "tools"
+        proc = ns.popen([sys.executable, str(tools / "peer_server.py"), *args])
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+
+    def ask(self, host: str, port: int, timeout: float = 2) -> str:
+        return self.client.python("peer_client.py", "tcp", host, str(port), str(timeout),
+                                  check=False, timeout=timeout + 10).stdout.strip()
+
+    def start_controller(self) -> None:
+        log = (self.workdir / "controller.log").open("a")
+        env = {**os.environ, "KUBECONFIG": str(self.cp.kubeconfig)}
+        self.controller = subprocess.Popen(
+            [sys.executable, "-m", "bridgeport", "--log-format", "json", "controller",
+             "--no-peering", "--health-port", "0", "--metrics-port", "0"],
+            stdout=log, stderr=log, text=True, env=env)
+
+
+@contextmanager
+def loopback_bridge(node: Netns, port: int, workdir: Path) -> Iterator[None]:
+    """Make root's 127.0.0.1:port appear as 127.0.0.1:port inside `node`, via a unix socket."""
+    sock = workdir / f"api-{node.name}.sock"
+    root = subprocess.Popen(["socat", f"UNIX-LISTEN:{sock},fork,unlink-early",
+                             f"TCP:127.0.0.1:{port}"], stderr=subprocess.DEVNULL)
+    wait_for(sock.exists, what="api socket")
+    inner = node.popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
+                        f"UNIX-CONNECT:{sock}"], stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        for proc in (inner, root):
+            proc.terminate()
+            proc.wait(5)
+
+
+@contextmanager
+def kube_world(cp: Any, node_count: int = 2) -> Iterator[KubeWorld]:
+    with ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="bridgeport-e2e-"))
+        client = stack.enter_context(netns("bpec"))
+        nodes: list[Node] = []
+        subnets = [("192.0.2.1", "192.0.2.2"), ("198.51.100.1", "198.51.100.2")]
+        port = int(cp.server.rsplit(":", 1)[1])
+        for i in range(node_count):
+            name = f"e2e-node-{i + 1}"
+            ns = stack.enter_context(netns("bpen"))
+            veth(client, f"eth{i + 1}", ns, "eth0")
+            node_ip, client_ip = subnets[i]
+            ns.run(f"ip addr add {node_ip}/24 dev eth0")
+            client.run(f"ip addr add {client_ip}/24 dev eth{i + 1}")
+            ns.sysctl("net.ipv4.ip_forward", "1")
+            stack.enter_context(loopback_bridge(ns, port, workdir))
+            env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig), "NODE_NAME": name}
+            node = Node(name, ns, node_ip, client_ip, workdir, env)
+            stack.callback(node.stop_agent)
+            nodes.append(node)
+            cp.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"bridgeport.io/e2e": "yes",
+                                                      "zone": f"zone-{i + 1}"}}}))
+            stack.callback(cp.kubectl, "delete", "node", name, "--ignore-not-found", check=False)
+        world = KubeWorld(cp, client, nodes, stack, workdir)
+        stack.callback(lambda: world.controller and (world.controller.terminate(),
+                                                     world.controller.wait(10)))
+        world.start_controller()
+        for node in nodes:
+            node.start_agent()
+        yield world
