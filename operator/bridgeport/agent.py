@@ -79,26 +79,30 @@ class Agent:
         self.last: SyncReport | None = None
         self._dirty = asyncio.Event()
         self._synced_once = False
+        self._last_digest = ""
         self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int]]] | None = None
 
     def mark_dirty(self) -> None:
         self._dirty.set()
 
     async def run(self) -> None:
+        """Until cancelled, or until the source stops (kopf handles SIGTERM itself)."""
         watch = asyncio.create_task(self.source.run(self.mark_dirty), name="source")
         next_resync = time.monotonic() + self.resync
         try:
             while True:
-                periodic = False
-                try:
-                    await asyncio.wait_for(self._dirty.wait(),
-                                           max(0.0, next_resync - time.monotonic()))
-                except TimeoutError:
-                    periodic = True
+                dirty = asyncio.create_task(self._dirty.wait())
+                done, _ = await asyncio.wait(
+                    {dirty, watch}, timeout=max(0.0, next_resync - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED)
+                dirty.cancel()
+                if watch in done:
+                    watch.result()  # a crashed source surfaces here instead of idling
+                    log.info("source stopped; leaving the kernel state in place")
+                    return
+                periodic = not done
                 await asyncio.sleep(self.debounce)  # let a burst of changes coalesce
                 self._dirty.clear()
-                if watch.done():
-                    watch.result()  # surface a crashed source instead of silently idling
                 await self.reconcile(check_drift=periodic)
                 if periodic:
                     next_resync = time.monotonic() + self.resync
@@ -154,8 +158,11 @@ class Agent:
         metrics.PROXIES.set(len(plan.proxies))
         report = SyncReport(plan, outcomes, ruleset.digest(tables), commands, full, duration,
                             proxy_states)
-        log.info("reconciled", node=self.node_name, digest=report.digest, commands=commands,
-                 full=full, ms=round(duration * 1000, 1), **plan.counts())
+        # A resync that changed nothing is routine: keep it out of INFO.
+        emit = log.info if commands or full or self._last_digest != report.digest else log.debug
+        self._last_digest = report.digest
+        emit("reconciled", node=self.node_name, digest=report.digest, commands=commands,
+             full=full, ms=round(duration * 1000, 1), **plan.counts())
         for o in outcomes:
             if o.state not in (State.APPLIED, State.INACTIVE):
                 log.warning("resource not applied", resource=str(o.ref), state=o.state.value,

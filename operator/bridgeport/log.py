@@ -41,7 +41,8 @@ def setup(level: str = "INFO", json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("pyroute2", "asyncio", "urllib3"):
+    # kopf reports every handler call at INFO: thousands of lines per resync on a big cluster.
+    for noisy in ("pyroute2", "asyncio", "urllib3", "kopf.objects", "kopf.activities"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -64,6 +64,9 @@ class KubeSource:
 
     def _register(self) -> None:
         reg = self.registry
+        # A private registry has none of kopf's default handlers: log in like kubectl does
+        # (in-cluster service account, else KUBECONFIG).
+        kopf.on.login(registry=reg)(kopf.login_via_client)
         for plural, kind in PLURALS.items():
             kopf.index(GROUP, VERSION, plural, id=plural, registry=reg)(
                 self._indexer(kind))
