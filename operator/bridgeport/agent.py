@@ -32,10 +32,17 @@ log = structlog.get_logger(__name__)
 
 
 class ProxyStatusLike(Protocol):
-    state: str  # listening | failed
-    reason: str
-    message: str
-    owner: ResourceRef
+    @property
+    def state(self) -> str: ...  # listening | failed
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def owner(self) -> ResourceRef: ...
 
 
 class Proxies(Protocol):

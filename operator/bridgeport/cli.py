@@ -46,6 +46,10 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--resync", type=float, default=30.0, metavar="SECONDS")
     a.add_argument("--cleanup", action="store_true",
                    help="remove every table and bridge bridgeport owns on this node, then exit")
+    a.add_argument("--no-proxy", action="store_true",
+                   help="never run the userland fallback proxy (whatever spec.loopback says)")
+    a.add_argument("--udp-idle-timeout", type=float, default=90.0, metavar="SECONDS",
+                   help="how long a proxied UDP flow lives without traffic")
     a.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "8080")),
                    help="kopf liveness endpoint /healthz (kube source; 0 disables)")
     a.add_argument("--metrics-port", type=int,
@@ -162,9 +166,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"error: --source {args.source!r}: use kube or dir:PATH", file=sys.stderr)
         return 2
     _serve_metrics(args.metrics_port)
+    proxies = None
+    if not args.no_proxy:
+        from bridgeport.metrics import REGISTRY
+        from bridgeport.proxy import ProxyManager
+
+        proxies = ProxyManager(registry=REGISTRY, udp_idle_timeout=args.udp_idle_timeout)
     the_agent = agent.Agent(source, args.node_name, dict(args.node_label),
                             state_file=args.state_file, resync=args.resync,
-                            reporters=reporters)
+                            proxies=proxies, reporters=reporters)
     return _run_until_signal(the_agent.run())
 
 

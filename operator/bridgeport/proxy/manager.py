@@ -123,7 +123,7 @@ class ProxyManager:
             yield Row(key, status.owner, False, ListenerStats())
 
     async def close(self) -> None:
-        """Close every listener and live connection; the manager can be synced again."""
+        """Close every listener and live connection, and unregister the metrics."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -1,0 +1,277 @@
+"""Proxy benchmark (not a test): throughput and new connections/s, side by side in one run.
+
+    client netns  c0 198.51.100.2 --veth-- node netns n1 198.51.100.1  (nft DNAT: the ceiling)
+                                           node netns n0 192.0.2.1 --veth-- target netns t0
+                                                 192.0.2.2: iperf3 -s :5201, httpd :80
+Paths: kernel DNAT from the client netns; bridgeport's proxy (asyncio and uvloop loops);
+socat -b 131072; a plain asyncio-Protocol relay (the alternative we did not keep); the target
+dialled directly from the node (reference). Rounds interleave the paths; medians are shown.
+Proxies listen on 127.0.0.1 in the node netns and their clients run there, as for Docker's
+loopback traffic.
+
+usage (root): .venv/bin/python bench/proxy/run.py [--seconds 10] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from tests.netns import TOOLS, Netns, netns, veth, wait_for  # noqa: E402
+
+HERE = Path(__file__).parent
+TARGET, NODE_UP, NODE, CLIENT = "192.0.2.2", "192.0.2.1", "198.51.100.1", "198.51.100.2"
+IPERF, HTTP = 5201, 80
+NAT = f"""
+table ip benchnat {{
+    chain pre {{ type nat hook prerouting priority -100; policy accept;
+        tcp dport 9201 dnat to {TARGET}:{IPERF}
+        tcp dport 9080 dnat to {TARGET}:{HTTP}
+    }}
+}}
+"""
+
+
+@dataclass
+class Path_:
+    name: str
+    ns: Netns  # where the clients run
+    host: str
+    iperf_port: int
+    http_port: int
+    pids: tuple[int, ...] = ()  # the proxy's processes, for CPU accounting
+
+
+@dataclass
+class World:
+    client: Netns
+    node: Netns
+    target: Netns
+    stack: ExitStack
+    httpd: Path
+
+
+def setup(stack: ExitStack, workers: int) -> World:
+    client, node, target = (stack.enter_context(netns(p)) for p in ("bbc", "bbn", "bbt"))
+    veth(client, "c0", node, "n1")
+    veth(node, "n0", target, "t0")
+    client.run(f"ip addr add {CLIENT}/24 dev c0")
+    client.run(f"ip route add default via {NODE}")
+    node.run(f"ip addr add {NODE}/24 dev n1")
+    node.run(f"ip addr add {NODE_UP}/24 dev n0")
+    target.run(f"ip addr add {TARGET}/24 dev t0")
+    target.run(f"ip route add default via {NODE_UP}")
+    node.sysctl("net.ipv4.ip_forward", "1")
+    for ns in (client, node, target):
+        # Listeners use ports below 20000, so no client's ephemeral port can be holding one.
+        ns.sysctl("net.ipv4.ip_local_port_range", "20000 65000")
+        ns.sysctl("net.ipv4.tcp_tw_reuse", "1")
+    # ~250k short connections per run would fill conntrack's table with TIME_WAIT entries.
+    node.sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1")
+    node.run(["nft", "-f", "-"], input=NAT)
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bp-bench-")))
+    httpd = tmp / "httpd"
+    subprocess.run(["gcc", "-O2", "-o", str(httpd), str(HERE / "httpd.c")], check=True)
+    w = World(client, node, target, stack, httpd)
+    ready(target.popen([str(httpd), str(HTTP), str(workers)]))
+    target.popen(["iperf3", "-s", "-p", str(IPERF)])
+    wait_for(lambda: listening(target, IPERF), what="iperf3")
+    return w
+
+
+def listening(ns: Netns, port: int) -> bool:
+    return bool(ns.run(f"ss -Hltn sport = :{port}").stdout.strip())
+
+
+def ready(proc: subprocess.Popen[str], word: str = "ready") -> subprocess.Popen[str]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if word not in line:
+        raise RuntimeError(f"did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    return proc
+
+
+@contextmanager
+def driver(node: Netns, *options: str) -> Iterator[subprocess.Popen[str]]:
+    log = open(os.devnull, "w")  # noqa: SIM115
+    proc = node.popen([sys.executable, str(TOOLS / "proxy_driver.py"), *options],
+                      stdin=subprocess.PIPE, stderr=log)
+    ready(proc, '"ready"')
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        node.procs.remove(proc)
+        log.close()
+
+
+def command(proc: subprocess.Popen[str], cmd: dict[str, object]) -> dict[str, object]:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(cmd) + "\n")
+    proc.stdin.flush()
+    return dict(json.loads(proc.stdout.readline()))
+
+
+def proxy_ports(port: int, target_port: int) -> dict[str, object]:
+    return {"listen": "127.0.0.1", "port": port, "protocol": "TCP", "target": TARGET,
+            "target_port": target_port, "owner": "bench/p"}
+
+
+@contextmanager
+def serving(w: World, name: str) -> Iterator[Path_]:
+    """Start what a path needs; yield where its clients connect."""
+    node = w.node
+    base = 10000 + 100 * PATHS.index(name)  # fresh ports per path: no TIME_WAIT left over
+    ip, hp = base + 1, base + 80
+    if name == "kernel DNAT":
+        yield Path_(name, w.client, NODE, 9201, 9080)
+    elif name == "direct":
+        yield Path_(name, node, TARGET, IPERF, HTTP)
+    elif name.startswith("bridgeport"):
+        opts = ("--uvloop",) if "uvloop" in name else ()
+        with driver(node, *opts) as proc:
+            statuses = command(proc, {"sync": [proxy_ports(ip, IPERF), proxy_ports(hp, HTTP)]})
+            if "failed" in json.dumps(statuses):
+                raise RuntimeError(f"proxy did not bind: {statuses}")
+            yield Path_(name, node, "127.0.0.1", ip, hp, (proc.pid,))
+    elif name == "socat -b131072":
+        procs = [node.popen(["socat", "-b", "131072", f"TCP-LISTEN:{lp},bind=127.0.0.1,"
+                             "reuseaddr,fork,backlog=1024", f"TCP:{TARGET}:{tp}"])
+                 for lp, tp in ((ip, IPERF), (hp, HTTP))]
+        wait_for(lambda: listening(node, hp), what="socat")
+        # socat forks per connection: reaped children count in the parent's cutime/cstime.
+        yield Path_(name, node, "127.0.0.1", ip, hp, tuple(p.pid for p in procs))
+        for p in procs:
+            p.kill()
+            p.wait()
+            node.procs.remove(p)
+    else:  # the asyncio Protocol relay we measured against and did not keep
+        proc = ready(node.popen([sys.executable, str(HERE / "alt_relay.py"),
+                                 f"127.0.0.1:{ip}={TARGET}:{IPERF}",
+                                 f"127.0.0.1:{hp}={TARGET}:{HTTP}"]))
+        yield Path_(name, node, "127.0.0.1", ip, hp, (proc.pid,))
+        proc.kill()
+        proc.wait()
+        node.procs.remove(proc)
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """user + system time of the processes and their reaped children."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += sum(int(x) for x in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def iperf(p: Path_, seconds: int) -> float:
+    out = p.ns.run(["iperf3", "-c", p.host, "-p", str(p.iperf_port), "-t", str(seconds), "-J"],
+                   timeout=seconds + 30, check=False).stdout
+    result = json.loads(out)
+    if "error" in result:
+        print(f"  {p.name}: iperf3: {result['error']}", file=sys.stderr)
+        return float("nan")
+    return float(result["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def wrk(p: Path_, seconds: int) -> tuple[float, int]:
+    out = p.ns.run(["wrk", "-c", "50", "-d", f"{seconds}s", "-H", "Connection: close",
+                    f"http://{p.host}:{p.http_port}/"], timeout=seconds + 30).stdout
+    rate = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       out)
+    return rate, sum(int(x) for x in errors.groups()) if errors else 0
+
+
+def rss_for_ports(w: World, count: int, uvloop: bool) -> tuple[float, float]:
+    with driver(w.node, *(["--uvloop"] if uvloop else [])) as proc:
+        base = int(command(proc, {"rss": True})["rss_kib"])  # type: ignore[call-overload]
+        ports = [proxy_ports(12000 + i, HTTP) for i in range(count)]
+        seconds = float(command(proc, {"sync": ports})["seconds"])  # type: ignore[arg-type]
+        added = int(command(proc, {"rss": True})["rss_kib"]) - base  # type: ignore[call-overload]
+    return added / 1024, seconds
+
+
+PATHS = ["kernel DNAT", "direct", "bridgeport", "bridgeport uvloop", "socat -b131072",
+         "asyncio relay"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="runs per path; medians are shown")
+    ap.add_argument("--only", nargs="*", default=PATHS, choices=PATHS)
+    ap.add_argument("--httpd-workers", type=int, default=1)
+    a = ap.parse_args()
+    if os.geteuid() != 0 or not all(map(shutil.which, ("iperf3", "wrk", "socat", "gcc", "nft"))):
+        sys.exit("needs root, iperf3, wrk, socat, gcc and nft")
+    paths = ["kernel DNAT", *[p for p in a.only if p != "kernel DNAT"]]
+    runs: dict[str, list[Run]] = {p: [] for p in paths}
+    with ExitStack() as stack:
+        w = setup(stack, a.httpd_workers)
+        # Rounds interleave the paths, and ratios are taken within a round, so drift in the
+        # machine's load (it is shared) hits the path and its kernel reference alike.
+        for r in range(a.rounds):
+            for name in paths:
+                with serving(w, name) as p:
+                    cpu0 = cpu_seconds(p.pids)
+                    gbit = iperf(p, a.seconds)
+                    cpu1 = cpu_seconds(p.pids)
+                    time.sleep(1)
+                    rate, errors = wrk(p, a.seconds)
+                    cpu2 = cpu_seconds(p.pids)
+                run = Run(gbit, rate, errors, (cpu1 - cpu0) / a.seconds,
+                          (cpu2 - cpu1) / a.seconds)
+                runs[name].append(run)
+                print(f"  round {r + 1} {name}: {run}", file=sys.stderr, flush=True)
+        rss = {loop: rss_for_ports(w, 1000, loop == "uvloop") for loop in ("asyncio", "uvloop")}
+    kernel = runs["kernel DNAT"]
+    print(f"\n{'path':22} {'Gbit/s':>7} {'x kernel':>9} {'cpu':>5} {'conn/s':>8} {'x kernel':>9}"
+          f" {'cpu':>5} {'errors':>6}")
+    for name, rs in runs.items():
+        def med(f: Callable[[Run], float], rs: list[Run] = rs) -> float:
+            return statistics.median(f(x) for x in rs)
+        tput = [x.gbit / k.gbit for x, k in zip(rs, kernel, strict=True)]
+        conns = [x.rate / k.rate for x, k in zip(rs, kernel, strict=True)]
+        print(f"{name:22} {med(lambda x: x.gbit):7.1f} {statistics.median(tput):9.2f}"
+              f" {med(lambda x: x.cpu_iperf):5.0%} {med(lambda x: x.rate):8.0f}"
+              f" {statistics.median(conns):9.2f} {med(lambda x: x.cpu_wrk):5.0%}"
+              f" {sum(x.errors for x in rs):6d}")
+    for loop, (mib, secs) in rss.items():
+        print(f"bridgeport ({loop}): 1,000 TCP ports add {mib:.1f} MiB RSS, bound in {secs:.2f}s")
+    print(f"(medians of {a.rounds} rounds; x kernel = median of per-round ratios; cpu = the "
+          f"proxy process's CPU, 100% = one core; iperf3 -t {a.seconds}; wrk -c 50 "
+          f"-d {a.seconds}s -H 'Connection: close'; {os.cpu_count()} CPUs, "
+          f"kernel {os.uname().release})")
+
+
+@dataclass
+class Run:
+    gbit: float
+    rate: float
+    errors: int
+    cpu_iperf: float
+    cpu_wrk: float
+
+    def __str__(self) -> str:
+        return (f"{self.gbit:.1f} Gbit/s (cpu {self.cpu_iperf:.0%}), {self.rate:.0f} conn/s "
+                f"(cpu {self.cpu_wrk:.0%}, {self.errors} socket errors)")
+
+
+if __name__ == "__main__":
+    main()
