@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint unit kernel kube-build dev-cluster dev-cluster-down demo bench golden clean
+.PHONY: setup test lint unit kernel kube-build dev-cluster dev-cluster-down demo demo-standalone \
+        bench golden clean
 
 setup:
 	@bash hack/setup.sh
@@ -34,7 +35,12 @@ dev-cluster-down:
 test: lint kube-build
 	$(PY) -m pytest -q
 
-demo: setup
+## The Kubernetes demo (local control plane; the first run builds Kubernetes, ~6 min).
+demo: kube-build
+	@bash hack/demo.sh
+
+## The same data plane without a cluster: an agent reading examples/ from a directory.
+demo-standalone: setup
 	@bash hack/demo-standalone.sh
 
 bench: setup

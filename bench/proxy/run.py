@@ -85,7 +85,7 @@ def setup(stack: ExitStack, workers: int) -> World:
     node.run(["nft", "-f", "-"], input=NAT)
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bp-bench-")))
     httpd = tmp / "httpd"
-    subprocess.run(["gcc", "-O2", "-o", str(httpd), str(HERE / "httpd.c")], check=True)
+    subprocess.run(["gcc", "-O2", "-o", str(httpd), str(HERE.parent / "httpd.c")], check=True)
     w = World(client, node, target, stack, httpd)
     ready(target.popen([str(httpd), str(HTTP), str(workers)]))
     target.popen(["iperf3", "-s", "-p", str(IPERF)])

@@ -270,7 +270,7 @@ def state_document(node: str, report: SyncReport, snapshot: Snapshot) -> dict[st
         "lastSyncMs": round(report.duration * 1000, 2),
         "tableDigest": report.digest,
         "counts": {
-            **{o.state.value: 0 for o in report.outcomes},
+            **{s.value: 0 for s in State},
             **_count_states(report.outcomes),
             "bridges": len(plan.bridges),
             "dnat": len(plan.dnats),

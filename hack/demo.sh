@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The Kubernetes demo, on one machine, as root: a real control plane (built from source on the
+# first run, ~6 minutes on 2 cores, then cached), the CRDs, the controller, one agent in a
+# demo node namespace, a container on the agent's bridge, the example resources, a curl from
+# a client namespace through the published port, and `kubectl get pp,bn,nodestates`.
+# Everything runs in namespaces created here and is removed at the end (KEEP=1 keeps it up).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-$PWD/.venv/bin/python}
+export BRIDGEPORT_RUN=${BRIDGEPORT_RUN:-/tmp/bridgeport-demo-cluster}
+export BRIDGEPORT_APISERVER_PORT=${BRIDGEPORT_APISERVER_PORT:-16443}
+export BRIDGEPORT_APISERVER_BIND=127.0.0.1
+id=$$
+NODE=bpdemo-node-$id CLIENT=bpdemo-client-$id BOX=bpdemo-box-$id
+work=$(mktemp -d /tmp/bridgeport-demo.XXXXXX)
+pids=()
+say() { printf '\n\033[1m>>> %s\033[0m\n' "$*"; }
+cleanup() {
+  if [[ ${KEEP:-0} == 1 ]]; then
+    say "KEEP=1: leaving everything running (namespaces $NODE $CLIENT $BOX, cluster in $BRIDGEPORT_RUN)"
+    return
+  fi
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  for ns in "$BOX" "$CLIENT" "$NODE"; do ip netns del "$ns" 2>/dev/null || true; done
+  bash hack/kube/cluster.sh down >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+say "building Kubernetes (cached after the first run) and starting a local control plane"
+kube_bin=$(bash hack/kube/build.sh)
+bash hack/kube/cluster.sh up
+eval "$(bash hack/kube/cluster.sh env)"
+export KUBECONFIG
+kubectl() { "$kube_bin/kubectl" "$@"; }
+
+say "installing the CRDs (kubectl apply --server-side -f crds/)"
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+
+say "starting the controller"
+"$PY" -m bridgeport --log-format json controller --no-peering --health-port 0 \
+  --metrics-port 0 >"$work/controller.log" 2>&1 &
+pids+=($!)
+
+say "creating the demo node (namespace $NODE, 192.0.2.1) and a client (192.0.2.2)"
+for ns in "$NODE" "$CLIENT" "$BOX"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip link add bpd-n$id type veth peer name bpd-c$id
+ip link set bpd-n$id netns "$NODE" name eth0
+ip link set bpd-c$id netns "$CLIENT" name eth0
+ip -n "$NODE" addr add 192.0.2.1/24 dev eth0 && ip -n "$NODE" link set eth0 up
+ip -n "$CLIENT" addr add 192.0.2.2/24 dev eth0 && ip -n "$CLIENT" link set eth0 up
+ip netns exec "$NODE" sysctl -qw net.ipv4.ip_forward=1
+kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Node
+metadata: {name: demo-node, labels: {kubernetes.io/hostname: demo-node}}
+YAML
+# The API server listens on this machine's 127.0.0.1; the node namespace sees the same port on
+# its own 127.0.0.1 through a unix socket (sockets are shared by every network namespace).
+socat "UNIX-LISTEN:$work/api.sock,fork" "TCP:127.0.0.1:$BRIDGEPORT_APISERVER_PORT" &
+pids+=($!)
+sleep 0.2
+ip netns exec "$NODE" socat "TCP-LISTEN:$BRIDGEPORT_APISERVER_PORT,bind=127.0.0.1,fork,reuseaddr" \
+  "UNIX-CONNECT:$work/api.sock" &
+pids+=($!)
+
+say "starting the agent in the node namespace (bridgeport agent --source kube)"
+NODE_NAME=demo-node ip netns exec "$NODE" "$PY" -m bridgeport --log-format json agent \
+  --health-port 0 --metrics-port 0 >"$work/agent.log" 2>&1 &
+pids+=($!)
+
+say "kubectl apply -f examples/"
+kubectl apply -f examples/
+for _ in $(seq 100); do ip -n "$NODE" link show bp-demo >/dev/null 2>&1 && break; sleep 0.2; done
+ip -n "$NODE" link show bp-demo >/dev/null || { tail -20 "$work/agent.log"; exit 1; }
+
+say "a container (192.168.99.2) on bridge bp-demo serving HTTP on :80"
+ip link add bpd-b$id type veth peer name bpd-p$id
+ip link set bpd-b$id netns "$BOX" name eth0
+ip link set bpd-p$id netns "$NODE"
+ip -n "$NODE" link set bpd-p$id master bp-demo up
+ip -n "$BOX" addr add 192.168.99.2/24 dev eth0 && ip -n "$BOX" link set eth0 up
+ip -n "$BOX" route add default via 192.168.99.1
+echo "hello from a container behind bridgeport" >"$work/index.html"
+ip netns exec "$BOX" "$PY" -m http.server 80 --bind 0.0.0.0 --directory "$work" \
+  >/dev/null 2>&1 &
+pids+=($!)
+
+say "curl http://192.0.2.1:8080/index.html from the client namespace"
+for _ in $(seq 50); do
+  ip netns exec "$CLIENT" curl -fs --max-time 1 http://192.0.2.1:8080/index.html >/dev/null \
+    && break
+  sleep 0.2
+done
+ip netns exec "$CLIENT" curl -fsS --max-time 2 http://192.0.2.1:8080/index.html
+
+say "kubectl get pp,bn,nodestates"
+for _ in $(seq 50); do
+  [[ $(kubectl get pp web -o jsonpath='{.status.ready}' 2>/dev/null) == 1/1 ]] && break
+  sleep 0.2
+done
+kubectl get pp,bn,nodestates
+say "demo done"
