@@ -1,6 +1,9 @@
 """Throwaway network namespaces for tests: unique names per run, always cleaned up.
 
 Tests only ever talk to addresses inside namespaces created here, or to 127.0.0.1.
+
+A namespace lives on a *host*: this machine (host = ()), or a kind node reached through a
+command prefix such as ("docker", "exec", "kind-worker"); the same tests run on both.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 
 _counter = itertools.count()
 TOOLS = Path(__file__).parent / "tools"
+# Where tests/tools lives on a remote host (tests/e2e/kind.sh copies it there).
+REMOTE_TOOLS = os.environ.get("BRIDGEPORT_E2E_TOOLS", "/bridgeport-tools")
 
 
 def unique(prefix: str) -> str:
@@ -36,11 +41,12 @@ def run(cmd: str | Sequence[str], check: bool = True, timeout: float = 30,
 
 @dataclass
 class Netns:
-    name: str
+    name: str  # "" is the host's own namespace
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    host: tuple[str, ...] = ()
 
     def prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.name]
+        return [*self.host, *(["ip", "netns", "exec", self.name] if self.name else [])]
 
     def run(self, cmd: str | Sequence[str], check: bool = True, timeout: float = 30,
             **kw: object) -> subprocess.CompletedProcess[str]:
@@ -57,7 +63,13 @@ class Netns:
 
     def python(self, script: str, *args: str, timeout: float = 30,
                check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run([sys.executable, str(TOOLS / script), *args], timeout=timeout, check=check)
+        return self.run([*self.interpreter(script), *args], timeout=timeout, check=check)
+
+    def interpreter(self, script: str) -> list[str]:
+        """How to run one of tests/tools on this namespace's host."""
+        if self.host:
+            return ["python3", f"{REMOTE_TOOLS}/{script}"]
+        return [sys.executable, str(TOOLS / script)]
 
     def sysctl(self, key: str, value: str) -> None:
         self.run(["sysctl", "-qw", f"{key}={value}"])
@@ -75,23 +87,27 @@ class Netns:
 
 
 @contextlib.contextmanager
-def netns(prefix: str) -> Iterator[Netns]:
-    ns = Netns(unique(prefix))
-    run(["ip", "netns", "add", ns.name])
+def netns(prefix: str, host: tuple[str, ...] = ()) -> Iterator[Netns]:
+    ns = Netns(unique(prefix), host=host)
+    run([*host, "ip", "netns", "add", ns.name])
     try:
         ns.run("ip link set lo up")
         yield ns
     finally:
         ns.stop_processes()
-        run(["ip", "netns", "del", ns.name], check=False)
+        run([*host, "ip", "netns", "del", ns.name], check=False)
 
 
 def veth(a: Netns, a_if: str, b: Netns, b_if: str) -> None:
-    """A veth pair with one end in each namespace, both up."""
+    """A veth pair with one end in each namespace (of one host), both up."""
+    assert a.host == b.host, "a veth joins namespaces of one host"
     tmp_a, tmp_b = unique("va"), unique("vb")
-    run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
-    run(["ip", "link", "set", tmp_a, "netns", a.name, "name", a_if])
-    run(["ip", "link", "set", tmp_b, "netns", b.name, "name", b_if])
+    run([*a.host, "ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
+    for tmp, ns, name in ((tmp_a, a, a_if), (tmp_b, b, b_if)):
+        if ns.name:
+            run([*a.host, "ip", "link", "set", tmp, "netns", ns.name, "name", name])
+        else:
+            run([*a.host, "ip", "link", "set", tmp, "name", name])
     a.run(["ip", "link", "set", a_if, "up"])
     b.run(["ip", "link", "set", b_if, "up"])
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.kube.world import API, KubeWorld, kube_world
+from tests.kube.world import API, KubeWorld, e2e_world
 from tests.netns import wait_for
 
 pytestmark = pytest.mark.kube
@@ -39,8 +39,12 @@ def publication(name: str, host_port: int, port: int, **spec: Any) -> dict[str, 
 
 
 @pytest.fixture(scope="module")
-def world(control_plane: Any, crds: Any) -> Iterator[KubeWorld]:
-    with kube_world(control_plane) as w:
+def world(request: pytest.FixtureRequest) -> Iterator[KubeWorld]:
+    """The local control plane, or the kind cluster named by BRIDGEPORT_E2E_KUBECONFIG."""
+    def local() -> Any:
+        request.getfixturevalue("crds")
+        return request.getfixturevalue("control_plane")
+    with e2e_world(local) as w:
         w.apply(network())
         for node in w.nodes:
             box = w.container(node, "bp-e2e", "10.88.0.2/24", "10.88.0.1")
@@ -143,6 +147,8 @@ def test_delete_removes_rules(w: KubeWorld) -> None:
 
 def test_api_server_outage(w: KubeWorld) -> None:
     """20 s without an API server: traffic flows; afterwards agents catch up with changes."""
+    if w.cp is None:
+        pytest.skip("stopping the API server needs the local control plane")
     w.apply(publication("web", 8080, 80))
     ready(w, "web", "2/2")
     w.cp.stop_apiserver()
@@ -154,7 +160,7 @@ def test_api_server_outage(w: KubeWorld) -> None:
             time.sleep(2)
     finally:
         w.cp.start_apiserver()
-    assert all(node.agent and node.agent.poll() is None for node in w.nodes)
+    assert all(node.agent and node.agent.poll() is None for node in w.nodes)  # still running
     w.apply(publication("web", 8080, 81))
     ready(w, "web", "2/2")
     for node in w.nodes:

@@ -1,12 +1,18 @@
-"""End-to-end topology on the local control plane: node netns running real agents.
+"""End-to-end topologies: one suite, two clusters.
+
+Local (default), on the control plane of tests/harness:
 
     client netns --veth-- node-1 netns (192.0.2.1)      agent + bridge + container netns
                  --veth-- node-2 netns (198.51.100.1)   agent + bridge + container netns
     controller: a process in the root namespace
 
-The API server listens on the root namespace's 127.0.0.1. Each node netns gets the same port
-on its own 127.0.0.1, bridged over a unix socket (socket files are shared by all network
-namespaces), so no test traffic ever leaves loopback or our own namespaces.
+  The API server listens on the root namespace's 127.0.0.1. Each node netns gets the same port
+  on its own 127.0.0.1, bridged over a unix socket (socket files are shared by all network
+  namespaces), so no test traffic ever leaves loopback or our own namespaces.
+
+kind (tests/e2e/kind.sh sets BRIDGEPORT_E2E_KUBECONFIG and BRIDGEPORT_E2E_NODE_EXEC, e.g.
+"docker exec {node}"): the chart already runs the agents and the controller; the two workers
+are the nodes, the control-plane node is the client, container netns are made on the workers.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +39,11 @@ API = "bridgeport.io/v1alpha1"
 @dataclass
 class Node:
     name: str
-    ns: Netns
+    ns: Netns  # the node's own network namespace
     address: str
-    client_address: str
+    client_address: str  # the client's address as the node sees it
     workdir: Path
-    env: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
     agent: subprocess.Popen[str] | None = None
 
     def start_agent(self) -> None:
@@ -64,23 +70,32 @@ class Node:
 
 @dataclass
 class KubeWorld:
-    cp: Any  # tests.harness.controlplane.ControlPlane
+    cp: Any  # tests.harness.controlplane.ControlPlane, or None on an external (kind) cluster
     client: Netns
     nodes: list[Node]
     stack: ExitStack
     workdir: Path
+    kubeconfig: Path
     controller: subprocess.Popen[str] | None = None
     containers: list[Netns] = field(default_factory=list)
 
+    def _kubectl(self, *args: str, input: str | None = None,
+                 check: bool = True) -> subprocess.CompletedProcess[str]:
+        if self.cp is not None:
+            return self.cp.kubectl(*args, input=input, check=check)  # type: ignore[no-any-return]
+        return subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
+                              input=input, capture_output=True, text=True, timeout=60,
+                              check=check)
+
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        return str(self.cp.kubectl(*args, input=input, check=check).stdout)
+        return self._kubectl(*args, input=input, check=check).stdout
 
     def apply(self, *docs: dict[str, Any]) -> None:
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
         ns = ["-n", namespace] if namespace else []
-        out = self.cp.kubectl("get", kind, name, *ns, "-o", "json", check=False)
+        out = self._kubectl("get", kind, name, *ns, "-o", "json", check=False)
         return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
 
     def condition(self, obj: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -92,7 +107,7 @@ class KubeWorld:
     def container(self, node: Node, bridge: str, address: str, gateway: str) -> Netns:
         wait_for(lambda: node.ns.run(f"ip link show {bridge}", check=False).returncode == 0,
                  timeout=30, what=f"bridge {bridge} on {node.name} ({node.log_tail()})")
-        box = self.stack.enter_context(netns("bpe"))
+        box = self.stack.enter_context(netns("bpe", host=node.ns.host))
         port = unique("bpq")
         veth(box, "eth0", node.ns, port)
         node.ns.run(f"ip link set {port} master {bridge}")
@@ -102,8 +117,7 @@ class KubeWorld:
         return box
 
     def serve(self, ns: Netns, *args: str) -> None:
-        tools = Path(__file__).parent.parent / "tools"
-        proc = ns.popen([sys.executable, str(tools / "peer_server.py"), *args])
+        proc = ns.popen([*ns.interpreter("peer_server.py"), *args])
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
 
@@ -163,10 +177,55 @@ def kube_world(cp: Any, node_count: int = 2) -> Iterator[KubeWorld]:
                 "metadata": {"name": name, "labels": {"bridgeport.io/e2e": "yes",
                                                       "zone": f"zone-{i + 1}"}}}))
             stack.callback(cp.kubectl, "delete", "node", name, "--ignore-not-found", check=False)
-        world = KubeWorld(cp, client, nodes, stack, workdir)
+        world = KubeWorld(cp, client, nodes, stack, workdir, cp.kubeconfig)
         stack.callback(lambda: world.controller and (world.controller.terminate(),
                                                      world.controller.wait(10)))
         world.start_controller()
         for node in nodes:
             node.start_agent()
         yield world
+
+
+@contextmanager
+def kind_world(kubeconfig: Path, node_exec: str) -> Iterator[KubeWorld]:
+    """An external cluster whose agents and controller the chart runs (tests/e2e/kind.sh)."""
+    with ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="bridgeport-e2e-"))
+        listing = json.loads(subprocess.run(
+            ["kubectl", "--kubeconfig", str(kubeconfig), "get", "nodes", "-o", "json"],
+            capture_output=True, text=True, check=True).stdout)["items"]
+
+        def address(node: dict[str, Any]) -> str:
+            return next(a["address"] for a in node["status"]["addresses"]
+                        if a["type"] == "InternalIP")
+
+        def host(name: str) -> tuple[str, ...]:
+            return tuple(node_exec.format(node=name).split())
+
+        control = [n for n in listing
+                   if "node-role.kubernetes.io/control-plane" in n["metadata"]["labels"]]
+        workers = [n for n in listing if n not in control][:2]
+        client_node = control[0] if control else listing[0]
+        client = Netns("", host=host(client_node["metadata"]["name"]))
+        nodes = []
+        for i, n in enumerate(workers):
+            name = n["metadata"]["name"]
+            subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "label", "node", name,
+                            "--overwrite", f"zone=zone-{i + 1}"], check=True,
+                           capture_output=True)
+            nodes.append(Node(name, Netns("", host=host(name)), address(n),
+                              address(client_node), workdir))
+        yield KubeWorld(None, client, nodes, stack, workdir, kubeconfig)
+
+
+@contextmanager
+def e2e_world(control_plane: Callable[[], Any]) -> Iterator[KubeWorld]:
+    """kind when BRIDGEPORT_E2E_KUBECONFIG is set, else the local control plane."""
+    external = os.environ.get("BRIDGEPORT_E2E_KUBECONFIG")
+    if external:
+        with kind_world(Path(external),
+                        os.environ.get("BRIDGEPORT_E2E_NODE_EXEC", "docker exec {node}")) as w:
+            yield w
+    else:
+        with kube_world(control_plane()) as w:
+            yield w
