@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint unit kernel kube-build dev-cluster dev-cluster-down demo demo-standalone \
+.PHONY: setup test lint unit kernel kube-build helm-build dev-cluster dev-cluster-down demo demo-standalone \
         bench golden clean
 
 setup:
@@ -24,6 +24,10 @@ kernel: setup
 kube-build: setup
 	@bash hack/kube/build.sh
 
+## helm v3 from the Go module proxy (first run ~4 min; cached afterwards).
+helm-build: setup
+	@bash hack/helm.sh >/dev/null
+
 ## A local control plane on 127.0.0.1:6443 (admin kubeconfig: see `hack/kube/cluster.sh env`).
 dev-cluster: kube-build
 	@bash hack/kube/cluster.sh up
@@ -32,7 +36,7 @@ dev-cluster-down:
 	@bash hack/kube/cluster.sh down
 
 ## The full suite: lint, type check, layering contract, unit, kernel and API tests.
-test: lint kube-build
+test: lint kube-build helm-build
 	$(PY) -m pytest -q
 
 ## The Kubernetes demo (local control plane; the first run builds Kubernetes, ~6 min).

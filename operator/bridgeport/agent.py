@@ -73,6 +73,7 @@ class Agent:
         debounce: float = 0.05,
         proxies: Proxies | None = None,
         reporters: Sequence[Callable[[dict[str, Any]], Awaitable[None]]] = (),
+        manage_sysctls: bool = False,
     ) -> None:
         self.source = source
         self.node_name = node_name
@@ -82,6 +83,7 @@ class Agent:
         self.debounce = debounce
         self.proxies = proxies
         self.reporters = list(reporters)
+        self.manage_sysctls = manage_sysctls
         self.nft = Nft()
         self.last: SyncReport | None = None
         self._dirty = asyncio.Event()
@@ -150,6 +152,8 @@ class Agent:
         labels = snapshot.node_labels if snapshot.node_labels is not None else self.labels
         # Netlink and libnftables calls block (and pyroute2 runs its own loop): keep them off
         # the event loop that serves the proxies and the watch.
+        if self.manage_sysctls and snapshot.resources:
+            await asyncio.to_thread(node_facts.enable_forwarding)
         facts, _ours = await asyncio.to_thread(node_facts.gather, self.node_name, labels)
         plan = planner.plan(snapshot.resources, facts)
         proxy_states: dict[ResourceRef, str] = {}

@@ -48,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
                    help="remove every table and bridge bridgeport owns on this node, then exit")
     a.add_argument("--no-proxy", action="store_true",
                    help="never run the userland fallback proxy (whatever spec.loopback says)")
+    a.add_argument("--manage-sysctls", action="store_true",
+                   default=os.environ.get("BRIDGEPORT_MANAGE_SYSCTLS", "").lower() == "true",
+                   help="turn IPv4/IPv6 forwarding on (Docker does); otherwise only read them")
     a.add_argument("--udp-idle-timeout", type=float, default=90.0, metavar="SECONDS",
                    help="how long a proxied UDP flow lives without traffic")
     a.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "8080")),
@@ -174,16 +177,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
         proxies = ProxyManager(registry=REGISTRY, udp_idle_timeout=args.udp_idle_timeout)
     the_agent = agent.Agent(source, args.node_name, dict(args.node_label),
                             state_file=args.state_file, resync=args.resync,
-                            proxies=proxies, reporters=reporters)
+                            proxies=proxies, reporters=reporters,
+                            manage_sysctls=args.manage_sysctls)
     return _run_until_signal(the_agent.run())
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from bridgeport.kube.controller import run_controller
 
-    _serve_metrics(args.metrics_port)
     return run_controller(liveness_endpoint=_endpoint(args.health_port),
-                          peering=not args.no_peering)
+                          metrics_port=args.metrics_port or None, peering=not args.no_peering)
 
 
 def _endpoint(port: int) -> str | None:

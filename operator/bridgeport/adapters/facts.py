@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
+
+import structlog
 
 from bridgeport.adapters import links
 from bridgeport.core.plan import NodeFacts
 from bridgeport.core.specs import ResourceRef
 
-PROC_SYS = Path("/proc/sys/net")
+log = structlog.get_logger(__name__)
+# In a pod the host's /proc/sys/net may be mounted elsewhere (writable) by the chart.
+PROC_SYS = Path(os.environ.get("BRIDGEPORT_PROC_SYS_NET", "/proc/sys/net"))
+FORWARDING = ("ipv4/ip_forward", "ipv6/conf/all/forwarding")
 
 
 def _sysctl_on(path: str) -> bool:
@@ -17,6 +23,18 @@ def _sysctl_on(path: str) -> bool:
         return (PROC_SYS / path).read_text().strip() == "1"
     except OSError:
         return False
+
+
+def enable_forwarding() -> None:
+    """Turn IP forwarding on, as Docker does at start; only when configured to manage sysctls."""
+    for path in FORWARDING:
+        if not _sysctl_on(path):
+            try:
+                (PROC_SYS / path).write_text("1\n")
+                log.info("sysctl enabled", sysctl=path.replace("/", "."))
+            except OSError as exc:
+                log.warning("cannot enable sysctl", sysctl=path.replace("/", "."),
+                            error=str(exc))
 
 
 def gather(name: str, labels: Mapping[str, str],

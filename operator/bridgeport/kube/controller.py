@@ -1,0 +1,584 @@
+"""`bridgeport controller`: folds the agents' NodeState reports into each resource's `.status`.
+
+One writer per object: agents write only their own NodeState (status subresource); this
+process is the only writer of PortPublication / BridgeNetwork `.status`, and one replica is
+active at a time (kopf peering, `ClusterKopfPeering` named `bridgeport-controller`).
+
+kopf only feeds an in-memory store: `@kopf.index` handlers record every object (they run for
+each event, before anything else) and `@kopf.on.event` handlers record deletions and wake the
+reconciler. kopf holds event handlers back until every indexed kind has finished its first
+listing, so the first event handler call means the store is complete: no status is computed
+from a partial view (which would flap Ready and post bogus Events at every restart). Nothing
+is ever written to the resources by kopf: no finalizers, no annotations, no progress storage.
+
+One reconcile task (debounced, coalescing) computes the desired statuses with
+`bridgeport.core.status`, merge-patches `/status` only when it differs from what is there,
+and posts `events.k8s.io/v1` Events for condition transitions only (after a successful
+patch, so a failed write never posts an Event twice). Status-only changes of the resources
+(our own writes) do not mark anything dirty; a slow periodic resync repairs everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime
+import getpass
+import os
+import random
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+import structlog
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from bridgeport.core import status as st
+from bridgeport.core.specs import BRIDGE_NETWORK, PORT_PUBLICATION, ResourceRef
+
+log = structlog.get_logger(__name__)
+
+GROUP, VERSION = "bridgeport.io", "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+NODESTATES = "nodestates"
+PLURALS = {PORT_PUBLICATION: "portpublications", BRIDGE_NETWORK: "bridgenetworks"}
+PEERING_NAME = "bridgeport-controller"
+PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfpeerings"
+REPORTING_CONTROLLER = "bridgeport.io/controller"
+# Events about cluster-scoped objects live in "default", as the API server's own do.
+CLUSTER_EVENT_NAMESPACE = "default"
+MERGE_PATCH = "application/merge-patch+json"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
+METRICS = CollectorRegistry(auto_describe=True)
+RECONCILE_SECONDS = Histogram(
+    "bridgeport_controller_reconcile_duration_seconds",
+    "Time to recompute and write the statuses of one batch of dirty resources",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=METRICS)
+STATUS_WRITES = Counter("bridgeport_controller_status_writes_total",
+                        "Status subresource patches", ["kind"], registry=METRICS)
+EVENTS_POSTED = Counter("bridgeport_controller_events_total", "Kubernetes Events posted",
+                        ["type", "reason"], registry=METRICS)
+ERRORS = Counter("bridgeport_controller_errors_total", "API errors by operation", ["operation"],
+                 registry=METRICS)
+
+
+# -- kopf: store nothing anywhere ----------------------------------------------------------------
+
+class NoProgressStorage(kopf.ProgressStorage):
+    """Handler progress is never persisted: our handlers (index, event) have no progress."""
+
+    def fetch(self, *, key: kopf.HandlerId, body: kopf.Body) -> kopf.ProgressRecord | None:
+        return None
+
+    def store(self, *, key: kopf.HandlerId, record: kopf.ProgressRecord, body: kopf.Body,
+              patch: kopf.Patch) -> None:
+        return None
+
+    def purge(self, *, key: kopf.HandlerId, body: kopf.Body, patch: kopf.Patch) -> None:
+        return None
+
+    def touch(self, *, body: kopf.Body, patch: kopf.Patch, value: str | None) -> None:
+        return None
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        return essence
+
+
+class NoDiffBaseStorage(kopf.DiffBaseStorage):
+    """No last-handled-configuration annotation: there are no change-detecting handlers."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
+# -- the in-memory store -------------------------------------------------------------------------
+
+@dataclass
+class Cached:
+    resource: st.Resource
+    resource_version: str
+    status: dict[str, Any]
+    seen: float  # monotonic time of the last event
+
+
+@dataclass
+class Written:
+    """Our last successful status write to one object, until the watch has caught up."""
+
+    resource_version: str
+    desired: dict[str, Any]
+    status: dict[str, Any]  # what the server stored (after schema pruning)
+    caught_up: bool = False
+
+
+@dataclass
+class Store:
+    resources: dict[ResourceRef, Cached] = field(default_factory=dict)
+    nodes: dict[str, dict[ResourceRef, tuple[st.NodeReport, ...]]] = field(default_factory=dict)
+    node_seen: dict[str, float] = field(default_factory=dict)
+    by_ref: dict[ResourceRef, dict[str, tuple[st.NodeReport, ...]]] = field(default_factory=dict)
+
+    def put_resource(self, body: Mapping[str, Any]) -> tuple[ResourceRef, bool]:
+        """Record an object; True if its status must be recomputed (new object, new uid or
+        new generation; a status-only change is not a reason)."""
+        res = st.resource_from_body(body)
+        meta = body.get("metadata") or {}
+        old = self.resources.get(res.ref)
+        status = body.get("status")
+        self.resources[res.ref] = Cached(res, str(meta.get("resourceVersion", "")),
+                                         dict(status) if isinstance(status, Mapping) else {},
+                                         time.monotonic())
+        changed = (old is None or old.resource.uid != res.uid
+                   or old.resource.generation != res.generation)
+        return res.ref, changed
+
+    def drop_resource(self, ref: ResourceRef, uid: str) -> bool:
+        cached = self.resources.get(ref)
+        if cached is None or (uid and cached.resource.uid != uid):
+            return False
+        del self.resources[ref]
+        return True
+
+    def put_node(self, node: str, status: Mapping[str, Any] | None) -> set[ResourceRef]:
+        """Record one node's report; the refs whose entries changed."""
+        grouped: dict[ResourceRef, list[st.NodeReport]] = {}
+        for r in st.parse_reports(node, status):
+            grouped.setdefault(r.ref, []).append(r)
+        new = {ref: tuple(rs) for ref, rs in grouped.items()}
+        self.node_seen[node] = time.monotonic()
+        return self._replace_node(node, new)
+
+    def drop_node(self, node: str) -> set[ResourceRef]:
+        self.node_seen.pop(node, None)
+        return self._replace_node(node, {})
+
+    def _replace_node(self, node: str, new: dict[ResourceRef, tuple[st.NodeReport, ...]]
+                      ) -> set[ResourceRef]:
+        old = self.nodes.get(node, {})
+        changed = {ref for ref in old.keys() | new.keys() if old.get(ref) != new.get(ref)}
+        for ref in changed:
+            per_node = self.by_ref.setdefault(ref, {})
+            if ref in new:
+                per_node[node] = new[ref]
+            else:
+                per_node.pop(node, None)
+                if not per_node:
+                    del self.by_ref[ref]
+        if new:
+            self.nodes[node] = new
+        else:
+            self.nodes.pop(node, None)
+        return changed
+
+    def reports(self, ref: ResourceRef) -> list[st.NodeReport]:
+        return [r for rs in self.by_ref.get(ref, {}).values() for r in rs]
+
+
+# -- peering -------------------------------------------------------------------------------------
+
+def own_identity() -> str:
+    """Like kopf's: the pod name when set (POD_ID / POD_NAME), else user@host/time/random."""
+    pod = os.environ.get("POD_ID") or os.environ.get("POD_NAME")
+    if pod:
+        return pod
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d%H%M%S")
+    return f"{user}@{socket.gethostname()}/{now}/{random.randrange(36**3):03x}"
+
+
+def is_active_peer(peering_status: Mapping[str, Any] | None, identity: str, priority: int,
+                   now: datetime.datetime) -> bool:
+    """kopf's rule: pause while a live peer has a higher or the same priority."""
+    for peer, info in (peering_status or {}).items():
+        if peer == identity or not isinstance(info, Mapping):
+            continue
+        try:
+            seen = datetime.datetime.fromisoformat(str(info.get("lastseen")))
+            lifetime = datetime.timedelta(seconds=int(info.get("lifetime", 60)))
+            other = int(info.get("priority", 0))
+        except (TypeError, ValueError):
+            continue
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=datetime.UTC)
+        if seen + lifetime > now and other >= priority:
+            return False
+    return True
+
+
+# -- the controller ------------------------------------------------------------------------------
+
+class Controller:
+    def __init__(self, *, namespace_scope: str | None = None, peering: bool = True,
+                 debounce: float = 0.5, resync: float = 300.0,
+                 api: client.ApiClient | None = None) -> None:
+        self.namespace_scope = namespace_scope
+        self.peering = peering
+        self.debounce = debounce
+        self.resync = resync
+        self.identity = own_identity()
+        self.priority = random.randint(1, 2**30)  # distinct per replica: exactly one is active
+        self.store = Store()
+        self.registry = kopf.OperatorRegistry()
+        self._api = api
+        self._dirty: set[ResourceRef] = set()
+        self._wake = asyncio.Event()
+        self._listed = False  # kopf has delivered the first complete listing of every kind
+        self._written: dict[str, Written] = {}  # by uid
+        self._rejected: dict[str, dict[str, Any]] = {}  # by uid: desired statuses the API refused
+        self._failures = 0
+        self._register()
+
+    # kopf handlers ------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        reg = self.registry
+        # A bare OperatorRegistry has none of kopf's default login handlers: use the
+        # kubernetes client's (in-cluster service account, else KUBECONFIG), like the API calls.
+        kopf.on.login(registry=reg)(kopf.login_via_client)
+        for plural in PLURALS.values():
+            kopf.index(GROUP, VERSION, plural, id=f"{plural}-record", registry=reg)(
+                self._record_resource)
+            kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-event", registry=reg)(
+                self._resource_event)
+        kopf.index(GROUP, VERSION, NODESTATES, id="nodestates-record", registry=reg)(
+            self._record_node)
+        kopf.on.event(GROUP, VERSION, NODESTATES, id="nodestates-event", registry=reg)(
+            self._node_event)
+
+    async def _record_resource(self, body: kopf.Body, **_: Any) -> None:
+        if self.namespace_scope and body.metadata.namespace not in (None, self.namespace_scope):
+            return
+        ref, changed = self.store.put_resource(_plain(body))
+        uid = body.metadata.uid or ""
+        w = self._written.get(uid)
+        if w is not None and body.metadata.get("resourceVersion") == w.resource_version:
+            w.caught_up = True
+        if changed:
+            self._mark({ref})
+        # Returns None: nothing goes into kopf's own index, the store above is the cache.
+
+    async def _resource_event(self, event: Mapping[str, Any], body: kopf.Body,
+                              **_: Any) -> None:
+        w = self._written.get(body.metadata.uid or "")
+        if event.get("type") is None and w is not None:
+            w.caught_up = True  # a (re-)listing is at least as new as our finished writes
+        if event.get("type") == "DELETED":
+            kind = str(body.get("kind", ""))
+            ref = ResourceRef(kind, body.metadata.namespace or "", body.metadata.name or "")
+            uid = body.metadata.uid or ""
+            if self.store.drop_resource(ref, uid):
+                self._written.pop(uid, None)
+                self._rejected.pop(uid, None)
+        self._ready()
+
+    async def _record_node(self, name: str, status: Mapping[str, Any], **_: Any) -> None:
+        self._mark(self.store.put_node(name, status))
+
+    async def _node_event(self, event: Mapping[str, Any], name: str, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            self._mark(self.store.drop_node(name))
+        self._ready()
+
+    def _ready(self) -> None:
+        if not self._listed:
+            log.info("first complete listing received", resources=len(self.store.resources),
+                     nodes=len(self.store.nodes))
+            self._listed = True
+            self._dirty.update(self.store.resources)
+        if self._dirty:
+            self._wake.set()
+
+    def _mark(self, refs: Iterable[ResourceRef]) -> None:
+        self._dirty.update(refs)
+        if self._listed and self._dirty:
+            self._wake.set()
+
+    # the reconciler -----------------------------------------------------------------------
+
+    @property
+    def api(self) -> client.CustomObjectsApi:
+        if self._api is None:
+            self._api = load_api()
+        return client.CustomObjectsApi(self._api)
+
+    async def reconcile_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.debounce)  # coalesce a burst of reports into one pass
+            self._wake.clear()
+            if not self._listed or not self._dirty:
+                continue
+            if not await self._active():
+                await asyncio.sleep(5.0)
+                self._wake.set()
+                continue
+            dirty, self._dirty = self._dirty, set()
+            started = time.perf_counter()
+            retry = await self.reconcile(dirty)
+            RECONCILE_SECONDS.observe(time.perf_counter() - started)
+            if retry:
+                self._failures += 1
+                delay = min(60.0, 2.0 ** min(self._failures, 6))
+                log.warning("status writes failed; retrying", resources=len(retry),
+                            delay=delay)
+                self._dirty |= retry
+                asyncio.get_running_loop().call_later(delay, self._wake.set)
+            else:
+                self._failures = 0
+
+    async def resync_forever(self) -> None:
+        """Repair what no event told us: objects deleted while our watch was down (kopf does
+        not replay those after a re-list) and status edited by someone else."""
+        while True:
+            await asyncio.sleep(self.resync * random.uniform(0.9, 1.1))
+            if not self._listed or not await self._active():
+                continue
+            try:
+                await self.prune()
+            except (ApiException, OSError) as exc:
+                ERRORS.labels("list").inc()
+                log.warning("resync listing failed", error=str(exc))
+            self._mark(self.store.resources)
+
+    async def reconcile(self, refs: Iterable[ResourceRef]) -> set[ResourceRef]:
+        """Write the status of each resource in `refs` if it changed; the refs to retry."""
+        retry: set[ResourceRef] = set()
+        now = datetime.datetime.now(datetime.UTC)
+        for ref in sorted(refs):
+            cached = self.store.resources.get(ref)
+            if cached is None:
+                continue  # reports about a resource that does not exist (anymore)
+            try:
+                await self._sync_one(cached, now)
+            except (ApiException, OSError) as exc:
+                if isinstance(exc, ApiException) and exc.status == 404:
+                    continue  # deleted meanwhile; its DELETED event follows
+                ERRORS.labels("patch").inc()
+                log.warning("cannot write status", resource=str(ref),
+                            error=str(getattr(exc, "reason", exc)))
+                retry.add(ref)
+        return retry
+
+    async def _sync_one(self, cached: Cached, now: datetime.datetime) -> None:
+        res = cached.resource
+        w = self._written.get(res.uid)
+        if w is not None and cached.resource_version == w.resource_version:
+            w.caught_up = True
+        lagging = w is not None and not w.caught_up
+        current = w.status if w is not None and lagging else cached.status
+        old_conditions = tuple(c for c in current.get("conditions") or ()
+                               if isinstance(c, Mapping))
+        resource = st.Resource(res.ref, res.uid, res.generation, old_conditions)
+        desired = st.compute_status(resource, self.store.reports(res.ref), st.rfc3339(now))
+        if w is not None and w.desired == desired and (
+                lagging or cached.resource_version == w.resource_version):
+            return  # already written (what the server kept of it is in w.status)
+        if self._rejected.get(res.uid) == desired:
+            return
+        patch = st.status_patch(current, desired)
+        if patch is None:
+            return
+        ref = res.ref
+        try:
+            obj = await asyncio.to_thread(self._patch_status, ref, patch)
+        except ApiException as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (
+                    404, 408, 409, 429):
+                ERRORS.labels("patch").inc()
+                log.error("the API server rejected our status; not retrying until it changes",
+                          resource=str(ref), status=exc.status, error=str(exc.body)[:500])
+                self._rejected[res.uid] = desired
+                return
+            raise
+        self._rejected.pop(res.uid, None)
+        meta = obj.get("metadata") or {}
+        stored = obj.get("status")
+        self._written[res.uid] = Written(str(meta.get("resourceVersion", "")), desired,
+                                         dict(stored) if isinstance(stored, Mapping) else {})
+        STATUS_WRITES.labels(ref.kind).inc()
+        log.info("status written", resource=str(ref), ready=desired["ready"],
+                 generation=res.generation)
+        for t in st.transitions(old_conditions, desired["conditions"]):
+            await self._post_event(res, t, now)
+
+    def _patch_status(self, ref: ResourceRef, patch: dict[str, Any]) -> dict[str, Any]:
+        plural = PLURALS[ref.kind]
+        body = {"status": patch}
+        if ref.namespace:
+            obj = self.api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, ref.namespace, plural, ref.name, body, _content_type=MERGE_PATCH)
+        else:
+            obj = self.api.patch_cluster_custom_object_status(
+                GROUP, VERSION, plural, ref.name, body, _content_type=MERGE_PATCH)
+        return cast(dict[str, Any], obj)
+
+    async def _post_event(self, res: st.Resource, t: st.Transition,
+                          now: datetime.datetime) -> None:
+        namespace = res.ref.namespace or CLUSTER_EVENT_NAMESPACE
+        regarding: dict[str, Any] = {"apiVersion": API_VERSION, "kind": res.ref.kind,
+                                     "name": res.ref.name, "uid": res.uid}
+        if res.ref.namespace:
+            regarding["namespace"] = res.ref.namespace
+        event = {
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            # Named like client-go's recorder does (generateName would end in "." or "-").
+            "metadata": {"name": f"{res.ref.name[:230]}.{time.time_ns():x}",
+                         "namespace": namespace},
+            "eventTime": st.micro_time(now),
+            "reportingController": REPORTING_CONTROLLER,
+            "reportingInstance": self.identity[:128],
+            "action": "Aggregate",
+            "type": t.type, "reason": t.reason, "note": t.message[:1024],
+            "regarding": regarding,
+        }
+        try:
+            await asyncio.to_thread(self.api.create_namespaced_custom_object,
+                                    "events.k8s.io", "v1", namespace, "events", event)
+        except (ApiException, OSError) as exc:
+            ERRORS.labels("event").inc()
+            log.warning("cannot post event", resource=str(res.ref), reason=t.reason,
+                        error=str(getattr(exc, "reason", exc)),
+                        detail=str(getattr(exc, "body", ""))[:500])
+            return
+        EVENTS_POSTED.labels(t.type, t.reason).inc()
+        log.info("event posted", resource=str(res.ref), type=t.type, reason=t.reason)
+
+    async def _active(self) -> bool:
+        """Double-check kopf's peering verdict before writing (kopf pauses its watches, not
+        our task): a standby replica must never write."""
+        if not self.peering:
+            return True
+        try:
+            obj = await asyncio.to_thread(self.api.get_cluster_custom_object, PEERING_GROUP,
+                                          PEERING_VERSION, PEERING_PLURAL, PEERING_NAME)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True  # no peering object: kopf does not pause either
+            ERRORS.labels("peering").inc()
+            return False
+        except OSError:
+            ERRORS.labels("peering").inc()
+            return False
+        return is_active_peer(cast(Mapping[str, Any], obj).get("status"), self.identity,
+                              self.priority, datetime.datetime.now(datetime.UTC))
+
+    async def prune(self) -> None:
+        """Forget objects that no longer exist but were not seen deleted."""
+        started = time.monotonic()
+        for kind, plural in PLURALS.items():
+            uids = await asyncio.to_thread(self._list_metadata, plural, "uid")
+            for ref, cached in list(self.store.resources.items()):
+                if ref.kind == kind and cached.seen < started and cached.resource.uid not in uids:
+                    log.info("forgetting a resource deleted while unwatched", resource=str(ref))
+                    self.store.drop_resource(ref, cached.resource.uid)
+                    self._written.pop(cached.resource.uid, None)
+        names = await asyncio.to_thread(self._list_metadata, NODESTATES, "name")
+        for node, seen in list(self.store.node_seen.items()):
+            if seen < started and node not in names:
+                log.info("forgetting a NodeState deleted while unwatched", node=node)
+                self._mark(self.store.drop_node(node))
+
+    def _list_metadata(self, plural: str, key: str) -> set[str]:
+        out: set[str] = set()
+        token: str | None = None
+        scope = self.namespace_scope if plural == PLURALS[PORT_PUBLICATION] else None
+        while True:
+            kwargs: dict[str, Any] = {"limit": 500, "_headers": {"Accept": METADATA_LIST}}
+            if token:
+                kwargs["_continue"] = token
+            if scope:
+                page = self.api.list_namespaced_custom_object(GROUP, VERSION, scope, plural,
+                                                              **kwargs)
+            else:
+                page = self.api.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+            page = cast(Mapping[str, Any], page)
+            out.update(str((i.get("metadata") or {}).get(key, "")) for i in page.get("items", []))
+            token = (page.get("metadata") or {}).get("continue") or None
+            if not token:
+                return out
+
+    # running ------------------------------------------------------------------------------
+
+    def settings(self) -> kopf.OperatorSettings:
+        s = kopf.OperatorSettings()
+        s.scanning.disabled = True  # fixed kinds: no CRD watching, no namespace discovery
+        s.posting.enabled = False  # kopf's own events: our handlers have nothing to report
+        s.persistence.progress_storage = NoProgressStorage()
+        s.persistence.diffbase_storage = NoDiffBaseStorage()
+        s.peering.name = PEERING_NAME
+        s.peering.mandatory = self.peering
+        s.peering.standalone = not self.peering
+        s.peering.priority = self.priority
+        s.watching.reconnect_backoff = 1.0
+        return s
+
+    async def run(self, *, liveness_endpoint: str | None = None) -> None:
+        settings = self.settings()
+
+        @kopf.on.startup(registry=self.registry)
+        async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+            # kopf derives the peering scope from `clusterwide`; ours is always cluster-wide
+            # (one active controller for the whole cluster), even when watching one namespace.
+            settings.peering.clusterwide = True
+
+        # Started before kopf, so kopf's shutdown leaves them to us (it only reaps its own).
+        tasks = [asyncio.create_task(self.reconcile_forever(), name="bridgeport reconciler"),
+                 asyncio.create_task(self.resync_forever(), name="bridgeport resync")]
+        log.info("controller starting", identity=self.identity, peering=self.peering,
+                 priority=self.priority, namespace=self.namespace_scope or "(all)")
+        try:
+            await kopf.operator(
+                registry=self.registry, settings=settings,
+                identity=cast(Any, self.identity),
+                clusterwide=not self.namespace_scope,
+                namespaces=[self.namespace_scope] if self.namespace_scope else (),
+                liveness_endpoint=liveness_endpoint,
+            )
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """The parts we keep, copied out of kopf's live view of the object."""
+    return copy.deepcopy({"kind": body.get("kind"), "metadata": dict(body.metadata),
+                          "status": dict(body.status)})
+
+
+def load_api() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def run_controller(*, namespace_scope: str | None = None,
+                   liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz",
+                   metrics_port: int | None = None, peering: bool = True) -> int:
+    """The `bridgeport controller` process: blocks until SIGTERM/SIGINT, then returns 0."""
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, registry=METRICS)
+    controller = Controller(namespace_scope=namespace_scope, peering=peering,
+                            api=load_api())
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(controller.run(liveness_endpoint=liveness_endpoint))
+    log.info("controller stopped")
+    return 0
