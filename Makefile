@@ -10,7 +10,7 @@ setup:
 	@bash hack/setup.sh
 
 lint: setup
-	$(PY) -m ruff check operator tests bench
+	$(PY) -m ruff check --output-format concise operator tests bench
 	$(PY) -m mypy
 	.venv/bin/lint-imports
 

@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
                    help="turn IPv4/IPv6 forwarding on (Docker does); otherwise only read them")
     a.add_argument("--udp-idle-timeout", type=float, default=90.0, metavar="SECONDS",
                    help="how long a proxied UDP flow lives without traffic")
-    a.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "8080")),
+    a.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "9103")),
                    help="kopf liveness endpoint /healthz (kube source; 0 disables)")
     a.add_argument("--metrics-port", type=int,
                    default=int(os.environ.get("METRICS_PORT", "9102")),
