@@ -49,7 +49,11 @@ def world(request: pytest.FixtureRequest) -> Iterator[KubeWorld]:
         for node in w.nodes:
             box = w.container(node, "bp-e2e", "10.88.0.2/24", "10.88.0.1")
             w.serve(box, "--tcp", "80", "--tcp", "81")
-        yield w
+        try:
+            yield w
+        finally:  # the cluster is shared with other test modules: leave nothing behind
+            w.kubectl("delete", "pp", "--all", "-n", "default", "--wait=true", check=False)
+            w.kubectl("delete", "bn", "e2e", "--ignore-not-found", "--wait=true", check=False)
 
 
 @pytest.fixture
@@ -59,7 +63,7 @@ def w(world: KubeWorld) -> Iterator[KubeWorld]:
     world.apply(network())
 
 
-def ready(w: KubeWorld, name: str, expected: str) -> dict[str, Any]:
+def ready(w: KubeWorld, name: str, expected: str, timeout: float = 30) -> dict[str, Any]:
     obj: dict[str, Any] = {}
 
     def check() -> bool:
@@ -69,7 +73,7 @@ def ready(w: KubeWorld, name: str, expected: str) -> dict[str, Any]:
         return bool(status.get("ready") == expected and
                     status.get("observedGeneration") == obj["metadata"]["generation"] and
                     w.condition(obj, "Ready").get("status") == "True")
-    wait_for(check, timeout=30, what=f"pp {name} ready {expected} "
+    wait_for(check, timeout=timeout, what=f"pp {name} ready {expected} "
              f"(last: {obj.get('status')}; agent: {w.nodes[0].log_tail(5)})")
     return obj
 
@@ -87,7 +91,7 @@ def test_apply_serves_traffic_and_reports(w: KubeWorld) -> None:
         owner = state["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"]) == ("Node", node.name)
         entries = {r["name"]: r["state"] for r in state["status"]["resources"]}
-        assert entries == {"e2e": "Applied", "web": "Applied"}
+        assert entries["e2e"] == entries["web"] == "Applied"
 
 
 def test_spec_change_is_followed(w: KubeWorld) -> None:
@@ -162,7 +166,7 @@ def test_api_server_outage(w: KubeWorld) -> None:
         w.cp.start_apiserver()
     assert all(node.agent and node.agent.poll() is None for node in w.nodes)  # still running
     w.apply(publication("web", 8080, 81))
-    ready(w, "web", "2/2")
+    ready(w, "web", "2/2", timeout=90)  # watches reconnect with backoff (at most 15 s apart)
     for node in w.nodes:
         wait_for(lambda n=node: w.ask(n.address, 8080) == f"{n.client_address} 81",
                  timeout=30, what=f"{node.name} caught up")

@@ -114,6 +114,9 @@ class KubeSource:
         settings.posting.enabled = False  # N agents must not flood objects with kopf's events
         settings.watching.reconnect_backoff = 1.0
         settings.networking.request_timeout = 30
+        # Ride out an API server outage of any sane length (kopf's default gives up after
+        # ~90 s): the data plane does not need the API, so keep retrying, slowly.
+        settings.networking.error_backoffs = [1, 2, 4, 8, *([15] * 240)]
         waiter = asyncio.create_task(self._warn_if_no_node())
         try:
             await kopf.operator(registry=self.registry, settings=settings, standalone=True,
