@@ -14,7 +14,11 @@ uses its own namespace and node names. Scenarios:
 - nothing changed (agents' heartbeats, labels): resourceVersion stays put; a restarted
   controller rewrites nothing and posts no Event again
 - two replicas: one is paused by kopf peering, statuses and Events are written once
+- namespace_scope: only that namespace's publications get a status
+- the resync's prune forgets objects that were deleted while unwatched
 - the peering object carries the controller's keep-alive
+- (no API server) the store ignores late events of a deleted incarnation and marks only
+  changed reports; the standby rule matches kopf's
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ T = TypeVar("T")
 
 LAUNCH = ("import sys; from bridgeport import log; log.setup('DEBUG', json=True); "
           "from bridgeport.kube.controller import run_controller; "
-          "sys.exit(run_controller(liveness_endpoint=None, peering=True))")
+          "sys.exit(run_controller(liveness_endpoint=None, {args}))")
 
 
 def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
@@ -56,9 +60,10 @@ def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
 
 
 class ControllerProcess:
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, args: str = "peering=True") -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.args = args
         self.proc: subprocess.Popen[str] | None = None
         self.offset = 0
 
@@ -68,11 +73,17 @@ class ControllerProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("a") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", LAUNCH], stdout=log,
-                                         stderr=subprocess.STDOUT, text=True, env=env)
-        wait_for(lambda: any(line in self.log() for line in ready or ("first complete listing",))
-                 or self.proc is None or self.proc.poll() is not None, "controller start")
-        assert self.proc.poll() is None, self.tail()
+            self.proc = subprocess.Popen([sys.executable, "-c", LAUNCH.format(args=self.args)],
+                                         stdout=log, stderr=subprocess.STDOUT, text=True,
+                                         env=env)
+        try:
+            wait_for(lambda: any(line in self.log()
+                                 for line in ready or ("first complete listing",))
+                     or self.proc is None or self.proc.poll() is not None, "controller start")
+            assert self.proc.poll() is None, self.tail()
+        except BaseException:
+            self.stop()  # never leave a controller behind
+            raise
 
     def log(self) -> str:
         """The log of the current run."""
@@ -410,6 +421,101 @@ def test_no_writes_when_nothing_changes(k: Cluster, namespace: str,
     time.sleep(3)
     assert k.pp(namespace, "web")["metadata"]["resourceVersion"] == rv
     assert len(k.events(namespace, uid)) == events
+
+
+def test_namespace_scope(k: Cluster, kubectl: Any, controller: ControllerProcess,
+                         control_plane: Any, tmp_path: Path) -> None:
+    """namespace_scope: publications of that namespace only (the main controller is stopped)."""
+    inside, outside = (f"t-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for ns in (inside, outside):
+        kubectl.ok("create", "namespace", ns)
+    controller.stop()
+    scoped = ControllerProcess(control_plane.kubeconfig, tmp_path / "scoped.log",
+                               f"namespace_scope={inside!r}, peering=False")
+    try:
+        pps = [k.create_pp(ns, "web") for ns in (inside, outside)]
+        (a,) = names("node", 1)
+        k.report(a, *(entry(pp) for pp in pps))
+        scoped.start()
+        wait_ready(k, inside, "web", "1/1")
+        time.sleep(2)
+        assert "status" not in k.pp(outside, "web"), scoped.tail()
+    finally:
+        scoped.stop()
+        controller.start()
+        for ns in (inside, outside):
+            kubectl("delete", "namespace", ns, "--wait=false")
+    wait_ready(k, outside, "web", "1/1")
+
+
+def test_prune_forgets_objects_deleted_unseen(k: Cluster, namespace: str,
+                                             kube_client: Any) -> None:
+    """The periodic resync lists metadata only and forgets what no longer exists."""
+    import asyncio
+
+    from bridgeport.kube.controller import Controller
+
+    pp = k.create_pp(namespace, "web")
+    (a,) = names("node", 1)
+    k.report(a, entry(pp))
+    c = Controller(api=kube_client, peering=False)
+    c.store.put_resource(pp)
+    c.store.put_resource({**pp, "metadata": {**pp["metadata"], "name": "gone", "uid": "x"}})
+    c.store.put_node(a, {"resources": [entry(pp)]})
+    c.store.put_node("ghost-node", {"resources": [entry(pp)]})
+    asyncio.run(c.prune())
+    assert {ref.name for ref in c.store.resources} == {"web"}
+    assert set(c.store.nodes) == {a} and len(c.store.reports(next(iter(c.store.resources)))) == 1
+
+
+def test_store_keeps_the_newer_incarnation() -> None:
+    """A late event of a deleted object with the same name does not replace the new one."""
+    from bridgeport.kube.controller import Store
+
+    def obj(uid: str, created: str, **meta: Any) -> dict[str, Any]:
+        return {"kind": "PortPublication", "metadata": {
+            "name": "web", "namespace": "ns", "uid": uid, "generation": 1,
+            "creationTimestamp": created, **meta}}
+
+    store = Store()
+    ref, changed = store.put_resource(obj("new", "2026-01-02T00:00:00Z"))
+    assert changed
+    assert store.put_resource(obj("old", "2026-01-01T00:00:00Z")) == (ref, False)
+    assert store.put_resource(obj("old", "2026-01-02T00:00:00Z",
+                                  deletionTimestamp="2026-01-02T00:00:00Z")) == (ref, False)
+    assert store.resources[ref].resource.uid == "new"
+    assert not store.drop_resource(ref, "old") and store.drop_resource(ref, "new")
+
+
+def test_store_marks_only_changed_reports() -> None:
+    """A NodeState update marks the resources whose entries changed, not all of them."""
+    from bridgeport.kube.controller import Store
+
+    def e(name: str, state: str) -> dict[str, Any]:
+        return {"kind": "PortPublication", "namespace": "ns", "name": name, "uid": name,
+                "observedGeneration": 1, "state": state}
+
+    store = Store()
+    assert {r.name for r in store.put_node("n1", {"resources": [e("a", "Applied"),
+                                                                e("b", "Applied")]})} == {"a", "b"}
+    assert store.put_node("n1", {"resources": [e("a", "Applied"), e("b", "Applied")]}) == set()
+    assert {r.name for r in store.put_node("n1", {"resources": [e("a", "Failed")]})} == {"a", "b"}
+    assert {r.name for r in store.drop_node("n1")} == {"a"} and store.by_ref == {}
+
+
+def test_active_peer_rule() -> None:
+    """kopf's rule: a live peer with a higher or equal priority makes us the standby."""
+    from bridgeport.kube.controller import is_active_peer
+
+    now = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
+    live = {"lastseen": "2026-01-01T11:59:30+00:00", "lifetime": 60}
+    dead = {"lastseen": "2026-01-01T11:58:00+00:00", "lifetime": 60}
+    assert is_active_peer(None, "me", 5, now)
+    assert is_active_peer({"me": {**live, "priority": 5}, "x": {**live, "priority": 4}},
+                          "me", 5, now)
+    assert not is_active_peer({"x": {**live, "priority": 9}}, "me", 5, now)
+    assert not is_active_peer({"x": {**live, "priority": 5}}, "me", 5, now)
+    assert is_active_peer({"x": {**dead, "priority": 9}, "y": "junk"}, "me", 5, now)
 
 
 def test_peering_keepalive(k: Cluster) -> None:

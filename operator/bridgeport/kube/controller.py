@@ -109,6 +109,7 @@ class Cached:
     resource_version: str
     status: dict[str, Any]
     seen: float  # monotonic time of the last event
+    created: str = ""  # creationTimestamp (RFC 3339 sorts as text)
 
 
 @dataclass
@@ -134,10 +135,17 @@ class Store:
         res = st.resource_from_body(body)
         meta = body.get("metadata") or {}
         old = self.resources.get(res.ref)
+        if old is not None and old.resource.uid != res.uid and (
+                meta.get("deletionTimestamp")
+                or str(meta.get("creationTimestamp", "")) < old.created):
+            # A late event of a deleted incarnation (kopf runs one worker per uid, so events
+            # of two objects with the same name can interleave): the newer object stays.
+            return res.ref, False
         status = body.get("status")
         self.resources[res.ref] = Cached(res, str(meta.get("resourceVersion", "")),
                                          dict(status) if isinstance(status, Mapping) else {},
-                                         time.monotonic())
+                                         time.monotonic(),
+                                         str(meta.get("creationTimestamp", "")))
         changed = (old is None or old.resource.uid != res.uid
                    or old.resource.generation != res.generation)
         return res.ref, changed
@@ -505,7 +513,7 @@ class Controller:
             else:
                 page = self.api.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
             page = cast(Mapping[str, Any], page)
-            out.update(str((i.get("metadata") or {}).get(key, "")) for i in page.get("items", []))
+            out.update(str((i.get("metadata") or {}).get(key, "")) for i in page.get("items") or ())
             token = (page.get("metadata") or {}).get("continue") or None
             if not token:
                 return out
@@ -523,6 +531,8 @@ class Controller:
         s.peering.standalone = not self.peering
         s.peering.priority = self.priority
         s.watching.reconnect_backoff = 1.0
+        # Keep retrying through an API server outage (kopf's default gives up after ~90 s).
+        s.networking.error_backoffs = [1, 2, 4, 8, *([15] * 240)]
         return s
 
     async def run(self, *, liveness_endpoint: str | None = None) -> None:
@@ -555,8 +565,13 @@ class Controller:
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
     """The parts we keep, copied out of kopf's live view of the object."""
-    return copy.deepcopy({"kind": body.get("kind"), "metadata": dict(body.metadata),
+    meta = {k: body.metadata.get(k) for k in _META_KEYS if k in body.metadata}
+    return copy.deepcopy({"kind": body.get("kind"), "metadata": meta,
                           "status": dict(body.status)})
+
+
+_META_KEYS = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp",
+              "deletionTimestamp")
 
 
 def load_api() -> client.ApiClient:
