@@ -14,7 +14,8 @@ id=$$
 NODE=bpdemo-node-$id CLIENT=bpdemo-client-$id BOX=bpdemo-box-$id
 work=$(mktemp -d /tmp/bridgeport-demo.XXXXXX)
 pids=()
-say() { printf '\n\033[1m>>> %s\033[0m\n' "$*"; }
+# shellcheck source=hack/demo-lib.sh
+source hack/demo-lib.sh
 cleanup() {
   if [[ ${KEEP:-0} == 1 ]]; then
     say "KEEP=1: leaving everything running (namespaces $NODE $CLIENT $BOX, cluster in $BRIDGEPORT_RUN)"
@@ -30,7 +31,11 @@ trap cleanup EXIT
 
 say "building Kubernetes (cached after the first run) and starting a local control plane"
 kube_bin=$(bash hack/kube/build.sh)
-bash hack/kube/cluster.sh up
+if ! bash hack/kube/cluster.sh up; then  # a loaded machine can lose a component at start
+  say "the control plane did not come up; retrying once"
+  bash hack/kube/cluster.sh down >/dev/null 2>&1 || true
+  bash hack/kube/cluster.sh up
+fi
 eval "$(bash hack/kube/cluster.sh env)"
 export KUBECONFIG
 kubectl() { "$kube_bin/kubectl" "$@"; }
@@ -45,13 +50,7 @@ say "starting the controller"
 pids+=($!)
 
 say "creating the demo node (namespace $NODE, 192.0.2.1) and a client (192.0.2.2)"
-for ns in "$NODE" "$CLIENT" "$BOX"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
-ip link add bpd-n$id type veth peer name bpd-c$id
-ip link set bpd-n$id netns "$NODE" name eth0
-ip link set bpd-c$id netns "$CLIENT" name eth0
-ip -n "$NODE" addr add 192.0.2.1/24 dev eth0 && ip -n "$NODE" link set eth0 up
-ip -n "$CLIENT" addr add 192.0.2.2/24 dev eth0 && ip -n "$CLIENT" link set eth0 up
-ip netns exec "$NODE" sysctl -qw net.ipv4.ip_forward=1
+make_namespaces
 kubectl apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Node
@@ -73,28 +72,13 @@ pids+=($!)
 
 say "kubectl apply -f examples/"
 kubectl apply -f examples/
-for _ in $(seq 100); do ip -n "$NODE" link show bp-demo >/dev/null 2>&1 && break; sleep 0.2; done
-ip -n "$NODE" link show bp-demo >/dev/null || { tail -20 "$work/agent.log"; exit 1; }
+wait_for_bridge bp-demo "$work/agent.log"
 
 say "a container (192.168.99.2) on bridge bp-demo serving HTTP on :80"
-ip link add bpd-b$id type veth peer name bpd-p$id
-ip link set bpd-b$id netns "$BOX" name eth0
-ip link set bpd-p$id netns "$NODE"
-ip -n "$NODE" link set bpd-p$id master bp-demo up
-ip -n "$BOX" addr add 192.168.99.2/24 dev eth0 && ip -n "$BOX" link set eth0 up
-ip -n "$BOX" route add default via 192.168.99.1
-echo "hello from a container behind bridgeport" >"$work/index.html"
-ip netns exec "$BOX" "$PY" -m http.server 80 --bind 0.0.0.0 --directory "$work" \
-  >/dev/null 2>&1 &
-pids+=($!)
+attach_container
 
 say "curl http://192.0.2.1:8080/index.html from the client namespace"
-for _ in $(seq 50); do
-  ip netns exec "$CLIENT" curl -fs --max-time 1 http://192.0.2.1:8080/index.html >/dev/null \
-    && break
-  sleep 0.2
-done
-ip netns exec "$CLIENT" curl -fsS --max-time 2 http://192.0.2.1:8080/index.html
+curl_published_port
 
 say "kubectl get pp,bn,nodestates"
 for _ in $(seq 50); do

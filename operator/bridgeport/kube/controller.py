@@ -35,12 +35,13 @@ from typing import Any, cast
 
 import kopf
 import structlog
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bridgeport.core import status as st
 from bridgeport.core.specs import BRIDGE_NETWORK, PORT_PUBLICATION, ResourceRef
+from bridgeport.kube.api import load_api
 
 log = structlog.get_logger(__name__)
 
@@ -572,15 +573,6 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
 
 _META_KEYS = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp",
               "deletionTimestamp")
-
-
-def load_api() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
 
 
 def run_controller(*, namespace_scope: str | None = None,

@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from bridgeport import metrics
+from bridgeport.kube.api import load_api
 
 log = structlog.get_logger(__name__)
 GROUP, VERSION, PLURAL = "bridgeport.io", "v1alpha1", "nodestates"
@@ -25,15 +26,6 @@ HEARTBEAT = 300.0
 MAX_ERRORS = 64
 MAX_MESSAGE = 512
 MAX_REPORT_BYTES = 1_300_000  # etcd refuses requests over 1.5 MiB
-
-
-def load_api() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
 
 
 def status_from_state(state: Mapping[str, Any]) -> dict[str, Any]:
