@@ -6,7 +6,9 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,7 +47,10 @@ int main(int argc, char **argv) {
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 4096)) { perror("bind"); return 1; }
     for (int w = 1; w < workers; w++)
-        if (fork() == 0) serve(ls);
+        if (fork() == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL); /* workers die with the parent the bench stops */
+            serve(ls);
+        }
     printf("ready\n");
     fflush(stdout);
     serve(ls);

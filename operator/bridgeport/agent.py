@@ -85,7 +85,7 @@ class Agent:
         self.reporters = list(reporters)
         self.manage_sysctls = manage_sysctls
         self.nft = Nft()
-        self.last: SyncReport | None = None
+        self._reported: set[tuple[str, ...]] = set()  # problems already logged
         self._dirty = asyncio.Event()
         self._synced_once = False
         self._last_digest = ""
@@ -136,7 +136,6 @@ class Agent:
             log.exception("reconcile failed", error=str(exc))
             return None
         metrics.RECONCILE_SECONDS.observe(report.duration)
-        self.last = report
         state = state_document(self.node_name, report, snapshot)
         self._write_state(state)
         for publish in self.reporters:
@@ -154,7 +153,7 @@ class Agent:
         # the event loop that serves the proxies and the watch.
         if self.manage_sysctls and snapshot.resources:
             await asyncio.to_thread(node_facts.enable_forwarding)
-        facts, _ours = await asyncio.to_thread(node_facts.gather, self.node_name, labels)
+        facts = await asyncio.to_thread(node_facts.gather, self.node_name, labels)
         plan = planner.plan(snapshot.resources, facts)
         proxy_states: dict[ResourceRef, str] = {}
         if self.proxies is not None:
@@ -174,13 +173,22 @@ class Agent:
         self._last_digest = report.digest
         emit("reconciled", node=self.node_name, digest=report.digest, commands=commands,
              full=full, ms=round(duration * 1000, 1), **plan.counts())
-        for o in outcomes:
-            if o.state not in (State.APPLIED, State.INACTIVE):
-                log.warning("resource not applied", resource=str(o.ref), state=o.state.value,
-                            reason=o.reason, message=o.message)
-        for err in (*snapshot.errors, *plan.errors):
-            log.error("input error", error=err)
+        self._log_new_problems(outcomes, (*snapshot.errors, *plan.errors))
         return report
+
+    def _log_new_problems(self, outcomes: Sequence[Outcome], errors: Sequence[str]) -> None:
+        """Each problem once, when it appears, not again on every resync."""
+        problems: set[tuple[str, ...]] = {
+            (str(o.ref), o.state.value, o.reason, o.message) for o in outcomes
+            if o.state not in (State.APPLIED, State.INACTIVE)}
+        problems |= {("input", err) for err in errors}
+        for p in sorted(problems - self._reported):
+            if p[0] == "input":
+                log.error("input error", error=p[1])
+            else:
+                log.warning("resource not applied", resource=p[0], state=p[1], reason=p[2],
+                            message=p[3])
+        self._reported = problems
 
     def _converge_kernel(self, plan: NodePlan, tables: Sequence[ruleset.Table],
                          check_drift: bool) -> tuple[dict[ResourceRef, Outcome], int, bool]:

@@ -10,7 +10,6 @@ import structlog
 
 from bridgeport.adapters import links
 from bridgeport.core.plan import NodeFacts
-from bridgeport.core.specs import ResourceRef
 
 log = structlog.get_logger(__name__)
 # In a pod the host's /proc/sys/net may be mounted elsewhere (writable) by the chart.
@@ -37,17 +36,14 @@ def enable_forwarding() -> None:
                             error=str(exc))
 
 
-def gather(name: str, labels: Mapping[str, str],
-           ports_in_use: Mapping[ResourceRef, str] | None = None) -> tuple[NodeFacts, set[str]]:
-    """(facts for the planner, names of our existing bridges)."""
-    ours, foreign = links.inventory()
-    facts = NodeFacts(
+def gather(name: str, labels: Mapping[str, str]) -> NodeFacts:
+    """What the planner needs to know about this node, read from the kernel."""
+    _, foreign = links.inventory()
+    return NodeFacts(
         name=name,
         labels=dict(labels),
         addresses=frozenset(links.local_addresses()),
         ipv4_forwarding=_sysctl_on("ipv4/ip_forward"),
         ipv6_forwarding=_sysctl_on("ipv6/conf/all/forwarding"),
         foreign_interfaces=frozenset(foreign),
-        ports_in_use=dict(ports_in_use or {}),
     )
-    return facts, set(ours)
