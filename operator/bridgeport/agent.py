@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -74,6 +75,7 @@ class Agent:
         proxies: Proxies | None = None,
         reporters: Sequence[Callable[[dict[str, Any]], Awaitable[None]]] = (),
         manage_sysctls: bool = False,
+        watch_ports: bool = True,
     ) -> None:
         self.source = source
         self.node_name = node_name
@@ -84,6 +86,7 @@ class Agent:
         self.proxies = proxies
         self.reporters = list(reporters)
         self.manage_sysctls = manage_sysctls
+        self.watch_ports = watch_ports
         self.nft = Nft()
         self._reported: set[tuple[str, ...]] = set()  # problems already logged
         self._dirty = asyncio.Event()
@@ -97,6 +100,8 @@ class Agent:
     async def run(self) -> None:
         """Until cancelled, or until the source stops (kopf handles SIGTERM itself)."""
         watch = asyncio.create_task(self.source.run(self.mark_dirty), name="source")
+        if self.watch_ports:
+            self._start_port_watch(asyncio.get_running_loop())
         next_resync = time.monotonic() + self.resync
         try:
             while True:
@@ -121,6 +126,16 @@ class Agent:
                 await watch
             if self.proxies is not None:
                 await self.proxies.close()
+
+    def _start_port_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        def watch() -> None:
+            try:
+                links.watch_ports(lambda: loop.call_soon_threadsafe(self.mark_dirty))
+            except Exception as exc:  # the periodic resync still covers new ports
+                metrics.ERRORS.labels("links").inc()
+                log.warning("bridge port watch stopped; new ports wait for the next resync",
+                            error=str(exc))
+        threading.Thread(target=watch, name="port-watch", daemon=True).start()
 
     async def reconcile(self, check_drift: bool = False) -> SyncReport | None:
         """One full convergence. Never raises: failures become outcomes, logs and metrics."""

@@ -158,7 +158,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.source.startswith("dir:"):
         from bridgeport.adapters.dirsource import DirSource
 
-        source: Any = DirSource(Path(args.source[4:]))
+        source: Any = DirSource(Path(args.source[4:]),
+                                ignore=[args.state_file] if args.state_file else [])
     elif args.source == "kube":
         from bridgeport.kube.nodestate import NodeStateReporter
         from bridgeport.kube.source import KubeSource

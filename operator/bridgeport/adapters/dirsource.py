@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,11 @@ SUFFIXES = (".yaml", ".yml", ".json")
 
 
 class DirSource:
-    def __init__(self, path: Path, poll_interval: float = 0.25) -> None:
+    def __init__(self, path: Path, poll_interval: float = 0.25,
+                 ignore: Iterable[Path] = ()) -> None:
         self.path = path
+        # The agent's own state file may live here: reading it back would loop forever.
+        self.ignore = {p.resolve() for p in ignore}
         self.poll_interval = poll_interval
         self._signature: tuple[tuple[str, int, int, int], ...] | None = None
         self._snapshot: Snapshot | None = None
@@ -38,7 +41,8 @@ class DirSource:
         if not self.path.is_dir():
             return []
         return sorted(p for p in self.path.iterdir()
-                      if p.suffix in SUFFIXES and not p.name.startswith("."))
+                      if p.suffix in SUFFIXES and not p.name.startswith(".")
+                      and p.resolve() not in self.ignore)
 
     def _signature_now(self) -> tuple[tuple[str, int, int, int], ...]:
         sig = []

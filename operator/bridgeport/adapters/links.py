@@ -8,7 +8,7 @@ its own published port, and port isolation when the network has interContainer: 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +22,7 @@ from bridgeport.core.plan import BridgePlan
 log = structlog.get_logger(__name__)
 
 MARKER = "bridgeport:"
+RTMGRP_LINK = 0x1
 IFA_F_NODAD = 0x02
 AF_INET, AF_INET6 = 2, 10
 
@@ -160,3 +161,18 @@ def remove_stale(wanted: Iterable[str]) -> list[str]:
                 removed.append(name)
                 log.info("bridge removed", bridge=name, network=ours[name])
     return removed
+
+
+def watch_ports(changed: Callable[[], object]) -> None:
+    """Blocking (run it in a thread): call `changed()` whenever a link is enslaved to a bridge
+    or changes while enslaved. A container attached to one of our bridges then gets hairpin
+    mode and, with interContainer: false, port isolation at once, not a resync later."""
+    ipr = IPRoute()
+    try:
+        ipr.bind(groups=RTMGRP_LINK)
+        while True:
+            for msg in ipr.get():
+                if msg.get("event") == "RTM_NEWLINK" and msg.get_attr("IFLA_MASTER"):
+                    changed()
+    finally:
+        ipr.close()

@@ -1,0 +1,42 @@
+"""New bridge ports are configured at once, not at the next resync.
+
+Scenario: an agent with a one-hour resync; a port attached to its interContainer: false bridge
+after the first sync gets hairpin mode and port isolation within seconds (netlink watch).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.kernel.conftest import network
+from tests.netns import netns, wait_for
+
+pytestmark = pytest.mark.kernel
+
+
+def test_new_port_is_isolated_without_waiting_for_resync(tmp_path: Path) -> None:
+    """A veth enslaved after the first sync is isolated and in hairpin mode within seconds."""
+    doc = network("n", "10.96.6.0/24", bridge="bp-watch", interContainer=False)
+    (tmp_path / "net.yaml").write_text(yaml.safe_dump(doc))
+    with netns("bpw") as node:
+        state = tmp_path / "out" / "state.json"
+        agent = node.popen([sys.executable, "-m", "bridgeport", "agent", "--source",
+                            f"dir:{tmp_path}", "--node-name", "n", "--metrics-port", "0",
+                            "--resync", "3600", "--state-file", str(state)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(state.exists, what="first sync")
+            node.run("ip link add wport type veth peer name wpeer")
+            node.run("ip link set wport master bp-watch")
+            wait_for(lambda: "isolated on" in node.run("ip -d link show wport").stdout,
+                     timeout=5, what="port isolation")
+            assert "hairpin on" in node.run("ip -d link show wport").stdout
+        finally:
+            agent.terminate()
+            agent.wait(10)
+            node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
