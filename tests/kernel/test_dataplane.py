@@ -99,7 +99,7 @@ def test_hairpin_self_and_neighbour(w: World) -> None:
     b = w.container("bp-a", "10.99.1.3/24", "10.99.1.1")
     w.serve(a, "--tcp", "80")
     w.serve(b, "--tcp", "80")
-    # Ports attached after a sync get hairpin mode on the next one (resync is 1 s here).
+    # Ports get hairpin mode as they are attached (netlink watch).
     wait_for(lambda: w.ask(a, "tcp", NODE_IP, 8080).endswith(" 80"), timeout=5,
              what="self hairpin")
     assert w.ask(a, "tcp", NODE_IP, 8090).endswith(" 80")
@@ -164,10 +164,9 @@ def test_inter_container_off_and_on(w: World) -> None:
     a = w.container("bp-a", "10.99.1.2/24", "10.99.1.1")
     b = w.container("bp-a", "10.99.1.3/24", "10.99.1.1")
     w.serve(b, "--tcp", "80")
-    # Ports attached after a sync are isolated by the next one (resync is 1 s here).
-    wait_for(lambda: "isolated on" in w.node.run("ip -d link show master bp-a").stdout,
-             timeout=5, what="port isolation")
-    time.sleep(1.5)  # both ports covered
+    # The agent isolates ports as they are attached (netlink watch).
+    wait_for(lambda: w.node.run("ip -d link show master bp-a").stdout.count("isolated on") == 2,
+             timeout=5, what="both ports isolated")
     assert w.ask(a, "tcp", "10.99.1.3", 80, timeout=1).startswith("ERR")
     w.agent.apply(NET)
     wait_for(lambda: w.ask(a, "tcp", "10.99.1.3", 80).endswith(" 80"), timeout=5,
