@@ -412,12 +412,7 @@ def agent_in_netns(inst: Installed, kubeconfig: Path, node: str) -> Iterator[Pat
         try:
             yield log
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop(proc)
 
 
 @contextmanager
@@ -431,12 +426,17 @@ def controller_process(inst: Installed, kubeconfig: Path) -> Iterator[Path]:
     try:
         yield log
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM as Kubernetes would; SIGKILL if it does not exit in time."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def test_agent_and_controller_work_with_the_charts_permissions(installed: Installed) -> None:
