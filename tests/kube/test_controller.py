@@ -470,7 +470,7 @@ def test_prune_forgets_objects_deleted_unseen(k: Cluster, namespace: str,
 
 def test_store_keeps_the_newer_incarnation() -> None:
     """A late event of a deleted object with the same name does not replace the new one."""
-    from bridgeport.kube.controller import Store
+    from bridgeport.kube.store import Store
 
     def obj(uid: str, created: str, **meta: Any) -> dict[str, Any]:
         return {"kind": "PortPublication", "metadata": {
@@ -489,7 +489,7 @@ def test_store_keeps_the_newer_incarnation() -> None:
 
 def test_store_marks_only_changed_reports() -> None:
     """A NodeState update marks the resources whose entries changed, not all of them."""
-    from bridgeport.kube.controller import Store
+    from bridgeport.kube.store import Store
 
     def e(name: str, state: str) -> dict[str, Any]:
         return {"kind": "PortPublication", "namespace": "ns", "name": name, "uid": name,
@@ -505,7 +505,7 @@ def test_store_marks_only_changed_reports() -> None:
 
 def test_active_peer_rule() -> None:
     """kopf's rule: a live peer with a higher or equal priority makes us the standby."""
-    from bridgeport.kube.controller import is_active_peer
+    from bridgeport.kube.store import is_active_peer
 
     now = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
     live = {"lastseen": "2026-01-01T11:59:30+00:00", "lifetime": 60}
