@@ -34,6 +34,7 @@ import yaml
 from tests.netns import Netns, netns, unique, veth, wait_for
 
 API = "bridgeport.io/v1alpha1"
+KUBECTL = os.environ.get("BRIDGEPORT_E2E_KUBECTL", "kubectl")  # external clusters only
 
 
 @dataclass
@@ -83,7 +84,7 @@ class KubeWorld:
                  check: bool = True) -> subprocess.CompletedProcess[str]:
         if self.cp is not None:
             return self.cp.kubectl(*args, input=input, check=check)  # type: ignore[no-any-return]
-        return subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
+        return subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
                               input=input, capture_output=True, text=True, timeout=60,
                               check=check)
 
@@ -192,7 +193,7 @@ def kind_world(kubeconfig: Path, node_exec: str) -> Iterator[KubeWorld]:
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="bridgeport-e2e-"))
         listing = json.loads(subprocess.run(
-            ["kubectl", "--kubeconfig", str(kubeconfig), "get", "nodes", "-o", "json"],
+            [KUBECTL, "--kubeconfig", str(kubeconfig), "get", "nodes", "-o", "json"],
             capture_output=True, text=True, check=True).stdout)["items"]
 
         def address(node: dict[str, Any]) -> str:
@@ -202,15 +203,18 @@ def kind_world(kubeconfig: Path, node_exec: str) -> Iterator[KubeWorld]:
         def host(name: str) -> tuple[str, ...]:
             return tuple(node_exec.format(node=name).split())
 
-        control = [n for n in listing
-                   if "node-role.kubernetes.io/control-plane" in n["metadata"]["labels"]]
-        workers = [n for n in listing if n not in control][:2]
+        control = [n for n in listing if "node-role.kubernetes.io/control-plane"
+                   in n["metadata"].get("labels", {})]
+        wanted = [w for w in os.environ.get("BRIDGEPORT_E2E_WORKERS", "").split(",") if w]
+        workers = sorted((n for n in listing if n not in control
+                          and (not wanted or n["metadata"]["name"] in wanted)),
+                         key=lambda n: n["metadata"]["name"])[:2]
         client_node = control[0] if control else listing[0]
         client = Netns("", host=host(client_node["metadata"]["name"]))
         nodes = []
         for i, n in enumerate(workers):
             name = n["metadata"]["name"]
-            subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "label", "node", name,
+            subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), "label", "node", name,
                             "--overwrite", f"zone=zone-{i + 1}"], check=True,
                            capture_output=True)
             nodes.append(Node(name, Netns("", host=host(name)), address(n),
