@@ -116,12 +116,14 @@ def test_conflict_names_the_winner_with_one_event(w: KubeWorld) -> None:
         cond = w.condition(w.get("pp", "second", "default"), "Conflicted")
         return cond.get("status") == "True" and "default/first" in cond.get("message", "")
     wait_for(conflicted, timeout=30, what="Conflicted condition naming the winner")
+    # By uid: Events outlive objects, and an earlier "second" may have left some behind.
+    mine = f"involvedObject.uid={w.get('pp', 'second', 'default')['metadata']['uid']}"
     wait_for(lambda: "Conflicted" in w.kubectl(
-        "get", "events", "-n", "default", "--field-selector",
-        "involvedObject.name=second"), timeout=15, what="Conflicted event")
+        "get", "events", "-n", "default", "--field-selector", mine), timeout=15,
+        what="Conflicted event")
     time.sleep(3)  # several reconciles later, still one event
     events = w.kubectl("get", "events", "-n", "default", "--field-selector",
-                       "involvedObject.name=second,reason=Conflicted", "-o", "name")
+                       f"{mine},reason=Conflicted", "-o", "name")
     assert len(events.split()) == 1
     for node in w.nodes:
         assert w.ask(node.address, 8080) == f"{node.client_address} 80"
