@@ -6,7 +6,8 @@ Scenarios:
   their Nodes
 - a spec change is observed (new generation) and traffic follows it
 - a conflicting publication gets a Conflicted condition naming the winner, and one Event
-- a nodeSelector excluding a node: that node programs nothing and is not counted
+- a nodeSelector excluding a node: that node programs nothing and is not counted; relabelling
+  the node brings it in
 - delete: the rules are gone
 - the API server stops for 20 s: the data plane is unchanged, the agents reconnect and
   catch up with changes made after it returns
@@ -138,6 +139,12 @@ def test_node_selector_excludes_a_node(w: KubeWorld) -> None:
     assert w.ask(one.address, 8082) == f"{one.client_address} 80"
     assert "8082" not in two.nft_map()
     assert w.ask(two.address, 8082, timeout=1).startswith("ERR")
+    w.kubectl("label", "node", two.name, "--overwrite", "zone=zone-1")
+    try:
+        ready(w, "zoned", "2/2")
+        assert w.ask(two.address, 8082) == f"{two.client_address} 80"
+    finally:
+        w.kubectl("label", "node", two.name, "--overwrite", "zone=zone-2")
 
 
 def test_delete_removes_rules(w: KubeWorld) -> None:

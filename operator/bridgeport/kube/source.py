@@ -43,6 +43,7 @@ class KubeSource:
         self.registry = kopf.OperatorRegistry()
         self._indexes: dict[str, Any] = {}
         self._generations: dict[str, int] = {}
+        self._node_labels: dict[str, str] | None = None
         self._complete = False
         self._version = 0
         self._changed: Callable[[], None] = lambda: None
@@ -97,7 +98,12 @@ class KubeSource:
         kind = body.get("kind")
         if event.get("type") == "DELETED":
             self._generations.pop(uid, None)
-        elif kind != "Node" and self._generations.get(uid) == generation and self._complete:
+        elif kind == "Node":
+            labels = dict(body.metadata.labels or {})
+            if labels == self._node_labels and self._complete:
+                return  # kubelet status updates: only labels matter to the plan
+            self._node_labels = labels
+        elif self._generations.get(uid) == generation and self._complete:
             return  # a status-only change (ours or the controller's): nothing to do
         else:
             self._generations[uid] = generation
