@@ -160,6 +160,19 @@ def serving(w: World, name: str) -> Iterator[Path_]:
             p.kill()
             p.wait()
             node.procs.remove(p)
+    elif name == "docker-proxy":
+        # Docker's own proxy: one process per port, as dockerd runs it. It reports readiness
+        # on fd 3, which must exist or it closes its own listener.
+        procs = [node.popen(["bash", "-c", f"exec {DOCKER_PROXY} -proto tcp -host-ip 127.0.0.1 "
+                             f"-host-port {lp} -container-ip {TARGET} -container-port {tp} "
+                             "3>/dev/null"])
+                 for lp, tp in ((ip, IPERF), (hp, HTTP))]
+        wait_for(lambda: listening(node, hp), what="docker-proxy")
+        yield Path_(name, node, "127.0.0.1", ip, hp, tuple(p.pid for p in procs))
+        for p in procs:
+            p.kill()
+            p.wait()
+            node.procs.remove(p)
     else:  # the asyncio Protocol relay we measured against and did not keep
         proc = ready(node.popen([sys.executable, str(HERE / "alt_relay.py"),
                                  f"127.0.0.1:{ip}={TARGET}:{IPERF}",
@@ -207,8 +220,16 @@ def rss_for_ports(w: World, count: int, uvloop: bool) -> tuple[float, float]:
     return added / 1024, seconds
 
 
+def _docker_proxy() -> str:
+    """hack/docker-proxy.sh builds Docker's proxy from moby's Go module (cached); "" if not."""
+    proc = subprocess.run(["bash", str(HERE.parent.parent / "hack" / "docker-proxy.sh")],
+                          capture_output=True, text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+DOCKER_PROXY = _docker_proxy()
 PATHS = ["kernel DNAT", "direct", "bridgeport", "bridgeport uvloop", "socat -b131072",
-         "asyncio relay"]
+         "asyncio relay", *(["docker-proxy"] if DOCKER_PROXY else [])]
 
 
 def main() -> None:
