@@ -25,7 +25,15 @@ from bridgeport.adapters import facts as node_facts
 from bridgeport.adapters.nft import Nft, NftError
 from bridgeport.adapters.statefile import write_atomic
 from bridgeport.core import planner, ruleset
-from bridgeport.core.plan import NodePlan, Outcome, ProxyKey, ProxyPort, State
+from bridgeport.core.plan import (
+    NodeFacts,
+    NodePlan,
+    Outcome,
+    ProxyKey,
+    ProxyPort,
+    State,
+    count_states,
+)
 from bridgeport.core.source import Snapshot, Source
 from bridgeport.core.specs import PORT_PUBLICATION, ResourceRef
 
@@ -252,7 +260,7 @@ class Agent:
             log.warning("cannot flush stale UDP conntrack entries", error=str(exc))
 
     async def _sync_proxies(self, plan: NodePlan, snapshot: Snapshot,
-                            facts: Any) -> tuple[NodePlan, dict[ResourceRef, str]]:
+                            facts: NodeFacts) -> tuple[NodePlan, dict[ResourceRef, str]]:
         """Claim proxy ports first: a port a host process holds makes its publication
         Conflicted (PortInUse), and the replan drops its DNAT so the process is never shadowed."""
         assert self.proxies is not None
@@ -297,8 +305,7 @@ def state_document(node: str, report: SyncReport, snapshot: Snapshot) -> dict[st
         "lastSyncMs": round(report.duration * 1000, 2),
         "tableDigest": report.digest,
         "counts": {
-            **{s.value: 0 for s in State},
-            **_count_states(report.outcomes),
+            **count_states(report.outcomes),
             "bridges": len(plan.bridges),
             "dnat": len(plan.dnats),
             "proxies": len(plan.proxies),
@@ -306,13 +313,6 @@ def state_document(node: str, report: SyncReport, snapshot: Snapshot) -> dict[st
         "resources": resources,
         "errors": [*snapshot.errors, *plan.errors],
     }
-
-
-def _count_states(outcomes: Sequence[Outcome]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        counts[o.state.value] = counts.get(o.state.value, 0) + 1
-    return counts
 
 
 def cleanup() -> list[str]:

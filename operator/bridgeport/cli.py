@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bridgeport import __version__
+from bridgeport.core.plan import NodePlan
+from bridgeport.core.ruleset import Table
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -124,7 +126,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _plan_json(plan: Any, tables: Any, digest: str) -> dict[str, Any]:
+def _plan_json(plan: NodePlan, tables: Sequence[Table], digest: str) -> dict[str, Any]:
     return {
         "node": plan.node,
         "digest": digest,

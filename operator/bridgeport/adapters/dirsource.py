@@ -32,7 +32,6 @@ class DirSource:
         self.poll_interval = poll_interval
         self._signature: tuple[tuple[str, int, int, int], ...] | None = None
         self._snapshot: Snapshot | None = None
-        self._version = 0
 
     def snapshot(self) -> Snapshot | None:
         return self._snapshot
@@ -63,8 +62,7 @@ class DirSource:
         resources, errors = load_files(self._files())
         if not self.path.is_dir():
             errors.insert(0, f"{self.path}: not a directory")
-        self._version += 1
-        self._snapshot = Snapshot(tuple(resources), tuple(errors), version=self._version)
+        self._snapshot = Snapshot(tuple(resources), tuple(errors))
         return True
 
     async def run(self, changed: Callable[[], None]) -> None:

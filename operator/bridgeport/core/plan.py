@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -126,7 +126,12 @@ class NodePlan:
         return out
 
     def counts(self) -> dict[str, int]:
-        by_state = {s.value: 0 for s in State}
-        for o in self.outcomes:
-            by_state[o.state.value] += 1
-        return by_state
+        return count_states(self.outcomes)
+
+
+def count_states(outcomes: Iterable[Outcome]) -> dict[str, int]:
+    """Outcomes per state, every state present (zero included)."""
+    by_state = {s.value: 0 for s in State}
+    for o in outcomes:
+        by_state[o.state.value] += 1
+    return by_state

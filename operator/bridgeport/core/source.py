@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from bridgeport.core.specs import ParseResult
@@ -16,8 +16,6 @@ class Snapshot:
     resources: tuple[ParseResult, ...]
     errors: tuple[str, ...] = ()  # unreadable inputs, reported and skipped
     node_labels: Mapping[str, str] | None = None  # when the source knows them (the Node object)
-    version: int = 0  # bumps on every change; lets the agent skip identical snapshots
-    extra: Mapping[str, int] = field(default_factory=dict)
 
 
 class Source(Protocol):

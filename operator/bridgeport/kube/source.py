@@ -45,7 +45,6 @@ class KubeSource:
         self._generations: dict[str, int] = {}
         self._node_labels: dict[str, str] | None = None
         self._complete = False
-        self._version = 0
         self._changed: Callable[[], None] = lambda: None
         self.node_uid: str | None = None
         self._register()
@@ -61,7 +60,7 @@ class KubeSource:
         for node in self._indexes["node"].get(None, ()):
             labels = dict(node["labels"])
             self.node_uid = node["uid"]
-        return Snapshot(tuple(resources), node_labels=labels, version=self._version)
+        return Snapshot(tuple(resources), node_labels=labels)
 
     def _register(self) -> None:
         reg = self.registry
@@ -110,7 +109,6 @@ class KubeSource:
         if not self._complete:
             log.info("first complete listing received")
         self._complete = True
-        self._version += 1
         self._changed()
 
     async def run(self, changed: Callable[[], None]) -> None:
