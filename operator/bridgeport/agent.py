@@ -100,6 +100,7 @@ class Agent:
         self._dirty = asyncio.Event()
         self._synced_once = False
         self._last_digest = ""
+        self._said_waiting = False
         self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int]]] | None = None
 
     def mark_dirty(self) -> None:
@@ -149,7 +150,9 @@ class Agent:
         """One full convergence. Never raises: failures become outcomes, logs and metrics."""
         snapshot = self.source.snapshot()
         if snapshot is None:
-            log.info("waiting for the first complete listing before touching anything")
+            if not self._said_waiting:
+                log.info("waiting for the first complete listing before touching anything")
+                self._said_waiting = True
             return None
         started = time.perf_counter()
         try:

@@ -222,8 +222,14 @@ def _run_until_signal(coro: Any) -> int:
         except asyncio.CancelledError:
             log.info("stopping; kernel state left in place so traffic keeps flowing")
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(main())
+    from bridgeport.core.source import SourceError
+
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(main())
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,6 +18,11 @@ class Snapshot:
     node_labels: Mapping[str, str] | None = None  # when the source knows them (the Node object)
 
 
+class SourceError(RuntimeError):
+    """The source cannot work at all (no credentials, no directory): the agent stops with
+    this message instead of a traceback."""
+
+
 class Source(Protocol):
     def snapshot(self) -> Snapshot | None: ...
 

@@ -16,7 +16,7 @@ import kopf
 import structlog
 
 from bridgeport.core import specs
-from bridgeport.core.source import Snapshot
+from bridgeport.core.source import Snapshot, SourceError
 
 log = structlog.get_logger(__name__)
 GROUP, VERSION = "bridgeport.io", "v1alpha1"
@@ -125,11 +125,17 @@ class KubeSource:
         try:
             await kopf.operator(registry=self.registry, settings=settings, standalone=True,
                                 clusterwide=True, liveness_endpoint=self.liveness_endpoint)
+        except kopf.LoginError as exc:
+            raise SourceError(
+                f"cannot log in to the Kubernetes API ({exc}); in a pod the service account is "
+                "used, elsewhere KUBECONFIG or ~/.kube/config") from None
         finally:
             waiter.cancel()
 
     async def _warn_if_no_node(self) -> None:
         await asyncio.sleep(NODE_WAIT_WARNING)
         if not self._complete:
-            log.warning("no event yet: waiting for this node's Node object before programming "
-                        "anything (is NODE_NAME right?)", node=self.node_name)
+            log.warning("no complete listing yet, so nothing is programmed: check that the API "
+                        "server is reachable, that the credentials work (kopf logs login "
+                        "failures), and that NODE_NAME names an existing Node",
+                        node=self.node_name)
