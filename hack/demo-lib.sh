@@ -1,6 +1,11 @@
 # shellcheck shell=bash disable=SC2154
-# Shared by hack/demo.sh and hack/demo-standalone.sh (sourced, not run). Expects $NODE,
-# $CLIENT, $BOX (namespace names), $id (unique suffix), $work (scratch dir) and $PY.
+# Shared by hack/demo.sh and hack/demo-standalone.sh (sourced from the repository root, not
+# run): names unique to this run, a scratch dir, and the plumbing both demos need.
+PY=${PY:-$PWD/.venv/bin/python}
+id=$$
+NODE=bpdemo-node-$id CLIENT=bpdemo-client-$id BOX=bpdemo-box-$id
+work=$(mktemp -d /tmp/bridgeport-demo.XXXXXX)
+pids=()
 
 say() { printf '\n\033[1m>>> %s\033[0m\n' "$*"; }
 
@@ -14,6 +19,14 @@ make_namespaces() {
   ip -n "$NODE" addr add 192.0.2.1/24 dev eth0 && ip -n "$NODE" link set eth0 up
   ip -n "$CLIENT" addr add 192.0.2.2/24 dev eth0 && ip -n "$CLIENT" link set eth0 up
   ip netns exec "$NODE" sysctl -qw net.ipv4.ip_forward=1
+}
+
+# Stop what the demo started and remove its namespaces and scratch dir.
+stop_demo() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  for ns in "$BOX" "$CLIENT" "$NODE"; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$work"
 }
 
 wait_for_bridge() { # bridge log

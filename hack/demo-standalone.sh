@@ -4,20 +4,9 @@
 # port. Everything lives in namespaces created here and is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-id=$$
-NODE=bpdemo-node-$id CLIENT=bpdemo-client-$id BOX=bpdemo-box-$id
-work=$(mktemp -d /tmp/bridgeport-demo.XXXXXX)
-pids=()
 # shellcheck source=hack/demo-lib.sh
 source hack/demo-lib.sh
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for ns in "$BOX" "$CLIENT" "$NODE"; do ip netns del "$ns" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap stop_demo EXIT
 
 say "creating namespaces: node $NODE (192.0.2.1), client $CLIENT (192.0.2.2)"
 make_namespaces

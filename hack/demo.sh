@@ -6,14 +6,9 @@
 # Everything runs in namespaces created here and is removed at the end (KEEP=1 keeps it up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-$PWD/.venv/bin/python}
 export BRIDGEPORT_RUN=${BRIDGEPORT_RUN:-/tmp/bridgeport-demo-cluster}
 export BRIDGEPORT_APISERVER_PORT=${BRIDGEPORT_APISERVER_PORT:-16443}
 export BRIDGEPORT_APISERVER_BIND=127.0.0.1
-id=$$
-NODE=bpdemo-node-$id CLIENT=bpdemo-client-$id BOX=bpdemo-box-$id
-work=$(mktemp -d /tmp/bridgeport-demo.XXXXXX)
-pids=()
 # shellcheck source=hack/demo-lib.sh
 source hack/demo-lib.sh
 cleanup() {
@@ -21,11 +16,8 @@ cleanup() {
     say "KEEP=1: leaving everything running (namespaces $NODE $CLIENT $BOX, cluster in $BRIDGEPORT_RUN)"
     return
   fi
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for ns in "$BOX" "$CLIENT" "$NODE"; do ip netns del "$ns" 2>/dev/null || true; done
+  stop_demo
   bash hack/kube/cluster.sh down >/dev/null 2>&1 || true
-  rm -rf "$work"
 }
 trap cleanup EXIT
 

@@ -149,30 +149,9 @@ def serving(w: World, name: str) -> Iterator[Path_]:
             if "failed" in json.dumps(statuses):
                 raise RuntimeError(f"proxy did not bind: {statuses}")
             yield Path_(name, node, "127.0.0.1", ip, hp, (proc.pid,))
-    elif name == "socat -b131072":
-        procs = [node.popen(["socat", "-b", "131072", f"TCP-LISTEN:{lp},bind=127.0.0.1,"
-                             "reuseaddr,fork,backlog=1024", f"TCP:{TARGET}:{tp}"])
-                 for lp, tp in ((ip, IPERF), (hp, HTTP))]
-        wait_for(lambda: listening(node, hp), what="socat")
-        # socat forks per connection: reaped children count in the parent's cutime/cstime.
-        yield Path_(name, node, "127.0.0.1", ip, hp, tuple(p.pid for p in procs))
-        for p in procs:
-            p.kill()
-            p.wait()
-            node.procs.remove(p)
-    elif name == "docker-proxy":
-        # Docker's own proxy: one process per port, as dockerd runs it. It reports readiness
-        # on fd 3, which must exist or it closes its own listener.
-        procs = [node.popen(["bash", "-c", f"exec {DOCKER_PROXY} -proto tcp -host-ip 127.0.0.1 "
-                             f"-host-port {lp} -container-ip {TARGET} -container-port {tp} "
-                             "3>/dev/null"])
-                 for lp, tp in ((ip, IPERF), (hp, HTTP))]
-        wait_for(lambda: listening(node, hp), what="docker-proxy")
-        yield Path_(name, node, "127.0.0.1", ip, hp, tuple(p.pid for p in procs))
-        for p in procs:
-            p.kill()
-            p.wait()
-            node.procs.remove(p)
+    elif name in ("socat -b131072", "docker-proxy"):
+        with per_port_processes(w, name, ((ip, IPERF), (hp, HTTP))) as pids:
+            yield Path_(name, node, "127.0.0.1", ip, hp, pids)
     else:  # the asyncio Protocol relay we measured against and did not keep
         proc = ready(node.popen([sys.executable, str(HERE / "alt_relay.py"),
                                  f"127.0.0.1:{ip}={TARGET}:{IPERF}",
@@ -181,6 +160,31 @@ def serving(w: World, name: str) -> Iterator[Path_]:
         proc.kill()
         proc.wait()
         node.procs.remove(proc)
+
+
+@contextmanager
+def per_port_processes(w: World, name: str,
+                       ports: tuple[tuple[int, int], ...]) -> Iterator[tuple[int, ...]]:
+    """One proxy process per (listen port, target port), killed afterwards; yields their pids.
+
+    socat forks per connection (reaped children count in the parent's cutime/cstime);
+    docker-proxy runs as dockerd runs it and reports readiness on fd 3, which must exist or
+    it closes its own listener."""
+    def argv(lp: int, tp: int) -> list[str]:
+        if name == "docker-proxy":
+            return ["bash", "-c", f"exec {DOCKER_PROXY} -proto tcp -host-ip 127.0.0.1 "
+                    f"-host-port {lp} -container-ip {TARGET} -container-port {tp} 3>/dev/null"]
+        return ["socat", "-b", "131072", f"TCP-LISTEN:{lp},bind=127.0.0.1,reuseaddr,fork,"
+                "backlog=1024", f"TCP:{TARGET}:{tp}"]
+    procs = [w.node.popen(argv(lp, tp)) for lp, tp in ports]
+    wait_for(lambda: all(listening(w.node, lp) for lp, _ in ports), what=name)
+    try:
+        yield tuple(p.pid for p in procs)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            w.node.procs.remove(p)
 
 
 def cpu_seconds(pids: tuple[int, ...]) -> float:
