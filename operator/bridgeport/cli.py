@@ -175,7 +175,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     proxies = None
     if not args.no_proxy:
         from bridgeport.metrics import REGISTRY
-        from bridgeport.proxy import ProxyManager
+        from bridgeport.proxy.manager import ProxyManager
 
         proxies = ProxyManager(registry=REGISTRY, udp_idle_timeout=args.udp_idle_timeout)
     the_agent = agent.Agent(source, args.node_name, dict(args.node_label),

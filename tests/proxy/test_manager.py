@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from bridgeport.core.plan import ProxyPort
 from bridgeport.core.specs import Protocol, ResourceRef
-from bridgeport.proxy import ProxyManager
+from bridgeport.proxy.manager import ProxyManager
 
 LOCAL = ipaddress.IPv4Address("127.0.0.1")
 OWNER = ResourceRef("PortPublication", "default", "web")
@@ -105,7 +105,7 @@ def test_udp_reply_and_idle_expiry(run: Callable[[Awaitable[Any]], Any]) -> None
         client.connect(("127.0.0.1", port))
         client.send(b"ping")
         assert await loop.sock_recv(client, 100) == b"re:ping"
-        stats = next(iter(m.listeners.values())).stats
+        stats = next(iter(m.listeners.values())).snapshot()
         assert stats.flows == 1
         for _ in range(100):
             if stats.flows == 0:
@@ -177,6 +177,6 @@ def test_refused_target_resets_client(run: Callable[[Awaitable[Any]], Any]) -> N
         with pytest.raises(ConnectionResetError):
             await r.read()
         w.close()
-        assert next(iter(m.listeners.values())).stats.errors["connect_refused"] == 1
+        assert next(iter(m.listeners.values())).snapshot().errors["connect_refused"] == 1
         await m.close()
     run(main())

@@ -1,10 +1,9 @@
-"""The fallback userland proxy (docker-proxy's job), run inside the agent's event loop.
+"""The fallback userland proxy (docker-proxy's job): listeners owned by the agent.
 
-One listener per (address, port, protocol) from the plan's ProxyPorts; TCP relayed with
-splice(2), UDP through a per-client flow table. See manager.ProxyManager.
+The agent binds one socket per (address, port, protocol) from the plan's ProxyPorts
+(manager.ProxyManager). UDP is relayed in the agent's event loop through a per-client flow
+table (udp.py); TCP by a few worker processes sharing the agent's listening sockets
+(workers.py, worker.py, engine.py), with splice(2).
+
+Nothing is imported here: a worker process imports only what it uses.
 """
-
-from bridgeport.proxy.manager import ProxyManager
-from bridgeport.proxy.status import ProxyStatus
-
-__all__ = ["ProxyManager", "ProxyStatus"]

@@ -1,4 +1,4 @@
-"""What TCP and UDP listeners share: identity, counters, throttled warnings."""
+"""What TCP and UDP listeners share: the bound socket, its target, warnings naming both."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 
 from bridgeport.core.plan import ProxyPort
-from bridgeport.proxy.stats import ListenerStats, Throttle
+from bridgeport.proxy.stats import ListenerStats
 from bridgeport.proxy.status import describe
 
 log = structlog.get_logger(__name__)
@@ -19,8 +19,6 @@ class Listener:
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  port: ProxyPort) -> None:
         self.loop, self.sock, self.port = loop, sock, port
-        self.stats = ListenerStats()
-        self.throttle = Throttle()
         self.where = describe(port.key)
         self.target: tuple[str, int] = (str(port.target), port.target_port)
         self.target_family = socket.AF_INET6 if port.target.version == 6 else socket.AF_INET
@@ -31,12 +29,12 @@ class Listener:
         self.target = (str(port.target), port.target_port)
         self.target_family = socket.AF_INET6 if port.target.version == 6 else socket.AF_INET
 
-    def error(self, kind: str, event: str, **fields: Any) -> None:
-        """Count an error and log it (throttled per kind), naming the publication."""
-        self.stats.errors[kind] += 1
-        suppressed = self.throttle.allow(kind)
-        if suppressed is None:
-            return
+    def snapshot(self) -> ListenerStats:
+        """The listener's counters as of now."""
+        raise NotImplementedError
+
+    def warn(self, event: str, kind: str, suppressed: int = 0, **fields: Any) -> None:
+        """Log a warning naming the publication, the listener and the target."""
         if suppressed:
             fields["suppressed"] = suppressed
         log.warning(event, publication=self.port.owner.key, listen=self.where,
@@ -45,5 +43,6 @@ class Listener:
     def tick(self, now: float) -> None:
         """Periodic housekeeping (timeouts), called by the manager's sweeper."""
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop listening and end every connection: the port is free afterwards."""
         raise NotImplementedError

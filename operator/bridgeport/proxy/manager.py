@@ -1,14 +1,17 @@
-"""ProxyManager: makes exactly the desired listeners exist, inside the agent's event loop.
+"""ProxyManager: makes exactly the desired listeners exist, from the agent's event loop.
 
 Level-based like the rest of the agent: sync() gets the whole desired set every time, binds
 what is missing (retrying earlier failures), retargets what changed and closes the rest.
+TCP worker processes start with the first TCP listener.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -16,12 +19,12 @@ from prometheus_client import CollectorRegistry
 from bridgeport.core.plan import ProxyKey, ProxyPort
 from bridgeport.core.specs import Protocol
 from bridgeport.proxy.listener import Listener
-from bridgeport.proxy.relay import PipePool
 from bridgeport.proxy.sockets import open_listener
 from bridgeport.proxy.stats import ListenerStats, ProxyCollector, Row
 from bridgeport.proxy.status import ProxyStatus, bind_failure, describe
 from bridgeport.proxy.tcp import TcpListener
 from bridgeport.proxy.udp import UdpListener
+from bridgeport.proxy.workers import WorkerPool, default_workers
 
 log = structlog.get_logger(__name__)
 _YIELD_EVERY = 100  # binds between yields, so 1,000 new ports never stall the loop
@@ -30,18 +33,20 @@ _YIELD_EVERY = 100  # binds between yields, so 1,000 new ports never stall the l
 class ProxyManager:
     def __init__(self, *, registry: CollectorRegistry | None = None,
                  udp_idle_timeout: float = 90.0, max_udp_flows: int = 4096,
-                 max_tcp_connections: int = 4096, connect_timeout: float = 5.0) -> None:
+                 max_tcp_connections: int = 4096, connect_timeout: float = 5.0,
+                 workers: int | None = None) -> None:
+        self.workers = default_workers() if workers is None else max(1, workers)
         self.udp_idle_timeout = udp_idle_timeout
         self.max_udp_flows = max_udp_flows
         self.max_tcp_connections = max_tcp_connections
         self.connect_timeout = connect_timeout
         self.listeners: dict[ProxyKey, Listener] = {}
         self.failed: dict[ProxyKey, ProxyStatus] = {}
-        self._pool = PipePool()
+        self._pool: WorkerPool | None = None  # started with the first TCP listener
         self._udp_buf = bytearray(65536)  # the largest datagram
         self._sweeper: asyncio.TimerHandle | None = None
         self._registry = registry
-        self._collector = ProxyCollector(self._rows)
+        self._collector = ProxyCollector(self._rows, self._worker_counts)
         if registry is not None:
             registry.register(self._collector)
 
@@ -53,9 +58,7 @@ class ProxyManager:
             if wanted.setdefault(port.key, port) is not port:
                 log.warning("duplicate proxy port ignored", listen=describe(port.key),
                             publication=port.owner.key, kept=wanted[port.key].owner.key)
-        for key in [k for k in self.listeners if k not in wanted]:
-            self.listeners.pop(key).close()
-            log.info("proxy stopped", listen=describe(key))
+        await self._close([k for k in self.listeners if k not in wanted])
         for key in [k for k in self.failed if k not in wanted]:
             del self.failed[key]
         statuses: dict[ProxyKey, ProxyStatus] = {}
@@ -94,13 +97,43 @@ class ProxyManager:
         sock = open_listener(port.key)
         try:
             if port.protocol is Protocol.TCP:
-                return TcpListener(loop, sock, port, self._pool, self.max_tcp_connections,
-                                   self.connect_timeout)
+                pool = self._tcp_workers()
+                slot = pool.allocate()
+                if slot is None:
+                    raise OSError(errno.ENOSPC, "the proxy's TCP listener table is full")
+                return TcpListener(loop, sock, port, pool, slot)
             return UdpListener(loop, sock, port, self.max_udp_flows, self.udp_idle_timeout,
                                self._udp_buf)
         except BaseException:
             sock.close()
             raise
+
+    def _tcp_workers(self) -> WorkerPool:
+        if self._pool is None:
+            self._pool = WorkerPool(self.workers, max_connections=self.max_tcp_connections,
+                                    connect_timeout=self.connect_timeout,
+                                    on_log=self._worker_log)
+            log.info("proxy workers started", workers=self.workers)
+        return self._pool
+
+    def _worker_log(self, slot: int, message: dict[str, Any]) -> None:
+        for listener in self.listeners.values():
+            if isinstance(listener, TcpListener) and listener.slot == slot:
+                listener.worker_log(message)
+                return
+
+    async def _close(self, keys: list[ProxyKey]) -> None:
+        """Close listeners; TCP ones in one round trip to the workers."""
+        closing = [self.listeners.pop(key) for key in keys]
+        tcp = [lst for lst in closing if isinstance(lst, TcpListener)]
+        if tcp and self._pool is not None:
+            await self._pool.unlisten([lst.slot for lst in tcp])
+        for listener in closing:
+            if isinstance(listener, TcpListener):
+                listener.sock.close()
+            else:
+                await listener.aclose()
+            log.info("proxy stopped", listen=describe(listener.port.key))
 
     def _arm_sweeper(self, loop: asyncio.AbstractEventLoop) -> None:
         """One timer for every listener's timeouts, instead of one per connection or flow."""
@@ -118,20 +151,24 @@ class ProxyManager:
     def _rows(self) -> Iterator[Row]:
         # A copy: a scrape from another thread must not see the dicts change under it.
         for key, listener in list(self.listeners.items()):
-            yield Row(key, listener.port.owner, True, listener.stats)
+            yield Row(key, listener.port.owner, True, listener.snapshot())
         for key, status in list(self.failed.items()):
             yield Row(key, status.owner, False, ListenerStats())
 
+    def _worker_counts(self) -> tuple[int, int]:
+        pool = self._pool
+        return (pool.live_workers(), pool.restarts) if pool is not None else (0, 0)
+
     async def close(self) -> None:
-        """Close every listener and live connection, and unregister the metrics."""
+        """Close every listener and live connection, stop the workers, unregister metrics."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for listener in self.listeners.values():
-            listener.close()
-        self.listeners.clear()
+        await self._close(list(self.listeners))
         self.failed.clear()
-        self._pool.close()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._registry is not None:
             with contextlib.suppress(KeyError):
                 self._registry.unregister(self._collector)

@@ -44,8 +44,9 @@ class Row:
 
 
 class ProxyCollector(Collector):
-    def __init__(self, rows: Callable[[], Iterable[Row]]) -> None:
-        self._rows = rows
+    def __init__(self, rows: Callable[[], Iterable[Row]],
+                 workers: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
+        self._rows, self._workers = rows, workers
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         p = "bridgeport_proxy_"
@@ -72,6 +73,10 @@ class ProxyCollector(Collector):
             # dict() copies in one step under the GIL: a scrape thread never sees it change.
             for kind, count in sorted(dict(s.errors).items()):
                 errors.add_metric([*labels, kind], count)
+        live, restarts = self._workers()
+        yield GaugeMetricFamily(p + "workers", "TCP proxy worker processes running", live)
+        yield CounterMetricFamily(p + "worker_restarts", "TCP proxy workers restarted after "
+                                  "exiting unexpectedly", restarts)
         yield from (up, conns, active, flows, nbytes, errors)
 
 

@@ -1,105 +1,57 @@
-"""TCP listener: accept, start connecting to the target, relay at once (see relay.py).
+"""TCP listener, the agent's side: owns the bound socket; the workers relay (workers.py).
 
-Relay choice (bench/proxy/README.md; 2 vCPU, shared machine, medians of 3 rounds, 127.0.0.1
-through the proxy to a target netns; x = ratio to kernel DNAT from another netns):
-
-    relay                        iperf3 Gbit/s    proxy CPU    wrk conn/s (Connection: close)
-    splice callbacks (kept)       8.2  0.77x       36%          7.8k  0.27x
-    the same on uvloop            9.2  0.72x       32%          6.2k  0.29x
-    asyncio Protocols, no splice  9.9  0.94x       64%          4.0k  0.19x
-    socat -b 131072               7.6  0.63x       45%          1.6k  0.09x
-
-splice moves bytes at about half the CPU of a read/write relay, and the callback relay (no
-task per connection, relaying before connect() completes) doubles the connection rate.
+Relay choice (bench/proxy/README.md has the runs; x = ratio to kernel DNAT in the same round):
+splice(2) moves bytes at about half the CPU of a read/write relay; an edge-triggered epoll
+loop costs 2 epoll_ctl per connection where uvloop's handles cost 12, for +25-35% conn/s on
+one core; two worker processes sharing the listening sockets add the second core that one
+interpreter cannot use (threads lost to the GIL: 0.29x against 0.53x for processes).
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
+from collections import Counter
+from typing import Any
 
 from bridgeport.core.plan import ProxyPort
+from bridgeport.proxy.counters import ACTIVE, BYTES_IN, BYTES_OUT, CONNECTIONS, ERROR_KINDS, ERRORS
 from bridgeport.proxy.listener import Listener
-from bridgeport.proxy.relay import CONNECT_ERRORS, PipePool, Relay, reset, still_connecting
+from bridgeport.proxy.stats import ListenerStats
+from bridgeport.proxy.workers import WorkerPool
 
-_ACCEPT_BURST = 64  # accepts per wakeup, so a connection storm cannot starve other listeners
+_EVENTS = {"accept": "proxy accept failed",
+           "connection_limit": "proxy connection limit reached, refusing"}
 
 
 class TcpListener(Listener):
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, port: ProxyPort,
-                 pool: PipePool, max_connections: int, connect_timeout: float) -> None:
+                 pool: WorkerPool, slot: int) -> None:
         super().__init__(loop, sock, port)
-        self.pool, self.max_connections = pool, max_connections
-        self.connect_timeout = connect_timeout
-        self.relays: set[Relay] = set()
-        self.unconfirmed: dict[Relay, None] = {}  # insertion order is start order
-        loop.add_reader(sock.fileno(), self._on_accept)
+        self.pool, self.slot = pool, slot
+        pool.listen(slot, sock, self.target)
 
-    def _on_accept(self) -> None:
-        for _ in range(_ACCEPT_BURST):
-            try:
-                client, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE, ENOBUFS...: the backlog keeps the client waiting
-                self.error("accept", "proxy accept failed", error=str(exc))
-                return
-            self.stats.connections += 1
-            if len(self.relays) >= self.max_connections:
-                reset(client)
-                self.error("connection_limit", "proxy connection limit reached, refusing",
-                           limit=self.max_connections)
-                continue
-            self._connect(client)
+    def snapshot(self) -> ListenerStats:
+        """Summed over the workers from shared memory: current at every read."""
+        cells = self.pool.totals(self.slot)
+        stats = ListenerStats()
+        stats.connections, stats.active = cells[CONNECTIONS], cells[ACTIVE]
+        stats.bytes_in, stats.bytes_out = cells[BYTES_IN], cells[BYTES_OUT]
+        stats.errors = Counter({kind: n for kind, n in zip(ERROR_KINDS, cells[ERRORS:], strict=True)
+                                if n})
+        return stats
 
-    def _connect(self, client: socket.socket) -> None:
-        client.setblocking(False)
-        try:
-            upstream = socket.socket(self.target_family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        except OSError as exc:
-            reset(client)
-            self.error("connect", "proxy cannot open a socket to the target", error=str(exc))
-            return
-        # A relay must not add Nagle delays (Go, hence docker-proxy, does the same); accepted
-        # sockets inherit TCP_NODELAY from the listener (set in sockets.py).
-        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        code = upstream.connect_ex(self.target)
-        if code not in (0, errno.EINPROGRESS):
-            reset(client)
-            upstream.close()
-            self.error(CONNECT_ERRORS.get(code, "connect"), "proxy cannot connect to the target",
-                       error=errno.errorcode.get(code, str(code)))
-            return
-        relay = Relay(self.loop, client, upstream, self.pool, self)
-        self.relays.add(relay)
-        self.unconfirmed[relay] = None
-        self.stats.active += 1
+    def worker_log(self, message: dict[str, Any]) -> None:
+        """A worker's error report (counted and throttled there)."""
+        kind = str(message["kind"])
+        self.warn(_EVENTS.get(kind, "proxy cannot connect to the target"), kind,
+                  int(message.get("suppressed", 0)), error=message.get("error", ""))
 
-    def relay_confirmed(self, relay: Relay) -> None:
-        self.unconfirmed.pop(relay, None)
+    def retarget(self, port: ProxyPort) -> None:
+        super().retarget(port)
+        self.pool.retarget(self.slot, self.target)
 
-    def relay_closed(self, relay: Relay) -> None:
-        self.relays.discard(relay)
-        self.unconfirmed.pop(relay, None)
-        self.stats.active -= 1
-
-    def tick(self, now: float) -> None:
-        """Time out connects that never completed; confirm quiet ones that did."""
-        deadline = now - self.connect_timeout
-        for relay in list(self.unconfirmed):
-            if relay.started > deadline:
-                break
-            if still_connecting(relay.upstream):
-                self.error("connect_timeout", "proxy cannot connect to the target",
-                           error=f"no answer within {self.connect_timeout:g}s")
-                relay.close(hard=True)
-            else:
-                relay.confirm()
-
-    def close(self) -> None:
-        """Stop listening and end every connection: the port must be free afterwards."""
-        self.loop.remove_reader(self.sock.fileno())
+    async def aclose(self) -> None:
+        """Stop listening and end every connection: the port is free afterwards."""
+        await self.pool.unlisten([self.slot])
         self.sock.close()
-        for relay in list(self.relays):
-            relay.close(hard=True)

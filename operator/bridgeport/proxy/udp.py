@@ -15,6 +15,7 @@ from typing import Any
 from bridgeport.core.plan import ProxyPort
 from bridgeport.proxy.listener import Listener
 from bridgeport.proxy.sockets import Ancillary, is_wildcard, reply_pktinfo
+from bridgeport.proxy.stats import ListenerStats, Throttle
 
 _BURST = 64  # datagrams per wakeup before yielding to other listeners
 _ANCBUF = socket.CMSG_SPACE(20)  # in6_pktinfo, the larger of the two
@@ -61,6 +62,8 @@ class UdpListener(Listener):
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, port: ProxyPort,
                  max_flows: int, idle_timeout: float, buf: bytearray) -> None:
         super().__init__(loop, sock, port)
+        self.stats = ListenerStats()
+        self.throttle = Throttle()
         self.max_flows, self.idle_timeout = max_flows, idle_timeout
         self.wildcard = is_wildcard(port.key.listen)
         self.flows: dict[FlowKey, _Flow] = {}
@@ -134,7 +137,17 @@ class UdpListener(Listener):
             flow.close()
         self.flows.clear()
 
-    def close(self) -> None:
+    def snapshot(self) -> ListenerStats:
+        return self.stats
+
+    def error(self, kind: str, event: str, **fields: Any) -> None:
+        """Count an error and log it (throttled per kind)."""
+        self.stats.errors[kind] += 1
+        suppressed = self.throttle.allow(kind)
+        if suppressed is not None:
+            self.warn(event, kind, suppressed, **fields)
+
+    async def aclose(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
         self._close_flows()

@@ -1,0 +1,65 @@
+"""TCP proxy counters in shared memory: each worker adds to its own cells, the agent sums.
+
+One memfd holds an int64 array laid out [slot][worker][cell]. A listener's cells are
+adjacent, so only the pages of slots in use are ever touched (the file is sparse). Each
+worker writes only its own cells, so there are no locks; the agent reads them at scrape time
+(always current, no messages), and workers read each other's `active` cells to hold one
+connection limit per listener across all of them.
+
+Imports nothing beyond the standard library: the worker process stays small.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+CONNECTIONS, ACTIVE, BYTES_IN, BYTES_OUT = range(4)
+ERROR_KINDS = ("accept", "connection_limit", "connect", "connect_refused", "connect_timeout",
+               "connect_unreachable", "reset")
+ERRORS = 4  # index of the first error cell; ERRORS + ERROR_KINDS.index(kind)
+WIDTH = ERRORS + len(ERROR_KINDS)
+SLOTS = 1 << 16  # TCP listeners per agent: every port of one address family and then some
+
+
+class Counters:
+    def __init__(self, fd: int, workers: int, slots: int = SLOTS) -> None:
+        self.fd, self.workers, self.slots = fd, workers, slots
+        size = slots * workers * WIDTH * 8
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        self._map = mmap.mmap(fd, size)  # MAP_SHARED: the same pages in every process
+        self.cells = memoryview(self._map).cast("q")
+
+    @classmethod
+    def create(cls, workers: int, slots: int = SLOTS) -> Counters:
+        return cls(os.memfd_create("bridgeport-proxy-counters", os.MFD_CLOEXEC), workers, slots)
+
+    def base(self, slot: int, worker: int) -> int:
+        return (slot * self.workers + worker) * WIDTH
+
+    def active(self, slot: int) -> int:
+        """Live connections of a listener over all workers."""
+        cells, start = self.cells, self.base(slot, 0)
+        return sum(cells[start + w * WIDTH + ACTIVE] for w in range(self.workers))
+
+    def totals(self, slot: int) -> list[int]:
+        """Every cell of a listener, summed over the workers."""
+        start = self.base(slot, 0)
+        row = self.cells[start:start + self.workers * WIDTH]
+        return [sum(row[i::WIDTH]) for i in range(WIDTH)]
+
+    def clear(self, slot: int) -> None:
+        start = self.base(slot, 0)
+        for i in range(start, start + self.workers * WIDTH):
+            self.cells[i] = 0
+
+    def worker_gone(self, worker: int, slots: list[int]) -> None:
+        """A worker exited: its connections went with it, its totals stay counted."""
+        for slot in slots:
+            self.cells[self.base(slot, worker) + ACTIVE] = 0
+
+    def close(self) -> None:
+        self.cells.release()
+        self._map.close()
+        os.close(self.fd)

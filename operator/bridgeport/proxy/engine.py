@@ -1,0 +1,410 @@
+"""The TCP relay engine of a proxy worker: one edge-triggered epoll loop, splice(2) relays.
+
+Every worker registers the agent's listening sockets with EPOLLEXCLUSIVE, so the kernel
+wakes one worker per new connection and the workers share the load with no user-space
+balancing. A connection is two sockets registered once, edge-triggered, for reading and
+writing; nothing is re-armed afterwards (2 epoll_ctl per connection, against 12 for libuv).
+
+Bytes go socket -> pipe -> socket inside the kernel; Python only sees counts. Each direction
+holds at most one pipe's worth of data (PIPE_SIZE): when the destination cannot take more,
+that direction stops reading until an EPOLLOUT edge says it can (backpressure, bounded memory,
+and a stuck peer only ever waits on its own connection).
+
+The relay starts while the upstream connect is still in flight: client bytes wait in the
+pipe until the connect's EPOLLOUT edge. A connect that never completes is reset by the
+sweeper after connect_timeout. Measurements: bench/proxy/README.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bridgeport.proxy.counters import (
+    ACTIVE,
+    BYTES_IN,
+    BYTES_OUT,
+    CONNECTIONS,
+    ERROR_KINDS,
+    ERRORS,
+    Counters,
+)
+
+PIPE_SIZE = 256 * 1024  # bytes in flight per direction; see bench/proxy/README.md
+_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_splice = os.splice  # no attribute lookup: this is the hot path
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_ACCEPT_BURST = 64  # accepts per wakeup, so a connection storm cannot starve other work
+_HUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_READ = select.EPOLLIN | _HUP
+_OUT = select.EPOLLOUT
+_RELAY_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_LISTEN_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
+CONNECT_ERRORS = {errno.ECONNREFUSED: "connect_refused", errno.ETIMEDOUT: "connect_timeout",
+                  errno.EHOSTUNREACH: "connect_unreachable",
+                  errno.ENETUNREACH: "connect_unreachable"}
+_ERROR_CELL = {kind: ERRORS + i for i, kind in enumerate(ERROR_KINDS)}
+Report = Callable[[dict[str, Any]], None]
+
+
+class PipePool:
+    """Empty pipes kept for reuse: a fresh pair costs pipe2, fcntl and two closes."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._free: list[tuple[int, int]] = []
+
+    def get(self) -> tuple[int, int]:
+        if self._free:
+            return self._free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):  # keep the default size if the limit refuses
+            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+        return r, w
+
+    def put(self, pipe: tuple[int, int], empty: bool) -> None:
+        if empty and len(self._free) < self.limit:
+            self._free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def close(self) -> None:
+        while self._free:
+            self.put(self._free.pop(), empty=False)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST, so the peer learns the connection failed rather than ended."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    sock.close()
+
+
+class Engine:
+    """Listeners and relays of one worker; run() until stop()."""
+
+    def __init__(self, counters: Counters, worker: int, *, max_connections: int,
+                 connect_timeout: float, report: Report, log_interval: float = 10.0) -> None:
+        self.counters, self.cells, self.worker = counters, counters.cells, worker
+        self.max_connections, self.connect_timeout = max_connections, connect_timeout
+        self.report, self.log_interval = report, log_interval
+        self.epoll = select.epoll()
+        self.handlers: dict[int, Any] = {}  # fd -> object with .event(fd, mask)
+        self.acceptors: dict[int, Acceptor] = {}  # by slot
+        self.unconfirmed: dict[Relay, None] = {}  # connects in flight, oldest first
+        self.ready: list[Acceptor] = []  # listeners with connections waiting, see run()
+        self.pool = PipePool()
+        self.running = True
+        self._quiet_until: dict[tuple[int, str], float] = {}
+        self._suppressed: dict[tuple[int, str], int] = {}
+
+    # -- control -------------------------------------------------------------------------
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever fd is readable (level-triggered: the control channel)."""
+        self.handlers[fd] = _Callback(callback)
+        self.epoll.register(fd, select.EPOLLIN)
+
+    def listen(self, slot: int, sock: socket.socket, target: tuple[str, int]) -> None:
+        if slot in self.acceptors:
+            self.unlisten(slot)
+        sock.setblocking(False)
+        self.acceptors[slot] = acceptor = Acceptor(self, slot, sock, target)
+        self.handlers[sock.fileno()] = acceptor
+        self.epoll.register(sock.fileno(), _LISTEN_EVENTS)
+
+    def retarget(self, slot: int, target: tuple[str, int]) -> None:
+        if acceptor := self.acceptors.get(slot):
+            acceptor.set_target(target)
+
+    def unlisten(self, slot: int) -> None:
+        """Stop accepting and reset every connection of the listener."""
+        acceptor = self.acceptors.pop(slot, None)
+        if acceptor is None:
+            return
+        if acceptor in self.ready:
+            self.ready.remove(acceptor)
+        fd = acceptor.sock.fileno()
+        self.epoll.unregister(fd)
+        del self.handlers[fd]
+        acceptor.sock.close()
+        for relay in list(acceptor.relays):
+            relay.close(hard=True)
+        for key in [k for k in self._quiet_until if k[0] == slot]:
+            del self._quiet_until[key]
+            self._suppressed.pop(key, None)
+
+    def stop(self) -> None:
+        self.running = False
+
+    def close(self) -> None:
+        for slot in list(self.acceptors):
+            self.unlisten(slot)
+        self.pool.close()
+        self.epoll.close()
+
+    # -- loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        poll, handlers = self.epoll.poll, self.handlers
+        interval = min(max(self.connect_timeout / 4, 0.05), 1.0)
+        next_sweep = time.monotonic() + interval
+        while self.running:
+            try:
+                events = poll(interval, 256)
+            except InterruptedError:
+                continue
+            for fd, mask in events:
+                handler = handlers.get(fd)
+                if handler is not None:  # None: its fd was closed earlier in this batch
+                    handler.event(fd, mask)
+            # Accepting after the batch means no fd number is reused while the batch still
+            # holds events for its previous owner.
+            while self.ready:
+                self.ready.pop().accept()
+            if self.unconfirmed and (now := time.monotonic()) >= next_sweep:
+                next_sweep = now + interval
+                self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Reset connections whose connect to the target has not completed in time."""
+        deadline = now - self.connect_timeout
+        for relay in list(self.unconfirmed):
+            if relay.started > deadline:
+                break
+            relay.acceptor.error("connect_timeout",
+                                 f"no answer within {self.connect_timeout:g}s")
+            relay.close(hard=True)
+
+    def error(self, slot: int, kind: str, message: str) -> None:
+        """Count an error and report it to the agent, at most once per interval per kind."""
+        self.cells[self.counters.base(slot, self.worker) + _ERROR_CELL[kind]] += 1
+        key, now = (slot, kind), time.monotonic()
+        if now < self._quiet_until.get(key, 0.0):
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._quiet_until[key] = now + self.log_interval
+        self.report({"op": "log", "slot": slot, "kind": kind, "error": message,
+                     "suppressed": self._suppressed.pop(key, 0)})
+
+
+class _Callback:
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+
+    def event(self, fd: int, mask: int) -> None:
+        self.callback()
+
+
+class Acceptor:
+    """One shared listening socket: accepts, connects to the target, starts a relay."""
+
+    def __init__(self, engine: Engine, slot: int, sock: socket.socket,
+                 target: tuple[str, int]) -> None:
+        self.engine, self.slot, self.sock = engine, slot, sock
+        self.base = engine.counters.base(slot, engine.worker)
+        self.relays: set[Relay] = set()
+        self.set_target(target)
+
+    def set_target(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+
+    def event(self, fd: int, mask: int) -> None:
+        self.engine.ready.append(self)
+
+    def accept(self) -> None:
+        engine, cells = self.engine, self.engine.cells
+        for _ in range(_ACCEPT_BURST):
+            try:
+                client, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENOBUFS...: the backlog keeps the client waiting
+                self.error("accept", str(exc))
+                return
+            cells[self.base + CONNECTIONS] += 1
+            if engine.counters.active(self.slot) >= engine.max_connections:
+                reset(client)
+                self.error("connection_limit", f"limit {engine.max_connections} reached")
+                continue
+            self._connect(client)
+
+    def _connect(self, client: socket.socket) -> None:
+        client.setblocking(False)
+        try:
+            upstream = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as exc:
+            reset(client)
+            self.error("connect", f"cannot open a socket: {exc}")
+            return
+        # A relay must not add Nagle delays (Go, hence docker-proxy, does the same); accepted
+        # sockets inherit TCP_NODELAY from the listener (set by the agent).
+        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        code = upstream.connect_ex(self.target)
+        if code not in (0, errno.EINPROGRESS):
+            reset(client)
+            upstream.close()
+            self.error(CONNECT_ERRORS.get(code, "connect"), os.strerror(code))
+            return
+        Relay(self, client, upstream)
+
+    def error(self, kind: str, message: str) -> None:
+        self.engine.error(self.slot, kind, message)
+
+
+class _Pump:
+    """One direction: src -> pipe -> dst."""
+
+    __slots__ = ("bytes_cell", "dst", "eof", "hup", "pending", "pipe", "src")
+
+    def __init__(self, src: int, dst: int, pipe: tuple[int, int], bytes_cell: int) -> None:
+        self.src, self.dst, self.pipe, self.bytes_cell = src, dst, pipe, bytes_cell
+        self.pending = 0  # bytes sitting in the pipe
+        self.eof = False  # src's FIN was read (and passed on once the pipe is empty)
+        # src signalled its FIN (or an error): read to the end, because under edge
+        # triggering that signal is not repeated.
+        self.hup = False
+
+
+class Relay:
+    """A client connection and its upstream, relayed until both sides are done."""
+
+    __slots__ = ("acceptor", "c", "client", "closed", "confirmed", "engine", "pumps",
+                 "started", "u", "upstream")
+
+    def __init__(self, acceptor: Acceptor, client: socket.socket,
+                 upstream: socket.socket) -> None:
+        engine = acceptor.engine
+        self.acceptor, self.engine, self.client, self.upstream = acceptor, engine, client, upstream
+        self.c, self.u = c, u = client.fileno(), upstream.fileno()
+        self.closed = self.confirmed = False
+        self.started = time.monotonic()
+        base = acceptor.base
+        self.pumps = (_Pump(c, u, engine.pool.get(), base + BYTES_IN),
+                      _Pump(u, c, engine.pool.get(), base + BYTES_OUT))
+        engine.cells[base + ACTIVE] += 1
+        acceptor.relays.add(self)
+        engine.unconfirmed[self] = None
+        engine.handlers[c] = engine.handlers[u] = self
+        engine.epoll.register(c, _RELAY_EVENTS)
+        engine.epoll.register(u, _RELAY_EVENTS)
+
+    def event(self, fd: int, mask: int) -> None:
+        to_target, to_client = self.pumps
+        if fd == self.c:
+            if mask & _READ:
+                if mask & _HUP:
+                    to_target.hup = True
+                self.pump(to_target)
+            if mask & _OUT and to_client.pending and not self.closed:
+                self.pump(to_client)
+            return
+        if not self.confirmed and not self._connected(mask):
+            return
+        if mask & _READ and not self.closed:
+            if mask & _HUP:
+                to_client.hup = True
+            self.pump(to_client)
+        if mask & _OUT and to_target.pending and not self.closed:
+            self.pump(to_target)
+
+    def _connected(self, mask: int) -> bool:
+        """The upstream's first events: has the connect succeeded (or failed)?"""
+        code = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self.fail(OSError(code, os.strerror(code)), upstream=True)
+            return False
+        if not mask & _OUT:
+            return False  # still connecting
+        self.confirmed = True
+        del self.engine.unconfirmed[self]
+        return True
+
+    def pump(self, p: _Pump) -> None:
+        """Move what src has to dst until src is empty or dst is full (edge-triggered)."""
+        while self.drain(p) and not p.eof:
+            try:
+                n = _splice(p.src, p.pipe[1], PIPE_SIZE, None, None, _FLAGS)
+            except BlockingIOError:
+                return  # src is empty: its next EPOLLIN edge resumes this direction
+            except OSError as exc:
+                self.fail(exc, upstream=p.src == self.u)
+                return
+            if n == 0:
+                self.finish(p)
+                return
+            p.pending = n
+            if n < PIPE_SIZE and not p.hup:  # a short read emptied the socket: skip the
+                self.drain(p)                # EAGAIN (new data brings a new edge)
+                return
+
+    def drain(self, p: _Pump) -> bool:
+        """Empty the pipe into dst; False if dst is full (its EPOLLOUT edge resumes)."""
+        cells, n = self.engine.cells, p.pending
+        while n:
+            try:
+                sent = _splice(p.pipe[0], p.dst, n, None, None, _FLAGS)
+            except BlockingIOError:
+                p.pending = n
+                return False
+            except OSError as exc:
+                p.pending = n
+                self.fail(exc, upstream=p.dst == self.u)
+                return False
+            n -= sent
+            cells[p.bytes_cell] += sent
+        p.pending = 0
+        return True
+
+    def finish(self, p: _Pump) -> None:
+        """src sent FIN: pass the half-close on and keep relaying the other way."""
+        p.eof = True
+        other = self.pumps[1] if p is self.pumps[0] else self.pumps[0]
+        if other.eof:
+            self.close()  # close() sends our FIN; no separate shutdown needed
+            return
+        try:
+            (self.upstream if p.dst == self.u else self.client).shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self.fail(exc, upstream=p.dst == self.u)
+
+    def fail(self, exc: OSError, upstream: bool) -> None:
+        """An error on either side: reset both, the way a direct connection would fail."""
+        kind = CONNECT_ERRORS.get(exc.errno or 0) if upstream and not self.confirmed else None
+        if kind is not None:
+            self.acceptor.error(kind, exc.strerror or str(exc))
+        else:
+            self.engine.cells[self.acceptor.base + _ERROR_CELL["reset"]] += 1
+        self.close(hard=True)
+
+    def close(self, hard: bool = False) -> None:
+        """End both sides; hard sends RST (no TIME_WAIT left holding the host port)."""
+        if self.closed:
+            return
+        self.closed = True
+        engine = self.engine
+        del engine.handlers[self.c], engine.handlers[self.u]
+        engine.unconfirmed.pop(self, None)
+        self.acceptor.relays.discard(self)
+        engine.cells[self.acceptor.base + ACTIVE] -= 1
+        for p in self.pumps:
+            engine.pool.put(p.pipe, empty=not p.pending)
+        if hard:
+            reset(self.client)
+            reset(self.upstream)
+        else:  # closing an fd removes it from the epoll set
+            self.client.close()
+            self.upstream.close()
