@@ -190,8 +190,9 @@ def per_port_processes(w: World, name: str,
 
 def children(pid: int) -> tuple[int, ...]:
     """The agent's proxy workers: their CPU is the proxy's CPU."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return tuple(int(x) for x in path.read_text().split()) if path.exists() else ()
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True,
+                         check=False).stdout
+    return tuple(int(x) for x in out.split())
 
 
 def cpu_seconds(pids: tuple[int, ...]) -> float:

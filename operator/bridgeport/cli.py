@@ -55,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
                    help="turn IPv4/IPv6 forwarding on (Docker does); otherwise only read them")
     a.add_argument("--udp-idle-timeout", type=float, default=90.0, metavar="SECONDS",
                    help="how long a proxied UDP flow lives without traffic")
+    a.add_argument("--proxy-workers", type=int, metavar="N",
+                   default=int(os.environ.get("BRIDGEPORT_PROXY_WORKERS", "0")),
+                   help="processes relaying proxied TCP (0: one per CPU, at most 4)")
     a.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "9103")),
                    help="kopf liveness endpoint /healthz (kube source; 0 disables)")
     a.add_argument("--metrics-port", type=int,
@@ -156,6 +159,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if not args.node_name:
         print("error: --node-name (or NODE_NAME) is required", file=sys.stderr)
         return 2
+    if args.proxy_workers < 0:
+        print("error: --proxy-workers must be 0 (one per CPU) or more", file=sys.stderr)
+        return 2
     reporters: list[Any] = []
     if args.source.startswith("dir:"):
         from bridgeport.adapters.dirsource import DirSource
@@ -176,8 +182,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if not args.no_proxy:
         from bridgeport.metrics import REGISTRY
         from bridgeport.proxy.manager import ProxyManager
+        from bridgeport.proxy.worker import raise_fd_limit
 
-        proxies = ProxyManager(registry=REGISTRY, udp_idle_timeout=args.udp_idle_timeout)
+        raise_fd_limit()  # listeners and UDP flows are file descriptors of the agent
+
+        proxies = ProxyManager(registry=REGISTRY, udp_idle_timeout=args.udp_idle_timeout,
+                               workers=args.proxy_workers or None)
     the_agent = agent.Agent(source, args.node_name, dict(args.node_label),
                             state_file=args.state_file, resync=args.resync,
                             proxies=proxies, reporters=reporters,

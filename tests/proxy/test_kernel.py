@@ -6,15 +6,20 @@ replies leaving from the address the client dialled (v4 and v6 secondary address
 process holding the port (PortInUse, and it keeps its traffic); removal frees the port;
 privileged port without CAP_NET_BIND_SERVICE; address not on the node; retarget without
 rebinding; 1,000 listeners (setup time and RSS printed); refused and unreachable targets;
-a stuck client not blocking others; TCP connection and UDP flow limits.
+a stuck client not blocking others; TCP connection and UDP flow limits; a killed worker is
+replaced while the other serves; workers exit with the agent, freeing the port.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -246,3 +251,40 @@ def _inode(w: World, number: int) -> str:
 def _port(reply: Any) -> str:
     assert reply is not None
     return str(reply.split()[1].rpartition(":")[2])
+
+
+def _workers(d: Any) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(d.proc.pid)], capture_output=True, text=True,
+                         check=False).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def test_killed_worker_is_restarted(w: World) -> None:
+    """A worker killed mid-service: the other keeps serving, a new one takes its place with
+    every listener, the restart is counted and logged."""
+    d = w.driver("--workers", "2")
+    d.sync(port("127.0.0.1", 8093))
+    wait_for(lambda: len(_workers(d)) == 2)
+    first, second = _workers(d)
+    os.kill(first, signal.SIGKILL)
+    for _ in range(20):  # served throughout by the survivor, then by both
+        assert w.ask(w.node, "hello", "127.0.0.1", 8093)["reply"].startswith("hello from target")
+    wait_for(lambda: d.metric("bridgeport_proxy_workers") == 2, timeout=10)
+    assert d.metric("bridgeport_proxy_worker_restarts_total") == 1
+    assert second in _workers(d) and first not in _workers(d)
+    assert "proxy worker exited, restarting it" in d.logs()
+    for _ in range(20):
+        assert w.ask(w.node, "hello", "127.0.0.1", 8093)["reply"].startswith("hello from target")
+
+
+def test_workers_exit_with_the_agent(w: World) -> None:
+    """SIGKILL to the agent: its workers exit on their own and the port is free again."""
+    d = w.driver("--workers", "2")
+    d.sync(port("127.0.0.1", 8094))
+    wait_for(lambda: len(_workers(d)) == 2)
+    workers = _workers(d)
+    d.proc.kill()
+    d.proc.wait(5)
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), timeout=10,
+             what="workers to exit")
+    w.node.run(["python3", "-c", "import socket; socket.create_server(('127.0.0.1', 8094))"])

@@ -2,13 +2,15 @@
 
 Scenarios: every bind errno maps to a reason and a message naming the address; v4/v6
 pktinfo of a received datagram becomes the reply's source; throttled warnings count what they
-suppress; the collector exposes every listener (failed ones as listener_up 0).
+suppress; the collector exposes every listener (failed ones as listener_up 0); shared
+counters add up over workers and outlive a dead one.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 
 import pytest
@@ -16,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from bridgeport.core.plan import ProxyKey
 from bridgeport.core.specs import Protocol, ResourceRef
+from bridgeport.proxy.counters import ACTIVE, CONNECTIONS, ERROR_KINDS, ERRORS, Counters
 from bridgeport.proxy.sockets import IP_PKTINFO, pack_pktinfo, reply_pktinfo
 from bridgeport.proxy.stats import ListenerStats, ProxyCollector, Row, Throttle
 from bridgeport.proxy.status import bind_failure, describe
@@ -87,3 +90,27 @@ def test_collector_exposes_each_listener() -> None:
                  'bridgeport_proxy_listener_up{listen="127.0.0.1",owner="shop/web",port="53",'
                  'protocol="UDP"} 0.0'):
         assert line in text, text
+
+
+def test_shared_counters_sum_workers_and_survive_a_dead_one() -> None:
+    """Listener totals sum every worker's cells; a gone worker's live connections drop to 0
+    while its totals stay; clear() zeroes a slot for reuse; a second mapping sees it all."""
+    counters = Counters.create(workers=3, slots=8)
+    other = Counters(os.dup(counters.fd), workers=3, slots=8)  # as a worker maps it
+    try:
+        for worker, (conns, active) in enumerate([(5, 2), (7, 1), (0, 0)]):
+            base = other.base(slot=4, worker=worker)
+            other.cells[base + CONNECTIONS] += conns
+            other.cells[base + ACTIVE] += active
+        other.cells[other.base(4, 1) + ERRORS + ERROR_KINDS.index("reset")] += 1
+        totals = counters.totals(4)
+        assert totals[CONNECTIONS] == 12 and totals[ACTIVE] == 3 and counters.active(4) == 3
+        assert totals[ERRORS + ERROR_KINDS.index("reset")] == 1
+        assert counters.totals(3) == [0] * len(totals)  # neighbours untouched
+        counters.worker_gone(0, [4])
+        assert counters.active(4) == 1 and counters.totals(4)[CONNECTIONS] == 12
+        counters.clear(4)
+        assert counters.totals(4) == [0] * len(totals)
+    finally:
+        other.close()
+        counters.close()

@@ -2,7 +2,7 @@
 
 Scenarios: the shipped examples plan cleanly in both formats and match the golden ruleset;
 invalid input exits 1 with messages naming resource and field; node IPs and forwarding flags
-change the plan; a missing file is a clear error.
+change the plan; a missing file is a clear error; the agent refuses a negative worker count.
 """
 
 from __future__ import annotations
@@ -64,3 +64,12 @@ def test_unreadable_file(tmp_path: Path) -> None:
     out = plan("-f", str(broken), "-f", str(tmp_path / "missing.yaml"))
     assert out.returncode == 1
     assert "broken.yaml: unreadable" in out.stderr and "missing.yaml: unreadable" in out.stderr
+
+
+def test_agent_rejects_negative_proxy_workers(tmp_path: Path) -> None:
+    """`agent --proxy-workers -1` stops before touching anything, with a one-line error."""
+    out = subprocess.run([sys.executable, "-m", "bridgeport", "agent", "--node-name", "n1",
+                          "--source", f"dir:{tmp_path}", "--proxy-workers", "-1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2
+    assert "error: --proxy-workers must be 0 (one per CPU) or more" in out.stderr
