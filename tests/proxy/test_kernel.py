@@ -7,7 +7,8 @@ process holding the port (PortInUse, and it keeps its traffic); removal frees th
 privileged port without CAP_NET_BIND_SERVICE; address not on the node; retarget without
 rebinding; 1,000 listeners (setup time and RSS printed); refused and unreachable targets;
 a stuck client not blocking others; TCP connection and UDP flow limits; a killed worker is
-replaced while the other serves; workers exit with the agent, freeing the port.
+replaced while the other serves; workers exit with the agent, freeing the port; a worker out
+of file descriptors defers clients and recovers.
 """
 
 from __future__ import annotations
@@ -288,3 +289,22 @@ def test_workers_exit_with_the_agent(w: World) -> None:
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), timeout=10,
              what="workers to exit")
     w.node.run(["python3", "-c", "import socket; socket.create_server(('127.0.0.1', 8094))"])
+
+
+def test_out_of_file_descriptors(w: World) -> None:
+    """A worker out of file descriptors refuses or defers new clients, counts and logs it,
+    keeps its live connections, and serves again once descriptors are free."""
+    d = w.driver("--workers", "1", prefix=("prlimit", "--nofile=40:40"))
+    d.sync(port("127.0.0.1", 8095))
+    held = [w.start(w.node, "stuck", "127.0.0.1", 8095) for _ in range(8)]
+    wait_for(lambda: d.metric("bridgeport_proxy_errors_total", kind="accept") >= 1,
+             what="an accept error")
+    assert "proxy accept failed" in d.logs()
+    served = d.metric("bridgeport_proxy_active_connections", port="8095")
+    assert 1 <= served < 8
+    for proc in held:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: d.metric("bridgeport_proxy_active_connections", port="8095") == 0,
+             timeout=15, what="the held connections to end")
+    assert w.ask(w.node, "hello", "127.0.0.1", 8095)["reply"].startswith("hello from target")

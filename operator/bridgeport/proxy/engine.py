@@ -44,6 +44,8 @@ _splice = os.splice  # no attribute lookup: this is the hot path
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _ACCEPT_BURST = 64  # accepts per wakeup, so a connection storm cannot starve other work
+_PAUSE = 0.1  # seconds a listener rests when the worker is out of file descriptors
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _HUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _READ = select.EPOLLIN | _HUP
 _OUT = select.EPOLLOUT
@@ -103,6 +105,7 @@ class Engine:
         self.acceptors: dict[int, Acceptor] = {}  # by slot
         self.unconfirmed: dict[Relay, None] = {}  # connects in flight, oldest first
         self.ready: list[Acceptor] = []  # listeners with connections waiting, see run()
+        self.paused: dict[Acceptor, float] = {}  # listeners resting until, see pause()
         self.pool = PipePool()
         self.running = True
         self._quiet_until: dict[tuple[int, str], float] = {}
@@ -135,7 +138,8 @@ class Engine:
         if acceptor in self.ready:
             self.ready.remove(acceptor)
         fd = acceptor.sock.fileno()
-        self.epoll.unregister(fd)
+        if self.paused.pop(acceptor, None) is None:
+            self.epoll.unregister(fd)
         del self.handlers[fd]
         acceptor.sock.close()
         for relay in list(acceptor.relays):
@@ -161,20 +165,54 @@ class Engine:
         next_sweep = time.monotonic() + interval
         while self.running:
             try:
-                events = poll(interval, 256)
+                events = poll(_PAUSE if self.paused else interval, 256)
             except InterruptedError:
                 continue
             for fd, mask in events:
                 handler = handlers.get(fd)
-                if handler is not None:  # None: its fd was closed earlier in this batch
+                if handler is None:  # its fd was closed earlier in this batch
+                    continue
+                try:
                     handler.event(fd, mask)
+                except Exception as exc:  # a bug must cost one connection, not the worker
+                    self._contain(handler, exc)
             # Accepting after the batch means no fd number is reused while the batch still
             # holds events for its previous owner.
             while self.ready:
-                self.ready.pop().accept()
+                acceptor = self.ready.pop()
+                try:
+                    acceptor.accept()
+                except Exception as exc:
+                    self._contain(acceptor, exc)
             if self.unconfirmed and (now := time.monotonic()) >= next_sweep:
                 next_sweep = now + interval
                 self._sweep(now)
+            if self.paused:
+                self._resume(time.monotonic())
+
+    def pause(self, acceptor: Acceptor) -> None:
+        """Out of file descriptors: stop accepting for a moment rather than spin on a
+        listener that stays readable (clients wait in the backlog meanwhile)."""
+        if acceptor not in self.paused:
+            self.epoll.unregister(acceptor.sock.fileno())
+            self.paused[acceptor] = time.monotonic() + _PAUSE
+
+    def _resume(self, now: float) -> None:
+        for acceptor, until in list(self.paused.items()):
+            if until <= now:
+                del self.paused[acceptor]
+                self.epoll.register(acceptor.sock.fileno(), _LISTEN_EVENTS)
+
+    def _contain(self, handler: Any, exc: Exception) -> None:
+        if isinstance(handler, Relay | Acceptor):
+            owner = handler.acceptor if isinstance(handler, Relay) else handler
+            owner.error("internal", f"{type(exc).__name__}: {exc}")
+            if isinstance(handler, Relay):
+                with contextlib.suppress(Exception):
+                    handler.close(hard=True)
+        else:
+            self.report({"op": "log", "slot": -1, "kind": "internal",
+                         "error": f"{type(exc).__name__}: {exc}", "suppressed": 0})
 
     def _sweep(self, now: float) -> None:
         """Reset connections whose connect to the target has not completed in time."""
@@ -234,6 +272,8 @@ class Acceptor:
                 return
             except OSError as exc:  # EMFILE, ENOBUFS...: the backlog keeps the client waiting
                 self.error("accept", str(exc))
+                if exc.errno in _OUT_OF_FDS:
+                    engine.pause(self)
                 return
             cells[self.base + CONNECTIONS] += 1
             if engine.counters.active(self.slot) >= engine.max_connections:
@@ -244,11 +284,19 @@ class Acceptor:
 
     def _connect(self, client: socket.socket) -> None:
         client.setblocking(False)
+        pool = self.engine.pool
         try:
             upstream = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             reset(client)
-            self.error("connect", f"cannot open a socket: {exc}")
+            self.error("accept", f"cannot open a socket to the target: {exc}")
+            return
+        try:
+            pipes = pool.get(), pool.get()
+        except OSError as exc:  # out of file descriptors: refuse this one, keep serving
+            reset(client)
+            upstream.close()
+            self.error("accept", f"cannot open a pipe: {exc}")
             return
         # A relay must not add Nagle delays (Go, hence docker-proxy, does the same); accepted
         # sockets inherit TCP_NODELAY from the listener (set by the agent).
@@ -257,9 +305,11 @@ class Acceptor:
         if code not in (0, errno.EINPROGRESS):
             reset(client)
             upstream.close()
+            for pipe in pipes:
+                pool.put(pipe, empty=True)
             self.error(CONNECT_ERRORS.get(code, "connect"), os.strerror(code))
             return
-        Relay(self, client, upstream)
+        Relay(self, client, upstream, pipes)
 
     def error(self, kind: str, message: str) -> None:
         self.engine.error(self.slot, kind, message)
@@ -285,16 +335,16 @@ class Relay:
     __slots__ = ("acceptor", "c", "client", "closed", "confirmed", "engine", "pumps",
                  "started", "u", "upstream")
 
-    def __init__(self, acceptor: Acceptor, client: socket.socket,
-                 upstream: socket.socket) -> None:
+    def __init__(self, acceptor: Acceptor, client: socket.socket, upstream: socket.socket,
+                 pipes: tuple[tuple[int, int], tuple[int, int]]) -> None:
         engine = acceptor.engine
         self.acceptor, self.engine, self.client, self.upstream = acceptor, engine, client, upstream
         self.c, self.u = c, u = client.fileno(), upstream.fileno()
         self.closed = self.confirmed = False
         self.started = time.monotonic()
         base = acceptor.base
-        self.pumps = (_Pump(c, u, engine.pool.get(), base + BYTES_IN),
-                      _Pump(u, c, engine.pool.get(), base + BYTES_OUT))
+        self.pumps = (_Pump(c, u, pipes[0], base + BYTES_IN),
+                      _Pump(u, c, pipes[1], base + BYTES_OUT))
         engine.cells[base + ACTIVE] += 1
         acceptor.relays.add(self)
         engine.unconfirmed[self] = None

@@ -121,6 +121,8 @@ class ProxyManager:
             if isinstance(listener, TcpListener) and listener.slot == slot:
                 listener.worker_log(message)
                 return
+        if slot < 0:  # not about one listener (a listener's own lines die with it)
+            log.error("proxy worker error", kind=message.get("kind"), error=message.get("error"))
 
     async def _close(self, keys: list[ProxyKey]) -> None:
         """Close listeners; TCP ones in one round trip to the workers."""
@@ -136,9 +138,10 @@ class ProxyManager:
             log.info("proxy stopped", listen=describe(listener.port.key))
 
     def _arm_sweeper(self, loop: asyncio.AbstractEventLoop) -> None:
-        """One timer for every listener's timeouts, instead of one per connection or flow."""
+        """One timer for every UDP listener's idle flows, instead of one per flow (TCP
+        connect timeouts are the workers' own)."""
         if self._sweeper is None and self.listeners:
-            interval = min(self.udp_idle_timeout, self.connect_timeout) / 4
+            interval = self.udp_idle_timeout / 4
             self._sweeper = loop.call_later(min(max(interval, 0.05), 5.0), self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:

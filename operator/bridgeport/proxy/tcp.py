@@ -21,7 +21,8 @@ from bridgeport.proxy.stats import ListenerStats
 from bridgeport.proxy.workers import WorkerPool
 
 _EVENTS = {"accept": "proxy accept failed",
-           "connection_limit": "proxy connection limit reached, refusing"}
+           "connection_limit": "proxy connection limit reached, refusing",
+           "internal": "proxy relay internal error (the connection was reset)"}
 
 
 class TcpListener(Listener):

@@ -8,8 +8,7 @@ passes the sockets over a SOCK_SEQPACKET control channel with SCM_RIGHTS. Messag
     agent -> worker  {"op": "listen", "listeners": [{"slot", "target": [host, port]}]} + fds
                      {"op": "retarget", "slot", "target"}
                      {"op": "unlisten", "slots": [...], "seq"}   (answered: the fds are closed)
-    worker -> agent  {"op": "ready", "pid"}, {"op": "done", "seq"},
-                     {"op": "log", "slot", "kind", "error", "suppressed"}
+    worker -> agent  {"op": "done", "seq"}, {"op": "log", "slot", "kind", "error", "suppressed"}
 
 Counters go to shared memory (counters.py), not messages. The worker exits when the control
 channel closes, so it never outlives the agent. Standard library only: a worker costs about
@@ -21,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import resource
 import signal
 import socket
@@ -79,7 +77,6 @@ class Worker:
             self.control.send(json.dumps({"op": "done", "seq": message["seq"]}).encode())
 
     def run(self) -> None:
-        self.send({"op": "ready", "pid": os.getpid()})
         try:
             self.engine.run()
         finally:

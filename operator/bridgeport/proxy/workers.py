@@ -32,7 +32,8 @@ from bridgeport.proxy.worker import MAX_FDS, MAX_MESSAGE
 log = structlog.get_logger(__name__)
 _ACK_TIMEOUT = 5.0  # a worker that cannot close its sockets in time is killed (and restarted)
 _SEND_TIMEOUT = 5.0
-_BACKOFF = (0.5, 30.0)
+_BACKOFF = (0.5, 30.0)  # restart delays: first, longest
+_STABLE = 30.0  # a worker that lived this long restarts at the first delay again
 
 
 def default_workers() -> int:
@@ -45,6 +46,7 @@ class _Worker:
     index: int
     proc: subprocess.Popen[bytes]
     control: socket.socket
+    started: float
     acks: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     alive: bool = True
 
@@ -150,7 +152,7 @@ class WorkerPool:
         finally:
             theirs.close()
         ours.settimeout(_SEND_TIMEOUT)  # sends wait for a busy worker; reads happen when ready
-        worker = _Worker(index, proc, ours)
+        worker = _Worker(index, proc, ours, self._loop.time())
         self.workers[index] = worker
         self._loop.add_reader(ours.fileno(), self._on_message, worker)
         self._send_listeners(worker, list(self.listening))
@@ -189,8 +191,6 @@ class WorkerPool:
                 ack.set_result(None)
         elif message["op"] == "log":
             self.on_log(message["slot"], message)
-        elif message["op"] == "ready":
-            self._backoff[worker.index] = _BACKOFF[0]
 
     def _gone(self, worker: _Worker) -> None:
         """The worker's channel closed: its connections are gone; restart it unless closing."""
@@ -206,8 +206,10 @@ class WorkerPool:
         if self._closing:
             return
         code = worker.proc.poll()
+        if self._loop.time() - worker.started > _STABLE:
+            self._backoff[worker.index] = _BACKOFF[0]
         log.error("proxy worker exited, restarting it", worker=worker.index,
-                  pid=worker.proc.pid, code=code)
+                  pid=worker.proc.pid, code=code, delay=self._backoff[worker.index])
         self.restarts += 1
         self._schedule_respawn(worker.index)
 
