@@ -43,6 +43,7 @@ class Listener:
     def tick(self, now: float) -> None:
         """Periodic housekeeping (timeouts), called by the manager's sweeper."""
 
-    async def aclose(self) -> None:
-        """Stop listening and end every connection: the port is free afterwards."""
+    def close(self) -> None:
+        """Close the agent's socket and whatever the agent relays itself. For TCP the workers
+        must have let go first (WorkerPool.unlisten): only then is the port free."""
         raise NotImplementedError

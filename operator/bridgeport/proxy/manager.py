@@ -125,16 +125,13 @@ class ProxyManager:
             log.error("proxy worker error", kind=message.get("kind"), error=message.get("error"))
 
     async def _close(self, keys: list[ProxyKey]) -> None:
-        """Close listeners; TCP ones in one round trip to the workers."""
+        """Close listeners, the TCP ones' worker copies first, in one round trip."""
         closing = [self.listeners.pop(key) for key in keys]
-        tcp = [lst for lst in closing if isinstance(lst, TcpListener)]
-        if tcp and self._pool is not None:
-            await self._pool.unlisten([lst.slot for lst in tcp])
+        slots = [lst.slot for lst in closing if isinstance(lst, TcpListener)]
+        if slots and self._pool is not None:
+            await self._pool.unlisten(slots)
         for listener in closing:
-            if isinstance(listener, TcpListener):
-                listener.sock.close()
-            else:
-                await listener.aclose()
+            listener.close()
             log.info("proxy stopped", listen=describe(listener.port.key))
 
     def _arm_sweeper(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -52,7 +52,5 @@ class TcpListener(Listener):
         super().retarget(port)
         self.pool.retarget(self.slot, self.target)
 
-    async def aclose(self) -> None:
-        """Stop listening and end every connection: the port is free afterwards."""
-        await self.pool.unlisten([self.slot])
+    def close(self) -> None:
         self.sock.close()

@@ -147,7 +147,7 @@ class UdpListener(Listener):
         if suppressed is not None:
             self.warn(event, kind, suppressed, **fields)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
         self._close_flows()

@@ -14,7 +14,6 @@ keep serving meanwhile. The listening sockets never leave the agent, so no port 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import socket
@@ -221,10 +220,9 @@ class WorkerPool:
     async def _reap(self, worker: _Worker) -> None:
         """Wait until the process is gone, and with it every socket it held."""
         self._gone(worker)
-        for _ in range(100):
-            if worker.proc.poll() is not None:
-                return
-            await asyncio.sleep(0.02)
+        if not await _exited(worker.proc, 2.0):
+            worker.proc.kill()
+            await _exited(worker.proc, 1.0)
 
     async def close(self) -> None:
         """Stop every worker (after unlisten() has reset their connections)."""
@@ -236,12 +234,16 @@ class WorkerPool:
         for worker in workers:
             self._gone(worker)  # closing the channel is the worker's signal to exit
         for worker in workers:
-            for _ in range(100):
-                if worker.proc.poll() is not None:
-                    break
-                await asyncio.sleep(0.02)
-            else:
+            if not await _exited(worker.proc, 2.0):
                 worker.proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    worker.proc.wait(1)
+                await _exited(worker.proc, 1.0)
         self.counters.close()
+
+
+async def _exited(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Poll (and so reap) the process without blocking the loop; True once it has exited."""
+    for _ in range(int(timeout / 0.02)):
+        if proc.poll() is not None:
+            return True
+        await asyncio.sleep(0.02)
+    return proc.poll() is not None
