@@ -105,12 +105,13 @@ def test_udp_reply_and_idle_expiry(run: Callable[[Awaitable[Any]], Any]) -> None
         client.connect(("127.0.0.1", port))
         client.send(b"ping")
         assert await loop.sock_recv(client, 100) == b"re:ping"
-        stats = next(iter(m.listeners.values())).snapshot()
-        assert stats.flows == 1
-        for _ in range(100):
-            if stats.flows == 0:
+        listener = next(iter(m.listeners.values()))
+        assert listener.snapshot().flows == 1
+        for _ in range(100):  # a snapshot is "as of now": take a fresh one each time
+            if listener.snapshot().flows == 0:
                 break
             await asyncio.sleep(0.05)
+        stats = listener.snapshot()
         assert stats.flows == 0 and stats.connections == 1
         await m.close()
         loop.remove_reader(target.fileno())
