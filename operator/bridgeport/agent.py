@@ -23,6 +23,7 @@ from bridgeport import __version__, metrics
 from bridgeport.adapters import conntrack, links
 from bridgeport.adapters import facts as node_facts
 from bridgeport.adapters.nft import Nft, NftError
+from bridgeport.adapters.portwatch import PortWatch
 from bridgeport.adapters.statefile import write_atomic
 from bridgeport.core import planner, ruleset
 from bridgeport.core.plan import (
@@ -96,6 +97,7 @@ class Agent:
         self.manage_sysctls = manage_sysctls
         self.watch_ports = watch_ports
         self.nft = Nft()
+        self.port_watch = PortWatch()
         self._reported: set[tuple[str, ...]] = set()  # problems already logged
         self._dirty = asyncio.Event()
         self._synced_once = False
@@ -103,7 +105,8 @@ class Agent:
         self._said_waiting = False
         self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int]]] | None = None
 
-    def mark_dirty(self) -> None:
+    def mark_dirty(self, trigger: str = "resources") -> None:
+        metrics.TRIGGERS.labels(trigger).inc()
         self._dirty.set()
 
     async def run(self) -> None:
@@ -123,9 +126,12 @@ class Agent:
                     watch.result()  # a crashed source surfaces here instead of idling
                     log.info("source stopped; leaving the kernel state in place")
                     return
-                periodic = not done
                 await asyncio.sleep(self.debounce)  # let a burst of changes coalesce
                 self._dirty.clear()
+                # A due resync checks drift whatever woke us: on a busy node marks never stop.
+                periodic = time.monotonic() >= next_resync
+                if periodic:
+                    metrics.TRIGGERS.labels("resync").inc()
                 await self.reconcile(check_drift=periodic)
                 if periodic:
                     next_resync = time.monotonic() + self.resync
@@ -139,7 +145,7 @@ class Agent:
     def _start_port_watch(self, loop: asyncio.AbstractEventLoop) -> None:
         def watch() -> None:
             try:
-                links.watch_ports(lambda: loop.call_soon_threadsafe(self.mark_dirty))
+                self.port_watch.run(lambda: loop.call_soon_threadsafe(self.mark_dirty, "ports"))
             except Exception as exc:  # the periodic resync still covers new ports
                 metrics.ERRORS.labels("links").inc()
                 log.warning("bridge port watch stopped; new ports wait for the next resync",
@@ -198,7 +204,7 @@ class Agent:
         emit = log.info if commands or full or self._last_digest != report.digest else log.debug
         self._last_digest = report.digest
         emit("reconciled", node=self.node_name, digest=report.digest, commands=commands,
-             full=full, ms=round(duration * 1000, 1), **plan.counts())
+             full=full, resync=check_drift, ms=round(duration * 1000, 1), **plan.counts())
         self._log_new_problems(outcomes, (*snapshot.errors, *plan.errors))
         return report
 
@@ -220,6 +226,7 @@ class Agent:
                          check_drift: bool) -> tuple[dict[ResourceRef, Outcome], int, bool]:
         """Bridges first (rules may name them), then one nft transaction, then stale bridges."""
         overrides: dict[ResourceRef, Outcome] = {}
+        self.port_watch.expect({b.name: not b.inter_container for b in plan.bridges})
         for failure in links.converge(plan.bridges):
             failed = plan.outcome(ResourceRef("BridgeNetwork", "", failure.network))
             if failed is not None:

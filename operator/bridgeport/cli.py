@@ -36,6 +36,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bridgeport", description=__doc__)
     p.add_argument("--version", action="version", version=f"bridgeport {__version__}")
     p.add_argument("--log-level", default=os.environ.get("BRIDGEPORT_LOG_LEVEL", "INFO"))
+    p.add_argument("--library-log-level", metavar="LEVEL",
+                   default=os.environ.get("BRIDGEPORT_LIBRARY_LOG_LEVEL", "WARNING"),
+                   help="level for kopf, kubernetes and pyroute2's own logs (pyroute2 at DEBUG "
+                        "prints every netlink message)")
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -87,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from bridgeport import log
 
-    log.setup(args.log_level, None if args.log_format == "auto" else args.log_format == "json")
+    log.setup(args.log_level, None if args.log_format == "auto" else args.log_format == "json",
+              library_level=args.library_log_level)
     if args.command == "plan":
         return cmd_plan(args)
     if args.command == "controller":

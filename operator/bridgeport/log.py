@@ -1,7 +1,8 @@
 """structlog setup: JSON lines when not on a terminal (in the cluster), readable on a TTY.
 
 The standard library's logging (kopf, kubernetes, pyroute2) is routed through the same
-processors so every line has one format.
+processors so every line has one format. Those libraries log at their own level
+(`library_level`, WARNING by default), not ours: pyroute2 at DEBUG prints every netlink message.
 """
 
 from __future__ import annotations
@@ -11,8 +12,33 @@ import sys
 
 import structlog
 
+# Chatty at INFO or DEBUG: kopf reports every handler call, pyroute2 every netlink message.
+LIBRARIES = ("pyroute2", "asyncio", "urllib3", "kubernetes", "kopf.objects", "kopf.activities")
 
-def setup(level: str = "INFO", json: bool | None = None) -> None:
+
+class Levels(logging.Filter):
+    """Library records need `library` level, everyone else's `ours`. A filter on our handler,
+    not logger levels, because pyroute2 resets its logger's level when it is imported (after
+    this setup has run)."""
+
+    def __init__(self, ours: int, library: int) -> None:
+        super().__init__()
+        self.ours, self.library = ours, library
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lib = any(record.name == n or record.name.startswith(n + ".") for n in LIBRARIES)
+        return record.levelno >= (self.library if lib else self.ours)
+
+
+def _level(name: str) -> int:
+    level = logging.getLevelName(name.upper())
+    if not isinstance(level, int):
+        raise ValueError(f"unknown log level {name!r}")
+    return level
+
+
+def setup(level: str = "INFO", json: bool | None = None,
+          library_level: str = "WARNING") -> None:
     as_json = not sys.stderr.isatty() if json is None else json
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -38,12 +64,13 @@ def setup(level: str = "INFO", json: bool | None = None) -> None:
             renderer,
         ],
     ))
+    ours, library = _level(level), _level(library_level)
+    handler.addFilter(Levels(ours, library))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # kopf reports every handler call at INFO: thousands of lines per resync on a big cluster.
-    for noisy in ("pyroute2", "asyncio", "urllib3", "kopf.objects", "kopf.activities"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    root.setLevel(min(ours, library))
+    for lib in LIBRARIES:  # spare them building records nobody prints (where they keep it)
+        logging.getLogger(lib).setLevel(library)
 
 
 def _identity(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:

@@ -23,3 +23,7 @@ APPLY_FAILURES = Counter("bridgeport_nft_apply_failures_total",
 DRIFT_REPAIRS = Counter("bridgeport_drift_repairs_total",
                         "Times the periodic resync found our tables changed and restored them",
                         registry=REGISTRY)
+TRIGGERS = Counter("bridgeport_reconcile_triggers_total",
+                   "What woke the agent: resources (the source), ports (a bridge port joined, "
+                   "left or lost its flags), resync (a due periodic drift check)", ["trigger"],
+                   registry=REGISTRY)

@@ -1,11 +1,15 @@
-"""New bridge ports are configured at once, not at the next resync.
+"""New bridge ports are configured at once, not at the next resync; our own writes are not news.
 
-Scenario: an agent with a one-hour resync; a port attached to its interContainer: false bridge
-after the first sync gets hairpin mode and port isolation within seconds (netlink watch).
+Scenarios: an agent with a one-hour resync; a port attached to its interContainer: false bridge
+after the first sync gets hairpin mode and port isolation within seconds (netlink watch). And
+the watch, fed the kernel's real messages, reacts to joins, leaves, flags someone else changed
+and the deletion of a planned bridge, but not to writes that leave the flags as we want them,
+carrier changes or changes to the bridge itself (the agent's own writes).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +18,7 @@ import pytest
 import yaml
 
 from tests.kernel.conftest import network
-from tests.netns import netns, wait_for
+from tests.netns import TOOLS, netns, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -40,3 +44,23 @@ def test_new_port_is_isolated_without_waiting_for_resync(tmp_path: Path) -> None
             agent.terminate()
             agent.wait(10)
             node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
+
+
+def test_watch_reacts_to_news_only() -> None:
+    """Each step's netlink messages, judged by the real PortWatch inside a netns."""
+    with netns("bpwp") as node:
+        out = node.run([sys.executable, str(TOOLS / "port_watch_probe.py")]).stdout
+    assert json.loads(out) == {
+        "join": True,
+        "ours": False,  # hairpin + isolation set as the agent sets them
+        "ours again": False,  # the same write again: the kernel announces it all the same
+        "carrier": False,
+        "bridge mtu": False,
+        "hairpin off": True,
+        "restored": False,
+        "isolated off": True,
+        "restored again": False,
+        "leave": True,
+        "rejoin": True,
+        "bridge deleted": True,
+    }

@@ -8,7 +8,7 @@ its own published port, and port isolation when the network has interContainer: 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +22,7 @@ from bridgeport.core.plan import BridgePlan
 log = structlog.get_logger(__name__)
 
 MARKER = "bridgeport:"
-RTMGRP_LINK = 0x1
+HAIRPIN_ON = 1
 IFA_F_NODAD = 0x02
 AF_INET, AF_INET6 = 2, 10
 
@@ -129,23 +129,31 @@ def _converge_addresses(ipr: Any, index: int, wanted: Iterable[Interface]) -> No
 
 
 def _converge_ports(ipr: Any, bridge_index: int, isolated: bool) -> None:
+    want = (HAIRPIN_ON, int(isolated))
     for port in ipr.get_links(master=bridge_index) if bridge_index else []:
         if port.get_attr("IFLA_MASTER") != bridge_index:
             continue
-        info = _brport_info(port)
-        want = {"mode": 1, "isolated": int(isolated)}
-        if any(info.get(k) != v for k, v in want.items()):
-            ipr.brport("set", index=port["index"], **want)
+        # Write only what differs: each write is a link event for every watcher, our own too.
+        if port_flags(port) != want:
+            ipr.brport("set", index=port["index"], mode=want[0], isolated=want[1])
 
 
-def _brport_info(port: Any) -> dict[str, int]:
-    protinfo = port.get_attr("IFLA_PROTINFO")
-    if protinfo is None:
-        return {}
-    return {
-        "mode": protinfo.get_attr("IFLA_BRPORT_MODE"),
-        "isolated": protinfo.get_attr("IFLA_BRPORT_ISOLATED"),
-    }
+def port_flags(link: Any) -> tuple[int, int] | None:
+    """(hairpin mode, isolated) of a bridge port, from whichever part of the message has them:
+    IFLA_PROTINFO in bridge-family messages, the linkinfo's slave data in the others (a plain
+    link dump, which is what `get_links` returns)."""
+    data = link.get_attr("IFLA_PROTINFO")
+    if data is None:
+        info = link.get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_SLAVE_KIND") != "bridge":
+            return None
+        data = info.get_attr("IFLA_INFO_SLAVE_DATA")
+    if data is None:
+        return None
+    mode, isolated = data.get_attr("IFLA_BRPORT_MODE"), data.get_attr("IFLA_BRPORT_ISOLATED")
+    if mode is None or isolated is None:
+        return None
+    return int(mode), int(isolated)
 
 
 def remove_stale(wanted: Iterable[str]) -> list[str]:
@@ -161,18 +169,3 @@ def remove_stale(wanted: Iterable[str]) -> list[str]:
                 removed.append(name)
                 log.info("bridge removed", bridge=name, network=ours[name])
     return removed
-
-
-def watch_ports(changed: Callable[[], object]) -> None:
-    """Blocking (run it in a thread): call `changed()` whenever a link is enslaved to a bridge
-    or changes while enslaved. A container attached to one of our bridges then gets hairpin
-    mode and, with interContainer: false, port isolation at once, not a resync later."""
-    ipr = IPRoute()
-    try:
-        ipr.bind(groups=RTMGRP_LINK)
-        while True:
-            for msg in ipr.get():
-                if msg.get("event") == "RTM_NEWLINK" and msg.get_attr("IFLA_MASTER"):
-                    changed()
-    finally:
-        ipr.close()
