@@ -11,6 +11,9 @@ Scenarios:
 - delete: the rules are gone
 - the API server stops for 20 s: the data plane is unchanged, the agents reconnect and
   catch up with changes made after it returns
+- an idle cluster stays idle: the agents' own NodeState writes, the statuses the controller
+  writes back, Node updates and the containers on their bridges wake no agent; only the
+  periodic resync runs
 """
 
 from __future__ import annotations
@@ -179,3 +182,22 @@ def test_api_server_outage(w: KubeWorld) -> None:
     for node in w.nodes:
         wait_for(lambda n=node: w.ask(n.address, 8080) == f"{n.client_address} 81",
                  timeout=30, what=f"{node.name} caught up")
+
+
+def test_an_idle_cluster_stays_idle(w: KubeWorld) -> None:
+    """After convergence nothing the system does to itself triggers a reconcile (issue 9)."""
+    if w.cp is None:
+        pytest.skip("reads the agents' metrics inside the node namespaces")
+    w.apply(publication("web", 8080, 80))
+    ready(w, "web", "2/2")
+    time.sleep(2)  # the last status writes and their (filtered) watch events
+    resources = 'bridgeport_reconcile_triggers_total{trigger="resources"}'
+    ports = 'bridgeport_reconcile_triggers_total{trigger="ports"}'
+    count = "bridgeport_reconcile_duration_seconds_count"
+    before = [(n.metric(resources), n.metric(ports), n.metric(count)) for n in w.nodes]
+    time.sleep(8)  # more than one resync (5 s)
+    after = [(n.metric(resources), n.metric(ports), n.metric(count)) for n in w.nodes]
+    for node, (r0, p0, c0), (r1, p1, c1) in zip(w.nodes, before, after, strict=True):
+        assert r1 == r0, f"{node.name}: {r1 - r0} source events while idle"
+        assert p1 == p0, f"{node.name}: {p1 - p0} port events while idle"
+        assert c1 - c0 <= 3, f"{node.name}: {c1 - c0} reconciles in 8 s at a 5 s resync"

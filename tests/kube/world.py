@@ -35,6 +35,7 @@ from tests.netns import Netns, netns, unique, veth, wait_for
 
 API = "bridgeport.io/v1alpha1"
 KUBECTL = os.environ.get("BRIDGEPORT_E2E_KUBECTL", "kubectl")  # external clusters only
+METRICS_PORT = 9102  # each node netns has its own: no clash (the chart's default too)
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Node:
         log = (self.workdir / f"{self.name}.log").open("a")
         cmd = [sys.executable, "-m", "bridgeport", "--log-format", "json", "agent",
                "--node-name", self.name, "--state-file", str(self.workdir / f"{self.name}.json"),
-               "--resync", "5", "--health-port", "0", "--metrics-port", "0"]
+               "--resync", "5", "--health-port", "0", "--metrics-port", str(METRICS_PORT)]
         self.agent = subprocess.Popen(self.ns.prefix() + cmd, stdout=log, stderr=log,
                                       text=True, env=self.env)
 
@@ -60,6 +61,16 @@ class Node:
             self.agent.send_signal(signal.SIGTERM)
             self.agent.wait(15)
         self.agent = None
+
+    def metric(self, name: str) -> float:
+        """A sample of the agent's /metrics (`name` with its labels, as exposed), 0 if absent."""
+        script = ("import urllib.request; print(urllib.request.urlopen("
+                  f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())")
+        out = self.ns.run(["python3", "-c", script]).stdout
+        for line in out.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
 
     def nft_map(self, name: str = "pub_any") -> str:
         return self.ns.run(["nft", "list", "map", "ip", "bridgeport", name], check=False).stdout
