@@ -20,10 +20,7 @@ from typing import Any, Protocol
 import structlog
 
 from bridgeport import __version__, metrics
-from bridgeport.adapters import conntrack, links
-from bridgeport.adapters import facts as node_facts
-from bridgeport.adapters.nft import Nft, NftError
-from bridgeport.adapters.portwatch import PortWatch
+from bridgeport.adapters.dataplane import Dataplane, KernelDataplane, NftError
 from bridgeport.adapters.statefile import write_atomic
 from bridgeport.core import planner, ruleset
 from bridgeport.core.plan import (
@@ -85,6 +82,7 @@ class Agent:
         reporters: Sequence[Callable[[dict[str, Any]], Awaitable[None]]] = (),
         manage_sysctls: bool = False,
         watch_ports: bool = True,
+        dataplane: Dataplane | None = None,
     ) -> None:
         self.source = source
         self.node_name = node_name
@@ -96,8 +94,7 @@ class Agent:
         self.reporters = list(reporters)
         self.manage_sysctls = manage_sysctls
         self.watch_ports = watch_ports
-        self.nft = Nft()
-        self.port_watch = PortWatch()
+        self.dataplane: Dataplane = dataplane if dataplane is not None else KernelDataplane()
         self._reported: set[tuple[str, ...]] = set()  # problems already logged
         self._dirty = asyncio.Event()
         self._synced_once = False
@@ -145,7 +142,8 @@ class Agent:
     def _start_port_watch(self, loop: asyncio.AbstractEventLoop) -> None:
         def watch() -> None:
             try:
-                self.port_watch.run(lambda: loop.call_soon_threadsafe(self.mark_dirty, "ports"))
+                self.dataplane.watch_ports(
+                    lambda: loop.call_soon_threadsafe(self.mark_dirty, "ports"))
             except Exception as exc:  # the periodic resync still covers new ports
                 metrics.ERRORS.labels("links").inc()
                 log.warning("bridge port watch stopped; new ports wait for the next resync",
@@ -184,8 +182,8 @@ class Agent:
         # Netlink and libnftables calls block (and pyroute2 runs its own loop): keep them off
         # the event loop that serves the proxies and the watch.
         if self.manage_sysctls and snapshot.resources:
-            await asyncio.to_thread(node_facts.enable_forwarding)
-        facts = await asyncio.to_thread(node_facts.gather, self.node_name, labels)
+            await asyncio.to_thread(self.dataplane.enable_forwarding)
+        facts = await asyncio.to_thread(self.dataplane.gather_facts, self.node_name, labels)
         plan = planner.plan(snapshot.resources, facts)
         proxy_states: dict[ResourceRef, str] = {}
         if self.proxies is not None:
@@ -226,8 +224,7 @@ class Agent:
                          check_drift: bool) -> tuple[dict[ResourceRef, Outcome], int, bool]:
         """Bridges first (rules may name them), then one nft transaction, then stale bridges."""
         overrides: dict[ResourceRef, Outcome] = {}
-        self.port_watch.expect({b.name: not b.inter_container for b in plan.bridges})
-        for failure in links.converge(plan.bridges):
+        for failure in self.dataplane.converge_bridges(plan.bridges):
             failed = plan.outcome(ResourceRef("BridgeNetwork", "", failure.network))
             if failed is not None:
                 overrides[failed.ref] = replace(
@@ -236,14 +233,14 @@ class Agent:
             metrics.ERRORS.labels("links").inc()
         full = not self._synced_once
         if check_drift and not full:
-            drifted = self.nft.drifted()
+            drifted = self.dataplane.drifted()
             if drifted:
                 log.warning("our nftables content drifted; restoring it", families=drifted)
                 metrics.DRIFT_REPAIRS.inc()
                 full = True
         commands = 0
         try:
-            commands = self.nft.apply(tables, full=full)
+            commands = self.dataplane.apply_tables(tables, full=full)
             self._synced_once = True
         except NftError as exc:
             metrics.APPLY_FAILURES.inc()
@@ -255,7 +252,7 @@ class Agent:
         else:
             self._forget_stale_udp(plan)
         # Only with a complete listing (we have one) and a committed ruleset: drop stale bridges.
-        links.remove_stale(b.name for b in plan.bridges)
+        self.dataplane.remove_stale_bridges(b.name for b in plan.bridges)
         return overrides, commands, full
 
     def _forget_stale_udp(self, plan: NodePlan) -> None:
@@ -264,7 +261,7 @@ class Agent:
         changed = {k for k in now.keys() | before.keys() if now.get(k) != before.get(k)}
         self._udp_mappings = now
         try:
-            conntrack.forget_udp(changed)
+            self.dataplane.forget_udp(changed)
         except (OSError, RuntimeError) as exc:  # conntrack support missing: NAT still works
             metrics.ERRORS.labels("conntrack").inc()
             log.warning("cannot flush stale UDP conntrack entries", error=str(exc))
@@ -327,5 +324,6 @@ def state_document(node: str, report: SyncReport, snapshot: Snapshot) -> dict[st
 
 def cleanup() -> list[str]:
     """Remove everything bridgeport owns on this node: our tables and our bridges."""
-    Nft().delete_tables(ruleset.FAMILIES)
-    return links.remove_stale([])
+    kernel = KernelDataplane()
+    kernel.delete_tables(ruleset.FAMILIES)
+    return kernel.remove_stale_bridges([])

@@ -1,0 +1,98 @@
+"""The agent's one seam around the kernel: bridges, tables, drift, conntrack, node facts.
+
+`Dataplane` is what the agent needs; `KernelDataplane` does it with pyroute2 and libnftables
+(root, a network namespace); `adapters.fake.FakeDataplane` does it in memory for unit tests.
+Every method blocks: the agent calls them from a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
+
+from bridgeport.adapters import conntrack, facts, links
+from bridgeport.adapters.links import LinkFailure
+from bridgeport.adapters.nft import Nft, NftError
+from bridgeport.adapters.portwatch import PortWatch
+from bridgeport.core.plan import BridgePlan, NodeFacts
+from bridgeport.core.ruleset import Table
+
+__all__ = ["Dataplane", "KernelDataplane", "LinkFailure", "NftError"]
+
+
+class Dataplane(Protocol):
+    # facts
+    def gather_facts(self, node: str, labels: Mapping[str, str]) -> NodeFacts:
+        """What the planner needs to know about this node (addresses, sysctls, interfaces)."""
+        ...
+
+    def enable_forwarding(self) -> None:
+        """Turn IPv4/IPv6 forwarding on (only when the agent manages sysctls)."""
+        ...
+
+    # bridges
+    def converge_bridges(self, bridges: Sequence[BridgePlan]) -> list[LinkFailure]:
+        """Create or update each planned bridge and configure its ports. Never raises for one
+        bridge: its failure is returned."""
+        ...
+
+    def remove_stale_bridges(self, keep: Iterable[str]) -> list[str]:
+        """Delete our bridges not named in `keep`; their names. Never anyone else's."""
+        ...
+
+    def watch_ports(self, changed: Callable[[], object]) -> None:
+        """Blocking: call `changed()` whenever a bridge port needs the agent (a port joined,
+        left or lost its flags). Returns or raises only when the watch ends."""
+        ...
+
+    # tables
+    def apply_tables(self, tables: Sequence[Table], full: bool) -> int:
+        """Converge our tables in one transaction (wholesale when `full`); the number of
+        commands. Raises NftError when refused, and the kernel is then unchanged."""
+        ...
+
+    def drifted(self) -> list[str]:
+        """Families whose table no longer matches what was last applied."""
+        ...
+
+    # conntrack
+    def forget_udp(self, ports: Iterable[tuple[int, int]]) -> int:
+        """Delete UDP conntrack entries for these (family, port); how many."""
+        ...
+
+
+class KernelDataplane:
+    """The real kernel of the current network namespace."""
+
+    def __init__(self) -> None:
+        self.nft = Nft()
+        self.port_watch = PortWatch()
+
+    def gather_facts(self, node: str, labels: Mapping[str, str]) -> NodeFacts:
+        return facts.gather(node, labels)
+
+    def enable_forwarding(self) -> None:
+        facts.enable_forwarding()
+
+    def converge_bridges(self, bridges: Sequence[BridgePlan]) -> list[LinkFailure]:
+        # The watch judges the events of what follows against this plan, not as news.
+        self.port_watch.expect({b.name: not b.inter_container for b in bridges})
+        return links.converge(bridges)
+
+    def remove_stale_bridges(self, keep: Iterable[str]) -> list[str]:
+        return links.remove_stale(keep)
+
+    def watch_ports(self, changed: Callable[[], object]) -> None:
+        self.port_watch.run(changed)
+
+    def apply_tables(self, tables: Sequence[Table], full: bool) -> int:
+        return self.nft.apply(tables, full=full)
+
+    def drifted(self) -> list[str]:
+        return self.nft.drifted()
+
+    def forget_udp(self, ports: Iterable[tuple[int, int]]) -> int:
+        return conntrack.forget_udp(ports)
+
+    def delete_tables(self, families: Sequence[str]) -> None:
+        self.nft.delete_tables(families)
