@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,14 +22,13 @@ import structlog
 from bridgeport import __version__, metrics
 from bridgeport.adapters.dataplane import Dataplane, KernelDataplane, NftError
 from bridgeport.adapters.statefile import write_atomic
-from bridgeport.core import planner, ruleset
+from bridgeport.core import planner, ruleset, settle
 from bridgeport.core.plan import (
     NodeFacts,
     NodePlan,
     Outcome,
     ProxyKey,
     ProxyPort,
-    State,
     count_states,
 )
 from bridgeport.core.source import Snapshot, Source
@@ -38,22 +37,8 @@ from bridgeport.core.specs import PORT_PUBLICATION, ResourceRef
 log = structlog.get_logger(__name__)
 
 
-class ProxyStatusLike(Protocol):
-    @property
-    def state(self) -> str: ...  # listening | failed
-
-    @property
-    def reason(self) -> str: ...
-
-    @property
-    def message(self) -> str: ...
-
-    @property
-    def owner(self) -> ResourceRef: ...
-
-
 class Proxies(Protocol):
-    async def sync(self, desired: Sequence[ProxyPort]) -> Mapping[ProxyKey, ProxyStatusLike]: ...
+    async def sync(self, desired: Sequence[ProxyPort]) -> Mapping[ProxyKey, settle.ProxyReport]: ...
 
     async def close(self) -> None: ...
 
@@ -191,7 +176,7 @@ class Agent:
         tables = ruleset.render(plan)
         overrides, commands, full = await asyncio.to_thread(
             self._converge_kernel, plan, tables, check_drift)
-        outcomes = tuple(overrides.get(o.ref, o) for o in plan.outcomes)
+        outcomes = settle.outcomes(plan, overrides)
         duration = time.perf_counter() - started
         metrics.ELEMENTS.set(sum(sum(len(v) for v in t.elements.values()) for t in tables))
         metrics.BRIDGES.set(len(plan.bridges))
@@ -208,10 +193,7 @@ class Agent:
 
     def _log_new_problems(self, outcomes: Sequence[Outcome], errors: Sequence[str]) -> None:
         """Each problem once, when it appears, not again on every resync."""
-        problems: set[tuple[str, ...]] = {
-            (str(o.ref), o.state.value, o.reason, o.message) for o in outcomes
-            if o.state not in (State.APPLIED, State.INACTIVE)}
-        problems |= {("input", err) for err in errors}
+        problems = settle.problems(outcomes, errors)
         for p in sorted(problems - self._reported):
             if p[0] == "input":
                 log.error("input error", error=p[1])
@@ -223,14 +205,10 @@ class Agent:
     def _converge_kernel(self, plan: NodePlan, tables: Sequence[ruleset.Table],
                          check_drift: bool) -> tuple[dict[ResourceRef, Outcome], int, bool]:
         """Bridges first (rules may name them), then one nft transaction, then stale bridges."""
-        overrides: dict[ResourceRef, Outcome] = {}
-        for failure in self.dataplane.converge_bridges(plan.bridges):
-            failed = plan.outcome(ResourceRef("BridgeNetwork", "", failure.network))
-            if failed is not None:
-                overrides[failed.ref] = replace(
-                    failed, state=State.FAILED, reason="BridgeFailed",
-                    message=f"bridge {failure.bridge}: {failure.message}")
-            metrics.ERRORS.labels("links").inc()
+        failures = self.dataplane.converge_bridges(plan.bridges)
+        overrides = settle.bridge_failed(plan, failures)
+        if failures:
+            metrics.ERRORS.labels("links").inc(len(failures))
         full = not self._synced_once
         if check_drift and not full:
             drifted = self.dataplane.drifted()
@@ -245,10 +223,7 @@ class Agent:
         except NftError as exc:
             metrics.APPLY_FAILURES.inc()
             log.error("nftables transaction rejected; kernel unchanged", error=str(exc))
-            for o in plan.outcomes:
-                if o.state is State.APPLIED:
-                    overrides[o.ref] = replace(o, state=State.FAILED, reason="NftRejected",
-                                               message=f"nftables rejected the update: {exc}")
+            overrides |= settle.nft_rejected(plan, str(exc))
         else:
             self._forget_stale_udp(plan)
         # Only with a complete listing (we have one) and a committed ruleset: drop stale bridges.
@@ -272,17 +247,11 @@ class Agent:
         Conflicted (PortInUse), and the replan drops its DNAT so the process is never shadowed."""
         assert self.proxies is not None
         statuses = await self.proxies.sync(plan.proxies)
-        in_use = {s.owner: s.message for s in statuses.values()
-                  if s.state == "failed" and s.reason == "PortInUse"}
+        in_use = settle.ports_in_use(statuses.values())
         if in_use:
-            facts = replace(facts, ports_in_use=in_use)
-            plan = planner.plan(snapshot.resources, facts)
+            plan = settle.replan_without(snapshot.resources, facts, in_use)
             statuses = await self.proxies.sync(plan.proxies)
-        states: dict[ResourceRef, str] = {}
-        for s in statuses.values():
-            if states.get(s.owner) != "failed":
-                states[s.owner] = "failed" if s.state == "failed" else "listening"
-        return plan, states
+        return plan, settle.proxy_states(statuses.values())
 
     def _write_state(self, state: dict[str, Any]) -> None:
         if self.state_file is None:

@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from bridgeport.adapters import conntrack, facts, links
-from bridgeport.adapters.links import LinkFailure
 from bridgeport.adapters.nft import Nft, NftError
 from bridgeport.adapters.portwatch import PortWatch
 from bridgeport.core.plan import BridgePlan, NodeFacts
 from bridgeport.core.ruleset import Table
+from bridgeport.core.settle import LinkFailure
 
 __all__ = ["Dataplane", "KernelDataplane", "LinkFailure", "NftError"]
 

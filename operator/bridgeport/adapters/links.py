@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -18,6 +17,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bridgeport.core.plan import BridgePlan
+from bridgeport.core.settle import LinkFailure
 
 log = structlog.get_logger(__name__)
 
@@ -25,13 +25,6 @@ MARKER = "bridgeport:"
 HAIRPIN_ON = 1
 IFA_F_NODAD = 0x02
 AF_INET, AF_INET6 = 2, 10
-
-
-@dataclass(frozen=True)
-class LinkFailure:
-    network: str
-    bridge: str
-    message: str
 
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

@@ -1,0 +1,104 @@
+"""What the kernel and the proxy answered, folded into the plan's outcomes. Pure.
+
+The planner decides what should happen; these rules decide what a resource's outcome is once
+the node has tried: a bridge the kernel refused fails its network (BridgeFailed), a refused
+nftables transaction fails everything that was to be Applied (NftRejected), and a port a host
+process already holds makes its publication Conflicted (PortInUse) through a replan, so no
+DNAT ever shadows that process.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from bridgeport.core import planner
+from bridgeport.core.plan import NodeFacts, NodePlan, Outcome, State
+from bridgeport.core.specs import BRIDGE_NETWORK, ParseResult, ResourceRef
+
+Overrides = dict[ResourceRef, Outcome]
+
+
+@dataclass(frozen=True)
+class LinkFailure:
+    """A planned bridge the kernel would not create or update."""
+
+    network: str
+    bridge: str
+    message: str
+
+
+class ProxyReport(typing.Protocol):
+    """One proxy listener's answer (proxy.status.ProxyStatus has this shape)."""
+
+    @property
+    def state(self) -> str: ...  # listening | failed
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def owner(self) -> ResourceRef: ...
+
+
+def bridge_failed(plan: NodePlan, failures: Iterable[LinkFailure]) -> Overrides:
+    """Each failed bridge makes its BridgeNetwork Failed (BridgeFailed)."""
+    overrides: Overrides = {}
+    for failure in failures:
+        failed = plan.outcome(ResourceRef(BRIDGE_NETWORK, "", failure.network))
+        if failed is not None:
+            overrides[failed.ref] = replace(
+                failed, state=State.FAILED, reason="BridgeFailed",
+                message=f"bridge {failure.bridge}: {failure.message}")
+    return overrides
+
+
+def nft_rejected(plan: NodePlan, error: str) -> Overrides:
+    """A refused transaction changed nothing: whatever was to be Applied is Failed."""
+    return {o.ref: replace(o, state=State.FAILED, reason="NftRejected",
+                           message=f"nftables rejected the update: {error}")
+            for o in plan.outcomes if o.state is State.APPLIED}
+
+
+def outcomes(plan: NodePlan, overrides: Mapping[ResourceRef, Outcome]) -> tuple[Outcome, ...]:
+    """The plan's outcomes with the overrides in place, in the plan's order."""
+    return tuple(overrides.get(o.ref, o) for o in plan.outcomes)
+
+
+def ports_in_use(reports: Iterable[ProxyReport]) -> dict[ResourceRef, str]:
+    """Publications whose proxy port a host process holds, with the proxy's message."""
+    return {r.owner: r.message for r in reports
+            if r.state == "failed" and r.reason == "PortInUse"}
+
+
+def replan_without(resources: Sequence[ParseResult], facts: NodeFacts,
+                   in_use: Mapping[ResourceRef, str]) -> NodePlan:
+    """The plan again, knowing which ports are held: those publications become Conflicted
+    (PortInUse) and lose their DNAT."""
+    return planner.plan(resources, replace(facts, ports_in_use=dict(in_use)))
+
+
+def proxy_states(reports: Iterable[ProxyReport]) -> dict[ResourceRef, str]:
+    """Per publication: failed if any of its listeners failed, else listening."""
+    states: dict[ResourceRef, str] = {}
+    for r in reports:
+        if states.get(r.owner) != "failed":
+            states[r.owner] = "failed" if r.state == "failed" else "listening"
+    return states
+
+
+Problem = tuple[str, ...]
+
+
+def problems(settled: Iterable[Outcome], errors: Iterable[str]) -> set[Problem]:
+    """Everything worth telling a human: outcomes that are neither Applied nor Inactive, and
+    input errors. The agent logs each once, when it first appears."""
+    found: set[Problem] = {
+        (str(o.ref), o.state.value, o.reason, o.message) for o in settled
+        if o.state not in (State.APPLIED, State.INACTIVE)}
+    found |= {("input", err) for err in errors}
+    return found
