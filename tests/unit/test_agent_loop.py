@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from bridgeport.adapters.fake import FakeDataplane
 from bridgeport.agent import Agent, SyncReport
 from bridgeport.core.source import Snapshot
 
@@ -29,7 +30,8 @@ class Recording(Agent):
     dirty from inside every reconcile, so a mark is always pending when the loop looks."""
 
     def __init__(self, busy: bool, stop_after: int) -> None:
-        super().__init__(StillSource(), "n", resync=0.05, debounce=0.001, watch_ports=False)
+        super().__init__(StillSource(), "n", resync=0.05, debounce=0.001, watch_ports=False,
+                         dataplane=FakeDataplane())
         self.busy = busy
         self.stop_after = stop_after
         self.kinds: list[bool] = []  # check_drift of each reconcile, in order

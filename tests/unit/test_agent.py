@@ -1,0 +1,306 @@
+"""The agent against the in-memory Dataplane: no root, no kernel (issue 17).
+
+Scenarios: a burst of changes is one reconcile (debounce); the first apply is full, later
+ones are small diffs and an unchanged node sends nothing; a deleted or flushed table waits for
+the periodic drift check, which restores it wholesale; a refused bridge fails its network
+(BridgeFailed) and a refused transaction fails everything that was to be Applied
+(NftRejected), both recovering on the next reconcile; a port a host process holds makes its
+publication Conflicted (PortInUse) with no DNAT; each problem is logged once, again only if it
+comes back; a port joining a bridge is configured without waiting for a resync; the state file
+and the reporters get every reconcile, and a failing reporter stops nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from bridgeport.adapters.fake import FakeDataplane
+from bridgeport.agent import Agent
+from bridgeport.core.plan import ProxyKey, ProxyPort
+from bridgeport.core.source import Snapshot
+from bridgeport.core.specs import ParseResult
+from bridgeport.proxy.status import ProxyStatus
+from tests.unit.test_planner import NODE, net, pub
+
+
+class ListSource:
+    """Resources held in a list; `change()` replaces them and tells the agent."""
+
+    def __init__(self, *resources: ParseResult, errors: Sequence[str] = ()) -> None:
+        self.resources = list(resources)
+        self.errors = tuple(errors)
+        self._changed: Callable[[], None] | None = None
+
+    def snapshot(self) -> Snapshot | None:
+        return Snapshot(tuple(self.resources), self.errors)
+
+    async def run(self, changed: Callable[[], None]) -> None:
+        self._changed = changed
+        await asyncio.Event().wait()
+
+    @property
+    def watched(self) -> bool:
+        return self._changed is not None
+
+    def change(self, *resources: ParseResult) -> None:
+        self.resources = list(resources)
+        assert self._changed is not None, "the agent is not watching yet"
+        self._changed()
+
+
+class HeldPorts:
+    """Proxies where a host process already holds some ports."""
+
+    def __init__(self, held: set[int]) -> None:
+        self.held = held
+        self.synced: list[list[ProxyPort]] = []
+
+    async def sync(self, desired: Sequence[ProxyPort]) -> Mapping[ProxyKey, ProxyStatus]:
+        self.synced.append(list(desired))
+        return {p.key: ProxyStatus("failed", p.owner, "PortInUse", f"{p.port} is in use")
+                if p.port in self.held else ProxyStatus("listening", p.owner) for p in desired}
+
+    async def close(self) -> None:
+        pass
+
+
+def agent_for(source: ListSource, fake: FakeDataplane, **kw: Any) -> Agent:
+    kw.setdefault("resync", 3600)
+    return Agent(source, "node-1", dataplane=fake, **kw)
+
+
+def fake_node() -> FakeDataplane:
+    return FakeDataplane(addresses=set(NODE.addresses))
+
+
+def states(report: Any) -> dict[str, tuple[str, str]]:
+    return {o.ref.name: (o.state.value, o.reason) for o in report.outcomes}
+
+
+def events(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == event]
+
+
+async def until(predicate: Callable[[], object], what: str, limit: float = 30) -> None:
+    """Poll on the event loop (the agent runs on it too); the limit only ends a hung test."""
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.005)
+    try:
+        await asyncio.wait_for(poll(), limit)
+    except TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
+
+
+async def running(agent: Agent, source: ListSource,
+                  body: Callable[[], Awaitable[None]]) -> None:
+    task = asyncio.create_task(agent.run())
+    try:
+        await until(lambda: source.watched, "the agent watching its source")
+        await body()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_burst_of_changes_is_one_reconcile() -> None:
+    source = ListSource(net("a", "10.1.0.0/24"))
+    fake = fake_node()
+    agent = agent_for(source, fake, debounce=0.05)
+
+    async def body() -> None:
+        for port in range(8080, 8100):  # twenty changes in a row
+            source.change(net("a", "10.1.0.0/24"), pub("web", port))
+        await until(lambda: fake.transactions, "the first reconcile")
+        assert not agent._dirty.is_set()  # nothing left over: the loop goes back to waiting
+        source.change(net("a", "10.1.0.0/24"))
+        await until(lambda: len(fake.transactions) == 2, "the next change")
+
+    with capture_logs() as logs:
+        asyncio.run(running(agent, source, body))
+    assert len(events(logs, "reconciled")) == 2
+    elements = fake.tables["ip"].elements["pub_any"]
+    assert not elements  # the last change won, in one go
+
+
+def test_full_then_incremental_then_nothing() -> None:
+    source = ListSource(net("a", "10.1.0.0/24"), pub("web", 8080))
+    fake = fake_node()
+    agent = agent_for(source, fake)
+
+    async def body() -> None:
+        first = await agent.reconcile()
+        assert first is not None and first.full
+        source.resources.append(pub("api", 8081))
+        second = await agent.reconcile()
+        assert second is not None and not second.full
+        assert fake.transactions[-1].commands["ip"] == (
+            'add element ip bridgeport pub_any { tcp . 8081 comment "default/api" '
+            ": 10.0.0.2 . 80 }",)
+        third = await agent.reconcile()
+        assert third is not None and third.commands == 0 and not third.full
+
+    with capture_logs() as logs:
+        asyncio.run(body())
+    levels = [e["log_level"] for e in events(logs, "reconciled")]
+    assert levels == ["info", "info", "debug"]  # a resync that changed nothing stays quiet
+
+
+def test_drift_waits_for_the_periodic_check_then_is_restored_wholesale() -> None:
+    source = ListSource(net("a", "10.1.0.0/24"), pub("web", 8080))
+    fake = fake_node()
+    agent = agent_for(source, fake)
+
+    async def body() -> None:
+        await agent.reconcile()
+        fake.tamper_delete_table("ip")
+        fake.tamper_flush_chain("ip6", "forward")
+        quiet = await agent.reconcile(check_drift=False)
+        assert quiet is not None and quiet.commands == 0  # a change-driven reconcile trusts
+        assert fake.drifted() == ["ip", "ip6"]  # what it applied; the resync does not
+        repaired = await agent.reconcile(check_drift=True)
+        assert repaired is not None and repaired.full
+        assert fake.drifted() == []
+
+    with capture_logs() as logs:
+        asyncio.run(body())
+    drift = events(logs, "our nftables content drifted; restoring it")
+    assert [e["families"] for e in drift] == [["ip", "ip6"]]
+
+
+def test_refused_bridge_fails_its_network_then_recovers() -> None:
+    source = ListSource(net("a", "10.1.0.0/24"), net("b", "10.2.0.0/24"), pub("web", 8080))
+    fake = fake_node()
+    agent = agent_for(source, fake)
+    fake.refuse_bridge("bp-a", "Operation not permitted")
+
+    async def body() -> None:
+        report = await agent.reconcile()
+        assert report is not None
+        assert states(report) == {"a": ("Failed", "BridgeFailed"), "b": ("Applied", "Programmed"),
+                                  "web": ("Applied", "Programmed")}
+        failed = next(o for o in report.outcomes if o.ref.name == "a")
+        assert failed.message == "bridge bp-a: Operation not permitted"
+        again = await agent.reconcile()
+        assert again is not None and states(again)["a"] == ("Applied", "Programmed")
+
+    asyncio.run(body())
+
+
+def test_refused_transaction_fails_what_was_to_be_applied_then_recovers() -> None:
+    source = ListSource(net("a", "10.1.0.0/24"), pub("web", 8080, "2026-01-01T00:00:00Z"),
+                        pub("clash", 8080, "2026-02-01T00:00:00Z"))
+    fake = fake_node()
+    agent = agent_for(source, fake)
+    fake.refuse_next_apply("Error: Could not process rule: No buffer space available")
+
+    async def body() -> None:
+        report = await agent.reconcile()
+        assert report is not None
+        assert states(report) == {
+            "a": ("Failed", "NftRejected"), "web": ("Failed", "NftRejected"),
+            "clash": ("Conflicted", "PortConflict")}  # not to be Applied: left as planned
+        assert "No buffer space" in next(o.message for o in report.outcomes
+                                          if o.ref.name == "web")
+        assert "ip" not in fake.tables  # nothing of the refused transaction landed
+        again = await agent.reconcile()
+        assert again is not None and again.full  # unknown kernel state: replace wholesale
+        assert states(again)["web"] == ("Applied", "Programmed")
+
+    asyncio.run(body())
+
+
+def test_a_port_held_by_a_host_process_is_conflicted_without_dnat() -> None:
+    source = ListSource(pub("held", 8080), pub("free", 8081))
+    fake = fake_node()
+    proxies = HeldPorts({8080})
+    agent = agent_for(source, fake, proxies=proxies)
+
+    async def body() -> None:
+        report = await agent.reconcile()
+        assert report is not None
+        assert states(report)["held"] == ("Conflicted", "PortInUse")
+        assert states(report)["free"] == ("Applied", "Programmed")
+        assert report.proxy_states == {pub("free", 8081).meta.ref: "listening"}
+        keys = set(fake.tables["ip"].elements["pub_any"])
+        assert keys == {"tcp . 8081"}  # the host process on 8080 is never shadowed
+        assert {p.port for p in proxies.synced[-1]} == {8081}  # the replan let 8080 go
+
+    asyncio.run(body())
+
+
+def test_each_problem_is_logged_once_and_again_when_it_returns() -> None:
+    conflict = [pub("old", 8080, "2026-01-01T00:00:00Z"), pub("young", 8080,
+                                                               "2026-02-01T00:00:00Z")]
+    source = ListSource(*conflict, errors=["bad.yaml: unreadable, skipped: oops"])
+    agent = agent_for(source, fake_node())
+
+    async def body() -> None:
+        for _ in range(3):
+            await agent.reconcile()
+        source.resources = conflict[:1]
+        source.errors = ()
+        await agent.reconcile()
+        source.resources = conflict
+        await agent.reconcile()
+
+    with capture_logs() as logs:
+        asyncio.run(body())
+    warned = [(e["resource"], e["reason"]) for e in events(logs, "resource not applied")]
+    assert warned == [("PortPublication default/young", "PortConflict")] * 2
+    assert [e["error"] for e in events(logs, "input error")] == [
+        "bad.yaml: unreadable, skipped: oops"]
+
+
+def test_a_joining_port_is_configured_without_a_resync() -> None:
+    source = ListSource(net("a", "10.1.0.0/24", interContainer=False))
+    fake = fake_node()
+    agent = agent_for(source, fake)
+
+    async def body() -> None:
+        source.change(*source.resources)
+        await until(lambda: "bp-a" in fake.bridges, "the bridge")
+        await until(lambda: fake._watchers, "the port watch")
+        fake.attach_port("veth1", "bp-a")
+        await until(lambda: fake.port_flags["veth1"] == (1, 1), "hairpin and isolation")
+
+    asyncio.run(running(agent, source, body))
+
+
+def test_state_file_and_reporters(tmp_path: Path) -> None:
+    source = ListSource(net("a", "10.1.0.0/24"))
+    seen: list[dict[str, Any]] = []
+
+    async def broken(_: dict[str, Any]) -> None:
+        raise RuntimeError("API server down")
+
+    async def recording(state: dict[str, Any]) -> None:
+        seen.append(state)
+
+    state_file = tmp_path / "state.json"
+    agent = agent_for(source, fake_node(), state_file=state_file,
+                      reporters=[broken, recording])
+    with capture_logs() as logs:
+        report = asyncio.run(agent.reconcile())
+    assert report is not None
+    assert [r["name"] for r in seen[0]["resources"]] == ["a"]
+    assert json.loads(state_file.read_text())["tableDigest"] == report.digest
+    assert events(logs, "state report failed")
+
+
+@pytest.mark.parametrize("manage", [True, False])
+def test_forwarding_is_enabled_only_when_managed(manage: bool) -> None:
+    fake = fake_node()
+    fake.ipv4_forwarding = fake.ipv6_forwarding = False
+    agent = agent_for(ListSource(pub("web", 8080)), fake, manage_sysctls=manage)
+    report = asyncio.run(agent.reconcile())
+    assert report is not None
+    assert fake.forwarding_enabled == int(manage)
+    assert bool(report.plan.dnats) == manage  # without forwarding, the proxy serves instead
