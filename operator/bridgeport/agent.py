@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -31,8 +31,9 @@ from bridgeport.core.plan import (
     ProxyPort,
     count_states,
 )
+from bridgeport.core.report import Entry, ProxyState, Report
 from bridgeport.core.source import Snapshot, Source
-from bridgeport.core.specs import PORT_PUBLICATION, ResourceRef
+from bridgeport.core.specs import ResourceRef
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +52,7 @@ class SyncReport:
     commands: int
     full: bool
     duration: float
-    proxy_states: dict[ResourceRef, str]
+    proxy_states: dict[ResourceRef, ProxyState]
 
 
 class Agent:
@@ -64,7 +65,7 @@ class Agent:
         resync: float = 30.0,
         debounce: float = 0.05,
         proxies: Proxies | None = None,
-        reporters: Sequence[Callable[[dict[str, Any]], Awaitable[None]]] = (),
+        reporters: Sequence[Callable[[Report], Awaitable[None]]] = (),
         manage_sysctls: bool = False,
         watch_ports: bool = True,
         dataplane: Dataplane | None = None,
@@ -151,7 +152,7 @@ class Agent:
             log.exception("reconcile failed", error=str(exc))
             return None
         metrics.RECONCILE_SECONDS.observe(report.duration)
-        state = state_document(self.node_name, report, snapshot)
+        state = node_report(self.node_name, report, snapshot)
         self._write_state(state)
         for publish in self.reporters:
             try:
@@ -170,7 +171,7 @@ class Agent:
             await asyncio.to_thread(self.dataplane.enable_forwarding)
         facts = await asyncio.to_thread(self.dataplane.gather_facts, self.node_name, labels)
         plan = planner.plan(snapshot.resources, facts)
-        proxy_states: dict[ResourceRef, str] = {}
+        proxy_states: dict[ResourceRef, ProxyState] = {}
         if self.proxies is not None:
             plan, proxy_states = await self._sync_proxies(plan, snapshot, facts)
         tables = ruleset.render(plan)
@@ -242,7 +243,7 @@ class Agent:
             log.warning("cannot flush stale UDP conntrack entries", error=str(exc))
 
     async def _sync_proxies(self, plan: NodePlan, snapshot: Snapshot,
-                            facts: NodeFacts) -> tuple[NodePlan, dict[ResourceRef, str]]:
+                            facts: NodeFacts) -> tuple[NodePlan, dict[ResourceRef, ProxyState]]:
         """Claim proxy ports first: a port a host process holds makes its publication
         Conflicted (PortInUse), and the replan drops its DNAT so the process is never shadowed."""
         assert self.proxies is not None
@@ -253,42 +254,32 @@ class Agent:
             statuses = await self.proxies.sync(plan.proxies)
         return plan, settle.proxy_states(statuses.values())
 
-    def _write_state(self, state: dict[str, Any]) -> None:
+    def _write_state(self, state: Report) -> None:
         if self.state_file is None:
             return
         try:
-            write_atomic(self.state_file, state)
+            write_atomic(self.state_file, state.document())
         except OSError as exc:
             log.error("cannot write state file", path=str(self.state_file), error=str(exc))
 
 
-def state_document(node: str, report: SyncReport, snapshot: Snapshot) -> dict[str, Any]:
-    resources = []
-    for o in report.outcomes:
-        entry: dict[str, Any] = {
-            "kind": o.ref.kind, "namespace": o.ref.namespace, "name": o.ref.name,
-            "generation": o.generation, "uid": o.uid, "state": o.state.value,
-            "reason": o.reason, "message": o.message,
-        }
-        if o.ref.kind == PORT_PUBLICATION:
-            entry["proxy"] = report.proxy_states.get(o.ref, "off")
-        resources.append(entry)
+def node_report(node: str, report: SyncReport, snapshot: Snapshot) -> Report:
+    entries = tuple(
+        Entry(node, o.ref, o.uid, o.generation, o.state.value, o.reason, o.message,
+              proxy=report.proxy_states.get(o.ref, "off"))
+        for o in report.outcomes)
     plan = report.plan
-    return {
-        "node": node,
-        "agentVersion": __version__,
-        "lastSync": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "lastSyncMs": round(report.duration * 1000, 2),
-        "tableDigest": report.digest,
-        "counts": {
-            **count_states(report.outcomes),
-            "bridges": len(plan.bridges),
-            "dnat": len(plan.dnats),
-            "proxies": len(plan.proxies),
-        },
-        "resources": resources,
-        "errors": [*snapshot.errors, *plan.errors],
-    }
+    return Report(
+        node=node,
+        agent_version=__version__,
+        last_sync=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        last_sync_ms=round(report.duration * 1000, 2),
+        table_digest=report.digest,
+        counts={**count_states(report.outcomes), "bridges": len(plan.bridges),
+                "dnat": len(plan.dnats), "proxies": len(plan.proxies)},
+        entries=entries,
+        errors=(*snapshot.errors, *plan.errors),
+    )
 
 
 def cleanup() -> list[str]:

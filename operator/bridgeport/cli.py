@@ -9,12 +9,13 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bridgeport import __version__
 from bridgeport.core.plan import NodePlan
+from bridgeport.core.report import Report
 from bridgeport.core.ruleset import Table
 
 
@@ -167,7 +168,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.proxy_workers < 0:
         print("error: --proxy-workers must be 0 (one per CPU) or more", file=sys.stderr)
         return 2
-    reporters: list[Any] = []
+    reporters: list[Callable[[Report], Awaitable[None]]] = []
     if args.source.startswith("dir:"):
         from bridgeport.adapters.dirsource import DirSource
 

@@ -84,7 +84,7 @@ def test_idle_node_with_ports_stays_idle(agent: Agent, br_netfilter: bool) -> No
     agent.apply(network("n", "10.96.7.0/24", bridge="bp-idle", interContainer=False),
                 publication("web", 8080, "10.96.7.2", 80))
     agent.start("--resync", "3600", "--metrics-port", "0")
-    agent.wait({"n": "Applied", "web": "Applied"})
+    agent.wait({"n": "Applied", "web": "Applied"}, timeout=60)  # a loaded machine starts slowly
     with ExitStack() as containers:
         ports = [attach(node, "bp-idle", containers) for _ in range(2)]
         for port in ports:
@@ -109,7 +109,7 @@ def test_drift_repair_keeps_its_schedule_while_changes_keep_arriving(agent: Agen
     agent.apply(network("n", "10.96.8.0/24", bridge="bp-busy"),
                 publication("web", 8080, "10.96.8.2", 80))
     agent.start("--resync", "1", "--metrics-port", "0")
-    agent.wait({"n": "Applied", "web": "Applied"})
+    agent.wait({"n": "Applied", "web": "Applied"}, timeout=60)  # a loaded machine starts slowly
     port = unique("bpif")
     node.run(f"ip link add {port} type veth peer name {port}p")
     stop = threading.Event()

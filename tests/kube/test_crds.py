@@ -368,23 +368,22 @@ def nodestate(node: str, status: dict[str, Any] | None = None) -> dict[str, Any]
 
 
 def agent_status(n: int = 2) -> dict[str, Any]:
-    """NodeState.status exactly as the agent builds it (bridgeport.kube.nodestate)."""
-    from bridgeport.kube.nodestate import status_from_state
+    """NodeState.status exactly as the agent builds it (bridgeport.core.report)."""
+    from bridgeport.core.report import Entry, Report
+    from bridgeport.core.specs import ResourceRef
 
-    resources = [{"kind": specs.BRIDGE_NETWORK, "namespace": "", "name": "demo",
-                  "generation": 1, "uid": "0b8e6f0e-0000-4000-8000-000000000001",
-                  "state": "Applied", "reason": "Programmed", "message": ""}]
-    resources += [{"kind": specs.PORT_PUBLICATION, "namespace": "default", "name": f"pp-{i}",
-                   "generation": 3, "uid": f"0b8e6f0e-0000-4000-8000-{i:012d}",
-                   "state": "Conflicted", "reason": "PortTaken",
-                   "message": "8080/TCP is published by default/web (older)",
-                   "proxy": "off"} for i in range(n - 1)]
-    state = {"node": "n", "agentVersion": "0.1.0", "lastSync": "2026-01-02T03:04:05.678+00:00",
-             "lastSyncMs": 1.5, "tableDigest": "sha256:" + "ab" * 32,
-             "counts": {"Applied": 1, "Conflicted": n - 1, "bridges": 1, "dnat": 0,
-                        "proxies": 0},
-             "resources": resources, "errors": ["sysctl net.ipv4.ip_forward is 0"]}
-    return status_from_state(state)
+    entries = [Entry("n", ResourceRef(specs.BRIDGE_NETWORK, "", "demo"),
+                     "0b8e6f0e-0000-4000-8000-000000000001", 1, "Applied", "Programmed")]
+    entries += [Entry("n", ResourceRef(specs.PORT_PUBLICATION, "default", f"pp-{i}"),
+                      f"0b8e6f0e-0000-4000-8000-{i:012d}", 3, "Conflicted", "PortTaken",
+                      "8080/TCP is published by default/web (older)") for i in range(n - 1)]
+    report = Report(node="n", agent_version="0.1.0",
+                    last_sync="2026-01-02T03:04:05.678+00:00", last_sync_ms=1.5,
+                    table_digest="sha256:" + "ab" * 32,
+                    counts={"Applied": 1, "Conflicted": n - 1, "bridges": 1, "dnat": 0,
+                            "proxies": 0},
+                    entries=tuple(entries), errors=("sysctl net.ipv4.ip_forward is 0",))
+    return report.status()[0]
 
 
 @kube
@@ -514,8 +513,8 @@ def test_schema_enums_are_the_agents() -> None:
 
 def test_schema_list_bounds_are_the_writers() -> None:
     """maxItems of problemNodes and NodeState errors are the limits the writers cut at."""
+    from bridgeport.core.report import MAX_ERRORS
     from bridgeport.core.status import MAX_PROBLEM_NODES
-    from bridgeport.kube.nodestate import MAX_ERRORS
 
     for crd in (BN_CRD, PP_CRD):
         assert schema_at(crd, "status.problemNodes")["maxItems"] == MAX_PROBLEM_NODES

@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 from bridgeport.adapters.fake import FakeDataplane
 from bridgeport.agent import Agent
 from bridgeport.core.plan import ProxyKey, ProxyPort
+from bridgeport.core.report import Report
 from bridgeport.core.source import Snapshot
 from bridgeport.core.specs import ParseResult
 from bridgeport.proxy.status import ProxyStatus
@@ -276,12 +277,12 @@ def test_a_joining_port_is_configured_without_a_resync() -> None:
 
 def test_state_file_and_reporters(tmp_path: Path) -> None:
     source = ListSource(net("a", "10.1.0.0/24"))
-    seen: list[dict[str, Any]] = []
+    seen: list[Report] = []
 
-    async def broken(_: dict[str, Any]) -> None:
+    async def broken(_: Report) -> None:
         raise RuntimeError("API server down")
 
-    async def recording(state: dict[str, Any]) -> None:
+    async def recording(state: Report) -> None:
         seen.append(state)
 
     state_file = tmp_path / "state.json"
@@ -290,8 +291,9 @@ def test_state_file_and_reporters(tmp_path: Path) -> None:
     with capture_logs() as logs:
         report = asyncio.run(agent.reconcile())
     assert report is not None
-    assert [r["name"] for r in seen[0]["resources"]] == ["a"]
-    assert json.loads(state_file.read_text())["tableDigest"] == report.digest
+    assert [e.ref.name for e in seen[0].entries] == ["a"]
+    written = json.loads(state_file.read_text())
+    assert written == seen[0].document() and written["tableDigest"] == report.digest
     assert events(logs, "state report failed")
 
 

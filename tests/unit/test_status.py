@@ -22,7 +22,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridgeport.core import report
 from bridgeport.core import status as s
+from bridgeport.core.report import Entry
 from bridgeport.core.specs import ResourceRef
 
 REF = ResourceRef("PortPublication", "default", "web")
@@ -35,8 +37,8 @@ def res(generation: int = 1, conditions: Any = (), uid: str = UID) -> s.Resource
 
 
 def rep(node: str, state: str = "Applied", gen: int | None = 1, uid: str = UID,
-        reason: str = "", message: str = "", ref: ResourceRef = REF) -> s.NodeReport:
-    return s.NodeReport(node, ref, uid, gen, state, reason, message)
+        reason: str = "", message: str = "", ref: ResourceRef = REF) -> Entry:
+    return Entry(node, ref, uid, gen, state, reason, message)
 
 
 def cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
@@ -216,12 +218,12 @@ def test_parse_reports_skips_malformed() -> None:
          "observedGeneration": True},
         {"name": "x", "state": "Applied"}, {"kind": "PortPublication", "name": "y"}, "junk", None,
     ]}
-    got = s.parse_reports("n1", status)
+    got = report.entries("n1", status)
     assert got == (
-        s.NodeReport("n1", REF, UID, 2, "Applied", "Programmed", "ok"),
-        s.NodeReport("n1", ResourceRef("BridgeNetwork", "", "br0"), "", None, "Inactive"),
+        Entry("n1", REF, UID, 2, "Applied", "Programmed", "ok", proxy="listening"),
+        Entry("n1", ResourceRef("BridgeNetwork", "", "br0"), "", None, "Inactive"),
     )
-    assert s.parse_reports("n1", None) == () and s.parse_reports("n1", {"resources": 3}) == ()
+    assert report.entries("n1", None) == () and report.entries("n1", {"resources": 3}) == ()
 
 
 def test_resource_from_body() -> None:
@@ -296,7 +298,7 @@ reports_st = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(reports=reports_st, generation=st.integers(1, 3), data=st.data())
-def test_properties(reports: list[s.NodeReport], generation: int, data: st.DataObject) -> None:
+def test_properties(reports: list[Entry], generation: int, data: st.DataObject) -> None:
     """Deterministic, order independent, ready <= selected, problems bounded and sorted,
     reasons valid for the CRD."""
     out = s.compute_status(res(generation), reports, T0)
@@ -314,7 +316,7 @@ def test_properties(reports: list[s.NodeReport], generation: int, data: st.DataO
 
 @settings(max_examples=200, deadline=None)
 @given(reports=reports_st, generation=st.integers(1, 3))
-def test_fixed_point(reports: list[s.NodeReport], generation: int) -> None:
+def test_fixed_point(reports: list[Entry], generation: int) -> None:
     """Recomputing from our own output, later, changes nothing and posts no Event."""
     first = s.compute_status(res(generation), reports, T0)
     second = s.compute_status(res(generation, first["conditions"]), reports, T1)

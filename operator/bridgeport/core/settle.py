@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from bridgeport.core import planner
 from bridgeport.core.plan import NodeFacts, NodePlan, Outcome, State
+from bridgeport.core.report import ProxyState
 from bridgeport.core.specs import BRIDGE_NETWORK, ParseResult, ResourceRef
 
 Overrides = dict[ResourceRef, Outcome]
@@ -82,9 +83,9 @@ def replan_without(resources: Sequence[ParseResult], facts: NodeFacts,
     return planner.plan(resources, replace(facts, ports_in_use=dict(in_use)))
 
 
-def proxy_states(reports: Iterable[ProxyReport]) -> dict[ResourceRef, str]:
+def proxy_states(reports: Iterable[ProxyReport]) -> dict[ResourceRef, ProxyState]:
     """Per publication: failed if any of its listeners failed, else listening."""
-    states: dict[ResourceRef, str] = {}
+    states: dict[ResourceRef, ProxyState] = {}
     for r in reports:
         if states.get(r.owner) != "failed":
             states[r.owner] = "failed" if r.state == "failed" else "listening"

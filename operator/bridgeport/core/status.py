@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridgeport.core.plan import State
+from bridgeport.core.report import Entry, integer, text
 from bridgeport.core.specs import ResourceRef
 
 READY, CONFLICTED, INVALID = "Ready", "Conflicted", "Invalid"
@@ -39,19 +40,6 @@ _REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
 
 # When several nodes are unhappy, the Ready condition's reason is the most serious state.
 _SEVERITY = (State.INVALID, State.CONFLICTED, State.FAILED)
-
-
-@dataclass(frozen=True)
-class NodeReport:
-    """One node's entry for one resource, as written in its NodeState's status."""
-
-    node: str
-    ref: ResourceRef
-    uid: str
-    observed_generation: int | None
-    state: str
-    reason: str = ""
-    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,49 +61,16 @@ class Transition:
     message: str
 
 
-# -- parsing (tolerant: agents of other versions may write more or less) -----------------------
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def parse_reports(node: str, status: Mapping[str, Any] | None) -> tuple[NodeReport, ...]:
-    """The entries of one NodeState's status; malformed entries are skipped, never fatal."""
-    entries = (status or {}).get("resources")
-    if not isinstance(entries, list):
-        return ()
-    out: list[NodeReport] = []
-    for e in entries:
-        if not isinstance(e, Mapping) or not _text(e.get("kind")) or not _text(e.get("name")):
-            continue
-        if not _text(e.get("state")):
-            continue
-        out.append(NodeReport(
-            node=node,
-            ref=ResourceRef(e["kind"], _text(e.get("namespace")), e["name"]),
-            uid=_text(e.get("uid")),
-            observed_generation=_int(e.get("observedGeneration")),
-            state=e["state"],
-            reason=_text(e.get("reason")),
-            message=_text(e.get("message")),
-        ))
-    return tuple(out)
-
-
 def resource_from_body(body: Mapping[str, Any]) -> Resource:
     """A Resource from an object as the API returns it (kind, metadata, status)."""
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
     conditions = status.get("conditions") if isinstance(status, Mapping) else None
     return Resource(
-        ref=ResourceRef(_text(body.get("kind")), _text(meta.get("namespace")),
-                        _text(meta.get("name"))),
-        uid=_text(meta.get("uid")),
-        generation=_int(meta.get("generation")) or 0,
+        ref=ResourceRef(text(body.get("kind")), text(meta.get("namespace")),
+                        text(meta.get("name"))),
+        uid=text(meta.get("uid")),
+        generation=integer(meta.get("generation")) or 0,
         conditions=tuple(c for c in conditions or () if isinstance(c, Mapping)),
     )
 
@@ -132,18 +87,18 @@ def micro_time(moment: datetime.datetime) -> str:
 
 # -- aggregation ------------------------------------------------------------------------------
 
-def _matches(resource: Resource, report: NodeReport) -> bool:
+def _matches(resource: Resource, report: Entry) -> bool:
     """Same object: same kind/namespace/name, and same uid when both sides know it (a deleted
     and recreated resource with the same name must not inherit the old object's reports)."""
     return report.ref == resource.ref and (
         not report.uid or not resource.uid or report.uid == resource.uid)
 
 
-def _current(resource: Resource, report: NodeReport) -> bool:
+def _current(resource: Resource, report: Entry) -> bool:
     return report.observed_generation == resource.generation
 
 
-def _pick(resource: Resource, reports: Sequence[NodeReport]) -> NodeReport:
+def _pick(resource: Resource, reports: Sequence[Entry]) -> Entry:
     """One report per node (an agent reports each resource once; be deterministic anyway):
     a uid match beats a uid-less one, then the newest generation, then the state name."""
     return max(reports, key=lambda r: (bool(r.uid) and r.uid == resource.uid,
@@ -162,7 +117,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _quote(reports: Sequence[NodeReport], what: str) -> str:
+def _quote(reports: Sequence[Entry], what: str) -> str:
     """'node a: <its message>' for the first node by name, plus how many more nodes."""
     first = reports[0]
     text = f"node {first.node}: {first.message or first.reason or what}"
@@ -177,7 +132,7 @@ def _condition(ctype: str, true: bool, reason: str, message: str, generation: in
             "message": _clip(message, MAX_CONDITION_MESSAGE), "observedGeneration": generation}
 
 
-def compute_status(resource: Resource, reports: Iterable[NodeReport], now: str
+def compute_status(resource: Resource, reports: Iterable[Entry], now: str
                    ) -> dict[str, Any]:
     """The desired `.status` of `resource`, given the reports of every node.
 
@@ -185,7 +140,7 @@ def compute_status(resource: Resource, reports: Iterable[NodeReport], now: str
     one: they are ignored. `now` (RFC 3339) is used only as the lastTransitionTime of a
     condition whose status changes.
     """
-    by_node: dict[str, list[NodeReport]] = {}
+    by_node: dict[str, list[Entry]] = {}
     for r in reports:
         if _matches(resource, r):
             by_node.setdefault(r.node, []).append(r)
@@ -193,7 +148,7 @@ def compute_status(resource: Resource, reports: Iterable[NodeReport], now: str
     selected = [r for r in chosen if r.state != State.INACTIVE]
     ready = [r for r in selected if r.state == State.APPLIED and _current(resource, r)]
     problems = [r for r in selected if not (r.state == State.APPLIED and _current(resource, r))]
-    by_state: dict[str, list[NodeReport]] = {}
+    by_state: dict[str, list[Entry]] = {}
     for r in selected:
         by_state.setdefault(r.state, []).append(r)
     gen = resource.generation
@@ -301,19 +256,19 @@ def transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any
 
     out: list[Transition] = []
     if (c := became(READY, "True")) is not None:
-        out.append(Transition(NORMAL, "Ready", _text(c.get("message"))))
+        out.append(Transition(NORMAL, "Ready", text(c.get("message"))))
     ready_new, ready_old = condition(new, READY), condition(old, READY)
     if (ready_new is not None and ready_new.get("status") == "False"
             and ready_new.get("reason") == State.FAILED
             and not (ready_old is not None and ready_old.get("status") == "False"
                      and ready_old.get("reason") == State.FAILED)):
-        out.append(Transition(WARNING, "Failed", _text(ready_new.get("message"))))
+        out.append(Transition(WARNING, "Failed", text(ready_new.get("message"))))
     if (c := became(CONFLICTED, "True")) is not None:
-        out.append(Transition(WARNING, "Conflicted", _text(c.get("message"))))
+        out.append(Transition(WARNING, "Conflicted", text(c.get("message"))))
     elif status_of(old, CONFLICTED) == "True" and (c := became(CONFLICTED, "False")) is not None:
         out.append(Transition(NORMAL, "ConflictResolved", "no node reports a conflict anymore"))
     if (c := became(INVALID, "True")) is not None:
-        out.append(Transition(WARNING, "Invalid", _text(c.get("message"))))
+        out.append(Transition(WARNING, "Invalid", text(c.get("message"))))
     return out
 
 

@@ -8,9 +8,8 @@ cost the API server nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -18,54 +17,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from bridgeport import metrics
+from bridgeport.core.report import Report
 from bridgeport.kube.api import load_api
 
 log = structlog.get_logger(__name__)
 GROUP, VERSION, PLURAL = "bridgeport.io", "v1alpha1", "nodestates"
 HEARTBEAT = 300.0
-MAX_ERRORS = 64
-MAX_MESSAGE = 512
-MAX_REPORT_BYTES = 1_300_000  # etcd refuses requests over 1.5 MiB
-
-
-def status_from_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The agent's state document, shaped as NodeState.status.
-
-    Compact, because one object must hold a node's whole report within etcd's request limit
-    (1.5 MiB): empty fields are left out, and so are the reason and message of an Applied
-    entry (they only restate the spec): about 8,000 entries fit; beyond that Applied entries
-    are shed first and the report says so in `errors`.
-    """
-    resources = []
-    for r in state["resources"]:
-        entry = {
-            "kind": r["kind"], "namespace": r["namespace"], "name": r["name"],
-            "uid": r.get("uid", ""), "observedGeneration": r["generation"],
-            "state": r["state"],
-            "reason": "" if r["state"] == "Applied" else r["reason"],
-            "message": "" if r["state"] == "Applied" else r["message"][:MAX_MESSAGE],
-            "proxy": "" if r.get("proxy") == "off" else r.get("proxy", ""),
-        }
-        resources.append({k: v for k, v in entry.items() if v != ""})
-    errors = list(state["errors"])[:MAX_ERRORS]
-    size = len(json.dumps(resources))
-    if size > MAX_REPORT_BYTES:
-        # Problems are what the controller needs most: shed Applied entries first.
-        problems = [r for r in resources if r["state"] != "Applied"]
-        applied = [r for r in resources if r["state"] == "Applied"]
-        keep = max(0, len(applied) * (MAX_REPORT_BYTES - len(json.dumps(problems))) // size)
-        resources = problems + applied[:keep]
-        errors = [f"report truncated: {len(applied) - keep} Applied entries left out to fit "
-                  "the NodeState size limit", *errors][:MAX_ERRORS]
-        log.warning("NodeState report truncated", omitted=len(applied) - keep)
-    return {
-        "agentVersion": state["agentVersion"],
-        "lastSync": state["lastSync"],
-        "tableDigest": state["tableDigest"],
-        "counts": {k: v for k, v in state["counts"].items() if isinstance(v, int)},
-        "errors": errors,
-        "resources": resources,
-    }
 
 
 class NodeStateReporter:
@@ -83,8 +40,10 @@ class NodeStateReporter:
             self._api = load_api()
         return client.CustomObjectsApi(self._api)
 
-    async def publish(self, state: Mapping[str, Any]) -> None:
-        status = status_from_state(state)
+    async def publish(self, report: Report) -> None:
+        status, omitted = report.status()
+        if omitted:
+            log.warning("NodeState report truncated", omitted=omitted)
         comparable = {k: v for k, v in status.items() if k != "lastSync"}
         if comparable == self._last and time.monotonic() - self._last_at < HEARTBEAT:
             return

@@ -15,7 +15,9 @@ from typing import Any
 
 import kopf
 
+from bridgeport.core import report
 from bridgeport.core import status as st
+from bridgeport.core.report import Entry
 from bridgeport.core.specs import ResourceRef
 
 # -- kopf: store nothing anywhere ----------------------------------------------------------------
@@ -74,9 +76,9 @@ class Written:
 @dataclass
 class Store:
     resources: dict[ResourceRef, Cached] = field(default_factory=dict)
-    nodes: dict[str, dict[ResourceRef, tuple[st.NodeReport, ...]]] = field(default_factory=dict)
+    nodes: dict[str, dict[ResourceRef, tuple[Entry, ...]]] = field(default_factory=dict)
     node_seen: dict[str, float] = field(default_factory=dict)
-    by_ref: dict[ResourceRef, dict[str, tuple[st.NodeReport, ...]]] = field(default_factory=dict)
+    by_ref: dict[ResourceRef, dict[str, tuple[Entry, ...]]] = field(default_factory=dict)
 
     def put_resource(self, body: Mapping[str, Any]) -> tuple[ResourceRef, bool]:
         """Record an object; True if its status must be recomputed (new object, new uid or
@@ -108,8 +110,8 @@ class Store:
 
     def put_node(self, node: str, status: Mapping[str, Any] | None) -> set[ResourceRef]:
         """Record one node's report; the refs whose entries changed."""
-        grouped: dict[ResourceRef, list[st.NodeReport]] = {}
-        for r in st.parse_reports(node, status):
+        grouped: dict[ResourceRef, list[Entry]] = {}
+        for r in report.entries(node, status):
             grouped.setdefault(r.ref, []).append(r)
         new = {ref: tuple(rs) for ref, rs in grouped.items()}
         self.node_seen[node] = time.monotonic()
@@ -119,7 +121,7 @@ class Store:
         self.node_seen.pop(node, None)
         return self._replace_node(node, {})
 
-    def _replace_node(self, node: str, new: dict[ResourceRef, tuple[st.NodeReport, ...]]
+    def _replace_node(self, node: str, new: dict[ResourceRef, tuple[Entry, ...]]
                       ) -> set[ResourceRef]:
         old = self.nodes.get(node, {})
         changed = {ref for ref in old.keys() | new.keys() if old.get(ref) != new.get(ref)}
@@ -137,7 +139,7 @@ class Store:
             self.nodes.pop(node, None)
         return changed
 
-    def reports(self, ref: ResourceRef) -> list[st.NodeReport]:
+    def reports(self, ref: ResourceRef) -> list[Entry]:
         return [r for rs in self.by_ref.get(ref, {}).values() for r in rs]
 
 

@@ -1,0 +1,146 @@
+"""A node's report: what its agent did with each resource. One type, one serializer (pure).
+
+The agent builds a `Report` after each reconcile; the state file holds `report.document()`,
+the NodeState's status `report.status()`, and the controller reads NodeStates back with
+`entries()`, tolerant of agents of other versions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bridgeport.core.plan import State
+from bridgeport.core.specs import PORT_PUBLICATION, ResourceRef
+
+ProxyState = Literal["off", "listening", "failed"]
+PROXY_STATES: tuple[ProxyState, ...] = ("off", "listening", "failed")
+MAX_ERRORS = 64
+MAX_MESSAGE = 512
+MAX_REPORT_BYTES = 1_300_000  # etcd refuses requests over 1.5 MiB
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One node's outcome for one resource."""
+
+    node: str
+    ref: ResourceRef
+    uid: str
+    observed_generation: int | None
+    state: str  # a State value; reports from other agent versions may carry others
+    reason: str = ""
+    message: str = ""
+    proxy: ProxyState = "off"  # PortPublications: the userland proxy's listeners
+
+    @property
+    def applied(self) -> bool:
+        return self.state == State.APPLIED
+
+    def document(self, compact: bool = False) -> dict[str, Any]:
+        """The entry as JSON. Compact (NodeState): an Applied entry's reason and message only
+        restate the spec, so they are left out, and so is every empty field."""
+        doc: dict[str, Any] = {
+            "kind": self.ref.kind, "namespace": self.ref.namespace, "name": self.ref.name,
+            "uid": self.uid, "observedGeneration": self.observed_generation,
+            "state": self.state, "reason": self.reason, "message": self.message,
+        }
+        if self.ref.kind == PORT_PUBLICATION:
+            doc["proxy"] = self.proxy
+        if not compact:
+            return doc
+        if self.applied:
+            doc["reason"] = doc["message"] = ""
+        doc["message"] = doc["message"][:MAX_MESSAGE]
+        if doc.get("proxy") == "off":
+            doc["proxy"] = ""
+        return {k: v for k, v in doc.items() if v != "" and v is not None}
+
+
+@dataclass(frozen=True)
+class Report:
+    node: str
+    agent_version: str
+    last_sync: str  # RFC 3339, milliseconds
+    last_sync_ms: float  # how long the reconcile took
+    table_digest: str
+    counts: Mapping[str, int]  # per state, plus bridges, dnat, proxies
+    entries: tuple[Entry, ...]
+    errors: tuple[str, ...] = ()
+
+    def document(self) -> dict[str, Any]:
+        """The state file: everything, entries in full."""
+        return {
+            "node": self.node,
+            "agentVersion": self.agent_version,
+            "lastSync": self.last_sync,
+            "lastSyncMs": self.last_sync_ms,
+            "tableDigest": self.table_digest,
+            "counts": dict(self.counts),
+            "resources": [e.document() for e in self.entries],
+            "errors": list(self.errors),
+        }
+
+    def status(self) -> tuple[dict[str, Any], int]:
+        """NodeState.status, and how many Applied entries were left out to fit.
+
+        One object must hold a node's whole report within etcd's request limit: entries are
+        compact (about 8,000 fit); beyond that Applied entries are shed first, since problems
+        are what the controller needs most, and the report says so in `errors`.
+        """
+        resources = [e.document(compact=True) for e in self.entries]
+        errors = list(self.errors)[:MAX_ERRORS]
+        size = len(json.dumps(resources))
+        omitted = 0
+        if size > MAX_REPORT_BYTES:
+            problems = [r for r in resources if r["state"] != State.APPLIED]
+            applied = [r for r in resources if r["state"] == State.APPLIED]
+            keep = max(0, len(applied) * (MAX_REPORT_BYTES - len(json.dumps(problems))) // size)
+            resources, omitted = problems + applied[:keep], len(applied) - keep
+            errors = [f"report truncated: {omitted} Applied entries left out to fit the "
+                      "NodeState size limit", *errors][:MAX_ERRORS]
+        return {
+            "agentVersion": self.agent_version,
+            "lastSync": self.last_sync,
+            "tableDigest": self.table_digest,
+            "counts": dict(self.counts),
+            "errors": errors,
+            "resources": resources,
+        }, omitted
+
+
+# -- reading reports back (tolerant: agents of other versions may write more or less) ----------
+
+def text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def entries(node: str, status: Mapping[str, Any] | None) -> tuple[Entry, ...]:
+    """The entries of one NodeState's status; malformed entries are skipped, never fatal."""
+    found = (status or {}).get("resources")
+    if not isinstance(found, list):
+        return ()
+    out: list[Entry] = []
+    for e in found:
+        if not isinstance(e, Mapping) or not text(e.get("kind")) or not text(e.get("name")):
+            continue
+        if not text(e.get("state")):
+            continue
+        proxy = e.get("proxy")
+        out.append(Entry(
+            node=node,
+            ref=ResourceRef(e["kind"], text(e.get("namespace")), e["name"]),
+            uid=text(e.get("uid")),
+            observed_generation=integer(e.get("observedGeneration")),
+            state=e["state"],
+            reason=text(e.get("reason")),
+            message=text(e.get("message")),
+            proxy=proxy if proxy in PROXY_STATES else "off",
+        ))
+    return tuple(out)
