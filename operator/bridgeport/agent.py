@@ -223,7 +223,8 @@ class Agent:
             self._synced_once = True
         except NftError as exc:
             metrics.APPLY_FAILURES.inc()
-            log.error("nftables transaction rejected; kernel unchanged", error=str(exc))
+            log.error("nftables transaction rejected; kernel unchanged", error=str(exc),
+                      script=exc.context)
             overrides |= settle.nft_rejected(plan, str(exc))
         else:
             self._forget_stale_udp(plan)

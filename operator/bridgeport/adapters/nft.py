@@ -8,6 +8,8 @@ applied content is kept in memory so steady-state changes are small element/chai
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +22,26 @@ log = structlog.get_logger(__name__)
 
 
 class NftError(RuntimeError):
-    """nft refused a batch; nothing of it was applied (transactions are all-or-nothing)."""
+    """nft refused a batch; nothing of it was applied (transactions are all-or-nothing).
+    `context`: the script's lines around the one nft cites, numbered, for the log."""
+
+    def __init__(self, message: str, context: str = "") -> None:
+        super().__init__(message)
+        self.context = context
+
+
+_CITED = re.compile(r"^\S+?:(\d+):[\d-]+: (Error: .*)$", re.MULTILINE)
+
+
+def numbered(script: str, line: int | None, radius: int = 3, head: int = 20) -> str:
+    """The script's lines around `line` (1-based), or its first `head` lines, numbered."""
+    lines = script.splitlines()
+    first, last = ((max(1, line - radius), min(len(lines), line + radius)) if line
+                   else (1, min(len(lines), head)))
+    out = [f"{n:6d}{'>' if n == line else ' '} {lines[n - 1]}" for n in range(first, last + 1)]
+    if last < len(lines):
+        out.append(f"       ... {len(lines)} lines in all")
+    return "\n".join(out)
 
 
 class Nft:
@@ -55,12 +76,30 @@ class Nft:
         if script.strip():
             try:
                 self._cmd(script)
-            except NftError:
+            except NftError as exc:
                 self._applied.clear()  # unknown relation to the kernel now: next sync is full
-                raise
+                raise self._explain(script, exc) from None
         for table in tables:
             self._applied[table.family] = table
         return script.count("\n") + 1 if script.strip() else 0
+
+    def _explain(self, script: str, exc: NftError) -> NftError:
+        """The refusal with the line nft cites. libnftables 1.0 shows the wrong line for a
+        buffer, so the script is checked again from a file, as a dry run (changes nothing)."""
+        with tempfile.NamedTemporaryFile("w", suffix=".nft") as f:
+            f.write(script)
+            f.flush()
+            with self._lock:
+                self._nft.set_dry_run(True)
+                try:
+                    _, _, err = self._nft.cmd_from_file(f.name)
+                finally:
+                    self._nft.set_dry_run(False)
+        cited = _CITED.search(str(err))
+        if cited is None:  # the kernel changed meanwhile, or nft cites nothing
+            return NftError(str(exc), numbered(script, None))
+        line = int(cited[1])
+        return NftError(f"line {line}: {cited[2]}", numbered(script, line))
 
     def list_table(self, family: str) -> dict[str, Any] | None:
         """Our table as libnftables JSON, or None if it does not exist."""
@@ -96,9 +135,6 @@ class Nft:
             if self.observed_fingerprint(family) != table.fingerprint():
                 drifted.append(family)
         return drifted
-
-    def forget(self) -> None:
-        self._applied.clear()
 
     def delete_tables(self, families: Sequence[str]) -> None:
         """Remove our tables (cleanup). Absent tables are fine."""
