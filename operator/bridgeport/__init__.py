@@ -1,5 +1,3 @@
 """bridgeport: Docker-grade bridge networking and published ports, declared in Kubernetes."""
 
 __version__ = "0.1.0"
-API_GROUP = "bridgeport.io"
-API_VERSION = "bridgeport.io/v1alpha1"

@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
-from bridgeport import API_VERSION
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _E = TypeVar("_E", bound=StrEnum)
 
+# The API, named once: the CRDs in crds/ declare the same.
+GROUP, VERSION = "bridgeport.io", "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
 BRIDGE_NETWORK = "BridgeNetwork"
 PORT_PUBLICATION = "PortPublication"
 KINDS = (BRIDGE_NETWORK, PORT_PUBLICATION)
+PLURALS = {PORT_PUBLICATION: "portpublications", BRIDGE_NETWORK: "bridgenetworks"}
+NODESTATES = "nodestates"  # the agents' reports (kind NodeState)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")

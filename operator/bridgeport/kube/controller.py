@@ -36,7 +36,15 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bridgeport.core import status as st
-from bridgeport.core.specs import BRIDGE_NETWORK, PORT_PUBLICATION, ResourceRef
+from bridgeport.core.specs import (
+    API_VERSION,
+    GROUP,
+    NODESTATES,
+    PLURALS,
+    PORT_PUBLICATION,
+    VERSION,
+    ResourceRef,
+)
 from bridgeport.kube.api import load_api
 from bridgeport.kube.store import (
     Cached,
@@ -50,10 +58,6 @@ from bridgeport.kube.store import (
 
 log = structlog.get_logger(__name__)
 
-GROUP, VERSION = "bridgeport.io", "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-NODESTATES = "nodestates"
-PLURALS = {PORT_PUBLICATION: "portpublications", BRIDGE_NETWORK: "bridgenetworks"}
 PEERING_NAME = "bridgeport-controller"
 PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfpeerings"
 REPORTING_CONTROLLER = "bridgeport.io/controller"

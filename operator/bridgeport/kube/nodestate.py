@@ -18,10 +18,11 @@ from kubernetes.client.exceptions import ApiException
 
 from bridgeport import metrics
 from bridgeport.core.report import Report
+from bridgeport.core.specs import API_VERSION, GROUP, VERSION
+from bridgeport.core.specs import NODESTATES as PLURAL
 from bridgeport.kube.api import load_api
 
 log = structlog.get_logger(__name__)
-GROUP, VERSION, PLURAL = "bridgeport.io", "v1alpha1", "nodestates"
 HEARTBEAT = 300.0
 
 
@@ -76,5 +77,5 @@ class NodeStateReporter:
         if uid:
             meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node",
                                         "name": self.node_name, "uid": uid}]
-        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodeState", "metadata": meta,
+        return {"apiVersion": API_VERSION, "kind": "NodeState", "metadata": meta,
                 "spec": {"nodeName": self.node_name}}

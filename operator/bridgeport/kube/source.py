@@ -17,10 +17,9 @@ import structlog
 
 from bridgeport.core import specs
 from bridgeport.core.source import Snapshot, SourceError
+from bridgeport.core.specs import GROUP, PLURALS, VERSION
 
 log = structlog.get_logger(__name__)
-GROUP, VERSION = "bridgeport.io", "v1alpha1"
-PLURALS = {"portpublications": specs.PORT_PUBLICATION, "bridgenetworks": specs.BRIDGE_NETWORK}
 NODE_WAIT_WARNING = 15.0
 
 
@@ -53,7 +52,7 @@ class KubeSource:
         if not self._complete:
             return None
         resources: list[specs.ParseResult] = []
-        for name in PLURALS:
+        for name in PLURALS.values():
             for store in self._indexes[name].values():
                 resources.extend(store)
         labels: dict[str, str] = {}
@@ -67,7 +66,7 @@ class KubeSource:
         # A private registry has none of kopf's default handlers: log in like kubectl does
         # (in-cluster service account, else KUBECONFIG).
         kopf.on.login(registry=reg)(kopf.login_via_client)
-        for plural, kind in PLURALS.items():
+        for kind, plural in PLURALS.items():
             kopf.index(GROUP, VERSION, plural, id=plural, registry=reg)(
                 self._indexer(kind))
             kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-event", registry=reg)(
@@ -90,7 +89,7 @@ class KubeSource:
 
     async def _on_event(self, event: Mapping[str, Any], body: kopf.Body,
                         **kwargs: Any) -> None:
-        for key in (*PLURALS, "node"):
+        for key in (*PLURALS.values(), "node"):
             self._indexes[key] = kwargs[key]
         uid = body.metadata.uid or ""
         generation = body.metadata.get("generation") or 0

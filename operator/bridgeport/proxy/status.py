@@ -20,10 +20,6 @@ class ProxyStatus:
     reason: Reason = ""
     message: str = ""
 
-    @property
-    def ok(self) -> bool:
-        return self.state == "listening"
-
 
 def describe(key: ProxyKey) -> str:
     """127.0.0.1:8080/TCP or [::1]:8080/UDP: the form every message uses."""
