@@ -45,7 +45,7 @@ from bridgeport.core.specs import (
     VERSION,
     ResourceRef,
 )
-from bridgeport.kube.api import load_api
+from bridgeport.kube.api import kopf_settings, load_api
 from bridgeport.kube.store import (
     Cached,
     NoDiffBaseStorage,
@@ -374,18 +374,13 @@ class Controller:
     # running ------------------------------------------------------------------------------
 
     def settings(self) -> kopf.OperatorSettings:
-        s = kopf.OperatorSettings()
-        s.scanning.disabled = True  # fixed kinds: no CRD watching, no namespace discovery
-        s.posting.enabled = False  # kopf's own events: our handlers have nothing to report
+        s = kopf_settings()
         s.persistence.progress_storage = NoProgressStorage()
         s.persistence.diffbase_storage = NoDiffBaseStorage()
         s.peering.name = PEERING_NAME
         s.peering.mandatory = self.peering
         s.peering.standalone = not self.peering
         s.peering.priority = self.priority
-        s.watching.reconnect_backoff = 1.0
-        # Keep retrying through an API server outage (kopf's default gives up after ~90 s).
-        s.networking.error_backoffs = [1, 2, 4, 8, *([15] * 240)]
         return s
 
     async def run(self, *, liveness_endpoint: str | None = None) -> None:

@@ -18,6 +18,7 @@ import structlog
 from bridgeport.core import specs
 from bridgeport.core.source import Snapshot, SourceError
 from bridgeport.core.specs import GROUP, PLURALS, VERSION
+from bridgeport.kube.api import kopf_settings
 
 log = structlog.get_logger(__name__)
 NODE_WAIT_WARNING = 15.0
@@ -112,14 +113,8 @@ class KubeSource:
 
     async def run(self, changed: Callable[[], None]) -> None:
         self._changed = changed
-        settings = kopf.OperatorSettings()
-        settings.scanning.disabled = True  # no CRD/namespace discovery: fixed kinds, cluster-wide
-        settings.posting.enabled = False  # N agents must not flood objects with kopf's events
-        settings.watching.reconnect_backoff = 1.0
+        settings = kopf_settings()  # the data plane does not need the API: retry forever
         settings.networking.request_timeout = 30
-        # Ride out an API server outage of any sane length (kopf's default gives up after
-        # ~90 s): the data plane does not need the API, so keep retrying, slowly.
-        settings.networking.error_backoffs = [1, 2, 4, 8, *([15] * 240)]
         waiter = asyncio.create_task(self._warn_if_no_node())
         try:
             await kopf.operator(registry=self.registry, settings=settings, standalone=True,
