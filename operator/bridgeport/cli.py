@@ -17,6 +17,7 @@ from bridgeport import __version__
 from bridgeport.core.plan import NodePlan
 from bridgeport.core.report import Report
 from bridgeport.core.ruleset import Table
+from bridgeport.core.source import Source
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -172,14 +173,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.source.startswith("dir:"):
         from bridgeport.adapters.dirsource import DirSource
 
-        source: Any = DirSource(Path(args.source[4:]),
-                                ignore=[args.state_file] if args.state_file else [])
+        source: Source = DirSource(Path(args.source[4:]),
+                                   ignore=[args.state_file] if args.state_file else [])
     elif args.source == "kube":
         from bridgeport.kube.nodestate import NodeStateReporter
         from bridgeport.kube.source import KubeSource
 
-        source = KubeSource(args.node_name, liveness_endpoint=_endpoint(args.health_port))
-        reporters.append(NodeStateReporter(args.node_name, lambda: source.node_uid).publish)
+        kube = KubeSource(args.node_name, liveness_endpoint=_endpoint(args.health_port))
+        reporters.append(NodeStateReporter(args.node_name, lambda: kube.node_uid).publish)
+        source = kube
     else:
         print(f"error: --source {args.source!r}: use kube or dir:PATH", file=sys.stderr)
         return 2

@@ -54,7 +54,8 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
     for res in resources:
         ref = res.ref if isinstance(res, InvalidResource) else res.meta.ref
         if ref is None:
-            errors.append(res.message)  # type: ignore[union-attr]
+            assert isinstance(res, InvalidResource)  # only a document without identity
+            errors.append(res.message)
         elif ref in chosen:
             errors.append(f"{ref}: defined more than once; one definition is used")
             chosen[ref] = min(chosen[ref], res, key=_duplicate_order)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _E = TypeVar("_E", bound=StrEnum)
@@ -304,7 +304,14 @@ def _address(fields: _Fields, key: str, required: bool = False) -> IPAddress | N
     return address
 
 
-def _network(fields: _Fields, key: str, version: int, required: bool) -> Any:
+@overload
+def _network(fields: _Fields, key: str, version: Literal[4],
+             required: bool) -> ipaddress.IPv4Network | None: ...
+@overload
+def _network(fields: _Fields, key: str, version: Literal[6],
+             required: bool) -> ipaddress.IPv6Network | None: ...
+def _network(fields: _Fields, key: str, version: int,
+             required: bool) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     text = fields.string(key, required=required)
     if text is None:
         return None
@@ -448,14 +455,20 @@ def _bridge_network(meta: Meta, f: _Fields) -> BridgeNetwork | None:
     return network if subnet is not None and gateway is not None else None
 
 
-def _gateway(f: _Fields, key: str, subnet: Any) -> Any:
+@overload
+def _gateway(f: _Fields, key: str,
+             subnet: ipaddress.IPv4Network | None) -> ipaddress.IPv4Address | None: ...
+@overload
+def _gateway(f: _Fields, key: str,
+             subnet: ipaddress.IPv6Network) -> ipaddress.IPv6Address | None: ...
+def _gateway(f: _Fields, key: str,
+             subnet: ipaddress.IPv4Network | ipaddress.IPv6Network | None) -> IPAddress | None:
     if subnet is None:
         f.raw(key)
         return None
-    hosts = subnet.hosts()
     address = _address(f, key)
-    if address is None:
-        return None if f.data.get(key) is not None else next(iter(hosts))
+    if address is None:  # absent: the first host (subnets are at least a /30 or /126)
+        return None if f.data.get(key) is not None else subnet.network_address + 1
     if address not in subnet:
         f.error(key, f"{address} is not inside {subnet}")
         return None
