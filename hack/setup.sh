@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(nftables python3-nftables python3-venv python3-pip iproute2 curl socat iperf3 wrk
-              conntrack etcd-server procps make openssl ca-certificates git)
+              conntrack etcd-server procps make openssl ca-certificates git shellcheck)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
