@@ -130,13 +130,13 @@ def minimal(kind: str, **spec: Any) -> dict[str, Any]:
             "spec": {"hostPort": 8080, "target": {"address": "10.77.0.2", "port": 80}, **spec}}
 
 
-def parsed(doc: dict[str, Any]) -> specs.Resource:
+def parsed(doc: dict[str, Any]) -> specs.Spec:
     result = specs.parse(doc)
     assert not isinstance(result, specs.InvalidResource), result.message
     return result
 
 
-def same_spec(a: specs.Resource, b: specs.Resource) -> bool:
+def same_spec(a: specs.Spec, b: specs.Spec) -> bool:
     """Equal apart from metadata (uid, generation, creationTimestamp)."""
     return dataclasses.replace(a, meta=b.meta) == b
 

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from bridgeport.core.plan import ProxyKey
 from bridgeport.core.specs import Protocol, ResourceRef
-from bridgeport.proxy.counters import ACTIVE, CONNECTIONS, ERROR_KINDS, ERRORS, Counters
+from bridgeport.proxy.counters import ACTIVE, CONNECTIONS, ERROR_KINDS, FIRST_ERROR, Counters
 from bridgeport.proxy.sockets import IP_PKTINFO, pack_pktinfo, reply_pktinfo
 from bridgeport.proxy.stats import ListenerStats, ProxyCollector, Row, Throttle
 from bridgeport.proxy.status import bind_failure, describe
@@ -43,7 +43,7 @@ def test_bind_failure_reasons(code: int, reason: str, fragment: str) -> None:
     key = ProxyKey("127.0.0.1", 8080, Protocol.TCP)
     status = bind_failure(key, OWNER, OSError(code, "x"))
     assert (status.state, status.reason, status.owner) == ("failed", reason, OWNER)
-    assert fragment in status.message and not status.ok
+    assert fragment in status.message and status.state != "listening"
 
 
 def test_reply_pktinfo_ipv4_uses_the_local_address() -> None:
@@ -102,10 +102,10 @@ def test_shared_counters_sum_workers_and_survive_a_dead_one() -> None:
             base = other.base(slot=4, worker=worker)
             other.cells[base + CONNECTIONS] += conns
             other.cells[base + ACTIVE] += active
-        other.cells[other.base(4, 1) + ERRORS + ERROR_KINDS.index("reset")] += 1
+        other.cells[other.base(4, 1) + FIRST_ERROR + ERROR_KINDS.index("reset")] += 1
         totals = counters.totals(4)
         assert totals[CONNECTIONS] == 12 and totals[ACTIVE] == 3 and counters.active(4) == 3
-        assert totals[ERRORS + ERROR_KINDS.index("reset")] == 1
+        assert totals[FIRST_ERROR + ERROR_KINDS.index("reset")] == 1
         assert counters.totals(3) == [0] * len(totals)  # neighbours untouched
         counters.worker_gone(0, [4])
         assert counters.active(4) == 1 and counters.totals(4)[CONNECTIONS] == 12

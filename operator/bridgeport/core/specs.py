@@ -193,8 +193,8 @@ class InvalidResource:
         return prefix + "; ".join(self.errors)
 
 
-Resource = BridgeNetwork | PortPublication
-ParseResult = Resource | InvalidResource
+Spec = BridgeNetwork | PortPublication  # a valid resource
+ParseResult = Spec | InvalidResource
 
 
 def hostport(address: IPAddress) -> str:
@@ -416,7 +416,7 @@ def parse(doc: Any) -> ParseResult:
         errors.append("spec: is required")
         return InvalidResource(meta.ref, tuple(errors), meta.generation, meta.uid)
     fields = _Fields(spec, "spec", errors)
-    result: Resource | None = (
+    result: Spec | None = (
         _bridge_network(meta, fields) if kind == BRIDGE_NETWORK else _port_publication(meta, fields)
     )
     fields.reject_unknown()

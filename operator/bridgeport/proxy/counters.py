@@ -17,8 +17,8 @@ import os
 CONNECTIONS, ACTIVE, BYTES_IN, BYTES_OUT = range(4)
 ERROR_KINDS = ("accept", "connection_limit", "connect", "connect_refused", "connect_timeout",
                "connect_unreachable", "reset", "internal")
-ERRORS = 4  # index of the first error cell; ERRORS + ERROR_KINDS.index(kind)
-WIDTH = ERRORS + len(ERROR_KINDS)
+FIRST_ERROR = 4  # index of the first error cell: FIRST_ERROR + ERROR_KINDS.index(kind)
+WIDTH = FIRST_ERROR + len(ERROR_KINDS)
 SLOTS = 1 << 16  # TCP listeners per agent: every port of one address family and then some
 
 

@@ -34,7 +34,7 @@ from bridgeport.proxy.counters import (
     BYTES_OUT,
     CONNECTIONS,
     ERROR_KINDS,
-    ERRORS,
+    FIRST_ERROR,
     Counters,
 )
 
@@ -54,7 +54,7 @@ _LISTEN_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
 CONNECT_ERRORS = {errno.ECONNREFUSED: "connect_refused", errno.ETIMEDOUT: "connect_timeout",
                   errno.EHOSTUNREACH: "connect_unreachable",
                   errno.ENETUNREACH: "connect_unreachable"}
-_ERROR_CELL = {kind: ERRORS + i for i, kind in enumerate(ERROR_KINDS)}
+_ERROR_CELL = {kind: FIRST_ERROR + i for i, kind in enumerate(ERROR_KINDS)}
 Report = Callable[[dict[str, Any]], None]
 
 

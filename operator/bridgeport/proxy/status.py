@@ -9,13 +9,13 @@ from typing import Literal
 from bridgeport.core.plan import ProxyKey
 from bridgeport.core.specs import ResourceRef
 
-State = Literal["listening", "failed"]
+ListenerState = Literal["listening", "failed"]
 Reason = Literal["", "PortInUse", "PermissionDenied", "AddressNotAvailable", "BindFailed"]
 
 
 @dataclass(frozen=True)
 class ProxyStatus:
-    state: State
+    state: ListenerState
     owner: ResourceRef
     reason: Reason = ""
     message: str = ""

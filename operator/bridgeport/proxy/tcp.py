@@ -15,7 +15,14 @@ from collections import Counter
 from typing import Any
 
 from bridgeport.core.plan import ProxyPort
-from bridgeport.proxy.counters import ACTIVE, BYTES_IN, BYTES_OUT, CONNECTIONS, ERROR_KINDS, ERRORS
+from bridgeport.proxy.counters import (
+    ACTIVE,
+    BYTES_IN,
+    BYTES_OUT,
+    CONNECTIONS,
+    ERROR_KINDS,
+    FIRST_ERROR,
+)
 from bridgeport.proxy.listener import Listener
 from bridgeport.proxy.stats import ListenerStats
 from bridgeport.proxy.workers import WorkerPool
@@ -38,8 +45,8 @@ class TcpListener(Listener):
         stats = ListenerStats()
         stats.connections, stats.active = cells[CONNECTIONS], cells[ACTIVE]
         stats.bytes_in, stats.bytes_out = cells[BYTES_IN], cells[BYTES_OUT]
-        stats.errors = Counter({kind: n for kind, n in zip(ERROR_KINDS, cells[ERRORS:], strict=True)
-                                if n})
+        errors = zip(ERROR_KINDS, cells[FIRST_ERROR:], strict=True)
+        stats.errors = Counter({kind: n for kind, n in errors if n})
         return stats
 
     def worker_log(self, message: dict[str, Any]) -> None:
