@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -55,31 +55,46 @@ class SyncReport:
     proxy_states: dict[ResourceRef, ProxyState]
 
 
+@dataclass(frozen=True)
+class AgentSettings:
+    """How the agent behaves on this node (the `bridgeport agent` flags)."""
+
+    node_name: str
+    """This node's name: the Node whose labels select resources, the NodeState it writes."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """The node's labels where the source cannot tell (standalone); the Node's win."""
+
+    state_file: Path | None = None
+    """Where to write the node's report after every reconcile (atomically), if anywhere."""
+
+    resync: float = 30.0
+    """Seconds between drift checks (and reconciles of an otherwise idle node)."""
+
+    debounce: float = 0.05
+    """Seconds to let a burst of changes coalesce into one reconcile."""
+
+    manage_sysctls: bool = False
+    """Turn IPv4/IPv6 forwarding on, as Docker does; otherwise only read them."""
+
+    watch_ports: bool = True
+    """Configure a port joining one of our bridges at once, not at the next resync."""
+
+
 class Agent:
     def __init__(
         self,
         source: Source,
-        node_name: str,
-        labels: Mapping[str, str] | None = None,
-        state_file: Path | None = None,
-        resync: float = 30.0,
-        debounce: float = 0.05,
+        settings: AgentSettings,
+        *,
         proxies: Proxies | None = None,
         reporters: Sequence[Callable[[Report], Awaitable[None]]] = (),
-        manage_sysctls: bool = False,
-        watch_ports: bool = True,
         dataplane: Dataplane | None = None,
     ) -> None:
         self.source = source
-        self.node_name = node_name
-        self.labels = dict(labels or {})
-        self.state_file = state_file
-        self.resync = resync
-        self.debounce = debounce
+        self.settings = settings
         self.proxies = proxies
         self.reporters = list(reporters)
-        self.manage_sysctls = manage_sysctls
-        self.watch_ports = watch_ports
         self.dataplane: Dataplane = dataplane if dataplane is not None else KernelDataplane()
         self._reported: set[tuple[str, ...]] = set()  # problems already logged
         self._dirty = asyncio.Event()
@@ -95,9 +110,9 @@ class Agent:
     async def run(self) -> None:
         """Until cancelled, or until the source stops (kopf handles SIGTERM itself)."""
         watch = asyncio.create_task(self.source.run(self.mark_dirty), name="source")
-        if self.watch_ports:
+        if self.settings.watch_ports:
             self._start_port_watch(asyncio.get_running_loop())
-        next_resync = time.monotonic() + self.resync
+        next_resync = time.monotonic() + self.settings.resync
         try:
             while True:
                 dirty = asyncio.create_task(self._dirty.wait())
@@ -109,7 +124,7 @@ class Agent:
                     watch.result()  # a crashed source surfaces here instead of idling
                     log.info("source stopped; leaving the kernel state in place")
                     return
-                await asyncio.sleep(self.debounce)  # let a burst of changes coalesce
+                await asyncio.sleep(self.settings.debounce)  # let a burst of changes coalesce
                 self._dirty.clear()
                 # A due resync checks drift whatever woke us: on a busy node marks never stop.
                 periodic = time.monotonic() >= next_resync
@@ -117,7 +132,7 @@ class Agent:
                     metrics.TRIGGERS.labels("resync").inc()
                 await self.reconcile(check_drift=periodic)
                 if periodic:
-                    next_resync = time.monotonic() + self.resync
+                    next_resync = time.monotonic() + self.settings.resync
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,7 +167,7 @@ class Agent:
             log.exception("reconcile failed", error=str(exc))
             return None
         metrics.RECONCILE_SECONDS.observe(report.duration)
-        state = node_report(self.node_name, report, snapshot)
+        state = node_report(self.settings.node_name, report, snapshot)
         self._write_state(state)
         for publish in self.reporters:
             try:
@@ -164,12 +179,13 @@ class Agent:
 
     async def _reconcile(self, snapshot: Snapshot, check_drift: bool,
                          started: float) -> SyncReport:
-        labels = snapshot.node_labels if snapshot.node_labels is not None else self.labels
+        labels = snapshot.node_labels if snapshot.node_labels is not None else self.settings.labels
         # Netlink and libnftables calls block (and pyroute2 runs its own loop): keep them off
         # the event loop that serves the proxies and the watch.
-        if self.manage_sysctls and snapshot.resources:
+        if self.settings.manage_sysctls and snapshot.resources:
             await asyncio.to_thread(self.dataplane.enable_forwarding)
-        facts = await asyncio.to_thread(self.dataplane.gather_facts, self.node_name, labels)
+        facts = await asyncio.to_thread(self.dataplane.gather_facts, self.settings.node_name,
+                                        labels)
         plan = planner.plan(snapshot.resources, facts)
         proxy_states: dict[ResourceRef, ProxyState] = {}
         if self.proxies is not None:
@@ -187,7 +203,7 @@ class Agent:
         # A resync that changed nothing is routine: keep it out of INFO.
         emit = log.info if commands or full or self._last_digest != report.digest else log.debug
         self._last_digest = report.digest
-        emit("reconciled", node=self.node_name, digest=report.digest, commands=commands,
+        emit("reconciled", node=self.settings.node_name, digest=report.digest, commands=commands,
              full=full, resync=check_drift, ms=round(duration * 1000, 1), **plan.counts())
         self._log_new_problems(outcomes, (*snapshot.errors, *plan.errors))
         return report
@@ -256,12 +272,12 @@ class Agent:
         return plan, settle.proxy_states(statuses.values())
 
     def _write_state(self, state: Report) -> None:
-        if self.state_file is None:
+        if self.settings.state_file is None:
             return
         try:
-            write_atomic(self.state_file, state.document())
+            write_atomic(self.settings.state_file, state.document())
         except OSError as exc:
-            log.error("cannot write state file", path=str(self.state_file), error=str(exc))
+            log.error("cannot write state file", path=str(self.settings.state_file), error=str(exc))
 
 
 def node_report(node: str, report: SyncReport, snapshot: Snapshot) -> Report:

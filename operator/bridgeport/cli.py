@@ -196,10 +196,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
         proxies = ProxyManager(registry=REGISTRY, udp_idle_timeout=args.udp_idle_timeout,
                                workers=args.proxy_workers or None)
-    the_agent = agent.Agent(source, args.node_name, dict(args.node_label),
-                            state_file=args.state_file, resync=args.resync,
-                            proxies=proxies, reporters=reporters,
-                            manage_sysctls=args.manage_sysctls)
+    settings = agent.AgentSettings(args.node_name, dict(args.node_label),
+                                   state_file=args.state_file, resync=args.resync,
+                                   manage_sysctls=args.manage_sysctls)
+    the_agent = agent.Agent(source, settings, proxies=proxies, reporters=reporters)
     return _run_until_signal(the_agent.run())
 
 

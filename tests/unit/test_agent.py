@@ -22,7 +22,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridgeport.adapters.fake import FakeDataplane
-from bridgeport.agent import Agent
+from bridgeport.agent import Agent, AgentSettings
 from bridgeport.core.plan import ProxyKey, ProxyPort
 from bridgeport.core.report import Report
 from bridgeport.core.source import Snapshot
@@ -72,9 +72,12 @@ class HeldPorts:
         pass
 
 
-def agent_for(source: ListSource, fake: FakeDataplane, **kw: Any) -> Agent:
-    kw.setdefault("resync", 3600)
-    return Agent(source, "node-1", dataplane=fake, **kw)
+def agent_for(source: ListSource, fake: FakeDataplane, proxies: HeldPorts | None = None,
+              reporters: Sequence[Callable[[Report], Awaitable[None]]] = (),
+              **settings: Any) -> Agent:
+    settings.setdefault("resync", 3600)
+    return Agent(source, AgentSettings("node-1", **settings), proxies=proxies,
+                 reporters=reporters, dataplane=fake)
 
 
 def fake_node() -> FakeDataplane:

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 
 from bridgeport.adapters.fake import FakeDataplane
-from bridgeport.agent import Agent, SyncReport
+from bridgeport.agent import Agent, AgentSettings, SyncReport
 from bridgeport.core.source import Snapshot
 
 
@@ -30,7 +30,8 @@ class Recording(Agent):
     dirty from inside every reconcile, so a mark is always pending when the loop looks."""
 
     def __init__(self, busy: bool, stop_after: int) -> None:
-        super().__init__(StillSource(), "n", resync=0.05, debounce=0.001, watch_ports=False,
+        super().__init__(StillSource(),
+                         AgentSettings("n", resync=0.05, debounce=0.001, watch_ports=False),
                          dataplane=FakeDataplane())
         self.busy = busy
         self.stop_after = stop_after
