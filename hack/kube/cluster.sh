@@ -3,7 +3,8 @@
 # etcd + kube-apiserver + kube-controller-manager, no nodes, no kubelet.
 #
 #   hack/kube/cluster.sh up [--netns NAME]     start (builds the binaries on first use)
-#   hack/kube/cluster.sh down                  stop by pid, remove the run dir (and netns we made)
+#   hack/kube/cluster.sh down                  stop by pid, remove the run dir (and netns we made;
+#                                              BRIDGEPORT_KEEP_RUN=1 keeps the dir: logs)
 #   hack/kube/cluster.sh env                   print exports: eval "$(hack/kube/cluster.sh env)"
 #   hack/kube/cluster.sh status                exit 0 iff all processes are alive and /readyz ok
 #   hack/kube/cluster.sh stop-apiserver        stop only kube-apiserver (etcd data + certs kept)
@@ -460,6 +461,10 @@ cmd_down() {
     if [[ -f "$run_dir/netns-created" && -n "${NETNS:-}" ]]; then
         log "deleting network namespace $NETNS"
         ip netns delete "$NETNS" 2>/dev/null || true
+    fi
+    if [[ -n "${BRIDGEPORT_KEEP_RUN:-}" ]]; then
+        log "cluster down (logs kept in $run_dir)"
+        return 0
     fi
     rm -rf "$run_dir"
     log "cluster down ($run_dir removed)"

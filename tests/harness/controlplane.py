@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -121,87 +118,17 @@ def _read_pid(run_dir: Path, name: str) -> int | None:
     return pid
 
 
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own un-reaped child) counts as gone.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def _kill(pid: int, name: str, grace: float) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _pid_exists(pid):
-            return
-        time.sleep(0.1)
-    print(f"[controlplane] {name} (pid {pid}) ignored SIGTERM; killing", file=sys.stderr)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and _pid_exists(pid):
-        time.sleep(0.05)
-
-
-def _wait_reaped(pid: int, timeout: float = 10.0) -> None:
-    """Wait (bounded) until a dead daemon's zombie is gone from /proc.
-
-    The daemons are orphans reaped by init, which may do so lazily; waiting keeps
-    ``pgrep kube-apiserver`` clean right after stop().
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        time.sleep(0.05)
-
-
-def _read_env(run_dir: Path) -> dict[str, str]:
-    """Parse the ``KEY='value'`` lines cluster.sh writes to <run dir>/cluster.env."""
-    env: dict[str, str] = {}
-    try:
-        text = (run_dir / "cluster.env").read_text()
-    except OSError:
-        return env
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            env[key.strip()] = value.strip().strip("'")
-    return env
-
-
-def stop(run_dir: Path, *, remove: bool = True, grace: float = 15.0) -> None:
-    """Stop a control plane by the pids in ``run_dir`` (works even if start() failed halfway).
+def stop(run_dir: Path, *, remove: bool = True) -> None:
+    """Stop a control plane (``cluster.sh down``: by pid, even if start() failed halfway).
 
     Deletes the network namespace if cluster.sh created it, and the run dir if ``remove``.
     Safe to call repeatedly.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return
-    for name in COMPONENTS:
-        pid = _read_pid(run_dir, name)
-        if pid is not None:
-            _kill(pid, name, grace)
-            _wait_reaped(pid)
-        (run_dir / f"{name}.pid").unlink(missing_ok=True)
-    netns = _read_env(run_dir).get("NETNS", "")
-    if netns and (run_dir / "netns-created").exists():
-        subprocess.run(["ip", "netns", "delete", netns], check=False, capture_output=True)
-        (run_dir / "netns-created").unlink(missing_ok=True)
-    if remove and (run_dir / _MARKER).exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if not (run_dir / _MARKER).exists():
+        return  # nothing started, or not ours
+    _run_cluster_sh("down", run_dir=run_dir,
+                    extra_env={} if remove else {"BRIDGEPORT_KEEP_RUN": "1"}, timeout=120.0)
 
 
 class ControlPlane:

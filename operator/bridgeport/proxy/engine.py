@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bridgeport.proxy import wire
 from bridgeport.proxy.counters import (
     ACTIVE,
     BYTES_IN,
@@ -55,7 +56,7 @@ CONNECT_ERRORS = {errno.ECONNREFUSED: "connect_refused", errno.ETIMEDOUT: "conne
                   errno.EHOSTUNREACH: "connect_unreachable",
                   errno.ENETUNREACH: "connect_unreachable"}
 _ERROR_CELL = {kind: FIRST_ERROR + i for i, kind in enumerate(ERROR_KINDS)}
-Report = Callable[[dict[str, Any]], None]
+Report = Callable[[wire.Log], None]
 
 
 class PipePool:

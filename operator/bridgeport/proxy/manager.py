@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import errno
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
 
 from bridgeport.core.plan import ProxyKey, ProxyPort
 from bridgeport.core.specs import Protocol
+from bridgeport.proxy import wire
 from bridgeport.proxy.listener import Listener
 from bridgeport.proxy.sockets import open_listener
 from bridgeport.proxy.stats import ListenerStats, ProxyCollector, Row
@@ -116,13 +116,13 @@ class ProxyManager:
             log.info("proxy workers started", workers=self.workers)
         return self._pool
 
-    def _worker_log(self, slot: int, message: dict[str, Any]) -> None:
+    def _worker_log(self, slot: int, message: wire.Log) -> None:
         for listener in self.listeners.values():
             if isinstance(listener, TcpListener) and listener.slot == slot:
                 listener.worker_log(message)
                 return
         if slot < 0:  # not about one listener (a listener's own lines die with it)
-            log.error("proxy worker error", kind=message.get("kind"), error=message.get("error"))
+            log.error("proxy worker error", kind=message["kind"], error=message["error"])
 
     async def _close(self, keys: list[ProxyKey]) -> None:
         """Close listeners, the TCP ones' worker copies first, in one round trip."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import Counter
-from typing import Any
 
 from bridgeport.core.plan import ProxyPort
+from bridgeport.proxy import wire
 from bridgeport.proxy.counters import (
     ACTIVE,
     BYTES_IN,
@@ -49,11 +49,11 @@ class TcpListener(Listener):
         stats.errors = Counter({kind: n for kind, n in errors if n})
         return stats
 
-    def worker_log(self, message: dict[str, Any]) -> None:
+    def worker_log(self, message: wire.Log) -> None:
         """A worker's error report (counted and throttled there)."""
-        kind = str(message["kind"])
+        kind = message["kind"]
         self.warn(_EVENTS.get(kind, "proxy cannot connect to the target"), kind,
-                  int(message.get("suppressed", 0)), error=message.get("error", ""))
+                  message["suppressed"], error=message["error"])
 
     def retarget(self, port: ProxyPort) -> None:
         super().retarget(port)

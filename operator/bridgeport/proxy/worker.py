@@ -3,12 +3,7 @@
     python -m bridgeport.proxy.worker --index I --workers N --control-fd F --counters-fd M ...
 
 The agent binds every port itself (binding is how it claims a port and sees conflicts) and
-passes the sockets over a SOCK_SEQPACKET control channel with SCM_RIGHTS. Messages are JSON:
-
-    agent -> worker  {"op": "listen", "listeners": [{"slot", "target": [host, port]}]} + fds
-                     {"op": "retarget", "slot", "target"}
-                     {"op": "unlisten", "slots": [...], "seq"}   (answered: the fds are closed)
-    worker -> agent  {"op": "done", "seq"}, {"op": "log", "slot", "kind", "error", "suppressed"}
+passes the sockets over a SOCK_SEQPACKET control channel with SCM_RIGHTS (messages: wire.py).
 
 Counters go to shared memory (counters.py), not messages. The worker exits when the control
 channel closes, so it never outlives the agent. Standard library only: a worker costs about
@@ -19,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import resource
 import signal
 import socket
 import sys
-from typing import Any
 
+from bridgeport.proxy import wire
 from bridgeport.proxy.counters import Counters
 from bridgeport.proxy.engine import Engine
 
@@ -49,10 +43,10 @@ class Worker:
                              connect_timeout=args.connect_timeout, report=self.send)
         self.engine.watch(self.control.fileno(), self.on_control)
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: wire.Log) -> None:
         # Best effort for logs: a full channel drops the line, never blocks the relays.
         with contextlib.suppress(BlockingIOError, OSError):
-            self.control.send(json.dumps(message).encode(), socket.MSG_DONTWAIT)
+            self.control.send(wire.encode(message), socket.MSG_DONTWAIT)
 
     def on_control(self) -> None:
         try:
@@ -64,17 +58,17 @@ class Worker:
         if not data:  # the agent is gone
             self.engine.stop()
             return
-        message = json.loads(data)
-        op = message["op"]
-        if op == "listen":
+        message = wire.to_worker(data)
+        if message["op"] == "listen":
             for spec, fd in zip(message["listeners"], fds, strict=True):
-                self.engine.listen(spec["slot"], socket.socket(fileno=fd), tuple(spec["target"]))
-        elif op == "retarget":
-            self.engine.retarget(message["slot"], tuple(message["target"]))
-        elif op == "unlisten":
+                self.engine.listen(spec["slot"], socket.socket(fileno=fd),
+                                   wire.target(spec["target"]))
+        elif message["op"] == "retarget":
+            self.engine.retarget(message["slot"], wire.target(message["target"]))
+        elif message["op"] == "unlisten":
             for slot in message["slots"]:
                 self.engine.unlisten(slot)
-            self.control.send(json.dumps({"op": "done", "seq": message["seq"]}).encode())
+            self.control.send(wire.encode({"op": "done", "seq": message["seq"]}))
 
     def run(self) -> None:
         try:

@@ -14,17 +14,16 @@ keep serving meanwhile. The listening sockets never leave the agent, so no port 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
+from bridgeport.proxy import wire
 from bridgeport.proxy.counters import SLOTS, Counters
 from bridgeport.proxy.worker import MAX_FDS, MAX_MESSAGE
 
@@ -50,7 +49,7 @@ class _Worker:
     alive: bool = True
 
 
-LogSink = Callable[[int, dict[str, Any]], None]
+LogSink = Callable[[int, wire.Log], None]
 
 
 class WorkerPool:
@@ -159,14 +158,14 @@ class WorkerPool:
     def _send_listeners(self, worker: _Worker, slots: list[int]) -> None:
         for i in range(0, len(slots), MAX_FDS):
             batch = slots[i:i + MAX_FDS]
-            message = {"op": "listen", "listeners": [
+            message: wire.Listen = {"op": "listen", "listeners": [
                 {"slot": s, "target": list(self.listening[s][1])} for s in batch]}
             fds = [self.listening[s][0].fileno() for s in batch]
             self._send(worker, message, fds)
 
-    def _send(self, worker: _Worker, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    def _send(self, worker: _Worker, message: wire.ToWorker, fds: Sequence[int] = ()) -> None:
         try:
-            socket.send_fds(worker.control, [json.dumps(message).encode()], fds)
+            socket.send_fds(worker.control, [wire.encode(message)], fds)
         except OSError as exc:  # gone or stuck: restarting it re-sends everything
             log.error("proxy worker unreachable, restarting it", worker=worker.index,
                       pid=worker.proc.pid, error=str(exc))
@@ -183,7 +182,7 @@ class WorkerPool:
         if not data:
             self._gone(worker)
             return
-        message = json.loads(data)
+        message = wire.from_worker(data)
         if message["op"] == "done":
             ack = worker.acks.pop(message["seq"], None)
             if ack is not None and not ack.done():
