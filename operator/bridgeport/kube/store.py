@@ -1,5 +1,7 @@
-"""The controller's pieces that need no API server: kopf storage that stores nothing, the
-in-memory store of resources and node reports, and kopf's peering rule."""
+"""The controller's memory: every tracked resource and every node's report entries (`Store`),
+what it last wrote to each status (`Written`); kopf storage that keeps no state on the objects
+(the controller recomputes from the NodeStates); and the rule deciding which controller replica
+is the active peer."""
 
 from __future__ import annotations
 
