@@ -31,9 +31,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.builders import API  # noqa: E402
 from tests.netns import Netns, netns, veth, wait_for  # noqa: E402
 
-API = "bridgeport.io/v1alpha1"
 HTTPD_C = ROOT / "bench" / "httpd.c"
 
 

@@ -13,8 +13,7 @@ import time
 from bridgeport.adapters import facts as node_facts
 from bridgeport.adapters.nft import Nft
 from bridgeport.core import planner, ruleset, specs
-
-API = "bridgeport.io/v1alpha1"
+from bridgeport.core.specs import API_VERSION as API
 
 
 def docs(n: int, target_port: int = 80) -> list[dict[str, object]]:

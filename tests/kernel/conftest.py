@@ -31,7 +31,6 @@ pytestmark = pytest.mark.kernel
 
 NODE_IP, NODE_IP2, CLIENT_IP = "192.0.2.1", "192.0.2.11", "192.0.2.2"
 NODE_IP6, CLIENT_IP6 = "fd00:c::1", "fd00:c::2"
-API = "bridgeport.io/v1alpha1"
 
 FOREIGN_TABLE = """
 table inet foreigntool {
@@ -41,17 +40,6 @@ table inet foreigntool {
     }
 }
 """
-
-
-def network(name: str, subnet: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": name},
-            "spec": {"subnet": subnet, **spec}}
-
-
-def publication(name: str, host_port: int, target: str, port: int, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "PortPublication",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"hostPort": host_port, "target": {"address": target, "port": port}, **spec}}
 
 
 @dataclass

@@ -27,6 +27,7 @@ import time
 
 import pytest
 
+from tests.builders import network, publication
 from tests.kernel.conftest import (
     CLIENT_IP,
     CLIENT_IP6,
@@ -34,8 +35,6 @@ from tests.kernel.conftest import (
     NODE_IP2,
     NODE_IP6,
     World,
-    network,
-    publication,
 )
 from tests.netns import wait_for
 

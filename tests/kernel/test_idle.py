@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.conftest import Agent, network, publication
+from tests.builders import network, publication
+from tests.kernel.conftest import Agent
 from tests.netns import Netns, netns, unique, veth, wait_for
 
 pytestmark = pytest.mark.kernel

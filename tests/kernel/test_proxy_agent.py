@@ -17,7 +17,8 @@ import sys
 
 import pytest
 
-from tests.kernel.conftest import CLIENT_IP, NODE_IP, World, network, publication
+from tests.builders import network, publication
+from tests.kernel.conftest import CLIENT_IP, NODE_IP, World
 from tests.netns import wait_for
 
 pytestmark = pytest.mark.kernel

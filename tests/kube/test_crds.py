@@ -41,12 +41,12 @@ import pytest
 
 from bridgeport.core import specs
 from bridgeport.core.plan import State
+from tests.builders import API
 from tests.kube.conftest import CRD_DIR, EXAMPLES_DIR, Kubectl, load_manifests
 
 kube = pytest.mark.kube
 
 INVALID_DIR = EXAMPLES_DIR / "invalid"
-API = "bridgeport.io/v1alpha1"
 BN_CRD, PP_CRD, NS_CRD = (f"{p}.bridgeport.io" for p in
                           ("bridgenetworks", "portpublications", "nodestates"))
 PEERING_CRD = "clusterkopfpeerings.kopf.dev"

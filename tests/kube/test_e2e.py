@@ -24,22 +24,19 @@ from typing import Any
 
 import pytest
 
-from tests.kube.world import API, KubeWorld, e2e_world
+from tests import builders
+from tests.kube.world import KubeWorld, e2e_world
 from tests.netns import wait_for
 
 pytestmark = pytest.mark.kube
 
 
 def network(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "e2e"},
-            "spec": {"bridge": "bp-e2e", "subnet": "10.88.0.0/24", **spec}}
+    return builders.network("e2e", "10.88.0.0/24", **{"bridge": "bp-e2e", **spec})
 
 
 def publication(name: str, host_port: int, port: int, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "PortPublication",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"hostPort": host_port, "network": "e2e",
-                     "target": {"address": "10.88.0.2", "port": port}, **spec}}
+    return builders.publication(name, host_port, "10.88.0.2", port, network="e2e", **spec)
 
 
 @pytest.fixture(scope="module")

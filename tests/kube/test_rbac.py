@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.builders import API
 from tests.kube.test_chart import render, render_text
 from tests.kube.world import loopback_bridge
 from tests.netns import netns, wait_for
@@ -51,7 +52,6 @@ APPS = "rbac-apps"  # where the test's PortPublication lives
 RELEASE = "rbac"
 AGENT_SA, CONTROLLER_SA = f"{RELEASE}-bridgeport-agent", f"{RELEASE}-bridgeport-controller"
 NODE = "rbac-node-1"
-API = "bridgeport.io/v1alpha1"
 BP = "bridgeport.io"
 PEERING = "bridgeport-controller"
 FORBIDDEN = re.compile(r"(?<![\d.])403(?!\d)|forbidden", re.IGNORECASE)

@@ -33,7 +33,6 @@ import yaml
 
 from tests.netns import Netns, netns, unique, veth, wait_for
 
-API = "bridgeport.io/v1alpha1"
 KUBECTL = os.environ.get("BRIDGEPORT_E2E_KUBECTL", "kubectl")  # external clusters only
 METRICS_PORT = 9102  # each node netns has its own: no clash (the chart's default too)
 

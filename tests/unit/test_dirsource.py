@@ -14,9 +14,9 @@ from pathlib import Path
 import yaml
 
 from bridgeport.adapters.dirsource import DirSource
+from tests.builders import network
 
-NET = {"apiVersion": "bridgeport.io/v1alpha1", "kind": "BridgeNetwork",
-       "metadata": {"name": "n"}, "spec": {"subnet": "10.0.0.0/24"}}
+NET = network("n", "10.0.0.0/24")
 
 
 def test_reads_every_manifest_form(tmp_path: Path) -> None:

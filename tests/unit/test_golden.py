@@ -18,6 +18,7 @@ import yaml
 from bridgeport.adapters.dirsource import load_files
 from bridgeport.core import planner, ruleset, specs
 from bridgeport.core.plan import NodeFacts
+from tests.builders import API
 
 ROOT = Path(__file__).parent.parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -25,7 +26,7 @@ CASES: dict[str, Any] = yaml.safe_load((GOLDEN / "cases.yaml").read_text())
 
 
 def render_case(case: dict[str, Any]) -> str:
-    docs = [{"apiVersion": "bridgeport.io/v1alpha1", **d} for d in case.get("resources", [])]
+    docs = [{"apiVersion": API, **d} for d in case.get("resources", [])]
     resources = [specs.parse(d) for d in docs]
     if "files" in case:
         loaded, errors = load_files([ROOT / f for f in case["files"]])

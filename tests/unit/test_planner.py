@@ -18,23 +18,18 @@ from hypothesis import strategies as st
 
 from bridgeport.core import planner, ruleset, specs
 from bridgeport.core.plan import NodeFacts, NodePlan
+from tests.builders import network, publication
 
-API = "bridgeport.io/v1alpha1"
 NODE = NodeFacts("node-1", {"zone": "a"},
                  frozenset(ipaddress.ip_address(a) for a in ("192.0.2.1", "192.0.2.11")))
 
 
 def pub(name: str, port: int, created: str = "", ns: str = "default", **spec: Any) -> Any:
-    meta = {"name": name, "namespace": ns, "creationTimestamp": created}
-    body = {"hostPort": port, "target": {"address": "10.0.0.2", "port": 80}, **spec}
-    return specs.parse({"apiVersion": API, "kind": "PortPublication", "metadata": meta,
-                        "spec": body})
+    return specs.parse(publication(name, port, namespace=ns, created=created, **spec))
 
 
 def net(name: str, subnet: str, created: str = "", **spec: Any) -> Any:
-    return specs.parse({"apiVersion": API, "kind": "BridgeNetwork",
-                        "metadata": {"name": name, "creationTimestamp": created},
-                        "spec": {"subnet": subnet, **spec}})
+    return specs.parse(network(name, subnet, created=created, **spec))
 
 
 def states(plan: NodePlan) -> dict[str, tuple[str, str]]:

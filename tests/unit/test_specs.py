@@ -15,19 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridgeport.core import specs
-
-API = "bridgeport.io/v1alpha1"
+from tests.builders import network, publication
 
 
 def pub(**spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"hostPort": 8080, "target": {"address": "10.0.0.2", "port": 80}}
-    return {"apiVersion": API, "kind": "PortPublication",
-            "metadata": {"name": "web", "namespace": "default"}, "spec": {**base, **spec}}
+    return publication("web", 8080, **spec)
 
 
 def net(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "br0"},
-            "spec": {"subnet": "192.168.99.0/24", **spec}}
+    return network("br0", **{"subnet": "192.168.99.0/24", **spec})
 
 
 def errors(doc: dict[str, Any]) -> str:
