@@ -252,8 +252,8 @@ def _run_until_signal(coro: Any) -> int:
 
 
 def _loop_factory() -> Any:
-    """uvloop when installed (the `fast` extra): the proxy relays ~15% more connections/s and
-    bytes on it (bench/proxy/README.md); the standard loop otherwise."""
+    """uvloop when installed (the `fast` extra; bench/proxy/README.md has the figures), the
+    standard loop otherwise."""
     try:
         import uvloop
     except ImportError:

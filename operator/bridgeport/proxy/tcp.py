@@ -1,10 +1,10 @@
 """TCP listener, the agent's side: owns the bound socket; the workers relay (workers.py).
 
-Relay choice (bench/proxy/README.md has the runs; x = ratio to kernel DNAT in the same round):
-splice(2) moves bytes at about half the CPU of a read/write relay; an edge-triggered epoll
-loop costs 2 epoll_ctl per connection where uvloop's handles cost 12, for +25-35% conn/s on
-one core; two worker processes sharing the listening sockets add the second core that one
-interpreter cannot use (prototypes: two threads 0.29x, two processes 0.53x; the product 0.48x).
+Relay choice (the figures, prototypes and runs are in bench/proxy/README.md): splice(2) moves
+bytes without copying them through Python; an edge-triggered epoll loop of our own registers
+each socket once, where uvloop's handles make several epoll_ctl calls per connection; worker
+processes sharing the listening sockets use the cores one interpreter cannot (threads would
+share its lock).
 """
 
 from __future__ import annotations

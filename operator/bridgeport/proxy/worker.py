@@ -6,8 +6,8 @@ The agent binds every port itself (binding is how it claims a port and sees conf
 passes the sockets over a SOCK_SEQPACKET control channel with SCM_RIGHTS (messages: wire.py).
 
 Counters go to shared memory (counters.py), not messages. The worker exits when the control
-channel closes, so it never outlives the agent. Standard library only: a worker costs about
-14 MiB of RSS, most of it the interpreter.
+channel closes, so it never outlives the agent. Standard library only, to keep each worker's
+memory to little more than the interpreter's (bench/proxy/README.md).
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ _STABLE = 30.0  # a worker that lived this long restarts at the first delay agai
 
 
 def default_workers() -> int:
-    """One worker per CPU the agent may run on, at most 4 (each costs ~14 MiB)."""
+    """One worker per CPU the agent may run on, at most 4 (each costs memory: see
+    bench/proxy/README.md)."""
     return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
