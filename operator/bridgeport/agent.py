@@ -167,11 +167,11 @@ class Agent:
             log.exception("reconcile failed", error=str(exc))
             return None
         metrics.RECONCILE_SECONDS.observe(report.duration)
-        state = node_report(self.settings.node_name, report, snapshot)
-        self._write_state(state)
+        published = node_report(self.settings.node_name, report, snapshot)
+        self._write_state(published)
         for publish in self.reporters:
             try:
-                await publish(state)
+                await publish(published)
             except Exception as exc:  # a reporter must never stop the data plane
                 metrics.ERRORS.labels("report").inc()
                 log.exception("state report failed", error=str(exc))
@@ -271,16 +271,17 @@ class Agent:
             statuses = await self.proxies.sync(plan.proxies)
         return plan, settle.proxy_states(statuses.values())
 
-    def _write_state(self, state: Report) -> None:
+    def _write_state(self, published: Report) -> None:
         if self.settings.state_file is None:
             return
         try:
-            write_atomic(self.settings.state_file, state.document())
+            write_atomic(self.settings.state_file, published.document())
         except OSError as exc:
             log.error("cannot write state file", path=str(self.settings.state_file), error=str(exc))
 
 
 def node_report(node: str, report: SyncReport, snapshot: Snapshot) -> Report:
+    """What the node tells the world about this reconcile (state file, NodeState)."""
     entries = tuple(
         Entry(node, o.ref, o.uid, o.generation, o.state.value, o.reason, o.message,
               proxy=report.proxy_states.get(o.ref, "off"))
