@@ -89,7 +89,7 @@ def test_idle_node_with_ports_stays_idle(agent: Agent, br_netfilter: bool) -> No
     with ExitStack() as containers:
         ports = [attach(node, "bp-idle", containers) for _ in range(2)]
         for port in ports:
-            wait_for(lambda p=port: flags_set(node, p), timeout=10, what=f"flags on {port}")
+            wait_for(lambda p=port: flags_set(node, p), timeout=30, what=f"flags on {port}")
         time.sleep(1.0)  # let the attach events and their one reconcile settle
         before = len(reconciles(agent))
         time.sleep(QUIET_WINDOW)
@@ -99,7 +99,7 @@ def test_idle_node_with_ports_stays_idle(agent: Agent, br_netfilter: bool) -> No
 
         # A flag someone else turns off is a reason to reconcile, and is repaired at once.
         node.run(f"ip link set {ports[0]} type bridge_slave hairpin off")
-        wait_for(lambda: flags_set(node, ports[0]), timeout=10, what="hairpin restored")
+        wait_for(lambda: flags_set(node, ports[0]), timeout=30, what="hairpin restored")
 
 
 def test_drift_repair_keeps_its_schedule_while_changes_keep_arriving(agent: Agent) -> None:
@@ -124,11 +124,11 @@ def test_drift_repair_keeps_its_schedule_while_changes_keep_arriving(agent: Agen
     flapper = threading.Thread(target=flap, daemon=True)
     flapper.start()
     try:
-        wait_for(lambda: sum(not e.get("resync") for e in reconciles(agent)) >= 5, timeout=10,
+        wait_for(lambda: sum(not e.get("resync") for e in reconciles(agent)) >= 5, timeout=30,
                  what="the flapping port marking the node dirty")
         node.run("nft delete table ip bridgeport")
         wait_for(lambda: node.run("nft list table ip bridgeport", check=False).returncode == 0,
-                 timeout=15, what=f"table restored (log: {agent.log_tail()})")
+                 timeout=30, what=f"table restored (log: {agent.log_tail()})")
         assert "drifted" in agent.log_path.read_text()
     finally:
         stop.set()
