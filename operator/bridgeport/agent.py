@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -186,6 +186,7 @@ class Agent:
             await asyncio.to_thread(self.dataplane.enable_forwarding)
         facts = await asyncio.to_thread(self.dataplane.gather_facts, self.settings.node_name,
                                         labels)
+        facts = replace(facts, userland_proxy=self.proxies is not None)
         plan = planner.plan(snapshot.resources, facts)
         proxy_states: dict[ResourceRef, ProxyState] = {}
         if self.proxies is not None:

@@ -106,6 +106,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bridgeport.adapters.dirsource import SUFFIXES, load_files
     from bridgeport.core import planner, ruleset
     from bridgeport.core.plan import NodeFacts, State
+    from bridgeport.core.specs import hostport
 
     paths: list[Path] = []
     for f in args.files:
@@ -126,8 +127,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for o in plan.outcomes:
             print(f"# {o.ref}: {o.state.value} ({o.reason}) {o.message}")
         for p in plan.proxies:
-            print(f"# proxy {p.listen}:{p.port}/{p.protocol.value} -> {p.target}:{p.target_port}"
-                  f" ({p.why}, {p.owner})")
+            print(f"# proxy {hostport(p.listen)}:{p.port}/{p.protocol.value} -> "
+                  f"{hostport(p.target)}:{p.target_port} ({p.why}, {p.owner})")
         print("".join(t.text() for t in tables), end="")
     problems = [*errors, *plan.errors,
                 *(o.message for o in plan.outcomes if o.state is State.INVALID)]

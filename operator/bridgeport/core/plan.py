@@ -41,6 +41,8 @@ class NodeFacts:
     foreign_interfaces: frozenset[str] = frozenset()
     # Publications whose port a host process already holds (found by the proxy's bind).
     ports_in_use: Mapping[ResourceRef, str] = field(default_factory=dict)
+    # The agent runs the userland proxy (not --no-proxy): traffic may be left to it.
+    userland_proxy: bool = True
 
     def forwarding(self, family: int) -> bool:
         return self.ipv4_forwarding if family == 4 else self.ipv6_forwarding
@@ -72,6 +74,9 @@ class Dnat:
     target: IPAddress
     target_port: int
     owner: ResourceRef
+    # A bridge with interContainer: false holding the target: traffic from it is not DNATed
+    # but served by the proxy (bridged back between isolated ports, it would be dropped).
+    proxy_from: str = ""
 
     @property
     def same_ports(self) -> bool:
@@ -96,7 +101,7 @@ class ProxyPort:
     target: IPAddress
     target_port: int
     owner: ResourceRef
-    why: str  # loopback | no-forwarding | always
+    why: str  # loopback | loopback+link-local | icc-off | no-forwarding | always
 
     @property
     def key(self) -> ProxyKey:
