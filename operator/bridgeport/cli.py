@@ -18,6 +18,7 @@ from bridgeport.core.plan import NodePlan
 from bridgeport.core.report import Report
 from bridgeport.core.ruleset import Table
 from bridgeport.core.source import Source
+from bridgeport.core.specs import hostport
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -106,7 +107,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bridgeport.adapters.dirsource import SUFFIXES, load_files
     from bridgeport.core import planner, ruleset
     from bridgeport.core.plan import NodeFacts, State
-    from bridgeport.core.specs import hostport
 
     paths: list[Path] = []
     for f in args.files:
@@ -146,8 +146,12 @@ def _plan_json(plan: NodePlan, tables: Sequence[Table], digest: str) -> dict[str
                      for o in plan.outcomes],
         "bridges": [{"name": b.name, "network": b.network, "mtu": b.mtu,
                      "addresses": [str(a) for a in b.addresses]} for b in plan.bridges],
+        "dnats": [{"family": f"IPv{d.family}", "hostIP": str(d.host_ip or ""),
+                   "protocol": d.protocol.value, "ports": [d.port, d.port_end],
+                   "target": f"{hostport(d.target)}:{d.target_port}", "owner": d.owner.key,
+                   "proxyFrom": d.proxy_from} for d in plan.dnats],
         "proxies": [{"listen": str(p.listen), "port": p.port, "protocol": p.protocol.value,
-                     "target": f"{p.target}:{p.target_port}", "owner": p.owner.key,
+                     "target": f"{hostport(p.target)}:{p.target_port}", "owner": p.owner.key,
                      "why": p.why} for p in plan.proxies],
         "nft": {t.family: t.text() for t in tables},
         "errors": list(plan.errors),
