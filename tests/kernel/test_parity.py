@@ -113,9 +113,10 @@ def test_icc_off_keeps_published_ports_reachable_from_inside(w: World) -> None:
     w.agent.apply(NO_ICC, publication("self", 8073, "10.95.1.2", 80),
                   publication("peer", 8074, "10.95.1.3", 80),
                   publication("self6", 8077, "fd00:95::2", 80),
-                  publication("peer6", 8078, "fd00:95::3", 80))
+                  publication("peer6", 8078, "fd00:95::3", 80),
+                  publication("peer-udp", 8079, "10.95.1.3", 80, protocol="UDP"))
     w.agent.wait({"net-d": "Applied", "self": "Applied", "peer": "Applied", "self6": "Applied",
-                  "peer6": "Applied"})
+                  "peer6": "Applied", "peer-udp": "Applied"})
     a, b = box(w, 2), box(w, 3)
     w.serve(a, "--tcp", "80", "--udp", "80")
     w.serve(b, "--tcp", "80", "--udp", "80")
@@ -124,6 +125,7 @@ def test_icc_off_keeps_published_ports_reachable_from_inside(w: World) -> None:
     for host in (NODE_IP, GW):
         assert w.ask(a, "tcp", host, 8073).endswith(" 80"), f"self via {host}"
         assert w.ask(a, "tcp", host, 8074).endswith(" 80"), f"neighbour via {host}"
+    assert w.ask(a, "udp", NODE_IP, 8079) == f"{GW} 80"
     v6_ready(w, a, NODE_IP6, 8078, f"{GW6} 80")
     assert w.ask(a, "tcp", NODE_IP6, 8077) == f"{GW6} 80"
     assert w.ask(a, "tcp", "10.95.1.3", 80, timeout=1).startswith("ERR")
