@@ -103,9 +103,9 @@ class Table:
 def render(plan: NodePlan) -> tuple[Table, Table]:
     """interContainer: false is mostly not here: the links adapter isolates bridge ports,
     which holds with or without br_netfilter and needs no bridge-family nft support. What is
-    here: traffic from such a bridge to its own published ports skips DNAT (`icc_proxy_*`),
-    so the proxy serves it as docker-proxy does, instead of the kernel bridging it back
-    between two isolated ports."""
+    here: traffic from such a bridge (`icc_off`, one hash lookup for every new flow) to its
+    own published ports (`icc_proxy_*`) skips DNAT, so the proxy serves it as docker-proxy
+    does, instead of br_netfilter bridging it back between two isolated ports."""
     return (_ip_table(plan, 4), _ip_table(plan, 6))
 
 
@@ -124,6 +124,7 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         SetDecl("pub_host_range", f"{addr} . inet_proto . inet_service : {addr}", interval=True),
         SetDecl("pub_any", f"inet_proto . inet_service : {addr} . inet_service"),
         SetDecl("pub_any_range", f"inet_proto . inet_service : {addr}", interval=True),
+        SetDecl("icc_off", "ifname"),
         SetDecl("icc_proxy_host", f"ifname . {addr} . inet_proto . inet_service", interval=True),
         SetDecl("icc_proxy_any", "ifname . inet_proto . inet_service", interval=True),
         SetDecl("shared", "ifname"),
@@ -140,11 +141,15 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
 
     chains = [
         Chain("prerouting", (
-            # From an interContainer: false bridge to its own published ports: the proxy.
-            f"iifname . {ip} daddr . meta l4proto . th dport @icc_proxy_host return",
-            "iifname . meta l4proto . th dport @icc_proxy_any return",
+            "iifname @icc_off jump icc_proxy",
             f"{link_local}fib daddr type local jump publish",
         ), "type nat hook prerouting priority dstnat; policy accept;"),
+        # From an interContainer: false bridge to its own published ports: no DNAT (accept
+        # ends this hook), the proxy listening there serves it.
+        Chain("icc_proxy", (
+            f"iifname . {ip} daddr . meta l4proto . th dport @icc_proxy_host accept",
+            "iifname . meta l4proto . th dport @icc_proxy_any accept",
+        )),
         # The output hook needs a numeric priority; loopback destinations go to the proxy.
         Chain("output", (
             f"{ip} daddr != {loopback} {link_local}fib daddr type local jump publish",),
@@ -172,6 +177,8 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         elements["fwd_out"].add(Element(name, f"jump to_{b.name}"))
         if b.shared and not b.internal:
             elements["shared"].add(Element(name))
+        if not b.inter_container and not b.internal:
+            elements["icc_off"].add(Element(name))
         chains.append(Chain(f"from_{b.name}", _from_bridge_rules(b)))
         chains.append(Chain(f"to_{b.name}", _to_bridge_rules(b)))
         subnet = b.subnet if version == 4 else b.subnet6
