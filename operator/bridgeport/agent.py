@@ -101,7 +101,7 @@ class Agent:
         self._synced_once = False
         self._last_digest = ""
         self._said_waiting = False
-        self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int]]] | None = None
+        self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int, str]]] | None = None
 
     def mark_dirty(self, trigger: str = "resources") -> None:
         metrics.TRIGGERS.labels(trigger).inc()

@@ -120,14 +120,16 @@ class NodePlan:
     def outcome(self, ref: ResourceRef) -> Outcome | None:
         return next((o for o in self.outcomes if o.ref == ref), None)
 
-    def udp_mappings(self) -> dict[tuple[int, int], set[tuple[str, str, int]]]:
-        """(family, host port) -> {(host IP, target, target port)} for every UDP DNAT port."""
-        out: dict[tuple[int, int], set[tuple[str, str, int]]] = {}
+    def udp_mappings(self) -> dict[tuple[int, int], set[tuple[str, str, int, str]]]:
+        """(family, host port) -> {(host IP, target, target port, proxied bridge)} for every
+        UDP DNAT port: when any of it changes, the port's conntrack entries are stale."""
+        out: dict[tuple[int, int], set[tuple[str, str, int, str]]] = {}
         for d in self.dnats:
             if d.protocol is Protocol.UDP:
                 for i in range(d.port_end - d.port + 1):
                     out.setdefault((d.family, d.port + i), set()).add(
-                        (str(d.host_ip or "*"), str(d.target), d.target_port + i))
+                        (str(d.host_ip or "*"), str(d.target), d.target_port + i,
+                         d.proxy_from))
         return out
 
     def counts(self) -> dict[str, int]:
