@@ -114,9 +114,10 @@ def test_icc_off_keeps_published_ports_reachable_from_inside(w: World) -> None:
                   publication("peer", 8074, "10.95.1.3", 80),
                   publication("self6", 8077, "fd00:95::2", 80),
                   publication("peer6", 8078, "fd00:95::3", 80),
-                  publication("peer-udp", 8079, "10.95.1.3", 80, protocol="UDP"))
+                  publication("peer-udp", 8079, "10.95.1.3", 80, protocol="UDP"),
+                  publication("peer-bound", 8075, "10.95.1.3", 80, hostIP=NODE_IP2))
     w.agent.wait({"net-d": "Applied", "self": "Applied", "peer": "Applied", "self6": "Applied",
-                  "peer6": "Applied", "peer-udp": "Applied"})
+                  "peer6": "Applied", "peer-udp": "Applied", "peer-bound": "Applied"})
     a, b = box(w, 2), box(w, 3)
     w.serve(a, "--tcp", "80", "--udp", "80")
     w.serve(b, "--tcp", "80", "--udp", "80")
@@ -126,6 +127,8 @@ def test_icc_off_keeps_published_ports_reachable_from_inside(w: World) -> None:
         assert w.ask(a, "tcp", host, 8073).endswith(" 80"), f"self via {host}"
         assert w.ask(a, "tcp", host, 8074).endswith(" 80"), f"neighbour via {host}"
     assert w.ask(a, "udp", NODE_IP, 8079) == f"{GW} 80"
+    assert w.ask(a, "tcp", NODE_IP2, 8075) == f"{GW} 80"  # a host-IP publication
+    assert w.ask(a, "tcp", NODE_IP, 8075, timeout=1).startswith("ERR")  # not published there
     v6_ready(w, a, NODE_IP6, 8078, f"{GW6} 80")
     assert w.ask(a, "tcp", NODE_IP6, 8077) == f"{GW6} 80"
     assert w.ask(a, "tcp", "10.95.1.3", 80, timeout=1).startswith("ERR")

@@ -227,7 +227,7 @@ def _dnat_elements(d: Dnat) -> list[tuple[str, Element]]:
     if d.proxy_from:
         _check_ifname(d.proxy_from)
         ports = f"{d.port}" if d.port == d.port_end else f"{d.port}-{d.port_end}"
-        skip.append((f"icc_proxy_{prefix[4:]}",
+        skip.append(("icc_proxy_host" if d.host_ip is not None else "icc_proxy_any",
                      Element(f'"{d.proxy_from}" . {host}{proto} . {ports}', "", comment)))
     return skip + _dnat_map_elements(d, proto, host, prefix, comment)
 
