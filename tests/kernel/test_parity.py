@@ -138,6 +138,26 @@ def test_icc_off_keeps_published_ports_reachable_from_inside(w: World) -> None:
     assert w.ask(w.client, "tcp", NODE_IP, 8074) == f"{CLIENT_IP} 80"
 
 
+def test_icc_turned_off_at_runtime_keeps_hairpin(w: World) -> None:
+    """Turning interContainer off on a live network moves the port's proxy from 127.0.0.1 to
+    0.0.0.0 in one sync; hairpin keeps working, the neighbour's port becomes unreachable."""
+    w.agent.apply(NET, publication("peer", 8074, "10.95.1.3", 80))
+    w.agent.wait({"net-d": "Applied", "peer": "Applied"})
+    a, b = box(w, 2), box(w, 3)
+    w.serve(b, "--tcp", "80")
+    wait_for(lambda: w.ask(a, "tcp", NODE_IP, 8074).endswith(" 80"), timeout=5,
+             what="hairpin with ICC on")
+    assert w.ask(a, "tcp", "10.95.1.3", 80).endswith(" 80")
+    w.agent.apply(NO_ICC, publication("peer", 8074, "10.95.1.3", 80))
+    wait_for(lambda: w.node.run("ip -d link show master bp-d").stdout.count("isolated on") == 2,
+             timeout=5, what="both ports isolated")
+    wait_for(lambda: "bp-d" in w.node.run("nft list set ip bridgeport icc_off").stdout,
+             timeout=5, what="bridge in icc_off")
+    assert w.ask(a, "tcp", NODE_IP, 8074) == f"{GW} 80"
+    assert w.ask(w.node, "tcp", "127.0.0.1", 8074) == f"{GW} 80"
+    assert w.ask(a, "tcp", "10.95.1.3", 80, timeout=1).startswith("ERR")
+
+
 def _link_local(ns: Netns, dev: str = "eth0") -> str:
     """The interface's fe80:: address once duplicate address detection is done."""
     found: list[str] = []
