@@ -127,7 +127,7 @@ def _quote(reports: Sequence[Entry], what: str) -> str:
     return _clip(text, MAX_CONDITION_MESSAGE)
 
 
-def _programmed(ready: Sequence[NodeReport]) -> str:
+def _programmed(ready: Sequence[Entry]) -> str:
     """What the nodes programmed (e.g. a publication's targets per family), as the first
     node by name says it, and how many nodes say something else (a node without IPv6
     forwarding serves that family through the proxy, for instance)."""
