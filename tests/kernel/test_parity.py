@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.builders import network, publication
 from tests.kernel.conftest import (
     CLIENT_IP,
     CLIENT_IP6,
@@ -28,8 +29,6 @@ from tests.kernel.conftest import (
     NODE_IP2,
     NODE_IP6,
     World,
-    network,
-    publication,
 )
 from tests.netns import Netns, wait_for
 
