@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -101,7 +101,7 @@ class Agent:
         self._synced_once = False
         self._last_digest = ""
         self._said_waiting = False
-        self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int]]] | None = None
+        self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int, str]]] | None = None
 
     def mark_dirty(self, trigger: str = "resources") -> None:
         metrics.TRIGGERS.labels(trigger).inc()
@@ -186,6 +186,7 @@ class Agent:
             await asyncio.to_thread(self.dataplane.enable_forwarding)
         facts = await asyncio.to_thread(self.dataplane.gather_facts, self.settings.node_name,
                                         labels)
+        facts = replace(facts, userland_proxy=self.proxies is not None)
         plan = planner.plan(snapshot.resources, facts)
         proxy_states: dict[ResourceRef, ProxyState] = {}
         if self.proxies is not None:

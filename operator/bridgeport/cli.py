@@ -18,6 +18,7 @@ from bridgeport.core.plan import NodePlan
 from bridgeport.core.report import Report
 from bridgeport.core.ruleset import Table
 from bridgeport.core.source import Source
+from bridgeport.core.specs import hostport
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -126,8 +127,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for o in plan.outcomes:
             print(f"# {o.ref}: {o.state.value} ({o.reason}) {o.message}")
         for p in plan.proxies:
-            print(f"# proxy {p.listen}:{p.port}/{p.protocol.value} -> {p.target}:{p.target_port}"
-                  f" ({p.why}, {p.owner})")
+            print(f"# proxy {hostport(p.listen)}:{p.port}/{p.protocol.value} -> "
+                  f"{hostport(p.target)}:{p.target_port} ({p.why}, {p.owner})")
         print("".join(t.text() for t in tables), end="")
     problems = [*errors, *plan.errors,
                 *(o.message for o in plan.outcomes if o.state is State.INVALID)]
@@ -145,8 +146,12 @@ def _plan_json(plan: NodePlan, tables: Sequence[Table], digest: str) -> dict[str
                      for o in plan.outcomes],
         "bridges": [{"name": b.name, "network": b.network, "mtu": b.mtu,
                      "addresses": [str(a) for a in b.addresses]} for b in plan.bridges],
+        "dnats": [{"family": f"IPv{d.family}", "hostIP": str(d.host_ip or ""),
+                   "protocol": d.protocol.value, "ports": [d.port, d.port_end],
+                   "target": f"{hostport(d.target)}:{d.target_port}", "owner": d.owner.key,
+                   "proxyFrom": d.proxy_from} for d in plan.dnats],
         "proxies": [{"listen": str(p.listen), "port": p.port, "protocol": p.protocol.value,
-                     "target": f"{p.target}:{p.target_port}", "owner": p.owner.key,
+                     "target": f"{hostport(p.target)}:{p.target_port}", "owner": p.owner.key,
                      "why": p.why} for p in plan.proxies],
         "nft": {t.family: t.text() for t in tables},
         "errors": list(plan.errors),

@@ -1,8 +1,9 @@
 """The agent's userland fallback proxy, end to end in a node namespace.
 
 Scenarios:
-- 127.0.0.1:hostPort and [::1]:hostPort on the node reach the target (loopback: Auto), TCP
-  and UDP; the state file says proxy: listening
+- 127.0.0.1:hostPort on the node reaches an IPv4 target (loopback: Auto), TCP and UDP; the
+  state file says proxy: listening; [::1] is not claimed by an IPv4-only publication, and
+  hostIP ::1 proxies it across families
 - loopback: Never: nothing listens on loopback, the state file says proxy: off
 - IPv4 forwarding off: a client in another namespace reaches the target through the proxy and
   no IPv4 DNAT element exists
@@ -33,15 +34,18 @@ def _entry(w: World, name: str) -> dict[str, str]:
 
 
 def test_loopback_reaches_target(w: World) -> None:
-    """Auto: the node's 127.0.0.1 and ::1 are proxied to the target, TCP and UDP."""
+    """Auto: the node's 127.0.0.1 is proxied to an IPv4 target, TCP and UDP. Its wildcard
+    claims IPv4 only, so [::1] stays free; hostIP ::1 publishes it, proxied across families."""
     w.agent.apply(NET, publication("web", 8080, "10.97.1.2", 80),
-                  publication("dns", 8053, "10.97.1.2", 53, protocol="UDP"))
-    w.agent.wait({"net-p": "Applied", "web": "Applied", "dns": "Applied"})
+                  publication("dns", 8053, "10.97.1.2", 53, protocol="UDP"),
+                  publication("web-lo6", 8081, "10.97.1.2", 80, hostIP="::1"))
+    w.agent.wait({"net-p": "Applied", "web": "Applied", "dns": "Applied", "web-lo6": "Applied"})
     assert _entry(w, "web")["proxy"] == "listening"
     target = w.container("bp-p", "10.97.1.2/24", "10.97.1.1")
     w.serve(target, "--tcp", "80", "--udp", "53")
     assert w.ask(w.node, "tcp", "127.0.0.1", 8080) == "10.97.1.1 80"
-    assert w.ask(w.node, "tcp", "::1", 8080) == "10.97.1.1 80"
+    assert "ConnectionRefused" in w.ask(w.node, "tcp", "::1", 8080)
+    assert w.ask(w.node, "tcp", "::1", 8081) == "10.97.1.1 80"
     assert w.ask(w.node, "udp", "127.0.0.1", 8053) == "10.97.1.1 53"
     assert w.ask(w.client, "tcp", NODE_IP, 8080) == f"{CLIENT_IP} 80"  # kernel path intact
 

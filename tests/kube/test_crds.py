@@ -324,6 +324,27 @@ def test_known_differences_between_schema_and_agent(
     assert (result.rc == 0) is server, result.stderr
 
 
+# Docker's everyday forms: both the schema and the agent accept them.
+DUAL = {"address": "10.77.0.2", "address6": "fd00:77::2", "port": 80}
+ACCEPTED: list[tuple[str, dict[str, Any]]] = [
+    ("hostIP 0.0.0.0", minimal(specs.PORT_PUBLICATION, hostIP="0.0.0.0")),
+    ("hostIP ::", minimal(specs.PORT_PUBLICATION, hostIP="::",
+                          target={"address": "fd00:77::2", "port": 80})),
+    ("dual-stack target", minimal(specs.PORT_PUBLICATION, target=DUAL)),
+    ("dual-stack target on ::1", minimal(specs.PORT_PUBLICATION, hostIP="::1", target=DUAL)),
+]
+
+
+@kube
+@pytest.mark.parametrize(("what", "doc"), ACCEPTED, ids=[a[0] for a in ACCEPTED])
+def test_docker_forms_are_accepted(what: str, doc: dict[str, Any], crds: Any,
+                                   kubectl: Kubectl) -> None:
+    """0.0.0.0, :: and dual-stack targets pass the server's schema and the agent's parser."""
+    parsed(doc)
+    result = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(doc))
+    assert result.rc == 0, result.stderr
+
+
 @kube
 def test_printer_columns(applied_examples: list[dict[str, Any]], kubectl: Kubectl) -> None:
     """kubectl get pp / bn / bpns print the documented columns."""

@@ -2,7 +2,8 @@
 
 Scenarios: the shipped examples plan cleanly in both formats and match the golden ruleset;
 invalid input exits 1 with messages naming resource and field; node IPs and forwarding flags
-change the plan; a missing file is a clear error; the agent refuses a negative worker count.
+change the plan; a dual-stack publication is one DNAT per family in JSON; a missing file is
+a clear error; the agent refuses a negative worker count.
 """
 
 from __future__ import annotations
@@ -37,8 +38,27 @@ def test_json_format() -> None:
     data = json.loads(out.stdout)
     assert {o["name"]: o["state"] for o in data["outcomes"]} == {
         "demo": "Applied", "dns-range": "Applied", "web": "Applied"}
-    assert {p["listen"] for p in data["proxies"]} == {"0.0.0.0", "::"}
+    # IPv4-only targets: the wildcard claims IPv4 only, so the proxy binds 0.0.0.0 only.
+    assert {p["listen"] for p in data["proxies"]} == {"0.0.0.0"}
     assert "pub_any" in data["nft"]["ip"] and "tcp . 8080" not in data["nft"]["ip"]
+    assert data["dnats"] == []  # no forwarding: the proxy serves everything
+
+
+def test_json_dnats_per_family(tmp_path: Path) -> None:
+    """A dual-stack publication is one DNAT per family in --format json, IPv6 bracketed."""
+    (tmp_path / "pp.yaml").write_text("""
+apiVersion: bridgeport.io/v1alpha1
+kind: PortPublication
+metadata: {name: web, namespace: default}
+spec: {hostPort: 8080, target: {address: 192.168.99.2, address6: "fd00:99::2", port: 80}}
+""")
+    out = plan("-f", "examples/network.yaml", "-f", str(tmp_path / "pp.yaml"), "--format",
+               "json")
+    data = json.loads(out.stdout)
+    assert [(d["family"], d["hostIP"], d["target"]) for d in data["dnats"]] == [
+        ("IPv4", "", "192.168.99.2:80"), ("IPv6", "", "[fd00:99::2]:80")]
+    assert {(p["listen"], p["target"]) for p in data["proxies"]} == {
+        ("127.0.0.1", "192.168.99.2:80"), ("::", "[fd00:99::2]:80")}
 
 
 def test_invalid_input_exits_1(tmp_path: Path) -> None:

@@ -31,7 +31,14 @@ PUBLICATIONS = [pub("p80", 80), pub("p81", 81, target={"address": "10.1.0.3", "p
                 pub("range", 9000, hostPortEnd=9005), pub("shift", 7000, hostPortEnd=7002,
                                                           target={"address": "10.1.0.4",
                                                                   "port": 8000}),
-                pub("udp", 53, protocol="UDP"), pub("host", 8443, hostIP="192.0.2.1")]
+                pub("udp", 53, protocol="UDP"), pub("host", 8443, hostIP="192.0.2.1"),
+                # interContainer: false (icc_proxy_* elements), dual stack, a family wildcard
+                pub("quiet", 8080, target={"address": "10.2.0.2", "port": 80}),
+                pub("quiet-host", 8081, hostIP="192.0.2.1", hostPortEnd=8083,
+                    target={"address": "10.2.0.3", "port": 81}),
+                pub("dual", 8084, target={"address": "10.4.0.2", "address6": "fd00:4::2",
+                                          "port": 80}),
+                pub("any6", 8085, hostIP="::", target={"address": "fd00:4::3", "port": 80})]
 subsets = st.lists(st.sampled_from(NETWORKS + PUBLICATIONS), unique_by=id, max_size=10)
 
 

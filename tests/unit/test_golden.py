@@ -1,7 +1,8 @@
 """Golden rulesets: the exact nft text each case in tests/golden/cases.yaml renders to.
 
 Scenarios: one per case (empty node, the shipped examples, isolation/internal/shared matrix,
-host IPs with ranges/IPv6/SCTP, a node without IPv4 forwarding). The .nft files are the
+host IPs with ranges/IPv6/SCTP, a node without IPv4 forwarding, dual stack with family
+wildcards and an interContainer: false network). The .nft files are the
 ruleset documentation; CI fails when code and documentation drift apart.
 """
 
@@ -40,8 +41,8 @@ def render_case(case: dict[str, Any]) -> str:
     )
     plan = planner.plan(resources, facts)
     header = [f"# {o.ref}: {o.state.value} ({o.reason}) {o.message}" for o in plan.outcomes]
-    header += [f"# proxy {p.listen}:{p.port}/{p.protocol.value} -> {p.target}:{p.target_port}"
-               for p in plan.proxies]
+    header += [f"# proxy {specs.hostport(p.listen)}:{p.port}/{p.protocol.value} -> "
+               f"{specs.hostport(p.target)}:{p.target_port} ({p.why})" for p in plan.proxies]
     return "\n".join(header) + ("\n" if header else "") + "".join(
         t.text() for t in ruleset.render(plan))
 

@@ -4,13 +4,16 @@ Scenarios: oldest wins conflicts (ties by namespace/name) and the loser names th
 wildcard vs specific host IP; overlapping ranges; protocol separates claims; subnet overlap and
 bridge-name clashes; foreign interfaces; node selectors; host IP not local; network references;
 internal networks; proxy policy (Auto/Always/Never, loopback host IP, forwarding off);
-host processes holding a port (PortInUse). Properties: deterministic, independent of input
-order, at most one winner per claimed port.
+host processes holding a port (PortInUse); dual stack (claims per family, one publication
+for both, 0.0.0.0 and :: as one-family wildcards); interContainer: false leaving the
+bridge's own traffic to the proxy. Properties: deterministic, independent of input order, at
+most one winner per claimed port and family.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -20,8 +23,10 @@ from bridgeport.core import planner, ruleset, specs
 from bridgeport.core.plan import NodeFacts, NodePlan
 from tests.builders import network, publication
 
-NODE = NodeFacts("node-1", {"zone": "a"},
-                 frozenset(ipaddress.ip_address(a) for a in ("192.0.2.1", "192.0.2.11")))
+ADDRESSES = ("192.0.2.1", "192.0.2.11", "2001:db8::1", "2001:db8::11")
+NODE = NodeFacts("node-1", {"zone": "a"}, frozenset(ipaddress.ip_address(a) for a in ADDRESSES))
+DUAL = {"address": "10.0.0.2", "address6": "fd00::2", "port": 80}
+V6 = {"address": "fd00::2", "port": 80}
 
 
 def pub(name: str, port: int, created: str = "", ns: str = "default", **spec: Any) -> Any:
@@ -132,8 +137,7 @@ def test_proxy_policy() -> None:
                          pub("lo", 83, hostIP="127.0.0.1"),
                          pub("lo-never", 84, hostIP="127.0.0.1", loopback="Never")], NODE)
     listens = {(p.owner.name, str(p.listen)) for p in plan.proxies}
-    assert listens == {("auto", "127.0.0.1"), ("auto", "::1"), ("always", "0.0.0.0"),
-                       ("always", "::"), ("lo", "127.0.0.1")}
+    assert listens == {("auto", "127.0.0.1"), ("always", "0.0.0.0"), ("lo", "127.0.0.1")}
     assert {d.owner.name for d in plan.dnats} == {"auto", "always", "never"}
     assert states(plan)["lo-never"] == ("Inactive", "LoopbackNeedsProxy")
 
@@ -145,9 +149,82 @@ def test_no_forwarding_moves_everything_to_the_proxy() -> None:
                          pub("never", 82, loopback="Never")], facts)
     assert not plan.dnats
     assert {(p.owner.name, str(p.listen), p.why) for p in plan.proxies} == {
-        ("auto", "0.0.0.0", "no-forwarding"), ("auto", "::", "no-forwarding"),
-        ("bound", "192.0.2.1", "no-forwarding")}
+        ("auto", "0.0.0.0", "no-forwarding"), ("bound", "192.0.2.1", "no-forwarding")}
     assert states(plan)["never"] == ("Inactive", "IPForwardingDisabled")
+
+
+def test_dual_stack_claims_are_per_family() -> None:
+    """One port, one publication per family: no conflict. A dual-stack publication claims
+    both families, so it loses to either; each family goes to its own target."""
+    plan = planner.plan([pub("v4", 80, "1"), pub("v6", 80, "2", target=V6),
+                         pub("dual", 80, "3", target=DUAL), pub("dual2", 81, "4", target=DUAL)],
+                        NODE)
+    assert states(plan) == {"v4": ("Applied", "Programmed"), "v6": ("Applied", "Programmed"),
+                            "dual": ("Conflicted", "PortConflict"),
+                            "dual2": ("Applied", "Programmed")}
+    assert "(IPv4) published by PortPublication default/v4" in message(plan, "dual")
+    assert {(d.owner.name, d.family, str(d.target)) for d in plan.dnats} == {
+        ("v4", 4, "10.0.0.2"), ("v6", 6, "fd00::2"),
+        ("dual2", 4, "10.0.0.2"), ("dual2", 6, "fd00::2")}
+    # Loopback and link-local are left to the proxy: 127.0.0.1, and :: (::1 and fe80::/10).
+    assert {(p.owner.name, str(p.listen), str(p.target), p.why) for p in plan.proxies} == {
+        ("v4", "127.0.0.1", "10.0.0.2", "loopback"),
+        ("v6", "::", "fd00::2", "loopback+link-local"),
+        ("dual2", "127.0.0.1", "10.0.0.2", "loopback"),
+        ("dual2", "::", "fd00::2", "loopback+link-local")}
+    assert message(plan, "dual2") == (
+        "81/TCP -> 10.0.0.2:80 via kernel DNAT and proxy on 127.0.0.1; "
+        "[fd00::2]:80 via kernel DNAT and proxy on ::")
+
+
+def test_family_wildcards() -> None:
+    """0.0.0.0 and :: are one family's wildcard: each conflicts with every address of its
+    family (and with a both-families wildcard), never with the other family."""
+    plan = planner.plan([
+        pub("any4", 80, "1", hostIP="0.0.0.0"),
+        pub("any6", 80, "2", hostIP="::", target=V6),
+        pub("one4", 80, "3", hostIP="192.0.2.11"),
+        pub("one6", 80, "4", hostIP="2001:db8::11", target=V6),
+        pub("both", 80, "5", target=DUAL),
+        pub("one6-first", 81, "1", hostIP="2001:db8::1", target=V6),
+        pub("any4-81", 81, "2", hostIP="0.0.0.0"),
+        pub("any6-81", 81, "3", hostIP="::", target=V6),
+    ], NODE)
+    assert states(plan) == {
+        "any4": ("Applied", "Programmed"), "any6": ("Applied", "Programmed"),
+        "one4": ("Conflicted", "PortConflict"), "one6": ("Conflicted", "PortConflict"),
+        "both": ("Conflicted", "PortConflict"), "one6-first": ("Applied", "Programmed"),
+        "any4-81": ("Applied", "Programmed"), "any6-81": ("Conflicted", "PortConflict")}
+    assert "default/any4" in message(plan, "one4")
+    assert "default/any6" in message(plan, "one6")
+    assert "default/one6-first" in message(plan, "any6-81")
+    assert {(d.owner.name, d.family, d.host_ip) for d in plan.dnats if d.port == 80} == {
+        ("any4", 4, None), ("any6", 6, None)}
+    assert {(p.owner.name, str(p.listen)) for p in plan.proxies if p.port == 80} == {
+        ("any4", "127.0.0.1"), ("any6", "::")}
+
+
+def test_icc_off_leaves_own_bridge_traffic_to_the_proxy() -> None:
+    """interContainer: false: the bridge's own traffic to its published ports skips DNAT
+    and goes to a proxy on the published addresses; unless the proxy cannot serve it
+    (loopback: Never, SCTP, --no-proxy), where DNAT stays as it was."""
+    quiet = net("quiet", "10.0.0.0/24", subnet6="fd00::/64", interContainer=False)
+    resources = [quiet, pub("dual", 80, target=DUAL), pub("bound", 81, hostIP="192.0.2.1"),
+                 pub("never", 82, loopback="Never"), pub("sctp", 83, protocol="SCTP")]
+    plan = planner.plan(resources, NODE)
+    assert {(d.owner.name, d.family, d.proxy_from) for d in plan.dnats} == {
+        ("dual", 4, "bp-quiet"), ("dual", 6, "bp-quiet"), ("bound", 4, "bp-quiet"),
+        ("never", 4, ""), ("sctp", 4, "")}
+    assert {(p.owner.name, str(p.listen), p.why) for p in plan.proxies} == {
+        ("dual", "0.0.0.0", "icc-off"), ("dual", "::", "icc-off"),
+        ("bound", "192.0.2.1", "icc-off")}
+    tables = "".join(t.text() for t in ruleset.render(plan))
+    assert '"bp-quiet" . 192.0.2.1 . tcp . 81 comment "default/bound"' in tables
+    no_proxy = planner.plan(resources, replace(NODE, userland_proxy=False))
+    assert {d.proxy_from for d in no_proxy.dnats} == {""}
+    chatty = planner.plan([net("chatty", "10.0.0.0/24"), pub("web", 80)], NODE)
+    assert {d.proxy_from for d in chatty.dnats} == {""}
+    assert {str(p.listen) for p in chatty.proxies} == {"127.0.0.1"}
 
 
 def test_port_in_use_is_conflicted_without_dnat() -> None:
@@ -174,20 +251,23 @@ def test_invalid_and_duplicates() -> None:
 claims = st.lists(
     st.tuples(
         st.sampled_from(["TCP", "UDP"]),
-        st.sampled_from([None, "192.0.2.1", "192.0.2.11"]),
+        st.sampled_from([None, "0.0.0.0", "::", *ADDRESSES]),
         st.integers(1000, 1030),
         st.integers(0, 5),
         st.sampled_from(["", "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"]),
         st.sampled_from(["a", "b"]),
+        st.sampled_from(["4", "6", "dual"]),
     ),
     max_size=12,
 )
+TARGETS = {"4": {"address": "10.0.0.2", "port": 80}, "6": V6, "dual": DUAL}
 
 
 def build(items: list[tuple[Any, ...]]) -> list[Any]:
-    out = [net("n", "10.0.0.0/24")]
-    for i, (proto, host, port, span, created, ns) in enumerate(items):
-        extra: dict[str, Any] = {"protocol": proto, "hostPortEnd": port + span}
+    out = [net("n", "10.0.0.0/24", subnet6="fd00::/64")]
+    for i, (proto, host, port, span, created, ns, family) in enumerate(items):
+        extra: dict[str, Any] = {"protocol": proto, "hostPortEnd": port + span,
+                                 "target": TARGETS[family]}
         if host:
             extra["hostIP"] = host
         out.append(pub(f"p{i}", port, created, ns, **extra))
@@ -209,12 +289,13 @@ def test_input_order_never_matters(items: list[tuple[Any, ...]], rnd: Any) -> No
 @settings(max_examples=150, deadline=None)
 @given(claims)
 def test_no_port_is_claimed_twice(items: list[tuple[Any, ...]]) -> None:
-    """Among applied publications no two overlapping claims coexist."""
+    """Among applied publications no two overlapping claims coexist, in either family."""
     plan = planner.plan(build(items), NODE)
     seen: set[tuple[str, str, int]] = set()
     for d in plan.dnats:
+        family = [a for a in ADDRESSES if ipaddress.ip_address(a).version == d.family]
         for port in range(d.port, d.port_end + 1):
-            for host in ([str(d.host_ip)] if d.host_ip else ["192.0.2.1", "192.0.2.11"]):
+            for host in ([str(d.host_ip)] if d.host_ip else family):
                 key = (d.protocol.value, host, port)
                 assert key not in seen
                 seen.add(key)

@@ -2,8 +2,9 @@
 
 Scenarios: an unchanged plan diffs to nothing; one changed publication is one element
 delete + add; a new network adds its chains and vmap elements; a removed network deletes its
-chains after their vmap elements; changed declarations force a full replace; the fingerprint
-counts what the kernel would list.
+chains after their vmap elements; turning interContainer off is element changes only (the
+bridge into icc_off, its ports into icc_proxy_*); changed declarations force a full replace;
+the fingerprint counts what the kernel would list.
 """
 
 from __future__ import annotations
@@ -49,6 +50,22 @@ def test_network_added_then_removed() -> None:
     assert removed is not None
     assert removed.index('delete element ip bridgeport fwd_in { "bp-n" }') < removed.index(
         "delete chain ip bridgeport from_bp-n")
+
+
+def test_icc_off_is_elements_only() -> None:
+    """interContainer: false adds the bridge to icc_off and its published ports to
+    icc_proxy_any; no declaration or chain changes, so no full replace."""
+    chatty = tables(net("n", "10.0.0.0/24"), pub("web", 80), pub("dns", 53, protocol="UDP"))[0]
+    quiet = tables(net("n", "10.0.0.0/24", interContainer=False), pub("web", 80),
+                   pub("dns", 53, protocol="UDP"))[0]
+    assert ruleset.diff(chatty, quiet) == [
+        'add element ip bridgeport icc_off { "bp-n" }',
+        'add element ip bridgeport icc_proxy_any { "bp-n" . tcp . 80 comment "default/web", '
+        '"bp-n" . udp . 53 comment "default/dns" }',
+    ]
+    plan = planner.plan([net("n", "10.0.0.0/24", interContainer=False),
+                         pub("dns", 53, protocol="UDP")], NODE)
+    assert plan.udp_mappings() == {(4, 53): {("*", "10.0.0.2", 80, "bp-n")}}
 
 
 def test_declaration_change_forces_full_replace() -> None:

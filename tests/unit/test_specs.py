@@ -63,6 +63,20 @@ def test_publication_defaults() -> None:
     (pub(target={"address": "10.0.0.2", "port": 80, "x": 1}), "spec.target.x: unknown field"),
     (pub(target=None), "spec.target: is required"),
     (pub(hostIP="2001:db8::1"), "spec.hostIP: IPv6 host IP 2001:db8::1 cannot be NATed"),
+    (pub(hostIP="::"), "spec.hostIP: IPv6 host IP :: cannot be NATed to IPv4 target"),
+    (pub(hostIP="224.0.0.1"), "spec.hostIP: 224.0.0.1 is not a unicast address"),
+    (pub(target={"address": "0.0.0.0", "port": 80}),
+     "spec.target.address: 0.0.0.0 is not a unicast address"),
+    (pub(target={"address": "10.0.0.2", "address6": "10.0.0.3", "port": 80}),
+     "spec.target.address6: 10.0.0.3 is not an IPv6 address"),
+    (pub(target={"address": "fd00::2", "address6": "fd00::3", "port": 80}),
+     "spec.target.address6: requires an IPv4 spec.target.address, not fd00::2"),
+    (pub(target={"address": "10.0.0.2", "address6": "::", "port": 80}),
+     "spec.target.address6: :: is not a unicast address"),
+    (pub(hostIP="0.0.0.0", target={"address": "10.0.0.2", "address6": "fd00::2", "port": 80}),
+     "spec.target.address6: is unused: hostIP 0.0.0.0 publishes IPv4 only; omit hostIP"),
+    (pub(hostIP="::1", target={"address": "10.0.0.2", "address6": "fd00::2", "port": 80}),
+     None),
     (pub(hostPort=65535, hostPortEnd=65535, target={"address": "10.0.0.2", "port": 65535}), None),
     (pub(hostPort=100, hostPortEnd=200, target={"address": "10.0.0.2", "port": 65500}),
      "spec.target.port: range 65500-65600 exceeds 65535"),
@@ -86,6 +100,29 @@ def test_bad_fields_are_named(doc: dict[str, Any], message: str | None) -> None:
         assert not isinstance(specs.parse(doc), specs.InvalidResource)
     else:
         assert message in errors(doc)
+
+
+@pytest.mark.parametrize(("spec", "families", "specific", "targets"), [
+    ({}, (4,), None, {4: "10.0.0.2"}),
+    ({"hostIP": "0.0.0.0"}, (4,), None, {4: "10.0.0.2"}),
+    ({"hostIP": "::", "target": {"address": "fd00::2", "port": 80}}, (6,), None,
+     {6: "fd00::2"}),
+    ({"target": {"address": "10.0.0.2", "address6": "fd00::2", "port": 80}}, (4, 6), None,
+     {4: "10.0.0.2", 6: "fd00::2"}),
+    ({"hostIP": "192.0.2.1"}, (4,), "192.0.2.1", {4: "10.0.0.2"}),
+    ({"hostIP": "::1"}, (6,), "::1", {6: "10.0.0.2"}),  # the proxy bridges families
+    ({"hostIP": "::1", "target": {"address": "10.0.0.2", "address6": "fd00::2", "port": 80}},
+     (6,), "::1", {6: "fd00::2"}),
+])
+def test_families_and_targets(spec: dict[str, Any], families: tuple[int, ...],
+                              specific: str | None, targets: dict[int, str]) -> None:
+    """A wildcard claims the families it targets; 0.0.0.0 and :: one family; an address its
+    own; each family is served by the target of that family (loopback: whichever exists)."""
+    p = specs.parse(pub(**spec))
+    assert isinstance(p, specs.PortPublication), p
+    assert p.families == families
+    assert p.specific_host_ip == (ipaddress.ip_address(specific) if specific else None)
+    assert {f: str(p.target_for(f)) for f in p.families} == targets
 
 
 def test_bad_identity() -> None:

@@ -1,6 +1,7 @@
 """Status aggregation: NodeState reports -> a resource's .status, and Event transitions.
 
-Scenarios: all nodes Applied at the current generation (Ready True, "2/2"); a stale
+Scenarios: all nodes Applied at the current generation (Ready True, "2/2", quoting what the
+nodes programmed and how many differ); a stale
 generation keeps Ready False (NodesPending) until reports catch up; Inactive nodes are not
 selected (NotSelected, or NoReports when nobody reported); Conflicted and Invalid conditions
 quote a node's message (which names the winner), and Ready's reason takes the most serious
@@ -60,6 +61,19 @@ def test_all_applied_is_ready() -> None:
     assert cond(out, "Invalid")["status"] == "False"
     assert [c["type"] for c in out["conditions"]] == ["Ready", "Conflicted", "Invalid"]
     assert "problemNodesOmitted" not in out
+
+
+def test_ready_says_what_was_programmed() -> None:
+    """Ready True quotes the first node's programming (both families of a dual-stack
+    publication, say), and counts the nodes that programmed something else."""
+    both = "8080/TCP -> 10.0.0.2:80 via kernel DNAT; [fd00::2]:80 via kernel DNAT"
+    proxied = "8080/TCP -> 10.0.0.2:80 via kernel DNAT; [fd00::2]:80 via proxy on ::"
+    same = cond(s.compute_status(res(), [rep("b", message=both), rep("a", message=both)], T0),
+                "Ready")
+    assert same["message"] == f"2/2 selected nodes ready at generation 1: {both}"
+    mixed = cond(s.compute_status(res(), [rep("a", message=both), rep("b", message=proxied),
+                                          rep("c", message=proxied)], T0), "Ready")
+    assert mixed["message"].endswith(f": {both} (2 nodes differ)")
 
 
 def test_stale_generation_is_pending() -> None:

@@ -41,6 +41,8 @@ class NodeFacts:
     foreign_interfaces: frozenset[str] = frozenset()
     # Publications whose port a host process already holds (found by the proxy's bind).
     ports_in_use: Mapping[ResourceRef, str] = field(default_factory=dict)
+    # The agent runs the userland proxy (not --no-proxy): traffic may be left to it.
+    userland_proxy: bool = True
 
     def forwarding(self, family: int) -> bool:
         return self.ipv4_forwarding if family == 4 else self.ipv6_forwarding
@@ -72,6 +74,9 @@ class Dnat:
     target: IPAddress
     target_port: int
     owner: ResourceRef
+    # A bridge with interContainer: false holding the target: traffic from it is not DNATed
+    # but served by the proxy (bridged back between isolated ports, it would be dropped).
+    proxy_from: str = ""
 
     @property
     def same_ports(self) -> bool:
@@ -96,7 +101,7 @@ class ProxyPort:
     target: IPAddress
     target_port: int
     owner: ResourceRef
-    why: str  # loopback | no-forwarding | always
+    why: str  # loopback | loopback+link-local | icc-off | no-forwarding | always
 
     @property
     def key(self) -> ProxyKey:
@@ -115,14 +120,16 @@ class NodePlan:
     def outcome(self, ref: ResourceRef) -> Outcome | None:
         return next((o for o in self.outcomes if o.ref == ref), None)
 
-    def udp_mappings(self) -> dict[tuple[int, int], set[tuple[str, str, int]]]:
-        """(family, host port) -> {(host IP, target, target port)} for every UDP DNAT port."""
-        out: dict[tuple[int, int], set[tuple[str, str, int]]] = {}
+    def udp_mappings(self) -> dict[tuple[int, int], set[tuple[str, str, int, str]]]:
+        """(family, host port) -> {(host IP, target, target port, proxied bridge)} for every
+        UDP DNAT port: when any of it changes, the port's conntrack entries are stale."""
+        out: dict[tuple[int, int], set[tuple[str, str, int, str]]] = {}
         for d in self.dnats:
             if d.protocol is Protocol.UDP:
                 for i in range(d.port_end - d.port + 1):
                     out.setdefault((d.family, d.port + i), set()).add(
-                        (str(d.host_ip or "*"), str(d.target), d.target_port + i))
+                        (str(d.host_ip or "*"), str(d.target), d.target_port + i,
+                         d.proxy_from))
         return out
 
     def counts(self) -> dict[str, int]:

@@ -165,11 +165,10 @@ def _plan_publications(
     proxies: list[ProxyPort] = []
     for pub in publications:
         ref = pub.meta.ref
-        network = _target_network(pub, applied)
-        verdict = _publication_verdict(pub, facts, network, applied, all_networks, accepted)
+        verdict = _publication_verdict(pub, facts, applied, all_networks, accepted)
         if verdict is None:
-            pub_dnats = _dnats(pub, facts)
-            pub_proxies = _proxies(pub, facts)
+            pub_dnats = _dnats(pub, facts, applied)
+            pub_proxies = _proxies(pub, facts, applied)
             if not pub_dnats and not pub_proxies:
                 verdict = _unserved(pub, facts)
             else:
@@ -182,13 +181,14 @@ def _plan_publications(
     return dnats, proxies
 
 
-def _target_network(pub: PortPublication, applied: dict[str, BridgePlan]) -> BridgePlan | None:
+def _target_network(pub: PortPublication, target: IPAddress,
+                    applied: dict[str, BridgePlan]) -> BridgePlan | None:
     """The named network, or else the applied network whose subnet holds the target."""
     if pub.network is not None:
         return applied.get(pub.network)
     for bridge in applied.values():
-        subnet = bridge.subnet if pub.target_address.version == 4 else bridge.subnet6
-        if subnet is not None and pub.target_address in subnet:
+        subnet = bridge.subnet if target.version == 4 else bridge.subnet6
+        if subnet is not None and target in subnet:
             return bridge
     return None
 
@@ -196,7 +196,6 @@ def _target_network(pub: PortPublication, applied: dict[str, BridgePlan]) -> Bri
 def _publication_verdict(
     pub: PortPublication,
     facts: NodeFacts,
-    network: BridgePlan | None,
     applied: dict[str, BridgePlan],
     all_networks: dict[str, BridgeNetwork],
     accepted: _Claims,
@@ -207,118 +206,187 @@ def _publication_verdict(
             return _Verdict(State.INVALID, "NetworkNotFound",
                             f"{pub.meta.ref}: spec.network: BridgeNetwork {pub.network!r} "
                             "does not exist")
-        if not named.contains(pub.target_address):
-            subnets = " / ".join(str(s) for s in (named.subnet, named.subnet6) if s)
-            return _Verdict(State.INVALID, "TargetOutsideNetwork",
-                            f"{pub.meta.ref}: spec.target.address: {pub.target_address} is not "
-                            f"inside BridgeNetwork {pub.network} ({subnets})")
+        for field, target in zip(("address", "address6"), pub.targets, strict=False):
+            if not named.contains(target):
+                subnets = " / ".join(str(s) for s in (named.subnet, named.subnet6) if s)
+                return _Verdict(State.INVALID, "TargetOutsideNetwork",
+                                f"{pub.meta.ref}: spec.target.{field}: {target} is not "
+                                f"inside BridgeNetwork {pub.network} ({subnets})")
     if not pub.node_selector.matches(facts.labels):
         return _Verdict(State.INACTIVE, "NodeSelectorMismatch",
                         f"nodeSelector {pub.node_selector} does not match node {facts.name}")
     if pub.network is not None and pub.network not in applied:
         return _Verdict(State.INACTIVE, "NetworkNotReady",
                         f"BridgeNetwork {pub.network} is not applied on node {facts.name}")
-    if network is not None and network.internal:
-        return _Verdict(State.INACTIVE, "InternalNetwork",
-                        f"BridgeNetwork {network.network} is internal: nothing is published "
-                        "into it")
-    if pub.host_ip is not None and not pub.host_ip.is_loopback and (
-        pub.host_ip not in facts.addresses
-    ):
+    for target in pub.targets:
+        network = _target_network(pub, target, applied)
+        if network is not None and network.internal:
+            return _Verdict(State.INACTIVE, "InternalNetwork",
+                            f"BridgeNetwork {network.network} is internal: nothing is "
+                            "published into it")
+    host = pub.specific_host_ip
+    if host is not None and not host.is_loopback and host not in facts.addresses:
         return _Verdict(State.INACTIVE, "HostIPNotLocal",
-                        f"hostIP {pub.host_ip} is not an address of node {facts.name}")
-    winner = accepted.first_overlap(pub)
-    if winner is not None:
+                        f"hostIP {host} is not an address of node {facts.name}")
+    overlap = accepted.first_overlap(pub)
+    if overlap is not None:
+        winner, family = overlap
         return _Verdict(State.CONFLICTED, "PortConflict",
-                        f"{pub.describe()} overlaps {winner.describe()} published by "
-                        f"{winner.meta.ref}, which is older and wins")
+                        f"{pub.describe()} overlaps {winner.describe()} (IPv{family}) "
+                        f"published by {winner.meta.ref}, which is older and wins")
     in_use = facts.ports_in_use.get(pub.meta.ref)
     if in_use is not None:
         return _Verdict(State.CONFLICTED, "PortInUse", in_use)
     return None
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """One family's share of a publication: its address, or None for the whole family."""
+
+    family: int
+    address: IPAddress | None
+    pub: PortPublication
+
+
+def _claims_of(pub: PortPublication) -> list[_Claim]:
+    return [_Claim(family, pub.specific_host_ip, pub) for family in pub.families]
+
+
 class _Claims:
-    """Accepted publications indexed by (protocol, port), so checking a claim is O(ports)."""
+    """Accepted claims indexed by (family, protocol, port), so checking one is O(ports)."""
 
     def __init__(self) -> None:
-        self.by_port: dict[tuple[str, int], list[PortPublication]] = {}
-        self.ranges: list[PortPublication] = []
+        self.by_port: dict[tuple[int, str, int], list[_Claim]] = {}
+        self.ranges: list[_Claim] = []
 
     def add(self, pub: PortPublication) -> None:
-        if pub.port_count == 1:
-            self.by_port.setdefault((pub.protocol.value, pub.host_port), []).append(pub)
-        else:
-            self.ranges.append(pub)
+        for claim in _claims_of(pub):
+            if pub.port_count == 1:
+                key = (claim.family, pub.protocol.value, pub.host_port)
+                self.by_port.setdefault(key, []).append(claim)
+            else:
+                self.ranges.append(claim)
 
-    def first_overlap(self, pub: PortPublication) -> PortPublication | None:
-        hits = [w for w in self.ranges if _claims_overlap(w, pub)]
-        for port in range(pub.host_port, pub.host_port_end + 1):
-            hits += [w for w in self.by_port.get((pub.protocol.value, port), ())
-                     if _claims_overlap(w, pub)]
-        return min(hits, key=lambda w: w.meta.age_key) if hits else None
+    def first_overlap(self, pub: PortPublication) -> tuple[PortPublication, int] | None:
+        """The oldest accepted publication overlapping `pub`, and the family they share."""
+        hits: list[_Claim] = []
+        for claim in _claims_of(pub):
+            hits += [w for w in self.ranges if _claims_overlap(w, claim)]
+            for port in range(pub.host_port, pub.host_port_end + 1):
+                hits += [w for w in self.by_port.get((claim.family, pub.protocol.value, port), ())
+                         if _claims_overlap(w, claim)]
+        if not hits:
+            return None
+        first = min(hits, key=lambda w: (w.pub.meta.age_key, w.family))
+        return first.pub, first.family
 
 
-def _claims_overlap(a: PortPublication, b: PortPublication) -> bool:
-    """Same protocol, overlapping ports, and the same host IP (a wildcard overlaps every IP)."""
-    if a.protocol != b.protocol:
+def _claims_overlap(a: _Claim, b: _Claim) -> bool:
+    """Same family and protocol, overlapping ports, and the same address (a family's
+    wildcard overlaps every address of that family, and nothing of the other)."""
+    if a.family != b.family or a.pub.protocol != b.pub.protocol:
         return False
-    if a.host_port > b.host_port_end or b.host_port > a.host_port_end:
+    if a.pub.host_port > b.pub.host_port_end or b.pub.host_port > a.pub.host_port_end:
         return False
-    return a.host_ip is None or b.host_ip is None or a.host_ip == b.host_ip
+    return a.address is None or b.address is None or a.address == b.address
 
 
-def _dnats(pub: PortPublication, facts: NodeFacts) -> list[Dnat]:
-    """Kernel NAT, unless the host IP is loopback or the family cannot forward."""
-    if pub.host_ip is not None and pub.host_ip.is_loopback:
+def _proxy_bridge(pub: PortPublication, target: IPAddress, facts: NodeFacts,
+                  applied: dict[str, BridgePlan]) -> str:
+    """The bridge whose own traffic to this port the proxy serves instead of DNAT, or "".
+
+    With interContainer: false, a DNATed packet from a container to its own or a
+    neighbour's published port is bridged back between isolated ports (br_netfilter
+    DNATs at the bridge) and dropped. Docker leaves that traffic to docker-proxy; so do we,
+    whenever the proxy can serve the port."""
+    network = _target_network(pub, target, applied)
+    if network is None or network.inter_container:
+        return ""
+    if not facts.userland_proxy or pub.loopback is LoopbackPolicy.NEVER or (
+        pub.protocol is Protocol.SCTP
+    ):
+        return ""
+    return network.name
+
+
+def _dnats(pub: PortPublication, facts: NodeFacts,
+           applied: dict[str, BridgePlan]) -> list[Dnat]:
+    """Kernel NAT per family, unless the host IP is loopback or the family cannot forward."""
+    host = pub.specific_host_ip
+    if host is not None and host.is_loopback:
         return []
-    if not facts.forwarding(pub.family):
-        return []
-    return [Dnat(pub.family, pub.host_ip, pub.protocol, pub.host_port, pub.host_port_end,
-                 pub.target_address, pub.target_port, pub.meta.ref)]
+    return [Dnat(family, host, pub.protocol, pub.host_port, pub.host_port_end,
+                 pub.target_for(family), pub.target_port, pub.meta.ref,
+                 _proxy_bridge(pub, pub.target_for(family), facts, applied))
+            for family in pub.families if facts.forwarding(family)]
 
 
-def _proxies(pub: PortPublication, facts: NodeFacts) -> list[ProxyPort]:
-    listens: list[tuple[IPAddress, str]] = []
+def _proxies(pub: PortPublication, facts: NodeFacts,
+             applied: dict[str, BridgePlan]) -> list[ProxyPort]:
     if pub.loopback is LoopbackPolicy.NEVER or pub.protocol is Protocol.SCTP:
         return []  # the userland proxy speaks TCP and UDP
-    wildcards: list[IPAddress] = [WILDCARD4, WILDCARD6]
-    if pub.loopback is LoopbackPolicy.ALWAYS:
-        listens = [(a, "always") for a in ([pub.host_ip] if pub.host_ip else wildcards)]
-    elif pub.host_ip is not None and pub.host_ip.is_loopback:
-        listens = [(pub.host_ip, "loopback")]
-    elif not facts.forwarding(pub.family):
-        listens = [(a, "no-forwarding") for a in ([pub.host_ip] if pub.host_ip else wildcards)]
-    elif pub.host_ip is None:
-        listens = [(LOOPBACK4, "loopback"), (LOOPBACK6, "loopback")]
+    host = pub.specific_host_ip
+    listens: list[tuple[IPAddress, str, IPAddress]] = []
+    for family in pub.families:
+        target = pub.target_for(family)
+        everywhere = host or (WILDCARD4 if family == 4 else WILDCARD6)
+        if pub.loopback is LoopbackPolicy.ALWAYS:
+            listens.append((everywhere, "always", target))
+        elif host is not None and host.is_loopback:
+            listens.append((host, "loopback", target))
+        elif not facts.forwarding(family):
+            listens.append((everywhere, "no-forwarding", target))
+        elif _proxy_bridge(pub, target, facts, applied):
+            listens.append((everywhere, "icc-off", target))
+        elif host is None and family == 4:
+            listens.append((LOOPBACK4, "loopback", target))
+        elif host is None:
+            # Not LOOPBACK6: link-local sources are never DNATed (they cannot be forwarded),
+            # and :: serves them along with ::1, as docker-proxy does.
+            listens.append((WILDCARD6, "loopback+link-local", target))
     return [
-        ProxyPort(addr, port, pub.protocol, pub.target_address,
+        ProxyPort(addr, port, pub.protocol, target,
                   pub.target_port + (port - pub.host_port), pub.meta.ref, why)
-        for addr, why in listens
+        for addr, why, target in listens
         for port in range(pub.host_port, pub.host_port_end + 1)
     ]
 
 
 def _unserved(pub: PortPublication, facts: NodeFacts) -> _Verdict:
-    if pub.host_ip is not None and pub.host_ip.is_loopback:
+    host = pub.specific_host_ip
+    if host is not None and host.is_loopback:
         return _Verdict(State.INACTIVE, "LoopbackNeedsProxy",
-                        f"hostIP {pub.host_ip} is only reachable through the userland proxy, "
+                        f"hostIP {host} is only reachable through the userland proxy, "
                         "and spec.loopback is Never")
+    families = "/".join(f"IPv{f}" for f in pub.families)
     return _Verdict(State.INACTIVE, "IPForwardingDisabled",
-                    f"IPv{pub.family} forwarding is off on node {facts.name} and spec.loopback "
+                    f"{families} forwarding is off on node {facts.name} and spec.loopback "
                     "is Never, so nothing can serve this port")
 
 
 def _applied_message(pub: PortPublication, dnats: list[Dnat], proxies: list[ProxyPort]) -> str:
-    address = hostport(pub.target_address)
-    target = (f"{address}:{pub.target_port}" if pub.port_count == 1 else
-              f"{address}:{pub.target_port}-{pub.target_port + pub.port_count - 1}")
-    via = []
-    if dnats:
-        via.append("kernel DNAT")
-    if proxies:
-        via.append("proxy on " + ", ".join(sorted({str(p.listen) for p in proxies})))
-    return f"{pub.describe()} -> {target} via {' and '.join(via)}"
+    """What serves the publication, per target: "8080/TCP -> 10.0.0.2:80 via kernel DNAT and
+    proxy on 127.0.0.1; [fd00::2]:80 via ..."."""
+    parts = []
+    for target in sorted({*(d.target for d in dnats), *(p.target for p in proxies)},
+                         key=_addr_order):
+        address = hostport(target)
+        ports = (f"{pub.target_port}" if pub.port_count == 1 else
+                 f"{pub.target_port}-{pub.target_port + pub.port_count - 1}")
+        via = []
+        if any(d.target == target for d in dnats):
+            via.append("kernel DNAT")
+        listens = sorted({str(p.listen) for p in proxies if p.target == target})
+        if listens:
+            via.append("proxy on " + ", ".join(listens))
+        parts.append(f"{address}:{ports} via {' and '.join(via)}")
+    unserved = sorted({t.version for t in pub.targets} - {
+        t.version for t in (*(d.target for d in dnats), *(p.target for p in proxies))})
+    if pub.host_ip is None and unserved:
+        parts.append(f"IPv{unserved[0]} not served: forwarding is off and the proxy "
+                     "cannot serve it")
+    return f"{pub.describe()} -> {'; '.join(parts)}"
 
 
 def _fields(v: _Verdict) -> tuple[State, str, str]:

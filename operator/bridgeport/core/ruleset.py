@@ -101,8 +101,11 @@ class Table:
 
 
 def render(plan: NodePlan) -> tuple[Table, Table]:
-    """interContainer: false is not here: the links adapter isolates bridge ports instead,
-    which holds with or without br_netfilter and needs no bridge-family nft support."""
+    """interContainer: false is mostly not here: the links adapter isolates bridge ports,
+    which holds with or without br_netfilter and needs no bridge-family nft support. What is
+    here: traffic from such a bridge (`icc_off`, one hash lookup for every new flow) to its
+    own published ports (`icc_proxy_*`) skips DNAT, so the proxy serves it as docker-proxy
+    does, instead of br_netfilter bridging it back between two isolated ports."""
     return (_ip_table(plan, 4), _ip_table(plan, 6))
 
 
@@ -113,11 +116,17 @@ def digest(tables: Iterable[Table]) -> str:
 def _ip_table(plan: NodePlan, version: int) -> Table:
     ip, addr = ("ip", "ipv4_addr") if version == 4 else ("ip6", "ipv6_addr")
     loopback = "127.0.0.0/8" if version == 4 else "::1"
+    # Link-local sources cannot be forwarded to a container: Docker leaves them to its proxy
+    # (ip6 saddr != fe80::/10 on every DNAT), and so do we; the proxy listens on ::.
+    link_local = "ip6 saddr != fe80::/10 " if version == 6 else ""
     sets = (
         SetDecl("pub_host", f"{addr} . inet_proto . inet_service : {addr} . inet_service"),
         SetDecl("pub_host_range", f"{addr} . inet_proto . inet_service : {addr}", interval=True),
         SetDecl("pub_any", f"inet_proto . inet_service : {addr} . inet_service"),
         SetDecl("pub_any_range", f"inet_proto . inet_service : {addr}", interval=True),
+        SetDecl("icc_off", "ifname"),
+        SetDecl("icc_proxy_host", f"ifname . {addr} . inet_proto . inet_service", interval=True),
+        SetDecl("icc_proxy_any", "ifname . inet_proto . inet_service", interval=True),
         SetDecl("shared", "ifname"),
         SetDecl("fwd_in", "ifname : verdict"),
         SetDecl("fwd_out", "ifname : verdict"),
@@ -131,11 +140,20 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
                 elements[name].add(element)
 
     chains = [
-        Chain("prerouting", ("fib daddr type local jump publish",),
-              "type nat hook prerouting priority dstnat; policy accept;"),
+        Chain("prerouting", (
+            "iifname @icc_off jump icc_proxy",
+            f"{link_local}fib daddr type local jump publish",
+        ), "type nat hook prerouting priority dstnat; policy accept;"),
+        # From an interContainer: false bridge to its own published ports: no DNAT (accept
+        # ends this hook), the proxy listening there serves it.
+        Chain("icc_proxy", (
+            f"iifname . {ip} daddr . meta l4proto . th dport @icc_proxy_host accept",
+            "iifname . meta l4proto . th dport @icc_proxy_any accept",
+        )),
         # The output hook needs a numeric priority; loopback destinations go to the proxy.
-        Chain("output", (f"{ip} daddr != {loopback} fib daddr type local jump publish",),
-              "type nat hook output priority -100; policy accept;"),
+        Chain("output", (
+            f"{ip} daddr != {loopback} {link_local}fib daddr type local jump publish",),
+            "type nat hook output priority -100; policy accept;"),
         Chain("publish", (
             f"dnat {ip} to {ip} daddr . meta l4proto . th dport map @pub_host",
             f"dnat {ip} to {ip} daddr . meta l4proto . th dport map @pub_host_range",
@@ -159,6 +177,8 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         elements["fwd_out"].add(Element(name, f"jump to_{b.name}"))
         if b.shared and not b.internal:
             elements["shared"].add(Element(name))
+        if not b.inter_container and not b.internal:
+            elements["icc_off"].add(Element(name))
         chains.append(Chain(f"from_{b.name}", _from_bridge_rules(b)))
         chains.append(Chain(f"to_{b.name}", _to_bridge_rules(b)))
         subnet = b.subnet if version == 4 else b.subnet6
@@ -203,6 +223,17 @@ def _dnat_elements(d: Dnat) -> list[tuple[str, Element]]:
     host = f"{d.host_ip} . " if d.host_ip is not None else ""
     prefix = "pub_host" if d.host_ip is not None else "pub_any"
     comment = _comment(d.owner.key)
+    skip: list[tuple[str, Element]] = []
+    if d.proxy_from:
+        _check_ifname(d.proxy_from)
+        ports = f"{d.port}" if d.port == d.port_end else f"{d.port}-{d.port_end}"
+        skip.append(("icc_proxy_host" if d.host_ip is not None else "icc_proxy_any",
+                     Element(f'"{d.proxy_from}" . {host}{proto} . {ports}', "", comment)))
+    return skip + _dnat_map_elements(d, proto, host, prefix, comment)
+
+
+def _dnat_map_elements(d: Dnat, proto: str, host: str, prefix: str,
+                       comment: str) -> list[tuple[str, Element]]:
     if d.port == d.port_end:
         return [(prefix, Element(f"{host}{proto} . {d.port}", f"{d.target} . {d.target_port}",
                                  comment))]

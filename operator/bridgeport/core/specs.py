@@ -151,6 +151,9 @@ class BridgeNetwork:
 
 @dataclass(frozen=True)
 class PortPublication:
+    """hostIP None: every node address of the target's families; 0.0.0.0 or :: every address
+    of that one family; anything else that one address."""
+
     meta: Meta
     protocol: Protocol
     host_ip: IPAddress | None
@@ -161,14 +164,35 @@ class PortPublication:
     network: str | None = None
     loopback: LoopbackPolicy = LoopbackPolicy.AUTO
     node_selector: NodeSelector = field(default_factory=NodeSelector)
+    # spec.target.address6: the same container's IPv6 address (target_address is then IPv4).
+    target_address6: ipaddress.IPv6Address | None = None
 
     @property
     def port_count(self) -> int:
         return self.host_port_end - self.host_port + 1
 
     @property
-    def family(self) -> int:
-        return self.target_address.version
+    def targets(self) -> tuple[IPAddress, ...]:
+        return (self.target_address,) + (
+            (self.target_address6,) if self.target_address6 is not None else ())
+
+    @property
+    def specific_host_ip(self) -> IPAddress | None:
+        """The one address published on; None for every address (of one or both families)."""
+        return None if self.host_ip is None or self.host_ip.is_unspecified else self.host_ip
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The host-side families this publication claims: its hostIP's, or with no hostIP
+        those of its targets (a wildcard claims both families only when it targets both)."""
+        if self.host_ip is not None:
+            return (self.host_ip.version,)
+        return tuple(t.version for t in self.targets)
+
+    def target_for(self, family: int) -> IPAddress:
+        """The target serving host-side `family`: the same family's address when there is
+        one; else (a loopback hostIP, which only the proxy serves) the other family's."""
+        return next((t for t in self.targets if t.version == family), self.target_address)
 
     def describe(self) -> str:
         host = f"{hostport(self.host_ip)}:" if self.host_ip else ""
@@ -289,7 +313,9 @@ class _Fields:
             self.error(str(key), "unknown field")
 
 
-def _address(fields: _Fields, key: str, required: bool = False) -> IPAddress | None:
+def _address(fields: _Fields, key: str, required: bool = False,
+             wildcard: bool = False) -> IPAddress | None:
+    """A unicast address; with `wildcard`, 0.0.0.0 and :: are accepted too."""
     text = fields.string(key, required=required)
     if text is None:
         return None
@@ -298,7 +324,7 @@ def _address(fields: _Fields, key: str, required: bool = False) -> IPAddress | N
     except ValueError:
         fields.error(key, f"{text!r} is not an IP address")
         return None
-    if address.is_multicast or address.is_unspecified:
+    if address.is_multicast or (address.is_unspecified and not wildcard):
         fields.error(key, f"{text} is not a unicast address")
         return None
     return address
@@ -482,7 +508,7 @@ def _gateway(f: _Fields, key: str,
 
 def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
     protocol = f.enum("protocol", Protocol, Protocol.TCP)
-    host_ip = _address(f, "hostIP")
+    host_ip = _address(f, "hostIP", wildcard=True)
     host_port = f.integer("hostPort", 1, 65535, "a port", required=True)
     host_port_end = f.integer("hostPortEnd", 1, 65535, "a port")
     network = f.string("network")
@@ -492,14 +518,18 @@ def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
     selector = _selector(f, "nodeSelector")
     target = f.mapping("target")
     target_address: IPAddress | None = None
+    target_address6: IPAddress | None = None
     target_port: int | None = None
     if target is None:
         f.error("target", "is required")
     else:
         t = _Fields(target, f.at("target"), f.errors)
         target_address = _address(t, "address", required=True)
+        target_address6 = _address(t, "address6")
         target_port = t.integer("port", 1, 65535, "a port", required=True)
         t.reject_unknown()
+        if not _dual_stack_ok(t, target_address, target_address6, host_ip):
+            return None
     if host_port is None or target_address is None or target_port is None:
         return None
     end = host_port if host_port_end is None else host_port_end
@@ -527,4 +557,25 @@ def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
         network=network,
         loopback=loopback,
         node_selector=selector,
+        target_address6=target_address6 if isinstance(
+            target_address6, ipaddress.IPv6Address) else None,
     )
+
+
+def _dual_stack_ok(t: _Fields, address: IPAddress | None, address6: IPAddress | None,
+                   host_ip: IPAddress | None) -> bool:
+    """target.address6 is the IPv6 half of a dual-stack target: address is then IPv4, and
+    hostIP (which picks one family) is absent or loopback, so both halves are used."""
+    if address6 is None:
+        return True
+    if address6.version != 6:
+        t.error("address6", f"{address6} is not an IPv6 address")
+        return False
+    if address is not None and address.version != 4:
+        t.error("address6", f"requires an IPv4 {t.at('address')}, not {address}")
+        return False
+    if host_ip is not None and not host_ip.is_loopback:
+        t.error("address6", f"is unused: hostIP {host_ip} publishes IPv{host_ip.version} "
+                "only; omit hostIP to publish both families")
+        return False
+    return True

@@ -8,8 +8,9 @@ folds the entries of every node into the resource's status:
   carries one) is not `Inactive`; `nodes.ready`: selected nodes reporting `Applied` at the
   resource's current generation; `ready`: "ready/selected" (the printer column).
 - `conditions` (metav1.Condition): `Ready`, `Conflicted`, `Invalid`, always all three, in
-  that order; `lastTransitionTime` moves only when a condition's status changes. Conditions
-  of other types already on the object are kept as they are.
+  that order (Ready True quotes what the nodes programmed: targets per family and how);
+  `lastTransitionTime` moves only when a condition's status changes. Conditions of other
+  types already on the object are kept as they are.
 - `problemNodes`: selected nodes not Applied at the current generation, sorted by node name,
   at most MAX_PROBLEM_NODES (the CRD's maxItems); when there are more, the Ready condition's
   message says how many ("problemNodes lists 16 of 20").
@@ -126,6 +127,17 @@ def _quote(reports: Sequence[Entry], what: str) -> str:
     return _clip(text, MAX_CONDITION_MESSAGE)
 
 
+def _programmed(ready: Sequence[Entry]) -> str:
+    """What the nodes programmed (e.g. a publication's targets per family), as the first
+    node by name says it, and how many nodes say something else (a node without IPv6
+    forwarding serves that family through the proxy, for instance)."""
+    if not ready or not ready[0].message:
+        return ""
+    others = sum(1 for r in ready[1:] if r.message != ready[0].message)
+    differ = f" ({_plural(others, 'node')} differ)" if others else ""
+    return f": {ready[0].message}{differ}"
+
+
 def _condition(ctype: str, true: bool, reason: str, message: str, generation: int
                ) -> dict[str, Any]:
     return {"type": ctype, "status": "True" if true else "False", "reason": reason,
@@ -157,7 +169,7 @@ def compute_status(resource: Resource, reports: Iterable[Entry], now: str
     # Ready
     if selected and len(ready) == len(selected):
         ready_cond = _condition(READY, True, "AllNodesReady",
-                                f"{counts} at generation {gen}", gen)
+                                f"{counts} at generation {gen}{_programmed(ready)}", gen)
     elif not chosen:
         ready_cond = _condition(READY, False, "NoReports", "no node has reported this "
                                 "resource yet (are the agents running?)", gen)
