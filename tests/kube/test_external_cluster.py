@@ -95,4 +95,4 @@ def test_e2e_suite_in_external_cluster_mode(fake_kind: dict[str, str]) -> None:
         timeout=280, check=False)
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
-    assert "5 passed, 1 skipped" in tail  # the outage test needs the local control plane
+    assert "6 passed, 1 skipped" in tail  # the outage test needs the local control plane
