@@ -41,8 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=os.environ.get("BRIDGEPORT_LOG_LEVEL", "INFO"))
     p.add_argument("--library-log-level", metavar="LEVEL",
                    default=os.environ.get("BRIDGEPORT_LIBRARY_LOG_LEVEL", "WARNING"),
-                   help="level for kopf, kubernetes and pyroute2's own logs (pyroute2 at DEBUG "
-                        "prints every netlink message)")
+                   help="level for the libraries' own logs: pyroute2 (at DEBUG it prints every "
+                        "netlink message), kubernetes, urllib3, asyncio, kopf's per-object lines")
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     sub = p.add_subparsers(dest="command", required=True)
 
