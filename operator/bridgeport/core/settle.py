@@ -4,7 +4,8 @@ The planner decides what should happen; these rules decide what a resource's out
 the node has tried: a bridge the kernel refused fails its network (BridgeFailed), a refused
 nftables transaction fails everything that was to be Applied (NftRejected), and a port a host
 process already holds makes its publication Conflicted (PortInUse) through a replan, so no
-DNAT ever shadows that process.
+DNAT ever shadows that process (another bind error on an address a DNAT captures:
+ClaimFailed, the same way).
 """
 
 from __future__ import annotations
