@@ -40,7 +40,7 @@ def main() -> None:
     nft = Nft()
     raw = docs(n)
     resources, parse_ms = timed(lambda: [specs.parse(d) for d in raw])
-    (facts, _), facts_ms = timed(node_facts.gather, "bench", {})
+    facts, facts_ms = timed(node_facts.gather, "bench", {})
     plan, plan_ms = timed(planner.plan, resources, facts)
     tables, render_ms = timed(ruleset.render, plan)
     commands, apply_ms = timed(nft.apply, tables, full=True)

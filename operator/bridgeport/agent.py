@@ -24,6 +24,7 @@ from bridgeport.adapters.dataplane import Dataplane, KernelDataplane, NftError
 from bridgeport.adapters.statefile import write_atomic
 from bridgeport.core import planner, ruleset, settle
 from bridgeport.core.plan import (
+    Claim,
     NodeFacts,
     NodePlan,
     Outcome,
@@ -39,7 +40,10 @@ log = structlog.get_logger(__name__)
 
 
 class Proxies(Protocol):
-    async def sync(self, desired: Sequence[ProxyPort]) -> Mapping[ProxyKey, settle.ProxyReport]: ...
+    async def sync(self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (),
+                   release: bool = True) -> Mapping[ProxyKey, settle.ProxyReport]: ...
+
+    async def release(self) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -80,6 +84,12 @@ class AgentSettings:
     watch_ports: bool = True
     """Configure a port joining one of our bridges at once, not at the next resync."""
 
+    proxy_enabled: bool = True
+    """Run the userland proxy (--no-proxy: off). DNATed ports are claimed either way."""
+
+    reserved_ports: frozenset[int] = frozenset()
+    """Host ports no publication may take here (ReservedPort)."""
+
 
 class Agent:
     def __init__(
@@ -102,6 +112,7 @@ class Agent:
         self._last_digest = ""
         self._said_waiting = False
         self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int, str]]] | None = None
+        self._applied = False  # the last nftables transaction committed
 
     def mark_dirty(self, trigger: str = "resources") -> None:
         metrics.TRIGGERS.labels(trigger).inc()
@@ -186,7 +197,8 @@ class Agent:
             await asyncio.to_thread(self.dataplane.enable_forwarding)
         facts = await asyncio.to_thread(self.dataplane.gather_facts, self.settings.node_name,
                                         labels)
-        facts = replace(facts, userland_proxy=self.proxies is not None)
+        facts = replace(facts, reserved_ports=self.settings.reserved_ports,
+                        userland_proxy=self.proxies is not None and self.settings.proxy_enabled)
         plan = planner.plan(snapshot.resources, facts)
         proxy_states: dict[ResourceRef, ProxyState] = {}
         if self.proxies is not None:
@@ -194,11 +206,16 @@ class Agent:
         tables = ruleset.render(plan)
         overrides, commands, full = await asyncio.to_thread(
             self._converge_kernel, plan, tables, check_drift)
+        if self.proxies is not None and self._applied:
+            # Only now does no rule of ours capture them. After a rejected transaction the
+            # old rules still do: keep holding until one commits.
+            await self.proxies.release()
         outcomes = settle.outcomes(plan, overrides)
         duration = time.perf_counter() - started
         metrics.ELEMENTS.set(sum(sum(len(v) for v in t.elements.values()) for t in tables))
         metrics.BRIDGES.set(len(plan.bridges))
         metrics.PROXIES.set(len(plan.proxies))
+        metrics.CLAIMS.set(len(plan.claims))
         report = SyncReport(plan, outcomes, ruleset.digest(tables), commands, full, duration,
                             proxy_states)
         # A resync that changed nothing is routine: keep it out of INFO.
@@ -235,9 +252,10 @@ class Agent:
                 metrics.DRIFT_REPAIRS.inc()
                 full = True
         commands = 0
+        self._applied = False
         try:
             commands = self.dataplane.apply_tables(tables, full=full)
-            self._synced_once = True
+            self._synced_once = self._applied = True
         except NftError as exc:
             metrics.APPLY_FAILURES.inc()
             log.error("nftables transaction rejected; kernel unchanged", error=str(exc),
@@ -262,15 +280,21 @@ class Agent:
 
     async def _sync_proxies(self, plan: NodePlan, snapshot: Snapshot,
                             facts: NodeFacts) -> tuple[NodePlan, dict[ResourceRef, ProxyState]]:
-        """Claim proxy ports first: a port a host process holds makes its publication
-        Conflicted (PortInUse), and the replan drops its DNAT so the process is never shadowed."""
+        """Claim first, program after: every proxy listener and port claim is bound before
+        nftables changes, and released only after (release()). A port a host process holds
+        makes its publication Conflicted (PortInUse); the replan drops its DNAT, so the process
+        is never shadowed. A replan can hand the port to a younger publication, whose claim is
+        then tried too: repeat until every planned socket is held (each round adds a loser)."""
         assert self.proxies is not None
-        statuses = await self.proxies.sync(plan.proxies)
-        in_use = settle.ports_in_use(statuses.values())
-        if in_use:
-            plan = settle.replan_without(snapshot.resources, facts, in_use)
-            statuses = await self.proxies.sync(plan.proxies)
-        return plan, settle.proxy_states(statuses.values())
+        lost = settle.Lost(dict(facts.ports_in_use), dict(facts.claims_failed))
+        while True:
+            statuses = await self.proxies.sync(plan.proxies, plan.claims, release=False)
+            if not lost.add(plan, statuses):
+                break
+            plan = settle.replan_without(snapshot.resources, facts, lost.in_use, lost.unclaimed)
+        claimed = {c.key for c in plan.claims}
+        return plan, settle.proxy_states(  # a bare claim is not a proxy
+            s for k, s in statuses.items() if k not in claimed or s.state == "failed")
 
     def _write_state(self, published: Report) -> None:
         if self.settings.state_file is None:
@@ -295,7 +319,8 @@ def node_report(node: str, report: SyncReport, snapshot: Snapshot) -> Report:
         last_sync_ms=round(report.duration * 1000, 2),
         table_digest=report.digest,
         counts={**count_states(report.outcomes), "bridges": len(plan.bridges),
-                "dnat": len(plan.dnats), "proxies": len(plan.proxies)},
+                "dnat": len(plan.dnats), "proxies": len(plan.proxies),
+                "claims": len(plan.claims)},
         entries=entries,
         errors=(*snapshot.errors, *plan.errors),
     )

@@ -35,6 +35,28 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+# ssh, etcd, the API server, kubelet (healthz, API, read-only), kube-proxy (metrics, healthz),
+# controller-manager, scheduler. README "Security" says why each is here.
+DEFAULT_RESERVED = "22,2379-2381,6443,10248-10250,10255-10257,10259"
+
+
+def _ports(text: str) -> frozenset[int]:
+    """'22,2379-2380' -> {22, 2379, 2380}; '' -> none."""
+    out: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a port or a range") from None
+        if not 1 <= first <= last <= 65535:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a port range within 1-65535")
+        out.update(range(first, last + 1))
+    return frozenset(out)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bridgeport", description=__doc__)
     p.add_argument("--version", action="version", version=f"bridgeport {__version__}")
@@ -56,7 +78,13 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--cleanup", action="store_true",
                    help="remove every table and bridge bridgeport owns on this node, then exit")
     a.add_argument("--no-proxy", action="store_true",
-                   help="never run the userland fallback proxy (whatever spec.loopback says)")
+                   help="never run the userland fallback proxy (whatever spec.loopback says); "
+                   "DNATed ports are still claimed with bound sockets")
+    a.add_argument("--reserved-ports", type=_ports, metavar="LIST",
+                   default=_ports(os.environ.get("BRIDGEPORT_RESERVED_PORTS", DEFAULT_RESERVED)),
+                   help="host ports no publication may take, e.g. 22,2379-2380 (default: "
+                   f"{DEFAULT_RESERVED}; the agent's own --health-port and --metrics-port "
+                   "are always added; '' for none)")
     a.add_argument("--manage-sysctls", action="store_true",
                    default=os.environ.get("BRIDGEPORT_MANAGE_SYSCTLS", "").lower() == "true",
                    help="turn IPv4/IPv6 forwarding on (Docker does); otherwise only read them")
@@ -129,6 +157,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for p in plan.proxies:
             print(f"# proxy {hostport(p.listen)}:{p.port}/{p.protocol.value} -> "
                   f"{hostport(p.target)}:{p.target_port} ({p.why}, {p.owner})")
+        for c in plan.claims:
+            print(f"# claim {hostport(c.listen)}:{c.port}/{c.protocol.value} ({c.owner})")
         print("".join(t.text() for t in tables), end="")
     problems = [*errors, *plan.errors,
                 *(o.message for o in plan.outcomes if o.state is State.INVALID)]
@@ -152,7 +182,9 @@ def _plan_json(plan: NodePlan, tables: Sequence[Table], digest: str) -> dict[str
                    "proxyFrom": d.proxy_from} for d in plan.dnats],
         "proxies": [{"listen": str(p.listen), "port": p.port, "protocol": p.protocol.value,
                      "target": f"{hostport(p.target)}:{p.target_port}", "owner": p.owner.key,
-                     "why": p.why} for p in plan.proxies],
+                     "why": p.why, "holds": p.holds} for p in plan.proxies],
+        "claims": [{"listen": str(c.listen), "port": c.port, "protocol": c.protocol.value,
+                    "owner": c.owner.key} for c in plan.claims],
         "nft": {t.family: t.text() for t in tables},
         "errors": list(plan.errors),
     }
@@ -191,19 +223,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"error: --source {args.source!r}: use kube or dir:PATH", file=sys.stderr)
         return 2
     _serve_metrics(args.metrics_port)
-    proxies = None
-    if not args.no_proxy:
-        from bridgeport.metrics import REGISTRY
-        from bridgeport.proxy.manager import ProxyManager
-        from bridgeport.proxy.worker import raise_fd_limit
+    from bridgeport.metrics import REGISTRY
+    from bridgeport.proxy.manager import ProxyManager
+    from bridgeport.proxy.worker import raise_fd_limit
 
-        raise_fd_limit()  # listeners and UDP flows are file descriptors of the agent
-
-        proxies = ProxyManager(registry=REGISTRY, udp_idle_timeout=args.udp_idle_timeout,
-                               workers=args.proxy_workers or None)
+    raise_fd_limit()  # listeners, port claims and UDP flows are file descriptors of the agent
+    # Even with --no-proxy the manager runs: it holds the claims on every DNATed port.
+    proxies = ProxyManager(registry=REGISTRY, udp_idle_timeout=args.udp_idle_timeout,
+                           workers=args.proxy_workers or None)
+    reserved = args.reserved_ports | {p for p in (args.health_port, args.metrics_port) if p}
     settings = agent.AgentSettings(args.node_name, dict(args.node_label),
                                    state_file=args.state_file, resync=args.resync,
-                                   manage_sysctls=args.manage_sysctls)
+                                   manage_sysctls=args.manage_sysctls,
+                                   proxy_enabled=not args.no_proxy,
+                                   reserved_ports=frozenset(reserved))
     the_agent = agent.Agent(source, settings, proxies=proxies, reporters=reporters)
     return _run_until_signal(the_agent.run())
 

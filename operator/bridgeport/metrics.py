@@ -16,6 +16,9 @@ ELEMENTS = Gauge("bridgeport_nft_elements", "Set and map elements programmed in 
 BRIDGES = Gauge("bridgeport_bridges", "Bridges this agent manages", registry=REGISTRY)
 PROXIES = Gauge("bridgeport_proxy_listeners_planned", "Userland proxy listeners in the plan",
                 registry=REGISTRY)
+CLAIMS = Gauge("bridgeport_port_claims_planned",
+               "Bound, non-listening sockets holding DNATed ports (besides proxy listeners)",
+               registry=REGISTRY)
 ERRORS = Counter("bridgeport_errors_total", "Errors by component", ["component"],
                  registry=REGISTRY)
 APPLY_FAILURES = Counter("bridgeport_nft_apply_failures_total",

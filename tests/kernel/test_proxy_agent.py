@@ -88,7 +88,8 @@ def test_host_process_first_wins(w: World) -> None:
     w.agent.apply(NET, publication("shadow", 8088, "10.97.1.2", 80))
     state = w.agent.wait({"net-p": "Applied", "shadow": "Conflicted"})
     entry = next(r for r in state["resources"] if r["name"] == "shadow")
-    assert entry["reason"] == "PortInUse" and "127.0.0.1:8088" in entry["message"]
+    assert entry["reason"] == "PortInUse" and "0.0.0.0:8088" in entry["message"]
+    assert f"held by pid {holder.pid} (python" in entry["message"], entry["message"]
     assert "8088" not in w.node.run("nft list map ip bridgeport pub_any").stdout
     assert w.ask(w.client, "tcp", NODE_IP, 8088) == "host-process"
 

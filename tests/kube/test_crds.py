@@ -50,6 +50,7 @@ INVALID_DIR = EXAMPLES_DIR / "invalid"
 BN_CRD, PP_CRD, NS_CRD = (f"{p}.bridgeport.io" for p in
                           ("bridgenetworks", "portpublications", "nodestates"))
 PEERING_CRD = "clusterkopfpeerings.kopf.dev"
+HPP_CRD = "hostportpolicies.bridgeport.io"
 
 
 # -- reading the CRDs and the examples ---------------------------------------------------------
@@ -159,15 +160,15 @@ def table(output: str) -> tuple[list[str], list[list[str]]]:
 
 @kube
 def test_crds_are_established(crds: dict[str, dict[str, Any]], kubectl: Kubectl) -> None:
-    """All four CRDs install server-side, are Established, and have the documented names."""
-    assert set(crds) == {BN_CRD, PP_CRD, NS_CRD, PEERING_CRD}
+    """All five CRDs install server-side, are Established, and have the documented names."""
+    assert set(crds) == {BN_CRD, PP_CRD, NS_CRD, PEERING_CRD, HPP_CRD}
     for name in crds:
         crd = kubectl.json("get", "crd", name)
         conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
         assert conditions["Established"] == "True", (name, conditions)
         assert conditions["NamesAccepted"] == "True", (name, conditions)
     expected = {BN_CRD: ("Cluster", ["bn"]), PP_CRD: ("Namespaced", ["pp"]),
-                NS_CRD: ("Cluster", ["bpns"])}
+                NS_CRD: ("Cluster", ["bpns"]), HPP_CRD: ("Cluster", ["hpp"])}
     for name, (scope, short) in expected.items():
         spec = kubectl.json("get", "crd", name)["spec"]
         assert (spec["group"], spec["scope"], spec["names"]["shortNames"]) == (
@@ -176,13 +177,15 @@ def test_crds_are_established(crds: dict[str, dict[str, Any]], kubectl: Kubectl)
         (version,) = spec["versions"]
         assert (version["name"], version["served"], version["storage"]) == (
             "v1alpha1", True, True)
-        assert version["subresources"] == {"status": {}}
+        # A HostPortPolicy is only read (by admission): it has no status.
+        assert version.get("subresources") == (None if name == HPP_CRD else {"status": {}})
     peering = kubectl.json("get", "crd", PEERING_CRD)["spec"]
     assert (peering["group"], peering["scope"], peering["names"]["kind"]) == (
         "kopf.dev", "Cluster", "ClusterKopfPeering")
     resources = kubectl.ok("api-resources", "--api-group=bridgeport.io", "-o", "name")
     assert set(resources.split()) == {f"{p}.bridgeport.io" for p in
-                                      ("bridgenetworks", "portpublications", "nodestates")}
+                                      ("bridgenetworks", "portpublications", "nodestates",
+                                       "hostportpolicies")}
     assert kubectl("get", "bridgeport", "-A").rc == 0
 
 

@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from bridgeport.adapters.fake import FakeDataplane
 from bridgeport.agent import Agent, AgentSettings
-from bridgeport.core.plan import ProxyKey, ProxyPort
+from bridgeport.core.plan import Claim, ProxyKey, ProxyPort
 from bridgeport.core.report import Report
 from bridgeport.core.source import Snapshot
 from bridgeport.core.specs import ParseResult
@@ -57,16 +57,26 @@ class ListSource:
 
 
 class HeldPorts:
-    """Proxies where a host process already holds some ports."""
+    """Proxies and port claims where a host process already holds some ports. Records when
+    sockets are let go, against the transactions the data plane committed by then."""
 
-    def __init__(self, held: set[int]) -> None:
+    def __init__(self, held: set[int], fake: FakeDataplane | None = None) -> None:
         self.held = held
+        self.fake = fake
         self.synced: list[list[ProxyPort]] = []
+        self.claimed: list[list[Claim]] = []
+        self.releases: list[int] = []  # transactions committed at each release()
 
-    async def sync(self, desired: Sequence[ProxyPort]) -> Mapping[ProxyKey, ProxyStatus]:
+    async def sync(self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (),
+                   release: bool = True) -> Mapping[ProxyKey, ProxyStatus]:
         self.synced.append(list(desired))
+        self.claimed.append(list(claims))
         return {p.key: ProxyStatus("failed", p.owner, "PortInUse", f"{p.port} is in use")
-                if p.port in self.held else ProxyStatus("listening", p.owner) for p in desired}
+                if p.port in self.held else ProxyStatus("listening", p.owner)
+                for p in [*desired, *claims]}
+
+    async def release(self) -> None:
+        self.releases.append(len(self.fake.transactions) if self.fake else -1)
 
     async def close(self) -> None:
         pass
@@ -147,7 +157,8 @@ def test_full_then_incremental_then_nothing() -> None:
         assert second is not None and not second.full
         assert fake.transactions[-1].commands["ip"] == (
             'add element ip bridgeport pub_any { tcp . 8081 comment "default/api" '
-            ": 10.0.0.2 . 80 }",)
+            ": 10.0.0.2 . 80 }",
+            "add element ip bridgeport loop_ports { tcp . 8081 }")  # the remote-loopback drop
         third = await agent.reconcile()
         assert third is not None and third.commands == 0 and not third.full
 
@@ -236,6 +247,52 @@ def test_a_port_held_by_a_host_process_is_conflicted_without_dnat() -> None:
         keys = set(fake.tables["ip"].elements["pub_any"])
         assert keys == {"tcp . 8081"}  # the host process on 8080 is never shadowed
         assert {p.port for p in proxies.synced[-1]} == {8081}  # the replan let 8080 go
+
+    asyncio.run(body())
+
+
+def test_claims_hold_before_and_let_go_after_the_transaction() -> None:
+    """loopback: Never still claims its port: a held one is Conflicted without DNAT, and the
+    younger publication the replan hands the port to is tried as well. Sockets are let go
+    only after a transaction committed, never after a refused one."""
+    source = ListSource(pub("held", 8080, "2026-01-01T00:00:00Z", loopback="Never"),
+                        pub("next", 8080, "2026-02-01T00:00:00Z", loopback="Never"),
+                        pub("free", 8081, loopback="Never"))
+    fake = fake_node()
+    proxies = HeldPorts({8080}, fake)
+    agent = agent_for(source, fake, proxies=proxies)
+
+    async def body() -> None:
+        report = await agent.reconcile()
+        assert report is not None
+        assert states(report) == {"held": ("Conflicted", "PortInUse"),
+                                  "next": ("Conflicted", "PortInUse"),
+                                  "free": ("Applied", "Programmed")}
+        assert set(fake.tables["ip"].elements["pub_any"]) == {"tcp . 8081"}
+        assert [{c.port for c in claims} for claims in proxies.claimed] == [
+            {8080, 8081}, {8080, 8081}, {8081}]  # held, then next, then neither
+        assert report.proxy_states == {}  # bare claims are not proxies
+        assert proxies.releases == [len(fake.transactions)]  # after the commit
+        fake.refuse_next_apply("Error: Could not process rule: No buffer space available")
+        source.resources.append(pub("more", 8082, loopback="Never"))
+        await agent.reconcile()
+        assert proxies.releases == [len(fake.transactions)]  # nothing let go
+
+    asyncio.run(body())
+
+
+def test_reserved_ports_and_no_proxy_settings_reach_the_planner() -> None:
+    source = ListSource(pub("ssh", 22), pub("web", 8080))
+    proxies = HeldPorts(set())
+    agent = agent_for(source, fake_node(), proxies=proxies, proxy_enabled=False,
+                      reserved_ports=frozenset({22}))
+
+    async def body() -> None:
+        report = await agent.reconcile()
+        assert report is not None
+        assert states(report)["ssh"] == ("Conflicted", "ReservedPort")
+        assert proxies.synced[-1] == []  # --no-proxy: no listeners, only claims
+        assert [str(c.listen) for c in proxies.claimed[-1]] == ["0.0.0.0"]
 
     asyncio.run(body())
 

@@ -40,7 +40,8 @@ def test_json_format() -> None:
         "demo": "Applied", "dns-range": "Applied", "web": "Applied"}
     # IPv4-only targets: the wildcard claims IPv4 only, so the proxy binds 0.0.0.0 only.
     assert {p["listen"] for p in data["proxies"]} == {"0.0.0.0"}
-    assert "pub_any" in data["nft"]["ip"] and "tcp . 8080" not in data["nft"]["ip"]
+    assert "pub_any" in data["nft"]["ip"]
+    assert 'tcp . 8080 comment "default/web"' not in data["nft"]["ip"]  # no DNAT element
     assert data["dnats"] == []  # no forwarding: the proxy serves everything
 
 
@@ -57,8 +58,10 @@ spec: {hostPort: 8080, target: {address: 192.168.99.2, address6: "fd00:99::2", p
     data = json.loads(out.stdout)
     assert [(d["family"], d["hostIP"], d["target"]) for d in data["dnats"]] == [
         ("IPv4", "", "192.168.99.2:80"), ("IPv6", "", "[fd00:99::2]:80")]
-    assert {(p["listen"], p["target"]) for p in data["proxies"]} == {
-        ("127.0.0.1", "192.168.99.2:80"), ("::", "[fd00:99::2]:80")}
+    # Auto's IPv4 loopback listener is widened to 0.0.0.0: it holds what the DNAT captures.
+    assert {(p["listen"], p["target"], p["holds"]) for p in data["proxies"]} == {
+        ("0.0.0.0", "192.168.99.2:80", True), ("::", "[fd00:99::2]:80", True)}
+    assert data["claims"] == []
 
 
 def test_invalid_input_exits_1(tmp_path: Path) -> None:

@@ -131,13 +131,14 @@ def test_internal_network_publishes_nothing() -> None:
 
 
 def test_proxy_policy() -> None:
-    """Auto: loopback listeners; Always: wildcard; Never: none; loopback host IP: proxy only."""
+    """Auto: loopback listeners (IPv4's widened to 0.0.0.0, where it also holds the DNATed
+    port); Always: wildcard; Never: none; loopback host IP: proxy only."""
     plan = planner.plan([pub("auto", 80), pub("always", 81, loopback="Always"),
                          pub("never", 82, loopback="Never"),
                          pub("lo", 83, hostIP="127.0.0.1"),
                          pub("lo-never", 84, hostIP="127.0.0.1", loopback="Never")], NODE)
     listens = {(p.owner.name, str(p.listen)) for p in plan.proxies}
-    assert listens == {("auto", "127.0.0.1"), ("always", "0.0.0.0"), ("lo", "127.0.0.1")}
+    assert listens == {("auto", "0.0.0.0"), ("always", "0.0.0.0"), ("lo", "127.0.0.1")}
     assert {d.owner.name for d in plan.dnats} == {"auto", "always", "never"}
     assert states(plan)["lo-never"] == ("Inactive", "LoopbackNeedsProxy")
 
@@ -166,14 +167,15 @@ def test_dual_stack_claims_are_per_family() -> None:
     assert {(d.owner.name, d.family, str(d.target)) for d in plan.dnats} == {
         ("v4", 4, "10.0.0.2"), ("v6", 6, "fd00::2"),
         ("dual2", 4, "10.0.0.2"), ("dual2", 6, "fd00::2")}
-    # Loopback and link-local are left to the proxy: 127.0.0.1, and :: (::1 and fe80::/10).
+    # Loopback and link-local are left to the proxy: 0.0.0.0 (127.0.0.0/8; the listener also
+    # holds what the DNAT captures), and :: (::1 and fe80::/10).
     assert {(p.owner.name, str(p.listen), str(p.target), p.why) for p in plan.proxies} == {
-        ("v4", "127.0.0.1", "10.0.0.2", "loopback"),
+        ("v4", "0.0.0.0", "10.0.0.2", "loopback"),
         ("v6", "::", "fd00::2", "loopback+link-local"),
-        ("dual2", "127.0.0.1", "10.0.0.2", "loopback"),
+        ("dual2", "0.0.0.0", "10.0.0.2", "loopback"),
         ("dual2", "::", "fd00::2", "loopback+link-local")}
     assert message(plan, "dual2") == (
-        "81/TCP -> 10.0.0.2:80 via kernel DNAT and proxy on 127.0.0.1; "
+        "81/TCP -> 10.0.0.2:80 via kernel DNAT and proxy on 0.0.0.0; "
         "[fd00::2]:80 via kernel DNAT and proxy on ::")
 
 
@@ -201,7 +203,7 @@ def test_family_wildcards() -> None:
     assert {(d.owner.name, d.family, d.host_ip) for d in plan.dnats if d.port == 80} == {
         ("any4", 4, None), ("any6", 6, None)}
     assert {(p.owner.name, str(p.listen)) for p in plan.proxies if p.port == 80} == {
-        ("any4", "127.0.0.1"), ("any6", "::")}
+        ("any4", "0.0.0.0"), ("any6", "::")}
 
 
 def test_icc_off_leaves_own_bridge_traffic_to_the_proxy() -> None:
@@ -224,7 +226,7 @@ def test_icc_off_leaves_own_bridge_traffic_to_the_proxy() -> None:
     assert {d.proxy_from for d in no_proxy.dnats} == {""}
     chatty = planner.plan([net("chatty", "10.0.0.0/24"), pub("web", 80)], NODE)
     assert {d.proxy_from for d in chatty.dnats} == {""}
-    assert {str(p.listen) for p in chatty.proxies} == {"127.0.0.1"}
+    assert {str(p.listen) for p in chatty.proxies} == {"0.0.0.0"}
 
 
 def test_port_in_use_is_conflicted_without_dnat() -> None:

@@ -6,8 +6,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
-from bridgeport.core.specs import IPAddress, Protocol, ResourceRef
+from bridgeport.core.specs import IPAddress, IPNetwork, Protocol, ResourceRef
 
 
 class State(StrEnum):
@@ -39,10 +40,15 @@ class NodeFacts:
     ipv6_forwarding: bool = True
     # Interfaces that exist and are not ours: a network asking for one of these names conflicts.
     foreign_interfaces: frozenset[str] = frozenset()
-    # Publications whose port a host process already holds (found by the proxy's bind).
+    # Publications whose port a host process already holds (found by the agent's bind).
     ports_in_use: Mapping[ResourceRef, str] = field(default_factory=dict)
-    # The agent runs the userland proxy (not --no-proxy): traffic may be left to it.
+    # The agent runs the userland proxy (not --no-proxy): traffic may be left to it. Without
+    # it there are no listeners, and every captured address is held by a bare claim.
     userland_proxy: bool = True
+    # Publications whose claim failed for another reason (EACCES, ...): never DNATed unheld.
+    claims_failed: Mapping[ResourceRef, str] = field(default_factory=dict)
+    # Host ports no publication may take on this node (the agent's own, kubelet's, ...).
+    reserved_ports: frozenset[int] = frozenset()
 
     def forwarding(self, family: int) -> bool:
         return self.ipv4_forwarding if family == 4 else self.ipv6_forwarding
@@ -102,10 +108,41 @@ class ProxyPort:
     target_port: int
     owner: ResourceRef
     why: str  # loopback | loopback+link-local | icc-off | no-forwarding | always
+    holds: bool = False  # also the claim on an address a DNAT captures (core/claims.py)
 
     @property
     def key(self) -> ProxyKey:
         return ProxyKey(str(self.listen), self.port, self.protocol)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A bound, non-listening socket the agent holds so nothing else can take the port
+    (core/claims.py says when)."""
+
+    listen: IPAddress
+    port: int
+    protocol: Protocol
+    owner: ResourceRef
+
+    @cached_property
+    def key(self) -> ProxyKey:
+        # Cached: a steady-state sync of 10,000 claims is mostly this (str() of an address).
+        return ProxyKey(str(self.listen), self.port, self.protocol)
+
+
+@dataclass(frozen=True)
+class SourceRule:
+    """Only `sources` may open connections to address:port-port_end/protocol (address None:
+    every local address of the family): spec.allowedSources, for DNAT and proxy alike."""
+
+    family: int
+    address: IPAddress | None
+    protocol: Protocol
+    port: int
+    port_end: int
+    sources: tuple[IPNetwork, ...]  # of this family; empty: nobody of this family
+    owner: ResourceRef
 
 
 @dataclass(frozen=True)
@@ -114,6 +151,8 @@ class NodePlan:
     bridges: tuple[BridgePlan, ...] = ()
     dnats: tuple[Dnat, ...] = ()
     proxies: tuple[ProxyPort, ...] = ()
+    claims: tuple[Claim, ...] = ()
+    source_rules: tuple[SourceRule, ...] = ()
     outcomes: tuple[Outcome, ...] = ()
     errors: tuple[str, ...] = ()  # documents too broken to name a resource
 

@@ -11,13 +11,16 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bridgeport.core import claims as port_claims
 from bridgeport.core.plan import (
     BridgePlan,
+    Claim,
     Dnat,
     NodeFacts,
     NodePlan,
     Outcome,
     ProxyPort,
+    SourceRule,
     State,
 )
 from bridgeport.core.specs import (
@@ -77,7 +80,7 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
     bridges = _plan_networks(networks, facts, outcomes)
     applied_networks = {b.network: b for b in bridges}
     all_networks = {n.name: n for n in networks}
-    dnats, proxies = _plan_publications(
+    dnats, proxies, claims, sources = _plan_publications(
         publications, facts, applied_networks, all_networks, outcomes
     )
     return NodePlan(
@@ -85,6 +88,8 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
         bridges=tuple(sorted(bridges, key=lambda b: b.name)),
         dnats=tuple(sorted(dnats, key=_dnat_order)),
         proxies=tuple(sorted(proxies, key=lambda p: (p.key, _addr_order(p.target)))),
+        claims=tuple(sorted(claims, key=lambda c: c.key)),
+        source_rules=tuple(sources),
         outcomes=tuple(sorted(outcomes.values(), key=lambda o: o.ref)),
         errors=tuple(sorted(errors)),
     )
@@ -159,26 +164,48 @@ def _plan_publications(
     applied: dict[str, BridgePlan],
     all_networks: dict[str, BridgeNetwork],
     outcomes: dict[ResourceRef, Outcome],
-) -> tuple[list[Dnat], list[ProxyPort]]:
+) -> tuple[list[Dnat], list[ProxyPort], list[Claim], list[SourceRule]]:
     accepted = _Claims()
+    sources: list[SourceRule] = []
     dnats: list[Dnat] = []
     proxies: list[ProxyPort] = []
+    claims: list[Claim] = []
     for pub in publications:
         ref = pub.meta.ref
         verdict = _publication_verdict(pub, facts, applied, all_networks, accepted)
         if verdict is None:
             pub_dnats = _dnats(pub, facts, applied)
-            pub_proxies = _proxies(pub, facts, applied)
+            pub_proxies, pub_claims = port_claims.assign(
+                pub_dnats, _proxies(pub, facts, applied), facts.userland_proxy)
             if not pub_dnats and not pub_proxies:
                 verdict = _unserved(pub, facts)
             else:
                 accepted.add(pub)
                 dnats += pub_dnats
                 proxies += pub_proxies
+                claims += pub_claims
+                sources += _source_rules(pub, pub_dnats, pub_proxies)
                 verdict = _Verdict(State.APPLIED, "Programmed",
                                    _applied_message(pub, pub_dnats, pub_proxies))
         outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict), pub.meta.uid)
-    return dnats, proxies
+    return dnats, proxies, claims, sources
+
+
+def _source_rules(pub: PortPublication, dnats: list[Dnat],
+                  proxies: list[ProxyPort]) -> list[SourceRule]:
+    """One rule per address the publication serves (DNAT or proxy), in that address's family."""
+    if not pub.allowed_sources:
+        return []
+    where: set[tuple[int, IPAddress | None]] = {(d.family, d.host_ip) for d in dnats}
+    where |= {(p.listen.version, None if p.listen.is_unspecified else p.listen)
+              for p in proxies}
+    # A wildcard covers the family's specific addresses (and nft refuses overlapping intervals).
+    where = {(f, a) for f, a in where if a is None or (f, None) not in where}
+    return [
+        SourceRule(family, address, pub.protocol, pub.host_port, pub.host_port_end,
+                   tuple(n for n in pub.allowed_sources if n.version == family), pub.meta.ref)
+        for family, address in sorted(where, key=lambda fa: (fa[0], str(fa[1] or "")))
+    ]
 
 
 def _target_network(pub: PortPublication, target: IPAddress,
@@ -228,6 +255,11 @@ def _publication_verdict(
     if host is not None and not host.is_loopback and host not in facts.addresses:
         return _Verdict(State.INACTIVE, "HostIPNotLocal",
                         f"hostIP {host} is not an address of node {facts.name}")
+    reserved = _reserved(pub, facts.reserved_ports)
+    if reserved:
+        return _Verdict(State.CONFLICTED, "ReservedPort",
+                        f"{pub.describe()}: reserved port(s) {reserved} on node {facts.name} "
+                        "(the agent's --reserved-ports) are never published")
     overlap = accepted.first_overlap(pub)
     if overlap is not None:
         winner, family = overlap
@@ -237,7 +269,21 @@ def _publication_verdict(
     in_use = facts.ports_in_use.get(pub.meta.ref)
     if in_use is not None:
         return _Verdict(State.CONFLICTED, "PortInUse", in_use)
+    unclaimed = facts.claims_failed.get(pub.meta.ref)
+    if unclaimed is not None:
+        return _Verdict(State.FAILED, "ClaimFailed", unclaimed)
     return None
+
+
+def _reserved(pub: PortPublication, reserved: frozenset[int]) -> str:
+    """The reserved ports the publication would take, as text ("" when none)."""
+    if not reserved:
+        return ""
+    hits = sorted(p for p in range(pub.host_port, pub.host_port_end + 1) if p in reserved)
+    if not hits:
+        return ""
+    return ", ".join(str(p) for p in hits[:5]) + (f" (+{len(hits) - 5} more)" if len(hits) > 5
+                                                    else "")
 
 
 @dataclass(frozen=True)
@@ -354,6 +400,10 @@ def _proxies(pub: PortPublication, facts: NodeFacts,
 
 
 def _unserved(pub: PortPublication, facts: NodeFacts) -> _Verdict:
+    if not facts.userland_proxy:
+        return _Verdict(State.INACTIVE, "ProxyDisabled",
+                        f"only the userland proxy could serve this port on node {facts.name}, "
+                        "and the agent runs with --no-proxy")
     host = pub.specific_host_ip
     if host is not None and host.is_loopback:
         return _Verdict(State.INACTIVE, "LoopbackNeedsProxy",

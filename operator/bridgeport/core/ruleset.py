@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from bridgeport.core.plan import BridgePlan, Dnat, NodePlan
-from bridgeport.core.specs import IFNAME
+from bridgeport.core.plan import BridgePlan, Dnat, NodePlan, SourceRule
+from bridgeport.core.specs import IFNAME, Protocol
 
 TABLE = "bridgeport"
 FAMILIES = ("ip", "ip6")
@@ -127,6 +127,15 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         SetDecl("icc_off", "ifname"),
         SetDecl("icc_proxy_host", f"ifname . {addr} . inet_proto . inet_service", interval=True),
         SetDecl("icc_proxy_any", "ifname . inet_proto . inet_service", interval=True),
+        # spec.allowedSources: restricted address . protocol . port -> that publication's
+        # src_<id> chain, which drops every source outside its list. Hash maps, one exact
+        # lookup per new flow whatever the number of publications (an interval set of
+        # addr . proto . port . saddr would be one lookup too, but nft's pipapo scans a bitmap
+        # as long as the element count).
+        SetDecl("src_host", f"{addr} . inet_proto . inet_service : verdict"),
+        SetDecl("src_any", "inet_proto . inet_service : verdict"),
+        # Every published protocol . port: remote loopback to these is dropped in raw.
+        SetDecl("loop_ports", "inet_proto . inet_service", interval=True),
         SetDecl("shared", "ifname"),
         SetDecl("fwd_in", "ifname : verdict"),
         SetDecl("fwd_out", "ifname : verdict"),
@@ -138,8 +147,19 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         if d.family == version:
             for name, element in _dnat_elements(d):
                 elements[name].add(element)
+    source_chains = _source_chains(plan.source_rules, version, ip, elements)
+    elements["loop_ports"] |= _loop_port_elements(plan)
+    # The same check on the DNAT path (nat, first packet of a flow) and on the proxy's path
+    # (input, new flows): two hash lookups, then the publication's own short list.
+    check = (f"{ip} daddr . meta l4proto . th dport vmap @src_host",
+             "meta l4proto . th dport vmap @src_any")
 
     chains = [
+        # Docker 28's remote-loopback rule (CVE-2020-8558), whatever route_localnet says:
+        # loopback destinations arriving from another interface never reach a published port.
+        Chain("raw_prerouting", (
+            f'{ip} daddr {loopback} iif != "lo" meta l4proto . th dport @loop_ports counter drop',
+        ), "type filter hook prerouting priority raw; policy accept;"),
         Chain("prerouting", (
             "iifname @icc_off jump icc_proxy",
             f"{link_local}fib daddr type local jump publish",
@@ -154,7 +174,10 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         Chain("output", (
             f"{ip} daddr != {loopback} {link_local}fib daddr type local jump publish",),
             "type nat hook output priority -100; policy accept;"),
+        Chain("input", tuple(f"ct state new {c}" for c in check),
+              "type filter hook input priority filter; policy accept;"),
         Chain("publish", (
+            *check,
             f"dnat {ip} to {ip} daddr . meta l4proto . th dport map @pub_host",
             f"dnat {ip} to {ip} daddr . meta l4proto . th dport map @pub_host_range",
             f"dnat {ip} to meta l4proto . th dport map @pub_any",
@@ -194,6 +217,7 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
             elements["masq_from"].add(Element(name, f"jump masq_{b.name}"))
             chains.append(Chain(f"masq_{b.name}", (
                 f'{ip} saddr {subnet} oifname != "{b.name}" masquerade',)))
+    chains += source_chains
     return Table(ip, sets, tuple(chains), {k: frozenset(v) for k, v in elements.items()})
 
 
@@ -245,6 +269,49 @@ def _dnat_map_elements(d: Dnat, proto: str, host: str, prefix: str,
         (prefix, Element(f"{host}{proto} . {port}", f"{d.target} . {d.target_port + i}", comment))
         for i, port in enumerate(range(d.port, d.port_end + 1))
     ]
+
+
+def _source_chains(rules: Iterable[SourceRule], version: int, ip: str,
+                   elements: dict[str, set[Element]]) -> list[Chain]:
+    """One src_<id> chain per restricted publication, and the map elements jumping there.
+    A key already taken (the planner never plans two; this keeps a planner bug from failing
+    the whole transaction) keeps its first owner."""
+    chains: dict[str, Chain] = {}
+    taken: set[tuple[str, str]] = set()
+    for r in sorted((r for r in rules if r.family == version), key=lambda r: (r.owner, r.port)):
+        name = "src_" + hashlib.sha256(r.owner.key.encode()).hexdigest()[:12]
+        if name not in chains:
+            allowed = ", ".join(str(n) for n in r.sources)
+            chains[name] = Chain(name, (f"{ip} saddr != {{ {allowed} }} counter drop"
+                                        if allowed else "counter drop",))
+        host = f"{r.address} . " if r.address is not None else ""
+        target = "src_host" if r.address is not None else "src_any"
+        for port in range(r.port, r.port_end + 1):
+            key = f"{host}{r.protocol.nft} . {port}"
+            if (target, key) not in taken:
+                taken.add((target, key))
+                elements[target].add(Element(key, f"jump {name}", _comment(r.owner.key)))
+    return list(chains.values())
+
+
+def _loop_port_elements(plan: NodePlan) -> set[Element]:
+    """Every published protocol . port range, merged (an interval set refuses overlaps)."""
+    spans: dict[Protocol, list[tuple[int, int]]] = {}
+    for d in plan.dnats:
+        spans.setdefault(d.protocol, []).append((d.port, d.port_end))
+    for p in plan.proxies:
+        spans.setdefault(p.protocol, []).append((p.port, p.port))
+    out: set[Element] = set()
+    for proto, ranges in spans.items():
+        merged: list[list[int]] = []
+        for lo, hi in sorted(ranges):
+            if merged and lo <= merged[-1][1]:  # adjacent stay apart: smaller diffs
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        out |= {Element(f"{proto.nft} . {lo}" if lo == hi else f"{proto.nft} . {lo}-{hi}")
+                for lo, hi in merged}
+    return out
 
 
 def _comment(text: str) -> str:

@@ -4,7 +4,8 @@ The planner decides what should happen; these rules decide what a resource's out
 the node has tried: a bridge the kernel refused fails its network (BridgeFailed), a refused
 nftables transaction fails everything that was to be Applied (NftRejected), and a port a host
 process already holds makes its publication Conflicted (PortInUse) through a replan, so no
-DNAT ever shadows that process.
+DNAT ever shadows that process (another bind error on an address a DNAT captures:
+ClaimFailed, the same way).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bridgeport.core import planner
-from bridgeport.core.plan import NodeFacts, NodePlan, Outcome, State
+from bridgeport.core.plan import NodeFacts, NodePlan, Outcome, ProxyKey, State
 from bridgeport.core.report import ProxyState
 from bridgeport.core.specs import BRIDGE_NETWORK, ParseResult, ResourceRef
 
@@ -76,11 +77,39 @@ def ports_in_use(reports: Iterable[ProxyReport]) -> dict[ResourceRef, str]:
             if r.state == "failed" and r.reason == "PortInUse"}
 
 
+@dataclass
+class Lost:
+    """Publications that could not hold their sockets, gathered over the agent's replans."""
+
+    in_use: dict[ResourceRef, str]  # PortInUse: someone else is there
+    unclaimed: dict[ResourceRef, str]  # another bind error on an address a DNAT captures
+
+    def add(self, plan: NodePlan, reports: Mapping[ProxyKey, ProxyReport]) -> int:
+        """Record the new losers among `reports` for `plan`; how many there were. A listener
+        that only serves loopback (holds nothing) failing for another reason is not a loss:
+        the DNAT does not depend on it."""
+        holding = {c.key for c in plan.claims} | {p.key for p in plan.proxies if p.holds}
+        new = 0
+        for key, r in reports.items():
+            if r.state != "failed" or r.owner in self.in_use or r.owner in self.unclaimed:
+                continue
+            if r.reason == "PortInUse":
+                self.in_use[r.owner] = r.message
+            elif key in holding:
+                self.unclaimed[r.owner] = r.message
+            else:
+                continue
+            new += 1
+        return new
+
+
 def replan_without(resources: Sequence[ParseResult], facts: NodeFacts,
-                   in_use: Mapping[ResourceRef, str]) -> NodePlan:
+                   in_use: Mapping[ResourceRef, str],
+                   unclaimed: Mapping[ResourceRef, str] | None = None) -> NodePlan:
     """The plan again, knowing which ports are held: those publications become Conflicted
-    (PortInUse) and lose their DNAT."""
-    return planner.plan(resources, replace(facts, ports_in_use=dict(in_use)))
+    (PortInUse) or Failed (ClaimFailed) and lose their DNAT."""
+    return planner.plan(resources, replace(facts, ports_in_use=dict(in_use),
+                                           claims_failed=dict(unclaimed or {})))
 
 
 def proxy_states(reports: Iterable[ProxyReport]) -> dict[ResourceRef, ProxyState]:

@@ -15,6 +15,8 @@ from enum import StrEnum
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_ALLOWED_SOURCES = 64
 _E = TypeVar("_E", bound=StrEnum)
 
 # The API, named once: the CRDs in crds/ declare the same.
@@ -166,6 +168,8 @@ class PortPublication:
     node_selector: NodeSelector = field(default_factory=NodeSelector)
     # spec.target.address6: the same container's IPv6 address (target_address is then IPv4).
     target_address6: ipaddress.IPv6Address | None = None
+    # Empty: every source. Otherwise only these clients connect (loadBalancerSourceRanges).
+    allowed_sources: tuple[IPNetwork, ...] = ()
 
     @property
     def port_count(self) -> int:
@@ -516,6 +520,7 @@ def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
         f.error("network", f"{network!r} is not a valid BridgeNetwork name")
     loopback = f.enum("loopback", LoopbackPolicy, LoopbackPolicy.AUTO)
     selector = _selector(f, "nodeSelector")
+    sources = _sources(f, "allowedSources")
     target = f.mapping("target")
     target_address: IPAddress | None = None
     target_address6: IPAddress | None = None
@@ -559,6 +564,7 @@ def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
         node_selector=selector,
         target_address6=target_address6 if isinstance(
             target_address6, ipaddress.IPv6Address) else None,
+        allowed_sources=sources,
     )
 
 
@@ -579,3 +585,28 @@ def _dual_stack_ok(t: _Fields, address: IPAddress | None, address6: IPAddress | 
                 "only; omit hostIP to publish both families")
         return False
     return True
+
+
+def _sources(f: _Fields, key: str) -> tuple[IPNetwork, ...]:
+    """CIDRs, host bits clear, at most MAX_ALLOWED_SOURCES; overlapping ones merged."""
+    value = f.raw(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        f.error(key, "must be a list of CIDRs")
+        return ()
+    if len(value) > MAX_ALLOWED_SOURCES:
+        f.error(key, f"{len(value)} entries; at most {MAX_ALLOWED_SOURCES}")
+        return ()
+    nets: list[IPNetwork] = []
+    for i, text in enumerate(value):
+        if not isinstance(text, str) or len(text) > 49 or "/" not in text:
+            f.error(f"{key}[{i}]", "must be a CIDR such as 10.0.0.0/8 or fd00::/64")
+            continue
+        try:
+            nets.append(ipaddress.ip_network(text, strict=True))
+        except ValueError as exc:
+            f.error(f"{key}[{i}]", f"{text!r} is not a CIDR ({exc})")
+    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
+    return (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))

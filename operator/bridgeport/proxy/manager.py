@@ -1,7 +1,11 @@
-"""ProxyManager: makes exactly the desired listeners exist, from the agent's event loop.
+"""ProxyManager: makes exactly the desired listeners and port claims exist, from the agent's
+event loop.
 
 Level-based like the rest of the agent: sync() gets the whole desired set every time, binds
 what is missing (retrying earlier failures), retargets what changed and closes the rest.
+Claims are bound, non-listening sockets that keep a DNATed address:port from anyone else
+(core/claims.py). The agent binds before it programs and releases after (sync(release=False),
+then release()), so no rule of ours ever captures a port that we do not hold.
 TCP worker processes start with the first TCP listener.
 """
 
@@ -10,16 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import Iterator, Sequence
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
 
-from bridgeport.core.plan import ProxyKey, ProxyPort
-from bridgeport.core.specs import Protocol
+from bridgeport.core.plan import Claim, ProxyKey, ProxyPort
+from bridgeport.core.specs import Protocol, ResourceRef
 from bridgeport.proxy import wire
+from bridgeport.proxy.holders import describe_holder
 from bridgeport.proxy.listener import Listener
-from bridgeport.proxy.sockets import open_listener
+from bridgeport.proxy.sockets import family_of, is_wildcard, open_claim, open_listener
 from bridgeport.proxy.stats import ListenerStats, ProxyCollector, Row
 from bridgeport.proxy.status import ProxyStatus, bind_failure, describe
 from bridgeport.proxy.tcp import TcpListener
@@ -27,6 +34,7 @@ from bridgeport.proxy.udp import UdpListener
 from bridgeport.proxy.workers import WorkerPool, default_workers
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 _YIELD_EVERY = 100  # binds between yields, so 1,000 new ports never stall the loop
 
 
@@ -42,6 +50,9 @@ class ProxyManager:
         self.connect_timeout = connect_timeout
         self.listeners: dict[ProxyKey, Listener] = {}
         self.failed: dict[ProxyKey, ProxyStatus] = {}
+        self.held: dict[ProxyKey, tuple[socket.socket | None, ResourceRef]] = {}
+        self._want_listen: set[ProxyKey] = set()
+        self._want_hold: set[ProxyKey] = set()
         self._pool: WorkerPool | None = None  # started with the first TCP listener
         self._udp_buf = bytearray(65536)  # the largest datagram
         self._sweeper: asyncio.TimerHandle | None = None
@@ -50,27 +61,103 @@ class ProxyManager:
         if registry is not None:
             registry.register(self._collector)
 
-    async def sync(self, desired: Sequence[ProxyPort]) -> dict[ProxyKey, ProxyStatus]:
-        """Converge on `desired`; bind failures become statuses, never exceptions."""
+    async def sync(self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (),
+                   release: bool = True) -> dict[ProxyKey, ProxyStatus]:
+        """Converge on `desired` listeners and `claims`; bind failures become statuses, never
+        exceptions. With release=False what is no longer wanted stays bound until release()."""
         loop = asyncio.get_running_loop()
         wanted: dict[ProxyKey, ProxyPort] = {}
         for port in desired:
             if wanted.setdefault(port.key, port) is not port:
                 log.warning("duplicate proxy port ignored", listen=describe(port.key),
                             publication=port.owner.key, kept=wanted[port.key].owner.key)
-        await self._close([k for k in self.listeners if k not in wanted])
-        for key in [k for k in self.failed if k not in wanted]:
+        hold: dict[ProxyKey, Claim] = {}
+        for claim in claims:
+            if claim.key not in wanted:
+                hold.setdefault(claim.key, claim)
+        self._want_listen, self._want_hold = set(wanted), set(hold)
+        for key in [k for k in self.failed if k not in wanted and k not in hold]:
             del self.failed[key]
+        if release:
+            await self.release()
         statuses: dict[ProxyKey, ProxyStatus] = {}
         for i, (key, port) in enumerate(sorted(wanted.items())):
             if i and i % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            statuses[key] = self._ensure(loop, key, port)
+            statuses[key] = await self._ensure(loop, key, port)
+        for i, (key, claim) in enumerate(hold.items()):  # the plan's order: already sorted
+            held = self.held.get(key)
+            if held is not None:  # steady state: no coroutine, no syscall
+                if held[1] != claim.owner:
+                    self.held[key] = (held[0], claim.owner)
+                statuses[key] = ProxyStatus("listening", claim.owner)
+                continue
+            if i and i % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            statuses[key] = await self._hold(key, claim)
         self._arm_sweeper(loop)
         return statuses
 
-    def _ensure(self, loop: asyncio.AbstractEventLoop, key: ProxyKey,
-                port: ProxyPort) -> ProxyStatus:
+    async def release(self) -> None:
+        """Close the listeners and claims the last sync() no longer wanted."""
+        await self._close([k for k in self.listeners if k not in self._want_listen])
+        for key in [k for k in self.held if k not in self._want_hold]:
+            self._drop_claim(key)
+
+    def _drop_claim(self, key: ProxyKey) -> None:
+        sock, owner = self.held.pop(key)
+        if sock is not None:
+            sock.close()
+        log.debug("port claim released", listen=describe(key), publication=owner.key)
+
+    async def _hold(self, key: ProxyKey, claim: Claim) -> ProxyStatus:
+        try:
+            sock = await self._bind(key, lambda: open_claim(key))
+        except OSError as exc:
+            return self._failed(key, claim.owner, exc)
+        self.held[key] = (sock, claim.owner)
+        self.failed.pop(key, None)
+        log.debug("port claimed", listen=describe(key), publication=claim.owner.key)
+        return ProxyStatus("listening", claim.owner)
+
+    async def _bind(self, key: ProxyKey, bind: Callable[[], _T]) -> _T:
+        """bind(), and once more after closing a socket of ours that is no longer wanted and
+        overlaps key (a publication that moved from 127.0.0.1 to 0.0.0.0, or from a claim to
+        a listener): our own stale socket must not make a publication lose its port."""
+        try:
+            return bind()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            stale = [k for k in self.listeners if k not in self._want_listen and _overlap(k, key)]
+            held = [k for k in self.held if k not in self._want_hold and _overlap(k, key)]
+            if not stale and not held:
+                raise
+        await self._close(stale)
+        for k in held:
+            self._drop_claim(k)
+        return bind()
+
+    def _failed(self, key: ProxyKey, owner: ResourceRef, exc: OSError) -> ProxyStatus:
+        previous = self.failed.get(key)
+        status = bind_failure(key, owner, exc)
+        if status.reason == "PortInUse":
+            # Naming the holder scans /proc: do it when a failure appears, not every resync.
+            if previous is not None and previous.owner == owner and (
+                    previous.reason == "PortInUse"):
+                status = previous
+            else:
+                status = ProxyStatus(status.state, owner, status.reason,
+                                     status.message + describe_holder(key))
+        if previous != status:  # log changes, not every resync
+            log.warning("port claim failed", listen=describe(key),
+                        publication=owner.key, reason=status.reason,
+                        message=status.message)
+        self.failed[key] = status
+        return status
+
+    async def _ensure(self, loop: asyncio.AbstractEventLoop, key: ProxyKey,
+                      port: ProxyPort) -> ProxyStatus:
         current = self.listeners.get(key)
         if current is not None:
             if current.port != port:
@@ -79,15 +166,9 @@ class ProxyManager:
                 current.retarget(port)
             return ProxyStatus("listening", port.owner)
         try:
-            self.listeners[key] = self._listen(loop, port)
+            self.listeners[key] = await self._bind(key, lambda: self._listen(loop, port))
         except OSError as exc:
-            status = bind_failure(key, port.owner, exc)
-            if self.failed.get(key) != status:  # log changes, not every resync
-                log.warning("proxy bind failed", listen=describe(key),
-                            publication=port.owner.key, reason=status.reason,
-                            message=status.message)
-            self.failed[key] = status
-            return status
+            return self._failed(key, port.owner, exc)
         self.failed.pop(key, None)
         log.info("proxy listening", listen=describe(key), publication=port.owner.key,
                  target=f"{port.target}:{port.target_port}", why=port.why)
@@ -148,6 +229,9 @@ class ProxyManager:
             listener.tick(now)
         self._arm_sweeper(loop)
 
+    def claim_count(self) -> int:
+        return len(self.held)
+
     def _rows(self) -> Iterator[Row]:
         # A copy: a scrape from another thread must not see the dicts change under it.
         for key, listener in list(self.listeners.items()):
@@ -165,6 +249,8 @@ class ProxyManager:
             self._sweeper.cancel()
             self._sweeper = None
         await self._close(list(self.listeners))
+        for key in list(self.held):
+            self._drop_claim(key)
         self.failed.clear()
         if self._pool is not None:
             await self._pool.close()
@@ -173,3 +259,12 @@ class ProxyManager:
             with contextlib.suppress(KeyError):
                 self._registry.unregister(self._collector)
             self._registry = None
+
+
+def _overlap(a: ProxyKey, b: ProxyKey) -> bool:
+    """Two binds that the kernel would refuse to let coexist (V6ONLY keeps families apart)."""
+    if a.port != b.port or a.protocol != b.protocol:
+        return False
+    if family_of(a.listen) != family_of(b.listen):
+        return False
+    return a.listen == b.listen or is_wildcard(a.listen) or is_wildcard(b.listen)

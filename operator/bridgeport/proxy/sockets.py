@@ -6,6 +6,7 @@ bind fail, and that is reported as a conflict instead of being silently shadowed
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -51,6 +52,43 @@ def open_listener(key: ProxyKey) -> socket.socket:
             sock.listen(TCP_BACKLOG)
         elif is_wildcard(key.listen):
             enable_pktinfo(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_claim(key: ProxyKey) -> socket.socket | None:
+    """A bound, never listening socket that keeps every other process off key's address:port
+    (no SO_REUSEADDR, no SO_REUSEPORT: any overlapping bind fails with EADDRINUSE). None when
+    the kernel has no such protocol at all (no SCTP module): then nothing can hold the port."""
+    family = family_of(key.listen)
+    if key.protocol is Protocol.TCP:
+        kind, proto = socket.SOCK_STREAM, 0
+    elif key.protocol is Protocol.UDP:
+        kind, proto = socket.SOCK_DGRAM, 0
+    else:
+        kind, proto = socket.SOCK_STREAM, socket.IPPROTO_SCTP
+    try:
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        if exc.errno in (errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT, errno.EAFNOSUPPORT):
+            return None
+        raise
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((key.listen, key.port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or kind != socket.SOCK_STREAM or proto:
+                raise
+            # TIME_WAIT leftovers (e.g. of our own proxy listener, a moment ago) block a plain
+            # bind for a minute. With SO_REUSEADDR the bind still fails against any listener;
+            # clearing it right after makes every later bind conflict with us again.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((key.listen, key.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
     except BaseException:
         sock.close()
         raise
