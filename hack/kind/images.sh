@@ -87,7 +87,7 @@ for t in "$(tag_of pause)" "$sandbox"; do
     timed "$t" docker build -q -t "$t" "$work/pause" >/dev/null
 done
 flannel=bridgeport-kind/flannel:$FLANNEL_VERSION-$(basename "$(ls -d "$bins"/cniconf-*)" | cut -d- -f2)
-image_from "$flannel" "$netbase" "$(bin flannel "$FLANNEL_VERSION")/flannel" "$bins"/cniconf-*/cniconf
+image_from "$flannel" "$netbase" "$(bin flannel "$FLANNEL_VERSION")/flanneld" "$bins"/cniconf-*/cniconf
 
 # kind's base image, as images/base/Dockerfile builds it (that Dockerfile needs BuildKit's
 # COPY --chmod, git clones and debian:trixie, whose systemd 257 does not boot on cgroup v1).
