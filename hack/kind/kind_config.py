@@ -13,7 +13,8 @@ import sys
 
 import yaml
 
-config = yaml.safe_load(open(sys.argv[1]))
+with open(sys.argv[1]) as f:
+    config = yaml.safe_load(f)
 quirks = set(sys.argv[2:])
 config.setdefault("networking", {})["disableDefaultCNI"] = True
 patches = config.setdefault("kubeadmConfigPatches", [])

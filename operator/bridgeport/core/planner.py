@@ -143,7 +143,7 @@ def _bridge_plan(net: BridgeNetwork, ipv6: bool) -> BridgePlan:
     ]
     subnet6 = net.subnet6 if ipv6 else None
     if subnet6 is not None and net.gateway6 is not None:
-        addresses.append(ipaddress.IPv6Interface(f"{net.gateway6}/{net.subnet6.prefixlen}"))
+        addresses.append(ipaddress.IPv6Interface(f"{net.gateway6}/{subnet6.prefixlen}"))
     return BridgePlan(
         network=net.name,
         name=net.bridge,
