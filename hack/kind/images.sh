@@ -133,7 +133,7 @@ UNIT
           --customize-hook="chroot \"\$1\" sh -c \"find /lib/systemd/system/sysinit.target.wants/ -name systemd-tmpfiles-setup.service -delete; rm -f /lib/systemd/system/multi-user.target.wants/* /etc/systemd/system/*.wants/* /lib/systemd/system/local-fs.target.wants/* /lib/systemd/system/sockets.target.wants/*udev* /lib/systemd/system/sockets.target.wants/*initctl* /lib/systemd/system/basic.target.wants/*; echo ReadKMsg=no >>/etc/systemd/journald.conf; ln -sf /usr/lib/systemd/systemd /sbin/init; systemctl enable kubelet.service containerd.service undo-mount-hacks.service bp-import-images.service; systemctl mask systemd-binfmt.service\"" \
           --customize-hook="rm -rf \"\$1\"/var/lib/apt/lists/* \"\$1\"/usr/share/doc \"\$1\"/usr/share/man" \
           "'"$DEBIAN_SUITE"'" - |
-        docker import --change "ENV container=docker" --change "STOPSIGNAL SIGRTMIN+3" \
+        docker import --change "ENV container=docker" \
           --change "ENTRYPOINT [\"/usr/local/bin/entrypoint\", \"/sbin/init\"]" - "'"$node_base"'" >/dev/null'
 fi
 
@@ -151,6 +151,8 @@ if ! have "$node"; then
     echo "$KUBE_VERSION" >"$ctx/version"
     cat >"$ctx/Dockerfile" <<DF
 FROM $node_base
+# systemd exits on SIGRTMIN+3 (docker import cannot set it)
+STOPSIGNAL SIGRTMIN+3
 COPY bin/ /usr/bin/
 COPY images/ /kind/images/
 COPY version /kind/version

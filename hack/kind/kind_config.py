@@ -18,7 +18,8 @@ with open(sys.argv[1]) as f:
 quirks = set(sys.argv[2:])
 config.setdefault("networking", {})["disableDefaultCNI"] = True
 patches = config.setdefault("kubeadmConfigPatches", [])
-patches.append("kind: InitConfiguration\nskipPhases: [addon/coredns]\n")
+# kind itself skips preflight (a patch replaces its list, so keep it)
+patches.append("kind: InitConfiguration\nskipPhases: [preflight, addon/coredns]\n")
 if "cgroupv1" in quirks:
     patches.append("kind: KubeletConfiguration\nfailCgroupV1: false\n")
 if "oom" in quirks:
