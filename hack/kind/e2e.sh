@@ -74,7 +74,7 @@ source "$cache/kind/images.env"  # flannel=<image>
 
 ca_file="${EXTRA_CA_CERTS_FILE:-}"
 if [[ -z "$ca_file" ]] && compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
-    ca_file="$(mktemp)"
+    ca_file="$cache/kind/extra-ca.pem"
     cat /usr/local/share/ca-certificates/*.crt >"$ca_file"
 fi
 build_args=(--build-arg REVISION="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)")

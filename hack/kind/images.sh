@@ -149,10 +149,17 @@ if ! have "$node"; then
     timed "saving the component images" docker save -o "$ctx/images/components.tar" \
         $(printf '%s\n' "${imgs[@]}" "$sandbox" "$flannel" | sort -u | grep .)
     echo "$KUBE_VERSION" >"$ctx/version"
+    # Forwarding on from boot, as kubeadm's preflight demands of every node (kind skips it;
+    # its kindnetd turns forwarding on, our flannel does not). Without it the agent serves
+    # published ports through its userland proxy, as Docker does on such a host.
+    mkdir -p "$ctx/sysctl.d"
+    printf 'net.ipv4.ip_forward=1\nnet.ipv6.conf.all.forwarding=1\n' \
+        >"$ctx/sysctl.d/99-bridgeport-kind-forwarding.conf"
     cat >"$ctx/Dockerfile" <<DF
 FROM $node_base
 # systemd exits on SIGRTMIN+3 (docker import cannot set it)
 STOPSIGNAL SIGRTMIN+3
+COPY sysctl.d/ /etc/sysctl.d/
 COPY bin/ /usr/bin/
 COPY images/ /kind/images/
 COPY version /kind/version
