@@ -241,6 +241,8 @@ def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
     docs = [publication(f"many-{i}", 20000 + i, 80,
                         nodeSelector={"matchLabels": {"kubernetes.io/hostname": node.name}})
             for i in range(count)]
+    for doc in docs:
+        doc["metadata"]["labels"] = {"bridgeport.io/e2e-many": "yes"}
     started = time.monotonic()
     # Created by 8 kubectl processes at once (each POST waits on etcd: latency-bound).
     creators = []
@@ -257,6 +259,11 @@ def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
         for proc in creators:
             assert proc.wait(1200) == 0, proc.stderr.read() if proc.stderr else ""
         def programmed() -> bool:
+            now = next(p for p in agent_pods(w) if p["spec"].get("nodeName") == node.name)
+            state = now["status"]["containerStatuses"][0]
+            assert state["restartCount"] == restarts, (
+                f"agent on {node.name} restarted while programming {count} publications: "
+                f"{state.get('lastState')}")
             out = on_node(node.name, "nft", "-j", "list", "map", "ip", "bridgeport", "pub_any",
                           timeout=60)
             elems = next((o["map"].get("elem", []) for o in json.loads(out)["nftables"]
@@ -279,6 +286,9 @@ def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
         assert now["metadata"]["uid"] == pod["metadata"]["uid"]
         assert now["status"]["containerStatuses"][0]["restartCount"] == restarts
         assert hwm < limit_bytes
-    finally:
-        w._kubectl("delete", "pp", "-n", "default", "--all", "--wait=false",
-                   check=False)
+    finally:  # one DeleteCollection call (kubectl delete --all would send 10,000 DELETEs)
+        w._kubectl("delete", "--raw", "/apis/bridgeport.io/v1alpha1/namespaces/default/"
+                   "portpublications?labelSelector=bridgeport.io%2Fe2e-many%3Dyes", check=False)
+        wait_for(lambda: not w.kubectl("get", "pp", "-n", "default", "-l",
+                                       "bridgeport.io/e2e-many=yes", "-o", "name"),
+                 timeout=600, interval=5, what="the publications deleted")
