@@ -287,8 +287,10 @@ def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
         assert now["status"]["containerStatuses"][0]["restartCount"] == restarts
         assert hwm < limit_bytes
     finally:  # one DeleteCollection call (kubectl delete --all would send 10,000 DELETEs)
-        w._kubectl("delete", "--raw", "/apis/bridgeport.io/v1alpha1/namespaces/default/"
-                   "portpublications?labelSelector=bridgeport.io%2Fe2e-many%3Dyes", check=False)
+        subprocess.run(["kubectl", "--kubeconfig", str(w.kubeconfig), "delete", "--raw",
+                        "/apis/bridgeport.io/v1alpha1/namespaces/default/portpublications"
+                        "?labelSelector=bridgeport.io%2Fe2e-many%3Dyes"],
+                       capture_output=True, timeout=600, check=False)
         wait_for(lambda: not w.kubectl("get", "pp", "-n", "default", "-l",
                                        "bridgeport.io/e2e-many=yes", "-o", "name"),
                  timeout=600, interval=5, what="the publications deleted")
