@@ -13,7 +13,7 @@ lint: setup
 	$(PY) -m ruff check --output-format concise operator tests bench
 	$(PY) -m mypy
 	.venv/bin/lint-imports
-	shellcheck -x hack/*.sh hack/kube/*.sh tests/e2e/*.sh
+	shellcheck -x hack/*.sh hack/kube/*.sh hack/kind/*.sh tests/e2e/*.sh
 
 unit: setup
 	$(PY) -m pytest -q tests/unit

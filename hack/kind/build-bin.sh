@@ -80,8 +80,9 @@ b_containerd() {
 }
 
 b_runc() {  # cgo + libseccomp (Debian's libseccomp-dev), statically linked like upstream
-    command -v gcc >/dev/null && pkg-config --exists libseccomp ||
+    if ! command -v gcc >/dev/null || ! pkg-config --exists libseccomp; then
         die "runc needs gcc and libseccomp-dev (apt-get install gcc libseccomp-dev pkg-config)"
+    fi
     CGO_ENABLED=1 GOBIN="$1" go install -trimpath -tags "seccomp urfave_cli_no_docs" \
         -ldflags "-s -X main.version=${RUNC_VERSION#v} -extldflags -static" \
         "github.com/opencontainers/runc@$RUNC_VERSION"

@@ -135,6 +135,7 @@ down() {
     if [[ -S "$sock" ]] && docker version >/dev/null 2>&1; then
         local ids
         ids=$(docker ps -aq)
+        # shellcheck disable=SC2086  # one id per word
         [[ -z "$ids" ]] || { log "removing $(wc -w <<<"$ids") containers"; docker rm -f $ids >/dev/null || true; }
         docker network prune -f >/dev/null 2>&1 || true
         docker volume prune -f >/dev/null 2>&1 || true
@@ -143,6 +144,7 @@ down() {
     # Anything still running in the namespace was started by us (the namespace is ours).
     local pids
     pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    # shellcheck disable=SC2086  # one pid per word
     [[ -z "$pids" ]] || kill -9 $pids 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
     umount -R "$run/exec" 2>/dev/null || true

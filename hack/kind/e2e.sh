@@ -59,7 +59,7 @@ step "Debian packages" "$here/install-deps.sh"
 step "Go binaries (kind, Kubernetes node, containerd, runc, crictl, CNI, etcd, flannel)" \
     nice -n 10 "$here/build-bin.sh" >/dev/null
 kube_bin="$(nice -n 10 "$repo/hack/kube/build.sh" | tail -1)"
-helm="$(nice -n 10 "$repo/hack/helm.sh")"
+nice -n 10 "$repo/hack/helm.sh" >/dev/null  # tests/e2e/kind.sh finds it there
 # shellcheck source=hack/kind/versions.sh
 source "$here/versions.sh"
 kind_bin="$cache/kind/bin/kind-$KIND_VERSION"
@@ -99,6 +99,7 @@ if ! (echo -999 >/proc/self/oom_score_adj) 2>/dev/null; then
     patches+=(oom)
 fi
 "$repo/.venv/bin/python" "$here/kind_config.py" "$repo/kind-config.yaml" "${patches[@]}" >"$config"
+# shellcheck disable=SC2154  # flannel comes from images.env
 sed "s|IMAGE|$flannel|" "$here/flannel.yaml" >"$work/flannel.yaml"
 
 status=0

@@ -14,6 +14,7 @@
 #
 # Each tag carries the versions it was built from; an existing tag is reused (the daemon's
 # data-root is the cache), so a warm run only checks tags.
+# shellcheck disable=SC2016  # the mmdebstrap hooks are expanded by mmdebstrap ("$1": the root)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=hack/kind/versions.sh
@@ -146,6 +147,7 @@ if ! have "$node"; then
     cp "$kb/kubeadm" "$kb/kubelet" "$kube_bin/kubectl" "$ctx/bin/"
     imgs=("${wanted[@]}")
     imgs=("${imgs[@]/*coredns*/}")  # no CoreDNS: nothing in the tests needs cluster DNS
+    # shellcheck disable=SC2046  # one image per word
     timed "saving the component images" docker save -o "$ctx/images/components.tar" \
         $(printf '%s\n' "${imgs[@]}" "$sandbox" "$flannel" | sort -u | grep .)
     echo "$KUBE_VERSION" >"$ctx/version"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the variables are used by the sourcing script
 # Versions of everything the offline kind path builds (sourced by hack/kind/*.sh).
 # Every artifact is cached under $BRIDGEPORT_CACHE/kind/ keyed by these versions: bump one and
 # only that part rebuilds.

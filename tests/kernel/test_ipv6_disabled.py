@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.kernel.conftest import network
+from tests.builders import network
 from tests.netns import netns, wait_for
 
 pytestmark = pytest.mark.kernel
