@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kube.world import API, KubeWorld, e2e_world
+from tests.builders import API
+from tests.kube.world import KubeWorld, e2e_world
 from tests.netns import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.skipif(
