@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup test lint unit kernel kube-build helm-build dev-cluster dev-cluster-down demo demo-standalone \
-        bench golden clean
+        bench golden clean e2e-kind e2e-kind-down
 
 setup:
 	@bash hack/setup.sh
@@ -13,7 +13,7 @@ lint: setup
 	$(PY) -m ruff check --output-format concise operator tests bench
 	$(PY) -m mypy
 	.venv/bin/lint-imports
-	shellcheck -x hack/*.sh hack/kube/*.sh tests/e2e/*.sh
+	shellcheck -x hack/*.sh hack/kube/*.sh hack/kind/*.sh tests/e2e/*.sh
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
@@ -36,9 +36,20 @@ dev-cluster: kube-build
 dev-cluster-down:
 	@bash hack/kube/cluster.sh down
 
-## The full suite: lint, type check, layering contract, unit, kernel and API tests.
+## The full suite: lint, type check, layering contract, unit, kernel and API tests, then the
+## kind end-to-end suite (image, chart, real kubelets; everything built offline, see README).
 test: lint kube-build helm-build
 	$(PY) -m pytest -q
+	@bash hack/kind/e2e.sh
+
+## kind end-to-end only: builds kind, node and component images, the bridgeport image, runs
+## tests/kube/test_e2e.py + test_kind.py + helm test on a 3-node dual-stack cluster (as root).
+e2e-kind: setup kube-build helm-build
+	@bash hack/kind/e2e.sh
+
+## Remove a cluster kept with KEEP_CLUSTER=1 (and the test-owned Docker daemon and netns).
+e2e-kind-down:
+	@bash hack/kind/dockerd.sh down
 
 ## The Kubernetes demo (local control plane; the first run builds Kubernetes, ~6 min).
 demo: kube-build

@@ -145,7 +145,13 @@ def test_defaults_render_the_expected_objects() -> None:
         ("DaemonSet", "bp-bridgeport-agent", ns),
         ("Deployment", "bp-bridgeport-controller", ns),
         ("ClusterKopfPeering", "bridgeport-controller", ""),
+        ("Pod", "bp-bridgeport-test-agent", ns),  # `helm test` only (a test hook)
     ])
+    test_pod = find(objs, "Pod")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    ctx = test_pod["spec"]["containers"][0]["securityContext"]
+    assert ctx["capabilities"] == {"drop": ["ALL"]} and ctx["readOnlyRootFilesystem"] is True
+    assert test_pod["spec"]["securityContext"]["runAsNonRoot"] is True
     for binding in (o for o in objs if o["kind"] == "ClusterRoleBinding"):
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
         assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": ns,

@@ -11,8 +11,10 @@ Local (default), on the control plane of tests/harness:
   namespaces), so no test traffic ever leaves loopback or our own namespaces.
 
 kind (tests/e2e/kind.sh sets BRIDGEPORT_E2E_KUBECONFIG and BRIDGEPORT_E2E_NODE_EXEC, e.g.
-"docker exec {node}"): the chart already runs the agents and the controller; the two workers
-are the nodes, the control-plane node is the client, container netns are made on the workers.
+"docker exec {node}"): the chart already runs the agents and the controller (on every node,
+the control plane included); the two workers are the nodes, the control-plane node is the
+client, container netns are made on the workers. Expected counts ("n/n") come from the cluster
+(`KubeWorld.expected`), not from the number of test nodes.
 """
 
 from __future__ import annotations
@@ -114,6 +116,22 @@ class KubeWorld:
             if c["type"] == kind:
                 return dict(c)
         return {}
+
+    def expected(self, match_labels: dict[str, str] | None = None) -> str:
+        """"n/n" for a resource selecting `match_labels`: the nodes that run an agent (the
+        local world's, or on a cluster those with a NodeState) whose labels match, read from
+        the cluster now (the kind chart runs an agent on the control plane too)."""
+        if self.cp is not None:
+            agents = {n.name for n in self.nodes}
+        else:
+            agents = {n.rsplit("/", 1)[-1]
+                      for n in self.kubectl("get", "nodestates", "-o", "name").split()}
+        wanted = match_labels or {}
+        count = sum(1 for n in json.loads(self.kubectl("get", "nodes", "-o", "json"))["items"]
+                    if n["metadata"]["name"] in agents
+                    and all(n["metadata"].get("labels", {}).get(k) == v
+                            for k, v in wanted.items()))
+        return f"{count}/{count}"
 
     def container(self, node: Node, bridge: str, address: str, gateway: str) -> Netns:
         wait_for(lambda: node.ns.run(f"ip link show {bridge}", check=False).returncode == 0,

@@ -1,7 +1,8 @@
 """NodeState report shaping (pure): compact entries that fit etcd's request limit.
 
-Scenarios: Applied entries carry only identity and generation; problems keep reason and
-message; an oversized report sheds Applied entries first and says so.
+Scenarios: Applied entries carry only identity and generation; problems and qualified
+Applied entries (IPv6Disabled) keep reason and message; an oversized report sheds Applied
+entries first and says so.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ def state(entries: list[Entry]) -> Report:
                   table_digest="d", counts={"Applied": 1, "bridges": 0}, entries=tuple(entries))
 
 
-def entry(name: str, status: str = "Applied", proxy: str = "off") -> Entry:
+def entry(name: str, status: str = "Applied", proxy: str = "off", reason: str = "") -> Entry:
+    reason = reason or ("Programmed" if status == "Applied" else "Why")
     return Entry("n", ResourceRef("PortPublication", "default", name), "u-" + name, 3, status,
-                 "Why", "long text", proxy)  # type: ignore[arg-type]
+                 reason, "long text", proxy)  # type: ignore[arg-type]
 
 
 def status_from_state(report: Report) -> dict[str, object]:
@@ -36,6 +38,13 @@ def test_applied_entries_are_compact() -> None:
                                    "state": "Applied", "proxy": "listening"}
     assert out["resources"][1]["message"] == "long text"
     assert out["counts"] == {"Applied": 1, "bridges": 0}
+
+
+def test_qualified_applied_entry_keeps_its_reason() -> None:
+    """Applied with a reason other than Programmed (subnet6 skipped: IPv6Disabled) says so."""
+    out: dict[str, Any] = status_from_state(state([entry("n", reason="IPv6Disabled")]))
+    assert out["resources"][0]["reason"] == "IPv6Disabled"
+    assert out["resources"][0]["message"] == "long text"
 
 
 def test_oversized_report_sheds_applied_first() -> None:

@@ -301,3 +301,26 @@ def test_no_port_is_claimed_twice(items: list[tuple[Any, ...]]) -> None:
                 key = (d.protocol.value, host, port)
                 assert key not in seen
                 seen.add(key)
+
+
+def test_subnet6_on_a_node_without_ipv6_applies_the_ipv4_side() -> None:
+    """IPv6 off on the node: the bridge keeps its IPv4 address and rules, subnet6 is skipped
+    (reason IPv6Disabled, Applied), an IPv6 publication is Inactive, an IPv4 one works."""
+    from dataclasses import replace
+    no6 = replace(NODE, ipv6=False)
+    dual = net("dual", "10.0.0.0/24", bridge="bp-dual", subnet6="fd00:1::/64")
+    v4 = pub("v4", 8080, network="dual")
+    v6 = pub("v6", 8081, network="dual", target={"address": "fd00:1::2", "port": 80})
+    plan = planner.plan([dual, v4, v6], no6)
+    assert states(plan) == {"dual": ("Applied", "IPv6Disabled"), "v4": ("Applied", "Programmed"),
+                            "v6": ("Inactive", "IPv6Disabled")}
+    assert "subnet6 fd00:1::/64 not applied" in message(plan, "dual")
+    (bridge,) = plan.bridges
+    assert [str(a) for a in bridge.addresses] == ["10.0.0.1/24"]
+    assert bridge.subnet6 is None
+    assert [d.owner.name for d in plan.dnats] == ["v4"]
+    # With IPv6 on, the same resources program both families.
+    plan6 = planner.plan([dual, v4, v6], NODE)
+    assert states(plan6)["dual"] == ("Applied", "Programmed")
+    assert states(plan6)["v6"] == ("Applied", "Programmed")
+    assert len(plan6.bridges[0].addresses) == 2

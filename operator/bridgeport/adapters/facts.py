@@ -36,6 +36,13 @@ def enable_forwarding() -> None:
                             error=str(exc))
 
 
+def ipv6_enabled() -> bool:
+    """Whether a new bridge gets IPv6 (kind's ipv4 clusters, ipv6.disable=1 and Docker's
+    IPv4-only containers turn it off; adding an address then fails with EACCES)."""
+    return (PROC_SYS / "ipv6").is_dir() and not any(
+        _sysctl_on(f"ipv6/conf/{c}/disable_ipv6") for c in ("all", "default"))
+
+
 def gather(name: str, labels: Mapping[str, str]) -> NodeFacts:
     """What the planner needs to know about this node, read from the kernel."""
     _, foreign = links.inventory()
@@ -45,5 +52,6 @@ def gather(name: str, labels: Mapping[str, str]) -> NodeFacts:
         addresses=frozenset(links.local_addresses()),
         ipv4_forwarding=_sysctl_on("ipv4/ip_forward"),
         ipv6_forwarding=_sysctl_on("ipv6/conf/all/forwarding"),
+        ipv6=ipv6_enabled(),
         foreign_interfaces=frozenset(foreign),
     )

@@ -38,6 +38,9 @@ class NodeFacts:
     addresses: frozenset[IPAddress] = frozenset()
     ipv4_forwarding: bool = True
     ipv6_forwarding: bool = True
+    # False when new interfaces get no IPv6 (disable_ipv6, or no IPv6 in the kernel): a network's
+    # subnet6 is then skipped on this node (reason IPv6Disabled), its IPv4 side still applied.
+    ipv6: bool = True
     # Interfaces that exist and are not ours: a network asking for one of these names conflicts.
     foreign_interfaces: frozenset[str] = frozenset()
     # Publications whose port a host process already holds (found by the agent's bind).

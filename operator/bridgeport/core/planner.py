@@ -110,9 +110,13 @@ def _plan_networks(networks: list[BridgeNetwork], facts: NodeFacts,
         if verdict is None:
             accepted.append(net)
             verdict = _Verdict(State.APPLIED, "Programmed", f"bridge {net.bridge} {net.subnet}")
+            if net.subnet6 is not None and not facts.ipv6:
+                verdict = _Verdict(State.APPLIED, "IPv6Disabled",
+                                   f"bridge {net.bridge} {net.subnet}; subnet6 {net.subnet6} "
+                                   f"not applied: IPv6 is disabled on node {facts.name}")
         outcomes[net.meta.ref] = Outcome(net.meta.ref, net.meta.generation, *_fields(verdict),
                                          net.meta.uid)
-    return [_bridge_plan(n) for n in accepted]
+    return [_bridge_plan(n, facts.ipv6) for n in accepted]
 
 
 def _network_verdict(net: BridgeNetwork, facts: NodeFacts,
@@ -138,19 +142,20 @@ def _network_verdict(net: BridgeNetwork, facts: NodeFacts,
     return None
 
 
-def _bridge_plan(net: BridgeNetwork) -> BridgePlan:
+def _bridge_plan(net: BridgeNetwork, ipv6: bool) -> BridgePlan:
     addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
         ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
     ]
-    if net.subnet6 is not None and net.gateway6 is not None:
-        addresses.append(ipaddress.IPv6Interface(f"{net.gateway6}/{net.subnet6.prefixlen}"))
+    subnet6 = net.subnet6 if ipv6 else None
+    if subnet6 is not None and net.gateway6 is not None:
+        addresses.append(ipaddress.IPv6Interface(f"{net.gateway6}/{subnet6.prefixlen}"))
     return BridgePlan(
         network=net.name,
         name=net.bridge,
         addresses=tuple(addresses),
         mtu=net.mtu,
         subnet=net.subnet,
-        subnet6=net.subnet6,
+        subnet6=subnet6,
         masquerade=net.masquerade,
         internal=net.internal,
         inter_container=net.inter_container,
@@ -242,6 +247,10 @@ def _publication_verdict(
     if not pub.node_selector.matches(facts.labels):
         return _Verdict(State.INACTIVE, "NodeSelectorMismatch",
                         f"nodeSelector {pub.node_selector} does not match node {facts.name}")
+    if pub.target_address.version == 6 and not facts.ipv6:
+        return _Verdict(State.INACTIVE, "IPv6Disabled",
+                        f"target {pub.target_address} is IPv6 and IPv6 is disabled on node "
+                        f"{facts.name}")
     if pub.network is not None and pub.network not in applied:
         return _Verdict(State.INACTIVE, "NetworkNotReady",
                         f"BridgeNetwork {pub.network} is not applied on node {facts.name}")

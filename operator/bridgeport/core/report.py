@@ -40,8 +40,9 @@ class Entry:
         return self.state == State.APPLIED
 
     def document(self, compact: bool = False) -> dict[str, Any]:
-        """The entry as JSON. Compact (NodeState): an Applied entry's reason and message only
-        restate the spec, so they are left out, and so is every empty field."""
+        """The entry as JSON. Compact (NodeState): a plain Applied entry's reason and message
+        only restate the spec, so they are left out (a qualified one, IPv6Disabled, keeps
+        them), and so is every empty field."""
         doc: dict[str, Any] = {
             "kind": self.ref.kind, "namespace": self.ref.namespace, "name": self.ref.name,
             "uid": self.uid, "observedGeneration": self.observed_generation,
@@ -51,7 +52,7 @@ class Entry:
             doc["proxy"] = self.proxy
         if not compact:
             return doc
-        if self.applied:
+        if self.applied and self.reason in ("", "Programmed"):
             doc["reason"] = doc["message"] = ""
         doc["message"] = doc["message"][:MAX_MESSAGE]
         if doc.get("proxy") == "off":

@@ -1,0 +1,3 @@
+module bridgeport.local/hack/kind/cniconf
+
+go 1.26.0
