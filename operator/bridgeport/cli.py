@@ -206,6 +206,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.proxy_workers < 0:
         print("error: --proxy-workers must be 0 (one per CPU) or more", file=sys.stderr)
         return 2
+    if args.state_file is not None:
+        from bridgeport.adapters.statefile import remove_temporaries
+
+        if leftovers := remove_temporaries(args.state_file):
+            log.info("removed temporary state files of an interrupted write", count=leftovers)
     reporters: list[Callable[[Report], Awaitable[None]]] = []
     if args.source.startswith("dir:"):
         from bridgeport.adapters.dirsource import DirSource

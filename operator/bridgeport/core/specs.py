@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
@@ -37,6 +39,13 @@ _LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# Messages land in state files, NodeStates and Events: they quote a prefix of a value, never
+# the whole (an alias bomb expands a 500-byte file into megabytes), and list a few errors.
+QUOTE_CHARS = 40
+MAX_ERRORS = 10
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, QUOTE_CHARS, QUOTE_CHARS
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 3
 
 
 class Protocol(StrEnum):
@@ -225,6 +234,27 @@ Spec = BridgeNetwork | PortPublication  # a valid resource
 ParseResult = Spec | InvalidResource
 
 
+def quote(value: Any) -> str:
+    """A short, bounded repr of any value: what error messages show of bad input."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a value whose repr fails (e.g. an int beyond Python's digit limit)
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= QUOTE_CHARS + 8 else text[:QUOTE_CHARS] + "..."
+
+
+def short(text: str, limit: int = 64) -> str:
+    """A field name or other free text cut to `limit` characters."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def bounded(errors: list[str]) -> tuple[str, ...]:
+    """The first MAX_ERRORS errors, and how many more there were."""
+    if len(errors) <= MAX_ERRORS:
+        return tuple(errors)
+    return (*errors[:MAX_ERRORS], f"... and {len(errors) - MAX_ERRORS} more errors")
+
+
 def hostport(address: IPAddress) -> str:
     """An address as it stands before :port ([v6] in brackets)."""
     return f"[{address}]" if address.version == 6 else str(address)
@@ -248,6 +278,7 @@ class _Fields:
         self.seen: set[str] = set()
 
     def at(self, key: str) -> str:
+        key = short(key)
         return f"{self.path}.{key}" if self.path else key
 
     def error(self, key: str, message: str) -> None:
@@ -273,7 +304,7 @@ class _Fields:
         if value is None:
             return default
         if not isinstance(value, bool):
-            self.error(key, f"must be true or false, not {value!r}")
+            self.error(key, f"must be true or false, not {quote(value)}")
             return default
         return value
 
@@ -285,7 +316,7 @@ class _Fields:
                 self.error(key, "is required")
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            self.error(key, f"{value!r} is not {what} ({low}-{high})")
+            self.error(key, f"{quote(value)} is not {what} ({low}-{high})")
             return default
         if not low <= value <= high:
             self.error(key, f"{value} is not {what} ({low}-{high})")
@@ -296,12 +327,11 @@ class _Fields:
         value = self.raw(key)
         if value is None:
             return default
-        try:
+        if isinstance(value, str) and value in {m.value for m in kind}:
             return kind(value)
-        except ValueError:
-            allowed = " | ".join(m.value for m in kind)
-            self.error(key, f"{value!r} is not one of {allowed}")
-            return default
+        allowed = " | ".join(m.value for m in kind)
+        self.error(key, f"{quote(value)} is not one of {allowed}")
+        return default
 
     def mapping(self, key: str) -> Mapping[str, Any] | None:
         value = self.raw(key)
@@ -326,7 +356,7 @@ def _address(fields: _Fields, key: str, required: bool = False,
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
-        fields.error(key, f"{text!r} is not an IP address")
+        fields.error(key, f"{quote(text)} is not an IP address")
         return None
     if address.is_multicast or (address.is_unspecified and not wildcard):
         fields.error(key, f"{text} is not a unicast address")
@@ -348,7 +378,7 @@ def _network(fields: _Fields, key: str, version: int,
     try:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
-        fields.error(key, f"{text!r} is not a CIDR ({exc})")
+        fields.error(key, f"{quote(text)} is not a CIDR ({short(str(exc).replace(text, '...'))})")
         return None
     if net.version != version:
         fields.error(key, f"{text} is not an IPv{version} CIDR")
@@ -370,7 +400,7 @@ def _selector(fields: _Fields, key: str) -> NodeSelector:
         if not isinstance(k, str) or not _LABEL_KEY.match(k):
             sel.error(f"matchLabels.{k}", "is not a valid label key")
         elif not isinstance(v, str) or not _LABEL_VALUE.match(v):
-            sel.error(f"matchLabels.{k}", f"{v!r} is not a valid label value")
+            sel.error(f"matchLabels.{k}", f"{quote(v)} is not a valid label value")
         else:
             labels.append((k, v))
     requirements: list[Requirement] = []
@@ -389,7 +419,7 @@ def _selector(fields: _Fields, key: str) -> NodeSelector:
         values = e.raw("values") or []
         e.reject_unknown()
         if op is not None and op not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            e.error("operator", f"{op!r} is not one of In | NotIn | Exists | DoesNotExist")
+            e.error("operator", f"{quote(op)} is not one of In | NotIn | Exists | DoesNotExist")
             continue
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             e.error("values", "must be a list of strings")
@@ -410,21 +440,24 @@ def _meta(doc: Mapping[str, Any], kind: str, errors: list[str]) -> Meta | None:
         return None
     name = metadata.get("name")
     if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
-        errors.append(f"metadata.name: {name!r} is not a valid name (DNS-1123 subdomain)")
+        errors.append(f"metadata.name: {quote(name)} is not a valid name (DNS-1123 subdomain)")
         return None
     namespace = ""
     if kind == PORT_PUBLICATION:
         namespace = metadata.get("namespace") or "default"
         if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
-            errors.append(f"metadata.namespace: {namespace!r} is not a valid namespace")
+            errors.append(f"metadata.namespace: {quote(namespace)} is not a valid namespace")
             return None
     generation = metadata.get("generation", 1)
     created = metadata.get("creationTimestamp") or ""
+    if isinstance(created, date):  # YAML reads an unquoted timestamp as a datetime
+        created = created.isoformat()
+    uid = metadata.get("uid") or ""
     return Meta(
         ref=ResourceRef(kind, namespace, name),
         generation=generation if isinstance(generation, int) else 1,
-        created=str(created),
-        uid=str(metadata.get("uid") or ""),
+        created=short(created) if isinstance(created, str) else "",
+        uid=short(uid) if isinstance(uid, str) else "",
     )
 
 
@@ -433,25 +466,25 @@ def parse(doc: Any) -> ParseResult:
     if not isinstance(doc, Mapping):
         return InvalidResource(None, (f"document is a {type(doc).__name__}, not an object",))
     kind = doc.get("kind")
-    if kind not in KINDS:
-        return InvalidResource(None, (f"kind: {kind!r} is not one of {' | '.join(KINDS)}",))
+    if not isinstance(kind, str) or kind not in KINDS:
+        return InvalidResource(None, (f"kind: {quote(kind)} is not one of {' | '.join(KINDS)}",))
     errors: list[str] = []
     meta = _meta(doc, kind, errors)
     if meta is None:
         return InvalidResource(None, tuple(f"{kind}: {e}" for e in errors))
     if doc.get("apiVersion") != API_VERSION:
-        errors.append(f"apiVersion: {doc.get('apiVersion')!r} is not {API_VERSION}")
+        errors.append(f"apiVersion: {quote(doc.get('apiVersion'))} is not {API_VERSION}")
     spec = doc.get("spec")
     if not isinstance(spec, Mapping):
         errors.append("spec: is required")
-        return InvalidResource(meta.ref, tuple(errors), meta.generation, meta.uid)
+        return InvalidResource(meta.ref, bounded(errors), meta.generation, meta.uid)
     fields = _Fields(spec, "spec", errors)
     result: Spec | None = (
         _bridge_network(meta, fields) if kind == BRIDGE_NETWORK else _port_publication(meta, fields)
     )
     fields.reject_unknown()
     if errors or result is None:
-        return InvalidResource(meta.ref, tuple(errors) or ("invalid",), meta.generation,
+        return InvalidResource(meta.ref, bounded(errors) or ("invalid",), meta.generation,
                                meta.uid)
     return result
 
@@ -459,7 +492,7 @@ def parse(doc: Any) -> ParseResult:
 def _bridge_network(meta: Meta, f: _Fields) -> BridgeNetwork | None:
     bridge = f.string("bridge") or default_bridge_name(meta.ref.name)
     if not IFNAME.match(bridge) or bridge in (".", ".."):
-        f.error("bridge", f"{bridge!r} is not a valid interface name "
+        f.error("bridge", f"{quote(bridge)} is not a valid interface name "
                 "(1-15 characters of A-Z a-z 0-9 _ . -, not starting with a symbol)")
     subnet: ipaddress.IPv4Network | None = _network(f, "subnet", 4, required=True)
     subnet6: ipaddress.IPv6Network | None = _network(f, "subnet6", 6, required=False)
@@ -517,7 +550,7 @@ def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
     host_port_end = f.integer("hostPortEnd", 1, 65535, "a port")
     network = f.string("network")
     if network is not None and not _DNS_SUBDOMAIN.match(network):
-        f.error("network", f"{network!r} is not a valid BridgeNetwork name")
+        f.error("network", f"{quote(network)} is not a valid BridgeNetwork name")
     loopback = f.enum("loopback", LoopbackPolicy, LoopbackPolicy.AUTO)
     selector = _selector(f, "nodeSelector")
     sources = _sources(f, "allowedSources")
