@@ -348,6 +348,46 @@ def test_docker_forms_are_accepted(what: str, doc: dict[str, Any], crds: Any,
     assert result.rc == 0, result.stderr
 
 
+# (subnet, subnet6, accepted): the semantic subnet rules, one table for the agent and the CEL.
+SUBNETS: list[tuple[str, str | None, bool]] = [
+    ("0.0.0.0/0", None, False), ("10.0.0.0/7", None, False), ("10.0.0.0/8", None, True),
+    ("0.0.0.0/8", None, False), ("127.0.0.0/8", None, False), ("127.5.0.0/16", None, False),
+    ("169.254.0.0/16", None, False), ("169.254.7.0/24", None, False),
+    ("169.0.0.0/8", None, False), ("169.128.0.0/9", None, False), ("169.0.0.0/9", None, True),
+    ("169.252.0.0/15", None, True), ("169.254.0.0/15", None, False),
+    ("224.0.0.0/8", None, False), ("239.1.0.0/16", None, False), ("240.0.0.0/8", None, False),
+    ("255.255.255.252/30", None, False), ("223.255.255.252/30", None, True),
+    ("192.168.0.0/16", None, True), ("11.0.0.0/8", None, True),
+    ("10.77.0.0/24", "fd00::/8", False), ("10.77.0.0/24", "fd00::/16", True),
+    ("10.77.0.0/24", "::/0", False), ("10.77.0.0/24", "::1/128", False),
+    ("10.77.0.0/24", "::ffff:0:0/96", False), ("10.77.0.0/24", "0:1::/32", False),
+    ("10.77.0.0/24", "fe80::/64", False), ("10.77.0.0/24", "febf:1::/32", False),
+    ("10.77.0.0/24", "fec0::/64", True), ("10.77.0.0/24", "fe8::/64", True),
+    ("10.77.0.0/24", "ff02::/64", False), ("10.77.0.0/24", "2001:db8::/32", True),
+]
+
+
+def subnet_doc(subnet: str, subnet6: str | None) -> dict[str, Any]:
+    return minimal(specs.BRIDGE_NETWORK, subnet=subnet, **({"subnet6": subnet6} if subnet6
+                                                           else {}))
+
+
+@pytest.mark.parametrize(("subnet", "subnet6", "accepted"), SUBNETS)
+def test_agent_subnet_rules(subnet: str, subnet6: str | None, accepted: bool) -> None:
+    """Prefix bounds and reserved ranges (issue 11, case 7: 0.0.0.0/0 was accepted)."""
+    result = specs.parse(subnet_doc(subnet, subnet6))
+    assert isinstance(result, specs.InvalidResource) is not accepted, result
+
+
+@kube
+def test_cel_subnet_rules_are_the_agents(crds: Any, kubectl: Kubectl) -> None:
+    """The server's CEL rules give the agent's verdict on every row of the table."""
+    for subnet, subnet6, accepted in SUBNETS:
+        result = kubectl("create", "--dry-run=server", "-f", "-",
+                         input=json.dumps(subnet_doc(subnet, subnet6)))
+        assert (result.rc == 0) is accepted, (subnet, subnet6, result.stderr)
+
+
 @kube
 def test_printer_columns(applied_examples: list[dict[str, Any]], kubectl: Kubectl) -> None:
     """kubectl get pp / bn / bpns print the documented columns."""

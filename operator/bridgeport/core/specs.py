@@ -364,6 +364,19 @@ def _address(fields: _Fields, key: str, required: bool = False,
     return address
 
 
+# Subnets a bridge network may use, shared with the CRD's CEL rules (crds/, and the table in
+# tests/kube/test_crds.py checks both): no shorter than a /8 (/16), no longer than a /30 (/126),
+# and never overlapping these. With those prefix bounds the first octet (hextet) decides,
+# except 169.254/16 inside a 169.x/8../15.
+PREFIX_BOUNDS = {4: (8, 30), 6: (16, 126)}
+RESERVED_SUBNETS: dict[int, tuple[tuple[str, str], ...]] = {
+    4: (("0.0.0.0/8", "this network"), ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"), ("224.0.0.0/3", "multicast and reserved")),
+    6: (("::/16", "unspecified, loopback and IPv4-mapped"), ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast")),
+}
+
+
 @overload
 def _network(fields: _Fields, key: str, version: Literal[4],
              required: bool) -> ipaddress.IPv4Network | None: ...
@@ -383,9 +396,18 @@ def _network(fields: _Fields, key: str, version: int,
     if net.version != version:
         fields.error(key, f"{text} is not an IPv{version} CIDR")
         return None
-    if net.num_addresses < 4:
-        fields.error(key, f"{text} is too small for a bridge network (need at least a /30 or /126)")
+    shortest, longest = PREFIX_BOUNDS[version]
+    if net.prefixlen > longest:
+        fields.error(key, f"{text} is too small for a bridge network (need at least a /30 or "
+                     "/126)")
         return None
+    if net.prefixlen < shortest:
+        fields.error(key, f"{text} is too large for a bridge network (at most a /{shortest})")
+        return None
+    for reserved, what in RESERVED_SUBNETS[version]:
+        if net.overlaps(ipaddress.ip_network(reserved)):
+            fields.error(key, f"{text} overlaps {reserved} ({what}), never a bridge network")
+            return None
     return net
 
 
