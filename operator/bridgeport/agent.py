@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ import structlog
 from bridgeport import __version__, metrics
 from bridgeport.adapters.dataplane import Dataplane, KernelDataplane, NftError
 from bridgeport.adapters.statefile import write_atomic
-from bridgeport.core import planner, ruleset, settle
+from bridgeport.core import firstseen, planner, ruleset, settle
 from bridgeport.core.plan import (
     Claim,
     NodeFacts,
@@ -30,11 +31,12 @@ from bridgeport.core.plan import (
     Outcome,
     ProxyKey,
     ProxyPort,
+    State,
     count_states,
 )
 from bridgeport.core.report import Entry, ProxyState, Report
 from bridgeport.core.source import Snapshot, Source
-from bridgeport.core.specs import ResourceRef
+from bridgeport.core.specs import BRIDGE_NETWORK, InvalidResource, ResourceRef
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +115,9 @@ class Agent:
         self._said_waiting = False
         self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int, str]]] | None = None
         self._applied = False  # the last nftables transaction committed
+        # Incumbency: what is Applied here keeps its claims. Until the first reconcile, what
+        # the state file says was Applied (else the kernel's bridges).
+        self._first_seen, self._incumbents = _remembered(self.settings.state_file)
 
     def mark_dirty(self, trigger: str = "resources") -> None:
         metrics.TRIGGERS.labels(trigger).inc()
@@ -178,7 +183,8 @@ class Agent:
             log.exception("reconcile failed", error=str(exc))
             return None
         metrics.RECONCILE_SECONDS.observe(report.duration)
-        published = node_report(self.settings.node_name, report, snapshot)
+        published = replace(node_report(self.settings.node_name, report, snapshot),
+                            first_seen=dict(self._first_seen))
         self._write_state(published)
         for publish in self.reporters:
             try:
@@ -191,6 +197,9 @@ class Agent:
     async def _reconcile(self, snapshot: Snapshot, check_drift: bool,
                          started: float) -> SyncReport:
         labels = snapshot.node_labels if snapshot.node_labels is not None else self.settings.labels
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        resources, self._first_seen = firstseen.stamp(snapshot.resources, self._first_seen, now)
+        snapshot = replace(snapshot, resources=tuple(resources))
         # Netlink and libnftables calls block (and pyroute2 runs its own loop): keep them off
         # the event loop that serves the proxies and the watch.
         if self.settings.manage_sysctls and snapshot.resources:
@@ -198,19 +207,22 @@ class Agent:
         facts = await asyncio.to_thread(self.dataplane.gather_facts, self.settings.node_name,
                                         labels)
         facts = replace(facts, reserved_ports=self.settings.reserved_ports,
-                        userland_proxy=self.proxies is not None and self.settings.proxy_enabled)
+                        userland_proxy=self.proxies is not None and self.settings.proxy_enabled,
+                        incumbents=facts.incumbents if self._incumbents is None
+                        else self._incumbents)
         plan = planner.plan(snapshot.resources, facts)
         proxy_states: dict[ResourceRef, ProxyState] = {}
         if self.proxies is not None:
             plan, proxy_states = await self._sync_proxies(plan, snapshot, facts)
         tables = ruleset.render(plan)
         overrides, commands, full = await asyncio.to_thread(
-            self._converge_kernel, plan, tables, check_drift)
+            self._converge_kernel, plan, tables, check_drift, _networks(snapshot))
         if self.proxies is not None and self._applied:
             # Only now does no rule of ours capture them. After a rejected transaction the
             # old rules still do: keep holding until one commits.
             await self.proxies.release()
         outcomes = settle.outcomes(plan, overrides)
+        self._incumbents = frozenset(o.ref for o in outcomes if o.state is State.APPLIED)
         duration = time.perf_counter() - started
         metrics.ELEMENTS.set(sum(sum(len(v) for v in t.elements.values()) for t in tables))
         metrics.BRIDGES.set(len(plan.bridges))
@@ -238,7 +250,8 @@ class Agent:
         self._reported = problems
 
     def _converge_kernel(self, plan: NodePlan, tables: Sequence[ruleset.Table],
-                         check_drift: bool) -> tuple[dict[ResourceRef, Outcome], int, bool]:
+                         check_drift: bool, networks: set[str],
+                         ) -> tuple[dict[ResourceRef, Outcome], int, bool]:
         """Bridges first (rules may name them), then one nft transaction, then stale bridges."""
         failures = self.dataplane.converge_bridges(plan.bridges)
         overrides = settle.bridge_failed(plan, failures)
@@ -263,8 +276,11 @@ class Agent:
             overrides |= settle.nft_rejected(plan, str(exc))
         else:
             self._forget_stale_udp(plan)
-        # Only with a complete listing (we have one) and a committed ruleset: drop stale bridges.
-        self.dataplane.remove_stale_bridges(b.name for b in plan.bridges)
+        # Only with a complete listing (we have one) and a committed ruleset: drop stale bridges,
+        # except those with containers whose network still exists.
+        _, kept = self.dataplane.remove_stale_bridges((b.name for b in plan.bridges),
+                                                      protect=networks)
+        overrides |= settle.bridges_kept(plan, overrides, kept)
         return overrides, commands, full
 
     def _forget_stale_udp(self, plan: NodePlan) -> None:
@@ -326,8 +342,33 @@ def node_report(node: str, report: SyncReport, snapshot: Snapshot) -> Report:
     )
 
 
+def _networks(snapshot: Snapshot) -> set[str]:
+    """Every BridgeNetwork that exists, valid or not: their bridges are never deleted with
+    containers attached."""
+    names = set()
+    for r in snapshot.resources:
+        ref = r.ref if isinstance(r, InvalidResource) else r.meta.ref
+        if ref is not None and ref.kind == BRIDGE_NETWORK:
+            names.add(ref.name)
+    return names
+
+
+def _remembered(state_file: Path | None) -> tuple[dict[str, str], frozenset[ResourceRef] | None]:
+    """First-seen times and the Applied resources from the last state file, if readable."""
+    if state_file is None:
+        return {}, None
+    try:
+        state = json.loads(state_file.read_text())
+        first_seen = {str(k): str(v) for k, v in state.get("firstSeen", {}).items()}
+        applied = frozenset(ResourceRef(r["kind"], r["namespace"], r["name"])
+                            for r in state["resources"] if r["state"] == State.APPLIED.value)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}, None
+    return first_seen, applied
+
+
 def cleanup() -> list[str]:
     """Remove everything bridgeport owns on this node: our tables and our bridges."""
     kernel = KernelDataplane()
     kernel.delete_tables(ruleset.FAMILIES)
-    return kernel.remove_stale_bridges([])
+    return kernel.remove_stale_bridges([])[0]

@@ -132,4 +132,4 @@ def test_bridges_foreign_and_refused() -> None:
         ("bp-b", "interface bp-b exists and is not managed by bridgeport")]
     assert fake.converge_bridges(plan.bridges[:1]) == []  # refused once only
     assert set(fake.bridges) == {"bp-a"}
-    assert fake.remove_stale_bridges([]) == ["bp-a"]
+    assert fake.remove_stale_bridges([]) == (["bp-a"], [])

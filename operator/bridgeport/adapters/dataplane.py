@@ -7,7 +7,7 @@ Every method blocks: the agent calls them from a worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from bridgeport.adapters import conntrack, facts, links
@@ -15,7 +15,7 @@ from bridgeport.adapters.nft import Nft, NftError
 from bridgeport.adapters.portwatch import PortWatch
 from bridgeport.core.plan import BridgePlan, NodeFacts
 from bridgeport.core.ruleset import Table
-from bridgeport.core.settle import LinkFailure
+from bridgeport.core.settle import KeptBridge, LinkFailure
 
 __all__ = ["Dataplane", "KernelDataplane", "LinkFailure", "NftError"]
 
@@ -36,8 +36,11 @@ class Dataplane(Protocol):
         bridge: its failure is returned."""
         ...
 
-    def remove_stale_bridges(self, keep: Iterable[str]) -> list[str]:
-        """Delete our bridges not named in `keep`; their names. Never anyone else's."""
+    def remove_stale_bridges(self, keep: Iterable[str], protect: Collection[str] = (),
+                             ) -> tuple[list[str], list[KeptBridge]]:
+        """Delete our bridges not named in `keep`; their names. Never anyone else's. A bridge
+        with ports attached whose network is in `protect` (still exists) is kept and returned
+        in the second list: deleting it would detach every container."""
         ...
 
     def watch_ports(self, changed: Callable[[], object]) -> None:
@@ -79,8 +82,9 @@ class KernelDataplane:
         self.port_watch.expect({b.name: not b.inter_container for b in bridges})
         return links.converge(bridges)
 
-    def remove_stale_bridges(self, keep: Iterable[str]) -> list[str]:
-        return links.remove_stale(keep)
+    def remove_stale_bridges(self, keep: Iterable[str], protect: Collection[str] = (),
+                             ) -> tuple[list[str], list[KeptBridge]]:
+        return links.remove_stale(keep, protect)
 
     def watch_ports(self, changed: Callable[[], object]) -> None:
         self.port_watch.run(changed)

@@ -10,6 +10,7 @@ import structlog
 
 from bridgeport.adapters import links
 from bridgeport.core.plan import NodeFacts
+from bridgeport.core.specs import BRIDGE_NETWORK, ResourceRef
 
 log = structlog.get_logger(__name__)
 # In a pod the host's /proc/sys/net may be mounted elsewhere (writable) by the chart.
@@ -45,7 +46,7 @@ def ipv6_enabled() -> bool:
 
 def gather(name: str, labels: Mapping[str, str]) -> NodeFacts:
     """What the planner needs to know about this node, read from the kernel."""
-    _, foreign = links.inventory()
+    ours, foreign = links.inventory()
     return NodeFacts(
         name=name,
         labels=dict(labels),
@@ -54,4 +55,6 @@ def gather(name: str, labels: Mapping[str, str]) -> NodeFacts:
         ipv6_forwarding=_sysctl_on("ipv6/conf/all/forwarding"),
         ipv6=ipv6_enabled(),
         foreign_interfaces=frozenset(foreign),
+        # Networks whose bridge exists: the incumbents when the agent remembers nothing else.
+        incumbents=frozenset(ResourceRef(BRIDGE_NETWORK, "", n) for n in ours.values()),
     )

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bridgeport.adapters.nft import NftError
 from bridgeport.core.plan import BridgePlan, NodeFacts
 from bridgeport.core.ruleset import FAMILIES, TABLE, Element, SetDecl, Table, diff
-from bridgeport.core.settle import LinkFailure
+from bridgeport.core.settle import KeptBridge, LinkFailure
 from bridgeport.core.specs import IPAddress
 
 _COMMAND = re.compile(
@@ -139,16 +139,24 @@ class FakeDataplane:
                     self.port_flags[port] = want
         return failures
 
-    def remove_stale_bridges(self, keep: Iterable[str]) -> list[str]:
+    def remove_stale_bridges(self, keep: Iterable[str], protect: Collection[str] = (),
+                             ) -> tuple[list[str], list[KeptBridge]]:
         keep = set(keep)
-        stale = sorted(set(self.bridges) - keep)
+        kept: list[KeptBridge] = []
+        stale: list[str] = []
+        for name in sorted(set(self.bridges) - keep):
+            attached = [p for p, b in self.ports.items() if b == name]
+            if self.bridges[name].network in protect and attached:
+                kept.append(KeptBridge(self.bridges[name].network, name, len(attached)))
+            else:
+                stale.append(name)
         for name in stale:
             if name in self.foreign_interfaces:
                 raise InvariantBroken(f"removing {name}, which is not ours")
             del self.bridges[name]
             for port in [p for p, b in self.ports.items() if b == name]:
                 del self.ports[port]  # the kernel frees a deleted bridge's ports
-        return stale
+        return stale, kept
 
     def watch_ports(self, changed: Callable[[], object]) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ its own published port, and port isolation when the network has interContainer: 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bridgeport.core.plan import BridgePlan
-from bridgeport.core.settle import LinkFailure
+from bridgeport.core.settle import KeptBridge, LinkFailure
 
 log = structlog.get_logger(__name__)
 
@@ -149,16 +149,27 @@ def port_flags(link: Any) -> tuple[int, int] | None:
     return int(mode), int(isolated)
 
 
-def remove_stale(wanted: Iterable[str]) -> list[str]:
-    """Delete our bridges that are no longer planned. Returns their names."""
+def remove_stale(wanted: Iterable[str],
+                 protect: Collection[str] = ()) -> tuple[list[str], list[KeptBridge]]:
+    """Delete our bridges that are no longer planned; returns their names. A bridge of a
+    network in `protect` (its resource still exists) that has ports attached is kept and
+    returned instead: deleting it would detach every container, and nothing re-attaches them."""
     keep = set(wanted)
-    removed = []
+    removed: list[str] = []
+    kept: list[KeptBridge] = []
     ours, _ = inventory()
     with _ipr() as ipr:
         for name in sorted(set(ours) - keep):
             found = ipr.link_lookup(ifname=name)
-            if found and _alias(ipr.get_links(found[0])[0]).startswith(MARKER):
-                ipr.link("del", index=found[0])
-                removed.append(name)
-                log.info("bridge removed", bridge=name, network=ours[name])
-    return removed
+            if not found or not _alias(ipr.get_links(found[0])[0]).startswith(MARKER):
+                continue
+            if ours[name] in protect:
+                ports = [p for p in ipr.get_links(master=found[0])
+                         if p.get_attr("IFLA_MASTER") == found[0]]
+                if ports:
+                    kept.append(KeptBridge(ours[name], name, len(ports)))
+                    continue
+            ipr.link("del", index=found[0])
+            removed.append(name)
+            log.info("bridge removed", bridge=name, network=ours[name])
+    return removed, kept

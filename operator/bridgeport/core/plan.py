@@ -52,6 +52,9 @@ class NodeFacts:
     claims_failed: Mapping[ResourceRef, str] = field(default_factory=dict)
     # Host ports no publication may take on this node (the agent's own, kubelet's, ...).
     reserved_ports: frozenset[int] = frozenset()
+    # Resources Applied on this node now: they keep their claims against any newcomer,
+    # whatever its name or age (a working network never loses its subnet to a new one).
+    incumbents: frozenset[ResourceRef] = frozenset()
 
     def forwarding(self, family: int) -> bool:
         return self.ipv4_forwarding if family == 4 else self.ipv6_forwarding

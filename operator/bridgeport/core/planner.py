@@ -1,8 +1,8 @@
 """The planner: (resources, node facts) -> NodePlan. Pure and deterministic.
 
 All of bridgeport's semantics live here: which resources apply on this node, who wins a
-conflict (the oldest, ties by namespace/name), which ports the kernel NATs and which need the
-userland proxy. Adapters only carry the result out.
+conflict (what is Applied here already, then the oldest, ties by namespace/name), which ports
+the kernel NATs and which need the userland proxy. Adapters only carry the result out.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
             networks.append(res)
         else:
             publications.append(res)
-    networks.sort(key=lambda n: n.meta.age_key)
-    publications.sort(key=lambda p: p.meta.age_key)
+    networks.sort(key=lambda n: _claim_order(n, facts))
+    publications.sort(key=lambda p: _claim_order(p, facts))
 
     bridges = _plan_networks(networks, facts, outcomes)
     applied_networks = {b.network: b for b in bridges}
@@ -93,6 +93,12 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
         outcomes=tuple(sorted(outcomes.values(), key=lambda o: o.ref)),
         errors=tuple(sorted(errors)),
     )
+
+
+def _claim_order(res: BridgeNetwork | PortPublication,
+                 facts: NodeFacts) -> tuple[bool, tuple[str, str, str]]:
+    """Who claims first: incumbents (Applied here now), then the oldest, then by name."""
+    return (res.meta.ref not in facts.incumbents, res.meta.age_key)
 
 
 def _duplicate_order(res: ParseResult) -> tuple[int, tuple[str, str, str], str]:
@@ -269,12 +275,15 @@ def _publication_verdict(
         return _Verdict(State.CONFLICTED, "ReservedPort",
                         f"{pub.describe()}: reserved port(s) {reserved} on node {facts.name} "
                         "(the agent's --reserved-ports) are never published")
-    overlap = accepted.first_overlap(pub)
+    overlap = accepted.first_overlap(pub, facts)
     if overlap is not None:
         winner, family = overlap
+        # Name what decided: age when the winner is older, else its incumbency.
+        why = ("is older and wins" if winner.meta.age_key < pub.meta.age_key
+               else "is already applied on this node and keeps it")
         return _Verdict(State.CONFLICTED, "PortConflict",
                         f"{pub.describe()} overlaps {winner.describe()} (IPv{family}) "
-                        f"published by {winner.meta.ref}, which is older and wins")
+                        f"published by {winner.meta.ref}, which {why}")
     in_use = facts.ports_in_use.get(pub.meta.ref)
     if in_use is not None:
         return _Verdict(State.CONFLICTED, "PortInUse", in_use)
@@ -323,8 +332,10 @@ class _Claims:
             else:
                 self.ranges.append(claim)
 
-    def first_overlap(self, pub: PortPublication) -> tuple[PortPublication, int] | None:
-        """The oldest accepted publication overlapping `pub`, and the family they share."""
+    def first_overlap(self, pub: PortPublication,
+                      facts: NodeFacts) -> tuple[PortPublication, int] | None:
+        """The first claimant (incumbent, then oldest) overlapping `pub`, and the family
+        they share."""
         hits: list[_Claim] = []
         for claim in _claims_of(pub):
             hits += [w for w in self.ranges if _claims_overlap(w, claim)]
@@ -333,7 +344,7 @@ class _Claims:
                          if _claims_overlap(w, claim)]
         if not hits:
             return None
-        first = min(hits, key=lambda w: (w.pub.meta.age_key, w.family))
+        first = min(hits, key=lambda w: (_claim_order(w.pub, facts), w.family))
         return first.pub, first.family
 
 

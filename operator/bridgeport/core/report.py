@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bridgeport.core.plan import State
@@ -70,6 +70,8 @@ class Report:
     counts: Mapping[str, int]  # per state, plus bridges, dnat, proxies
     entries: tuple[Entry, ...]
     errors: tuple[str, ...] = ()
+    # Standalone: when each resource without a creationTimestamp was first seen (state file).
+    first_seen: Mapping[str, str] = field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
         """The state file: everything, entries in full."""
@@ -82,6 +84,7 @@ class Report:
             "counts": dict(self.counts),
             "resources": [e.document() for e in self.entries],
             "errors": list(self.errors),
+            **({"firstSeen": dict(self.first_seen)} if self.first_seen else {}),
         }
 
     def status(self) -> tuple[dict[str, Any], int]:

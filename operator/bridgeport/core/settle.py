@@ -31,6 +31,15 @@ class LinkFailure:
     message: str
 
 
+@dataclass(frozen=True)
+class KeptBridge:
+    """A bridge no longer planned but kept: containers are attached and its network exists."""
+
+    network: str
+    bridge: str
+    ports: int
+
+
 class ProxyReport(typing.Protocol):
     """One proxy listener's answer (proxy.status.ProxyStatus has this shape)."""
 
@@ -45,6 +54,19 @@ class ProxyReport(typing.Protocol):
 
     @property
     def owner(self) -> ResourceRef: ...
+
+
+def bridges_kept(plan: NodePlan, overrides: Overrides, kept: Iterable[KeptBridge]) -> Overrides:
+    """A kept bridge is reported on its network's outcome (whatever that is)."""
+    out: Overrides = {}
+    for k in kept:
+        ref = ResourceRef(BRIDGE_NETWORK, "", k.network)
+        base = overrides.get(ref) or plan.outcome(ref)
+        if base is not None:
+            out[ref] = replace(base, message=(
+                f"{base.message}; bridge {k.bridge} is kept with its {k.ports} attached "
+                "port(s) until this BridgeNetwork is deleted"))
+    return out
 
 
 def bridge_failed(plan: NodePlan, failures: Iterable[LinkFailure]) -> Overrides:
