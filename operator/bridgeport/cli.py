@@ -227,7 +227,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     else:
         print(f"error: --source {args.source!r}: use kube or dir:PATH", file=sys.stderr)
         return 2
-    _serve_metrics(args.metrics_port)
+    if not _serve_metrics(args.metrics_port):
+        return 1
     from bridgeport.metrics import REGISTRY
     from bridgeport.proxy.manager import ProxyManager
     from bridgeport.proxy.worker import raise_fd_limit
@@ -248,23 +249,30 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from bridgeport.kube.controller import run_controller
+    from bridgeport.metrics import PortTaken
 
-    return run_controller(liveness_endpoint=_endpoint(args.health_port),
-                          metrics_port=args.metrics_port or None, peering=not args.no_peering)
+    try:
+        return run_controller(liveness_endpoint=_endpoint(args.health_port),
+                              metrics_port=args.metrics_port or None,
+                              peering=not args.no_peering)
+    except PortTaken as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _endpoint(port: int) -> str | None:
     return f"http://0.0.0.0:{port}/healthz" if port else None
 
 
-def _serve_metrics(port: int) -> None:
-    if not port:
-        return
-    from prometheus_client import start_http_server
+def _serve_metrics(port: int) -> bool:
+    from bridgeport.metrics import REGISTRY, PortTaken, serve
 
-    from bridgeport.metrics import REGISTRY
-
-    start_http_server(port, registry=REGISTRY)
+    try:
+        serve(port, REGISTRY)
+    except PortTaken as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _run_until_signal(coro: Any) -> int:

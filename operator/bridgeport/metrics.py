@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -30,3 +30,19 @@ TRIGGERS = Counter("bridgeport_reconcile_triggers_total",
                    "What woke the agent: resources (the source), ports (a bridge port joined, "
                    "left or lost its flags), resync (a due periodic drift check)", ["trigger"],
                    registry=REGISTRY)
+
+
+class PortTaken(RuntimeError):
+    """The /metrics port cannot be bound; the message names the flag that moves it."""
+
+
+def serve(port: int, registry: CollectorRegistry) -> None:
+    """Serve /metrics on `port` (0: not at all); a taken port is one clear error."""
+    if not port:
+        return
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as exc:
+        raise PortTaken(
+            f"cannot serve /metrics on port {port}: {exc.strerror or exc}; choose another "
+            "port with --metrics-port (or METRICS_PORT), or 0 to disable") from None

@@ -524,3 +524,24 @@ def test_peering_keepalive(k: Cluster) -> None:
                                              "bridgeport-controller")
     peers = peering.get("status") or {}
     assert len(peers) >= 1 and all("priority" in p for p in peers.values()), peers
+
+
+def test_missing_peering_object_is_explained(control_plane: Any, crds: Any, kubectl: Any,
+                                             tmp_path: Path) -> None:
+    """Issue 11, case 9: without its ClusterKopfPeering the controller says, once, what it
+    waits for and that --no-peering exists; it notices when the object appears."""
+    name = f"bp-missing-{uuid.uuid4().hex[:8]}"
+    waiting = ControllerProcess(control_plane.kubeconfig, tmp_path / "waiting.log",
+                                f"peering=True, peering_name={name!r}")
+    try:
+        waiting.start("waiting for the ClusterKopfPeering")
+        kubectl.ok("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+            "metadata": {"name": name}}))
+        wait_for(lambda: "ClusterKopfPeering found" in waiting.log(), "peering object noticed")
+        lines = [line for line in waiting.log().splitlines()
+                 if "waiting for the ClusterKopfPeering" in line]
+        assert len(lines) == 1 and "--no-peering" in lines[0] and name in lines[0], lines
+    finally:
+        waiting.stop()
+        kubectl("delete", "clusterkopfpeering", name, "--wait=false")

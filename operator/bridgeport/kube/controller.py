@@ -84,9 +84,11 @@ ERRORS = Counter("bridgeport_controller_errors_total", "API errors by operation"
 class Controller:
     def __init__(self, *, namespace_scope: str | None = None, peering: bool = True,
                  debounce: float = 0.5, resync: float = 300.0,
-                 api: client.ApiClient | None = None) -> None:
+                 api: client.ApiClient | None = None,
+                 peering_name: str = PEERING_NAME) -> None:
         self.namespace_scope = namespace_scope
         self.peering = peering
+        self.peering_name = peering_name
         self.debounce = debounce
         self.resync = resync
         self.identity = own_identity()
@@ -324,7 +326,7 @@ class Controller:
             return True
         try:
             obj = await asyncio.to_thread(self.api.get_cluster_custom_object, PEERING_GROUP,
-                                          PEERING_VERSION, PEERING_PLURAL, PEERING_NAME)
+                                          PEERING_VERSION, PEERING_PLURAL, self.peering_name)
         except ApiException as exc:
             if exc.status == 404:
                 return True  # no peering object: kopf does not pause either
@@ -335,6 +337,31 @@ class Controller:
             return False
         return is_active_peer(cast(Mapping[str, Any], obj).get("status"), self.identity,
                               self.priority, datetime.datetime.now(datetime.UTC))
+
+    async def explain_peering_wait(self, interval: float = 5.0) -> None:
+        """kopf waits silently, forever, for a missing peering object: say once what we wait
+        for and how to proceed, and once when it appears."""
+        said = False
+        while True:
+            try:
+                await asyncio.to_thread(self.api.get_cluster_custom_object, PEERING_GROUP,
+                                        PEERING_VERSION, PEERING_PLURAL, self.peering_name)
+            except ApiException as exc:
+                if exc.status == 404 and not said:
+                    log.warning(
+                        f"waiting for the ClusterKopfPeering {self.peering_name!r}: peering is "
+                        "on and that object does not exist, so nothing is processed. The helm "
+                        "chart creates it; else apply crds/clusterkopfpeerings.kopf.dev.yaml and "
+                        f"create it (kubectl create -f - with kind ClusterKopfPeering, name "
+                        f"{self.peering_name}), or run a single replica with --no-peering")
+                    said = True
+            except OSError:
+                pass  # the API is unreachable: kopf says so itself
+            else:
+                if said:
+                    log.info("ClusterKopfPeering found", name=self.peering_name)
+                return
+            await asyncio.sleep(interval)
 
     async def prune(self) -> None:
         """Forget objects that no longer exist but were not seen deleted."""
@@ -377,7 +404,7 @@ class Controller:
         s = kopf_settings()
         s.persistence.progress_storage = NoProgressStorage()
         s.persistence.diffbase_storage = NoDiffBaseStorage()
-        s.peering.name = PEERING_NAME
+        s.peering.name = self.peering_name
         s.peering.mandatory = self.peering
         s.peering.standalone = not self.peering
         s.peering.priority = self.priority
@@ -395,6 +422,8 @@ class Controller:
         # Started before kopf, so kopf's shutdown leaves them to us (it only reaps its own).
         tasks = [asyncio.create_task(self.reconcile_forever(), name="bridgeport reconciler"),
                  asyncio.create_task(self.resync_forever(), name="bridgeport resync")]
+        if self.peering:
+            tasks.append(asyncio.create_task(self.explain_peering_wait(), name="peering check"))
         log.info("controller starting", identity=self.identity, peering=self.peering,
                  priority=self.priority, namespace=self.namespace_scope or "(all)")
         try:
@@ -424,14 +453,14 @@ _META_KEYS = ("name", "namespace", "uid", "generation", "resourceVersion", "crea
 
 def run_controller(*, namespace_scope: str | None = None,
                    liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz",
-                   metrics_port: int | None = None, peering: bool = True) -> int:
+                   metrics_port: int | None = None, peering: bool = True,
+                   peering_name: str = PEERING_NAME) -> int:
     """The `bridgeport controller` process: blocks until SIGTERM/SIGINT, then returns 0."""
-    if metrics_port:
-        from prometheus_client import start_http_server
+    from bridgeport.metrics import serve
 
-        start_http_server(metrics_port, registry=METRICS)
+    serve(metrics_port or 0, METRICS)  # raises PortTaken, which the CLI prints as one line
     controller = Controller(namespace_scope=namespace_scope, peering=peering,
-                            api=load_api())
+                            peering_name=peering_name, api=load_api())
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(controller.run(liveness_endpoint=liveness_endpoint))
     log.info("controller stopped")
