@@ -90,6 +90,14 @@ def parser() -> argparse.ArgumentParser:
                    help="turn IPv4/IPv6 forwarding on (Docker does); otherwise only read them")
     a.add_argument("--udp-idle-timeout", type=float, default=90.0, metavar="SECONDS",
                    help="how long a proxied UDP flow lives without traffic")
+    a.add_argument("--proxy-max-connections-per-source", type=int, default=1024, metavar="N",
+                   help="live proxied TCP connections per listener and client address "
+                   "(0: no limit)")
+    a.add_argument("--proxy-tcp-idle-timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="reset a proxied TCP connection idle this long (0: never)")
+    a.add_argument("--proxy-max-udp-flows-per-source", type=int, default=1024, metavar="N",
+                   help="proxied UDP flows per listener and client address; beyond it the "
+                   "client's oldest flow is closed (0: no limit)")
     a.add_argument("--proxy-workers", type=int, metavar="N",
                    default=int(os.environ.get("BRIDGEPORT_PROXY_WORKERS", "0")),
                    help="processes relaying proxied TCP (0: one per CPU, at most 4)")
@@ -230,13 +238,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if not _serve_metrics(args.metrics_port):
         return 1
     from bridgeport.metrics import REGISTRY
-    from bridgeport.proxy.manager import ProxyManager
+    from bridgeport.proxy.manager import Fairness, ProxyManager
     from bridgeport.proxy.worker import raise_fd_limit
 
     raise_fd_limit()  # listeners, port claims and UDP flows are file descriptors of the agent
     # Even with --no-proxy the manager runs: it holds the claims on every DNATed port.
+    fairness = Fairness(args.proxy_max_connections_per_source, args.proxy_tcp_idle_timeout,
+                        args.proxy_max_udp_flows_per_source)
     proxies = ProxyManager(registry=REGISTRY, udp_idle_timeout=args.udp_idle_timeout,
-                           workers=args.proxy_workers or None)
+                           workers=args.proxy_workers or None, fairness=fairness)
     reserved = args.reserved_ports | {p for p in (args.health_port, args.metrics_port) if p}
     settings = agent.AgentSettings(args.node_name, dict(args.node_label),
                                    state_file=args.state_file, resync=args.resync,

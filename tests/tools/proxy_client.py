@@ -85,6 +85,20 @@ def stuck(host: str, port: str) -> dict[str, Any]:
     return {}
 
 
+def idle(host: str, port: str) -> dict[str, Any]:
+    """Connect, send nothing; print how the connection ended (a reset by the proxy's idle
+    timeout shows as eof or ConnectionResetError)."""
+    s = connect(host, port)
+    print(json.dumps({"idle": True}), flush=True)
+    s.settimeout(120)
+    try:
+        outcome = "eof" if not s.recv(100) else "data"
+    except OSError as exc:
+        outcome = type(exc).__name__
+    print(json.dumps({"outcome": outcome}), flush=True)
+    return {}
+
+
 def refused(host: str, port: str) -> dict[str, Any]:
     start = time.monotonic()
     try:

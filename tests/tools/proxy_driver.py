@@ -7,7 +7,8 @@
   {"close": true}   -> {"closed": true}, then exits
 
 Options: --udp-idle-timeout, --max-udp-flows, --max-tcp-connections, --connect-timeout,
---workers, --uvloop. Prints {"ready": true} first. Used by tests/proxy and bench/proxy.
+--max-tcp-per-source, --tcp-idle-timeout, --max-udp-flows-per-source, --workers,
+--uvloop. Prints {"ready": true} first. Used by tests/proxy and bench/proxy.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from bridgeport import log
 from bridgeport.core.plan import ProxyPort
 from bridgeport.core.specs import Protocol, ResourceRef
-from bridgeport.proxy.manager import ProxyManager
+from bridgeport.proxy.manager import Fairness, ProxyManager
 from bridgeport.proxy.status import describe
 
 
@@ -46,7 +47,9 @@ async def main(args: argparse.Namespace) -> None:
     manager = ProxyManager(registry=registry, udp_idle_timeout=args.udp_idle_timeout,
                            max_udp_flows=args.max_udp_flows,
                            max_tcp_connections=args.max_tcp_connections,
-                           connect_timeout=args.connect_timeout, workers=args.workers)
+                           connect_timeout=args.connect_timeout, workers=args.workers,
+                           fairness=Fairness(args.max_tcp_per_source, args.tcp_idle_timeout,
+                                             args.max_udp_flows_per_source))
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)  # a sync of 1,000 ports is one long line
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -80,6 +83,10 @@ if __name__ == "__main__":
     p.add_argument("--max-udp-flows", type=int, default=4096)
     p.add_argument("--max-tcp-connections", type=int, default=4096)
     p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.add_argument("--max-tcp-per-source", type=int, default=Fairness.tcp_per_source)
+    p.add_argument("--tcp-idle-timeout", type=float, default=Fairness.tcp_idle_timeout)
+    p.add_argument("--max-udp-flows-per-source", type=int,
+                   default=Fairness.udp_flows_per_source)
     p.add_argument("--workers", type=int, default=None, help="TCP proxy worker processes")
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args()

@@ -97,9 +97,14 @@ class Engine:
     """Listeners and relays of one worker; run() until stop()."""
 
     def __init__(self, counters: Counters, worker: int, *, max_connections: int,
-                 connect_timeout: float, report: Report, log_interval: float = 10.0) -> None:
+                 connect_timeout: float, report: Report, log_interval: float = 10.0,
+                 max_per_source: int = 0, idle_timeout: float = 0.0) -> None:
         self.counters, self.cells, self.worker = counters, counters.cells, worker
         self.max_connections, self.connect_timeout = max_connections, connect_timeout
+        # Fairness: one client address cannot hold a listener's every connection, and a
+        # connection with no bytes either way for idle_timeout is reset (0: never).
+        self.max_per_source, self.idle_timeout = max_per_source, idle_timeout
+        self.now = time.monotonic()  # once per loop turn: what relays stamp as activity
         self.report, self.log_interval = report, log_interval
         self.epoll = select.epoll()
         self.handlers: dict[int, Any] = {}  # fd -> object with .event(fd, mask)
@@ -164,11 +169,17 @@ class Engine:
         poll, handlers = self.epoll.poll, self.handlers
         interval = min(max(self.connect_timeout / 4, 0.05), 1.0)
         next_sweep = time.monotonic() + interval
+        idle_every = min(max(self.idle_timeout / 4, 0.05), 5.0)
+        next_idle = time.monotonic() + idle_every
         while self.running:
             try:
                 events = poll(_PAUSE if self.paused else interval, 256)
             except InterruptedError:
                 continue
+            self.now = now = time.monotonic()
+            if self.idle_timeout and now >= next_idle:
+                next_idle = now + idle_every
+                self._reap_idle(now)
             for fd, mask in events:
                 handler = handlers.get(fd)
                 if handler is None:  # its fd was closed earlier in this batch
@@ -214,6 +225,16 @@ class Engine:
         else:
             self.report({"op": "log", "slot": -1, "kind": "internal",
                          "error": f"{type(exc).__name__}: {exc}", "suppressed": 0})
+
+    def _reap_idle(self, now: float) -> None:
+        """Reset connections that moved no bytes for idle_timeout."""
+        deadline = now - self.idle_timeout
+        for acceptor in list(self.acceptors.values()):
+            idle = [r for r in acceptor.relays if r.last < deadline]
+            for relay in idle:
+                relay.close(hard=True)
+            if idle:
+                acceptor.engine.cells[acceptor.base + _ERROR_CELL["idle_timeout"]] += len(idle)
 
     def _sweep(self, now: float) -> None:
         """Reset connections whose connect to the target has not completed in time."""
@@ -268,7 +289,7 @@ class Acceptor:
         engine, cells = self.engine, self.engine.cells
         for _ in range(_ACCEPT_BURST):
             try:
-                client, _ = self.sock.accept()
+                client, address = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE, ENOBUFS...: the backlog keeps the client waiting
@@ -281,9 +302,16 @@ class Acceptor:
                 reset(client)
                 self.error("connection_limit", f"limit {engine.max_connections} reached")
                 continue
-            self._connect(client)
+            bucket = engine.counters.bucket(self.slot, address[0])
+            if engine.max_per_source and (
+                    engine.counters.source_active(bucket) >= engine.max_per_source):
+                reset(client)
+                self.error("source_limit", f"{address[0][:45]} holds {engine.max_per_source} "
+                           "connections, the per-source limit")
+                continue
+            self._connect(client, engine.counters.source_cell(bucket, engine.worker))
 
-    def _connect(self, client: socket.socket) -> None:
+    def _connect(self, client: socket.socket, source_cell: int) -> None:
         client.setblocking(False)
         pool = self.engine.pool
         try:
@@ -310,7 +338,7 @@ class Acceptor:
                 pool.put(pipe, empty=True)
             self.error(CONNECT_ERRORS.get(code, "connect"), os.strerror(code))
             return
-        Relay(self, client, upstream, pipes)
+        Relay(self, client, upstream, pipes, source_cell)
 
     def error(self, kind: str, message: str) -> None:
         self.engine.error(self.slot, kind, message)
@@ -333,16 +361,18 @@ class _Pump:
 class Relay:
     """A client connection and its upstream, relayed until both sides are done."""
 
-    __slots__ = ("acceptor", "c", "client", "closed", "confirmed", "engine", "pumps",
-                 "started", "u", "upstream")
+    __slots__ = ("acceptor", "c", "client", "closed", "confirmed", "engine", "last", "pumps",
+                 "source_cell", "started", "u", "upstream")
 
     def __init__(self, acceptor: Acceptor, client: socket.socket, upstream: socket.socket,
-                 pipes: tuple[tuple[int, int], tuple[int, int]]) -> None:
+                 pipes: tuple[tuple[int, int], tuple[int, int]], source_cell: int) -> None:
         engine = acceptor.engine
         self.acceptor, self.engine, self.client, self.upstream = acceptor, engine, client, upstream
         self.c, self.u = c, u = client.fileno(), upstream.fileno()
         self.closed = self.confirmed = False
-        self.started = time.monotonic()
+        self.started = self.last = time.monotonic()
+        self.source_cell = source_cell
+        engine.cells[source_cell] += 1
         base = acceptor.base
         self.pumps = (_Pump(c, u, pipes[0], base + BYTES_IN),
                       _Pump(u, c, pipes[1], base + BYTES_OUT))
@@ -355,6 +385,7 @@ class Relay:
 
     def event(self, fd: int, mask: int) -> None:
         to_target, to_client = self.pumps
+        self.last = self.engine.now
         if fd == self.c:
             if mask & _READ:
                 if mask & _HUP:
@@ -451,6 +482,7 @@ class Relay:
         engine.unconfirmed.pop(self, None)
         self.acceptor.relays.discard(self)
         engine.cells[self.acceptor.base + ACTIVE] -= 1
+        engine.cells[self.source_cell] -= 1
         for p in self.pumps:
             engine.pool.put(p.pipe, empty=not p.pending)
         if hard:

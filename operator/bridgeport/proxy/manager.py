@@ -16,6 +16,7 @@ import contextlib
 import errno
 import socket
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -38,16 +39,27 @@ _T = TypeVar("_T")
 _YIELD_EVERY = 100  # binds between yields, so 1,000 new ports never stall the loop
 
 
+@dataclass(frozen=True)
+class Fairness:
+    """Per-client bounds, so one client cannot take a listener from the others (0: off).
+    A source is a client address; every local process is one source (127.0.0.1 / ::1)."""
+
+    tcp_per_source: int = 1024  # live TCP connections per listener and source address
+    tcp_idle_timeout: float = 3600.0  # seconds without a byte either way, then reset
+    udp_flows_per_source: int = 1024  # UDP flows per listener and source; the oldest goes
+
+
 class ProxyManager:
     def __init__(self, *, registry: CollectorRegistry | None = None,
                  udp_idle_timeout: float = 90.0, max_udp_flows: int = 4096,
                  max_tcp_connections: int = 4096, connect_timeout: float = 5.0,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, fairness: Fairness | None = None) -> None:
         self.workers = default_workers() if workers is None else max(1, workers)
         self.udp_idle_timeout = udp_idle_timeout
         self.max_udp_flows = max_udp_flows
         self.max_tcp_connections = max_tcp_connections
         self.connect_timeout = connect_timeout
+        self.fairness = fairness or Fairness()
         self.listeners: dict[ProxyKey, Listener] = {}
         self.failed: dict[ProxyKey, ProxyStatus] = {}
         self.held: dict[ProxyKey, tuple[socket.socket | None, ResourceRef]] = {}
@@ -184,7 +196,7 @@ class ProxyManager:
                     raise OSError(errno.ENOSPC, "the proxy's TCP listener table is full")
                 return TcpListener(loop, sock, port, pool, slot)
             return UdpListener(loop, sock, port, self.max_udp_flows, self.udp_idle_timeout,
-                               self._udp_buf)
+                               self._udp_buf, self.fairness.udp_flows_per_source)
         except BaseException:
             sock.close()
             raise
@@ -193,7 +205,9 @@ class ProxyManager:
         if self._pool is None:
             self._pool = WorkerPool(self.workers, max_connections=self.max_tcp_connections,
                                     connect_timeout=self.connect_timeout,
-                                    on_log=self._worker_log)
+                                    on_log=self._worker_log,
+                                    max_per_source=self.fairness.tcp_per_source,
+                                    idle_timeout=self.fairness.tcp_idle_timeout)
             log.info("proxy workers started", workers=self.workers)
         return self._pool
 

@@ -53,18 +53,28 @@ class _Flow:
                 lst.stats.bytes_out += n
 
     def close(self) -> None:
-        self.listener.loop.remove_reader(self.fd)
+        lst = self.listener
+        lst.loop.remove_reader(self.fd)
         self.sock.close()
-        self.listener.stats.flows -= 1
+        lst.stats.flows -= 1
+        flows = lst.by_source[self.client[0]]
+        del flows[self.key]
+        if not flows:
+            del lst.by_source[self.client[0]]
 
 
 class UdpListener(Listener):
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, port: ProxyPort,
-                 max_flows: int, idle_timeout: float, buf: bytearray) -> None:
+                 max_flows: int, idle_timeout: float, buf: bytearray,
+                 max_per_source: int = 0) -> None:
         super().__init__(loop, sock, port)
         self.stats = ListenerStats()
         self.throttle = Throttle()
         self.max_flows, self.idle_timeout = max_flows, idle_timeout
+        # A source (client address) at its limit gives up its oldest flow for a new one, so
+        # a flood from many ports of one address never locks other clients out.
+        self.max_per_source = max_per_source
+        self.by_source: dict[str, dict[FlowKey, _Flow]] = {}  # in creation order
         self.wildcard = is_wildcard(port.key.listen)
         self.flows: dict[FlowKey, _Flow] = {}
         # One 64 KiB buffer for all listeners of a manager (the loop runs one callback at a
@@ -102,6 +112,9 @@ class UdpListener(Listener):
                 self.stats.bytes_in += n
 
     def _open(self, key: FlowKey, client: Any, reply: Ancillary) -> _Flow | None:
+        own = self.by_source.get(client[0], {})
+        if self.max_per_source and len(own) >= self.max_per_source:
+            self._evict_oldest(client[0], own)
         if len(self.flows) >= self.max_flows:
             self.error("udp_flow_limit", "proxy UDP flow table full, dropping datagrams from "
                        "new clients", limit=self.max_flows, idle_timeout=self.idle_timeout)
@@ -115,10 +128,16 @@ class UdpListener(Listener):
             return None
         flow = _Flow(self, key, client, reply, sock)
         self.flows[key] = flow
+        self.by_source.setdefault(client[0], {})[key] = flow
         self.stats.connections += 1
         self.stats.flows += 1
         self.loop.add_reader(flow.fd, flow.on_reply)
         return flow
+
+    def _evict_oldest(self, host: str, own: dict[FlowKey, _Flow]) -> None:
+        self.flows.pop(next(iter(own))).close()
+        self.error("source_limit", "proxy UDP client at its flow limit: its oldest flow was "
+                   "closed for a new one", client=str(host)[:45], limit=self.max_per_source)
 
     def tick(self, now: float) -> None:
         """Reap idle flows."""
@@ -133,7 +152,7 @@ class UdpListener(Listener):
         super().retarget(port)
 
     def _close_flows(self) -> None:
-        for flow in self.flows.values():
+        for flow in list(self.flows.values()):
             flow.close()
         self.flows.clear()
 

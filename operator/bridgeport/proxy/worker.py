@@ -40,7 +40,9 @@ class Worker:
         self.control = socket.socket(fileno=args.control_fd)
         self.counters = Counters(args.counters_fd, args.workers)
         self.engine = Engine(self.counters, args.index, max_connections=args.max_connections,
-                             connect_timeout=args.connect_timeout, report=self.send)
+                             connect_timeout=args.connect_timeout, report=self.send,
+                             max_per_source=args.max_per_source,
+                             idle_timeout=args.idle_timeout)
         self.engine.watch(self.control.fileno(), self.on_control)
 
     def send(self, message: wire.Log) -> None:
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--counters-fd", type=int, required=True)
     p.add_argument("--max-connections", type=int, default=4096)
     p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.add_argument("--max-per-source", type=int, default=0)
+    p.add_argument("--idle-timeout", type=float, default=0.0)
     args = p.parse_args(argv)
     # The agent decides when workers stop (by closing the channel); a terminal's Ctrl-C
     # reaches the whole process group and must not kill relays under a running agent.

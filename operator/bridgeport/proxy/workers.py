@@ -55,9 +55,10 @@ LogSink = Callable[[int, wire.Log], None]
 
 class WorkerPool:
     def __init__(self, count: int, *, max_connections: int, connect_timeout: float,
-                 on_log: LogSink) -> None:
+                 on_log: LogSink, max_per_source: int = 0, idle_timeout: float = 0.0) -> None:
         self.count = count
         self.max_connections, self.connect_timeout = max_connections, connect_timeout
+        self.max_per_source, self.idle_timeout = max_per_source, idle_timeout
         self.on_log = on_log
         self.counters = Counters.create(count)
         self.listening: dict[int, tuple[socket.socket, tuple[str, int]]] = {}  # by slot
@@ -141,7 +142,9 @@ class WorkerPool:
                  "--workers", str(self.count), "--control-fd", str(theirs.fileno()),
                  "--counters-fd", str(self.counters.fd),
                  "--max-connections", str(self.max_connections),
-                 "--connect-timeout", str(self.connect_timeout)],
+                 "--connect-timeout", str(self.connect_timeout),
+                 "--max-per-source", str(self.max_per_source),
+                 "--idle-timeout", str(self.idle_timeout)],
                 pass_fds=(theirs.fileno(), self.counters.fd), stdin=subprocess.DEVNULL)
         except OSError as exc:
             ours.close()
