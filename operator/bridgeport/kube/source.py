@@ -26,14 +26,25 @@ NODE_WAIT_WARNING = 15.0
 
 def _document(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """The parts of an object the parser reads (status and managed fields are never needed)."""
-    meta = body.get("metadata", {})
+    meta = body.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
     return {
         "apiVersion": body.get("apiVersion"),
         "kind": kind,
         "metadata": {k: meta.get(k) for k in ("name", "namespace", "generation",
                                               "creationTimestamp", "uid") if k in meta},
-        "spec": dict(body.get("spec") or {}),
+        "spec": body.get("spec"),
     }
+
+
+def parse_body(body: Mapping[str, Any], kind: str) -> specs.ParseResult:
+    """An event body as a resource; whatever is in it, an InvalidResource rather than an
+    exception (an exception would stop kopf's indexing of that object)."""
+    try:
+        return specs.parse(_document(body, kind))
+    except Exception as exc:
+        log.exception("cannot parse object", kind=kind)
+        return specs.InvalidResource(None, (f"{kind}: cannot be parsed: {type(exc).__name__}",))
 
 
 class KubeSource:
@@ -81,7 +92,7 @@ class KubeSource:
     @staticmethod
     def _indexer(kind: str) -> Callable[..., Any]:
         def index(body: kopf.Body, **_: Any) -> dict[None, specs.ParseResult]:
-            return {None: specs.parse(_document(body, kind))}
+            return {None: parse_body(body, kind)}
         return index
 
     @staticmethod
