@@ -183,9 +183,8 @@ class Agent:
             log.exception("reconcile failed", error=str(exc))
             return None
         metrics.RECONCILE_SECONDS.observe(report.duration)
-        published = replace(node_report(self.settings.node_name, report, snapshot),
-                            first_seen=dict(self._first_seen))
-        self._write_state(published)
+        # Thousands of resources make this tens of milliseconds: off the loop, like planning.
+        published = await asyncio.to_thread(self._publishable, report, snapshot)
         for publish in self.reporters:
             try:
                 await publish(published)
@@ -198,10 +197,12 @@ class Agent:
                          started: float) -> SyncReport:
         labels = snapshot.node_labels if snapshot.node_labels is not None else self.settings.labels
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        resources, self._first_seen = firstseen.stamp(snapshot.resources, self._first_seen, now)
+        # Netlink and libnftables calls block (and pyroute2 runs its own loop), and planning
+        # thousands of resources takes a while: keep them off the event loop that serves the
+        # proxies and the watch.
+        resources, self._first_seen = await asyncio.to_thread(
+            firstseen.stamp, snapshot.resources, self._first_seen, now)
         snapshot = replace(snapshot, resources=tuple(resources))
-        # Netlink and libnftables calls block (and pyroute2 runs its own loop): keep them off
-        # the event loop that serves the proxies and the watch.
         if self.settings.manage_sysctls and snapshot.resources:
             await asyncio.to_thread(self.dataplane.enable_forwarding)
         facts = await asyncio.to_thread(self.dataplane.gather_facts, self.settings.node_name,
@@ -210,11 +211,11 @@ class Agent:
                         userland_proxy=self.proxies is not None and self.settings.proxy_enabled,
                         incumbents=facts.incumbents if self._incumbents is None
                         else self._incumbents)
-        plan = planner.plan(snapshot.resources, facts)
+        plan = await asyncio.to_thread(planner.plan, snapshot.resources, facts)
         proxy_states: dict[ResourceRef, ProxyState] = {}
         if self.proxies is not None:
             plan, proxy_states = await self._sync_proxies(plan, snapshot, facts)
-        tables = ruleset.render(plan)
+        tables, digest = await asyncio.to_thread(_render, plan)
         overrides, commands, full = await asyncio.to_thread(
             self._converge_kernel, plan, tables, check_drift, _networks(snapshot))
         if self.proxies is not None and self._applied:
@@ -228,8 +229,7 @@ class Agent:
         metrics.BRIDGES.set(len(plan.bridges))
         metrics.PROXIES.set(len(plan.proxies))
         metrics.CLAIMS.set(len(plan.claims))
-        report = SyncReport(plan, outcomes, ruleset.digest(tables), commands, full, duration,
-                            proxy_states)
+        report = SyncReport(plan, outcomes, digest, commands, full, duration, proxy_states)
         # A resync that changed nothing is routine: keep it out of INFO.
         emit = log.info if commands or full or self._last_digest != report.digest else log.debug
         self._last_digest = report.digest
@@ -307,10 +307,17 @@ class Agent:
             statuses = await self.proxies.sync(plan.proxies, plan.claims, release=False)
             if not lost.add(plan, statuses):
                 break
-            plan = settle.replan_without(snapshot.resources, facts, lost.in_use, lost.unclaimed)
+            plan = await asyncio.to_thread(settle.replan_without, snapshot.resources, facts,
+                                           lost.in_use, lost.unclaimed)
         claimed = {c.key for c in plan.claims}
         return plan, settle.proxy_states(  # a bare claim is not a proxy
             s for k, s in statuses.items() if k not in claimed or s.state == "failed")
+
+    def _publishable(self, report: SyncReport, snapshot: Snapshot) -> Report:
+        published = replace(node_report(self.settings.node_name, report, snapshot),
+                            first_seen=dict(self._first_seen))
+        self._write_state(published)
+        return published
 
     def _write_state(self, published: Report) -> None:
         if self.settings.state_file is None:
@@ -340,6 +347,11 @@ def node_report(node: str, report: SyncReport, snapshot: Snapshot) -> Report:
         entries=entries,
         errors=(*snapshot.errors, *plan.errors),
     )
+
+
+def _render(plan: NodePlan) -> tuple[tuple[ruleset.Table, ruleset.Table], str]:
+    tables = ruleset.render(plan)
+    return tables, ruleset.digest(tables)
 
 
 def _networks(snapshot: Snapshot) -> set[str]:
