@@ -69,3 +69,11 @@ def test_losing_network_keeps_its_attached_bridge(w: World) -> None:
     w.agent.wait({"net-a": "Applied"})
     wait_for(lambda: "bp-nb" not in w.node.run("ip -o link").stdout,
              what="bridge removed with its resource")
+
+
+def test_subnet_over_a_node_network_is_a_warning(w: World) -> None:
+    """The node's 192.0.2.1/24 is inside 192.0.0.0/16: applied, with the warning."""
+    w.agent.apply(network("ov", "192.0.0.0/16", bridge="bp-ov", gateway="192.0.3.1"))
+    state = w.agent.wait({"ov": "Applied"})
+    entry = next(r for r in state["resources"] if r["name"] == "ov")
+    assert entry["reason"] == "SubnetOverlapsNode" and "192.0.2.0/24" in entry["message"]

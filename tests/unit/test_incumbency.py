@@ -73,3 +73,19 @@ def test_kubernetes_creation_times_are_kept() -> None:
     resources, seen = firstseen.stamp([net("a", "10.0.0.0/24", "2026-01-01T00:00:00Z")], {},
                                       "2027-01-01T00:00:00.000000Z")
     assert seen == {} and resources[0].meta.created == "2026-01-01T00:00:00Z"  # type: ignore[union-attr]
+
+
+def test_subnet_overlapping_a_node_network_is_applied_with_a_warning() -> None:
+    import ipaddress
+
+    facts = replace(NodeFacts("n"), networks=frozenset({
+        ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("fd00:c::/64")}))
+    plan = planner.plan([net("ov", "192.0.0.0/16", gateway="192.0.3.1"),
+                         net("v6", "10.1.0.0/24", subnet6="fd00:c::/48"),
+                         net("clear", "10.2.0.0/24")], facts)
+    assert states(plan) == {"ov": ("Applied", "SubnetOverlapsNode"),
+                            "v6": ("Applied", "SubnetOverlapsNode"),
+                            "clear": ("Applied", "Programmed")}
+    assert "overlaps 192.0.2.0/24" in message(plan, "ov")
+    assert "overlaps fd00:c::/64" in message(plan, "v6")
+    assert len(plan.bridges) == 3

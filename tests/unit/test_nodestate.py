@@ -68,3 +68,11 @@ def test_the_state_file_is_the_whole_report() -> None:
                                    "state": "Conflicted", "reason": "Why",
                                    "message": "long text", "proxy": "off"}
     assert entries("n", report.status()[0])[1] == report.entries[1]
+
+
+def test_applied_with_a_warning_keeps_reason_and_message() -> None:
+    """SubnetOverlapsNode (issue 11) reaches the controller through the compact entry."""
+    warned = Entry("n", ResourceRef("BridgeNetwork", "", "ov"), "u", 1, "Applied",
+                   "SubnetOverlapsNode", "warning: subnet overlaps 192.0.2.0/24")
+    doc = warned.document(compact=True)
+    assert doc["reason"] == "SubnetOverlapsNode" and "192.0.2.0/24" in doc["message"]

@@ -337,3 +337,23 @@ def test_fixed_point(reports: list[Entry], generation: int) -> None:
     assert second == first
     assert s.transitions(first["conditions"], second["conditions"]) == []
     assert s.status_patch(first, second) is None
+
+
+def test_subnet_overlapping_a_node_network_is_a_warning_condition() -> None:
+    """Issue 11: a BridgeNetwork applied with the SubnetOverlapsNode warning stays Ready and
+    gets a SubnetOverlapsNode condition (and one Warning Event); PortPublications never do."""
+    bn = ResourceRef("BridgeNetwork", "", "br0")
+    resource = s.Resource(bn, UID, 1)
+    warned = rep("a", reason="SubnetOverlapsNode", message="warning: subnet overlaps", ref=bn)
+    out = s.compute_status(resource, [warned, rep("b", ref=bn)], T0)
+    assert cond(out, "Ready")["status"] == "True"
+    overlap = cond(out, "SubnetOverlapsNode")
+    assert overlap["status"] == "True" and "node a: warning" in overlap["message"]
+    events = s.transitions([], out["conditions"])
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Ready"),
+                                                    ("Warning", "SubnetOverlapsNode")]
+    clean = s.compute_status(s.Resource(bn, UID, 1, tuple(out["conditions"])),
+                             [rep("a", ref=bn)], T1)
+    assert cond(clean, "SubnetOverlapsNode")["status"] == "False"
+    assert s.condition(s.compute_status(res(1), [rep("a")], T0)["conditions"],
+                       "SubnetOverlapsNode") is None

@@ -51,6 +51,7 @@ def gather(name: str, labels: Mapping[str, str]) -> NodeFacts:
         name=name,
         labels=dict(labels),
         addresses=frozenset(links.local_addresses()),
+        networks=frozenset(links.local_networks(set(ours))),
         ipv4_forwarding=_sysctl_on("ipv4/ip_forward"),
         ipv6_forwarding=_sysctl_on("ipv6/conf/all/forwarding"),
         ipv6=ipv6_enabled(),

@@ -69,6 +69,23 @@ def local_addresses() -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
                 if a.get_attr("IFA_ADDRESS")}
 
 
+def local_networks(skip: Collection[str]) -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Networks of this namespace's addresses, except on the interfaces in `skip` (our
+    bridges), loopback and link-local: what a bridge subnet must not shadow."""
+    with _ipr() as ipr:
+        skipped = {link["index"] for link in ipr.get_links()
+                   if link.get_attr("IFLA_IFNAME") in skip}
+        out: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+        for a in ipr.get_addr():
+            address = a.get_attr("IFA_ADDRESS")
+            if not address or a["index"] in skipped:
+                continue
+            iface = ipaddress.ip_interface(f"{address}/{a['prefixlen']}")
+            if not (iface.ip.is_loopback or iface.ip.is_link_local):
+                out.add(iface.network)
+        return out
+
+
 def converge(bridges: Sequence[BridgePlan]) -> list[LinkFailure]:
     """Create or update every planned bridge. Never raises for one bridge; reports instead."""
     failures = []

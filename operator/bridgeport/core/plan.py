@@ -36,6 +36,9 @@ class NodeFacts:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     addresses: frozenset[IPAddress] = frozenset()
+    # Networks of the node's own addresses (not on our bridges): a bridge subnet overlapping
+    # one is applied with a warning (SubnetOverlapsNode).
+    networks: frozenset[ipaddress.IPv4Network | ipaddress.IPv6Network] = frozenset()
     ipv4_forwarding: bool = True
     ipv6_forwarding: bool = True
     # False when new interfaces get no IPv6 (disable_ipv6, or no IPv6 in the kernel): a network's

@@ -115,14 +115,29 @@ def _plan_networks(networks: list[BridgeNetwork], facts: NodeFacts,
         verdict = _network_verdict(net, facts, accepted)
         if verdict is None:
             accepted.append(net)
-            verdict = _Verdict(State.APPLIED, "Programmed", f"bridge {net.bridge} {net.subnet}")
-            if net.subnet6 is not None and not facts.ipv6:
-                verdict = _Verdict(State.APPLIED, "IPv6Disabled",
-                                   f"bridge {net.bridge} {net.subnet}; subnet6 {net.subnet6} "
-                                   f"not applied: IPv6 is disabled on node {facts.name}")
+            verdict = _applied_network(net, facts)
         outcomes[net.meta.ref] = Outcome(net.meta.ref, net.meta.generation, *_fields(verdict),
                                          net.meta.uid)
     return [_bridge_plan(n, facts.ipv6) for n in accepted]
+
+
+def _applied_network(net: BridgeNetwork, facts: NodeFacts) -> _Verdict:
+    """Programmed; IPv6Disabled when the node cannot take subnet6; SubnetOverlapsNode (a
+    warning) when a subnet overlaps a network of the node's own addresses (traffic to those
+    hosts may now go into the bridge)."""
+    reason, message = "Programmed", f"bridge {net.bridge} {net.subnet}"
+    if net.subnet6 is not None and not facts.ipv6:
+        reason = "IPv6Disabled"
+        message += (f"; subnet6 {net.subnet6} not applied: IPv6 is disabled on node "
+                    f"{facts.name}")
+    for node_net in sorted(facts.networks, key=lambda n: (n.version, n)):
+        subnet = net.subnet if node_net.version == 4 else (net.subnet6 if facts.ipv6 else None)
+        if subnet is not None and subnet.overlaps(node_net):
+            return _Verdict(State.APPLIED, "SubnetOverlapsNode",
+                            f"{message}; warning: subnet {subnet} overlaps {node_net}, a "
+                            f"network of node {facts.name}'s own addresses: hosts there may "
+                            "become unreachable from this node")
+    return _Verdict(State.APPLIED, reason, message)
 
 
 def _network_verdict(net: BridgeNetwork, facts: NodeFacts,

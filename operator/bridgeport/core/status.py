@@ -9,8 +9,9 @@ folds the entries of every node into the resource's status:
   resource's current generation; `ready`: "ready/selected" (the printer column).
 - `conditions` (metav1.Condition): `Ready`, `Conflicted`, `Invalid`, always all three, in
   that order (Ready True quotes what the nodes programmed: targets per family and how);
-  `lastTransitionTime` moves only when a condition's status changes. Conditions of other
-  types already on the object are kept as they are.
+  BridgeNetworks also get `SubnetOverlapsNode` (True while a node applies it with that
+  warning). `lastTransitionTime` moves only when a condition's status changes. Conditions of
+  other types already on the object are kept as they are.
 - `problemNodes`: selected nodes not Applied at the current generation, sorted by node name,
   at most MAX_PROBLEM_NODES (the CRD's maxItems); when there are more, the Ready condition's
   message says how many ("problemNodes lists 16 of 20").
@@ -28,10 +29,12 @@ from typing import Any
 
 from bridgeport.core.plan import State
 from bridgeport.core.report import Entry, integer, text
-from bridgeport.core.specs import ResourceRef
+from bridgeport.core.specs import BRIDGE_NETWORK, ResourceRef
 
 READY, CONFLICTED, INVALID = "Ready", "Conflicted", "Invalid"
 CONDITION_TYPES = (READY, CONFLICTED, INVALID)
+# BridgeNetworks only: applied, but the subnet overlaps a node address's network (a warning).
+SUBNET_OVERLAPS_NODE = "SubnetOverlapsNode"
 MAX_PROBLEM_NODES = 16
 MAX_NODE_MESSAGE = 256  # per problem node
 MAX_CONDITION_MESSAGE = 1024  # metav1.Condition allows 32768; keep objects small
@@ -206,6 +209,15 @@ def compute_status(resource: Resource, reports: Iterable[Entry], now: str
                    _quote(invalid, "invalid"), gen)
         if invalid else _condition(INVALID, False, "Valid", "", gen))
 
+    conditions = [ready_cond, conflict_cond, invalid_cond]
+    if resource.ref.kind == BRIDGE_NETWORK:
+        warned = [r for r in selected if r.state == State.APPLIED
+                  and r.reason == SUBNET_OVERLAPS_NODE]
+        conditions.append(
+            _condition(SUBNET_OVERLAPS_NODE, True, SUBNET_OVERLAPS_NODE,
+                       _quote(warned, "overlaps a node network"), gen)
+            if warned else _condition(SUBNET_OVERLAPS_NODE, False, "NoOverlap", "", gen))
+
     problem_nodes = [
         {"node": r.node, "state": r.state,
          "reason": r.reason if r.state != State.APPLIED else "GenerationPending",
@@ -218,8 +230,7 @@ def compute_status(resource: Resource, reports: Iterable[Entry], now: str
         "observedGeneration": gen,
         "ready": f"{len(ready)}/{len(selected)}",
         "nodes": {"selected": len(selected), "ready": len(ready)},
-        "conditions": merge_conditions(resource.conditions,
-                                       [ready_cond, conflict_cond, invalid_cond], now),
+        "conditions": merge_conditions(resource.conditions, conditions, now),
         "problemNodes": problem_nodes,
     }
 
@@ -255,6 +266,7 @@ def transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any
     - Conflicted becomes True: Warning `Conflicted` (the message names the winner);
       Conflicted becomes False after being True: Normal `ConflictResolved`.
     - Invalid becomes True: Warning `Invalid`.
+    - SubnetOverlapsNode becomes True: Warning `SubnetOverlapsNode`.
     """
     def status_of(conds: Sequence[Mapping[str, Any]], ctype: str) -> str:
         c = condition(conds, ctype)
@@ -281,6 +293,8 @@ def transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any
         out.append(Transition(NORMAL, "ConflictResolved", "no node reports a conflict anymore"))
     if (c := became(INVALID, "True")) is not None:
         out.append(Transition(WARNING, "Invalid", text(c.get("message"))))
+    if (c := became(SUBNET_OVERLAPS_NODE, "True")) is not None:
+        out.append(Transition(WARNING, SUBNET_OVERLAPS_NODE, text(c.get("message"))))
     return out
 
 
