@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import yaml
 
-from tests.kernel.conftest import World, network
+from tests.builders import network
+from tests.kernel.conftest import World
 from tests.netns import wait_for
 
 WORKING = network("zz-working", "10.98.0.0/24", bridge="bp-zz")
