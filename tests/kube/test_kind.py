@@ -247,7 +247,7 @@ def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
     # DELETEs, or a DeleteCollection, take minutes at this machine's load).
     for doc in docs:
         doc["metadata"]["namespace"] = MANY_NS
-    w.kubectl("create", "namespace", MANY_NS)
+    w.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": MANY_NS}})
     started = time.monotonic()
     # Created by 8 kubectl processes at once (each POST waits on etcd: latency-bound).
     creators = []
