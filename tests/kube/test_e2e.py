@@ -192,7 +192,7 @@ def test_an_idle_cluster_stays_idle(w: KubeWorld) -> None:
     """After convergence nothing the system does to itself triggers a reconcile (issue 9).
     Read from each agent's /metrics on the node (port 9102, the chart's default too)."""
     w.apply(publication("web", 8080, 80))
-    ready(w, "web", "2/2")
+    ready(w, "web")
     time.sleep(2)  # the last status writes and their (filtered) watch events
     resources = 'bridgeport_reconcile_triggers_total{trigger="resources"}'
     ports = 'bridgeport_reconcile_triggers_total{trigger="ports"}'
