@@ -41,7 +41,8 @@ def test_tcp_idle_timeout(w: World) -> None:
     ready, _, _ = select.select([client.stdout], [], [], 60)
     assert ready, "the idle connection was never closed"
     assert json.loads(client.stdout.readline())["outcome"] in ("ConnectionResetError", "eof")
-    assert d.metric("bridgeport_proxy_errors_total", kind="idle_timeout") == 1
+    wait_for(lambda: d.metric("bridgeport_proxy_errors_total", kind="idle_timeout") == 1,
+             what="the idle reset counted")
     assert w.ask(w.node, "hello", "127.0.0.1", 8097)["reply"] == f"hello from target {NODE_UP}"
 
 

@@ -231,10 +231,10 @@ class Engine:
         deadline = now - self.idle_timeout
         for acceptor in list(self.acceptors.values()):
             idle = [r for r in acceptor.relays if r.last < deadline]
+            # Counted before the resets, so a client that sees one finds it counted.
+            self.cells[acceptor.base + _ERROR_CELL["idle_timeout"]] += len(idle)
             for relay in idle:
                 relay.close(hard=True)
-            if idle:
-                acceptor.engine.cells[acceptor.base + _ERROR_CELL["idle_timeout"]] += len(idle)
 
     def _sweep(self, now: float) -> None:
         """Reset connections whose connect to the target has not completed in time."""
@@ -305,9 +305,9 @@ class Acceptor:
             bucket = engine.counters.bucket(self.slot, address[0])
             if engine.max_per_source and (
                     engine.counters.source_active(bucket) >= engine.max_per_source):
-                reset(client)
                 self.error("source_limit", f"{address[0][:45]} holds {engine.max_per_source} "
-                           "connections, the per-source limit")
+                           "connections, the per-source limit")  # counted before the reset
+                reset(client)
                 continue
             self._connect(client, engine.counters.source_cell(bucket, engine.worker))
 
