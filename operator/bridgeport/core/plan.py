@@ -75,6 +75,7 @@ class BridgePlan:
     internal: bool
     inter_container: bool
     shared: bool
+    host_binding: IPAddress | None = None
 
 
 @dataclass(frozen=True)

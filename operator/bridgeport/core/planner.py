@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bridgeport.core import claims as port_claims
 from bridgeport.core.plan import (
@@ -181,6 +181,7 @@ def _bridge_plan(net: BridgeNetwork, ipv6: bool) -> BridgePlan:
         internal=net.internal,
         inter_container=net.inter_container,
         shared=net.isolation is Isolation.SHARED,
+        host_binding=net.host_binding,
     )
 
 
@@ -196,9 +197,11 @@ def _plan_publications(
     dnats: list[Dnat] = []
     proxies: list[ProxyPort] = []
     claims: list[Claim] = []
-    for pub in publications:
-        ref = pub.meta.ref
-        verdict = _publication_verdict(pub, facts, applied, all_networks, accepted)
+    for declared in publications:
+        ref = declared.meta.ref
+        network = _target_network(declared, declared.target_address, applied)
+        pub, verdict, bound = _host_binding(declared, network)
+        verdict = verdict or _publication_verdict(pub, facts, applied, all_networks, accepted)
         if verdict is None:
             pub_dnats = _dnats(pub, facts, applied)
             pub_proxies, pub_claims = port_claims.assign(
@@ -213,6 +216,8 @@ def _plan_publications(
                 sources += _source_rules(pub, pub_dnats, pub_proxies)
                 verdict = _Verdict(State.APPLIED, "Programmed",
                                    _applied_message(pub, pub_dnats, pub_proxies))
+        if bound:
+            verdict = replace(verdict, message=f"{verdict.message}; {bound}")
         outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict), pub.meta.uid)
     return dnats, proxies, claims, sources
 
@@ -232,6 +237,22 @@ def _source_rules(pub: PortPublication, dnats: list[Dnat],
                    tuple(n for n in pub.allowed_sources if n.version == family), pub.meta.ref)
         for family, address in sorted(where, key=lambda fa: (fa[0], str(fa[1] or "")))
     ]
+
+
+def _host_binding(pub: PortPublication, network: BridgePlan | None
+                  ) -> tuple[PortPublication, _Verdict | None, str]:
+    """A publication that names no hostIP takes its network's hostBinding (Docker's
+    host_binding_ipv4), and from then on is planned exactly as if it had named it."""
+    if pub.host_ip is not None or network is None or network.host_binding is None:
+        return pub, None, ""
+    binding = network.host_binding
+    note = f"hostIP {binding} is BridgeNetwork {network.network}'s spec.hostBinding"
+    if binding.version not in {t.version for t in pub.targets} and not binding.is_loopback:
+        return pub, _Verdict(State.INVALID, "HostBindingFamilyMismatch",
+                             f"{pub.meta.ref}: spec.hostIP: absent, and IPv{binding.version} "
+                             f"{note} cannot be NATed to IPv{pub.target_address.version} "
+                             f"target {pub.target_address}; set spec.hostIP"), ""
+    return replace(pub, host_ip=binding), None, note
 
 
 def _target_network(pub: PortPublication, target: IPAddress,

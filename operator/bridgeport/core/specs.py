@@ -149,6 +149,8 @@ class BridgeNetwork:
     inter_container: bool = True
     isolation: Isolation = Isolation.ISOLATED
     node_selector: NodeSelector = field(default_factory=NodeSelector)
+    # The hostIP of publications on this network that name none (Docker's host_binding_ipv4).
+    host_binding: IPAddress | None = None
 
     @property
     def name(self) -> str:
@@ -536,6 +538,7 @@ def _bridge_network(meta: Meta, f: _Fields) -> BridgeNetwork | None:
         inter_container=f.boolean("interContainer", True),
         isolation=f.enum("isolation", Isolation, Isolation.ISOLATED),
         node_selector=_selector(f, "nodeSelector"),
+        host_binding=_address(f, "hostBinding", wildcard=True),
     )
     return network if subnet is not None and gateway is not None else None
 

@@ -1,0 +1,84 @@
+"""Docker 28/29's bridge-driver options (issue 13), planned and rendered.
+
+Scenarios:
+- hostBinding: publications without hostIP take the network's address; their own hostIP wins;
+  127.0.0.1 leaves only the proxy; a binding of the wrong family is Invalid; claims follow it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from bridgeport.core import planner, ruleset
+from bridgeport.core.plan import NodePlan
+from tests.unit.test_planner import NODE, message, net, pub, states
+
+
+def nft(plan: NodePlan, family: int = 4) -> str:
+    return ruleset.render(plan)[0 if family == 4 else 1].text()
+
+
+def test_host_binding_is_the_default_host_ip() -> None:
+    """No hostIP: the network's hostBinding; an own hostIP wins; claims use the bound IP."""
+    plan = planner.plan([
+        net("n", "10.0.0.0/24", hostBinding="192.0.2.11"),
+        pub("bound", 80),
+        pub("own", 81, hostIP="192.0.2.1"),
+        pub("other-ip", 80, hostIP="192.0.2.1"),  # no conflict with 192.0.2.11:80
+    ], NODE)
+    assert states(plan) == {"n": ("Applied", "Programmed"),
+                            "bound": ("Applied", "Programmed"),
+                            "own": ("Applied", "Programmed"),
+                            "other-ip": ("Applied", "Programmed")}
+    hosts = {d.owner.name: str(d.host_ip) for d in plan.dnats}
+    assert hosts == {"bound": "192.0.2.11", "own": "192.0.2.1", "other-ip": "192.0.2.1"}
+    assert "192.0.2.11:80/TCP" in message(plan, "bound")
+    assert "BridgeNetwork n's spec.hostBinding" in message(plan, "bound")
+    assert not plan.proxies  # a specific, non-loopback address: kernel only, like a hostIP
+    assert "192.0.2.11 . tcp . 80" in nft(plan)
+
+
+def test_host_binding_loopback_is_local_only() -> None:
+    """127.0.0.1: no DNAT at all, the proxy serves 127.0.0.1 only."""
+    plan = planner.plan([net("n", "10.0.0.0/24", hostBinding="127.0.0.1"), pub("p", 80)], NODE)
+    assert states(plan)["p"] == ("Applied", "Programmed")
+    assert not plan.dnats
+    assert [(str(p.listen), p.port) for p in plan.proxies] == [("127.0.0.1", 80)]
+
+
+def test_host_binding_not_local_and_wrong_family() -> None:
+    """A binding the node lacks leaves the publication Inactive; a family that cannot be NATed
+    to the target is Invalid and names the field; other networks are unaffected."""
+    plan = planner.plan([
+        net("n", "10.0.0.0/24", hostBinding="203.0.113.9"),
+        net("six", "10.0.1.0/24", hostBinding="2001:db8::1"),
+        pub("away", 80),
+        pub("mixed", 81, target={"address": "10.0.1.2", "port": 80}),
+        pub("elsewhere", 82, target={"address": "10.9.0.2", "port": 80}),
+    ], NODE)
+    assert states(plan)["away"] == ("Inactive", "HostIPNotLocal")
+    assert "hostBinding" in message(plan, "away")
+    assert states(plan)["mixed"] == ("Invalid", "HostBindingFamilyMismatch")
+    assert "spec.hostIP" in message(plan, "mixed")
+    assert states(plan)["elsewhere"] == ("Applied", "Programmed")
+    assert [d.host_ip for d in plan.dnats] == [None]
+
+
+def test_host_binding_parses_and_rejects() -> None:
+    from bridgeport.core import specs
+    bound = net("n", "10.0.0.0/24", hostBinding="::1")
+    assert isinstance(bound, specs.BridgeNetwork)
+    assert bound.host_binding == ipaddress.ip_address("::1")
+    bad = net("n", "10.0.0.0/24", hostBinding="224.0.0.1")
+    assert isinstance(bad, specs.InvalidResource)
+    assert "spec.hostBinding" in bad.message
+
+
+def test_host_binding_family_wildcard() -> None:
+    """0.0.0.0 (Docker's default host_binding_ipv4): a dual-stack publication on the network
+    is published on every IPv4 address only."""
+    plan = planner.plan([net("n", "10.0.0.0/24", subnet6="fd00::/64", hostBinding="0.0.0.0"),
+                         pub("dual", 80, target={"address": "10.0.0.2", "address6": "fd00::2",
+                                                 "port": 80})], NODE)
+    assert states(plan)["dual"] == ("Applied", "Programmed")
+    assert {d.family for d in plan.dnats} == {4}
