@@ -3,13 +3,34 @@
 Scenarios:
 - hostBinding: a publication without hostIP answers only on the network's binding address;
   a 127.0.0.1 binding answers on the node's loopback only, not from outside
+- gatewayMode routed: a client routing to the container reaches its published port (and ping),
+  nothing else; the host port is not DNATed; egress keeps the container's address; the IPv6
+  side (gatewayMode6 nat) is still NATed
+- gatewayMode6 routed on its own: the IPv6 container port opens, IPv4 stays NATed and closed
+- gatewayMode nat-unprotected: every container port is open to direct routing, published ports
+  still DNAT, another bridge stays isolated
+- gatewayMode isolated: the bridge has no IPv4 address; containers on it still talk
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
-from tests.kernel.conftest import CLIENT_IP, NODE_IP, NODE_IP2, World, network, publication
+from tests.kernel.conftest import (
+    CLIENT_IP,
+    CLIENT_IP6,
+    NODE_IP,
+    NODE_IP2,
+    NODE_IP6,
+    World,
+    network,
+    publication,
+)
+from tests.netns import Netns, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -30,3 +51,115 @@ def test_host_binding(w: World) -> None:
     assert w.ask(w.node, "tcp", "127.0.0.1", 9000).endswith(" 80")
     assert w.ask(w.client, "tcp", NODE_IP, 9000, timeout=1).startswith("ERR")
     assert w.ask(w.node, "tcp", NODE_IP, 9000, timeout=1).startswith("ERR")
+
+
+@contextmanager
+def routes(w: World, *subnets: str) -> Iterator[None]:
+    """The client routes these container subnets via the node (a routed setup)."""
+    added = []
+    try:
+        for subnet in subnets:
+            via = NODE_IP6 if ":" in subnet else NODE_IP
+            w.client.run(f"ip route add {subnet} via {via}")
+            added.append(subnet)
+        yield
+    finally:
+        for subnet in added:
+            w.client.run(f"ip route del {subnet}", check=False)
+
+
+# One ICMP echo over a raw socket (no ping binary on minimal machines): exit 0 on a reply.
+ECHO = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(1)
+body = bytes([8, 0, 0, 0, 0, 1, 0, 1]) + b"bridgeport"
+total = sum(body[i] << 8 | body[i + 1] for i in range(0, len(body), 2))
+total = (total >> 16) + (total & 0xFFFF)
+check = ~(total + (total >> 16)) & 0xFFFF
+s.sendto(body[:2] + check.to_bytes(2, "big") + body[4:], (sys.argv[1], 0))
+deadline = time.monotonic() + 1
+while time.monotonic() < deadline:
+    try:
+        packet, (source, _) = s.recvfrom(2048)
+    except TimeoutError:
+        break
+    if source == sys.argv[1] and packet[(packet[0] & 15) * 4] == 0:
+        sys.exit(0)
+sys.exit(1)
+"""
+
+
+def pings(ns: Netns, address: str) -> bool:
+    return ns.run([sys.executable, "-c", ECHO, address], check=False).returncode == 0
+
+
+def test_gateway_mode_routed(w: World) -> None:
+    """routed: no NAT; only the published container port (and ICMP) is reachable directly."""
+    w.agent.apply(network("rt", "10.98.3.0/24", bridge="bp-rt", subnet6="fd00:98:3::/64",
+                          gatewayMode="routed"),
+                  publication("web", 8080, "10.98.3.2", 80),
+                  publication("web6", 8086, "fd00:98:3::2", 80))
+    state = w.agent.wait({"rt": "Applied", "web": "Applied", "web6": "Applied"})
+    assert "ignored" in next(r for r in state["resources"] if r["name"] == "web")["message"]
+    box = w.container("bp-rt", "10.98.3.2/24", "10.98.3.1", "fd00:98:3::2/64", "fd00:98:3::1")
+    w.serve(box, "--tcp", "80", "--tcp", "22")
+    w.serve(w.client, "--tcp", "5000")
+    with routes(w, "10.98.3.0/24"):
+        assert w.ask(w.client, "tcp", "10.98.3.2", 80) == f"{CLIENT_IP} 80"
+        assert w.ask(w.client, "tcp", "10.98.3.2", 22, timeout=1).startswith("ERR")
+        assert pings(w.client, "10.98.3.2")
+        assert w.ask(w.client, "tcp", NODE_IP, 8080, timeout=1).startswith("ERR")
+        assert w.ask(box, "tcp", CLIENT_IP, 5000) == "10.98.3.2 5000"  # not masqueraded
+    # The IPv6 side kept gatewayMode6 nat: published through the node, masqueraded.
+    wait_for(lambda: w.ask(w.client, "tcp", NODE_IP6, 8086, timeout=1) == f"{CLIENT_IP6} 80",
+             timeout=8, what="IPv6 published port")
+
+
+def test_gateway_mode6_routed_alone(w: World) -> None:
+    """gatewayMode6 routed, gatewayMode nat: each family follows its own mode."""
+    w.agent.apply(network("rt", "10.98.3.0/24", bridge="bp-rt", subnet6="fd00:98:3::/64",
+                          gatewayMode6="routed"),
+                  publication("web", 8080, "10.98.3.2", 80),
+                  publication("web6", 8086, "fd00:98:3::2", 80))
+    w.agent.wait({"rt": "Applied", "web": "Applied", "web6": "Applied"})
+    box = w.container("bp-rt", "10.98.3.2/24", "10.98.3.1", "fd00:98:3::2/64", "fd00:98:3::1")
+    w.serve(box, "--tcp", "80", "--tcp", "22")
+    with routes(w, "10.98.3.0/24", "fd00:98:3::/64"):
+        wait_for(lambda: w.ask(w.client, "tcp", "fd00:98:3::2", 80, timeout=1) ==
+                 f"{CLIENT_IP6} 80", timeout=8, what="routed IPv6 container port")
+        assert w.ask(w.client, "tcp", "fd00:98:3::2", 22, timeout=1).startswith("ERR")
+        assert w.ask(w.client, "tcp", NODE_IP6, 8086, timeout=1).startswith("ERR")
+        assert w.ask(w.client, "tcp", "10.98.3.2", 80, timeout=1).startswith("ERR")
+        assert not pings(w.client, "10.98.3.2")  # nat drops direct routed access, ICMP too
+        assert w.ask(w.client, "tcp", NODE_IP, 8080) == f"{CLIENT_IP} 80"
+
+
+def test_gateway_mode_nat_unprotected(w: World) -> None:
+    """nat-unprotected: direct routed access to any port; other bridges stay isolated."""
+    w.agent.apply(network("un", "10.98.4.0/24", bridge="bp-un", gatewayMode="nat-unprotected"),
+                  network("other", "10.98.5.0/24", bridge="bp-other"),
+                  publication("web", 8080, "10.98.4.2", 80))
+    w.agent.wait({"un": "Applied", "other": "Applied", "web": "Applied"})
+    box = w.container("bp-un", "10.98.4.2/24", "10.98.4.1")
+    neighbour = w.container("bp-other", "10.98.5.2/24", "10.98.5.1")
+    w.serve(box, "--tcp", "80", "--tcp", "22")
+    w.serve(w.client, "--tcp", "5000")
+    with routes(w, "10.98.4.0/24"):
+        assert w.ask(w.client, "tcp", "10.98.4.2", 22) == f"{CLIENT_IP} 22"
+        assert w.ask(w.client, "tcp", NODE_IP, 8080) == f"{CLIENT_IP} 80"
+        assert w.ask(neighbour, "tcp", "10.98.4.2", 22, timeout=1).startswith("ERR")
+        assert w.ask(box, "tcp", CLIENT_IP, 5000) == f"{NODE_IP} 5000"  # still masqueraded
+
+
+def test_gateway_mode_isolated(w: World) -> None:
+    """isolated (internal only): no IPv4 address on the bridge; neighbours still talk."""
+    w.agent.apply(network("iso", "10.98.6.0/24", bridge="bp-iso", internal=True,
+                          gatewayMode="isolated"))
+    w.agent.wait({"iso": "Applied"})
+    assert "inet " not in w.node.run("ip -4 addr show dev bp-iso").stdout
+    a = w.container("bp-iso", "10.98.6.2/24", "10.98.6.1")
+    b = w.container("bp-iso", "10.98.6.3/24", "10.98.6.1")
+    w.serve(b, "--tcp", "80")
+    assert w.ask(a, "tcp", "10.98.6.3", 80).endswith(" 80")
+    assert w.ask(w.node, "tcp", "10.98.6.3", 80, timeout=1).startswith("ERR")

@@ -561,6 +561,8 @@ def test_schema_enums_are_the_agents() -> None:
     assert enum(PP_CRD, "spec.protocol") == [p.value for p in specs.Protocol]
     assert enum(PP_CRD, "spec.loopback") == [p.value for p in specs.LoopbackPolicy]
     assert enum(BN_CRD, "spec.isolation") == [i.value for i in specs.Isolation]
+    for mode in ("gatewayMode", "gatewayMode6"):
+        assert enum(BN_CRD, f"spec.{mode}") == [m.value for m in specs.GatewayMode]
     resources = schema_at(NS_CRD, "status.resources")["items"]["properties"]
     assert resources["state"]["enum"] == [s.value for s in State]
     assert resources["kind"]["enum"] == list(specs.KINDS)
@@ -594,6 +596,8 @@ def with_value(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         doc["spec"]["nodeSelector"] = {"matchExpressions": [
             {"key": "k", "operator": value, "values": values}]}
         return doc
+    if path.startswith("gatewayMode") and value == "isolated":
+        doc["spec"]["internal"] = True  # the one mode that needs another field
     node = doc["spec"]
     *parents, last = path.split(".")
     for part in parents:

@@ -82,3 +82,50 @@ def test_host_binding_family_wildcard() -> None:
                                                  "port": 80})], NODE)
     assert states(plan)["dual"] == ("Applied", "Programmed")
     assert {d.family for d in plan.dnats} == {4}
+def test_gateway_modes_per_family() -> None:
+    """routed: no DNAT, no proxy, no claim (hostPort ignored), no masquerade; the container
+    port opens instead. nat-unprotected keeps NAT. isolated: no address of that family."""
+    plan = planner.plan([
+        net("r", "10.0.0.0/24", subnet6="fd00::/64", gatewayMode="routed"),
+        net("u", "10.0.1.0/24", gatewayMode="nat-unprotected"),
+        net("i", "10.0.2.0/24", subnet6="fd00:2::/64", internal=True, gatewayMode6="isolated"),
+        pub("routed", 80, hostIP="203.0.113.1", hostPortEnd=81),  # not local: ignored
+        pub("same-port", 80, target={"address": "10.0.1.2", "port": 80}),
+        pub("v6", 82, target={"address": "fd00::2", "port": 80}),
+    ], NODE)
+    assert {k: v[0] for k, v in states(plan).items()} == dict.fromkeys(
+        ("r", "u", "i", "routed", "same-port", "v6"), "Applied")
+    assert "hostPort and spec.hostIP are ignored" in message(plan, "routed")
+    assert [(str(r.target), r.port, r.port_end) for r in plan.routed] == [
+        ("10.0.0.2", 80, 81)]
+    assert {d.owner.name for d in plan.dnats} == {"same-port", "v6"}  # IPv6 side is nat
+    assert {p.owner.name for p in plan.proxies} == {"same-port", "v6"}
+    by_name = {b.network: b for b in plan.bridges}
+    assert [str(a) for a in by_name["i"].addresses] == ["10.0.2.1/24"]
+    assert "gatewayMode6 isolated" in message(plan, "i")
+    v4, v6 = nft(plan, 4), nft(plan, 6)
+    assert "10.0.0.2 . tcp . 80-81" in v4 and "masq_bp-r" not in v4 and "masq_bp-r" in v6
+    assert "hairpin_bp-r" not in v4
+    assert 'iifname != @bridges ip daddr . meta l4proto . th dport @routed accept' in v4
+    assert "iifname != @bridges accept" in v4 and "iifname != @bridges accept" not in v6
+
+
+def test_isolated_needs_internal() -> None:
+    from bridgeport.core import specs
+    bad = net("n", "10.0.0.0/24", gatewayMode="isolated")
+    assert isinstance(bad, specs.InvalidResource)
+    assert "spec.gatewayMode: gatewayMode isolated requires internal: true" in bad.message
+    bad6 = net("n", "10.0.0.0/24", gatewayMode6="isolated")
+    assert isinstance(bad6, specs.InvalidResource) and "spec.gatewayMode6" in bad6.message
+    assert isinstance(net("n", "10.0.0.0/24", gatewayMode="bogus"), specs.InvalidResource)
+
+
+def test_dual_stack_target_routed_in_one_family() -> None:
+    """gatewayMode nat, gatewayMode6 routed: a dual-stack target is NATed for IPv4 and its
+    IPv6 container port is opened instead."""
+    plan = planner.plan([net("n", "10.0.0.0/24", subnet6="fd00::/64", gatewayMode6="routed"),
+                         pub("dual", 80, target={"address": "10.0.0.2", "address6": "fd00::2",
+                                                 "port": 8080})], NODE)
+    assert states(plan)["dual"] == ("Applied", "Programmed")
+    assert [(d.family, str(d.target)) for d in plan.dnats] == [(4, "10.0.0.2")]
+    assert [(r.family, str(r.target), r.port) for r in plan.routed] == [(6, "fd00::2", 8080)]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
-from bridgeport.core.specs import IPAddress, IPNetwork, Protocol, ResourceRef
+from bridgeport.core.specs import GatewayMode, IPAddress, IPNetwork, Protocol, ResourceRef
 
 
 class State(StrEnum):
@@ -76,6 +76,11 @@ class BridgePlan:
     inter_container: bool
     shared: bool
     host_binding: IPAddress | None = None
+    gateway_mode: GatewayMode = GatewayMode.NAT
+    gateway_mode6: GatewayMode = GatewayMode.NAT
+
+    def mode(self, family: int) -> GatewayMode:
+        return self.gateway_mode if family == 4 else self.gateway_mode6
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,18 @@ class Dnat:
     def same_ports(self) -> bool:
         """A range that keeps its port numbers can live in an interval map as one element."""
         return self.port == self.target_port
+
+
+@dataclass(frozen=True)
+class RoutedPort:
+    """A container port open to direct routing (gatewayMode routed): no NAT, no host port."""
+
+    family: int
+    target: IPAddress
+    protocol: Protocol
+    port: int
+    port_end: int
+    owner: ResourceRef
 
 
 @dataclass(frozen=True, order=True)
@@ -163,6 +180,7 @@ class NodePlan:
     proxies: tuple[ProxyPort, ...] = ()
     claims: tuple[Claim, ...] = ()
     source_rules: tuple[SourceRule, ...] = ()
+    routed: tuple[RoutedPort, ...] = ()
     outcomes: tuple[Outcome, ...] = ()
     errors: tuple[str, ...] = ()  # documents too broken to name a resource
 

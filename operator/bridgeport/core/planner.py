@@ -20,11 +20,13 @@ from bridgeport.core.plan import (
     NodePlan,
     Outcome,
     ProxyPort,
+    RoutedPort,
     SourceRule,
     State,
 )
 from bridgeport.core.specs import (
     BridgeNetwork,
+    GatewayMode,
     InvalidResource,
     IPAddress,
     Isolation,
@@ -80,7 +82,7 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
     bridges = _plan_networks(networks, facts, outcomes)
     applied_networks = {b.network: b for b in bridges}
     all_networks = {n.name: n for n in networks}
-    dnats, proxies, claims, sources = _plan_publications(
+    dnats, proxies, claims, sources, routed = _plan_publications(
         publications, facts, applied_networks, all_networks, outcomes
     )
     return NodePlan(
@@ -90,6 +92,7 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
         proxies=tuple(sorted(proxies, key=lambda p: (p.key, _addr_order(p.target)))),
         claims=tuple(sorted(claims, key=lambda c: c.key)),
         source_rules=tuple(sources),
+        routed=tuple(sorted(routed, key=_routed_order)),
         outcomes=tuple(sorted(outcomes.values(), key=lambda o: o.ref)),
         errors=tuple(sorted(errors)),
     )
@@ -125,7 +128,7 @@ def _applied_network(net: BridgeNetwork, facts: NodeFacts) -> _Verdict:
     """Programmed; IPv6Disabled when the node cannot take subnet6; SubnetOverlapsNode (a
     warning) when a subnet overlaps a network of the node's own addresses (traffic to those
     hosts may now go into the bridge)."""
-    reason, message = "Programmed", f"bridge {net.bridge} {net.subnet}"
+    reason, message = "Programmed", _network_message(net)
     if net.subnet6 is not None and not facts.ipv6:
         reason = "IPv6Disabled"
         message += (f"; subnet6 {net.subnet6} not applied: IPv6 is disabled on node "
@@ -163,12 +166,21 @@ def _network_verdict(net: BridgeNetwork, facts: NodeFacts,
     return None
 
 
+def _network_message(net: BridgeNetwork) -> str:
+    modes = [f"gatewayMode{suffix} {mode}" for suffix, mode in
+             (("", net.gateway_mode), ("6", net.gateway_mode6)) if mode is not GatewayMode.NAT]
+    return f"bridge {net.bridge} {net.subnet}" + (f" ({', '.join(modes)})" if modes else "")
+
+
 def _bridge_plan(net: BridgeNetwork, ipv6: bool) -> BridgePlan:
-    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
-        ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
-    ]
+    """gatewayMode isolated: no address of that family on the bridge (Docker's isolated)."""
+    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
+    if net.gateway_mode is not GatewayMode.ISOLATED:
+        addresses.append(ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}"))
     subnet6 = net.subnet6 if ipv6 else None
-    if subnet6 is not None and net.gateway6 is not None:
+    if subnet6 is not None and net.gateway6 is not None and (
+        net.gateway_mode6 is not GatewayMode.ISOLATED
+    ):
         addresses.append(ipaddress.IPv6Interface(f"{net.gateway6}/{subnet6.prefixlen}"))
     return BridgePlan(
         network=net.name,
@@ -182,6 +194,8 @@ def _bridge_plan(net: BridgeNetwork, ipv6: bool) -> BridgePlan:
         inter_container=net.inter_container,
         shared=net.isolation is Isolation.SHARED,
         host_binding=net.host_binding,
+        gateway_mode=net.gateway_mode,
+        gateway_mode6=net.gateway_mode6,
     )
 
 
@@ -191,17 +205,25 @@ def _plan_publications(
     applied: dict[str, BridgePlan],
     all_networks: dict[str, BridgeNetwork],
     outcomes: dict[ResourceRef, Outcome],
-) -> tuple[list[Dnat], list[ProxyPort], list[Claim], list[SourceRule]]:
+) -> tuple[list[Dnat], list[ProxyPort], list[Claim], list[SourceRule], list[RoutedPort]]:
     accepted = _Claims()
     sources: list[SourceRule] = []
     dnats: list[Dnat] = []
     proxies: list[ProxyPort] = []
     claims: list[Claim] = []
+    routed: list[RoutedPort] = []
     for declared in publications:
         ref = declared.meta.ref
         network = _target_network(declared, declared.target_address, applied)
-        pub, verdict, bound = _host_binding(declared, network)
-        verdict = verdict or _publication_verdict(pub, facts, applied, all_networks, accepted)
+        nat_part, routed_ports = _split_routed(declared, applied)
+        pub, verdict, bound = (_host_binding(nat_part, network) if nat_part is not None
+                               else (declared, None, ""))
+        verdict = verdict or _publication_verdict(pub, facts, applied, all_networks, accepted,
+                                                  routed_only=nat_part is None)
+        if verdict is None and nat_part is None:
+            routed += routed_ports
+            verdict = _Verdict(State.APPLIED, "Programmed",
+                               _routed_message(routed_ports, network))
         if verdict is None:
             pub_dnats = _dnats(pub, facts, applied)
             pub_proxies, pub_claims = port_claims.assign(
@@ -214,12 +236,13 @@ def _plan_publications(
                 proxies += pub_proxies
                 claims += pub_claims
                 sources += _source_rules(pub, pub_dnats, pub_proxies)
+                routed += routed_ports
                 verdict = _Verdict(State.APPLIED, "Programmed",
                                    _applied_message(pub, pub_dnats, pub_proxies))
         if bound:
             verdict = replace(verdict, message=f"{verdict.message}; {bound}")
         outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict), pub.meta.uid)
-    return dnats, proxies, claims, sources
+    return dnats, proxies, claims, sources, routed
 
 
 def _source_rules(pub: PortPublication, dnats: list[Dnat],
@@ -237,6 +260,43 @@ def _source_rules(pub: PortPublication, dnats: list[Dnat],
                    tuple(n for n in pub.allowed_sources if n.version == family), pub.meta.ref)
         for family, address in sorted(where, key=lambda fa: (fa[0], str(fa[1] or "")))
     ]
+
+
+def _split_routed(pub: PortPublication, applied: dict[str, BridgePlan]
+                  ) -> tuple[PortPublication | None, list[RoutedPort]]:
+    """The part of `pub` that is NATed (None when every target family's network is routed)
+    and the container ports that routed families open instead (gateway modes are per family:
+    a dual-stack target may be NATed in one and routed in the other)."""
+    routed = []
+    for target in pub.targets:
+        network = _target_network(pub, target, applied)
+        if network is not None and network.mode(target.version) is GatewayMode.ROUTED and (
+            _holds(network, target)
+        ):
+            routed.append(target)
+    if not routed:
+        return pub, []
+    ports = [RoutedPort(t.version, t, pub.protocol, pub.target_port,
+                        pub.target_port + pub.port_count - 1, pub.meta.ref) for t in routed]
+    rest = [t for t in pub.targets if t not in routed]
+    if not rest:
+        return None, ports
+    return replace(pub, target_address=rest[0], target_address6=None), ports
+
+
+def _holds(network: BridgePlan, target: IPAddress) -> bool:
+    subnet = network.subnet if target.version == 4 else network.subnet6
+    return subnet is not None and target in subnet
+
+
+def _routed_message(ports: list[RoutedPort], network: BridgePlan | None) -> str:
+    """Docker documents it: in routed mode the host port (and host IP) are ignored."""
+    name = network.network if network is not None else "?"
+    opened = ", ".join(
+        f"{hostport(r.target)}:{r.port if r.port == r.port_end else f'{r.port}-{r.port_end}'}"
+        f"/{r.protocol.value}" for r in ports)
+    return (f"{opened} open to direct routing (BridgeNetwork {name} is routed: no NAT, "
+            "spec.hostPort and spec.hostIP are ignored)")
 
 
 def _host_binding(pub: PortPublication, network: BridgePlan | None
@@ -273,6 +333,7 @@ def _publication_verdict(
     applied: dict[str, BridgePlan],
     all_networks: dict[str, BridgeNetwork],
     accepted: _Claims,
+    routed_only: bool = False,
 ) -> _Verdict | None:
     if pub.network is not None:
         named = all_networks.get(pub.network)
@@ -302,6 +363,8 @@ def _publication_verdict(
             return _Verdict(State.INACTIVE, "InternalNetwork",
                             f"BridgeNetwork {network.network} is internal: nothing is "
                             "published into it")
+    if routed_only:
+        return None  # no host port, so nothing on the host to check or claim
     host = pub.specific_host_ip
     if host is not None and not host.is_loopback and host not in facts.addresses:
         return _Verdict(State.INACTIVE, "HostIPNotLocal",
@@ -501,6 +564,10 @@ def _fields(v: _Verdict) -> tuple[State, str, str]:
 
 def _addr_order(address: IPAddress) -> tuple[int, int]:
     return (address.version, int(address))
+
+
+def _routed_order(r: RoutedPort) -> tuple[int, tuple[int, int], str, int]:
+    return (r.family, _addr_order(r.target), r.protocol.value, r.port)
 
 
 def _dnat_order(d: Dnat) -> tuple[int, tuple[int, int], str, int]:

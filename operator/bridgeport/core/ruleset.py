@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from bridgeport.core.plan import BridgePlan, Dnat, NodePlan, SourceRule
-from bridgeport.core.specs import IFNAME, Protocol
+from bridgeport.core.specs import IFNAME, GatewayMode, Protocol
 
 TABLE = "bridgeport"
 FAMILIES = ("ip", "ip6")
@@ -137,6 +137,8 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         # Every published protocol . port: remote loopback to these is dropped in raw.
         SetDecl("loop_ports", "inet_proto . inet_service", interval=True),
         SetDecl("shared", "ifname"),
+        SetDecl("bridges", "ifname"),
+        SetDecl("routed", f"{addr} . inet_proto . inet_service", interval=True),
         SetDecl("fwd_in", "ifname : verdict"),
         SetDecl("fwd_out", "ifname : verdict"),
         SetDecl("masq_from", "ifname : verdict"),
@@ -153,6 +155,11 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
     # (input, new flows): two hash lookups, then the publication's own short list.
     check = (f"{ip} daddr . meta l4proto . th dport vmap @src_host",
              "meta l4proto . th dport vmap @src_any")
+    for r in plan.routed:
+        if r.family == version:
+            ports = f"{r.port}" if r.port == r.port_end else f"{r.port}-{r.port_end}"
+            elements["routed"].add(Element(f"{r.target} . {r.protocol.nft} . {ports}",
+                                           comment=_comment(r.owner.key)))
 
     chains = [
         # Docker 28's remote-loopback rule (CVE-2020-8558), whatever route_localnet says:
@@ -198,15 +205,16 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         name = f'"{b.name}"'
         elements["fwd_in"].add(Element(name, f"jump from_{b.name}"))
         elements["fwd_out"].add(Element(name, f"jump to_{b.name}"))
+        elements["bridges"].add(Element(name))
         if b.shared and not b.internal:
             elements["shared"].add(Element(name))
         if not b.inter_container and not b.internal:
             elements["icc_off"].add(Element(name))
         chains.append(Chain(f"from_{b.name}", _from_bridge_rules(b)))
-        chains.append(Chain(f"to_{b.name}", _to_bridge_rules(b)))
+        chains.append(Chain(f"to_{b.name}", _to_bridge_rules(b, version)))
         subnet = b.subnet if version == 4 else b.subnet6
-        if subnet is None or b.internal:
-            continue
+        if subnet is None or b.internal or b.mode(version) is GatewayMode.ROUTED:
+            continue  # routed: no NAT of any kind for this family
         # A container reaching a published port (its own or a neighbour's) through the node:
         # without SNAT the answer would bypass the node and the client would drop it. Matching
         # the outgoing bridge covers the routed and the br_netfilter-bridged path alike.
@@ -229,8 +237,10 @@ def _from_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
     return tuple(rules)
 
 
-def _to_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
-    """New traffic entering from elsewhere: only published ports (DNAT) or a Shared peer."""
+def _to_bridge_rules(b: BridgePlan, version: int) -> tuple[str, ...]:
+    """New traffic entering from elsewhere: only published ports (DNAT) or a Shared peer;
+    per the family's gateway mode, also anything from outside our bridges (nat-unprotected)
+    or the published container ports and ICMP (routed). Other bridges stay isolated."""
     rules: list[str] = []
     if not b.internal:
         # Published ports arrive DNATed. Unlike Docker 28 we do not also admit traffic routed
@@ -238,6 +248,14 @@ def _to_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
         rules.append("ct status dnat accept")
         if b.shared:
             rules.append("iifname @shared accept")
+        mode = b.mode(version)
+        if mode is GatewayMode.NAT_UNPROTECTED:
+            rules.append("iifname != @bridges accept")
+        elif mode is GatewayMode.ROUTED:
+            ip, icmp = ("ip", "icmp") if version == 4 else ("ip6", "ipv6-icmp")
+            rules.append(f"iifname != @bridges {ip} daddr . meta l4proto . th dport @routed "
+                         "accept")
+            rules.append(f"iifname != @bridges meta l4proto {icmp} accept")
     rules.append("counter drop")
     return tuple(rules)
 

@@ -63,6 +63,15 @@ class Isolation(StrEnum):
     SHARED = "Shared"
 
 
+class GatewayMode(StrEnum):
+    """Docker 28's com.docker.network.bridge.gateway_mode_ipv4/_ipv6, per address family."""
+
+    NAT = "nat"  # DNAT for published ports, masquerade, direct routed access dropped
+    NAT_UNPROTECTED = "nat-unprotected"  # the same, without dropping direct routed access
+    ROUTED = "routed"  # no NAT: published container ports are open to direct routing
+    ISOLATED = "isolated"  # internal networks only: no address of this family on the bridge
+
+
 class LoopbackPolicy(StrEnum):
     AUTO = "Auto"
     ALWAYS = "Always"
@@ -151,6 +160,8 @@ class BridgeNetwork:
     node_selector: NodeSelector = field(default_factory=NodeSelector)
     # The hostIP of publications on this network that name none (Docker's host_binding_ipv4).
     host_binding: IPAddress | None = None
+    gateway_mode: GatewayMode = GatewayMode.NAT
+    gateway_mode6: GatewayMode = GatewayMode.NAT
 
     @property
     def name(self) -> str:
@@ -539,7 +550,13 @@ def _bridge_network(meta: Meta, f: _Fields) -> BridgeNetwork | None:
         isolation=f.enum("isolation", Isolation, Isolation.ISOLATED),
         node_selector=_selector(f, "nodeSelector"),
         host_binding=_address(f, "hostBinding", wildcard=True),
+        gateway_mode=f.enum("gatewayMode", GatewayMode, GatewayMode.NAT),
+        gateway_mode6=f.enum("gatewayMode6", GatewayMode, GatewayMode.NAT),
     )
+    for key, mode in (("gatewayMode", network.gateway_mode),
+                      ("gatewayMode6", network.gateway_mode6)):
+        if mode is GatewayMode.ISOLATED and not network.internal:
+            f.error(key, f"{key} isolated requires internal: true")
     return network if subnet is not None and gateway is not None else None
 
 
