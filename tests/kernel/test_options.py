@@ -10,6 +10,8 @@ Scenarios:
 - gatewayMode nat-unprotected: every container port is open to direct routing, published ports
   still DNAT, another bridge stays isolated
 - gatewayMode isolated: the bridge has no IPv4 address; containers on it still talk
+- trustedInterfaces: a peer behind a trusted node interface reaches any container port
+  directly; the untrusted client does not
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from tests.kernel.conftest import (
     network,
     publication,
 )
-from tests.netns import Netns, wait_for
+from tests.netns import Netns, netns, veth, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -163,3 +165,19 @@ def test_gateway_mode_isolated(w: World) -> None:
     w.serve(b, "--tcp", "80")
     assert w.ask(a, "tcp", "10.98.6.3", 80).endswith(" 80")
     assert w.ask(w.node, "tcp", "10.98.6.3", 80, timeout=1).startswith("ERR")
+
+
+def test_trusted_interfaces(w: World) -> None:
+    """Traffic arriving on trusted interface tr0 may reach container addresses directly."""
+    w.agent.apply(network("tr", "10.98.7.0/24", bridge="bp-tr", trustedInterfaces=["tr0"]))
+    w.agent.wait({"tr": "Applied"})
+    box = w.container("bp-tr", "10.98.7.2/24", "10.98.7.1")
+    w.serve(box, "--tcp", "22")
+    with netns("bpt") as peer:
+        veth(peer, "eth0", w.node, "tr0")
+        w.node.run("ip addr add 198.18.0.1/24 dev tr0")
+        peer.run("ip addr add 198.18.0.2/24 dev eth0")
+        peer.run("ip route add 10.98.7.0/24 via 198.18.0.1")
+        assert w.ask(peer, "tcp", "10.98.7.2", 22) == "198.18.0.2 22"
+        with routes(w, "10.98.7.0/24"):
+            assert w.ask(w.client, "tcp", "10.98.7.2", 22, timeout=1).startswith("ERR")

@@ -129,3 +129,19 @@ def test_dual_stack_target_routed_in_one_family() -> None:
     assert states(plan)["dual"] == ("Applied", "Programmed")
     assert [(d.family, str(d.target)) for d in plan.dnats] == [(4, "10.0.0.2")]
     assert [(r.family, str(r.target), r.port) for r in plan.routed] == [(6, "fd00::2", 8080)]
+def test_trusted_interfaces() -> None:
+    """Traffic from a trusted interface enters the bridge on any port, in every family;
+    names are checked, de-duplicated and sorted; internal networks refuse the list."""
+    from bridgeport.core import specs
+    plan = planner.plan([net("n", "10.0.0.0/24", subnet6="fd00::/64",
+                             trustedInterfaces=["wg0", "eth1"])], NODE)
+    for family in (4, 6):
+        assert 'iifname { "eth1", "wg0" } accept\n\t\tcounter drop' in nft(plan, family)
+    assert isinstance(net("n", "10.0.0.0/24", trustedInterfaces=["eth1", "eth1"]),
+                      specs.InvalidResource)
+    bad = net("n", "10.0.0.0/24", trustedInterfaces=['eth0"; drop'])
+    assert isinstance(bad, specs.InvalidResource)
+    assert "spec.trustedInterfaces[0]" in bad.message
+    internal = net("n", "10.0.0.0/24", internal=True, trustedInterfaces=["wg0"])
+    assert isinstance(internal, specs.InvalidResource)
+    assert "no effect on an internal network" in internal.message

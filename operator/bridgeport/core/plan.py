@@ -78,6 +78,7 @@ class BridgePlan:
     host_binding: IPAddress | None = None
     gateway_mode: GatewayMode = GatewayMode.NAT
     gateway_mode6: GatewayMode = GatewayMode.NAT
+    trusted_interfaces: tuple[str, ...] = ()
 
     def mode(self, family: int) -> GatewayMode:
         return self.gateway_mode if family == 4 else self.gateway_mode6

@@ -196,6 +196,7 @@ def _bridge_plan(net: BridgeNetwork, ipv6: bool) -> BridgePlan:
         host_binding=net.host_binding,
         gateway_mode=net.gateway_mode,
         gateway_mode6=net.gateway_mode6,
+        trusted_interfaces=net.trusted_interfaces,
     )
 
 

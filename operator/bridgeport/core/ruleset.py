@@ -239,8 +239,9 @@ def _from_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
 
 def _to_bridge_rules(b: BridgePlan, version: int) -> tuple[str, ...]:
     """New traffic entering from elsewhere: only published ports (DNAT) or a Shared peer;
-    per the family's gateway mode, also anything from outside our bridges (nat-unprotected)
-    or the published container ports and ICMP (routed). Other bridges stay isolated."""
+    anything from a trusted host interface; per the family's gateway mode, also anything from
+    outside our bridges (nat-unprotected) or the published container ports and ICMP (routed).
+    Other bridges stay isolated."""
     rules: list[str] = []
     if not b.internal:
         # Published ports arrive DNATed. Unlike Docker 28 we do not also admit traffic routed
@@ -248,6 +249,11 @@ def _to_bridge_rules(b: BridgePlan, version: int) -> tuple[str, ...]:
         rules.append("ct status dnat accept")
         if b.shared:
             rules.append("iifname @shared accept")
+        if b.trusted_interfaces:
+            for trusted in b.trusted_interfaces:
+                _check_ifname(trusted)
+            names = ", ".join(f'"{n}"' for n in b.trusted_interfaces)
+            rules.append(f"iifname {{ {names} }} accept")
         mode = b.mode(version)
         if mode is GatewayMode.NAT_UNPROTECTED:
             rules.append("iifname != @bridges accept")

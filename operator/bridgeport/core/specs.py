@@ -162,6 +162,9 @@ class BridgeNetwork:
     host_binding: IPAddress | None = None
     gateway_mode: GatewayMode = GatewayMode.NAT
     gateway_mode6: GatewayMode = GatewayMode.NAT
+    # Host interfaces whose traffic may reach container addresses directly (Docker 28's
+    # com.docker.network.bridge.trusted_host_interfaces).
+    trusted_interfaces: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -552,12 +555,37 @@ def _bridge_network(meta: Meta, f: _Fields) -> BridgeNetwork | None:
         host_binding=_address(f, "hostBinding", wildcard=True),
         gateway_mode=f.enum("gatewayMode", GatewayMode, GatewayMode.NAT),
         gateway_mode6=f.enum("gatewayMode6", GatewayMode, GatewayMode.NAT),
+        trusted_interfaces=_interfaces(f, "trustedInterfaces"),
     )
+    if network.trusted_interfaces and network.internal:
+        f.error("trustedInterfaces", "has no effect on an internal network (nothing enters it)")
     for key, mode in (("gatewayMode", network.gateway_mode),
                       ("gatewayMode6", network.gateway_mode6)):
         if mode is GatewayMode.ISOLATED and not network.internal:
             f.error(key, f"{key} isolated requires internal: true")
     return network if subnet is not None and gateway is not None else None
+
+
+MAX_TRUSTED_INTERFACES = 32
+
+
+def _interfaces(f: _Fields, key: str) -> tuple[str, ...]:
+    """A short list of distinct interface names (sorted: their order means nothing)."""
+    value = f.raw(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_TRUSTED_INTERFACES:
+        f.error(key, f"must be a list of at most {MAX_TRUSTED_INTERFACES} interface names")
+        return ()
+    names: set[str] = set()
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not IFNAME.match(name) or name in (".", ".."):
+            f.error(f"{key}[{i}]", f"{str(name)[:40]!r} is not a valid interface name")
+        elif name in names:
+            f.error(f"{key}[{i}]", f"{name} is listed twice")
+        else:
+            names.add(name)
+    return tuple(sorted(names))
 
 
 @overload
