@@ -26,6 +26,7 @@ from bridgeport.adapters.statefile import write_atomic
 from bridgeport.core import firstseen, planner, ruleset, settle
 from bridgeport.core.plan import (
     Claim,
+    Fwmark,
     NodeFacts,
     NodePlan,
     Outcome,
@@ -91,6 +92,9 @@ class AgentSettings:
 
     reserved_ports: frozenset[int] = frozenset()
     """Host ports no publication may take here (ReservedPort)."""
+
+    accept_mark: Fwmark | None = None
+    """Packets with this mark pass our forward drops (Docker 29's --bridge-accept-fwmark)."""
 
 
 class Agent:
@@ -210,7 +214,8 @@ class Agent:
         facts = replace(facts, reserved_ports=self.settings.reserved_ports,
                         userland_proxy=self.proxies is not None and self.settings.proxy_enabled,
                         incumbents=facts.incumbents if self._incumbents is None
-                        else self._incumbents)
+                        else self._incumbents,
+                        accept_mark=self.settings.accept_mark)
         plan = await asyncio.to_thread(planner.plan, snapshot.resources, facts)
         proxy_states: dict[ResourceRef, ProxyState] = {}
         if self.proxies is not None:

@@ -12,6 +12,8 @@ Scenarios:
 - gatewayMode isolated: the bridge has no IPv4 address; containers on it still talk
 - trustedInterfaces: a peer behind a trusted node interface reaches any container port
   directly; the untrusted client does not
+- accept mark: the README's worked example (an administrator's own table at priority
+  filter - 10 marks one flow) opens it only once the agent runs with --accept-fwmark
 """
 
 from __future__ import annotations
@@ -181,3 +183,36 @@ def test_trusted_interfaces(w: World) -> None:
         assert w.ask(peer, "tcp", "10.98.7.2", 22) == "198.18.0.2 22"
         with routes(w, "10.98.7.0/24"):
             assert w.ask(w.client, "tcp", "10.98.7.2", 22, timeout=1).startswith("ERR")
+
+
+# The README's worked example ("Overriding bridgeport"), verbatim but for the address.
+ADMIN_TABLE = """
+table inet admin {
+    chain forward {
+        type filter hook forward priority filter - 10; policy accept;
+        iifname "eth0" ip daddr 10.98.8.2 tcp dport 22 meta mark set meta mark | 0x10000
+    }
+}
+"""
+
+
+def test_accept_mark_lets_an_admin_override(w: World) -> None:
+    """Our drop holds against a mark until the agent is told to honour it."""
+    w.agent.apply(network("mk", "10.98.8.0/24", bridge="bp-mk"))
+    w.agent.wait({"mk": "Applied"})
+    box = w.container("bp-mk", "10.98.8.2/24", "10.98.8.1")
+    w.serve(box, "--tcp", "22", "--tcp", "23")
+    w.node.run(["nft", "-f", "-"], input=ADMIN_TABLE)
+    try:
+        with routes(w, "10.98.8.0/24"):
+            assert w.ask(w.client, "tcp", "10.98.8.2", 22, timeout=1).startswith("ERR")
+            w.agent.stop()
+            w.agent.start("--accept-fwmark", "0x10000/0x10000")
+            wait_for(lambda: "meta mark" in w.node.run(
+                "nft list chain ip bridgeport forward").stdout, what="accept-mark rule")
+            assert w.ask(w.client, "tcp", "10.98.8.2", 22) == f"{CLIENT_IP} 22"
+            assert w.ask(w.client, "tcp", "10.98.8.2", 23, timeout=1).startswith("ERR")
+    finally:
+        w.node.run("nft delete table inet admin", check=False)
+        w.agent.stop()
+        w.agent.start()

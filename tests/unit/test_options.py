@@ -145,3 +145,45 @@ def test_trusted_interfaces() -> None:
     internal = net("n", "10.0.0.0/24", internal=True, trustedInterfaces=["wg0"])
     assert isinstance(internal, specs.InvalidResource)
     assert "no effect on an internal network" in internal.message
+
+
+def test_accept_mark() -> None:
+    """The node's accept mark: one rule early in our forward chain, both families; parsing
+    refuses what would match unmarked packets or cannot be a 32-bit mark."""
+    import dataclasses
+
+    import pytest
+
+    from bridgeport.core.plan import Fwmark
+    assert Fwmark.parse("0x10000/0x10000") == Fwmark(0x10000, 0x10000)
+    assert Fwmark.parse("7") == Fwmark(7, 0xFFFFFFFF)
+    assert str(Fwmark.parse("65536/0xff0000")) == "0x10000/0xff0000"
+    for bad in ("0", "0/0xff", "0x100/0xff", "mark", "1/0", "0x1ffffffff", "1/2/3", ""):
+        with pytest.raises(ValueError):
+            Fwmark.parse(bad)
+    facts = dataclasses.replace(NODE, accept_mark=Fwmark(0x10000, 0x10000))
+    plan = planner.plan([net("n", "10.0.0.0/24")], facts)
+    for family in (4, 6):
+        assert ("ct state established,related accept\n"
+                "\t\tmeta mark & 0x00010000 == 0x00010000 accept\n"
+                "\t\tiifname vmap @fwd_in") in nft(plan, family)
+    assert "meta mark" not in nft(planner.plan([net("n", "10.0.0.0/24")], NODE))
+
+
+def test_plan_cli_accept_fwmark() -> None:
+    """`bridgeport plan --accept-fwmark` shows the rule; a bad mark is a usage error."""
+    from tests.unit.test_cli import plan as run_plan
+    out = run_plan("-f", "examples/network.yaml", "--accept-fwmark", "0x10000/0x10000")
+    assert out.returncode == 0, out.stderr
+    assert "meta mark & 0x00010000 == 0x00010000 accept" in out.stdout
+    bad = run_plan("-f", "examples/network.yaml", "--accept-fwmark", "0")
+    assert bad.returncode == 2 and "must be non-zero" in bad.stderr
+
+
+def test_readme_override_example_is_the_tested_one() -> None:
+    """The README's worked example is the table tests/kernel/test_options.py loads."""
+    from pathlib import Path
+
+    from tests.kernel.test_options import ADMIN_TABLE
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
+    assert ADMIN_TABLE.strip() in readme

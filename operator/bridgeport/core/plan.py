@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
+from typing import NamedTuple
 
 from bridgeport.core.specs import GatewayMode, IPAddress, IPNetwork, Protocol, ResourceRef
 
@@ -27,6 +28,32 @@ class Outcome:
     reason: str
     message: str = ""
     uid: str = ""
+
+
+class Fwmark(NamedTuple):
+    """A packet mark and mask (Docker 29's --bridge-accept-fwmark MARK[/MASK])."""
+
+    mark: int
+    mask: int = 0xFFFFFFFF
+
+    @classmethod
+    def parse(cls, text: str) -> Fwmark:
+        """'0x10000', '65536/0xff0000': integers in any base Python reads; the mark must be
+        non-zero under its mask (a zero mark would match every unmarked packet)."""
+        mark_text, _, mask_text = text.strip().partition("/")
+        try:
+            mark = int(mark_text, 0)
+            mask = int(mask_text, 0) if mask_text else 0xFFFFFFFF
+        except ValueError:
+            raise ValueError(f"{text!r} is not MARK[/MASK] (e.g. 0x10000/0x10000)") from None
+        if not (0 <= mark <= 0xFFFFFFFF and 0 < mask <= 0xFFFFFFFF):
+            raise ValueError(f"{text!r}: mark and mask are 32-bit, the mask non-zero")
+        if mark == 0 or mark & ~mask:
+            raise ValueError(f"{text!r}: the mark must be non-zero and inside the mask")
+        return cls(mark, mask)
+
+    def __str__(self) -> str:
+        return f"{self.mark:#x}/{self.mask:#x}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +85,8 @@ class NodeFacts:
     # Resources Applied on this node now: they keep their claims against any newcomer,
     # whatever its name or age (a working network never loses its subnet to a new one).
     incumbents: frozenset[ResourceRef] = frozenset()
+    # Packets carrying this mark pass our forward drops (the node's --accept-fwmark).
+    accept_mark: Fwmark | None = None
 
     def forwarding(self, family: int) -> bool:
         return self.ipv4_forwarding if family == 4 else self.ipv6_forwarding
@@ -182,6 +211,7 @@ class NodePlan:
     claims: tuple[Claim, ...] = ()
     source_rules: tuple[SourceRule, ...] = ()
     routed: tuple[RoutedPort, ...] = ()
+    accept_mark: Fwmark | None = None
     outcomes: tuple[Outcome, ...] = ()
     errors: tuple[str, ...] = ()  # documents too broken to name a resource
 

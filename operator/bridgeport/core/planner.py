@@ -93,6 +93,7 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
         claims=tuple(sorted(claims, key=lambda c: c.key)),
         source_rules=tuple(sources),
         routed=tuple(sorted(routed, key=_routed_order)),
+        accept_mark=facts.accept_mark,
         outcomes=tuple(sorted(outcomes.values(), key=lambda o: o.ref)),
         errors=tuple(sorted(errors)),
     )

@@ -196,6 +196,7 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         ), "type nat hook postrouting priority srcnat; policy accept;"),
         Chain("forward", (
             "ct state established,related accept",
+            *_accept_mark_rules(plan),
             "iifname vmap @fwd_in",
             "oifname vmap @fwd_out",
         ), "type filter hook forward priority filter; policy accept;"),
@@ -227,6 +228,15 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
                 f'{ip} saddr {subnet} oifname != "{b.name}" masquerade',)))
     chains += source_chains
     return Table(ip, sets, tuple(chains), {k: frozenset(v) for k, v in elements.items()})
+
+
+def _accept_mark_rules(plan: NodePlan) -> tuple[str, ...]:
+    """The node's accept mark: an administrator's chain at a lower priority marks what our
+    forward drops must let through (Docker 29's --bridge-accept-fwmark; DOCKER-USER's job)."""
+    m = plan.accept_mark
+    if m is None:
+        return ()
+    return (f"meta mark & {m.mask:#010x} == {m.mark:#010x} accept",)
 
 
 def _from_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
