@@ -12,6 +12,8 @@ Scenarios:
 - gatewayMode isolated: the bridge has no IPv4 address; containers on it still talk
 - trustedInterfaces: a peer behind a trusted node interface reaches any container port
   directly; the untrusted client does not
+- egressAddress / egressAddress6: the outside sees the chosen node address (not the one
+  masquerade picks); an address the node lacks is reported inactive and masquerade is used
 - accept mark: the README's worked example (an administrator's own table at priority
   filter - 10 marks one flow) opens it only once the agent runs with --accept-fwmark
 """
@@ -216,3 +218,26 @@ def test_accept_mark_lets_an_admin_override(w: World) -> None:
         w.node.run("nft delete table inet admin", check=False)
         w.agent.stop()
         w.agent.start()
+
+
+def test_egress_address(w: World) -> None:
+    """egressAddress 192.0.2.11 and egressAddress6 fd00:c::11: SNAT to them, per family."""
+    w.node.run("ip -6 addr add fd00:c::11/64 dev eth0 nodad")
+    try:
+        w.agent.apply(network("eg", "10.98.9.0/24", bridge="bp-eg", subnet6="fd00:98:9::/64",
+                              egressAddress=NODE_IP2, egressAddress6="fd00:c::11"),
+                      network("away", "10.98.10.0/24", bridge="bp-away",
+                              egressAddress="203.0.113.7"))
+        state = w.agent.wait({"eg": "Applied", "away": "Applied"})
+        away = next(r for r in state["resources"] if r["name"] == "away")
+        assert "egressAddress 203.0.113.7 is inactive" in away["message"]
+        box = w.container("bp-eg", "10.98.9.2/24", "10.98.9.1", "fd00:98:9::2/64",
+                          "fd00:98:9::1")
+        other = w.container("bp-away", "10.98.10.2/24", "10.98.10.1")
+        w.serve(w.client, "--tcp", "5000")
+        assert w.ask(box, "tcp", CLIENT_IP, 5000) == f"{NODE_IP2} 5000"
+        assert w.ask(other, "tcp", CLIENT_IP, 5000) == f"{NODE_IP} 5000"  # masqueraded
+        wait_for(lambda: w.ask(box, "tcp", CLIENT_IP6, 5000, timeout=1) == "fd00:c::11 5000",
+                 timeout=8, what="IPv6 egress SNAT")
+    finally:
+        w.node.run("ip -6 addr del fd00:c::11/64 dev eth0", check=False)

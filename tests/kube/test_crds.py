@@ -680,6 +680,9 @@ def test_ip_patterns_accept_what_python_ipaddress_accepts() -> None:
     v4, v6 = (re.compile(bn[f]["pattern"]) for f in ("gateway", "gateway6"))
     either = re.compile(pp["hostIP"]["pattern"])
     assert pp["target"]["properties"]["address"]["pattern"] == pp["hostIP"]["pattern"]
+    assert bn["hostBinding"]["pattern"] == pp["hostIP"]["pattern"]
+    assert bn["egressAddress"]["pattern"] == bn["gateway"]["pattern"]
+    assert bn["egressAddress6"]["pattern"] == bn["gateway6"]["pattern"]
     cidr4, cidr6 = (re.compile(bn[f]["pattern"]) for f in ("subnet", "subnet6"))
     rng = random.Random(2028)
     for text in ip_samples(rng, 300):

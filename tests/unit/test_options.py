@@ -187,3 +187,33 @@ def test_readme_override_example_is_the_tested_one() -> None:
     from tests.kernel.test_options import ADMIN_TABLE
     readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
     assert ADMIN_TABLE.strip() in readme
+
+
+def test_egress_address() -> None:
+    """SNAT to the egress address where the node has it; masquerade (and a status note)
+    where it does not; refused where nothing is translated."""
+    from bridgeport.core import specs
+    node = NODE  # has 192.0.2.1 and 192.0.2.11, no IPv6
+    plan = planner.plan([
+        net("here", "10.0.0.0/24", subnet6="fd00::/64", egressAddress="192.0.2.11",
+            egressAddress6="2001:db8::5"),
+        net("away", "10.0.1.0/24", egressAddress="203.0.113.7"),
+    ], node)
+    v4, v6 = nft(plan, 4), nft(plan, 6)
+    assert 'ip saddr 10.0.0.0/24 oifname != "bp-here" snat ip to 192.0.2.11' in v4
+    assert 'ip6 saddr fd00::/64 oifname != "bp-here" masquerade' in v6
+    assert 'ip saddr 10.0.1.0/24 oifname != "bp-away" masquerade' in v4
+    assert "egress SNAT to 192.0.2.11" in message(plan, "here")
+    assert "egressAddress6 2001:db8::5 is inactive" in message(plan, "here")
+    assert "egressAddress 203.0.113.7 is inactive: not an address of node" in message(
+        plan, "away")
+    for spec, field in (({"egressAddress": "2001:db8::5"}, "spec.egressAddress"),
+                        ({"egressAddress": "127.0.0.1"}, "spec.egressAddress"),
+                        ({"egressAddress6": "2001:db8::5"}, "spec.egressAddress6"),
+                        ({"egressAddress": "192.0.2.1", "masquerade": False},
+                         "spec.egressAddress"),
+                        ({"egressAddress": "192.0.2.1", "gatewayMode": "routed"},
+                         "spec.egressAddress")):
+        bad = net("n", "10.0.0.0/24", **spec)
+        assert isinstance(bad, specs.InvalidResource), spec
+        assert field in bad.message, spec

@@ -108,9 +108,15 @@ class BridgePlan:
     gateway_mode: GatewayMode = GatewayMode.NAT
     gateway_mode6: GatewayMode = GatewayMode.NAT
     trusted_interfaces: tuple[str, ...] = ()
+    # SNAT source per family (egressAddress/6 present on this node), else masquerade.
+    egress_address: ipaddress.IPv4Address | None = None
+    egress_address6: ipaddress.IPv6Address | None = None
 
     def mode(self, family: int) -> GatewayMode:
         return self.gateway_mode if family == 4 else self.gateway_mode6
+
+    def egress(self, family: int) -> IPAddress | None:
+        return self.egress_address if family == 4 else self.egress_address6
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from bridgeport.core import claims as port_claims
 from bridgeport.core.plan import (
@@ -38,6 +39,7 @@ from bridgeport.core.specs import (
     hostport,
 )
 
+_A = TypeVar("_A", ipaddress.IPv4Address, ipaddress.IPv6Address)
 WILDCARD4 = ipaddress.IPv4Address("0.0.0.0")
 WILDCARD6 = ipaddress.IPv6Address("::")
 LOOPBACK4 = ipaddress.IPv4Address("127.0.0.1")
@@ -122,14 +124,14 @@ def _plan_networks(networks: list[BridgeNetwork], facts: NodeFacts,
             verdict = _applied_network(net, facts)
         outcomes[net.meta.ref] = Outcome(net.meta.ref, net.meta.generation, *_fields(verdict),
                                          net.meta.uid)
-    return [_bridge_plan(n, facts.ipv6) for n in accepted]
+    return [_bridge_plan(n, facts) for n in accepted]
 
 
 def _applied_network(net: BridgeNetwork, facts: NodeFacts) -> _Verdict:
     """Programmed; IPv6Disabled when the node cannot take subnet6; SubnetOverlapsNode (a
     warning) when a subnet overlaps a network of the node's own addresses (traffic to those
     hosts may now go into the bridge)."""
-    reason, message = "Programmed", _network_message(net)
+    reason, message = "Programmed", _network_message(net, facts)
     if net.subnet6 is not None and not facts.ipv6:
         reason = "IPv6Disabled"
         message += (f"; subnet6 {net.subnet6} not applied: IPv6 is disabled on node "
@@ -167,18 +169,27 @@ def _network_verdict(net: BridgeNetwork, facts: NodeFacts,
     return None
 
 
-def _network_message(net: BridgeNetwork) -> str:
-    modes = [f"gatewayMode{suffix} {mode}" for suffix, mode in
+def _network_message(net: BridgeNetwork, facts: NodeFacts) -> str:
+    notes = [f"gatewayMode{suffix} {mode}" for suffix, mode in
              (("", net.gateway_mode), ("6", net.gateway_mode6)) if mode is not GatewayMode.NAT]
-    return f"bridge {net.bridge} {net.subnet}" + (f" ({', '.join(modes)})" if modes else "")
+    for suffix, address in (("", net.egress_address), ("6", net.egress_address6)):
+        if address is not None:
+            notes.append(f"egress SNAT to {address}" if address in facts.addresses else
+                         f"egressAddress{suffix} {address} is inactive: not an address of node "
+                         f"{facts.name}, masquerading instead")
+    return f"bridge {net.bridge} {net.subnet}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _bridge_plan(net: BridgeNetwork, ipv6: bool) -> BridgePlan:
+def _local(address: _A | None, facts: NodeFacts) -> _A | None:
+    return address if address is not None and address in facts.addresses else None
+
+
+def _bridge_plan(net: BridgeNetwork, facts: NodeFacts) -> BridgePlan:
     """gatewayMode isolated: no address of that family on the bridge (Docker's isolated)."""
     addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
     if net.gateway_mode is not GatewayMode.ISOLATED:
         addresses.append(ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}"))
-    subnet6 = net.subnet6 if ipv6 else None
+    subnet6 = net.subnet6 if facts.ipv6 else None
     if subnet6 is not None and net.gateway6 is not None and (
         net.gateway_mode6 is not GatewayMode.ISOLATED
     ):
@@ -198,6 +209,8 @@ def _bridge_plan(net: BridgeNetwork, ipv6: bool) -> BridgePlan:
         gateway_mode=net.gateway_mode,
         gateway_mode6=net.gateway_mode6,
         trusted_interfaces=net.trusted_interfaces,
+        egress_address=_local(net.egress_address, facts),
+        egress_address6=_local(net.egress_address6, facts),
     )
 
 

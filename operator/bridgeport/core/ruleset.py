@@ -224,8 +224,10 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
             f"ct status dnat {ip} saddr {subnet} masquerade",)))
         if b.masquerade:
             elements["masq_from"].add(Element(name, f"jump masq_{b.name}"))
+            egress = b.egress(version)
+            nat = f"snat {ip} to {egress}" if egress is not None else "masquerade"
             chains.append(Chain(f"masq_{b.name}", (
-                f'{ip} saddr {subnet} oifname != "{b.name}" masquerade',)))
+                f'{ip} saddr {subnet} oifname != "{b.name}" {nat}',)))
     chains += source_chains
     return Table(ip, sets, tuple(chains), {k: frozenset(v) for k, v in elements.items()})
 

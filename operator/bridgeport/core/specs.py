@@ -165,6 +165,10 @@ class BridgeNetwork:
     # Host interfaces whose traffic may reach container addresses directly (Docker 28's
     # com.docker.network.bridge.trusted_host_interfaces).
     trusted_interfaces: tuple[str, ...] = ()
+    # SNAT egress to this node address instead of masquerading (Docker's
+    # com.docker.network.host_ipv4 / host_ipv6); nodes without the address masquerade.
+    egress_address: ipaddress.IPv4Address | None = None
+    egress_address6: ipaddress.IPv6Address | None = None
 
     @property
     def name(self) -> str:
@@ -556,7 +560,18 @@ def _bridge_network(meta: Meta, f: _Fields) -> BridgeNetwork | None:
         gateway_mode=f.enum("gatewayMode", GatewayMode, GatewayMode.NAT),
         gateway_mode6=f.enum("gatewayMode6", GatewayMode, GatewayMode.NAT),
         trusted_interfaces=_interfaces(f, "trustedInterfaces"),
+        egress_address=_egress(f, "egressAddress", 4),
+        egress_address6=_egress(f, "egressAddress6", 6),
     )
+    if network.egress_address6 is not None and subnet6 is None:
+        f.error("egressAddress6", "requires spec.subnet6")
+    for key, address, mode in (("egressAddress", network.egress_address, network.gateway_mode),
+                               ("egressAddress6", network.egress_address6,
+                                network.gateway_mode6)):
+        if address is not None and (not network.masquerade or network.internal or mode not in (
+            GatewayMode.NAT, GatewayMode.NAT_UNPROTECTED
+        )):
+            f.error(key, f"{key} needs masquerade: true, internal: false and a nat gateway mode")
     if network.trusted_interfaces and network.internal:
         f.error("trustedInterfaces", "has no effect on an internal network (nothing enters it)")
     for key, mode in (("gatewayMode", network.gateway_mode),
@@ -564,6 +579,17 @@ def _bridge_network(meta: Meta, f: _Fields) -> BridgeNetwork | None:
         if mode is GatewayMode.ISOLATED and not network.internal:
             f.error(key, f"{key} isolated requires internal: true")
     return network if subnet is not None and gateway is not None else None
+
+
+def _egress(f: _Fields, key: str, version: int) -> Any:
+    address = _address(f, key)
+    if address is not None and address.version != version:
+        f.error(key, f"{address} is not an IPv{version} address")
+        return None
+    if address is not None and (address.is_loopback or address.is_link_local):
+        f.error(key, f"{address} cannot be a source address for traffic leaving the node")
+        return None
+    return address
 
 
 MAX_TRUSTED_INTERFACES = 32
