@@ -76,10 +76,13 @@ def routes(w: World, *subnets: str) -> Iterator[None]:
 
 # One ICMP echo over a raw socket (no ping binary on minimal machines): exit 0 on a reply.
 ECHO = """
-import socket, sys, time
+import os, socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 s.settimeout(1)
-body = bytes([8, 0, 0, 0, 0, 1, 0, 1]) + b"bridgeport"
+# A fresh identifier per probe: conntrack keys ICMP on it, so an earlier echo's entry (still
+# "established") cannot let this one through.
+ident = (os.getpid() & 0xFFFF).to_bytes(2, "big")
+body = bytes([8, 0, 0, 0]) + ident + bytes([0, 1]) + b"bridgeport"
 total = sum(body[i] << 8 | body[i + 1] for i in range(0, len(body), 2))
 total = (total >> 16) + (total & 0xFFFF)
 check = ~(total + (total >> 16)) & 0xFFFF
