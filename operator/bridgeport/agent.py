@@ -215,7 +215,8 @@ class Agent:
                         userland_proxy=self.proxies is not None and self.settings.proxy_enabled,
                         incumbents=facts.incumbents if self._incumbents is None
                         else self._incumbents,
-                        accept_mark=self.settings.accept_mark)
+                        accept_mark=self.settings.accept_mark,
+                        route_localnet=self.settings.manage_sysctls and facts.route_localnet)
         plan = await asyncio.to_thread(planner.plan, snapshot.resources, facts)
         proxy_states: dict[ResourceRef, ProxyState] = {}
         if self.proxies is not None:

@@ -139,6 +139,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--format", choices=("nft", "json"), default="nft")
     pl.add_argument("--accept-fwmark", type=_fwmark, metavar="MARK[/MASK]",
                     help=ACCEPT_FWMARK_HELP)
+    pl.add_argument("--manage-sysctls", action="store_true",
+                    help="plan for an agent that manages sysctls (loopback: Kernel needs it)")
     return p
 
 
@@ -171,6 +173,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ipv4_forwarding=not args.no_ip_forward,
         ipv6_forwarding=not args.no_ip_forward,
         accept_mark=args.accept_fwmark,
+        route_localnet=args.manage_sysctls,
     )
     plan = planner.plan(resources, facts)
     tables = ruleset.render(plan)

@@ -14,6 +14,11 @@ Scenarios:
   directly; the untrusted client does not
 - egressAddress / egressAddress6: the outside sees the chosen node address (not the one
   masquerade picks); an address the node lacks is reported inactive and masquerade is used
+- loopback: Kernel: the node's 127.0.0.1:port reaches the container by kernel DNAT (source
+  masqueraded to the bridge address), no proxy listens on 127.0.0.1, ::1 still answers
+  through the proxy; route_localnet is set on that bridge only; a container cannot reach the
+  node's loopback services through it (raw drop, with a positive control); a client sending
+  to 127.0.0.1 from outside gets nothing
 - accept mark: the README's worked example (an administrator's own table at priority
   filter - 10 marks one flow) opens it only once the agent runs with --accept-fwmark
 """
@@ -244,3 +249,89 @@ def test_egress_address(w: World) -> None:
                  timeout=8, what="IPv6 egress SNAT")
     finally:
         w.node.run("ip -6 addr del fd00:c::11/64 dev eth0", check=False)
+
+
+def route_loopback_via(ns: Netns, dev: str, gateway: str) -> None:
+    """Make `ns` send 127.0.0.1 out of `dev` to `gateway`, as an attacker on that link would."""
+    ns.run("ip route del local 127.0.0.0/8 dev lo table local")
+    ns.run("ip route del local 127.0.0.1 dev lo table local")
+    ns.sysctl(f"net.ipv4.conf.{dev}.route_localnet", "1")
+    ns.run(f"ip route add 127.0.0.1/32 via {gateway} dev {dev}")
+
+
+RECEIVE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 7001))
+s.settimeout(2)
+print("ready", flush=True)
+try:
+    print("got", s.recvfrom(64)[1][0], flush=True)
+except TimeoutError:
+    print("nothing", flush=True)
+"""
+SEND = """
+import socket
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"hi", ("127.0.0.1", 7001))
+"""
+
+
+def loopback_datagram_arrives(node: Netns, sender: Netns) -> bool:
+    """Does a datagram `sender` sends to 127.0.0.1:7001 reach a UDP socket of the node?"""
+    receiver = node.popen([sys.executable, "-c", RECEIVE])
+    assert receiver.stdout is not None
+    assert receiver.stdout.readline().strip() == "ready"
+    sender.run([sys.executable, "-c", SEND])
+    answer = receiver.stdout.readline().strip()
+    receiver.wait(10)
+    return answer.startswith("got")
+
+
+def test_loopback_kernel(w: World) -> None:
+    """loopback: Kernel serves 127.0.0.1 in the kernel, with Docker's protections."""
+    w.agent.stop()
+    w.agent.start("--manage-sysctls")
+    try:
+        w.agent.apply(network("lk", "10.98.11.0/24", bridge="bp-lk", subnet6="fd00:98:11::/64"),
+                      network("lo2", "10.98.12.0/24", bridge="bp-lo2"),
+                      publication("web", 8088, "10.98.11.2", 80, loopback="Kernel",
+                                  target={"address": "10.98.11.2",
+                                          "address6": "fd00:98:11::2", "port": 80}))
+        state = w.agent.wait({"lk": "Applied", "lo2": "Applied", "web": "Applied"})
+        entry = next(r for r in state["resources"] if r["name"] == "web")
+        assert "127.0.0.1 by kernel DNAT" in entry["message"]
+        assert "::1 stays on the proxy" in entry["message"]
+        localnet = "cat /proc/sys/net/ipv4/conf/{}/route_localnet"
+        assert w.node.run(localnet.format("bp-lk")).stdout.strip() == "1"
+        assert w.node.run(localnet.format("bp-lo2")).stdout.strip() == "0"
+        box = w.container("bp-lk", "10.98.11.2/24", "10.98.11.1", "fd00:98:11::2/64",
+                          "fd00:98:11::1")
+        w.serve(box, "--tcp", "80")
+        assert w.ask(w.node, "tcp", "127.0.0.1", 8088) == "10.98.11.1 80"
+        # ::1 through the proxy (listening on ::), to the container's IPv6 address.
+        wait_for(lambda: w.ask(w.node, "tcp", "::1", 8088, timeout=1).endswith(" 80"),
+                 timeout=8, what="::1 through the proxy")
+        listeners = w.node.run("ss -ltnH").stdout
+        assert "127.0.0.1:8088" not in listeners and "0.0.0.0:8088" not in listeners
+        assert "[::]:8088" in listeners
+        # A container on the route_localnet bridge aims at the node's loopback services (one
+        # way is enough to harm: a datagram to a UDP service).
+        route_loopback_via(box, "eth0", "10.98.11.1")
+        assert not loopback_datagram_arrives(w.node, box)
+        # From outside, 127.0.0.1:8088 is never DNATed.
+        route_loopback_via(w.client, "eth0", NODE_IP)
+        try:
+            assert w.ask(w.client, "tcp", "127.0.0.1", 8088, timeout=1).startswith("ERR")
+        finally:
+            w.client.run("ip route del 127.0.0.1/32", check=False)
+            w.client.run("ip route add local 127.0.0.0/8 dev lo table local", check=False)
+            w.client.run("ip route add local 127.0.0.1 dev lo table local", check=False)
+            w.client.sysctl("net.ipv4.conf.eth0.route_localnet", "0")
+        # Positive control: without our raw drop (agent stopped, kernel as it left it) the
+        # container's datagram does reach the node's loopback service.
+        w.agent.stop()
+        w.node.run("nft flush chain ip bridgeport raw_prerouting")
+        assert loopback_datagram_arrives(w.node, box)
+    finally:
+        w.agent.stop()
+        w.agent.start()

@@ -39,6 +39,7 @@ def render_case(case: dict[str, Any]) -> str:
         addresses=frozenset(ipaddress.ip_address(a) for a in node["addresses"]),
         ipv4_forwarding=node.get("ipv4_forwarding", True),
         accept_mark=Fwmark.parse(node["accept_fwmark"]) if "accept_fwmark" in node else None,
+        route_localnet=node.get("route_localnet", False),
     )
     plan = planner.plan(resources, facts)
     header = [f"# {o.ref}: {o.state.value} ({o.reason}) {o.message}" for o in plan.outcomes]

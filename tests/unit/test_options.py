@@ -217,3 +217,46 @@ def test_egress_address() -> None:
         bad = net("n", "10.0.0.0/24", **spec)
         assert isinstance(bad, specs.InvalidResource), spec
         assert field in bad.message, spec
+
+
+def test_loopback_kernel() -> None:
+    """127.0.0.1 by DNAT in the output path (no proxy there), ::1 on the proxy, route_localnet
+    on the target's bridge only; a fallback to the proxy says why."""
+    import dataclasses
+    facts = dataclasses.replace(NODE, route_localnet=True)
+    resources = [net("n", "10.0.0.0/24"), net("m", "10.0.1.0/24"),
+                 pub("k", 8080, loopback="Kernel"),
+                 pub("six", 8081, loopback="Kernel", target={"address": "fd00::2", "port": 80})]
+    plan = planner.plan(resources, facts)
+    lo = [d for d in plan.dnats if d.loopback]
+    assert [(str(d.host_ip), d.port, str(d.target)) for d in lo] == [("127.0.0.1", 8080,
+                                                                      "10.0.0.2")]
+    # An IPv4 target publishes no IPv6 side; an IPv6 one leaves loopback to the proxy on ::.
+    assert {(str(p.listen), p.port) for p in plan.proxies} == {("::", 8081)}
+    assert {b.network: b.route_localnet for b in plan.bridges} == {"n": True, "m": False}
+    assert "127.0.0.1 by kernel DNAT" in message(plan, "k")
+    # The wildcard DNAT's claim on 0.0.0.0 covers 127.0.0.1: no second socket of ours there.
+    claimed = {(str(c.listen), c.port) for c in plan.claims}
+    assert ("0.0.0.0", 8080) in claimed and ("127.0.0.1", 8080) not in claimed
+    only_lo = planner.plan([net("n", "10.0.0.0/24"),
+                            pub("lo", 8090, loopback="Kernel", hostIP="127.0.0.1")], facts)
+    assert {(str(c.listen), c.port) for c in only_lo.claims} == {("127.0.0.1", 8090)}
+    assert "::1" not in message(plan, "k")
+    assert "the kernel cannot DNAT ::1 or to IPv6" in message(plan, "six")
+    dual = planner.plan([net("n", "10.0.0.0/24", subnet6="fd00::/64"),
+                         pub("d", 8080, loopback="Kernel",
+                             target={"address": "10.0.0.2", "address6": "fd00::2", "port": 80})],
+                        facts)
+    assert "::1 stays on the proxy (the kernel cannot DNAT ::1)" in message(dual, "d")
+    assert {(str(p.listen), p.port) for p in dual.proxies} == {("::", 8080)}
+    v4 = nft(plan)
+    assert "127.0.0.1 . tcp . 8080" in v4 and "ip daddr 127.0.0.0/8 jump publish_lo" in v4
+    assert "ip daddr 127.0.0.0/8 iifname @localnet counter drop" in v4
+    assert 'set localnet {\n\t\ttype ifname;\n\t\telements = {\n\t\t\t"bp-n",\n' in v4
+    assert "publish_lo" not in nft(plan, 6)
+    # The agent may not set route_localnet: 127.0.0.1 stays on the proxy, and status says why.
+    plain = planner.plan(resources, NODE)
+    assert not [d for d in plain.dnats if d.loopback]
+    assert any(p.port == 8080 and p.listen.version == 4 for p in plain.proxies)
+    assert "may not set route_localnet" in message(plain, "k")
+    assert "publish_lo" not in nft(plain)  # nothing of it without a kernel loopback DNAT

@@ -87,6 +87,9 @@ class NodeFacts:
     incumbents: frozenset[ResourceRef] = frozenset()
     # Packets carrying this mark pass our forward drops (the node's --accept-fwmark).
     accept_mark: Fwmark | None = None
+    # The agent may set route_localnet on its bridges (it manages sysctls and can write them):
+    # what loopback: Kernel needs.
+    route_localnet: bool = False
 
     def forwarding(self, family: int) -> bool:
         return self.ipv4_forwarding if family == 4 else self.ipv6_forwarding
@@ -111,6 +114,8 @@ class BridgePlan:
     # SNAT source per family (egressAddress/6 present on this node), else masquerade.
     egress_address: ipaddress.IPv4Address | None = None
     egress_address6: ipaddress.IPv6Address | None = None
+    # net.ipv4.conf.<bridge>.route_localnet=1: a loopback: Kernel publication targets it.
+    route_localnet: bool = False
 
     def mode(self, family: int) -> GatewayMode:
         return self.gateway_mode if family == 4 else self.gateway_mode6
@@ -134,6 +139,11 @@ class Dnat:
     # A bridge with interContainer: false holding the target: traffic from it is not DNATed
     # but served by the proxy (bridged back between isolated ports, it would be dropped).
     proxy_from: str = ""
+
+    @property
+    def loopback(self) -> bool:
+        """127.0.0.1 DNATed in the output path (loopback: Kernel); never from outside."""
+        return self.host_ip is not None and self.host_ip.is_loopback
 
     @property
     def same_ports(self) -> bool:

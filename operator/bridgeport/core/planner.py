@@ -87,6 +87,7 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
     dnats, proxies, claims, sources, routed = _plan_publications(
         publications, facts, applied_networks, all_networks, outcomes
     )
+    bridges = _with_route_localnet(bridges, dnats)
     return NodePlan(
         node=facts.name,
         bridges=tuple(sorted(bridges, key=lambda b: b.name)),
@@ -240,9 +241,11 @@ def _plan_publications(
             verdict = _Verdict(State.APPLIED, "Programmed",
                                _routed_message(routed_ports, network))
         if verdict is None:
-            pub_dnats = _dnats(pub, facts, applied)
+            kernel_lo, lo_note = _kernel_loopback(pub, facts, network)
+            pub_dnats = _dnats(pub, facts, applied, kernel_lo)
             pub_proxies, pub_claims = port_claims.assign(
-                pub_dnats, _proxies(pub, facts, applied), facts.userland_proxy)
+                pub_dnats, _proxies(pub, facts, applied, kernel_lo), facts.userland_proxy)
+            pub_claims = _without_covered_loopback(pub_claims, pub_proxies)
             if not pub_dnats and not pub_proxies:
                 verdict = _unserved(pub, facts)
             else:
@@ -253,7 +256,7 @@ def _plan_publications(
                 sources += _source_rules(pub, pub_dnats, pub_proxies)
                 routed += routed_ports
                 verdict = _Verdict(State.APPLIED, "Programmed",
-                                   _applied_message(pub, pub_dnats, pub_proxies))
+                                   _applied_message(pub, pub_dnats, pub_proxies) + lo_note)
         if bound:
             verdict = replace(verdict, message=f"{verdict.message}; {bound}")
         outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict), pub.meta.uid)
@@ -472,6 +475,54 @@ def _claims_overlap(a: _Claim, b: _Claim) -> bool:
     return a.address is None or b.address is None or a.address == b.address
 
 
+def _kernel_loopback(pub: PortPublication, facts: NodeFacts,
+                     network: BridgePlan | None) -> tuple[IPAddress | None, str]:
+    """loopback: Kernel: the IPv4 loopback address DNATed in the output path, or None; and
+    a note for the status saying what stays on the proxy, and why."""
+    if pub.loopback is not LoopbackPolicy.KERNEL:
+        return None, ""
+    host = pub.host_ip
+    if host is not None and not (host.is_loopback or host.is_unspecified):
+        return None, ""  # nothing on loopback is published
+    v6_note = "; ::1 stays on the proxy (the kernel cannot DNAT ::1)"
+    if host is not None and host.version == 6:
+        return None, v6_note if host.is_loopback else ""
+    if 4 not in {t.version for t in pub.targets}:
+        return None, "; loopback stays on the proxy (the kernel cannot DNAT ::1 or to IPv6)"
+    if host is not None or 6 not in {t.version for t in pub.targets}:
+        v6_note = ""
+    if network is None:
+        return None, ("; 127.0.0.1 stays on the proxy: the target is on no BridgeNetwork of "
+                      "this node (route_localnet is only set on bridgeport's bridges)")
+    if not facts.route_localnet:
+        return None, (f"; 127.0.0.1 stays on the proxy: the agent on node {facts.name} may not "
+                      "set route_localnet (run it with --manage-sysctls, chart "
+                      "agent.sysctls.manage)")
+    if host is not None and host.is_loopback:
+        return host, ""
+    return LOOPBACK4, "; 127.0.0.1 by kernel DNAT" + v6_note
+
+
+def _without_covered_loopback(claims: list[Claim], proxies: list[ProxyPort]) -> list[Claim]:
+    """A kernel loopback DNAT's 127.0.0.1 claim, when the same publication already holds
+    0.0.0.0 on that port (a bare claim or a proxy listener): the wildcard covers it, and a
+    second socket of ours on it would fail against the first (EADDRINUSE)."""
+    held = {(c.port, c.protocol) for c in claims if c.listen == WILDCARD4}
+    held |= {(p.port, p.protocol) for p in proxies if p.listen == WILDCARD4 and p.holds}
+    return [c for c in claims
+            if not (c.listen.version == 4 and c.listen.is_loopback
+                    and (c.port, c.protocol) in held)]
+
+
+def _with_route_localnet(bridges: list[BridgePlan], dnats: list[Dnat]) -> list[BridgePlan]:
+    """route_localnet on exactly the bridges that loopback DNATs route to: a packet from
+    127.0.0.1 may leave through them (and is masqueraded on the way)."""
+    targets = [d.target for d in dnats if d.loopback]
+    return [replace(b, route_localnet=True) if any(t in b.subnet for t in targets
+                                                    if t.version == 4) else b
+            for b in bridges]
+
+
 def _proxy_bridge(pub: PortPublication, target: IPAddress, facts: NodeFacts,
                   applied: dict[str, BridgePlan]) -> str:
     """The bridge whose own traffic to this port the proxy serves instead of DNAT, or "".
@@ -490,20 +541,28 @@ def _proxy_bridge(pub: PortPublication, target: IPAddress, facts: NodeFacts,
     return network.name
 
 
-def _dnats(pub: PortPublication, facts: NodeFacts,
-           applied: dict[str, BridgePlan]) -> list[Dnat]:
-    """Kernel NAT per family, unless the host IP is loopback or the family cannot forward."""
+def _dnats(pub: PortPublication, facts: NodeFacts, applied: dict[str, BridgePlan],
+           kernel_lo: IPAddress | None = None) -> list[Dnat]:
+    """Kernel NAT per family, unless the host IP is loopback or the family cannot forward;
+    and the loopback address that loopback: Kernel serves in the kernel."""
+    loop = [Dnat(4, kernel_lo, pub.protocol, pub.host_port, pub.host_port_end,
+                 pub.target_for(4), pub.target_port, pub.meta.ref)] if kernel_lo else []
     host = pub.specific_host_ip
     if host is not None and host.is_loopback:
-        return []
-    return [Dnat(family, host, pub.protocol, pub.host_port, pub.host_port_end,
-                 pub.target_for(family), pub.target_port, pub.meta.ref,
-                 _proxy_bridge(pub, pub.target_for(family), facts, applied))
-            for family in pub.families if facts.forwarding(family)]
+        return loop
+    return loop + [Dnat(family, host, pub.protocol, pub.host_port, pub.host_port_end,
+                        pub.target_for(family), pub.target_port, pub.meta.ref,
+                        _proxy_bridge(pub, pub.target_for(family), facts, applied))
+                   for family in pub.families if facts.forwarding(family)]
 
 
-def _proxies(pub: PortPublication, facts: NodeFacts,
-             applied: dict[str, BridgePlan]) -> list[ProxyPort]:
+def _proxies(pub: PortPublication, facts: NodeFacts, applied: dict[str, BridgePlan],
+             kernel_lo: IPAddress | None = None) -> list[ProxyPort]:
+    return [p for p in _proxy_listens(pub, facts, applied) if p.listen != kernel_lo]
+
+
+def _proxy_listens(pub: PortPublication, facts: NodeFacts,
+                   applied: dict[str, BridgePlan]) -> list[ProxyPort]:
     if pub.loopback is LoopbackPolicy.NEVER or pub.protocol is Protocol.SCTP:
         return []  # the userland proxy speaks TCP and UDP
     host = pub.specific_host_ip
@@ -559,8 +618,10 @@ def _applied_message(pub: PortPublication, dnats: list[Dnat], proxies: list[Prox
         ports = (f"{pub.target_port}" if pub.port_count == 1 else
                  f"{pub.target_port}-{pub.target_port + pub.port_count - 1}")
         via = []
-        if any(d.target == target for d in dnats):
+        if any(d.target == target and not d.loopback for d in dnats):
             via.append("kernel DNAT")
+        elif any(d.target == target for d in dnats):
+            via.append(f"kernel DNAT on {next(d.host_ip for d in dnats if d.loopback)}")
         listens = sorted({str(p.listen) for p in proxies if p.target == target})
         if listens:
             via.append("proxy on " + ", ".join(listens))

@@ -119,7 +119,7 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
     # Link-local sources cannot be forwarded to a container: Docker leaves them to its proxy
     # (ip6 saddr != fe80::/10 on every DNAT), and so do we; the proxy listens on ::.
     link_local = "ip6 saddr != fe80::/10 " if version == 6 else ""
-    sets = (
+    sets: tuple[SetDecl, ...] = (
         SetDecl("pub_host", f"{addr} . inet_proto . inet_service : {addr} . inet_service"),
         SetDecl("pub_host_range", f"{addr} . inet_proto . inet_service : {addr}", interval=True),
         SetDecl("pub_any", f"inet_proto . inet_service : {addr} . inet_service"),
@@ -144,6 +144,9 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         SetDecl("masq_from", "ifname : verdict"),
         SetDecl("hairpin_to", "ifname : verdict"),
     )
+    kernel_lo = version == 4 and any(d.loopback for d in plan.dnats)
+    if kernel_lo:
+        sets += _KERNEL_LOOPBACK_SETS
     elements: dict[str, set[Element]] = {s.name: set() for s in sets}
     for d in plan.dnats:
         if d.family == version:
@@ -166,6 +169,9 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         # loopback destinations arriving from another interface never reach a published port.
         Chain("raw_prerouting", (
             f'{ip} daddr {loopback} iif != "lo" meta l4proto . th dport @loop_ports counter drop',
+            # loopback: Kernel (CVE-2020-8558 again): our route_localnet bridges would deliver
+            # a container's packets for 127.0.0.0/8 to the node's loopback services.
+            *(("ip daddr 127.0.0.0/8 iifname @localnet counter drop",) if kernel_lo else ()),
         ), "type filter hook prerouting priority raw; policy accept;"),
         Chain("prerouting", (
             "iifname @icc_off jump icc_proxy",
@@ -179,7 +185,8 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         )),
         # The output hook needs a numeric priority; loopback destinations go to the proxy.
         Chain("output", (
-            f"{ip} daddr != {loopback} {link_local}fib daddr type local jump publish",),
+            f"{ip} daddr != {loopback} {link_local}fib daddr type local jump publish",
+            *(("ip daddr 127.0.0.0/8 jump publish_lo",) if kernel_lo else ())),
             "type nat hook output priority -100; policy accept;"),
         Chain("input", tuple(f"ct state new {c}" for c in check),
               "type filter hook input priority filter; policy accept;"),
@@ -191,6 +198,8 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
             f"dnat {ip} to meta l4proto . th dport map @pub_any_range",
         )),
         Chain("postrouting", (
+            # loopback: Kernel: 127.0.0.1 leaving through a bridge takes the bridge's address.
+            *(("ip saddr 127.0.0.0/8 oifname @localnet masquerade",) if kernel_lo else ()),
             "oifname vmap @hairpin_to",
             "iifname vmap @masq_from",
         ), "type nat hook postrouting priority srcnat; policy accept;"),
@@ -201,9 +210,13 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
             "oifname vmap @fwd_out",
         ), "type filter hook forward priority filter; policy accept;"),
     ]
+    if kernel_lo:
+        chains += _kernel_loopback_chains()
     for b in plan.bridges:
         _check_ifname(b.name)
         name = f'"{b.name}"'
+        if kernel_lo and b.route_localnet:
+            elements["localnet"].add(Element(name))
         elements["fwd_in"].add(Element(name, f"jump from_{b.name}"))
         elements["fwd_out"].add(Element(name, f"jump to_{b.name}"))
         elements["bridges"].add(Element(name))
@@ -278,10 +291,32 @@ def _to_bridge_rules(b: BridgePlan, version: int) -> tuple[str, ...]:
     return tuple(rules)
 
 
+_KERNEL_LOOPBACK_SETS = (
+    SetDecl("pub_lo", "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service"),
+    SetDecl("pub_lo_range", "ipv4_addr . inet_proto . inet_service : ipv4_addr", interval=True),
+    SetDecl("localnet", "ifname"),
+)
+
+
+def _kernel_loopback_chains() -> list[Chain]:
+    """loopback: Kernel (IPv4 only): the node's own connections to 127.0.0.1 are DNATed in
+    the output path; prerouting never looks at pub_lo, so nothing from outside is. Bridges
+    with route_localnet would deliver a container's packets for 127.0.0.0/8 to the node's
+    loopback services: raw_prerouting drops them before conntrack (CVE-2020-8558). Replies of
+    our masqueraded flows still pass: raw sees them addressed to the bridge, before conntrack
+    restores 127.0.0.1."""
+    return [
+        Chain("publish_lo", (
+            "dnat ip to ip daddr . meta l4proto . th dport map @pub_lo",
+            "dnat ip to ip daddr . meta l4proto . th dport map @pub_lo_range",
+        )),
+    ]
+
+
 def _dnat_elements(d: Dnat) -> list[tuple[str, Element]]:
     proto = d.protocol.nft
     host = f"{d.host_ip} . " if d.host_ip is not None else ""
-    prefix = "pub_host" if d.host_ip is not None else "pub_any"
+    prefix = "pub_lo" if d.loopback else "pub_host" if d.host_ip is not None else "pub_any"
     comment = _comment(d.owner.key)
     skip: list[tuple[str, Element]] = []
     if d.proxy_from:

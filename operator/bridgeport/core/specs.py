@@ -76,6 +76,7 @@ class LoopbackPolicy(StrEnum):
     AUTO = "Auto"
     ALWAYS = "Always"
     NEVER = "Never"
+    KERNEL = "Kernel"  # 127.0.0.1 by DNAT in the kernel (Docker's userland-proxy=false)
 
 
 class ResourceRef(NamedTuple):
