@@ -213,6 +213,9 @@ def _plan_json(plan: NodePlan, tables: Sequence[Table], digest: str) -> dict[str
                      "why": p.why, "holds": p.holds} for p in plan.proxies],
         "claims": [{"listen": str(c.listen), "port": c.port, "protocol": c.protocol.value,
                     "owner": c.owner.key} for c in plan.claims],
+        # gatewayMode routed: container ports open to direct routing (no host port).
+        "routed": [{"target": str(r.target), "protocol": r.protocol.value, "port": r.port,
+                    "portEnd": r.port_end, "owner": r.owner.key} for r in plan.routed],
         "nft": {t.family: t.text() for t in tables},
         "errors": list(plan.errors),
     }

@@ -8,6 +8,7 @@ Scenarios:
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from bridgeport.core import planner, ruleset
 from bridgeport.core.plan import NodePlan
@@ -260,3 +261,24 @@ def test_loopback_kernel() -> None:
     assert any(p.port == 8080 and p.listen.version == 4 for p in plain.proxies)
     assert "may not set route_localnet" in message(plain, "k")
     assert "publish_lo" not in nft(plain)  # nothing of it without a kernel loopback DNAT
+
+
+def test_plan_json_lists_routed_ports(tmp_path: Path) -> None:
+    """`plan --format json` lists a routed network's open container ports."""
+    import json
+
+    import yaml
+
+    from tests.unit.test_cli import plan as run_plan
+    docs = [{"apiVersion": "bridgeport.io/v1alpha1", "kind": "BridgeNetwork",
+             "metadata": {"name": "r"}, "spec": {"subnet": "10.0.0.0/24",
+                                                 "gatewayMode": "routed"}},
+            {"apiVersion": "bridgeport.io/v1alpha1", "kind": "PortPublication",
+             "metadata": {"name": "p", "namespace": "a"},
+             "spec": {"hostPort": 80, "target": {"address": "10.0.0.2", "port": 8080}}}]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump_all(docs))
+    out = run_plan("-f", str(tmp_path), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["routed"] == [
+        {"target": "10.0.0.2", "protocol": "TCP", "port": 8080, "portEnd": 8080,
+         "owner": "a/p"}]
