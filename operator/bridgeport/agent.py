@@ -82,7 +82,8 @@ class AgentSettings:
     """Seconds to let a burst of changes coalesce into one reconcile."""
 
     manage_sysctls: bool = False
-    """Turn IPv4/IPv6 forwarding on, as Docker does; otherwise only read them."""
+    """Turn IPv4/IPv6 forwarding on, as Docker does, and set route_localnet on the bridges
+    `loopback: Kernel` needs; otherwise only read them."""
 
     watch_ports: bool = True
     """Configure a port joining one of our bridges at once, not at the next resync."""

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from tests.builders import network, publication
 from tests.kernel.conftest import (
     CLIENT_IP,
     CLIENT_IP6,
@@ -38,8 +39,6 @@ from tests.kernel.conftest import (
     NODE_IP2,
     NODE_IP6,
     World,
-    network,
-    publication,
 )
 from tests.netns import Netns, netns, veth, wait_for
 
