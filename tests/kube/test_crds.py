@@ -239,7 +239,8 @@ def test_minimal_resources_get_the_agents_defaults(crds: Any, kubectl: Kubectl,
         got_bn, got_pp = get(kubectl, bn), get(kubectl, pp)
         assert got_bn["spec"] == {**bn["spec"], "mtu": 1500, "masquerade": True,
                                   "internal": False, "interContainer": True,
-                                  "isolation": "Isolated"}
+                                  "isolation": "Isolated", "gatewayMode": "nat",
+                                  "gatewayMode6": "nat"}
         assert got_pp["spec"] == {**pp["spec"], "protocol": "TCP", "loopback": "Auto"}
         assert same_spec(parsed(bn), parsed(got_bn))
         assert same_spec(parsed(pp), parsed(got_pp))
