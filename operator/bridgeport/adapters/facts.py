@@ -48,7 +48,13 @@ def converge_route_localnet(bridge: str, on: bool) -> None:
     """net.ipv4.conf.<bridge>.route_localnet for one of our bridges; written only when it
     differs. Raises OSError when it cannot be written."""
     path = PROC_SYS / "ipv4" / "conf" / bridge / "route_localnet"
-    if (path.read_text().strip() == "1") != on:
+    try:
+        current = path.read_text().strip() == "1"
+    except OSError:
+        if not on:
+            return  # unreadable: nothing we could have set there to undo
+        raise
+    if current != on:
         path.write_text("1\n" if on else "0\n")
         log.info("sysctl set", sysctl=f"net.ipv4.conf.{bridge}.route_localnet", value=int(on))
 
