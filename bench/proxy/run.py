@@ -4,8 +4,10 @@
                                            node netns n0 192.0.2.1 --veth-- target netns t0
                                                  192.0.2.2: iperf3 -s :5201, httpd :80
 Paths: kernel DNAT from the client netns; bridgeport's proxy (its default of one worker per
-CPU, and one worker); docker-proxy (when hack/docker-proxy.sh can build it); socat -b 131072;
-a plain asyncio-Protocol relay (the alternative we did not keep); the target dialled
+CPU, and one worker); bridgeport's loopback: Kernel (127.0.0.1 DNATed by our own rendered
+ruleset in the node's output path, route_localnet on n0); docker-proxy (when
+hack/docker-proxy.sh can build it); socat -b 131072; a plain asyncio-Protocol relay (the
+alternative we did not keep); the target dialled
 directly from the node (reference). Rounds interleave the paths; medians are shown.
 Proxies listen on 127.0.0.1 in the node netns and their clients run there, as for Docker's
 loopback traffic.
@@ -150,6 +152,9 @@ def serving(w: World, name: str) -> Iterator[Path_]:
             if "failed" in json.dumps(statuses):
                 raise RuntimeError(f"proxy did not bind: {statuses}")
             yield Path_(name, node, "127.0.0.1", ip, hp, (proc.pid, *children(proc.pid)))
+    elif name == "loopback: Kernel":
+        with kernel_loopback(w, ((ip, IPERF), (hp, HTTP))):
+            yield Path_(name, node, "127.0.0.1", ip, hp)
     elif name in ("socat -b131072", "docker-proxy"):
         with per_port_processes(w, name, ((ip, IPERF), (hp, HTTP))) as pids:
             yield Path_(name, node, "127.0.0.1", ip, hp, pids)
@@ -161,6 +166,32 @@ def serving(w: World, name: str) -> Iterator[Path_]:
         proc.kill()
         proc.wait()
         node.procs.remove(proc)
+
+
+@contextmanager
+def kernel_loopback(w: World, ports: tuple[tuple[int, int], ...]) -> Iterator[None]:
+    """bridgeport's tables for loopback: Kernel publications of `ports`, as the agent renders
+    them (n0 stands in for the target's bridge), in the node netns for the duration."""
+    import ipaddress
+
+    from bridgeport.core import ruleset
+    from bridgeport.core.plan import BridgePlan, Dnat, NodePlan
+    from bridgeport.core.specs import Protocol, ResourceRef
+
+    owner = ResourceRef("PortPublication", "bench", "p")
+    bridge = BridgePlan("bench", "n0", (), 1500, ipaddress.IPv4Network("192.0.2.0/24"), None,
+                        masquerade=False, internal=False, inter_container=True, shared=False,
+                        route_localnet=True)
+    dnats = tuple(Dnat(4, ipaddress.IPv4Address("127.0.0.1"), Protocol.TCP, lp, lp,
+                       ipaddress.IPv4Address(TARGET), tp, owner) for lp, tp in ports)
+    table = ruleset.render(NodePlan("bench", bridges=(bridge,), dnats=dnats))[0]
+    w.node.run(["nft", "-f", "-"], input=table.text())
+    w.node.sysctl("net.ipv4.conf.n0.route_localnet", "1")
+    try:
+        yield
+    finally:
+        w.node.run("nft delete table ip bridgeport")
+        w.node.sysctl("net.ipv4.conf.n0.route_localnet", "0")
 
 
 @contextmanager
@@ -255,7 +286,8 @@ def _docker_proxy() -> str:
 
 DOCKER_PROXY = _docker_proxy()
 PATHS = ["kernel DNAT", "direct", "bridgeport", "bridgeport 1 worker",
-         *(["docker-proxy"] if DOCKER_PROXY else []), "socat -b131072", "asyncio relay"]
+         *(["docker-proxy"] if DOCKER_PROXY else []), "socat -b131072", "asyncio relay",
+         "loopback: Kernel"]
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from bridgeport.adapters.statefile import write_atomic
 from bridgeport.core import firstseen, planner, ruleset, settle
 from bridgeport.core.plan import (
     Claim,
+    Fwmark,
     NodeFacts,
     NodePlan,
     Outcome,
@@ -81,7 +82,8 @@ class AgentSettings:
     """Seconds to let a burst of changes coalesce into one reconcile."""
 
     manage_sysctls: bool = False
-    """Turn IPv4/IPv6 forwarding on, as Docker does; otherwise only read them."""
+    """Turn IPv4/IPv6 forwarding on, as Docker does, and set route_localnet on the bridges
+    `loopback: Kernel` needs; otherwise only read them."""
 
     watch_ports: bool = True
     """Configure a port joining one of our bridges at once, not at the next resync."""
@@ -91,6 +93,9 @@ class AgentSettings:
 
     reserved_ports: frozenset[int] = frozenset()
     """Host ports no publication may take here (ReservedPort)."""
+
+    accept_mark: Fwmark | None = None
+    """Packets with this mark pass our forward drops (Docker 29's --bridge-accept-fwmark)."""
 
 
 class Agent:
@@ -210,7 +215,9 @@ class Agent:
         facts = replace(facts, reserved_ports=self.settings.reserved_ports,
                         userland_proxy=self.proxies is not None and self.settings.proxy_enabled,
                         incumbents=facts.incumbents if self._incumbents is None
-                        else self._incumbents)
+                        else self._incumbents,
+                        accept_mark=self.settings.accept_mark,
+                        route_localnet=self.settings.manage_sysctls and facts.route_localnet)
         plan = await asyncio.to_thread(planner.plan, snapshot.resources, facts)
         proxy_states: dict[ResourceRef, ProxyState] = {}
         if self.proxies is not None:

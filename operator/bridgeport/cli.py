@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bridgeport import __version__
-from bridgeport.core.plan import NodePlan
+from bridgeport.core.plan import Fwmark, NodePlan
 from bridgeport.core.report import Report
 from bridgeport.core.ruleset import Table
 from bridgeport.core.source import Source
@@ -55,6 +55,17 @@ def _ports(text: str) -> frozenset[int]:
             raise argparse.ArgumentTypeError(f"{part!r} is not a port range within 1-65535")
         out.update(range(first, last + 1))
     return frozenset(out)
+
+
+def _fwmark(text: str) -> Fwmark:
+    try:
+        return Fwmark.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+ACCEPT_FWMARK_HELP = ("packets with this mark (MARK[/MASK]) pass bridgeport's forward drops: "
+                      "set it in your own nftables chain at a priority below 0")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -106,6 +117,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics-port", type=int,
                    default=int(os.environ.get("METRICS_PORT", "9102")),
                    help="Prometheus /metrics (0 disables)")
+    a.add_argument("--accept-fwmark", type=_fwmark, metavar="MARK[/MASK]",
+                   default=os.environ.get("BRIDGEPORT_ACCEPT_FWMARK") or None,
+                   help=ACCEPT_FWMARK_HELP)
 
     c = sub.add_parser("controller", help="aggregate NodeStates into each resource's .status")
     c.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "8080")))
@@ -123,6 +137,10 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--no-ip-forward", action="store_true",
                     help="plan for a node with IP forwarding off")
     pl.add_argument("--format", choices=("nft", "json"), default="nft")
+    pl.add_argument("--accept-fwmark", type=_fwmark, metavar="MARK[/MASK]",
+                    help=ACCEPT_FWMARK_HELP)
+    pl.add_argument("--manage-sysctls", action="store_true",
+                    help="plan for an agent that manages sysctls (loopback: Kernel needs it)")
     return p
 
 
@@ -154,6 +172,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         addresses=frozenset(args.node_ip),
         ipv4_forwarding=not args.no_ip_forward,
         ipv6_forwarding=not args.no_ip_forward,
+        accept_mark=args.accept_fwmark,
+        route_localnet=args.manage_sysctls,
     )
     plan = planner.plan(resources, facts)
     tables = ruleset.render(plan)
@@ -193,6 +213,9 @@ def _plan_json(plan: NodePlan, tables: Sequence[Table], digest: str) -> dict[str
                      "why": p.why, "holds": p.holds} for p in plan.proxies],
         "claims": [{"listen": str(c.listen), "port": c.port, "protocol": c.protocol.value,
                     "owner": c.owner.key} for c in plan.claims],
+        # gatewayMode routed: container ports open to direct routing (no host port).
+        "routed": [{"target": str(r.target), "protocol": r.protocol.value, "port": r.port,
+                    "portEnd": r.port_end, "owner": r.owner.key} for r in plan.routed],
         "nft": {t.family: t.text() for t in tables},
         "errors": list(plan.errors),
     }
@@ -252,7 +275,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
                                    state_file=args.state_file, resync=args.resync,
                                    manage_sysctls=args.manage_sysctls,
                                    proxy_enabled=not args.no_proxy,
-                                   reserved_ports=frozenset(reserved))
+                                   reserved_ports=frozenset(reserved),
+                                   accept_mark=args.accept_fwmark)
     the_agent = agent.Agent(source, settings, proxies=proxies, reporters=reporters)
     return _run_until_signal(the_agent.run())
 

@@ -105,6 +105,7 @@ def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
     ("agent.sysctls.manage", "yes", "/agent/sysctls/manage"),
     ("agent.updateStrategy.maxUnavailable", "lots", "/agent/updateStrategy/maxUnavailable"),
     ("agent.resyncSeconds", "30", "resyncSeconds"),  # a typo'd key is not silently ignored
+    ("agent.acceptFwmark", "mark", "/agent/acceptFwmark"),
 ])
 def test_schema_rejects_wrong_values(key: str, value: str, complaint: str) -> None:
     for command in (["template", RELEASE], ["lint"]):
@@ -115,11 +116,15 @@ def test_schema_rejects_wrong_values(key: str, value: str, complaint: str) -> No
 
 def test_schema_accepts_documented_alternatives() -> None:
     objs = render({"agent.updateStrategy.maxUnavailable": "10%", "agent.resync": 7.5,
-                   "agent.metricsPort": 0, "controller.peering.enabled": False})
+                   "agent.metricsPort": 0, "controller.peering.enabled": False,
+                   "agent.acceptFwmark": "0x10000/0x10000"})
     ds = find(objs, "DaemonSet")
     assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "10%"
     args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--resync=7.5" in args and "--metrics-port=0" in args
+    assert "--accept-fwmark=0x10000/0x10000" in args
+    assert not [a for a in find(render(), "DaemonSet")["spec"]["template"]["spec"][
+        "containers"][0]["args"] if a.startswith("--accept-fwmark")]
     assert not [s for s in objs if s["kind"] == "Service" and "agent" in s["metadata"]["name"]]
     dep = find(objs, "Deployment")
     assert "--no-peering" in dep["spec"]["template"]["spec"]["containers"][0]["args"]

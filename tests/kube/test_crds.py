@@ -239,7 +239,8 @@ def test_minimal_resources_get_the_agents_defaults(crds: Any, kubectl: Kubectl,
         got_bn, got_pp = get(kubectl, bn), get(kubectl, pp)
         assert got_bn["spec"] == {**bn["spec"], "mtu": 1500, "masquerade": True,
                                   "internal": False, "interContainer": True,
-                                  "isolation": "Isolated"}
+                                  "isolation": "Isolated", "gatewayMode": "nat",
+                                  "gatewayMode6": "nat"}
         assert got_pp["spec"] == {**pp["spec"], "protocol": "TCP", "loopback": "Auto"}
         assert same_spec(parsed(bn), parsed(got_bn))
         assert same_spec(parsed(pp), parsed(got_pp))
@@ -561,6 +562,8 @@ def test_schema_enums_are_the_agents() -> None:
     assert enum(PP_CRD, "spec.protocol") == [p.value for p in specs.Protocol]
     assert enum(PP_CRD, "spec.loopback") == [p.value for p in specs.LoopbackPolicy]
     assert enum(BN_CRD, "spec.isolation") == [i.value for i in specs.Isolation]
+    for mode in ("gatewayMode", "gatewayMode6"):
+        assert enum(BN_CRD, f"spec.{mode}") == [m.value for m in specs.GatewayMode]
     resources = schema_at(NS_CRD, "status.resources")["items"]["properties"]
     assert resources["state"]["enum"] == [s.value for s in State]
     assert resources["kind"]["enum"] == list(specs.KINDS)
@@ -594,6 +597,8 @@ def with_value(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         doc["spec"]["nodeSelector"] = {"matchExpressions": [
             {"key": "k", "operator": value, "values": values}]}
         return doc
+    if path.startswith("gatewayMode") and value == "isolated":
+        doc["spec"]["internal"] = True  # the one mode that needs another field
     node = doc["spec"]
     *parents, last = path.split(".")
     for part in parents:
@@ -676,6 +681,9 @@ def test_ip_patterns_accept_what_python_ipaddress_accepts() -> None:
     v4, v6 = (re.compile(bn[f]["pattern"]) for f in ("gateway", "gateway6"))
     either = re.compile(pp["hostIP"]["pattern"])
     assert pp["target"]["properties"]["address"]["pattern"] == pp["hostIP"]["pattern"]
+    assert bn["hostBinding"]["pattern"] == pp["hostIP"]["pattern"]
+    assert bn["egressAddress"]["pattern"] == bn["gateway"]["pattern"]
+    assert bn["egressAddress6"]["pattern"] == bn["gateway6"]["pattern"]
     cidr4, cidr6 = (re.compile(bn[f]["pattern"]) for f in ("subnet", "subnet6"))
     rng = random.Random(2028)
     for text in ip_samples(rng, 300):

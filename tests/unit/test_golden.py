@@ -18,7 +18,7 @@ import yaml
 
 from bridgeport.adapters.dirsource import load_files
 from bridgeport.core import planner, ruleset, specs
-from bridgeport.core.plan import NodeFacts
+from bridgeport.core.plan import Fwmark, NodeFacts
 from tests.builders import API
 
 ROOT = Path(__file__).parent.parent.parent
@@ -38,6 +38,8 @@ def render_case(case: dict[str, Any]) -> str:
         name="node-1",
         addresses=frozenset(ipaddress.ip_address(a) for a in node["addresses"]),
         ipv4_forwarding=node.get("ipv4_forwarding", True),
+        accept_mark=Fwmark.parse(node["accept_fwmark"]) if "accept_fwmark" in node else None,
+        route_localnet=node.get("route_localnet", False),
     )
     plan = planner.plan(resources, facts)
     header = [f"# {o.ref}: {o.state.value} ({o.reason}) {o.message}" for o in plan.outcomes]

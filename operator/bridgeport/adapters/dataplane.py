@@ -80,7 +80,16 @@ class KernelDataplane:
     def converge_bridges(self, bridges: Sequence[BridgePlan]) -> list[LinkFailure]:
         # The watch judges the events of what follows against this plan, not as news.
         self.port_watch.expect({b.name: not b.inter_container for b in bridges})
-        return links.converge(bridges)
+        failures = links.converge(bridges)
+        failed = {f.bridge for f in failures}
+        for b in bridges:
+            if b.name in failed:
+                continue
+            try:
+                facts.converge_route_localnet(b.name, b.route_localnet)
+            except OSError as exc:
+                failures.append(LinkFailure(b.network, b.name, f"route_localnet: {exc}"))
+        return failures
 
     def remove_stale_bridges(self, keep: Iterable[str], protect: Collection[str] = (),
                              ) -> tuple[list[str], list[KeptBridge]]:

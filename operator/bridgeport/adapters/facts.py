@@ -44,6 +44,21 @@ def ipv6_enabled() -> bool:
         _sysctl_on(f"ipv6/conf/{c}/disable_ipv6") for c in ("all", "default"))
 
 
+def converge_route_localnet(bridge: str, on: bool) -> None:
+    """net.ipv4.conf.<bridge>.route_localnet for one of our bridges; written only when it
+    differs. Raises OSError when it cannot be written."""
+    path = PROC_SYS / "ipv4" / "conf" / bridge / "route_localnet"
+    try:
+        current = path.read_text().strip() == "1"
+    except OSError:
+        if not on:
+            return  # unreadable: nothing we could have set there to undo
+        raise
+    if current != on:
+        path.write_text("1\n" if on else "0\n")
+        log.info("sysctl set", sysctl=f"net.ipv4.conf.{bridge}.route_localnet", value=int(on))
+
+
 def gather(name: str, labels: Mapping[str, str]) -> NodeFacts:
     """What the planner needs to know about this node, read from the kernel."""
     ours, foreign = links.inventory()
@@ -58,4 +73,5 @@ def gather(name: str, labels: Mapping[str, str]) -> NodeFacts:
         foreign_interfaces=frozenset(foreign),
         # Networks whose bridge exists: the incumbents when the agent remembers nothing else.
         incumbents=frozenset(ResourceRef(BRIDGE_NETWORK, "", n) for n in ours.values()),
+        route_localnet=os.access(PROC_SYS / "ipv4/conf/all/route_localnet", os.W_OK),
     )

@@ -7,8 +7,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
+from typing import NamedTuple
 
-from bridgeport.core.specs import IPAddress, IPNetwork, Protocol, ResourceRef
+from bridgeport.core.specs import GatewayMode, IPAddress, IPNetwork, Protocol, ResourceRef
 
 
 class State(StrEnum):
@@ -27,6 +28,32 @@ class Outcome:
     reason: str
     message: str = ""
     uid: str = ""
+
+
+class Fwmark(NamedTuple):
+    """A packet mark and mask (Docker 29's --bridge-accept-fwmark MARK[/MASK])."""
+
+    mark: int
+    mask: int = 0xFFFFFFFF
+
+    @classmethod
+    def parse(cls, text: str) -> Fwmark:
+        """'0x10000', '65536/0xff0000': integers in any base Python reads; the mark must be
+        non-zero under its mask (a zero mark would match every unmarked packet)."""
+        mark_text, _, mask_text = text.strip().partition("/")
+        try:
+            mark = int(mark_text, 0)
+            mask = int(mask_text, 0) if mask_text else 0xFFFFFFFF
+        except ValueError:
+            raise ValueError(f"{text!r} is not MARK[/MASK] (e.g. 0x10000/0x10000)") from None
+        if not (0 <= mark <= 0xFFFFFFFF and 0 < mask <= 0xFFFFFFFF):
+            raise ValueError(f"{text!r}: mark and mask are 32-bit, the mask non-zero")
+        if mark == 0 or mark & ~mask:
+            raise ValueError(f"{text!r}: the mark must be non-zero and inside the mask")
+        return cls(mark, mask)
+
+    def __str__(self) -> str:
+        return f"{self.mark:#x}/{self.mask:#x}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +85,11 @@ class NodeFacts:
     # Resources Applied on this node now: they keep their claims against any newcomer,
     # whatever its name or age (a working network never loses its subnet to a new one).
     incumbents: frozenset[ResourceRef] = frozenset()
+    # Packets carrying this mark pass our forward drops (the node's --accept-fwmark).
+    accept_mark: Fwmark | None = None
+    # The agent may set route_localnet on its bridges (it manages sysctls and can write them):
+    # what loopback: Kernel needs.
+    route_localnet: bool = False
 
     def forwarding(self, family: int) -> bool:
         return self.ipv4_forwarding if family == 4 else self.ipv6_forwarding
@@ -75,6 +107,21 @@ class BridgePlan:
     internal: bool
     inter_container: bool
     shared: bool
+    host_binding: IPAddress | None = None
+    gateway_mode: GatewayMode = GatewayMode.NAT
+    gateway_mode6: GatewayMode = GatewayMode.NAT
+    trusted_interfaces: tuple[str, ...] = ()
+    # SNAT source per family (egressAddress/6 present on this node), else masquerade.
+    egress_address: ipaddress.IPv4Address | None = None
+    egress_address6: ipaddress.IPv6Address | None = None
+    # net.ipv4.conf.<bridge>.route_localnet=1: a loopback: Kernel publication targets it.
+    route_localnet: bool = False
+
+    def mode(self, family: int) -> GatewayMode:
+        return self.gateway_mode if family == 4 else self.gateway_mode6
+
+    def egress(self, family: int) -> IPAddress | None:
+        return self.egress_address if family == 4 else self.egress_address6
 
 
 @dataclass(frozen=True)
@@ -94,9 +141,26 @@ class Dnat:
     proxy_from: str = ""
 
     @property
+    def loopback(self) -> bool:
+        """127.0.0.1 DNATed in the output path (loopback: Kernel); never from outside."""
+        return self.host_ip is not None and self.host_ip.is_loopback
+
+    @property
     def same_ports(self) -> bool:
         """A range that keeps its port numbers can live in an interval map as one element."""
         return self.port == self.target_port
+
+
+@dataclass(frozen=True)
+class RoutedPort:
+    """A container port open to direct routing (gatewayMode routed): no NAT, no host port."""
+
+    family: int
+    target: IPAddress
+    protocol: Protocol
+    port: int
+    port_end: int
+    owner: ResourceRef
 
 
 @dataclass(frozen=True, order=True)
@@ -162,6 +226,8 @@ class NodePlan:
     proxies: tuple[ProxyPort, ...] = ()
     claims: tuple[Claim, ...] = ()
     source_rules: tuple[SourceRule, ...] = ()
+    routed: tuple[RoutedPort, ...] = ()
+    accept_mark: Fwmark | None = None
     outcomes: tuple[Outcome, ...] = ()
     errors: tuple[str, ...] = ()  # documents too broken to name a resource
 

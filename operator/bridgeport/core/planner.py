@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from bridgeport.core import claims as port_claims
 from bridgeport.core.plan import (
@@ -20,11 +21,13 @@ from bridgeport.core.plan import (
     NodePlan,
     Outcome,
     ProxyPort,
+    RoutedPort,
     SourceRule,
     State,
 )
 from bridgeport.core.specs import (
     BridgeNetwork,
+    GatewayMode,
     InvalidResource,
     IPAddress,
     Isolation,
@@ -36,6 +39,7 @@ from bridgeport.core.specs import (
     hostport,
 )
 
+_A = TypeVar("_A", ipaddress.IPv4Address, ipaddress.IPv6Address)
 WILDCARD4 = ipaddress.IPv4Address("0.0.0.0")
 WILDCARD6 = ipaddress.IPv6Address("::")
 LOOPBACK4 = ipaddress.IPv4Address("127.0.0.1")
@@ -80,9 +84,10 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
     bridges = _plan_networks(networks, facts, outcomes)
     applied_networks = {b.network: b for b in bridges}
     all_networks = {n.name: n for n in networks}
-    dnats, proxies, claims, sources = _plan_publications(
+    dnats, proxies, claims, sources, routed = _plan_publications(
         publications, facts, applied_networks, all_networks, outcomes
     )
+    bridges = _with_route_localnet(bridges, dnats)
     return NodePlan(
         node=facts.name,
         bridges=tuple(sorted(bridges, key=lambda b: b.name)),
@@ -90,6 +95,8 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
         proxies=tuple(sorted(proxies, key=lambda p: (p.key, _addr_order(p.target)))),
         claims=tuple(sorted(claims, key=lambda c: c.key)),
         source_rules=tuple(sources),
+        routed=tuple(sorted(routed, key=_routed_order)),
+        accept_mark=facts.accept_mark,
         outcomes=tuple(sorted(outcomes.values(), key=lambda o: o.ref)),
         errors=tuple(sorted(errors)),
     )
@@ -118,14 +125,14 @@ def _plan_networks(networks: list[BridgeNetwork], facts: NodeFacts,
             verdict = _applied_network(net, facts)
         outcomes[net.meta.ref] = Outcome(net.meta.ref, net.meta.generation, *_fields(verdict),
                                          net.meta.uid)
-    return [_bridge_plan(n, facts.ipv6) for n in accepted]
+    return [_bridge_plan(n, facts) for n in accepted]
 
 
 def _applied_network(net: BridgeNetwork, facts: NodeFacts) -> _Verdict:
     """Programmed; IPv6Disabled when the node cannot take subnet6; SubnetOverlapsNode (a
     warning) when a subnet overlaps a network of the node's own addresses (traffic to those
     hosts may now go into the bridge)."""
-    reason, message = "Programmed", f"bridge {net.bridge} {net.subnet}"
+    reason, message = "Programmed", _network_message(net, facts)
     if net.subnet6 is not None and not facts.ipv6:
         reason = "IPv6Disabled"
         message += (f"; subnet6 {net.subnet6} not applied: IPv6 is disabled on node "
@@ -163,12 +170,30 @@ def _network_verdict(net: BridgeNetwork, facts: NodeFacts,
     return None
 
 
-def _bridge_plan(net: BridgeNetwork, ipv6: bool) -> BridgePlan:
-    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
-        ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
-    ]
-    subnet6 = net.subnet6 if ipv6 else None
-    if subnet6 is not None and net.gateway6 is not None:
+def _network_message(net: BridgeNetwork, facts: NodeFacts) -> str:
+    notes = [f"gatewayMode{suffix} {mode}" for suffix, mode in
+             (("", net.gateway_mode), ("6", net.gateway_mode6)) if mode is not GatewayMode.NAT]
+    for suffix, address in (("", net.egress_address), ("6", net.egress_address6)):
+        if address is not None:
+            notes.append(f"egress SNAT to {address}" if address in facts.addresses else
+                         f"egressAddress{suffix} {address} is inactive: not an address of node "
+                         f"{facts.name}, masquerading instead")
+    return f"bridge {net.bridge} {net.subnet}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _local(address: _A | None, facts: NodeFacts) -> _A | None:
+    return address if address is not None and address in facts.addresses else None
+
+
+def _bridge_plan(net: BridgeNetwork, facts: NodeFacts) -> BridgePlan:
+    """gatewayMode isolated: no address of that family on the bridge (Docker's isolated)."""
+    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
+    if net.gateway_mode is not GatewayMode.ISOLATED:
+        addresses.append(ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}"))
+    subnet6 = net.subnet6 if facts.ipv6 else None
+    if subnet6 is not None and net.gateway6 is not None and (
+        net.gateway_mode6 is not GatewayMode.ISOLATED
+    ):
         addresses.append(ipaddress.IPv6Interface(f"{net.gateway6}/{subnet6.prefixlen}"))
     return BridgePlan(
         network=net.name,
@@ -181,6 +206,12 @@ def _bridge_plan(net: BridgeNetwork, ipv6: bool) -> BridgePlan:
         internal=net.internal,
         inter_container=net.inter_container,
         shared=net.isolation is Isolation.SHARED,
+        host_binding=net.host_binding,
+        gateway_mode=net.gateway_mode,
+        gateway_mode6=net.gateway_mode6,
+        trusted_interfaces=net.trusted_interfaces,
+        egress_address=_local(net.egress_address, facts),
+        egress_address6=_local(net.egress_address6, facts),
     )
 
 
@@ -190,19 +221,31 @@ def _plan_publications(
     applied: dict[str, BridgePlan],
     all_networks: dict[str, BridgeNetwork],
     outcomes: dict[ResourceRef, Outcome],
-) -> tuple[list[Dnat], list[ProxyPort], list[Claim], list[SourceRule]]:
+) -> tuple[list[Dnat], list[ProxyPort], list[Claim], list[SourceRule], list[RoutedPort]]:
     accepted = _Claims()
     sources: list[SourceRule] = []
     dnats: list[Dnat] = []
     proxies: list[ProxyPort] = []
     claims: list[Claim] = []
-    for pub in publications:
-        ref = pub.meta.ref
-        verdict = _publication_verdict(pub, facts, applied, all_networks, accepted)
+    routed: list[RoutedPort] = []
+    for declared in publications:
+        ref = declared.meta.ref
+        network = _target_network(declared, declared.target_address, applied)
+        nat_part, routed_ports = _split_routed(declared, applied)
+        pub, verdict, bound = (_host_binding(nat_part, network) if nat_part is not None
+                               else (declared, None, ""))
+        verdict = verdict or _publication_verdict(pub, facts, applied, all_networks, accepted,
+                                                  routed_only=nat_part is None)
+        if verdict is None and nat_part is None:
+            routed += routed_ports
+            verdict = _Verdict(State.APPLIED, "Programmed",
+                               _routed_message(routed_ports, network))
         if verdict is None:
-            pub_dnats = _dnats(pub, facts, applied)
+            kernel_lo, lo_note = _kernel_loopback(pub, facts, network)
+            pub_dnats = _dnats(pub, facts, applied, kernel_lo)
             pub_proxies, pub_claims = port_claims.assign(
-                pub_dnats, _proxies(pub, facts, applied), facts.userland_proxy)
+                pub_dnats, _proxies(pub, facts, applied, kernel_lo), facts.userland_proxy)
+            pub_claims = _without_covered_loopback(pub_claims, pub_proxies)
             if not pub_dnats and not pub_proxies:
                 verdict = _unserved(pub, facts)
             else:
@@ -211,10 +254,13 @@ def _plan_publications(
                 proxies += pub_proxies
                 claims += pub_claims
                 sources += _source_rules(pub, pub_dnats, pub_proxies)
+                routed += routed_ports
                 verdict = _Verdict(State.APPLIED, "Programmed",
-                                   _applied_message(pub, pub_dnats, pub_proxies))
+                                   _applied_message(pub, pub_dnats, pub_proxies) + lo_note)
+        if bound:
+            verdict = replace(verdict, message=f"{verdict.message}; {bound}")
         outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict), pub.meta.uid)
-    return dnats, proxies, claims, sources
+    return dnats, proxies, claims, sources, routed
 
 
 def _source_rules(pub: PortPublication, dnats: list[Dnat],
@@ -232,6 +278,59 @@ def _source_rules(pub: PortPublication, dnats: list[Dnat],
                    tuple(n for n in pub.allowed_sources if n.version == family), pub.meta.ref)
         for family, address in sorted(where, key=lambda fa: (fa[0], str(fa[1] or "")))
     ]
+
+
+def _split_routed(pub: PortPublication, applied: dict[str, BridgePlan]
+                  ) -> tuple[PortPublication | None, list[RoutedPort]]:
+    """The part of `pub` that is NATed (None when every target family's network is routed)
+    and the container ports that routed families open instead (gateway modes are per family:
+    a dual-stack target may be NATed in one and routed in the other)."""
+    routed = []
+    for target in pub.targets:
+        network = _target_network(pub, target, applied)
+        if network is not None and network.mode(target.version) is GatewayMode.ROUTED and (
+            _holds(network, target)
+        ):
+            routed.append(target)
+    if not routed:
+        return pub, []
+    ports = [RoutedPort(t.version, t, pub.protocol, pub.target_port,
+                        pub.target_port + pub.port_count - 1, pub.meta.ref) for t in routed]
+    rest = [t for t in pub.targets if t not in routed]
+    if not rest:
+        return None, ports
+    return replace(pub, target_address=rest[0], target_address6=None), ports
+
+
+def _holds(network: BridgePlan, target: IPAddress) -> bool:
+    subnet = network.subnet if target.version == 4 else network.subnet6
+    return subnet is not None and target in subnet
+
+
+def _routed_message(ports: list[RoutedPort], network: BridgePlan | None) -> str:
+    """Docker documents it: in routed mode the host port (and host IP) are ignored."""
+    name = network.network if network is not None else "?"
+    opened = ", ".join(
+        f"{hostport(r.target)}:{r.port if r.port == r.port_end else f'{r.port}-{r.port_end}'}"
+        f"/{r.protocol.value}" for r in ports)
+    return (f"{opened} open to direct routing (BridgeNetwork {name} is routed: no NAT, "
+            "spec.hostPort and spec.hostIP are ignored)")
+
+
+def _host_binding(pub: PortPublication, network: BridgePlan | None
+                  ) -> tuple[PortPublication, _Verdict | None, str]:
+    """A publication that names no hostIP takes its network's hostBinding (Docker's
+    host_binding_ipv4), and from then on is planned exactly as if it had named it."""
+    if pub.host_ip is not None or network is None or network.host_binding is None:
+        return pub, None, ""
+    binding = network.host_binding
+    note = f"hostIP {binding} is BridgeNetwork {network.network}'s spec.hostBinding"
+    if binding.version not in {t.version for t in pub.targets} and not binding.is_loopback:
+        return pub, _Verdict(State.INVALID, "HostBindingFamilyMismatch",
+                             f"{pub.meta.ref}: spec.hostIP: absent, and IPv{binding.version} "
+                             f"{note} cannot be NATed to IPv{pub.target_address.version} "
+                             f"target {pub.target_address}; set spec.hostIP"), ""
+    return replace(pub, host_ip=binding), None, note
 
 
 def _target_network(pub: PortPublication, target: IPAddress,
@@ -252,6 +351,7 @@ def _publication_verdict(
     applied: dict[str, BridgePlan],
     all_networks: dict[str, BridgeNetwork],
     accepted: _Claims,
+    routed_only: bool = False,
 ) -> _Verdict | None:
     if pub.network is not None:
         named = all_networks.get(pub.network)
@@ -281,6 +381,8 @@ def _publication_verdict(
             return _Verdict(State.INACTIVE, "InternalNetwork",
                             f"BridgeNetwork {network.network} is internal: nothing is "
                             "published into it")
+    if routed_only:
+        return None  # no host port, so nothing on the host to check or claim
     host = pub.specific_host_ip
     if host is not None and not host.is_loopback and host not in facts.addresses:
         return _Verdict(State.INACTIVE, "HostIPNotLocal",
@@ -373,6 +475,54 @@ def _claims_overlap(a: _Claim, b: _Claim) -> bool:
     return a.address is None or b.address is None or a.address == b.address
 
 
+def _kernel_loopback(pub: PortPublication, facts: NodeFacts,
+                     network: BridgePlan | None) -> tuple[IPAddress | None, str]:
+    """loopback: Kernel: the IPv4 loopback address DNATed in the output path, or None; and
+    a note for the status saying what stays on the proxy, and why."""
+    if pub.loopback is not LoopbackPolicy.KERNEL:
+        return None, ""
+    host = pub.host_ip
+    if host is not None and not (host.is_loopback or host.is_unspecified):
+        return None, ""  # nothing on loopback is published
+    v6_note = "; ::1 stays on the proxy (the kernel cannot DNAT ::1)"
+    if host is not None and host.version == 6:
+        return None, v6_note if host.is_loopback else ""
+    if 4 not in {t.version for t in pub.targets}:
+        return None, "; loopback stays on the proxy (the kernel cannot DNAT ::1 or to IPv6)"
+    if host is not None or 6 not in {t.version for t in pub.targets}:
+        v6_note = ""
+    if network is None:
+        return None, ("; 127.0.0.1 stays on the proxy: the target is on no BridgeNetwork of "
+                      "this node (route_localnet is only set on bridgeport's bridges)")
+    if not facts.route_localnet:
+        return None, (f"; 127.0.0.1 stays on the proxy: the agent on node {facts.name} may not "
+                      "set route_localnet (run it with --manage-sysctls, chart "
+                      "agent.sysctls.manage)")
+    if host is not None and host.is_loopback:
+        return host, ""
+    return LOOPBACK4, "; 127.0.0.1 by kernel DNAT" + v6_note
+
+
+def _without_covered_loopback(claims: list[Claim], proxies: list[ProxyPort]) -> list[Claim]:
+    """A kernel loopback DNAT's 127.0.0.1 claim, when the same publication already holds
+    0.0.0.0 on that port (a bare claim or a proxy listener): the wildcard covers it, and a
+    second socket of ours on it would fail against the first (EADDRINUSE)."""
+    held = {(c.port, c.protocol) for c in claims if c.listen == WILDCARD4}
+    held |= {(p.port, p.protocol) for p in proxies if p.listen == WILDCARD4 and p.holds}
+    return [c for c in claims
+            if not (c.listen.version == 4 and c.listen.is_loopback
+                    and (c.port, c.protocol) in held)]
+
+
+def _with_route_localnet(bridges: list[BridgePlan], dnats: list[Dnat]) -> list[BridgePlan]:
+    """route_localnet on exactly the bridges that loopback DNATs route to: a packet from
+    127.0.0.1 may leave through them (and is masqueraded on the way)."""
+    targets = [d.target for d in dnats if d.loopback]
+    return [replace(b, route_localnet=True) if any(t in b.subnet for t in targets
+                                                    if t.version == 4) else b
+            for b in bridges]
+
+
 def _proxy_bridge(pub: PortPublication, target: IPAddress, facts: NodeFacts,
                   applied: dict[str, BridgePlan]) -> str:
     """The bridge whose own traffic to this port the proxy serves instead of DNAT, or "".
@@ -391,20 +541,28 @@ def _proxy_bridge(pub: PortPublication, target: IPAddress, facts: NodeFacts,
     return network.name
 
 
-def _dnats(pub: PortPublication, facts: NodeFacts,
-           applied: dict[str, BridgePlan]) -> list[Dnat]:
-    """Kernel NAT per family, unless the host IP is loopback or the family cannot forward."""
+def _dnats(pub: PortPublication, facts: NodeFacts, applied: dict[str, BridgePlan],
+           kernel_lo: IPAddress | None = None) -> list[Dnat]:
+    """Kernel NAT per family, unless the host IP is loopback or the family cannot forward;
+    and the loopback address that loopback: Kernel serves in the kernel."""
+    loop = [Dnat(4, kernel_lo, pub.protocol, pub.host_port, pub.host_port_end,
+                 pub.target_for(4), pub.target_port, pub.meta.ref)] if kernel_lo else []
     host = pub.specific_host_ip
     if host is not None and host.is_loopback:
-        return []
-    return [Dnat(family, host, pub.protocol, pub.host_port, pub.host_port_end,
-                 pub.target_for(family), pub.target_port, pub.meta.ref,
-                 _proxy_bridge(pub, pub.target_for(family), facts, applied))
-            for family in pub.families if facts.forwarding(family)]
+        return loop
+    return loop + [Dnat(family, host, pub.protocol, pub.host_port, pub.host_port_end,
+                        pub.target_for(family), pub.target_port, pub.meta.ref,
+                        _proxy_bridge(pub, pub.target_for(family), facts, applied))
+                   for family in pub.families if facts.forwarding(family)]
 
 
-def _proxies(pub: PortPublication, facts: NodeFacts,
-             applied: dict[str, BridgePlan]) -> list[ProxyPort]:
+def _proxies(pub: PortPublication, facts: NodeFacts, applied: dict[str, BridgePlan],
+             kernel_lo: IPAddress | None = None) -> list[ProxyPort]:
+    return [p for p in _proxy_listens(pub, facts, applied) if p.listen != kernel_lo]
+
+
+def _proxy_listens(pub: PortPublication, facts: NodeFacts,
+                   applied: dict[str, BridgePlan]) -> list[ProxyPort]:
     if pub.loopback is LoopbackPolicy.NEVER or pub.protocol is Protocol.SCTP:
         return []  # the userland proxy speaks TCP and UDP
     host = pub.specific_host_ip
@@ -460,8 +618,10 @@ def _applied_message(pub: PortPublication, dnats: list[Dnat], proxies: list[Prox
         ports = (f"{pub.target_port}" if pub.port_count == 1 else
                  f"{pub.target_port}-{pub.target_port + pub.port_count - 1}")
         via = []
-        if any(d.target == target for d in dnats):
+        if any(d.target == target and not d.loopback for d in dnats):
             via.append("kernel DNAT")
+        elif any(d.target == target for d in dnats):
+            via.append(f"kernel DNAT on {next(d.host_ip for d in dnats if d.loopback)}")
         listens = sorted({str(p.listen) for p in proxies if p.target == target})
         if listens:
             via.append("proxy on " + ", ".join(listens))
@@ -480,6 +640,10 @@ def _fields(v: _Verdict) -> tuple[State, str, str]:
 
 def _addr_order(address: IPAddress) -> tuple[int, int]:
     return (address.version, int(address))
+
+
+def _routed_order(r: RoutedPort) -> tuple[int, tuple[int, int], str, int]:
+    return (r.family, _addr_order(r.target), r.protocol.value, r.port)
 
 
 def _dnat_order(d: Dnat) -> tuple[int, tuple[int, int], str, int]:

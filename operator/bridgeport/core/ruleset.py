@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from bridgeport.core.plan import BridgePlan, Dnat, NodePlan, SourceRule
-from bridgeport.core.specs import IFNAME, Protocol
+from bridgeport.core.specs import IFNAME, GatewayMode, Protocol
 
 TABLE = "bridgeport"
 FAMILIES = ("ip", "ip6")
@@ -119,7 +119,7 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
     # Link-local sources cannot be forwarded to a container: Docker leaves them to its proxy
     # (ip6 saddr != fe80::/10 on every DNAT), and so do we; the proxy listens on ::.
     link_local = "ip6 saddr != fe80::/10 " if version == 6 else ""
-    sets = (
+    sets: tuple[SetDecl, ...] = (
         SetDecl("pub_host", f"{addr} . inet_proto . inet_service : {addr} . inet_service"),
         SetDecl("pub_host_range", f"{addr} . inet_proto . inet_service : {addr}", interval=True),
         SetDecl("pub_any", f"inet_proto . inet_service : {addr} . inet_service"),
@@ -137,11 +137,16 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         # Every published protocol . port: remote loopback to these is dropped in raw.
         SetDecl("loop_ports", "inet_proto . inet_service", interval=True),
         SetDecl("shared", "ifname"),
+        SetDecl("bridges", "ifname"),
+        SetDecl("routed", f"{addr} . inet_proto . inet_service", interval=True),
         SetDecl("fwd_in", "ifname : verdict"),
         SetDecl("fwd_out", "ifname : verdict"),
         SetDecl("masq_from", "ifname : verdict"),
         SetDecl("hairpin_to", "ifname : verdict"),
     )
+    kernel_lo = version == 4 and any(d.loopback for d in plan.dnats)
+    if kernel_lo:
+        sets += _KERNEL_LOOPBACK_SETS
     elements: dict[str, set[Element]] = {s.name: set() for s in sets}
     for d in plan.dnats:
         if d.family == version:
@@ -153,12 +158,20 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
     # (input, new flows): two hash lookups, then the publication's own short list.
     check = (f"{ip} daddr . meta l4proto . th dport vmap @src_host",
              "meta l4proto . th dport vmap @src_any")
+    for r in plan.routed:
+        if r.family == version:
+            ports = f"{r.port}" if r.port == r.port_end else f"{r.port}-{r.port_end}"
+            elements["routed"].add(Element(f"{r.target} . {r.protocol.nft} . {ports}",
+                                           comment=_comment(r.owner.key)))
 
     chains = [
         # Docker 28's remote-loopback rule (CVE-2020-8558), whatever route_localnet says:
         # loopback destinations arriving from another interface never reach a published port.
         Chain("raw_prerouting", (
             f'{ip} daddr {loopback} iif != "lo" meta l4proto . th dport @loop_ports counter drop',
+            # loopback: Kernel (CVE-2020-8558 again): our route_localnet bridges would deliver
+            # a container's packets for 127.0.0.0/8 to the node's loopback services.
+            *(("ip daddr 127.0.0.0/8 iifname @localnet counter drop",) if kernel_lo else ()),
         ), "type filter hook prerouting priority raw; policy accept;"),
         Chain("prerouting", (
             "iifname @icc_off jump icc_proxy",
@@ -172,7 +185,8 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         )),
         # The output hook needs a numeric priority; loopback destinations go to the proxy.
         Chain("output", (
-            f"{ip} daddr != {loopback} {link_local}fib daddr type local jump publish",),
+            f"{ip} daddr != {loopback} {link_local}fib daddr type local jump publish",
+            *(("ip daddr 127.0.0.0/8 jump publish_lo",) if kernel_lo else ())),
             "type nat hook output priority -100; policy accept;"),
         Chain("input", tuple(f"ct state new {c}" for c in check),
               "type filter hook input priority filter; policy accept;"),
@@ -184,29 +198,37 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
             f"dnat {ip} to meta l4proto . th dport map @pub_any_range",
         )),
         Chain("postrouting", (
+            # loopback: Kernel: 127.0.0.1 leaving through a bridge takes the bridge's address.
+            *(("ip saddr 127.0.0.0/8 oifname @localnet masquerade",) if kernel_lo else ()),
             "oifname vmap @hairpin_to",
             "iifname vmap @masq_from",
         ), "type nat hook postrouting priority srcnat; policy accept;"),
         Chain("forward", (
             "ct state established,related accept",
+            *_accept_mark_rules(plan),
             "iifname vmap @fwd_in",
             "oifname vmap @fwd_out",
         ), "type filter hook forward priority filter; policy accept;"),
     ]
+    if kernel_lo:
+        chains += _kernel_loopback_chains()
     for b in plan.bridges:
         _check_ifname(b.name)
         name = f'"{b.name}"'
+        if kernel_lo and b.route_localnet:
+            elements["localnet"].add(Element(name))
         elements["fwd_in"].add(Element(name, f"jump from_{b.name}"))
         elements["fwd_out"].add(Element(name, f"jump to_{b.name}"))
+        elements["bridges"].add(Element(name))
         if b.shared and not b.internal:
             elements["shared"].add(Element(name))
         if not b.inter_container and not b.internal:
             elements["icc_off"].add(Element(name))
         chains.append(Chain(f"from_{b.name}", _from_bridge_rules(b)))
-        chains.append(Chain(f"to_{b.name}", _to_bridge_rules(b)))
+        chains.append(Chain(f"to_{b.name}", _to_bridge_rules(b, version)))
         subnet = b.subnet if version == 4 else b.subnet6
-        if subnet is None or b.internal:
-            continue
+        if subnet is None or b.internal or b.mode(version) is GatewayMode.ROUTED:
+            continue  # routed: no NAT of any kind for this family
         # A container reaching a published port (its own or a neighbour's) through the node:
         # without SNAT the answer would bypass the node and the client would drop it. Matching
         # the outgoing bridge covers the routed and the br_netfilter-bridged path alike.
@@ -215,10 +237,21 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
             f"ct status dnat {ip} saddr {subnet} masquerade",)))
         if b.masquerade:
             elements["masq_from"].add(Element(name, f"jump masq_{b.name}"))
+            egress = b.egress(version)
+            nat = f"snat {ip} to {egress}" if egress is not None else "masquerade"
             chains.append(Chain(f"masq_{b.name}", (
-                f'{ip} saddr {subnet} oifname != "{b.name}" masquerade',)))
+                f'{ip} saddr {subnet} oifname != "{b.name}" {nat}',)))
     chains += source_chains
     return Table(ip, sets, tuple(chains), {k: frozenset(v) for k, v in elements.items()})
+
+
+def _accept_mark_rules(plan: NodePlan) -> tuple[str, ...]:
+    """The node's accept mark: an administrator's chain at a lower priority marks what our
+    forward drops must let through (Docker 29's --bridge-accept-fwmark; DOCKER-USER's job)."""
+    m = plan.accept_mark
+    if m is None:
+        return ()
+    return (f"meta mark & {m.mask:#010x} == {m.mark:#010x} accept",)
 
 
 def _from_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
@@ -229,8 +262,11 @@ def _from_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
     return tuple(rules)
 
 
-def _to_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
-    """New traffic entering from elsewhere: only published ports (DNAT) or a Shared peer."""
+def _to_bridge_rules(b: BridgePlan, version: int) -> tuple[str, ...]:
+    """New traffic entering from elsewhere: only published ports (DNAT) or a Shared peer;
+    anything from a trusted host interface; per the family's gateway mode, also anything from
+    outside our bridges (nat-unprotected) or the published container ports and ICMP (routed).
+    Other bridges stay isolated."""
     rules: list[str] = []
     if not b.internal:
         # Published ports arrive DNATed. Unlike Docker 28 we do not also admit traffic routed
@@ -238,14 +274,49 @@ def _to_bridge_rules(b: BridgePlan) -> tuple[str, ...]:
         rules.append("ct status dnat accept")
         if b.shared:
             rules.append("iifname @shared accept")
+        if b.trusted_interfaces:
+            for trusted in b.trusted_interfaces:
+                _check_ifname(trusted)
+            names = ", ".join(f'"{n}"' for n in b.trusted_interfaces)
+            rules.append(f"iifname {{ {names} }} accept")
+        mode = b.mode(version)
+        if mode is GatewayMode.NAT_UNPROTECTED:
+            rules.append("iifname != @bridges accept")
+        elif mode is GatewayMode.ROUTED:
+            ip, icmp = ("ip", "icmp") if version == 4 else ("ip6", "ipv6-icmp")
+            rules.append(f"iifname != @bridges {ip} daddr . meta l4proto . th dport @routed "
+                         "accept")
+            rules.append(f"iifname != @bridges meta l4proto {icmp} accept")
     rules.append("counter drop")
     return tuple(rules)
+
+
+_KERNEL_LOOPBACK_SETS = (
+    SetDecl("pub_lo", "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service"),
+    SetDecl("pub_lo_range", "ipv4_addr . inet_proto . inet_service : ipv4_addr", interval=True),
+    SetDecl("localnet", "ifname"),
+)
+
+
+def _kernel_loopback_chains() -> list[Chain]:
+    """loopback: Kernel (IPv4 only): the node's own connections to 127.0.0.1 are DNATed in
+    the output path; prerouting never looks at pub_lo, so nothing from outside is. Bridges
+    with route_localnet would deliver a container's packets for 127.0.0.0/8 to the node's
+    loopback services: raw_prerouting drops them before conntrack (CVE-2020-8558). Replies of
+    our masqueraded flows still pass: raw sees them addressed to the bridge, before conntrack
+    restores 127.0.0.1."""
+    return [
+        Chain("publish_lo", (
+            "dnat ip to ip daddr . meta l4proto . th dport map @pub_lo",
+            "dnat ip to ip daddr . meta l4proto . th dport map @pub_lo_range",
+        )),
+    ]
 
 
 def _dnat_elements(d: Dnat) -> list[tuple[str, Element]]:
     proto = d.protocol.nft
     host = f"{d.host_ip} . " if d.host_ip is not None else ""
-    prefix = "pub_host" if d.host_ip is not None else "pub_any"
+    prefix = "pub_lo" if d.loopback else "pub_host" if d.host_ip is not None else "pub_any"
     comment = _comment(d.owner.key)
     skip: list[tuple[str, Element]] = []
     if d.proxy_from:

@@ -63,10 +63,20 @@ class Isolation(StrEnum):
     SHARED = "Shared"
 
 
+class GatewayMode(StrEnum):
+    """Docker 28's com.docker.network.bridge.gateway_mode_ipv4/_ipv6, per address family."""
+
+    NAT = "nat"  # DNAT for published ports, masquerade, direct routed access dropped
+    NAT_UNPROTECTED = "nat-unprotected"  # the same, without dropping direct routed access
+    ROUTED = "routed"  # no NAT: published container ports are open to direct routing
+    ISOLATED = "isolated"  # internal networks only: no address of this family on the bridge
+
+
 class LoopbackPolicy(StrEnum):
     AUTO = "Auto"
     ALWAYS = "Always"
     NEVER = "Never"
+    KERNEL = "Kernel"  # 127.0.0.1 by DNAT in the kernel (Docker's userland-proxy=false)
 
 
 class ResourceRef(NamedTuple):
@@ -149,6 +159,17 @@ class BridgeNetwork:
     inter_container: bool = True
     isolation: Isolation = Isolation.ISOLATED
     node_selector: NodeSelector = field(default_factory=NodeSelector)
+    # The hostIP of publications on this network that name none (Docker's host_binding_ipv4).
+    host_binding: IPAddress | None = None
+    gateway_mode: GatewayMode = GatewayMode.NAT
+    gateway_mode6: GatewayMode = GatewayMode.NAT
+    # Host interfaces whose traffic may reach container addresses directly (Docker 28's
+    # com.docker.network.bridge.trusted_host_interfaces).
+    trusted_interfaces: tuple[str, ...] = ()
+    # SNAT egress to this node address instead of masquerading (Docker's
+    # com.docker.network.host_ipv4 / host_ipv6); nodes without the address masquerade.
+    egress_address: ipaddress.IPv4Address | None = None
+    egress_address6: ipaddress.IPv6Address | None = None
 
     @property
     def name(self) -> str:
@@ -536,8 +557,62 @@ def _bridge_network(meta: Meta, f: _Fields) -> BridgeNetwork | None:
         inter_container=f.boolean("interContainer", True),
         isolation=f.enum("isolation", Isolation, Isolation.ISOLATED),
         node_selector=_selector(f, "nodeSelector"),
+        host_binding=_address(f, "hostBinding", wildcard=True),
+        gateway_mode=f.enum("gatewayMode", GatewayMode, GatewayMode.NAT),
+        gateway_mode6=f.enum("gatewayMode6", GatewayMode, GatewayMode.NAT),
+        trusted_interfaces=_interfaces(f, "trustedInterfaces"),
+        egress_address=_egress(f, "egressAddress", 4),
+        egress_address6=_egress(f, "egressAddress6", 6),
     )
+    if network.egress_address6 is not None and subnet6 is None:
+        f.error("egressAddress6", "requires spec.subnet6")
+    for key, address, mode in (("egressAddress", network.egress_address, network.gateway_mode),
+                               ("egressAddress6", network.egress_address6,
+                                network.gateway_mode6)):
+        if address is not None and (not network.masquerade or network.internal or mode not in (
+            GatewayMode.NAT, GatewayMode.NAT_UNPROTECTED
+        )):
+            f.error(key, f"{key} needs masquerade: true, internal: false and a nat gateway mode")
+    if network.trusted_interfaces and network.internal:
+        f.error("trustedInterfaces", "has no effect on an internal network (nothing enters it)")
+    for key, mode in (("gatewayMode", network.gateway_mode),
+                      ("gatewayMode6", network.gateway_mode6)):
+        if mode is GatewayMode.ISOLATED and not network.internal:
+            f.error(key, f"{key} isolated requires internal: true")
     return network if subnet is not None and gateway is not None else None
+
+
+def _egress(f: _Fields, key: str, version: int) -> Any:
+    address = _address(f, key)
+    if address is not None and address.version != version:
+        f.error(key, f"{address} is not an IPv{version} address")
+        return None
+    if address is not None and (address.is_loopback or address.is_link_local):
+        f.error(key, f"{address} cannot be a source address for traffic leaving the node")
+        return None
+    return address
+
+
+MAX_TRUSTED_INTERFACES = 32
+
+
+def _interfaces(f: _Fields, key: str) -> tuple[str, ...]:
+    """A short list of distinct interface names (sorted: their order means nothing)."""
+    value = f.raw(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_TRUSTED_INTERFACES:
+        f.error(key, f"must be a list of at most {MAX_TRUSTED_INTERFACES} interface names")
+        return ()
+    names: set[str] = set()
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not IFNAME.match(name) or name in (".", ".."):
+            f.error(f"{key}[{i}]", f"{str(name)[:40]!r} is not a valid interface name")
+        elif name in names:
+            f.error(f"{key}[{i}]", f"{name} is listed twice")
+        else:
+            names.add(name)
+    return tuple(sorted(names))
 
 
 @overload
