@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup test lint unit kernel kube-build helm-build dev-cluster dev-cluster-down demo demo-standalone \
-        bench golden clean e2e-kind e2e-kind-down
+        bench bench-smoke golden clean e2e-kind e2e-kind-down
 
 setup:
 	@bash hack/setup.sh
@@ -40,6 +40,7 @@ dev-cluster-down:
 ## kind end-to-end suite (image, chart, real kubelets; everything built offline, see README).
 test: lint kube-build helm-build
 	$(PY) -m pytest -q
+	$(PY) bench/smoke.py
 	@bash hack/kind/e2e.sh
 
 ## kind end-to-end only: builds kind, node and component images, the bridgeport image, runs
@@ -50,6 +51,10 @@ e2e-kind: setup kube-build helm-build
 ## Remove a cluster kept with KEEP_CLUSTER=1 (and the test-owned Docker daemon and netns).
 e2e-kind-down:
 	@bash hack/kind/dockerd.sh down
+
+## Every benchmark in bench/ at a tiny size: fails if one crashes (never a timing check).
+bench-smoke: kube-build
+	$(PY) bench/smoke.py
 
 ## The Kubernetes demo (local control plane; the first run builds Kubernetes, ~6 min).
 demo: kube-build

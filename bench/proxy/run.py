@@ -278,7 +278,8 @@ def rss_for_ports(w: World, count: int) -> tuple[float, float, float]:
 
 
 def _docker_proxy() -> str:
-    """hack/docker-proxy.sh builds Docker's proxy from moby's Go module (cached); "" if not."""
+    """hack/docker-proxy.sh builds Docker's proxy from moby's Go module (cached); "" if not.
+    BRIDGEPORT_DOCKER_PROXY_BUILD=0 (the smoke run) uses a cached binary only, never builds."""
     proc = subprocess.run(["bash", str(HERE.parent.parent / "hack" / "docker-proxy.sh")],
                           capture_output=True, text=True, check=False)
     return proc.stdout.strip() if proc.returncode == 0 else ""
@@ -296,6 +297,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="runs per path; medians are shown")
     ap.add_argument("--only", nargs="*", default=PATHS, choices=PATHS)
     ap.add_argument("--httpd-workers", type=int, default=1)
+    ap.add_argument("--ports", type=int, default=1000, help="proxied ports for the RSS row")
     a = ap.parse_args()
     if os.geteuid() != 0 or not all(map(shutil.which, ("iperf3", "wrk", "socat", "gcc", "nft"))):
         sys.exit("needs root, iperf3, wrk, socat, gcc and nft")
@@ -318,7 +320,7 @@ def main() -> None:
                           (cpu2 - cpu1) / a.seconds)
                 runs[name].append(run)
                 print(f"  round {r + 1} {name}: {run}", file=sys.stderr, flush=True)
-        base_mib, added_mib, bind_seconds = rss_for_ports(w, 1000)
+        base_mib, added_mib, bind_seconds = rss_for_ports(w, a.ports)
     kernel = runs["kernel DNAT"]
     print(f"\n{'path':22} {'Gbit/s':>7} {'x kernel':>9} {'cpu':>5} {'conn/s':>8} {'x kernel':>9}"
           f" {'cpu':>5} {'errors':>6}")
@@ -331,7 +333,7 @@ def main() -> None:
               f" {med(lambda x: x.cpu_iperf):5.0%} {med(lambda x: x.rate):8.0f}"
               f" {statistics.median(conns):9.2f} {med(lambda x: x.cpu_wrk):5.0%}"
               f" {sum(x.errors for x in rs):6d}")
-    print(f"bridgeport: agent + workers {base_mib:.1f} MiB RSS with one TCP port; 1,000 more "
+    print(f"bridgeport: agent + workers {base_mib:.1f} MiB RSS with one TCP port; {a.ports:,} more "
           f"add {added_mib:.1f} MiB, bound in {bind_seconds:.2f}s")
     print(f"(medians of {a.rounds} rounds; x kernel = median of per-round ratios; cpu = the "
           f"proxy's processes' CPU, 100% = one core; iperf3 -t {a.seconds}; wrk -c 50 "

@@ -1,0 +1,69 @@
+"""`make bench-smoke`: every benchmark in bench/ at a tiny size; fails if any crashes.
+
+It checks that each benchmark runs to the end (exit status 0), never how fast: the figures of
+a smoke run mean nothing. A new benchmark must be listed here (with its tiny arguments) or
+named as a helper of one that is; an unlisted script fails the run, so none can rot unseen.
+
+Run as root: `make bench-smoke` or `.venv/bin/python bench/smoke.py [NAME ...]`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# script (relative to bench/) -> its tiny arguments.
+SMOKE: dict[str, list[str]] = {
+    "dataplane.py": ["--seconds", "1", "--publications", "50"],
+    "kube_latency.py": ["--changes", "3"],
+    "proxy/run.py": ["--seconds", "1", "--rounds", "1", "--ports", "10"],
+}
+# Scripts that are not benchmarks of their own: who runs them.
+HELPERS = {
+    "smoke.py": "this runner",
+    "scale_probe.py": "dataplane.py",
+    "proxy/alt_relay.py": "proxy/run.py",
+}
+TIMEOUT = 900  # seconds per benchmark: a bound on a hang, generous for a loaded machine
+
+
+def scripts() -> set[str]:
+    return {str(p.relative_to(HERE)) for p in HERE.rglob("*.py")}
+
+
+def main() -> int:
+    unlisted = sorted(scripts() - SMOKE.keys() - HELPERS.keys())
+    missing = sorted((SMOKE.keys() | HELPERS.keys()) - scripts())
+    if unlisted or missing:
+        print(f"bench/smoke.py is out of date: unlisted {unlisted}, listed but gone {missing}")
+        return 1
+    chosen = sys.argv[1:] or sorted(SMOKE)
+    env = {**os.environ, "BRIDGEPORT_DOCKER_PROXY_BUILD": "0"}  # never build Go in a smoke run
+    failed: list[str] = []
+    for name in chosen:
+        started = time.monotonic()
+        print(f"[bench-smoke] {name} {' '.join(SMOKE[name])}", flush=True)
+        try:
+            proc = subprocess.run([sys.executable, str(HERE / name), *SMOKE[name]],
+                                  capture_output=True, text=True, timeout=TIMEOUT, env=env,
+                                  check=False)
+            ok, out = proc.returncode == 0, proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            ok, out = False, f"timed out after {TIMEOUT}s\n{exc.stdout or ''}{exc.stderr or ''}"
+        took = time.monotonic() - started
+        print(f"[bench-smoke] {name}: {'ok' if ok else 'FAILED'} ({took:.0f}s)", flush=True)
+        if not ok:
+            failed.append(name)
+            print(out[-6000:], flush=True)
+    if failed:
+        print(f"[bench-smoke] failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
