@@ -321,7 +321,8 @@ class Agent:
             s for k, s in statuses.items() if k not in claimed or s.state == "failed")
 
     def _publishable(self, report: SyncReport, snapshot: Snapshot) -> Report:
-        published = replace(node_report(self.settings.node_name, report, snapshot),
+        labels = snapshot.node_labels if snapshot.node_labels is not None else self.settings.labels
+        published = replace(node_report(self.settings.node_name, report, snapshot, labels),
                             first_seen=dict(self._first_seen))
         self._write_state(published)
         return published
@@ -335,7 +336,8 @@ class Agent:
             log.error("cannot write state file", path=str(self.settings.state_file), error=str(exc))
 
 
-def node_report(node: str, report: SyncReport, snapshot: Snapshot) -> Report:
+def node_report(node: str, report: SyncReport, snapshot: Snapshot,
+                labels: Mapping[str, str] | None = None) -> Report:
     """What the node tells the world about this reconcile (state file, NodeState)."""
     entries = tuple(
         Entry(node, o.ref, o.uid, o.generation, o.state.value, o.reason, o.message,
@@ -353,6 +355,7 @@ def node_report(node: str, report: SyncReport, snapshot: Snapshot) -> Report:
                 "claims": len(plan.claims)},
         entries=entries,
         errors=(*snapshot.errors, *plan.errors),
+        labels=dict(labels or {}),  # what nodeSelectors were matched against
     )
 
 

@@ -135,7 +135,8 @@ class Cluster:
         self.co.delete_namespaced_custom_object(GROUP, VERSION, ns, "portpublications", name)
 
     # NodeStates, written like an agent: create the object, then its status subresource
-    def report(self, node: str, *entries: dict[str, Any]) -> None:
+    def report(self, node: str, *entries: dict[str, Any],
+               extra: dict[str, Any] | None = None) -> None:
         from kubernetes.client.exceptions import ApiException
 
         if node not in self.nodes:
@@ -152,10 +153,25 @@ class Cluster:
         for e in entries:
             counts[e["state"]] = counts.get(e["state"], 0) + 1
         status = {"agentVersion": "0.1.0", "lastSync": now, "tableDigest": "ab12",
-                  "counts": counts, "errors": [], "resources": list(entries)}
+                  "counts": counts, "errors": [], "resources": list(entries), **(extra or {})}
         self.co.patch_cluster_custom_object_status(
             GROUP, VERSION, "nodestates", node, {"status": status},
             _content_type="application/merge-patch+json")
+
+    def report_summary(self, node: str, labels: dict[str, str],
+                       applied: list[tuple[dict[str, Any], int]],
+                       *listed: dict[str, Any]) -> None:
+        """A report as agents write it now: exceptions listed, the rest as digests."""
+        from bridgeport.core import summary
+        from bridgeport.core.specs import ResourceRef
+
+        items = [(ResourceRef(o["kind"], o["metadata"].get("namespace", ""),
+                              o["metadata"]["name"]), o["metadata"]["uid"], gen)
+                 for o, gen in applied]
+        self.report(node, *listed, extra={
+            "labels": labels,
+            "applied": {"count": len(items), "buckets": summary.BUCKETS,
+                        "digest": summary.encode(summary.digests(items))}})
 
     def forget_nodes(self) -> None:
         for node in self.nodes:
@@ -465,7 +481,43 @@ def test_prune_forgets_objects_deleted_unseen(k: Cluster, namespace: str,
     c.store.put_node("ghost-node", {"resources": [entry(pp)]})
     asyncio.run(c.prune())
     assert {ref.name for ref in c.store.resources} == {"web"}
-    assert set(c.store.nodes) == {a} and len(c.store.reports(next(iter(c.store.resources)))) == 1
+    assert set(c.store.nodes) == {a} and len(c.store.inputs(next(iter(c.store.resources)))[0]) == 1
+
+
+def test_summarised_reports_are_exact(k: Cluster, namespace: str) -> None:
+    """Reports without an entry per resource (labels + digests): READY n/m and problemNodes
+    stay exact: a nodeSelector mismatch is derived from the labels, a node that lags a spec
+    change shows exactly that resource pending, a listed exception is a problem node."""
+    web = k.create_pp(namespace, "web")
+    k.create_pp(namespace, "db", 8081)
+    zone = f"z{uuid.uuid4().hex[:6]}"
+    only_a = k.co.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "portpublications", "db",
+        {"spec": {"nodeSelector": {"matchLabels": {"zone": zone}}}},
+        _content_type="application/merge-patch+json")
+    a, b = names("node", 2)
+    k.report_summary(a, {"zone": zone}, [(web, 1), (only_a, 2)])
+    k.report_summary(b, {"zone": "other"}, [(web, 1)])
+    wait_ready(k, namespace, "web", "2/2")
+    obj = wait_ready(k, namespace, "db", "1/1")
+    assert obj["status"]["problemNodes"] == [] and only_a["metadata"]["generation"] == 2
+
+    web2 = k.patch_pp(namespace, "web", {"spec": {"hostPort": 9090}})
+    k.report_summary(a, {"zone": zone}, [(web2, 2), (only_a, 2)])
+    obj = wait_ready(k, namespace, "web", "1/2", status="False")
+    assert obj["status"]["problemNodes"] == [
+        {"node": b, "state": "Applied", "reason": "GenerationPending",
+         "message": "applied generation 1, current is 2"}]
+    wait_ready(k, namespace, "db", "1/1")  # its bucket neighbour, if any, is untouched
+    k.report_summary(b, {"zone": "other"}, [], entry(web2, "Conflicted", reason="PortInUse",
+                                                     message="taken by a host process"))
+    def conflicted() -> dict[str, Any] | None:
+        o = k.pp(namespace, "web")
+        return o if condition(o, "Conflicted").get("status") == "True" else None
+
+    obj = wait_for(conflicted, "web Conflicted")
+    assert obj["status"]["ready"] == "1/2"
+    assert [p["state"] for p in obj["status"]["problemNodes"]] == ["Conflicted"]
 
 
 def test_store_keeps_the_newer_incarnation() -> None:
@@ -478,13 +530,13 @@ def test_store_keeps_the_newer_incarnation() -> None:
             "creationTimestamp": created, **meta}}
 
     store = Store()
-    ref, changed = store.put_resource(obj("new", "2026-01-02T00:00:00Z"))
-    assert changed
-    assert store.put_resource(obj("old", "2026-01-01T00:00:00Z")) == (ref, False)
+    ref, dirty = store.put_resource(obj("new", "2026-01-02T00:00:00Z"))
+    assert dirty == {ref}
+    assert store.put_resource(obj("old", "2026-01-01T00:00:00Z")) == (ref, set())
     assert store.put_resource(obj("old", "2026-01-02T00:00:00Z",
-                                  deletionTimestamp="2026-01-02T00:00:00Z")) == (ref, False)
+                                  deletionTimestamp="2026-01-02T00:00:00Z")) == (ref, set())
     assert store.resources[ref].resource.uid == "new"
-    assert not store.drop_resource(ref, "old") and store.drop_resource(ref, "new")
+    assert store.drop_resource(ref, "old") is None and store.drop_resource(ref, "new") == set()
 
 
 def test_store_marks_only_changed_reports() -> None:
@@ -500,7 +552,7 @@ def test_store_marks_only_changed_reports() -> None:
                                                                 e("b", "Applied")]})} == {"a", "b"}
     assert store.put_node("n1", {"resources": [e("a", "Applied"), e("b", "Applied")]}) == set()
     assert {r.name for r in store.put_node("n1", {"resources": [e("a", "Failed")]})} == {"a", "b"}
-    assert {r.name for r in store.drop_node("n1")} == {"a"} and store.by_ref == {}
+    assert {r.name for r in store.drop_node("n1")} == {"a"} and store.nodes == {}
 
 
 def test_active_peer_rule() -> None:

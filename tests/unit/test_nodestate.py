@@ -1,8 +1,10 @@
-"""NodeState report shaping (pure): compact entries that fit etcd's request limit.
+"""NodeState report shaping (pure): O(exceptions), within etcd's request limit at any size.
 
-Scenarios: Applied entries carry only identity and generation; problems and qualified
-Applied entries (IPv6Disabled) keep reason and message; an oversized report sheds Applied
-entries first and says so.
+Scenarios: Applied outcomes and Inactive-by-nodeSelector are summarised (digests and labels),
+not listed; problems and qualified Applied entries (IPv6Disabled) keep reason and
+message; an Applied publication whose proxy failed is
+listed; 20,000 publications fit, every outcome accounted for; an oversized list of problems
+cuts messages first, then entries, and says so; the state file keeps everything.
 """
 
 from __future__ import annotations
@@ -10,33 +12,39 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bridgeport.core import summary
 from bridgeport.core.report import MAX_REPORT_BYTES, Entry, Report
 from bridgeport.core.specs import ResourceRef
 
 
 def state(entries: list[Entry]) -> Report:
     return Report(node="n", agent_version="0.1.0", last_sync="t", last_sync_ms=1.0,
-                  table_digest="d", counts={"Applied": 1, "bridges": 0}, entries=tuple(entries))
+                  table_digest="d", counts={"Applied": 1, "bridges": 0}, entries=tuple(entries),
+                  labels={"zone": "a"})
 
 
-def entry(name: str, status: str = "Applied", proxy: str = "off", reason: str = "") -> Entry:
+def entry(name: str, status: str = "Applied", proxy: str = "off", reason: str = "",
+          message: str = "long text") -> Entry:
     reason = reason or ("Programmed" if status == "Applied" else "Why")
     return Entry("n", ResourceRef("PortPublication", "default", name), "u-" + name, 3, status,
-                 reason, "long text", proxy)  # type: ignore[arg-type]
+                 reason, message, proxy)  # type: ignore[arg-type]
 
 
-def status_from_state(report: Report) -> dict[str, object]:
+def status_from_state(report: Report) -> dict[str, Any]:
     return report.status()[0]
 
 
-def test_applied_entries_are_compact() -> None:
-    """An Applied entry keeps identity, uid, generation and proxy state only."""
-    out: dict[str, Any] = status_from_state(state([entry("a", proxy="listening"),
-                                                   entry("b", "Conflicted")]))
-    assert out["resources"][0] == {"kind": "PortPublication", "namespace": "default",
-                                   "name": "a", "uid": "u-a", "observedGeneration": 3,
-                                   "state": "Applied", "proxy": "listening"}
-    assert out["resources"][1]["message"] == "long text"
+def test_applied_is_summarised_problems_listed() -> None:
+    out = status_from_state(state([
+        entry("a", proxy="listening"), entry("b", "Conflicted"),
+        entry("c", "Inactive", reason="NodeSelectorMismatch"),
+        entry("d", "Inactive", reason="HostIPNotLocal"), entry("e", proxy="failed")]))
+    assert [r["name"] for r in out["resources"]] == ["b", "d", "e"]
+    assert out["resources"][0]["message"] == "long text"
+    assert out["labels"] == {"zone": "a"} and out["applied"]["count"] == 1
+    ref = ResourceRef("PortPublication", "default", "a")
+    assert summary.decode(out["applied"]["digest"]) == tuple(
+        summary.digests([(ref, "u-a", 3)]))
     assert out["counts"] == {"Applied": 1, "bridges": 0}
 
 
@@ -47,12 +55,22 @@ def test_qualified_applied_entry_keeps_its_reason() -> None:
     assert out["resources"][0]["message"] == "long text"
 
 
-def test_oversized_report_sheds_applied_first() -> None:
-    """Past the size limit, every problem entry stays and the truncation is reported."""
-    entries = [entry(f"pub-{i:05d}") for i in range(12000)] + [entry("bad", "Invalid")]
-    out: dict[str, Any] = status_from_state(state(entries))
+def test_twenty_thousand_publications_fit() -> None:
+    entries = [entry(f"pub-{i:05d}") for i in range(20000)]
+    entries += [entry(f"bad-{i}", "Conflicted") for i in range(100)]
+    out = status_from_state(state(entries))
+    assert len(json.dumps(out)) < 64_000
+    assert out["applied"]["count"] == 20000 and len(out["resources"]) == 100
+    assert out["errors"] == []
+
+
+def test_oversized_problems_cut_messages_then_entries() -> None:
+    entries = [entry(f"bad-{i:05d}", "Invalid", message="x" * 400) for i in range(4000)]
+    out = status_from_state(state(entries))
+    assert len(out["resources"]) == 4000 and len(out["resources"][0]["message"]) < 100
+    entries = [entry(f"bad-{i:05d}", "Invalid") for i in range(20000)]
+    out = status_from_state(state(entries))
     assert len(json.dumps(out["resources"])) <= MAX_REPORT_BYTES
-    assert any(r["name"] == "bad" for r in out["resources"])
     assert out["errors"][0].startswith("report truncated:")
 
 
@@ -67,7 +85,7 @@ def test_the_state_file_is_the_whole_report() -> None:
                                    "name": "b", "uid": "u-b", "observedGeneration": 3,
                                    "state": "Conflicted", "reason": "Why",
                                    "message": "long text", "proxy": "off"}
-    assert entries("n", report.status()[0])[1] == report.entries[1]
+    assert entries("n", report.status()[0])[0] == report.entries[1]  # "a" is summarised
 
 
 def test_applied_with_a_warning_keeps_reason_and_message() -> None:

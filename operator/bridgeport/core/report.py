@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from bridgeport.core import summary
 from bridgeport.core.plan import State
 from bridgeport.core.specs import PORT_PUBLICATION, ResourceRef
 
@@ -20,6 +21,7 @@ PROXY_STATES: tuple[ProxyState, ...] = ("off", "listening", "failed")
 MAX_ERRORS = 64
 MAX_MESSAGE = 512
 MAX_REPORT_BYTES = 1_300_000  # etcd refuses requests over 1.5 MiB
+SHORT_MESSAGE = 96  # per entry, when the full messages would not fit
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Report:
     errors: tuple[str, ...] = ()
     # Standalone: when each resource without a creationTimestamp was first seen (state file).
     first_seen: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)  # matched against nodeSelectors
 
     def document(self) -> dict[str, Any]:
         """The state file: everything, entries in full."""
@@ -82,36 +85,52 @@ class Report:
             "lastSyncMs": self.last_sync_ms,
             "tableDigest": self.table_digest,
             "counts": dict(self.counts),
+            "labels": dict(self.labels),
             "resources": [e.document() for e in self.entries],
             "errors": list(self.errors),
             **({"firstSeen": dict(self.first_seen)} if self.first_seen else {}),
         }
 
     def status(self) -> tuple[dict[str, Any], int]:
-        """NodeState.status, and how many Applied entries were left out to fit.
+        """NodeState.status in O(exceptions), and how many entries were left out to fit.
 
-        One object must hold a node's whole report within etcd's request limit: entries are
-        compact (about 8,000 fit); beyond that Applied entries are shed first, since problems
-        are what the controller needs most, and the report says so in `errors`.
+        Listed: the outcomes the controller cannot derive (not Applied, and not Inactive for a
+        nodeSelector that does not match), and Applied publications whose proxy failed.
+        Everything else is summarised: the node's labels (the controller evaluates
+        nodeSelectors itself) and digests of the Applied resources at their uid and
+        generation (core/summary.py), about 3 KB whatever their number. Entries are compact;
+        past etcd's request limit their messages are cut, then the list is, and the report
+        says so in `errors` (the counts stay exact).
         """
-        resources = [e.document(compact=True) for e in self.entries]
+        listed: list[dict[str, Any]] = []
+        applied: list[tuple[ResourceRef, str, int]] = []
+        for e in self.entries:
+            if not summary.is_listed(e.state, e.reason) and e.proxy != "failed":
+                if e.applied:
+                    applied.append((e.ref, e.uid, e.observed_generation or 0))
+                continue
+            listed.append(e.document(compact=True))
         errors = list(self.errors)[:MAX_ERRORS]
-        size = len(json.dumps(resources))
+        if len(json.dumps(listed)) > MAX_REPORT_BYTES:
+            listed = [{**e, "message": e.get("message", "")[:SHORT_MESSAGE]} for e in listed]
+        size = len(json.dumps(listed))
         omitted = 0
         if size > MAX_REPORT_BYTES:
-            problems = [r for r in resources if r["state"] != State.APPLIED]
-            applied = [r for r in resources if r["state"] == State.APPLIED]
-            keep = max(0, len(applied) * (MAX_REPORT_BYTES - len(json.dumps(problems))) // size)
-            resources, omitted = problems + applied[:keep], len(applied) - keep
-            errors = [f"report truncated: {omitted} Applied entries left out to fit the "
-                      "NodeState size limit", *errors][:MAX_ERRORS]
+            keep = len(listed) * MAX_REPORT_BYTES // size
+            omitted = len(listed) - keep
+            errors = [f"report truncated: {omitted} of {len(listed)} entries left out to fit "
+                      "the NodeState size limit", *errors][:MAX_ERRORS]
+            listed = listed[:keep]
         return {
             "agentVersion": self.agent_version,
             "lastSync": self.last_sync,
             "tableDigest": self.table_digest,
             "counts": dict(self.counts),
             "errors": errors,
-            "resources": resources,
+            "labels": dict(self.labels),
+            "applied": {"count": len(applied), "buckets": summary.BUCKETS,
+                        "digest": summary.encode(summary.digests(applied))},
+            "resources": listed,
         }, omitted
 
 

@@ -147,13 +147,15 @@ def _condition(ctype: str, true: bool, reason: str, message: str, generation: in
             "message": _clip(message, MAX_CONDITION_MESSAGE), "observedGeneration": generation}
 
 
-def compute_status(resource: Resource, reports: Iterable[Entry], now: str
-                   ) -> dict[str, Any]:
+def compute_status(resource: Resource, reports: Iterable[Entry], now: str,
+                   ready_elsewhere: int = 0, inactive_elsewhere: int = 0) -> dict[str, Any]:
     """The desired `.status` of `resource`, given the reports of every node.
 
     `reports` may contain entries for other resources or other incarnations (uids) of this
-    one: they are ignored. `now` (RFC 3339) is used only as the lastTransitionTime of a
-    condition whose status changes.
+    one: they are ignored. `ready_elsewhere` / `inactive_elsewhere` count further nodes, not
+    in `reports`, where it is Applied at the current generation / Inactive (derived from the
+    nodes' digests and labels, core/fold.py). `now` (RFC 3339) is used only as the
+    lastTransitionTime of a condition whose status changes.
     """
     by_node: dict[str, list[Entry]] = {}
     for r in reports:
@@ -167,20 +169,23 @@ def compute_status(resource: Resource, reports: Iterable[Entry], now: str
     for r in selected:
         by_state.setdefault(r.state, []).append(r)
     gen = resource.generation
-    counts = f"{len(ready)}/{len(selected)} selected nodes ready"
+    n_ready, n_selected = len(ready) + ready_elsewhere, len(selected) + ready_elsewhere
+    n_chosen = len(chosen) + ready_elsewhere + inactive_elsewhere
+    counts = f"{n_ready}/{n_selected} selected nodes ready"
 
     # Ready
-    if selected and len(ready) == len(selected):
+    if n_selected and n_ready == n_selected:
         ready_cond = _condition(READY, True, "AllNodesReady",
                                 f"{counts} at generation {gen}{_programmed(ready)}", gen)
-    elif not chosen:
+    elif not n_chosen:
         ready_cond = _condition(READY, False, "NoReports", "no node has reported this "
                                 "resource yet (are the agents running?)", gen)
-    elif not selected:
+    elif not n_selected:
+        quoted = (_quote(chosen, "Inactive") if chosen
+                  else "its nodeSelector matches none of their labels")
         ready_cond = _condition(READY, False, "NotSelected",
-                                f"no node selects this resource ({_plural(len(chosen), 'node')}"
-                                " report it Inactive: "
-                                f"{_quote(chosen, 'Inactive')})", gen)
+                                f"no node selects this resource ({_plural(n_chosen, 'node')}"
+                                f" report it Inactive: {quoted})", gen)
     else:
         worst = next((s for s in _SEVERITY if s in by_state), None)
         parts = [f"{len(v)} {k}" for k, v in sorted(by_state.items()) if k != State.APPLIED]
@@ -221,18 +226,23 @@ def compute_status(resource: Resource, reports: Iterable[Entry], now: str
     problem_nodes = [
         {"node": r.node, "state": r.state,
          "reason": r.reason if r.state != State.APPLIED else "GenerationPending",
-         "message": _clip(r.message if r.state != State.APPLIED else
-                          f"applied generation {r.observed_generation}, current is {gen}",
+         "message": _clip(r.message if r.state != State.APPLIED else _pending(r, gen),
                           MAX_NODE_MESSAGE)}
         for r in problems[:MAX_PROBLEM_NODES]
     ]
     return {
         "observedGeneration": gen,
-        "ready": f"{len(ready)}/{len(selected)}",
-        "nodes": {"selected": len(selected), "ready": len(ready)},
+        "ready": f"{n_ready}/{n_selected}",
+        "nodes": {"selected": n_selected, "ready": n_ready},
         "conditions": merge_conditions(resource.conditions, conditions, now),
         "problemNodes": problem_nodes,
     }
+
+
+def _pending(report: Entry, gen: int) -> str:
+    if report.observed_generation is None:
+        return f"the node has not yet reported generation {gen} applied"
+    return f"applied generation {report.observed_generation}, current is {gen}"
 
 
 def merge_conditions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]],

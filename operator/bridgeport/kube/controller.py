@@ -124,13 +124,12 @@ class Controller:
     async def _record_resource(self, body: kopf.Body, **_: Any) -> None:
         if self.namespace_scope and body.metadata.namespace not in (None, self.namespace_scope):
             return
-        ref, changed = self.store.put_resource(_plain(body))
+        dirty = self.store.put_resource(_plain(body))[1]
         uid = body.metadata.uid or ""
         w = self._written.get(uid)
         if w is not None and body.metadata.get("resourceVersion") == w.resource_version:
             w.caught_up = True
-        if changed:
-            self._mark({ref})
+        self._mark(dirty)
         # Returns None: nothing goes into kopf's own index, the store above is the cache.
 
     async def _resource_event(self, event: Mapping[str, Any], body: kopf.Body,
@@ -142,9 +141,11 @@ class Controller:
             kind = str(body.get("kind", ""))
             ref = ResourceRef(kind, body.metadata.namespace or "", body.metadata.name or "")
             uid = body.metadata.uid or ""
-            if self.store.drop_resource(ref, uid):
+            dirty = self.store.drop_resource(ref, uid)
+            if dirty is not None:
                 self._written.pop(uid, None)
                 self._rejected.pop(uid, None)
+                self._mark(dirty)
         self._ready()
 
     async def _record_node(self, name: str, status: Mapping[str, Any], **_: Any) -> None:
@@ -214,6 +215,7 @@ class Controller:
             except (ApiException, OSError) as exc:
                 ERRORS.labels("list").inc()
                 log.warning("resync listing failed", error=str(exc))
+            self._mark(self.store.expire())
             self._mark(self.store.resources)
 
     async def reconcile(self, refs: Iterable[ResourceRef]) -> set[ResourceRef]:
@@ -245,7 +247,8 @@ class Controller:
         old_conditions = tuple(c for c in current.get("conditions") or ()
                                if isinstance(c, Mapping))
         resource = st.Resource(res.ref, res.uid, res.generation, old_conditions)
-        desired = st.compute_status(resource, self.store.reports(res.ref), st.rfc3339(now))
+        reports, ready, inactive = self.store.inputs(res.ref)
+        desired = st.compute_status(resource, reports, st.rfc3339(now), ready, inactive)
         if w is not None and w.desired == desired and (
                 lagging or cached.resource_version == w.resource_version):
             return  # already written (what the server kept of it is in w.status)
@@ -371,7 +374,7 @@ class Controller:
             for ref, cached in list(self.store.resources.items()):
                 if ref.kind == kind and cached.seen < started and cached.resource.uid not in uids:
                     log.info("forgetting a resource deleted while unwatched", resource=str(ref))
-                    self.store.drop_resource(ref, cached.resource.uid)
+                    self._mark(self.store.drop_resource(ref, cached.resource.uid) or ())
                     self._written.pop(cached.resource.uid, None)
         names = await asyncio.to_thread(self._list_metadata, NODESTATES, "name")
         for node, seen in list(self.store.node_seen.items()):
@@ -444,7 +447,7 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
     """The parts we keep, copied out of kopf's live view of the object."""
     meta = {k: body.metadata.get(k) for k in _META_KEYS if k in body.metadata}
     return copy.deepcopy({"kind": body.get("kind"), "metadata": meta,
-                          "status": dict(body.status)})
+                          "spec": dict(body.spec), "status": dict(body.status)})
 
 
 _META_KEYS = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp",

@@ -1,7 +1,5 @@
-"""The controller's memory: every tracked resource and every node's report entries (`Store`),
-what it last wrote to each status (`Written`); kopf storage that keeps no state on the objects
-(the controller recomputes from the NodeStates); and the rule deciding which controller replica
-is the active peer."""
+"""The controller's pieces that need no API server: kopf storage that stores nothing, the
+in-memory store of resources and node reports, and kopf's peering rule."""
 
 from __future__ import annotations
 
@@ -17,10 +15,11 @@ from typing import Any
 
 import kopf
 
-from bridgeport.core import report
+from bridgeport.core import specs
 from bridgeport.core import status as st
+from bridgeport.core.fold import ClusterView, NodeView, Tracked
 from bridgeport.core.report import Entry
-from bridgeport.core.specs import ResourceRef
+from bridgeport.core.specs import API_VERSION, NodeSelector, ResourceRef
 
 # -- kopf: store nothing anywhere ----------------------------------------------------------------
 
@@ -77,14 +76,19 @@ class Written:
 
 @dataclass
 class Store:
-    resources: dict[ResourceRef, Cached] = field(default_factory=dict)
-    nodes: dict[str, dict[ResourceRef, tuple[Entry, ...]]] = field(default_factory=dict)
-    node_seen: dict[str, float] = field(default_factory=dict)
-    by_ref: dict[ResourceRef, dict[str, tuple[Entry, ...]]] = field(default_factory=dict)
+    """Resources as the API returns them, and every node's report folded per resource."""
 
-    def put_resource(self, body: Mapping[str, Any]) -> tuple[ResourceRef, bool]:
-        """Record an object; True if its status must be recomputed (new object, new uid or
-        new generation; a status-only change is not a reason)."""
+    resources: dict[ResourceRef, Cached] = field(default_factory=dict)
+    node_seen: dict[str, float] = field(default_factory=dict)
+    view: ClusterView = field(default_factory=ClusterView)
+
+    @property
+    def nodes(self) -> dict[str, NodeView]:
+        return self.view.nodes
+
+    def put_resource(self, body: Mapping[str, Any]) -> tuple[ResourceRef, set[ResourceRef]]:
+        """Record an object; the refs whose status must be recomputed (for a new object, uid,
+        generation or nodeSelector; a status-only change is not a reason)."""
         res = st.resource_from_body(body)
         meta = body.get("metadata") or {}
         old = self.resources.get(res.ref)
@@ -93,56 +97,45 @@ class Store:
                 or str(meta.get("creationTimestamp", "")) < old.created):
             # A late event of a deleted incarnation (kopf runs one worker per uid, so events
             # of two objects with the same name can interleave): the newer object stays.
-            return res.ref, False
+            return res.ref, set()
         status = body.get("status")
+        now = time.monotonic()
         self.resources[res.ref] = Cached(res, str(meta.get("resourceVersion", "")),
                                          dict(status) if isinstance(status, Mapping) else {},
-                                         time.monotonic(),
-                                         str(meta.get("creationTimestamp", "")))
-        changed = (old is None or old.resource.uid != res.uid
-                   or old.resource.generation != res.generation)
-        return res.ref, changed
+                                         now, str(meta.get("creationTimestamp", "")))
+        tracked = Tracked(res.ref, res.uid, res.generation, _selector(body))
+        return res.ref, self.view.put_resource(tracked, now)
 
-    def drop_resource(self, ref: ResourceRef, uid: str) -> bool:
+    def drop_resource(self, ref: ResourceRef, uid: str) -> set[ResourceRef] | None:
+        """Forget an object; None when it is not the one stored, else the refs whose status
+        may change (its neighbours in the nodes' digests)."""
         cached = self.resources.get(ref)
         if cached is None or (uid and cached.resource.uid != uid):
-            return False
+            return None
         del self.resources[ref]
-        return True
+        return self.view.drop_resource(ref, time.monotonic())
 
     def put_node(self, node: str, status: Mapping[str, Any] | None) -> set[ResourceRef]:
-        """Record one node's report; the refs whose entries changed."""
-        grouped: dict[ResourceRef, list[Entry]] = {}
-        for r in report.entries(node, status):
-            grouped.setdefault(r.ref, []).append(r)
-        new = {ref: tuple(rs) for ref, rs in grouped.items()}
+        """Record one node's report; the refs whose status may change."""
         self.node_seen[node] = time.monotonic()
-        return self._replace_node(node, new)
+        return self.view.put_node(node, status)
 
     def drop_node(self, node: str) -> set[ResourceRef]:
         self.node_seen.pop(node, None)
-        return self._replace_node(node, {})
+        return self.view.drop_node(node) if node in self.view.nodes else set()
 
-    def _replace_node(self, node: str, new: dict[ResourceRef, tuple[Entry, ...]]
-                      ) -> set[ResourceRef]:
-        old = self.nodes.get(node, {})
-        changed = {ref for ref in old.keys() | new.keys() if old.get(ref) != new.get(ref)}
-        for ref in changed:
-            per_node = self.by_ref.setdefault(ref, {})
-            if ref in new:
-                per_node[node] = new[ref]
-            else:
-                per_node.pop(node, None)
-                if not per_node:
-                    del self.by_ref[ref]
-        if new:
-            self.nodes[node] = new
-        else:
-            self.nodes.pop(node, None)
-        return changed
+    def expire(self) -> set[ResourceRef]:
+        return self.view.expire(time.monotonic())
 
-    def reports(self, ref: ResourceRef) -> list[Entry]:
-        return [r for rs in self.by_ref.get(ref, {}).values() for r in rs]
+    def inputs(self, ref: ResourceRef) -> tuple[list[Entry], int, int]:
+        return self.view.inputs(ref)
+
+
+def _selector(body: Mapping[str, Any]) -> NodeSelector | None:
+    """The object's nodeSelector as the agents read it; None when its spec does not parse
+    (every agent then reports it Invalid)."""
+    parsed = specs.parse({"apiVersion": API_VERSION, **body})
+    return None if isinstance(parsed, specs.InvalidResource) else parsed.node_selector
 
 
 # -- peering -------------------------------------------------------------------------------------
