@@ -21,6 +21,7 @@ SMOKE: dict[str, list[str]] = {
     "dataplane.py": ["--seconds", "1", "--publications", "50"],
     "kube_latency.py": ["--changes", "3"],
     "proxy/run.py": ["--seconds", "1", "--rounds", "1", "--ports", "10"],
+    "cluster_scale.py": ["--smoke"],
 }
 # Scripts that are not benchmarks of their own: who runs them.
 HELPERS = {

@@ -509,6 +509,36 @@ def test_nodestate_holds_a_10000_resource_report(crds: Any, kube_client: Any) ->
         api.delete_cluster_custom_object(*args, node)
 
 
+@kube
+def test_nodestate_holds_a_20000_publication_report(crds: Any, kube_client: Any) -> None:
+    """The agent's report of 20,000 Applied publications and 500 problems: every outcome is
+    in it (500 entries, 20,000 in the digests), a few dozen KB."""
+    from kubernetes import client
+
+    from bridgeport.kube.nodestate import status_from_state
+
+    api: Any = client.CustomObjectsApi(kube_client)
+    node = "huge-node"
+    args = ("bridgeport.io", "v1alpha1", "nodestates")
+    resources = [{"kind": specs.PORT_PUBLICATION, "namespace": "default", "name": f"pp-{i:05d}",
+                  "generation": 1, "uid": f"u-{i}", "state": "Applied" if i >= 500 else
+                  "Conflicted", "reason": "PortTaken", "message": "taken", "proxy": "off"}
+                 for i in range(20_500)]
+    status = status_from_state({
+        "agentVersion": "0.1.0", "lastSync": "2026-01-02T03:04:05.678+00:00", "tableDigest": "x",
+        "counts": {"Applied": 20_000, "Conflicted": 500}, "resources": resources, "errors": [],
+        "labels": {"zone": "a"}})
+    assert len(json.dumps(status)) < 100_000
+    api.create_cluster_custom_object(*args, nodestate(node))
+    try:
+        api.patch_cluster_custom_object_status(*args, node, {"status": status})
+        got = api.get_cluster_custom_object(*args, node)["status"]
+        assert got["applied"]["count"] == 20_000 and len(got["resources"]) == 500
+        assert got == status
+    finally:
+        api.delete_cluster_custom_object(*args, node)
+
+
 # -- resource status (the controller's side) ---------------------------------------------------
 
 def condition(type_: str, status: str = "True", reason: str = "AllNodesReady") -> dict[str, Any]:
