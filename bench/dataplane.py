@@ -77,6 +77,18 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def reconciles(log: Path) -> list[dict[str, Any]]:
+    """The agent's "reconciled" log records (JSON lines)."""
+    out = []
+    for line in log.read_text().splitlines():
+        if '"reconciled"' in line:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
@@ -139,6 +151,14 @@ def main() -> None:
         time.sleep(1)
         many_cps = wrk(client, "http://192.0.2.1:8080/", secs, node)
         rss_many = rss_mib(agent.pid)
+        # One publication changes among `many`: the agent's own reconcile time, from its log.
+        changed = resources(many)
+        changed[5]["spec"]["target"]["port"] = 81
+        seen = len(reconciles(tmp / "agent.log"))
+        (resdir / "bench.yaml").write_text(yaml.safe_dump_all(changed))
+        wait_for(lambda: len(reconciles(tmp / "agent.log")) > seen, timeout=120,
+                 what="the agent's reconcile of one change")
+        agent_change = reconciles(tmp / "agent.log")[-1]
         rows += [
             (f"new conn/s with {many} publications", f"{many_cps:.0f}"),
             (f"ratio {many} : 10 publications", f"{many_cps / dnat_cps:.2f}x"),
@@ -165,6 +185,9 @@ def main() -> None:
                                             str(many)], timeout=300).stdout)
         reconcile_ms = sum(probe[k] for k in ("change_plan_ms", "change_render_ms",
                                               "change_diff_ms", "steady_apply_ms"))
+        full_ms = probe["plan_ms"] + probe["render_ms"] + probe["apply_full_ms"]
+        inc_ms = sum(probe[k] for k in ("inc_change_plan_ms", "inc_change_render_ms",
+                                        "inc_change_apply_ms"))
         rows += [
             (f"plan + render + apply {many} (ms, one transaction)",
              f"{probe['plan_ms'] + probe['render_ms'] + probe['apply_full_ms']:.0f} "
@@ -173,9 +196,17 @@ def main() -> None:
             ("change one publication: nft transaction (ms)",
              f"{probe['steady_apply_ms']:.2f} for {probe['change_commands']} commands "
              f"(first change after a full load: {probe['change_apply_ms']:.1f}, nft cache fill)"),
-            ("change one publication: whole reconcile (ms)",
+            ("change one publication, full planner + renderer (ms)",
              f"{reconcile_ms:.0f} (replan {probe['change_plan_ms']:.0f}, "
              f"render {probe['change_render_ms']:.0f}, diff {probe['change_diff_ms']:.1f})"),
+            ("change one publication, incremental plan + render + apply (ms)",
+             f"{inc_ms:.1f} (plan {probe['inc_change_plan_ms']:.1f}, render "
+             f"{probe['inc_change_render_ms']:.1f}, nft {probe['inc_change_apply_ms']:.1f}): "
+             f"{inc_ms / full_ms:.1%} of the full plan + render + apply"),
+            ("change one publication, the agent's whole reconcile (ms, its log)",
+             f"{agent_change['ms']:.1f} ({agent_change['commands']} commands): "
+             f"{agent_change['ms'] / full_ms:.1%} of the full plan + render + apply; "
+             f"table digest alone {probe['digest_ms']:.1f}"),
         ]
         node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
 

@@ -13,6 +13,7 @@ import time
 from bridgeport.adapters import facts as node_facts
 from bridgeport.adapters.nft import Nft
 from bridgeport.core import planner, ruleset, specs
+from bridgeport.core.incremental import IncrementalPlanner, IncrementalRenderer
 from bridgeport.core.specs import API_VERSION as API
 
 
@@ -59,7 +60,23 @@ def main() -> None:
     resources3 = [specs.parse(raw[2]) if i == 2 else r for i, r in enumerate(resources2)]
     tables3 = ruleset.render(planner.plan(resources3, facts))
     _, steady_ms = timed(nft.apply, tables3)
+    # The incremental layer (what the agent runs): a full plan, then one change among n.
+    inc, rend = IncrementalPlanner(), IncrementalRenderer()
+    plan_i, inc_full_plan_ms = timed(inc.plan, resources3, facts)
+    tables_i, inc_full_render_ms = timed(rend.render, plan_i, inc.delta)
+    _, inc_full_apply_ms = timed(nft.apply, tables_i, full=True)
+    nft.apply(tables_i)  # the first change after a full load fills libnftables' cache
+    raw[3]["spec"]["target"]["port"] = 83  # type: ignore[index]
+    resources4 = [specs.parse(raw[3]) if i == 3 else r for i, r in enumerate(resources3)]
+    plan_c, inc_plan_ms = timed(inc.plan, resources4, facts)
+    tables_c, inc_render_ms = timed(rend.render, plan_c, inc.delta)
+    inc_commands, inc_apply_ms = timed(nft.apply, tables_c)
+    _, digest_ms = timed(ruleset.digest, tables_c)
     print(json.dumps({
+        "inc_full_ms": inc_full_plan_ms + inc_full_render_ms + inc_full_apply_ms,
+        "inc_change_plan_ms": inc_plan_ms, "inc_change_render_ms": inc_render_ms,
+        "inc_change_apply_ms": inc_apply_ms, "inc_change_commands": inc_commands,
+        "digest_ms": digest_ms,
         "publications": n, "parse_ms": parse_ms, "facts_ms": facts_ms, "plan_ms": plan_ms,
         "render_ms": render_ms, "apply_full_ms": apply_ms, "full_commands": commands,
         "change_plan_ms": plan2_ms, "change_render_ms": render2_ms, "change_diff_ms": diff_ms,

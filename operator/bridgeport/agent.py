@@ -23,7 +23,8 @@ import structlog
 from bridgeport import __version__, metrics
 from bridgeport.adapters.dataplane import Dataplane, KernelDataplane, NftError
 from bridgeport.adapters.statefile import write_atomic
-from bridgeport.core import firstseen, planner, ruleset, settle
+from bridgeport.core import firstseen, ruleset, settle
+from bridgeport.core.incremental import Delta, IncrementalPlanner, IncrementalRenderer
 from bridgeport.core.plan import (
     Claim,
     Fwmark,
@@ -117,6 +118,9 @@ class Agent:
         self._dirty = asyncio.Event()
         self._synced_once = False
         self._last_digest = ""
+        # Plan and render in O(change); each equals the full planner/renderer (tested).
+        self._planner = IncrementalPlanner()
+        self._renderer = IncrementalRenderer()
         self._said_waiting = False
         self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int, str]]] | None = None
         self._applied = False  # the last nftables transaction committed
@@ -218,11 +222,14 @@ class Agent:
                         else self._incumbents,
                         accept_mark=self.settings.accept_mark,
                         route_localnet=self.settings.manage_sysctls and facts.route_localnet)
-        plan = await asyncio.to_thread(planner.plan, snapshot.resources, facts)
+        plan = await asyncio.to_thread(self._planner.plan, snapshot.resources, facts)
+        delta = self._planner.delta
         proxy_states: dict[ResourceRef, ProxyState] = {}
         if self.proxies is not None:
-            plan, proxy_states = await self._sync_proxies(plan, snapshot, facts)
-        tables, digest = await asyncio.to_thread(_render, plan)
+            proxied, proxy_states = await self._sync_proxies(plan, snapshot, facts)
+            if proxied is not plan:  # replanned with ports in use: render it in full
+                plan, delta = proxied, None
+        tables, digest = await asyncio.to_thread(self._render, plan, delta)
         overrides, commands, full = await asyncio.to_thread(
             self._converge_kernel, plan, tables, check_drift, _networks(snapshot))
         if self.proxies is not None and self._applied:
@@ -320,6 +327,11 @@ class Agent:
         return plan, settle.proxy_states(  # a bare claim is not a proxy
             s for k, s in statuses.items() if k not in claimed or s.state == "failed")
 
+    def _render(self, plan: NodePlan, delta: Delta | None
+                ) -> tuple[tuple[ruleset.Table, ruleset.Table], str]:
+        tables = self._renderer.render(plan, delta)
+        return tables, ruleset.digest(tables)
+
     def _publishable(self, report: SyncReport, snapshot: Snapshot) -> Report:
         labels = snapshot.node_labels if snapshot.node_labels is not None else self.settings.labels
         published = replace(node_report(self.settings.node_name, report, snapshot, labels),
@@ -359,9 +371,6 @@ def node_report(node: str, report: SyncReport, snapshot: Snapshot,
     )
 
 
-def _render(plan: NodePlan) -> tuple[tuple[ruleset.Table, ruleset.Table], str]:
-    tables = ruleset.render(plan)
-    return tables, ruleset.digest(tables)
 
 
 def _networks(snapshot: Snapshot) -> set[str]:

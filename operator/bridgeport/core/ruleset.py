@@ -150,7 +150,7 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
     elements: dict[str, set[Element]] = {s.name: set() for s in sets}
     for d in plan.dnats:
         if d.family == version:
-            for name, element in _dnat_elements(d):
+            for name, element in dnat_elements(d):
                 elements[name].add(element)
     source_chains = _source_chains(plan.source_rules, version, ip, elements)
     elements["loop_ports"] |= _loop_port_elements(plan)
@@ -313,7 +313,7 @@ def _kernel_loopback_chains() -> list[Chain]:
     ]
 
 
-def _dnat_elements(d: Dnat) -> list[tuple[str, Element]]:
+def dnat_elements(d: Dnat) -> list[tuple[str, Element]]:
     proto = d.protocol.nft
     host = f"{d.host_ip} . " if d.host_ip is not None else ""
     prefix = "pub_lo" if d.loopback else "pub_host" if d.host_ip is not None else "pub_any"
