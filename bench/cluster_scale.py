@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -369,6 +370,8 @@ def main() -> None:
     ap.add_argument("--skip-controller", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="a tiny size (bench/smoke.py)")
     args = ap.parse_args()
+    # SIGTERM (or SIGINT, ignored in background jobs) still stops the control planes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if args.smoke:
         args.nodes, args.publications, args.groups = 6, 40, 2
         args.changes, args.agent_publications = 2, 300

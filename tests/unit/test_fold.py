@@ -40,6 +40,7 @@ def node_status(labels: dict[str, str], applied: list[tuple[ResourceRef, str, in
 
 
 def status(view: ClusterView, t: Tracked) -> dict[str, Any]:
+    view.flush()
     reports, ready, inactive = view.inputs(t.ref)
     return st.compute_status(st.Resource(t.ref, t.uid, t.generation), reports, NOW, ready,
                              inactive)
@@ -114,7 +115,8 @@ def test_stuck_node_is_pending_never_ready() -> None:
     t2 = Tracked(t.ref, "u1", 2, ALL)
     view.put_resource(t2, 5.0)
     assert status(view, t2)["ready"] == "0/1"
-    assert t2.ref in view.expire(100.0)
+    view.expire(100.0)
+    assert t2.ref in view.flush()
     s = status(view, t2)
     assert s["ready"] == "0/1"
     assert "not yet reported generation 2" in s["problemNodes"][0]["message"]

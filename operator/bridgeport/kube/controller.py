@@ -191,6 +191,7 @@ class Controller:
                 continue
             dirty, self._dirty = self._dirty, set()
             started = time.perf_counter()
+            dirty |= self.store.flush()
             retry = await self.reconcile(dirty)
             RECONCILE_SECONDS.observe(time.perf_counter() - started)
             if retry:
@@ -215,7 +216,6 @@ class Controller:
             except (ApiException, OSError) as exc:
                 ERRORS.labels("list").inc()
                 log.warning("resync listing failed", error=str(exc))
-            self._mark(self.store.expire())
             self._mark(self.store.resources)
 
     async def reconcile(self, refs: Iterable[ResourceRef]) -> set[ResourceRef]:

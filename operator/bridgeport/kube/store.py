@@ -124,8 +124,10 @@ class Store:
         self.node_seen.pop(node, None)
         return self.view.drop_node(node) if node in self.view.nodes else set()
 
-    def expire(self) -> set[ResourceRef]:
-        return self.view.expire(time.monotonic())
+    def flush(self) -> set[ResourceRef]:
+        """Re-check the nodes' digests after a batch of events: refs whose status may move."""
+        self.view.expire(time.monotonic())
+        return self.view.flush()
 
     def inputs(self, ref: ResourceRef) -> tuple[list[Entry], int, int]:
         return self.view.inputs(ref)
