@@ -4,11 +4,11 @@ One writer per object: agents write only their own NodeState (status subresource
 process is the only writer of PortPublication / BridgeNetwork `.status`, and one replica is
 active at a time (kopf peering, `ClusterKopfPeering` named `bridgeport-controller`).
 
-kopf only feeds an in-memory store: `@kopf.index` handlers record every object (they run for
-each event, before anything else) and `@kopf.on.event` handlers record deletions and wake the
-reconciler. kopf holds event handlers back until every indexed kind has finished its first
-listing, so the first event handler call means the store is complete: no status is computed
-from a partial view (which would flap Ready and post bogus Events at every restart). Nothing
+kopf only feeds an in-memory store: `@kopf.on.event` handlers record every object and
+deletion and wake the reconciler (no `@kopf.index`: kopf gates indexed kinds with one toggle
+per object, quadratic in the size of a listing). The store counts as complete once it holds
+every object of a metadata listing made at start: no status is computed from a partial view
+(which would flap Ready and post bogus Events at every restart). Nothing
 is ever written to the resources by kopf: no finalizers, no annotations, no progress storage.
 
 One reconcile task (debounced, coalescing) computes the desired statuses with
@@ -98,7 +98,9 @@ class Controller:
         self._api = api
         self._dirty: set[ResourceRef] = set()
         self._wake = asyncio.Event()
-        self._listed = False  # kopf has delivered the first complete listing of every kind
+        self._listed = False  # the store holds the first complete listing of every kind
+        self._expecting = False  # _expected is known
+        self._expected: set[str] = set()  # listed at start and not seen yet (uids, nodestate/x)
         self._written: dict[str, Written] = {}  # by uid
         self._rejected: dict[str, dict[str, Any]] = {}  # by uid: desired statuses the API refused
         self._failures = 0
@@ -111,33 +113,34 @@ class Controller:
         # A bare OperatorRegistry has none of kopf's default login handlers: use the
         # kubernetes client's (in-cluster service account, else KUBECONFIG), like the API calls.
         kopf.on.login(registry=reg)(kopf.login_via_client)
+        # Event handlers only, no kopf indexes: kopf gates indexed kinds with one toggle per
+        # object, which is quadratic in the objects of a listing (minutes at 10,000).
         for plural in PLURALS.values():
-            kopf.index(GROUP, VERSION, plural, id=f"{plural}-record", registry=reg)(
-                self._record_resource)
             kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-event", registry=reg)(
                 self._resource_event)
-        kopf.index(GROUP, VERSION, NODESTATES, id="nodestates-record", registry=reg)(
-            self._record_node)
         kopf.on.event(GROUP, VERSION, NODESTATES, id="nodestates-event", registry=reg)(
             self._node_event)
 
-    async def _record_resource(self, body: kopf.Body, **_: Any) -> None:
+    def _record_resource(self, body: kopf.Body) -> None:
         if self.namespace_scope and body.metadata.namespace not in (None, self.namespace_scope):
             return
         dirty = self.store.put_resource(_plain(body))[1]
         uid = body.metadata.uid or ""
+        self._expected.discard(uid)
         w = self._written.get(uid)
         if w is not None and body.metadata.get("resourceVersion") == w.resource_version:
             w.caught_up = True
         self._mark(dirty)
-        # Returns None: nothing goes into kopf's own index, the store above is the cache.
 
     async def _resource_event(self, event: Mapping[str, Any], body: kopf.Body,
                               **_: Any) -> None:
         w = self._written.get(body.metadata.uid or "")
         if event.get("type") is None and w is not None:
             w.caught_up = True  # a (re-)listing is at least as new as our finished writes
-        if event.get("type") == "DELETED":
+        if event.get("type") != "DELETED":
+            self._record_resource(body)
+        else:
+            self._expected.discard(body.metadata.uid or "")
             kind = str(body.get("kind", ""))
             ref = ResourceRef(kind, body.metadata.namespace or "", body.metadata.name or "")
             uid = body.metadata.uid or ""
@@ -148,16 +151,42 @@ class Controller:
                 self._mark(dirty)
         self._ready()
 
-    async def _record_node(self, name: str, status: Mapping[str, Any], **_: Any) -> None:
-        self._mark(self.store.put_node(name, status))
-
-    async def _node_event(self, event: Mapping[str, Any], name: str, **_: Any) -> None:
+    async def _node_event(self, event: Mapping[str, Any], name: str, status: Mapping[str, Any],
+                          **_: Any) -> None:
+        self._expected.discard(f"nodestate/{name}")
         if event.get("type") == "DELETED":
             self._mark(self.store.drop_node(name))
+        else:
+            self._mark(self.store.put_node(name, status))
         self._ready()
 
+    async def _expect_listing(self) -> None:
+        """What a complete store holds: every object of a metadata listing made at start (and
+        made again while some never arrive: they were deleted meanwhile)."""
+        delay = 10.0
+        while not self._listed:
+            try:
+                expected = set(await asyncio.to_thread(
+                    self._list_metadata, PLURALS[PORT_PUBLICATION], "uid"))
+                expected |= await asyncio.to_thread(
+                    self._list_metadata, PLURALS[BRIDGE_NETWORK], "uid")
+                expected |= {f"nodestate/{n}" for n in await asyncio.to_thread(
+                    self._list_metadata, NODESTATES, "name")}
+            except (ApiException, OSError) as exc:
+                ERRORS.labels("list").inc()
+                log.warning("cannot list for the first complete view; retrying", error=str(exc))
+                await asyncio.sleep(5.0)
+                continue
+            seen = {c.resource.uid for c in self.store.resources.values()}
+            seen |= {f"nodestate/{n}" for n in self.store.node_seen}
+            self._expected = expected - seen
+            self._expecting = True
+            self._ready()
+            await asyncio.sleep(delay)  # a standby (paused by peering) sees no events at all
+            delay = min(300.0, delay * 2)
+
     def _ready(self) -> None:
-        if not self._listed:
+        if not self._listed and self._expecting and not self._expected:
             log.info("first complete listing received", resources=len(self.store.resources),
                      nodes=len(self.store.nodes))
             self._listed = True
@@ -424,7 +453,8 @@ class Controller:
 
         # Started before kopf, so kopf's shutdown leaves them to us (it only reaps its own).
         tasks = [asyncio.create_task(self.reconcile_forever(), name="bridgeport reconciler"),
-                 asyncio.create_task(self.resync_forever(), name="bridgeport resync")]
+                 asyncio.create_task(self.resync_forever(), name="bridgeport resync"),
+                 asyncio.create_task(self._expect_listing(), name="bridgeport first listing")]
         if self.peering:
             tasks.append(asyncio.create_task(self.explain_peering_wait(), name="peering check"))
         log.info("controller starting", identity=self.identity, peering=self.peering,
