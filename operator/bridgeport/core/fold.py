@@ -195,6 +195,12 @@ class ClusterView:
                 self._recent_by_bucket[b].discard(ref)
                 self._pending_buckets.add(b)
 
+    @property
+    def pending(self) -> bool:
+        """Whether updates wait for flush() (a report whose digests changed, and nothing
+        else, marks no ref dirty until then)."""
+        return bool(self._pending_buckets or self._pending_nodes)
+
     def flush(self) -> set[ResourceRef]:
         """Re-check what changed since the last flush; the refs whose verdicts moved."""
         dirty: set[ResourceRef] = set()

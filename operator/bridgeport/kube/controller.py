@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from bridgeport.core import status as st
 from bridgeport.core.specs import (
     API_VERSION,
+    BRIDGE_NETWORK,
     GROUP,
     NODESTATES,
     PLURALS,
@@ -191,12 +192,12 @@ class Controller:
                      nodes=len(self.store.nodes))
             self._listed = True
             self._dirty.update(self.store.resources)
-        if self._dirty:
+        if self._listed and (self._dirty or self.store.view.pending):
             self._wake.set()
 
     def _mark(self, refs: Iterable[ResourceRef]) -> None:
         self._dirty.update(refs)
-        if self._listed and self._dirty:
+        if self._listed and (self._dirty or self.store.view.pending):
             self._wake.set()
 
     # the reconciler -----------------------------------------------------------------------
@@ -212,7 +213,7 @@ class Controller:
             await self._wake.wait()
             await asyncio.sleep(self.debounce)  # coalesce a burst of reports into one pass
             self._wake.clear()
-            if not self._listed or not self._dirty:
+            if not self._listed or not (self._dirty or self.store.view.pending):
                 continue
             if not await self._active():
                 await asyncio.sleep(5.0)
