@@ -129,9 +129,10 @@ class IncrementalPlanner:
                 or any(not isinstance(o, InvalidResource) and o.meta.ref in pubs
                        for o in others_t)):
             return self._full(resources, facts, pubs, others_t)
-        changed = [ref for ref in pubs.keys() | self._pubs.keys()
-                   if pubs.get(ref) is not self._pubs.get(ref)
-                   and pubs.get(ref) != self._pubs.get(ref)]
+        prev = self._pubs
+        changed = [ref for ref, pub in pubs.items()
+                   if (old := prev.get(ref)) is not pub and old != pub]
+        changed += prev.keys() - pubs.keys()
         return self._partial(changed, pubs, facts)
 
     def _full(self, resources: Sequence[ParseResult], facts: NodeFacts,
