@@ -359,6 +359,14 @@ def agent_scale(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str]]
         node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
 
 
+class Rows(list[tuple[str, str]]):
+    """Printed as they come too: a later failure must not lose what was measured."""
+
+    def append(self, row: tuple[str, str]) -> None:
+        print(f"  {row[0]}: {row[1]}", file=sys.stderr, flush=True)
+        super().append(row)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=1000)
@@ -376,7 +384,7 @@ def main() -> None:
         args.nodes, args.publications, args.groups = 6, 40, 2
         args.changes, args.agent_publications = 2, 300
     controlplane.ensure_built()
-    rows: list[tuple[str, str]] = []
+    rows = Rows()
     with tempfile.TemporaryDirectory(prefix="bp-cluster-scale-") as tmp:
         if not args.skip_controller:
             controller_scale(args, Path(tmp), rows)

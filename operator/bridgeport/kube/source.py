@@ -173,7 +173,9 @@ class KubeSource:
     async def run(self, changed: Callable[[], None]) -> None:
         self._changed = changed
         settings = kopf_settings()  # the data plane does not need the API: retry forever
-        settings.networking.request_timeout = 30
+        # kopf lists each kind in one unpaged request: 100,000 publications take longer than
+        # 30 s to list (and the watch has its own timeouts).
+        settings.networking.request_timeout = 300
         waiter = asyncio.create_task(self._warn_if_no_node())
         lister = asyncio.create_task(self._expect_listing())
         try:
