@@ -32,7 +32,7 @@ from bridgeport.core.specs import NodeSelector, ResourceRef
 
 WINDOW = 600.0  # seconds a change stays a candidate explanation of a node's mismatch
 MAX_HISTORY = 4  # earlier incarnations/generations remembered per resource
-MAX_SEARCH = 4096  # combinations tried per mismatched bucket before giving up (pending)
+MAX_SEARCH = 20_000  # explanations tried per mismatched bucket before giving up (pending)
 PENDING_REASON = "ReportPending"
 
 # A mismatched bucket's explanation: the candidates not at their current generation, each
@@ -311,31 +311,33 @@ class ClusterView:
             return {}
         candidates = sorted(r for r in self._recent_by_bucket.get(b, ()) if r not in node.listed)
         base = expected
-        options: list[list[tuple[int | None, int]]] = []
+        current: dict[ResourceRef, int] = {}  # candidates counted in `expected`
+        others: list[list[tuple[ResourceRef, int | None, int]]] = []  # their other options
         for ref in candidates:
             t = self.tracked.get(ref)
-            opts: list[tuple[int | None, int]] = []
-            if self._selected(node, t):
-                assert t is not None
-                base ^= t.item
-                opts.append((-1, t.item))  # -1: at the current generation
+            cur = t.item if t is not None and self._selected(node, t) else 0
+            current[ref] = cur
+            opts: list[tuple[ResourceRef, int | None, int]] = []
             for uid, gen in self._recent[ref].earlier:
                 same = t is not None and t.uid == uid
-                opts.append((gen if same else None, summary.item(ref, uid, gen)))
-            opts.append((None, 0))
-            options.append(opts)
-        size = 1
-        for opts in options:
-            size *= len(opts)
-        if size > MAX_SEARCH:
-            return None
-        for combo in itertools.product(*options):
-            x = base
-            for _, value in combo:
-                x ^= value
-            if x == target:
-                return {ref: gen for ref, (gen, _) in zip(candidates, combo, strict=True)
-                        if gen != -1}
+                opts.append((ref, gen if same else None, summary.item(ref, uid, gen) ^ cur))
+            if cur:
+                opts.append((ref, None, cur))  # not applied at all
+            others.append(opts)
+        # Fewest lagging resources first: one, then two, then three (a mass change that
+        # leaves more of one bucket behind makes it pending until the node catches up).
+        tries = 0
+        for k in range(1, min(3, len(others)) + 1):
+            for group in itertools.combinations(others, k):
+                for combo in itertools.product(*group):
+                    tries += 1
+                    if tries > MAX_SEARCH:
+                        return None
+                    x = base
+                    for _, _, flip in combo:
+                        x ^= flip
+                    if x == target:
+                        return {ref: gen for ref, gen, _ in combo}
         return None
 
     # status inputs ------------------------------------------------------------------------
