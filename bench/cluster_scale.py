@@ -321,8 +321,12 @@ def agent_scale(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str]]
         co = api_client(cp)
         namespace(cp, NS)
         started = time.monotonic()
-        docs = [publication(i, {"bench-agent": "yes" if i % (total // mine) == 0 else "no"})
+        step = total // mine
+        docs = [publication(i // step if i % step == 0 else i,
+                            {"bench-agent": "yes" if i % step == 0 else "no"})
                 for i in range(total)]
+        for i, doc in enumerate(docs):
+            doc["metadata"]["name"] = f"p{i:06d}"
         create_all(co, docs)
         create_s = time.monotonic() - started
         cp.kubectl("apply", "-f", "-", input=json.dumps({
@@ -349,9 +353,10 @@ def agent_scale(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str]]
                 doc = json.loads(state.read_text())
             except (OSError, ValueError):
                 return False
-            return int(doc["counts"].get("Applied", 0)) >= mine
+            states = ("Applied", "Inactive", "Conflicted", "Invalid", "Failed")
+            return sum(int(doc["counts"].get(k, 0)) for k in states) >= total
 
-        wait(planned, f"the agent's plan of {mine} publications", timeout=3600, interval=0.1)
+        wait(planned, f"the agent's plan of {total} publications", timeout=3600, interval=0.1)
         plan_s = time.monotonic() - started
         rows.append((f"agent watching {total:,} publications ({mine:,} select it)",
                      f"created in {create_s:.0f}s; start -> plan applied {plan_s:.1f}s; RSS "
