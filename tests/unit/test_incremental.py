@@ -1,10 +1,10 @@
 """Incremental planning and rendering (pure): always what the full planner and renderer give.
 
 Property (hypothesis): over random edit sequences (publications added, removed, moved to other
-ports, ranges, host IPs, protocols and targets; networks and node facts changing now and
-then; invalid documents), after every edit the incremental plan equals `planner.plan` and the
-patched tables equal `ruleset.render`. Scenarios: one changed publication among many replans
-only its port group; a network change replans everything.
+ports, ranges, host IPs (0.0.0.0 and :: included), protocols, dual-stack targets; networks with
+interContainer on and off and node facts changing now and then; invalid documents), after
+every edit the incremental plan equals `planner.plan` and the patched tables equal
+`ruleset.render`. Scenario: one changed publication among many replans only its port group.
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ FACTS = NodeFacts("n", {"zone": "a"}, frozenset({specs.ipaddress.ip_address(NODE
 
 
 def pub_doc(name: str, port: int, span: int, proto: str, host_ip: str | None, target: int,
-            created: int, loopback: str, zone: str | None) -> dict[str, Any]:
+            created: int, loopback: str, zone: str | None, dual: bool = False
+            ) -> dict[str, Any]:
     spec: dict[str, Any] = {"protocol": proto, "hostPort": port, "loopback": loopback,
                             "target": {"address": f"10.9.0.{target}", "port": 80}}
+    if dual:
+        spec["target"]["address6"] = f"fd00:9::{target}"
     if span:
         spec["hostPortEnd"] = port + span
     if host_ip:
@@ -39,21 +42,24 @@ def pub_doc(name: str, port: int, span: int, proto: str, host_ip: str | None, ta
             "spec": spec}
 
 
-def net_doc(subnet: str) -> dict[str, Any]:
+def net_doc(subnet: str, icc: bool = True) -> dict[str, Any]:
     return {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "n1"},
-            "spec": {"subnet": subnet}}
+            "spec": {"subnet": subnet, "subnet6": "fd00:9::/64", "interContainer": icc}}
 
 
 pubs = st.builds(
     pub_doc, name=st.sampled_from([f"p{i}" for i in range(12)]),
     port=st.integers(8000, 8012), span=st.sampled_from([0, 0, 0, 2]),
-    proto=st.sampled_from(["TCP", "UDP"]), host_ip=st.sampled_from([None, NODE_IP, "192.0.2.9"]),
+    proto=st.sampled_from(["TCP", "UDP"]),
+    host_ip=st.sampled_from([None, NODE_IP, "192.0.2.9", "0.0.0.0", "::"]),
     target=st.integers(2, 5), created=st.integers(0, 5),
-    loopback=st.sampled_from(["Never", "Auto"]), zone=st.sampled_from([None, "a", "b"]))
+    loopback=st.sampled_from(["Never", "Auto"]), zone=st.sampled_from([None, "a", "b"]),
+    dual=st.booleans())
 edits = st.one_of(
     st.tuples(st.just("put"), pubs),
     st.tuples(st.just("drop"), st.sampled_from([f"p{i}" for i in range(12)])),
-    st.tuples(st.just("net"), st.sampled_from(["10.9.0.0/24", "10.8.0.0/24"])),
+    st.tuples(st.just("net"), st.sampled_from([("10.9.0.0/24", True), ("10.8.0.0/24", True),
+                                               ("10.9.0.0/24", False)])),
     st.tuples(st.just("facts"), st.sampled_from([True, False])),
     st.tuples(st.just("invalid"), st.sampled_from(["p3", "bad"])),
 )
@@ -74,7 +80,7 @@ def test_incremental_equals_full(initial: list[dict[str, Any]], steps: list[Any]
         elif kind == "drop":
             docs.pop(arg, None)
         elif kind == "net":
-            net = net_doc(arg)
+            net = net_doc(*arg)
         elif kind == "facts":
             facts = NodeFacts("n", {"zone": "a"}, FACTS.addresses, ipv4_forwarding=arg)
         elif kind == "invalid":
