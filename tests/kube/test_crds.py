@@ -515,19 +515,20 @@ def test_nodestate_holds_a_20000_publication_report(crds: Any, kube_client: Any)
     in it (500 entries, 20,000 in the digests), a few dozen KB."""
     from kubernetes import client
 
-    from bridgeport.kube.nodestate import status_from_state
+    from bridgeport.core.report import Entry, Report
+    from bridgeport.core.specs import ResourceRef
 
     api: Any = client.CustomObjectsApi(kube_client)
     node = "huge-node"
     args = ("bridgeport.io", "v1alpha1", "nodestates")
-    resources = [{"kind": specs.PORT_PUBLICATION, "namespace": "default", "name": f"pp-{i:05d}",
-                  "generation": 1, "uid": f"u-{i}", "state": "Applied" if i >= 500 else
-                  "Conflicted", "reason": "PortTaken", "message": "taken", "proxy": "off"}
-                 for i in range(20_500)]
-    status = status_from_state({
-        "agentVersion": "0.1.0", "lastSync": "2026-01-02T03:04:05.678+00:00", "tableDigest": "x",
-        "counts": {"Applied": 20_000, "Conflicted": 500}, "resources": resources, "errors": [],
-        "labels": {"zone": "a"}})
+    entries = tuple(
+        Entry(node, ResourceRef(specs.PORT_PUBLICATION, "default", f"pp-{i:05d}"), f"u-{i}", 1,
+              "Applied" if i >= 500 else "Conflicted", "PortTaken", "taken")
+        for i in range(20_500))
+    status = Report(node=node, agent_version="0.1.0",
+                    last_sync="2026-01-02T03:04:05.678+00:00", last_sync_ms=1.0,
+                    table_digest="x", counts={"Applied": 20_000, "Conflicted": 500},
+                    entries=entries, labels={"zone": "a"}).status()[0]
     assert len(json.dumps(status)) < 100_000
     api.create_cluster_custom_object(*args, nodestate(node))
     try:
