@@ -1,10 +1,11 @@
 """Incremental planning and rendering (pure): always what the full planner and renderer give.
 
 Property (hypothesis): over random edit sequences (publications added, removed, moved to other
-ports, ranges, host IPs (0.0.0.0 and :: included), protocols, dual-stack targets; networks with
-interContainer on and off and node facts changing now and then; invalid documents), after
-every edit the incremental plan equals `planner.plan` and the patched tables equal
-`ruleset.render`. Scenario: one changed publication among many replans only its port group.
+ports, ranges, host IPs (0.0.0.0 and :: included), protocols, dual-stack targets,
+allowedSources; networks with interContainer on and off and node facts changing now and
+then; invalid documents), after every edit the incremental plan equals `planner.plan` and
+the patched tables equal `ruleset.render`. Scenario: one changed publication among many
+replans only its port group.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ FACTS = NodeFacts("n", {"zone": "a"}, frozenset({specs.ipaddress.ip_address(NODE
 
 
 def pub_doc(name: str, port: int, span: int, proto: str, host_ip: str | None, target: int,
-            created: int, loopback: str, zone: str | None, dual: bool = False
-            ) -> dict[str, Any]:
+            created: int, loopback: str, zone: str | None, dual: bool = False,
+            sources: bool = False) -> dict[str, Any]:
     spec: dict[str, Any] = {"protocol": proto, "hostPort": port, "loopback": loopback,
                             "target": {"address": f"10.9.0.{target}", "port": 80}}
+    if sources:
+        spec["allowedSources"] = ["198.51.100.0/24", f"203.0.113.{target}/32"]
     if dual:
         spec["target"]["address6"] = f"fd00:9::{target}"
     if span:
@@ -54,7 +57,7 @@ pubs = st.builds(
     host_ip=st.sampled_from([None, NODE_IP, "192.0.2.9", "0.0.0.0", "::"]),
     target=st.integers(2, 5), created=st.integers(0, 5),
     loopback=st.sampled_from(["Never", "Auto"]), zone=st.sampled_from([None, "a", "b"]),
-    dual=st.booleans())
+    dual=st.booleans(), sources=st.booleans())
 edits = st.one_of(
     st.tuples(st.just("put"), pubs),
     st.tuples(st.just("drop"), st.sampled_from([f"p{i}" for i in range(12)])),

@@ -10,7 +10,8 @@ networks, invalid or duplicate documents) replans the node in full. Groups only 
 between full plans: a group larger than needed costs time, never correctness.
 
 `IncrementalRenderer` patches the previous tables' map elements with the DNATs that left and
-joined, and renders in full whenever bridges or anything but DNATs changed.
+joined (and recomputes the merged loop-port set, a few ms), and renders in full whenever
+bridges or source allowlists changed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bridgeport.core import planner, ruleset
-from bridgeport.core.plan import Dnat, NodeFacts, NodePlan, Outcome, ProxyPort
+from bridgeport.core.plan import Claim, Dnat, NodeFacts, NodePlan, Outcome, ProxyPort
 from bridgeport.core.specs import (
     InvalidResource,
     ParseResult,
@@ -39,6 +40,7 @@ class Delta:
     before: NodePlan  # the plan this one was derived from
     removed: tuple[Dnat, ...]
     added: tuple[Dnat, ...]
+    sources_changed: bool = False  # spec.allowedSources rules moved: render in full
 
 
 class _Groups:
@@ -101,6 +103,10 @@ def _outcome_order(o: Outcome) -> ResourceRef:
     return o.ref
 
 
+def _claim_order(c: Claim) -> Any:
+    return c.key
+
+
 class IncrementalPlanner:
     def __init__(self) -> None:
         self._facts: NodeFacts | None = None
@@ -114,6 +120,9 @@ class IncrementalPlanner:
         self._sorted_dnats = _Sorted(planner._dnat_order)
         self._sorted_proxies = _Sorted(_proxy_order)
         self._sorted_outcomes = _Sorted(_outcome_order)
+        self._claims: dict[ResourceRef, tuple[Claim, ...]] = {}
+        self._sorted_claims = _Sorted(_claim_order)
+        self._sources: dict[ResourceRef, tuple[Any, ...]] = {}
         self.delta: Delta | None = None  # of the last plan; None when it was a full plan
 
     def plan(self, resources: Sequence[ParseResult], facts: NodeFacts) -> NodePlan:
@@ -148,6 +157,9 @@ class IncrementalPlanner:
         self._sorted_dnats = _Sorted(planner._dnat_order, result.dnats)
         self._sorted_proxies = _Sorted(_proxy_order, result.proxies)
         self._sorted_outcomes = _Sorted(_outcome_order, result.outcomes)
+        self._claims = _by_owner(result.claims)
+        self._sorted_claims = _Sorted(_claim_order, result.claims)
+        self._sources = _by_owner(result.source_rules)
         self._base = result
         self.delta = None
         return result
@@ -173,6 +185,8 @@ class IncrementalPlanner:
         removed: list[Dnat] = []
         added: list[Dnat] = []
         new_dnats, new_proxies = _by_owner(sub.dnats), _by_owner(sub.proxies)
+        new_claims, new_sources = _by_owner(sub.claims), _by_owner(sub.source_rules)
+        sources_changed = False
         new_outcomes = {o.ref: o for o in sub.outcomes}
         for ref in members:
             before, after = self._dnats.pop(ref, ()), new_dnats.get(ref, ())
@@ -201,9 +215,25 @@ class IncrementalPlanner:
                     self._sorted_outcomes.add(o_after)
             if o_after is not None:
                 self._outcomes[ref] = o_after
-        self.delta = Delta(before_plan, tuple(removed), tuple(added))
+            c_before, c_after = self._claims.pop(ref, ()), new_claims.get(ref, ())
+            if c_before != c_after:
+                for c in c_before:
+                    self._sorted_claims.remove(c)
+                for c in c_after:
+                    self._sorted_claims.add(c)
+            if c_after:
+                self._claims[ref] = c_after
+            s_before, s_after = self._sources.pop(ref, ()), new_sources.get(ref, ())
+            sources_changed |= s_before != s_after
+            if s_after:
+                self._sources[ref] = s_after
+        self.delta = Delta(before_plan, tuple(removed), tuple(added), sources_changed)
+        # The planner lists source rules in the order it plans publications: oldest first.
+        owners = sorted(self._sources, key=lambda r: self._pubs[r].meta.age_key)
         self._base = replace(self._base, dnats=tuple(self._sorted_dnats.items),
                              proxies=tuple(self._sorted_proxies.items),
+                             claims=tuple(self._sorted_claims.items),
+                             source_rules=tuple(x for r in owners for x in self._sources[r]),
                              outcomes=tuple(self._sorted_outcomes.items))
         return self._base
 
@@ -231,17 +261,19 @@ class IncrementalRenderer:
     def render(self, plan: NodePlan, delta: Delta | None
                ) -> tuple[ruleset.Table, ruleset.Table]:
         prev = self._plan
-        if (delta is None or prev is None or self._tables is None
+        if (delta is None or prev is None or self._tables is None or delta.sources_changed
                 or delta.before is not prev or prev.bridges != plan.bridges):
             tables = ruleset.render(plan)
         else:
-            tables = (self._patch(self._tables[0], delta, 4),
-                      self._patch(self._tables[1], delta, 6))
+            loop = ruleset.loop_port_elements(plan)
+            tables = (self._patch(self._tables[0], delta, 4, loop),
+                      self._patch(self._tables[1], delta, 6, loop))
         self._plan, self._tables = plan, tables
         return tables
 
     @staticmethod
-    def _patch(table: ruleset.Table, delta: Delta, version: int) -> ruleset.Table:
+    def _patch(table: ruleset.Table, delta: Delta, version: int,
+               loop: frozenset[ruleset.Element] | None) -> ruleset.Table:
         gone: dict[str, set[ruleset.Element]] = {}
         new: dict[str, set[ruleset.Element]] = {}
         for d in delta.removed:
@@ -252,10 +284,12 @@ class IncrementalRenderer:
             if d.family == version:
                 for name, e in ruleset.dnat_elements(d):
                     new.setdefault(name, set()).add(e)
-        if not gone and not new:
+        if not gone and not new and loop is None:
             return table
         elements = dict(table.elements)
         for name in gone.keys() | new.keys():
             elements[name] = (elements.get(name, frozenset()) - gone.get(name, set())
                               ) | new.get(name, set())
+        if loop is not None:  # every published port range, merged: derived from all DNATs
+            elements[ruleset.LOOP_PORTS] = loop
         return replace(table, elements=elements)

@@ -21,6 +21,7 @@ from bridgeport.core.plan import BridgePlan, Dnat, NodePlan, SourceRule
 from bridgeport.core.specs import IFNAME, GatewayMode, Protocol
 
 TABLE = "bridgeport"
+LOOP_PORTS = "loop_ports"
 FAMILIES = ("ip", "ip6")
 COMMENT = "managed by bridgeport; changes are reverted"
 _SAFE_COMMENT = re.compile(r"^[a-z0-9./-]{1,128}$")
@@ -135,7 +136,7 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         SetDecl("src_host", f"{addr} . inet_proto . inet_service : verdict"),
         SetDecl("src_any", "inet_proto . inet_service : verdict"),
         # Every published protocol . port: remote loopback to these is dropped in raw.
-        SetDecl("loop_ports", "inet_proto . inet_service", interval=True),
+        SetDecl(LOOP_PORTS, "inet_proto . inet_service", interval=True),
         SetDecl("shared", "ifname"),
         SetDecl("bridges", "ifname"),
         SetDecl("routed", f"{addr} . inet_proto . inet_service", interval=True),
@@ -153,7 +154,7 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
             for name, element in dnat_elements(d):
                 elements[name].add(element)
     source_chains = _source_chains(plan.source_rules, version, ip, elements)
-    elements["loop_ports"] |= _loop_port_elements(plan)
+    elements[LOOP_PORTS] |= _loop_port_elements(plan)
     # The same check on the DNAT path (nat, first packet of a flow) and on the proxy's path
     # (input, new flows): two hash lookups, then the publication's own short list.
     check = (f"{ip} daddr . meta l4proto . th dport vmap @src_host",
@@ -363,6 +364,11 @@ def _source_chains(rules: Iterable[SourceRule], version: int, ip: str,
                 taken.add((target, key))
                 elements[target].add(Element(key, f"jump {name}", _comment(r.owner.key)))
     return list(chains.values())
+
+
+def loop_port_elements(plan: NodePlan) -> frozenset[Element]:
+    """The loop-port set's elements (the incremental renderer recomputes them)."""
+    return frozenset(_loop_port_elements(plan))
 
 
 def _loop_port_elements(plan: NodePlan) -> set[Element]:
