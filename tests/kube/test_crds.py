@@ -523,7 +523,8 @@ def test_nodestate_holds_a_20000_publication_report(crds: Any, kube_client: Any)
     args = ("bridgeport.io", "v1alpha1", "nodestates")
     entries = tuple(
         Entry(node, ResourceRef(specs.PORT_PUBLICATION, "default", f"pp-{i:05d}"), f"u-{i}", 1,
-              "Applied" if i >= 500 else "Conflicted", "PortTaken", "taken")
+              *(("Applied", "Programmed") if i >= 500 else ("Conflicted", "PortTaken")),
+              "taken")
         for i in range(20_500))
     status = Report(node=node, agent_version="0.1.0",
                     last_sync="2026-01-02T03:04:05.678+00:00", last_sync_ms=1.0,

@@ -98,10 +98,12 @@ def test_apply_serves_traffic_and_reports(w: KubeWorld) -> None:
         state = w.get("nodestates", node.name)
         owner = state["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"]) == ("Node", node.name)
-        # Applied outcomes are summarised (digests), not listed: nothing is listed here.
-        assert state["status"]["resources"] == [], state["status"]["resources"]
-        assert state["status"]["applied"]["count"] == state["status"]["counts"]["Applied"] >= 2
-        assert state["status"]["labels"]["zone"].startswith("zone-")
+        # Plain Applied outcomes are summarised (digests), not listed.
+        listed = state["status"]["resources"]
+        assert not [r for r in listed if r["state"] == "Applied" and
+                    r.get("reason", "Programmed") == "Programmed"], listed
+        assert state["status"]["applied"]["count"] >= 1, state["status"]
+        assert state["status"]["labels"] == w.get("node", node.name)["metadata"]["labels"]
 
 
 def test_spec_change_is_followed(w: KubeWorld) -> None:
