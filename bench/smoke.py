@@ -20,6 +20,8 @@ HERE = Path(__file__).resolve().parent
 SMOKE: dict[str, list[str]] = {
     "dataplane.py": ["--seconds", "1", "--publications", "50"],
     "idle.py": ["--seconds", "2", "--ports", "1"],
+    "input_stall.py": ["--resources", "50", "--rounds", "1", "--window", "20", "--baseline",
+                       "1"],
     "kube_latency.py": ["--changes", "3"],
     "proxy/run.py": ["--seconds", "1", "--rounds", "1", "--ports", "10"],
     "cluster_scale.py": ["--smoke"],
