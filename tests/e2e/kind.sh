@@ -19,7 +19,7 @@
 #
 # Steps: docker build operator/Dockerfile -> kind create cluster (kind-config.yaml: dual stack,
 # 1 control plane + 2 workers) -> [CNI] -> kind load docker-image -> CRDs -> helm install
-# charts/bridgeport -> pytest tests/kube/test_e2e.py tests/kube/test_kind.py -> helm test.
+# charts/bridgeport -> helm test -> pytest tests/kube/test_e2e.py tests/kube/test_kind.py.
 # The tests reach the cluster through BRIDGEPORT_E2E_KUBECONFIG and run node-side commands with
 # BRIDGEPORT_E2E_NODE_EXEC="docker exec {node}" (kind nodes are containers named after their
 # Nodes). The cluster is deleted on exit, whatever happened (trap), unless KEEP_CLUSTER=1.
@@ -142,6 +142,10 @@ for node in $(kind get nodes --name "$cluster"); do
     docker cp -q "$repo/tests/tools" "$node:/bridgeport-tools"
 done
 
+# As a user would right after installing (agents idle, before the load tests).
+step "helm test $release (the chart's own test)" \
+    "$helm" test "$release" --namespace "$namespace" --logs --timeout 3m
+
 export BRIDGEPORT_E2E_KUBECONFIG="$kubeconfig"
 export BRIDGEPORT_E2E_NODE_EXEC="docker exec {node}"
 export BRIDGEPORT_E2E_NAMESPACE="$namespace" BRIDGEPORT_E2E_RELEASE="$release"
@@ -151,9 +155,5 @@ log "running tests/kube/test_e2e.py and tests/kube/test_kind.py against the kind
 status=0
 "$python" -m pytest -q -p no:cacheprovider "$repo/tests/kube/test_e2e.py" \
     "$repo/tests/kube/test_kind.py" "$@" || status=$?
-if ((status == 0)); then
-    log "helm test $release (the chart's own test, as a user runs it)"
-    "$helm" test "$release" --namespace "$namespace" --logs --timeout 3m || status=$?
-fi
 log "done (status $status)"
 exit "$status"
