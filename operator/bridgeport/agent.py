@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from bridgeport import __version__, metrics
 from bridgeport.adapters.dataplane import Dataplane, KernelDataplane, NftError
 from bridgeport.adapters.statefile import write_atomic
-from bridgeport.core import firstseen, ruleset, settle
+from bridgeport.core import doctor, firstseen, ruleset, settle
 from bridgeport.core.incremental import Delta, IncrementalPlanner, IncrementalRenderer
 from bridgeport.core.plan import (
     Claim,
@@ -98,6 +98,13 @@ class AgentSettings:
     accept_mark: Fwmark | None = None
     """Packets with this mark pass our forward drops (Docker 29's --bridge-accept-fwmark)."""
 
+    counters: bool = True
+    """Per-publication packet/byte counters in our tables (`--no-publication-counters`)."""
+
+    doctor_interval: float = 300.0
+    """Run the `doctor` checks after the first sync, then on a resync at most this often
+    (seconds; 0: never). They read the whole ruleset, so they never get a timer of their own."""
+
 
 class Agent:
     def __init__(
@@ -120,13 +127,15 @@ class Agent:
         self._last_digest = ""
         # Plan and render in O(change); each equals the full planner/renderer (tested).
         self._planner = IncrementalPlanner()
-        self._renderer = IncrementalRenderer()
+        self._renderer = IncrementalRenderer(counters=settings.counters)
         self._said_waiting = False
         self._udp_mappings: dict[tuple[int, int], set[tuple[str, str, int, str]]] | None = None
         self._applied = False  # the last nftables transaction committed
         # Incumbency: what is Applied here keeps its claims. Until the first reconcile, what
         # the state file says was Applied (else the kernel's bridges).
         self._first_seen, self._incumbents = _remembered(self.settings.state_file)
+        self._node_check: dict[str, Any] | None = None
+        self._node_check_at = 0.0
 
     def mark_dirty(self, trigger: str = "resources") -> None:
         metrics.TRIGGERS.labels(trigger).inc()
@@ -192,6 +201,7 @@ class Agent:
             log.exception("reconcile failed", error=str(exc))
             return None
         metrics.RECONCILE_SECONDS.observe(report.duration)
+        await self._check_node(check_drift)
         # Thousands of resources make this tens of milliseconds: off the loop, like planning.
         published = await asyncio.to_thread(self._publishable, report, snapshot)
         for publish in self.reporters:
@@ -262,6 +272,41 @@ class Agent:
                 log.warning("resource not applied", resource=p[0], state=p[1], reason=p[2],
                             message=p[3])
         self._reported = problems
+        metrics.RESOURCE_PROBLEMS.clear()
+        for o in sorted((o for o in outcomes if o.state not in (State.APPLIED, State.INACTIVE)),
+                        key=lambda o: o.ref)[:metrics.MAX_PROBLEM_SERIES]:
+            metrics.RESOURCE_PROBLEMS.labels(o.ref.kind, o.ref.namespace, o.ref.name,
+                                             o.state.value, o.reason).set(1)
+
+    async def _check_node(self, periodic: bool) -> None:
+        """The doctor's findings, after the first sync and then on resyncs at most every
+        doctor_interval: it reads the whole ruleset, so it never runs on its own timer."""
+        now, interval = time.monotonic(), self.settings.doctor_interval
+        if not interval or (self._node_check is not None and (
+                not periodic or now - self._node_check_at < interval)):
+            return
+        self._node_check_at = now
+        try:
+            findings = await asyncio.to_thread(self.dataplane.check_node)
+        except Exception as exc:  # a diagnosis must never disturb the data plane
+            metrics.ERRORS.labels("doctor").inc()
+            log.warning("node check failed", error=str(exc))
+            return
+        severity = doctor.worst(findings)
+        metrics.DOCTOR_FINDINGS.clear()
+        for f in findings:
+            metrics.DOCTOR_FINDINGS.labels(f.check, f.severity).inc()
+        before = self._node_check or {}
+        if before.get("severity") != severity:
+            emit = log.warning if severity != doctor.INFO else log.info
+            emit("node check", severity=severity, summary=doctor.summary(findings))
+        self._node_check = {
+            "severity": severity,
+            "since": before.get("since") if before.get("severity") == severity
+            else datetime.now(UTC).isoformat(timespec="seconds"),
+            "summary": doctor.summary(findings),
+            "findings": [f.as_dict() for f in findings],
+        }
 
     def _converge_kernel(self, plan: NodePlan, tables: Sequence[ruleset.Table],
                          check_drift: bool, networks: set[str],
@@ -334,7 +379,8 @@ class Agent:
 
     def _publishable(self, report: SyncReport, snapshot: Snapshot) -> Report:
         labels = snapshot.node_labels if snapshot.node_labels is not None else self.settings.labels
-        published = replace(node_report(self.settings.node_name, report, snapshot, labels),
+        published = replace(node_report(self.settings.node_name, report, snapshot, labels,
+                                        self._node_check),
                             first_seen=dict(self._first_seen))
         self._write_state(published)
         return published
@@ -349,7 +395,8 @@ class Agent:
 
 
 def node_report(node: str, report: SyncReport, snapshot: Snapshot,
-                labels: Mapping[str, str] | None = None) -> Report:
+                labels: Mapping[str, str] | None = None,
+                node_check: Mapping[str, Any] | None = None) -> Report:
     """What the node tells the world about this reconcile (state file, NodeState)."""
     entries = tuple(
         Entry(node, o.ref, o.uid, o.generation, o.state.value, o.reason, o.message,
@@ -368,6 +415,7 @@ def node_report(node: str, report: SyncReport, snapshot: Snapshot,
         entries=entries,
         errors=(*snapshot.errors, *plan.errors),
         labels=dict(labels or {}),  # what nodeSelectors were matched against
+        node_check=node_check,
     )
 
 

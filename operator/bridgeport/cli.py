@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -120,6 +121,13 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--accept-fwmark", type=_fwmark, metavar="MARK[/MASK]",
                    default=os.environ.get("BRIDGEPORT_ACCEPT_FWMARK") or None,
                    help=ACCEPT_FWMARK_HELP)
+    a.add_argument("--no-publication-counters", action="store_true",
+                   default=os.environ.get("BRIDGEPORT_PUBLICATION_COUNTERS", "").lower()
+                   == "false",
+                   help="no per-publication packet/byte counters in the kernel path")
+    a.add_argument("--doctor-interval", type=float, default=300.0, metavar="SECONDS",
+                   help="run the `doctor` checks on a resync at most this often (0: never); "
+                   "findings go to /metrics and the NodeState's NodeHealthy condition")
 
     c = sub.add_parser("controller", help="aggregate NodeStates into each resource's .status")
     c.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "8080")))
@@ -127,6 +135,16 @@ def parser() -> argparse.ArgumentParser:
                    default=int(os.environ.get("METRICS_PORT", "9102")))
     c.add_argument("--no-peering", action="store_true",
                    help="run without kopf peering (a single replica, e.g. in tests)")
+
+    d = sub.add_parser("doctor", help="what on this node stands between a publication and its "
+                       "traffic (exit 0 fine, 1 warnings, 2 errors)")
+    d.add_argument("--format", choices=("human", "json"), default="human")
+
+    t = sub.add_parser("trace", help="send one traced probe through this node's ruleset and "
+                       "print every chain, rule and verdict it meets (exit 0 delivered, "
+                       "1 dropped, 2 no verdict)")
+    t.add_argument("client", type=_address, help="the client address the probe comes from")
+    t.add_argument("target", help="HOST:PORT/PROTO, e.g. 192.0.2.1:8080/tcp")
 
     pl = sub.add_parser("plan", help="print what the agent would program (no root, no kernel)")
     pl.add_argument("-f", "--file", dest="files", action="append", type=Path, required=True,
@@ -152,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               library_level=args.library_log_level)
     if args.command == "plan":
         return cmd_plan(args)
+    if args.command == "doctor":
+        return cmd_doctor(args)
+    if args.command == "trace":
+        return cmd_trace(args)
     if args.command == "controller":
         return cmd_controller(args)
     return cmd_agent(args)
@@ -193,6 +215,58 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from bridgeport.adapters.nodeview import gather
+    from bridgeport.core.doctor import EXIT_CODES, SEVERITIES, diagnose, worst
+
+    try:
+        findings = diagnose(gather())
+    except (OSError, RuntimeError) as exc:
+        print(f"error: cannot inspect this node: {exc}", file=sys.stderr)
+        return 3
+    findings.sort(key=lambda f: -SEVERITIES.index(f.severity))
+    severity = worst(findings)
+    if args.format == "json":
+        print(json.dumps({"severity": severity, "findings": [f.as_dict() for f in findings]},
+                         indent=2))
+        return EXIT_CODES[severity]
+    counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
+    print(f"bridgeport doctor: {counts['error']} error(s), {counts['warning']} warning(s), "
+          f"{counts['info']} note(s)")
+    for f in findings:
+        print(f"{f.severity.upper():8}{f.check:13}{f.message}")
+        if f.rule:
+            print(f"{'':21}rule: {f.rule}")
+        if f.fix:
+            print(f"{'':21}fix:  {f.fix}")
+    return EXIT_CODES[severity]
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    import random
+
+    from bridgeport.adapters.tracer import trace
+    from bridgeport.core.trace import Probe, parse_events, parse_target
+
+    try:
+        host, port, protocol = parse_target(args.target)
+        if args.client.version != 4:
+            raise ValueError(f"{args.client}: trace sends IPv4 probes only")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    probe = Probe(args.client, host, port, protocol, random.randint(40000, 59000))
+    try:
+        events = trace(probe)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        print(f"error: cannot trace on this node (root and nft needed): {exc}", file=sys.stderr)
+        return 3
+    result = parse_events(events)
+    print(f"probe {protocol.upper()} {args.client}:{probe.sport} -> {host}:{port}")
+    print("\n".join(result.lines()))
+    return {"delivered": 0, "dropped": 1}.get(result.verdict, 2)
 
 
 def _plan_json(plan: NodePlan, tables: Sequence[Table], digest: str) -> dict[str, Any]:
@@ -271,12 +345,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
     proxies = ProxyManager(registry=REGISTRY, udp_idle_timeout=args.udp_idle_timeout,
                            workers=args.proxy_workers or None, fairness=fairness)
     reserved = args.reserved_ports | {p for p in (args.health_port, args.metrics_port) if p}
+    if args.metrics_port:
+        _publication_metrics(proxies, kernel=not args.no_publication_counters)
     settings = agent.AgentSettings(args.node_name, dict(args.node_label),
                                    state_file=args.state_file, resync=args.resync,
                                    manage_sysctls=args.manage_sysctls,
                                    proxy_enabled=not args.no_proxy,
                                    reserved_ports=frozenset(reserved),
-                                   accept_mark=args.accept_fwmark)
+                                   accept_mark=args.accept_fwmark,
+                                   counters=not args.no_publication_counters,
+                                   doctor_interval=args.doctor_interval)
     the_agent = agent.Agent(source, settings, proxies=proxies, reporters=reporters)
     return _run_until_signal(the_agent.run())
 
@@ -307,6 +385,20 @@ def _serve_metrics(port: int) -> bool:
         print(f"error: {exc}", file=sys.stderr)
         return False
     return True
+
+
+def _publication_metrics(proxies: Any, kernel: bool) -> None:
+    """bridgeport_publication_*: the kernel's element counters and the proxy's, one family."""
+    from bridgeport.adapters.pubcounters import KernelCounters, Key, PublicationCollector, Traffic
+    from bridgeport.metrics import REGISTRY
+
+    def proxied() -> Any:
+        for row in proxies.rows() if proxies is not None else ():
+            yield (Key(row.owner.namespace, row.owner.name, row.key.protocol.value),
+                   Traffic(row.stats.connections, 0, row.stats.bytes_in + row.stats.bytes_out))
+
+    read = KernelCounters().read if kernel else dict
+    REGISTRY.register(PublicationCollector(read, proxied))
 
 
 def _run_until_signal(coro: Any) -> int:

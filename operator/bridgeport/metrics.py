@@ -21,6 +21,8 @@ CLAIMS = Gauge("bridgeport_port_claims_planned",
                registry=REGISTRY)
 ERRORS = Counter("bridgeport_errors_total", "Errors by component", ["component"],
                  registry=REGISTRY)
+for _component in ("reconcile", "links", "conntrack", "report", "nodestate", "doctor"):
+    ERRORS.labels(_component)  # present at 0 from the start: rates and alerts see them
 APPLY_FAILURES = Counter("bridgeport_nft_apply_failures_total",
                          "nftables transactions the kernel rejected", registry=REGISTRY)
 DRIFT_REPAIRS = Counter("bridgeport_drift_repairs_total",
@@ -30,6 +32,14 @@ TRIGGERS = Counter("bridgeport_reconcile_triggers_total",
                    "What woke the agent: resources (the source), ports (a bridge port joined, "
                    "left or lost its flags), resync (a due periodic drift check)", ["trigger"],
                    registry=REGISTRY)
+DOCTOR_FINDINGS = Gauge("bridgeport_doctor_findings",
+                        "Findings of the agent's periodic `bridgeport doctor` check",
+                        ["check", "severity"], registry=REGISTRY)
+RESOURCE_PROBLEMS = Gauge(
+    "bridgeport_resource_problem", "1 per resource this node selects but could not apply "
+    "(Conflicted, Invalid, Failed), at most 500 per node", ["kind", "namespace", "name", "state",
+                                                            "reason"], registry=REGISTRY)
+MAX_PROBLEM_SERIES = 500
 
 
 class PortTaken(RuntimeError):

@@ -158,6 +158,7 @@ def test_full_then_incremental_then_nothing() -> None:
         assert fake.transactions[-1].commands["ip"] == (
             'add element ip bridgeport pub_any { tcp . 8081 comment "default/api" '
             ": 10.0.0.2 . 80 }",
+            'add element ip bridgeport cnt_any { tcp . 8081 comment "default/api" }',
             "add element ip bridgeport loop_ports { tcp . 8081 }")  # the remote-loopback drop
         third = await agent.reconcile()
         assert third is not None and third.commands == 0 and not third.full

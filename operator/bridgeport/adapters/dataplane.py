@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from bridgeport.adapters import conntrack, facts, links
+from bridgeport.adapters import conntrack, facts, links, nodeview
 from bridgeport.adapters.nft import Nft, NftError
 from bridgeport.adapters.portwatch import PortWatch
+from bridgeport.core import doctor
 from bridgeport.core.plan import BridgePlan, NodeFacts
 from bridgeport.core.ruleset import Table
 from bridgeport.core.settle import KeptBridge, LinkFailure
@@ -63,6 +64,11 @@ class Dataplane(Protocol):
         """Delete UDP conntrack entries for these (family, port); how many."""
         ...
 
+    # diagnosis
+    def check_node(self) -> list[doctor.Finding]:
+        """`bridgeport doctor`'s findings (reads the whole ruleset; writes nothing)."""
+        ...
+
 
 class KernelDataplane:
     """The real kernel of the current network namespace."""
@@ -106,6 +112,9 @@ class KernelDataplane:
 
     def forget_udp(self, ports: Iterable[tuple[int, int]]) -> int:
         return conntrack.forget_udp(ports)
+
+    def check_node(self) -> list[doctor.Finding]:
+        return doctor.diagnose(nodeview.gather())
 
     def delete_tables(self, families: Sequence[str]) -> None:
         self.nft.delete_tables(families)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bridgeport.adapters.nft import NftError
+from bridgeport.core import doctor
 from bridgeport.core.plan import BridgePlan, NodeFacts
 from bridgeport.core.ruleset import FAMILIES, TABLE, Element, SetDecl, Table, diff
 from bridgeport.core.settle import KeptBridge, LinkFailure
@@ -105,6 +106,7 @@ class FakeDataplane:
     transactions: list[Transaction] = field(default_factory=list)
     forgotten_udp: list[frozenset[tuple[int, int]]] = field(default_factory=list)
     forwarding_enabled: int = 0  # times enable_forwarding was called
+    findings: list[doctor.Finding] = field(default_factory=list)  # what check_node reports
     _applied: dict[str, Table] = field(default_factory=dict)
     _refuse_apply: list[str] = field(default_factory=list)
     _refuse_bridges: dict[str, str] = field(default_factory=dict)
@@ -117,6 +119,9 @@ class FakeDataplane:
                          ipv4_forwarding=self.ipv4_forwarding,
                          ipv6_forwarding=self.ipv6_forwarding,
                          foreign_interfaces=frozenset(self.foreign_interfaces))
+
+    def check_node(self) -> list[doctor.Finding]:
+        return list(self.findings)
 
     def enable_forwarding(self) -> None:
         self.forwarding_enabled += 1

@@ -254,7 +254,8 @@ def _doc_order(res: ParseResult) -> tuple[str, str]:
 class IncrementalRenderer:
     """`render(plan, delta)` equals `ruleset.render(plan)`; with a delta it only patches."""
 
-    def __init__(self) -> None:
+    def __init__(self, counters: bool = True) -> None:
+        self.counters = counters  # per-publication counters (cnt_* mirrors of the pub_* maps)
         self._plan: NodePlan | None = None
         self._tables: tuple[ruleset.Table, ruleset.Table] | None = None
 
@@ -263,27 +264,33 @@ class IncrementalRenderer:
         prev = self._plan
         if (delta is None or prev is None or self._tables is None or delta.sources_changed
                 or delta.before is not prev or prev.bridges != plan.bridges):
-            tables = ruleset.render(plan)
+            tables = ruleset.render(plan, counters=self.counters)
         else:
             loop = ruleset.loop_port_elements(plan)
-            tables = (self._patch(self._tables[0], delta, 4, loop),
-                      self._patch(self._tables[1], delta, 6, loop))
+            tables = (self._patch(self._tables[0], delta, 4, loop, self.counters),
+                      self._patch(self._tables[1], delta, 6, loop, self.counters))
+            if self.counters and any(  # the count chains look up only non-empty sets
+                    bool(old.elements.get(name)) != bool(t.elements.get(name))
+                    for old, t in zip(self._tables, tables, strict=True)
+                    for name in ruleset.COUNT_SETS):
+                tables = ruleset.render(plan, counters=True)
         self._plan, self._tables = plan, tables
         return tables
 
     @staticmethod
     def _patch(table: ruleset.Table, delta: Delta, version: int,
-               loop: frozenset[ruleset.Element] | None) -> ruleset.Table:
+               loop: frozenset[ruleset.Element] | None, counters: bool) -> ruleset.Table:
         gone: dict[str, set[ruleset.Element]] = {}
         new: dict[str, set[ruleset.Element]] = {}
-        for d in delta.removed:
-            if d.family == version:
+        for changed, into in ((delta.removed, gone), (delta.added, new)):
+            for d in changed:
+                if d.family != version:
+                    continue
                 for name, e in ruleset.dnat_elements(d):
-                    gone.setdefault(name, set()).add(e)
-        for d in delta.added:
-            if d.family == version:
-                for name, e in ruleset.dnat_elements(d):
-                    new.setdefault(name, set()).add(e)
+                    into.setdefault(name, set()).add(e)
+                    if counters and name in ruleset.COUNTED:
+                        into.setdefault("cnt" + name[3:], set()).add(
+                            ruleset.Element(e.key, "", e.comment))
         if not gone and not new and loop is None:
             return table
         elements = dict(table.elements)

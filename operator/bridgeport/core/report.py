@@ -22,6 +22,7 @@ MAX_ERRORS = 64
 MAX_MESSAGE = 512
 MAX_REPORT_BYTES = 1_300_000  # etcd refuses requests over 1.5 MiB
 SHORT_MESSAGE = 96  # per entry, when the full messages would not fit
+MAX_FINDINGS = 32
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Report:
     # Standalone: when each resource without a creationTimestamp was first seen (state file).
     first_seen: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)  # matched against nodeSelectors
+    # The agent's periodic `doctor` check: severity, since, summary, findings (None: not run).
+    node_check: Mapping[str, Any] | None = None
 
     def document(self) -> dict[str, Any]:
         """The state file: everything, entries in full."""
@@ -89,6 +92,7 @@ class Report:
             "resources": [e.document() for e in self.entries],
             "errors": list(self.errors),
             **({"firstSeen": dict(self.first_seen)} if self.first_seen else {}),
+            **({"doctor": dict(self.node_check)} if self.node_check is not None else {}),
         }
 
     def status(self) -> tuple[dict[str, Any], int]:
@@ -122,6 +126,7 @@ class Report:
                       "the NodeState size limit", *errors][:MAX_ERRORS]
             listed = listed[:keep]
         return {
+            **_node_check_status(self.node_check),
             "agentVersion": self.agent_version,
             "lastSync": self.last_sync,
             "tableDigest": self.table_digest,
@@ -132,6 +137,23 @@ class Report:
                         "digest": summary.encode(summary.digests(applied))},
             "resources": listed,
         }, omitted
+
+
+def _node_check_status(check: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The doctor's findings as NodeState status: a NodeHealthy condition (False on errors)
+    and the findings themselves (bounded)."""
+    if check is None:
+        return {}
+    severity = check["severity"]
+    condition = {
+        "type": "NodeHealthy", "status": "False" if severity == "error" else "True",
+        "reason": {"error": "Errors", "warning": "Warnings"}.get(severity, "NoProblems"),
+        "message": check["summary"][:MAX_MESSAGE] or "bridgeport doctor found nothing",
+        "lastTransitionTime": check["since"],
+    }
+    findings = [{k: str(v)[:MAX_MESSAGE] for k, v in f.items()}
+                for f in check["findings"][:MAX_FINDINGS]]
+    return {"conditions": [condition], "findings": findings}
 
 
 # -- reading reports back (tolerant: agents of other versions may write more or less) ----------

@@ -32,9 +32,11 @@ class SetDecl:
     name: str
     type: str  # e.g. "ipv4_addr . ipv4_addr" or "ifname : verdict"
     interval: bool = False
+    counter: bool = False  # a counter on every element (per-publication traffic)
 
     def body(self) -> str:
-        return f"type {self.type};" + (" flags interval;" if self.interval else "")
+        return (f"type {self.type};" + (" flags interval;" if self.interval else "")
+                + (" counter;" if self.counter else ""))
 
 
 class Element(NamedTuple):
@@ -101,30 +103,39 @@ class Table:
         return counts
 
 
-def render(plan: NodePlan) -> tuple[Table, Table]:
+def render(plan: NodePlan, counters: bool = True) -> tuple[Table, Table]:
     """interContainer: false is mostly not here: the links adapter isolates bridge ports,
     which holds with or without br_netfilter and needs no bridge-family nft support. What is
     here: traffic from such a bridge (`icc_off`, one hash lookup for every new flow) to its
     own published ports (`icc_proxy_*`) skips DNAT, so the proxy serves it as docker-proxy
-    does, instead of br_netfilter bridging it back between two isolated ports."""
-    return (_ip_table(plan, 4), _ip_table(plan, 6))
+    does, instead of br_netfilter bridging it back between two isolated ports.
+
+    `counters` adds per-publication packet and byte counters (see `_count_chains`)."""
+    return (_ip_table(plan, 4, counters), _ip_table(plan, 6, counters))
 
 
 def digest(tables: Iterable[Table]) -> str:
     return hashlib.sha256("".join(t.text() for t in tables).encode()).hexdigest()[:16]
 
 
-def _ip_table(plan: NodePlan, version: int) -> Table:
+def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
     ip, addr = ("ip", "ipv4_addr") if version == 4 else ("ip6", "ipv6_addr")
     loopback = "127.0.0.0/8" if version == 4 else "::1"
     # Link-local sources cannot be forwarded to a container: Docker leaves them to its proxy
     # (ip6 saddr != fe80::/10 on every DNAT), and so do we; the proxy listens on ::.
     link_local = "ip6 saddr != fe80::/10 " if version == 6 else ""
+    c = counters
     sets: tuple[SetDecl, ...] = (
-        SetDecl("pub_host", f"{addr} . inet_proto . inet_service : {addr} . inet_service"),
-        SetDecl("pub_host_range", f"{addr} . inet_proto . inet_service : {addr}", interval=True),
-        SetDecl("pub_any", f"inet_proto . inet_service : {addr} . inet_service"),
-        SetDecl("pub_any_range", f"inet_proto . inet_service : {addr}", interval=True),
+        # With counters, each DNAT element counts the first packet of every connection it
+        # translates (nat chains see nothing else): connections per publication.
+        SetDecl("pub_host", f"{addr} . inet_proto . inet_service : {addr} . inet_service",
+                counter=c),
+        SetDecl("pub_host_range", f"{addr} . inet_proto . inet_service : {addr}",
+                interval=True, counter=c),
+        SetDecl("pub_any", f"inet_proto . inet_service : {addr} . inet_service", counter=c),
+        SetDecl("pub_any_range", f"inet_proto . inet_service : {addr}", interval=True,
+                counter=c),
+        *(_count_sets(addr) if counters else ()),
         SetDecl("icc_off", "ifname"),
         SetDecl("icc_proxy_host", f"ifname . {addr} . inet_proto . inet_service", interval=True),
         SetDecl("icc_proxy_any", "ifname . inet_proto . inet_service", interval=True),
@@ -153,6 +164,8 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
         if d.family == version:
             for name, element in dnat_elements(d):
                 elements[name].add(element)
+                if counters and name in COUNTED:  # cnt_host mirrors pub_host, ...
+                    elements["cnt" + name[3:]].add(Element(element.key, "", element.comment))
     source_chains = _source_chains(plan.source_rules, version, ip, elements)
     elements[LOOP_PORTS] |= _loop_port_elements(plan)
     # The same check on the DNAT path (nat, first packet of a flow) and on the proxy's path
@@ -213,6 +226,8 @@ def _ip_table(plan: NodePlan, version: int) -> Table:
     ]
     if kernel_lo:
         chains += _kernel_loopback_chains()
+    if counters:
+        chains += _count_chains(ip, elements)
     for b in plan.bridges:
         _check_ifname(b.name)
         name = f'"{b.name}"'
@@ -253,6 +268,47 @@ def _accept_mark_rules(plan: NodePlan) -> tuple[str, ...]:
     if m is None:
         return ()
     return (f"meta mark & {m.mask:#010x} == {m.mark:#010x} accept",)
+
+
+COUNTED = frozenset({"pub_host", "pub_host_range", "pub_any", "pub_any_range"})
+COUNT_SETS = ("cnt_host", "cnt_host_range", "cnt_any", "cnt_any_range")
+
+
+def _count_sets(addr: str) -> tuple[SetDecl, ...]:
+    return (
+        SetDecl("cnt_host", f"{addr} . inet_proto . inet_service", counter=True),
+        SetDecl("cnt_host_range", f"{addr} . inet_proto . inet_service", interval=True,
+                counter=True),
+        SetDecl("cnt_any", "inet_proto . inet_service", counter=True),
+        SetDecl("cnt_any_range", "inet_proto . inet_service", interval=True, counter=True),
+    )
+
+
+def _count_chains(ip: str, elements: Mapping[str, set[Element]]) -> tuple[Chain, ...]:
+    """Every later packet of a DNATed flow, keyed by the publication's own host-side tuple.
+
+    nft 1.0.6 cannot concatenate `ct original proto-dst`, so each direction is counted where
+    its packets still carry the host address and port: the original direction in prerouting
+    before our DNAT (priority mangle, -150), replies in postrouting after the reverse
+    translation (priority 200). Anything not DNATed leaves after one bit test; only sets that
+    have elements get a lookup (most nodes use one or two of the four). The first packet of a
+    flow is counted by the DNAT map element instead. Flows from processes on the node itself
+    (output DNAT) are counted as connections only.
+    """
+    rules_in, rules_out = ["ct status & dnat == 0 accept"], [
+        "ct status & dnat == 0 accept", "ct direction original accept"]
+    for name, host in (("cnt_host", True), ("cnt_host_range", True), ("cnt_any", False),
+                       ("cnt_any_range", False)):
+        if not elements[name]:
+            continue
+        rules_in.append(f"{f'{ip} daddr . ' if host else ''}meta l4proto . th dport @{name}")
+        rules_out.append(f"{f'{ip} saddr . ' if host else ''}meta l4proto . th sport @{name}")
+    return (
+        Chain("count_in", tuple(rules_in),
+              "type filter hook prerouting priority mangle; policy accept;"),
+        Chain("count_out", tuple(rules_out),
+              "type filter hook postrouting priority 200; policy accept;"),
+    )
 
 
 def _from_bridge_rules(b: BridgePlan) -> tuple[str, ...]:

@@ -246,6 +246,10 @@ class ProxyManager:
     def claim_count(self) -> int:
         return len(self.held)
 
+    def rows(self) -> Iterator[Row]:
+        """Every listener with its counters (the per-publication metrics add them up)."""
+        return self._rows()
+
     def _rows(self) -> Iterator[Row]:
         # A copy: a scrape from another thread must not see the dicts change under it.
         for key, listener in list(self.listeners.items()):
