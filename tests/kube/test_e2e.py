@@ -104,6 +104,10 @@ def test_apply_serves_traffic_and_reports(w: KubeWorld) -> None:
                     r.get("reason", "Programmed") == "Programmed"], listed
         assert state["status"]["applied"]["count"] >= 1, state["status"]
         assert state["status"]["labels"] == w.get("node", node.name)["metadata"]["labels"]
+        # The agent's node check, accepted by the CRD's schema: the condition and its findings.
+        [healthy] = state["status"]["conditions"]
+        assert healthy["type"] == "NodeHealthy" and healthy["status"] in ("True", "False")
+        assert isinstance(state["status"].get("findings", []), list)
 
 
 def test_spec_change_is_followed(w: KubeWorld) -> None:
