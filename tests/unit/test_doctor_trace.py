@@ -98,3 +98,25 @@ trace id 1a inet firewalld filter_FORWARD rule reject with icmpx admin-prohibite
     delivered = trace.parse_events("trace id 3 ip bridgeport_trace probe_end_forward rule "
                                    'iifname "t" drop (verdict drop)\n')
     assert delivered.verdict == "delivered"
+
+
+def test_tools_are_named_by_their_tables_and_chains() -> None:
+    def chain(family: str, table: str, name: str, hook: str = "") -> dict[str, object]:
+        c: dict[str, object] = {"family": family, "table": table, "name": name}
+        if hook:
+            c |= {"hook": hook, "type": "filter", "prio": 0, "policy": "drop"}
+        return {"chain": c}
+    ruleset = {"nftables": [
+        chain("ip", "kube-proxy", "forward", "forward"),
+        chain("ip", "filter", "FORWARD", "forward"), chain("ip", "filter", "cali-FORWARD"),
+        chain("inet", "firewalld", "filter_FORWARD", "forward"),
+        chain("ip", "mangle", "PREROUTING", "input"),
+    ]}
+    found = {f.message.split(" has policy")[0]: f.severity
+             for f in doctor.diagnose(view(ruleset=ruleset)) if f.check == "foreign"}
+    assert found == {
+        "table ip kube-proxy chain forward (hook forward, kube-proxy)": "error",
+        "table ip filter chain FORWARD (hook forward, a CNI plugin)": "error",
+        "table inet firewalld chain filter_FORWARD (hook forward, firewalld)": "error",
+        "table ip mangle chain PREROUTING (hook input, another tool)": "warning",
+    }
