@@ -122,10 +122,13 @@ def test_every_dashboard_query_returns_data_and_alerts_evaluate(w: World,
         rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
         assert len(rules) == len(yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"])
         assert all(r["health"] == "ok" for r in rules), rules
-        alerts = prometheus.api("alerts")["alerts"]
-        not_ready = [a for a in alerts if a["labels"]["alertname"] == "BridgeportResourceNotReady"]
-        assert [a["labels"]["name"] for a in not_ready] == ["web-copy"]
-        assert not_ready[0]["state"] == "pending"  # for: 10m
+        def not_ready() -> list[dict[str, Any]]:
+            return [a for a in prometheus.api("alerts")["alerts"]
+                    if a["labels"]["alertname"] == "BridgeportResourceNotReady"]
+        wait_for(lambda: bool(not_ready()), 30, 0.5, "BridgeportResourceNotReady evaluated")
+        [alert] = not_ready()
+        assert alert["labels"]["name"] == "web-copy"
+        assert alert["state"] == "pending"  # for: 10m
 
         if os.environ.get("BRIDGEPORT_DASHBOARD_PNG"):
             deadline = time.monotonic() + 90  # a picture with some history
