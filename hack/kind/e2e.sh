@@ -15,7 +15,8 @@
 #      $BRIDGEPORT_CACHE/kind (default ~/.cache/bridgeport/kind), keyed by version.
 #
 # Env: BRIDGEPORT_CACHE; KEEP_CLUSTER=1 (leave the cluster and daemon running; remove them with
-# `hack/kind/dockerd.sh down`); EXTRA_CA_CERTS_FILE (default: the CAs added under
+# `hack/kind/dockerd.sh down`); REUSE_CLUSTER=1 (reuse such a cluster; by default a cluster or
+# daemon found at start is an interrupted run's leftover and is removed first); EXTRA_CA_CERTS_FILE (default: the CAs added under
 # /usr/local/share/ca-certificates, e.g. a TLS-intercepting proxy's, given to pip in the build).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -54,6 +55,19 @@ teardown() {
 }
 trap teardown EXIT
 trap 'exit 130' INT TERM
+
+# We hold the lock, so a daemon, namespace or cluster found now was left by a run that was
+# killed before its teardown (its containers persist in the cached data-root). Reusing that
+# cluster would test a stale image and state: remove it. REUSE_CLUSTER=1 keeps one that
+# KEEP_CLUSTER=1 left on purpose.
+if [[ "${REUSE_CLUSTER:-0}" != 1 ]]; then
+    if [[ -e "/run/netns/${BRIDGEPORT_KIND_NETNS:-bridgeport-kind}" ]] \
+        || compgen -G "$cache/kind/docker/containers/*" >/dev/null; then
+        log "removing what an interrupted earlier run left (daemon, namespace, containers)"
+        { "$here/dockerd.sh" up >/dev/null && "$here/dockerd.sh" down; } \
+            || die "cannot remove an earlier run's leftovers (try hack/kind/dockerd.sh down)"
+    fi
+fi
 
 step "Debian packages" "$here/install-deps.sh"
 step "Go binaries (kind, Kubernetes node, containerd, runc, crictl, CNI, etcd, flannel)" \
