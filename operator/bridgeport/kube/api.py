@@ -1,10 +1,19 @@
-"""How both processes reach the API server: the client for their own requests, and the kopf
-settings they share (kopf logs in separately)."""
+"""How both processes reach the API server: the client for their own requests, the kopf
+settings they share (kopf logs in separately), and paged metadata-only listings."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, cast
+
 import kopf
 from kubernetes import client, config
+
+from bridgeport.core.specs import GROUP, VERSION
+
+MERGE_PATCH = "application/merge-patch+json"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+PAGE = 500
 
 
 def load_api() -> client.ApiClient:
@@ -27,3 +36,24 @@ def kopf_settings() -> kopf.OperatorSettings:
     # keep retrying, slowly.
     s.networking.error_backoffs = [1, 2, 4, 8, *([15] * 240)]
     return s
+
+
+def list_metadata(api: client.CustomObjectsApi, plural: str, key: str,
+                  namespace: str | None = None) -> set[str]:
+    """One metadata field (`uid`, `name`) of every object of our group's `plural`: metadata
+    only, in pages, so a listing of 10,000 objects stays small. Blocking."""
+    out: set[str] = set()
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"limit": PAGE, "_headers": {"Accept": METADATA_LIST}}
+        if token:
+            kwargs["_continue"] = token
+        if namespace:
+            page = api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, **kwargs)
+        else:
+            page = api.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+        page = cast(Mapping[str, Any], page)
+        out.update(str((i.get("metadata") or {}).get(key, "")) for i in page.get("items") or ())
+        token = (page.get("metadata") or {}).get("continue") or None
+        if not token:
+            return out
