@@ -20,7 +20,7 @@ from bridgeport.core.plan import NodePlan
 
 good = ruleset.render(NodePlan("n"))[0]
 chains = (*good.chains, ruleset.Chain("broken", ("ip saddr 192.0.2.1 bogus",)))
-bad = ruleset.Table(good.family, good.sets, chains, good.elements)
+bad = ruleset.Table(good.family, good.lookups, chains, good.elements)
 nft = Nft()
 try:
     nft.apply([bad], full=True)

@@ -71,7 +71,7 @@ def test_icc_off_is_elements_only() -> None:
 def test_declaration_change_forces_full_replace() -> None:
     """If a set declaration differs, diff refuses and the caller replaces the table."""
     a = tables()[0]
-    b = ruleset.Table(a.family, a.sets[1:], a.chains, a.elements)
+    b = ruleset.Table(a.family, a.lookups[1:], a.chains, a.elements)
     assert ruleset.diff(a, b) is None
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from bridgeport.adapters.nft import NftError
 from bridgeport.core import doctor
 from bridgeport.core.plan import BridgePlan, NodeFacts
-from bridgeport.core.ruleset import FAMILIES, TABLE, Element, SetDecl, Table, diff
+from bridgeport.core.ruleset import FAMILIES, TABLE, Element, Lookup, Table, diff
 from bridgeport.core.settle import KeptBridge, LinkFailure
 from bridgeport.core.specs import IPAddress
 
@@ -44,31 +44,31 @@ class InvariantBroken(AssertionError):
 class _Model:
     """One of our tables as the fake kernel holds it."""
 
-    sets: dict[str, SetDecl]
+    lookups: dict[str, Lookup]
     chains: dict[str, tuple[str, list[str]]]  # name -> (hook, rules)
     elements: dict[str, dict[str, Element]]  # set -> key -> element
 
     @classmethod
     def of(cls, table: Table) -> _Model:
-        return cls({s.name: s for s in table.sets},
+        return cls({s.name: s for s in table.lookups},
                    {c.name: (c.hook, list(c.rules)) for c in table.chains},
                    {s.name: {e.key: e for e in table.elements.get(s.name, ())}
-                    for s in table.sets})
+                    for s in table.lookups})
 
     def copy(self) -> _Model:
-        return _Model(dict(self.sets), {k: (h, list(r)) for k, (h, r) in self.chains.items()},
+        return _Model(dict(self.lookups), {k: (h, list(r)) for k, (h, r) in self.chains.items()},
                       {k: dict(v) for k, v in self.elements.items()})
 
     def same_as(self, table: Table) -> bool:
-        return (self.sets == {s.name: s for s in table.sets}
+        return (self.lookups == {s.name: s for s in table.lookups}
                 and {k: (h, tuple(r)) for k, (h, r) in self.chains.items()}
                 == {c.name: (c.hook, c.rules) for c in table.chains}
                 and {k: set(v.values()) for k, v in self.elements.items()}
-                == {s.name: set(table.elements.get(s.name, ())) for s in table.sets})
+                == {s.name: set(table.elements.get(s.name, ())) for s in table.lookups})
 
     def fingerprint(self) -> dict[str, int]:
         counts = {f"chain {name}": len(rules) for name, (_, rules) in self.chains.items()}
-        counts |= {f"set {name}": len(self.elements.get(name, {})) for name in self.sets}
+        counts |= {f"set {name}": len(self.elements.get(name, {})) for name in self.lookups}
         return counts
 
     def jumps_to(self, chain: str) -> bool:
@@ -285,7 +285,7 @@ class FakeDataplane:
             del model.chains[name]
 
     def _element(self, model: _Model, verb: str, name: str, rest: str, command: str) -> None:
-        decl = model.sets.get(name)
+        decl = model.lookups.get(name)
         if decl is None:
             raise NftError(f"Error: No such file or directory (set {name}): {command}")
         if not (rest.startswith("{ ") and rest.endswith(" }")):
@@ -299,7 +299,7 @@ class FakeDataplane:
                 del members[text]
                 continue
             element = _parse_element(text)
-            if (":" in decl.type) != bool(element.value):
+            if (decl.keyword == "map") != bool(element.value):
                 raise NftError(f"Error: element {text!r} does not fit {decl.type}: {command}")
             self._check_jumps(model, element.value, command)
             old = members.get(element.key)

@@ -28,11 +28,18 @@ _SAFE_COMMENT = re.compile(r"^[a-z0-9./-]{1,128}$")
 
 
 @dataclass(frozen=True)
-class SetDecl:
+class Lookup:
+    """A named set or map of a table: elements looked up by key. nft's `set` when `type` is a
+    key alone, its `map` when it is `key : value` (a verdict map when the value is `verdict`)."""
+
     name: str
     type: str  # e.g. "ipv4_addr . ipv4_addr" or "ifname : verdict"
     interval: bool = False
     counter: bool = False  # a counter on every element (per-publication traffic)
+
+    @property
+    def keyword(self) -> str:
+        return "map" if ":" in self.type else "set"
 
     def body(self) -> str:
         return (f"type {self.type};" + (" flags interval;" if self.interval else "")
@@ -62,7 +69,7 @@ class Chain:
 @dataclass(frozen=True)
 class Table:
     family: str
-    sets: tuple[SetDecl, ...]
+    lookups: tuple[Lookup, ...]
     chains: tuple[Chain, ...]
     elements: Mapping[str, frozenset[Element]] = field(default_factory=dict)
 
@@ -73,9 +80,8 @@ class Table:
     def text(self) -> str:
         """The whole table as one `nft -f` block: readable, golden-tested, and applied as is."""
         lines = [f"table {self.ident} {{", f'\tcomment "{COMMENT}"']
-        for s in self.sets:
-            kind = "map" if ":" in s.type else "set"
-            lines.append(f"\t{kind} {s.name} {{")
+        for s in self.lookups:
+            lines.append(f"\t{s.keyword} {s.name} {{")
             lines.append(f"\t\t{s.body()}")
             elements = sorted(self.elements.get(s.name, ()))
             if elements:
@@ -99,7 +105,7 @@ class Table:
     def fingerprint(self) -> dict[str, int]:
         """Rule count per chain and element count per set: what a drift check compares."""
         counts = {f"chain {c.name}": len(c.rules) for c in self.chains}
-        counts |= {f"set {s.name}": len(self.elements.get(s.name, ())) for s in self.sets}
+        counts |= {f"set {s.name}": len(self.elements.get(s.name, ())) for s in self.lookups}
         return counts
 
 
@@ -125,41 +131,41 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
     # (ip6 saddr != fe80::/10 on every DNAT), and so do we; the proxy listens on ::.
     link_local = "ip6 saddr != fe80::/10 " if version == 6 else ""
     c = counters
-    sets: tuple[SetDecl, ...] = (
+    lookups: tuple[Lookup, ...] = (
         # With counters, each DNAT element counts the first packet of every connection it
         # translates (nat chains see nothing else): connections per publication.
-        SetDecl("pub_host", f"{addr} . inet_proto . inet_service : {addr} . inet_service",
+        Lookup("pub_host", f"{addr} . inet_proto . inet_service : {addr} . inet_service",
                 counter=c),
-        SetDecl("pub_host_range", f"{addr} . inet_proto . inet_service : {addr}",
+        Lookup("pub_host_range", f"{addr} . inet_proto . inet_service : {addr}",
                 interval=True, counter=c),
-        SetDecl("pub_any", f"inet_proto . inet_service : {addr} . inet_service", counter=c),
-        SetDecl("pub_any_range", f"inet_proto . inet_service : {addr}", interval=True,
+        Lookup("pub_any", f"inet_proto . inet_service : {addr} . inet_service", counter=c),
+        Lookup("pub_any_range", f"inet_proto . inet_service : {addr}", interval=True,
                 counter=c),
-        *(_count_sets(addr) if counters else ()),
-        SetDecl("icc_off", "ifname"),
-        SetDecl("icc_proxy_host", f"ifname . {addr} . inet_proto . inet_service", interval=True),
-        SetDecl("icc_proxy_any", "ifname . inet_proto . inet_service", interval=True),
+        *(_count_lookups(addr) if counters else ()),
+        Lookup("icc_off", "ifname"),
+        Lookup("icc_proxy_host", f"ifname . {addr} . inet_proto . inet_service", interval=True),
+        Lookup("icc_proxy_any", "ifname . inet_proto . inet_service", interval=True),
         # spec.allowedSources: restricted address . protocol . port -> that publication's
         # src_<id> chain, which drops every source outside its list. Hash maps, one exact
         # lookup per new flow whatever the number of publications (an interval set of
         # addr . proto . port . saddr would be one lookup too, but nft's pipapo scans a bitmap
         # as long as the element count).
-        SetDecl("src_host", f"{addr} . inet_proto . inet_service : verdict"),
-        SetDecl("src_any", "inet_proto . inet_service : verdict"),
+        Lookup("src_host", f"{addr} . inet_proto . inet_service : verdict"),
+        Lookup("src_any", "inet_proto . inet_service : verdict"),
         # Every published protocol . port: remote loopback to these is dropped in raw.
-        SetDecl(LOOP_PORTS, "inet_proto . inet_service", interval=True),
-        SetDecl("shared", "ifname"),
-        SetDecl("bridges", "ifname"),
-        SetDecl("routed", f"{addr} . inet_proto . inet_service", interval=True),
-        SetDecl("fwd_in", "ifname : verdict"),
-        SetDecl("fwd_out", "ifname : verdict"),
-        SetDecl("masq_from", "ifname : verdict"),
-        SetDecl("hairpin_to", "ifname : verdict"),
+        Lookup(LOOP_PORTS, "inet_proto . inet_service", interval=True),
+        Lookup("shared", "ifname"),
+        Lookup("bridges", "ifname"),
+        Lookup("routed", f"{addr} . inet_proto . inet_service", interval=True),
+        Lookup("fwd_in", "ifname : verdict"),
+        Lookup("fwd_out", "ifname : verdict"),
+        Lookup("masq_from", "ifname : verdict"),
+        Lookup("hairpin_to", "ifname : verdict"),
     )
     kernel_lo = version == 4 and any(d.loopback for d in plan.dnats)
     if kernel_lo:
-        sets += _KERNEL_LOOPBACK_SETS
-    elements: dict[str, set[Element]] = {s.name: set() for s in sets}
+        lookups += _KERNEL_LOOPBACK_LOOKUPS
+    elements: dict[str, set[Element]] = {s.name: set() for s in lookups}
     for d in plan.dnats:
         if d.family == version:
             for name, element in dnat_elements(d):
@@ -258,7 +264,7 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
             chains.append(Chain(f"masq_{b.name}", (
                 f'{ip} saddr {subnet} oifname != "{b.name}" {nat}',)))
     chains += source_chains
-    return Table(ip, sets, tuple(chains), {k: frozenset(v) for k, v in elements.items()})
+    return Table(ip, lookups, tuple(chains), {k: frozenset(v) for k, v in elements.items()})
 
 
 def _accept_mark_rules(plan: NodePlan) -> tuple[str, ...]:
@@ -274,13 +280,13 @@ COUNTED = frozenset({"pub_host", "pub_host_range", "pub_any", "pub_any_range"})
 COUNT_SETS = ("cnt_host", "cnt_host_range", "cnt_any", "cnt_any_range")
 
 
-def _count_sets(addr: str) -> tuple[SetDecl, ...]:
+def _count_lookups(addr: str) -> tuple[Lookup, ...]:
     return (
-        SetDecl("cnt_host", f"{addr} . inet_proto . inet_service", counter=True),
-        SetDecl("cnt_host_range", f"{addr} . inet_proto . inet_service", interval=True,
+        Lookup("cnt_host", f"{addr} . inet_proto . inet_service", counter=True),
+        Lookup("cnt_host_range", f"{addr} . inet_proto . inet_service", interval=True,
                 counter=True),
-        SetDecl("cnt_any", "inet_proto . inet_service", counter=True),
-        SetDecl("cnt_any_range", "inet_proto . inet_service", interval=True, counter=True),
+        Lookup("cnt_any", "inet_proto . inet_service", counter=True),
+        Lookup("cnt_any_range", "inet_proto . inet_service", interval=True, counter=True),
     )
 
 
@@ -348,10 +354,10 @@ def _to_bridge_rules(b: BridgePlan, version: int) -> tuple[str, ...]:
     return tuple(rules)
 
 
-_KERNEL_LOOPBACK_SETS = (
-    SetDecl("pub_lo", "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service"),
-    SetDecl("pub_lo_range", "ipv4_addr . inet_proto . inet_service : ipv4_addr", interval=True),
-    SetDecl("localnet", "ifname"),
+_KERNEL_LOOPBACK_LOOKUPS = (
+    Lookup("pub_lo", "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service"),
+    Lookup("pub_lo_range", "ipv4_addr . inet_proto . inet_service : ipv4_addr", interval=True),
+    Lookup("localnet", "ifname"),
 )
 
 
@@ -465,7 +471,7 @@ def diff(old: Table, new: Table) -> list[str] | None:
     Declarations and base chains are fixed by design, so in steady state only elements and
     per-bridge chains change: one small transaction, no rewrite of unrelated content.
     """
-    if old.family != new.family or old.sets != new.sets:
+    if old.family != new.family or old.lookups != new.lookups:
         return None
     old_chains = {c.name: c for c in old.chains}
     new_chains = {c.name: c for c in new.chains}
@@ -483,7 +489,7 @@ def diff(old: Table, new: Table) -> list[str] | None:
         elif old_chains[name].rules != chain.rules:
             cmds.append(f"flush chain {t} {name}")
             cmds += [f"add rule {t} {name} {r}" for r in chain.rules]
-    for s in new.sets:
+    for s in new.lookups:
         before = old.elements.get(s.name, frozenset())
         after = new.elements.get(s.name, frozenset())
         removed, added = sorted(before - after), sorted(after - before)
