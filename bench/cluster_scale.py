@@ -45,10 +45,9 @@ from tests.kube.world import loopback_bridge  # noqa: E402
 from tests.netns import netns  # noqa: E402
 
 from bridgeport.core import summary  # noqa: E402
-from bridgeport.core.specs import ResourceRef  # noqa: E402
+from bridgeport.core.specs import API_VERSION as API  # noqa: E402
+from bridgeport.core.specs import GROUP, VERSION, ResourceRef  # noqa: E402
 
-GROUP, VERSION = "bridgeport.io", "v1alpha1"
-API = f"{GROUP}/{VERSION}"
 NS = "scale"
 Item = tuple[ResourceRef, str, int]
 

@@ -36,10 +36,11 @@ from typing import Any, TypeVar
 
 import pytest
 
+from bridgeport.core.specs import API_VERSION as API
+from bridgeport.core.specs import GROUP, VERSION
+
 pytestmark = pytest.mark.kube
 
-GROUP, VERSION = "bridgeport.io", "v1alpha1"
-API = f"{GROUP}/{VERSION}"
 T = TypeVar("T")
 
 LAUNCH = ("import sys; from bridgeport import log; log.setup('DEBUG', json=True); "

@@ -20,8 +20,9 @@ import yaml
 from bridgeport.adapters import dirsource, statefile
 from bridgeport.adapters.dirsource import DirSource
 from bridgeport.core import specs
+from tests.builders import API
 
-NET = {"apiVersion": "bridgeport.io/v1alpha1", "kind": "BridgeNetwork",
+NET = {"apiVersion": API, "kind": "BridgeNetwork",
        "metadata": {"name": "n"}, "spec": {"subnet": "10.0.0.0/24"}}
 # A 479-byte-class alias bomb: each level doubles the expansion of the previous ten times.
 BOMB = """\
@@ -52,7 +53,7 @@ def _invalid_messages(resources: list[specs.ParseResult]) -> list[str]:
 
 def test_whole_values_are_never_quoted() -> None:
     """Case 1: a huge value in spec.hostPort is quoted by a short prefix only."""
-    pub = {"apiVersion": "bridgeport.io/v1alpha1", "kind": "PortPublication",
+    pub = {"apiVersion": API, "kind": "PortPublication",
            "metadata": {"name": "web"},
            "spec": {"hostPort": [["x" * 1000] * 1000] * 100,
                     "target": {"address": "y" * 100_000, "port": 80}}}

@@ -21,8 +21,8 @@ from bridgeport.adapters.dirsource import DirSource
 from bridgeport.core import planner, specs
 from bridgeport.core.plan import NodeFacts, State
 from bridgeport.kube.source import parse_body
+from tests.builders import API
 
-API = "bridgeport.io/v1alpha1"
 GOOD = {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "good"},
         "spec": {"subnet": "10.200.0.0/24"}}
 BN = {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "n"},

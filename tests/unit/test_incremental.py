@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from bridgeport.core import planner, ruleset, specs
 from bridgeport.core.incremental import IncrementalPlanner, IncrementalRenderer
 from bridgeport.core.plan import NodeFacts
+from tests.builders import API
 
-API = "bridgeport.io/v1alpha1"
 NODE_IP = "192.0.2.1"
 FACTS = NodeFacts("n", {"zone": "a"}, frozenset({specs.ipaddress.ip_address(NODE_IP)}))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bridgeport.core import planner, ruleset
 from bridgeport.core.plan import NodePlan
+from tests.builders import API
 from tests.unit.test_planner import NODE, message, net, pub, states
 
 
@@ -270,10 +271,10 @@ def test_plan_json_lists_routed_ports(tmp_path: Path) -> None:
     import yaml
 
     from tests.unit.test_cli import plan as run_plan
-    docs = [{"apiVersion": "bridgeport.io/v1alpha1", "kind": "BridgeNetwork",
+    docs = [{"apiVersion": API, "kind": "BridgeNetwork",
              "metadata": {"name": "r"}, "spec": {"subnet": "10.0.0.0/24",
                                                  "gatewayMode": "routed"}},
-            {"apiVersion": "bridgeport.io/v1alpha1", "kind": "PortPublication",
+            {"apiVersion": API, "kind": "PortPublication",
              "metadata": {"name": "p", "namespace": "a"},
              "spec": {"hostPort": 80, "target": {"address": "10.0.0.2", "port": 8080}}}]
     (tmp_path / "r.yaml").write_text(yaml.safe_dump_all(docs))

@@ -9,6 +9,7 @@ from bridgeport.adapters.pubcounters import Key, PublicationCollector, Traffic, 
 from bridgeport.core import planner, ruleset
 from bridgeport.core.plan import NodeFacts
 from bridgeport.core.specs import parse
+from tests.builders import API
 
 
 def _elem(val: Any, owner: str, packets: int, nbytes: int) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def test_collector_sums_proxy_listeners_per_publication() -> None:
 
 
 def test_counters_off_renders_no_counting_state() -> None:
-    doc = {"apiVersion": "bridgeport.io/v1alpha1", "kind": "PortPublication",
+    doc = {"apiVersion": API, "kind": "PortPublication",
            "metadata": {"name": "web", "namespace": "default"},
            "spec": {"hostPort": 8080, "target": {"address": "10.0.0.2", "port": 80}}}
     facts = NodeFacts(name="n", labels={}, addresses=frozenset({ip_address("192.0.2.1")}),
