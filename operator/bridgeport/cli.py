@@ -360,13 +360,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from bridgeport.kube.controller import run_controller
+    from bridgeport.kube.controller import ControllerSettings, run_controller
     from bridgeport.metrics import PortTaken
 
     try:
-        return run_controller(liveness_endpoint=_endpoint(args.health_port),
-                              metrics_port=args.metrics_port or None,
-                              peering=not args.no_peering)
+        return run_controller(ControllerSettings(liveness_endpoint=_endpoint(args.health_port),
+                                                 metrics_port=args.metrics_port or None,
+                                                 peering=not args.no_peering))
     except PortTaken as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -44,8 +44,8 @@ pytestmark = pytest.mark.kube
 T = TypeVar("T")
 
 LAUNCH = ("import sys; from bridgeport import log; log.setup('DEBUG', json=True); "
-          "from bridgeport.kube.controller import run_controller; "
-          "sys.exit(run_controller(liveness_endpoint=None, {args}))")
+          "from bridgeport.kube.controller import ControllerSettings, run_controller; "
+          "sys.exit(run_controller(ControllerSettings(liveness_endpoint=None, {args})))")
 
 
 def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
@@ -470,12 +470,12 @@ def test_prune_forgets_objects_deleted_unseen(k: Cluster, namespace: str,
     """The periodic resync lists metadata only and forgets what no longer exists."""
     import asyncio
 
-    from bridgeport.kube.controller import Controller
+    from bridgeport.kube.controller import Controller, ControllerSettings
 
     pp = k.create_pp(namespace, "web")
     (a,) = names("node", 1)
     k.report(a, entry(pp))
-    c = Controller(api=kube_client, peering=False)
+    c = Controller(ControllerSettings(peering=False), api=kube_client)
     c.store.put_resource(pp)
     c.store.put_resource({**pp, "metadata": {**pp["metadata"], "name": "gone", "uid": "x"}})
     c.store.put_node(a, {"resources": [entry(pp)]})

@@ -25,6 +25,7 @@ import copy
 import random
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
@@ -33,7 +34,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from bridgeport.core.specs import GROUP, NODESTATES, PLURALS, VERSION, ResourceRef
-from bridgeport.kube.api import kopf_settings, load_api
+from bridgeport.kube.api import kopf_settings as shared_kopf_settings
+from bridgeport.kube.api import load_api
 from bridgeport.kube.controller_metrics import API_ERRORS, METRICS, RECONCILE_SECONDS
 from bridgeport.kube.listing import FirstListing, Lister, node_key, prune, seen_keys
 from bridgeport.kube.peering import PEERING_NAME, Peering
@@ -43,20 +45,47 @@ from bridgeport.kube.store import NoDiffBaseStorage, NoProgressStorage, Store
 log = structlog.get_logger(__name__)
 
 
+@dataclass(frozen=True)
+class ControllerSettings:
+    """How the controller behaves (the `bridgeport controller` flags)."""
+
+    namespace_scope: str | None = None
+    """Watch the PortPublications of this namespace only; BridgeNetworks, NodeStates and
+    peering stay cluster-wide."""
+
+    peering: bool = True
+    """One of several replicas, one active at a time (`--no-peering`: a single replica that
+    never waits for the peering object)."""
+
+    peering_name: str = PEERING_NAME
+    """The ClusterKopfPeering object the replicas share."""
+
+    debounce: float = 0.5
+    """Seconds to let a burst of reports coalesce into one reconcile pass."""
+
+    resync: float = 300.0
+    """Seconds (+-10%) between resyncs: forget objects deleted unseen, rewrite every status
+    that someone else changed."""
+
+    liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
+    """kopf's liveness endpoint (None: none)."""
+
+    metrics_port: int | None = None
+    """Serve /metrics on this port (None: not at all)."""
+
+
 class Controller:
-    def __init__(self, *, namespace_scope: str | None = None, peering: bool = True,
-                 debounce: float = 0.5, resync: float = 300.0,
-                 api: client.ApiClient | None = None,
-                 peering_name: str = PEERING_NAME) -> None:
-        self.namespace_scope = namespace_scope
-        self.debounce = debounce
-        self.resync = resync
+    def __init__(self, settings: ControllerSettings | None = None, *,
+                 api: client.ApiClient | None = None) -> None:
+        self.config = settings or ControllerSettings()
+        self.namespace_scope = self.config.namespace_scope
         self.store = Store()
         self.registry = kopf.OperatorRegistry()
         self._api = api
-        self.peering = Peering(self._custom_objects, enabled=peering, name=peering_name)
+        self.peering = Peering(self._custom_objects, enabled=self.config.peering,
+                               name=self.config.peering_name)
         self.writer = StatusWriter(self.store, self._custom_objects, self.peering.identity)
-        self.lister = Lister(self._custom_objects, namespace_scope)
+        self.lister = Lister(self._custom_objects, self.namespace_scope)
         self.first = FirstListing()
         self._dirty: set[ResourceRef] = set()
         self._wake = asyncio.Event()
@@ -152,7 +181,7 @@ class Controller:
     async def reconcile_forever(self) -> None:
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self.debounce)  # coalesce a burst of reports into one pass
+            await asyncio.sleep(self.config.debounce)  # coalesce a burst of reports into one pass
             self._wake.clear()
             if not self.first.complete or not (self._dirty or self.store.view.pending):
                 continue
@@ -179,7 +208,7 @@ class Controller:
         """Repair what no event told us: objects deleted while our watch was down and status
         edited by someone else."""
         while True:
-            await asyncio.sleep(self.resync * random.uniform(0.9, 1.1))
+            await asyncio.sleep(self.config.resync * random.uniform(0.9, 1.1))
             if not self.first.complete or not await self.peering.active():
                 continue
             try:
@@ -198,15 +227,16 @@ class Controller:
 
     # running ------------------------------------------------------------------------------
 
-    def settings(self) -> kopf.OperatorSettings:
-        s = kopf_settings()
+    def kopf_settings(self) -> kopf.OperatorSettings:
+        """kopf's settings for this process: the shared ones, storage of nothing, peering."""
+        s = shared_kopf_settings()
         s.persistence.progress_storage = NoProgressStorage()
         s.persistence.diffbase_storage = NoDiffBaseStorage()
         self.peering.configure(s)
         return s
 
-    async def run(self, *, liveness_endpoint: str | None = None) -> None:
-        settings = self.settings()
+    async def run(self) -> None:
+        settings = self.kopf_settings()
 
         @kopf.on.startup(registry=self.registry)
         async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -229,7 +259,7 @@ class Controller:
                 identity=cast(Any, self.peering.identity),
                 clusterwide=not self.namespace_scope,
                 namespaces=[self.namespace_scope] if self.namespace_scope else (),
-                liveness_endpoint=liveness_endpoint,
+                liveness_endpoint=self.config.liveness_endpoint,
             )
         finally:
             for task in tasks:
@@ -248,17 +278,13 @@ _META_KEYS = ("name", "namespace", "uid", "generation", "resourceVersion", "crea
               "deletionTimestamp")
 
 
-def run_controller(*, namespace_scope: str | None = None,
-                   liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz",
-                   metrics_port: int | None = None, peering: bool = True,
-                   peering_name: str = PEERING_NAME) -> int:
+def run_controller(settings: ControllerSettings) -> int:
     """The `bridgeport controller` process: blocks until SIGTERM/SIGINT, then returns 0."""
     from bridgeport.metrics import serve
 
-    serve(metrics_port or 0, METRICS)  # raises PortTaken, which the CLI prints as one line
-    controller = Controller(namespace_scope=namespace_scope, peering=peering,
-                            peering_name=peering_name, api=load_api())
+    serve(settings.metrics_port or 0, METRICS)  # raises PortTaken, the CLI prints one line
+    controller = Controller(settings, api=load_api())
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(controller.run(liveness_endpoint=liveness_endpoint))
+        asyncio.run(controller.run())
     log.info("controller stopped")
     return 0
