@@ -32,7 +32,6 @@ from bridgeport.core.report import Entry, integer, text
 from bridgeport.core.specs import BRIDGE_NETWORK, ResourceRef
 
 READY, CONFLICTED, INVALID = "Ready", "Conflicted", "Invalid"
-CONDITION_TYPES = (READY, CONFLICTED, INVALID)
 # BridgeNetworks only: applied, but the subnet overlaps a node address's network (a warning).
 SUBNET_OVERLAPS_NODE = "SubnetOverlapsNode"
 MAX_PROBLEM_NODES = 16
