@@ -5,7 +5,7 @@
     node netns    n1 198.51.100.1 + .100, fd00:51::1 + ::100     <- proxy_driver.py runs here
                   n0 192.0.2.1, fd00:2::1
         | veth
-    target netns  t0 192.0.2.2, fd00:2::2   proxy_peer.py: "target" TCP 7000 / UDP 7001,
+    target netns  t0 192.0.2.2, fd00:2::2   peer_server.py --name target: TCP 7000 / UDP 7001,
                                                            "other"  TCP 7002 / UDP 7003
 """
 
@@ -108,19 +108,19 @@ class World:
         return d
 
     def ask(self, ns: Netns, *args: str | int, timeout: float = 60) -> dict[str, Any]:
-        proc = ns.python("proxy_client.py", *map(str, args), timeout=timeout)
+        proc = ns.python("peer_client.py", *map(str, args), timeout=timeout)
         return dict(json.loads(proc.stdout))
 
     def start(self, ns: Netns, *args: str | int) -> subprocess.Popen[str]:
         """A long-running client; returns once it printed its first line."""
-        proc = ns.popen([sys.executable, str(TOOLS / "proxy_client.py"), *map(str, args)])
+        proc = ns.popen([sys.executable, str(TOOLS / "peer_client.py"), *map(str, args)])
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 15)
         assert ready and proc.stdout.readline(), "client did not start"
         return proc
 
     def serve(self, ns: Netns, *args: str) -> None:
-        proc = ns.popen([sys.executable, str(TOOLS / "proxy_peer.py"), *args])
+        proc = ns.popen([sys.executable, str(TOOLS / "peer_server.py"), *args])
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 15)
         assert ready and proc.stdout.readline().strip() == "ready"

@@ -50,10 +50,10 @@ def test_udp_flood_from_one_source(w: World) -> None:
     d = w.driver("--max-udp-flows", "8", "--max-udp-flows-per-source", "4")
     d.sync(port(NODE, 8096, "UDP"))
     for i in range(10):  # ten client ports of one address (the old table filled at 8)
-        assert None not in w.ask(w.node, "udp", NODE, 8096, f"n{i}", 1)["replies"]
+        assert None not in w.ask(w.node, "datagrams", NODE, 8096, f"n{i}", 1)["replies"]
     labels = {"listen": NODE, "port": "8096"}
     assert d.metric("bridgeport_proxy_udp_flows", **labels) == 4
     assert d.metric("bridgeport_proxy_errors_total", kind="source_limit") == 6
-    got = w.ask(w.client, "udp", NODE, 8096, "other", 2)
+    got = w.ask(w.client, "datagrams", NODE, 8096, "other", 2)
     assert None not in got["replies"], got
     assert got["sources"] == [NODE]  # from the address the client sent to

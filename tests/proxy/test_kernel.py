@@ -80,7 +80,7 @@ def test_udp_two_clients_at_once(w: World) -> None:
     """Two concurrent UDP clients each get exactly their own replies."""
     d = w.driver()
     assert d.sync(port("127.0.0.1", 8081, "UDP"))["127.0.0.1:8081/UDP"]["state"] == "listening"
-    client = [sys.executable, str(TOOLS / "proxy_client.py"), "udp", "127.0.0.1", "8081"]
+    client = [sys.executable, str(TOOLS / "peer_client.py"), "datagrams", "127.0.0.1", "8081"]
     procs = [w.node.popen([*client, tag, "200"]) for tag in ("alpha", "beta")]
     outs = [p.communicate(timeout=60)[0] for p in procs]
     for tag, out in zip(("alpha", "beta"), outs, strict=True):
@@ -94,10 +94,10 @@ def test_udp_flows_expire(w: World) -> None:
     """With a 0.5 s idle timeout, a flow disappears and the next datagram opens a new one."""
     d = w.driver("--udp-idle-timeout", "0.5")
     d.sync(port("127.0.0.1", 8081, "UDP"))
-    assert w.ask(w.node, "udp", "127.0.0.1", 8081, "x", 3)["replies"][2].endswith("x-2")
+    assert w.ask(w.node, "datagrams", "127.0.0.1", 8081, "x", 3)["replies"][2].endswith("x-2")
     assert d.metric("bridgeport_proxy_udp_flows") == 1
     wait_for(lambda: d.metric("bridgeport_proxy_udp_flows") == 0, timeout=5, what="expiry")
-    w.ask(w.node, "udp", "127.0.0.1", 8081, "y", 1)
+    w.ask(w.node, "datagrams", "127.0.0.1", 8081, "y", 1)
     assert d.metric("bridgeport_proxy_connections_total") == 2
 
 
@@ -107,7 +107,7 @@ def test_udp_wildcard_replies_from_dialled_address(w: World, listen: str, dialle
     """A wildcard UDP listener answers from the (secondary) address the client sent to."""
     d = w.driver()
     d.sync(port(listen, 8082, "UDP"))
-    got = w.ask(w.client, "udp", dialled, 8082, "w", 2)
+    got = w.ask(w.client, "datagrams", dialled, 8082, "w", 2)
     assert got["sources"] == [dialled] and None not in got["replies"]
 
 
@@ -123,7 +123,7 @@ def test_port_in_use_by_host_process(w: World) -> None:
         assert where in statuses[where]["message"]
     assert statuses["127.0.0.1:8092/TCP"]["state"] == "listening"
     assert w.ask(w.node, "hello", "127.0.0.1", 8090)["reply"] == "hello from host 127.0.0.1"
-    assert w.ask(w.node, "udp", "127.0.0.1", 8091, "h", 1)["replies"][0].startswith("host ")
+    assert w.ask(w.node, "datagrams", "127.0.0.1", 8091, "h", 1)["replies"][0].startswith("host ")
     assert d.metric("bridgeport_proxy_listener_up", port="8090") == 0
     assert d.metric("bridgeport_proxy_listener_up", port="8092") == 1
 
@@ -178,7 +178,7 @@ def test_thousand_listeners(w: World) -> None:
     assert all(s["state"] == "listening" for s in setup["statuses"].values())
     rss = d.rss_kib()
     assert w.ask(w.node, "hello", "127.0.0.1", 20999)["reply"].startswith("hello from target")
-    assert w.ask(w.node, "udp", "127.0.0.1", 20998, "k", 1)["replies"][0].endswith("k-0")
+    assert w.ask(w.node, "datagrams", "127.0.0.1", 20998, "k", 1)["replies"][0].endswith("k-0")
     resync = d.call({"sync": ports})["seconds"]
     teardown = d.call({"sync": []})["seconds"]
     print(f"\n1000 listeners: setup {setup['seconds']:.3f}s, resync {resync:.3f}s, "
@@ -236,8 +236,8 @@ def test_udp_flow_limit(w: World) -> None:
     """A full flow table drops datagrams of new clients and logs a clear warning."""
     d = w.driver("--max-udp-flows", "1")
     d.sync(port("127.0.0.1", 8081, "UDP"))
-    assert None not in w.ask(w.node, "udp", "127.0.0.1", 8081, "a", 2)["replies"]
-    assert w.ask(w.node, "udp", "127.0.0.1", 8081, "b", 1)["replies"] == [None]
+    assert None not in w.ask(w.node, "datagrams", "127.0.0.1", 8081, "a", 2)["replies"]
+    assert w.ask(w.node, "datagrams", "127.0.0.1", 8081, "b", 1)["replies"] == [None]
     assert d.metric("bridgeport_proxy_errors_total", kind="udp_flow_limit") >= 1
     assert "flow table full" in d.logs()
 
@@ -297,7 +297,7 @@ def test_out_of_file_descriptors(w: World) -> None:
     d = w.driver("--workers", "1", prefix=("prlimit", "--nofile=40:40"))
     d.sync(port("127.0.0.1", 8095))
     # Not w.start(): a client refused for lack of descriptors is reset and never says ready.
-    held = [w.node.popen([sys.executable, str(TOOLS / "proxy_client.py"), "stuck",
+    held = [w.node.popen([sys.executable, str(TOOLS / "peer_client.py"), "stuck",
                           "127.0.0.1", "8095"]) for _ in range(8)]
     wait_for(lambda: d.metric("bridgeport_proxy_errors_total", kind="accept") >= 1,
              what="an accept error")

@@ -7,24 +7,17 @@ import selectors
 import socket
 import sys
 
+from peer_server import bind  # type: ignore[import-not-found]
+
 
 def main() -> int:
     mode, host, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
     last = int(sys.argv[4]) if len(sys.argv) > 4 else first
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     kind = socket.SOCK_STREAM if mode == "tcp" else socket.SOCK_DGRAM
     sel = selectors.DefaultSelector()
     try:
         for port in range(first, last + 1):
-            s = socket.socket(family, kind)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if kind == socket.SOCK_STREAM:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-            if kind == socket.SOCK_STREAM:
-                s.listen(16)
-            sel.register(s, selectors.EVENT_READ)
+            sel.register(bind(host, port, kind), selectors.EVENT_READ)
     except OSError as exc:
         print(f"ERR {errno.errorcode.get(exc.errno or 0, exc)}", flush=True)
         return 1
