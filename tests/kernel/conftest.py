@@ -27,7 +27,7 @@ import yaml
 
 from tests.netns import Netns, netns, run, unique, veth, wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 NODE_IP, NODE_IP2, CLIENT_IP = "192.0.2.1", "192.0.2.11", "192.0.2.2"
 NODE_IP6, CLIENT_IP6 = "fd00:c::1", "fd00:c::2"

@@ -23,7 +23,7 @@ from tests.builders import network, publication
 from tests.kernel.conftest import CLIENT_IP, NODE_IP, NODE_IP2, NODE_IP6, World
 from tests.netns import wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 NET = network("net-c", "10.96.1.0/24", bridge="bp-c", subnet6="fd00:96::/64")
 TARGET, TARGET6 = "10.96.1.2", "fd00:96::2"

@@ -13,7 +13,7 @@ import pytest
 
 from tests.netns import netns
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 HOLD = ("import socket, sys\n"
         "s = socket.socket(); s.bind(('0.0.0.0', 9102)); s.listen(1); print('ready', flush=True)\n"

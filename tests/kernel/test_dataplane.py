@@ -38,7 +38,7 @@ from tests.kernel.conftest import (
 )
 from tests.netns import wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 NET = network("net-a", "10.99.1.0/24", bridge="bp-a", subnet6="fd00:a::/64")
 NET_B = network("net-b", "10.99.2.0/24", bridge="bp-b")

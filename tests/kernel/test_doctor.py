@@ -24,7 +24,7 @@ from tests.builders import network, publication
 from tests.kernel.conftest import CLIENT_IP, NODE_IP, World
 from tests.netns import wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 NET = network("net-d", "10.99.4.0/24", bridge="bp-d")
 FIREWALLD = """

@@ -26,7 +26,7 @@ from tests.builders import network, publication
 from tests.kernel.conftest import Agent
 from tests.netns import Netns, netns, unique, veth, wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 QUIET_WINDOW = 3.0  # seconds watched on the idle node; the loop did ~30 reconciles in it
 

@@ -11,11 +11,14 @@ Scenarios:
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from tests.builders import network
 from tests.kernel.conftest import World
 from tests.netns import wait_for
+
+pytestmark = pytest.mark.root
 
 WORKING = network("zz-working", "10.98.0.0/24", bridge="bp-zz")
 

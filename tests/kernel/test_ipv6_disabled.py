@@ -17,7 +17,7 @@ import yaml
 from tests.builders import network
 from tests.netns import netns, wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 
 def test_subnet6_without_ipv6_applies_the_ipv4_side(tmp_path: Path) -> None:

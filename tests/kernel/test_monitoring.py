@@ -32,7 +32,7 @@ from tests.builders import network, publication
 from tests.kernel.conftest import NODE_IP, World
 from tests.netns import Netns, wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "charts" / "bridgeport" / "monitoring" / "dashboard.json"

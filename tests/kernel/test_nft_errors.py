@@ -10,7 +10,7 @@ import pytest
 
 from tests.netns import netns
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 PROBE = """
 import json

@@ -42,7 +42,7 @@ from tests.kernel.conftest import (
 )
 from tests.netns import Netns, netns, veth, wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 
 def test_host_binding(w: World) -> None:

@@ -32,7 +32,7 @@ from tests.kernel.conftest import (
 )
 from tests.netns import Netns, wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 NET = network("net-d", "10.95.1.0/24", bridge="bp-d", subnet6="fd00:95::/64")
 NO_ICC = network("net-d", "10.95.1.0/24", bridge="bp-d", subnet6="fd00:95::/64",

@@ -20,7 +20,7 @@ import yaml
 from tests.builders import network
 from tests.netns import TOOLS, netns, wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 
 def test_new_port_is_isolated_without_waiting_for_resync(tmp_path: Path) -> None:

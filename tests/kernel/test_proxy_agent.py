@@ -22,7 +22,7 @@ from tests.builders import network, publication
 from tests.kernel.conftest import CLIENT_IP, NODE_IP, World
 from tests.netns import wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 NET = network("net-p", "10.97.1.0/24", bridge="bp-p", subnet6="fd00:97::/64")
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.builders import network, publication
 from tests.kernel.conftest import NODE_IP, NODE_IP2, World
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 NET = network("net-c", "10.99.3.0/24", bridge="bp-c")
 

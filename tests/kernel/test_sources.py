@@ -21,7 +21,7 @@ from tests.builders import network, publication
 from tests.kernel.conftest import CLIENT_IP, NODE_IP, World
 from tests.netns import wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 NET = network("net-s", "10.95.1.0/24", bridge="bp-s")
 TARGET = "10.95.1.2"

@@ -17,7 +17,7 @@ import yaml
 from tests.builders import network
 from tests.netns import netns, wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 
 @pytest.mark.parametrize("manage", [True, False])

@@ -13,7 +13,7 @@ Session fixtures:
 Per test:
 - ``namespace``: a fresh namespace, deleted afterwards.
 
-Mark tests that use these with ``pytest.mark.kube``. The first ever run builds Kubernetes
+Mark tests that use these with ``pytest.mark.apiserver``. The first ever run builds Kubernetes
 (about 6 minutes, longer than pytest's 300 s timeout): run ``make kube-build`` first.
 """
 

@@ -313,7 +313,7 @@ def test_packaged_chart_contains_the_crd_files(tmp_path: Path) -> None:
 
 # -- the real API server accepts every object ----------------------------------------------------
 
-@pytest.mark.kube
+@pytest.mark.apiserver
 def test_api_server_accepts_every_rendered_object(control_plane: Any, crds: Any) -> None:
     """Server-side dry run of the full chart (all options but the ServiceMonitor, whose CRD
     belongs to prometheus-operator): schemas, CEL of the admission policy, the peering CR."""
@@ -332,7 +332,7 @@ def test_api_server_accepts_every_rendered_object(control_plane: Any, crds: Any)
         control_plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
-@pytest.mark.kube
+@pytest.mark.apiserver
 def test_pod_security_levels_and_priority_are_admitted(control_plane: Any, crds: Any) -> None:
     """The pod templates, as pods (server-side dry run, so admission runs for real): the
     controller passes Pod Security `restricted`; the agent needs `privileged` (hostNetwork,

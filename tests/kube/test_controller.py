@@ -39,7 +39,7 @@ import pytest
 from bridgeport.core.specs import API_VERSION as API
 from bridgeport.core.specs import GROUP, VERSION
 
-pytestmark = pytest.mark.kube
+pytestmark = pytest.mark.apiserver
 
 T = TypeVar("T")
 

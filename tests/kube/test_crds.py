@@ -44,7 +44,7 @@ from bridgeport.core.plan import State
 from tests.builders import API
 from tests.kube.conftest import CRD_DIR, EXAMPLES_DIR, Kubectl, load_manifests
 
-kube = pytest.mark.kube
+apiserver = pytest.mark.apiserver
 
 INVALID_DIR = EXAMPLES_DIR / "invalid"
 BN_CRD, PP_CRD, NS_CRD = (f"{p}.bridgeport.io" for p in
@@ -158,7 +158,7 @@ def table(output: str) -> tuple[list[str], list[list[str]]]:
 
 # -- against the API server --------------------------------------------------------------------
 
-@kube
+@apiserver
 def test_crds_are_established(crds: dict[str, dict[str, Any]], kubectl: Kubectl) -> None:
     """All five CRDs install server-side, are Established, and have the documented names."""
     assert set(crds) == {BN_CRD, PP_CRD, NS_CRD, PEERING_CRD, HPP_CRD}
@@ -209,7 +209,7 @@ def get(kubectl: Kubectl, doc: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-@kube
+@apiserver
 def test_examples_apply_and_read_back_with_defaults(
         applied_examples: list[dict[str, Any]], kubectl: Kubectl) -> None:
     """examples/*.yaml are accepted; the server adds only the schema defaults; same spec."""
@@ -225,7 +225,7 @@ def test_examples_apply_and_read_back_with_defaults(
     assert dns["spec"]["loopback"] == "Auto"  # not in the file
 
 
-@kube
+@apiserver
 def test_minimal_resources_get_the_agents_defaults(crds: Any, kubectl: Kubectl,
                                                    namespace: str) -> None:
     """A resource with only required fields reads back with the agent's defaults."""
@@ -248,7 +248,7 @@ def test_minimal_resources_get_the_agents_defaults(crds: Any, kubectl: Kubectl,
         kubectl("delete", "bn", bn["metadata"]["name"], "--wait=false")
 
 
-@kube
+@apiserver
 @pytest.mark.parametrize("path", INVALID_EXAMPLES, ids=lambda p: p.stem)
 def test_invalid_example_is_refused(path: Path, crds: Any, kubectl: Kubectl) -> None:
     """The server refuses the file with a message naming the field; so does the agent."""
@@ -267,7 +267,7 @@ def test_invalid_example_is_refused(path: Path, crds: Any, kubectl: Kubectl) -> 
         assert text in result.stderr, result.stderr
 
 
-@kube
+@apiserver
 def test_unknown_fields_are_pruned_without_strict_validation(crds: Any, kubectl: Kubectl,
                                                              kube_client: Any) -> None:
     """Without Strict field validation the server drops an unknown field (Warn: with a warning)."""
@@ -316,7 +316,7 @@ DIFFERENCES: list[tuple[str, dict[str, Any], bool, bool]] = [
 ]
 
 
-@kube
+@apiserver
 @pytest.mark.parametrize(("what", "doc", "server", "agent"), DIFFERENCES,
                          ids=[d[0] for d in DIFFERENCES])
 def test_known_differences_between_schema_and_agent(
@@ -339,7 +339,7 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-@kube
+@apiserver
 @pytest.mark.parametrize(("what", "doc"), ACCEPTED, ids=[a[0] for a in ACCEPTED])
 def test_docker_forms_are_accepted(what: str, doc: dict[str, Any], crds: Any,
                                    kubectl: Kubectl) -> None:
@@ -380,7 +380,7 @@ def test_agent_subnet_rules(subnet: str, subnet6: str | None, accepted: bool) ->
     assert isinstance(result, specs.InvalidResource) is not accepted, result
 
 
-@kube
+@apiserver
 def test_cel_subnet_rules_are_the_agents(crds: Any, kubectl: Kubectl) -> None:
     """The server's CEL rules give the agent's verdict on every row of the table."""
     for subnet, subnet6, accepted in SUBNETS:
@@ -389,7 +389,7 @@ def test_cel_subnet_rules_are_the_agents(crds: Any, kubectl: Kubectl) -> None:
         assert (result.rc == 0) is accepted, (subnet, subnet6, result.stderr)
 
 
-@kube
+@apiserver
 def test_printer_columns(applied_examples: list[dict[str, Any]], kubectl: Kubectl) -> None:
     """kubectl get pp / bn / bpns print the documented columns."""
     header, rows = table(kubectl.ok("get", "pp", "-n", "default"))
@@ -451,7 +451,7 @@ def agent_status(n: int = 2) -> dict[str, Any]:
     return report.status()[0]
 
 
-@kube
+@apiserver
 def test_nodestate_status_only_through_the_status_subresource(crds: Any,
                                                                kube_client: Any) -> None:
     """.status sent to the main resource is dropped; the agent's status document is stored whole."""
@@ -487,7 +487,7 @@ def test_nodestate_status_only_through_the_status_subresource(crds: Any,
     assert "spec.nodeName must equal metadata.name" in api_message(err.value)
 
 
-@kube
+@apiserver
 def test_nodestate_holds_a_10000_resource_report(crds: Any, kube_client: Any) -> None:
     """No maxItems on status.resources: a node with 10,000 resources can report them all."""
     from kubernetes import client
@@ -509,7 +509,7 @@ def test_nodestate_holds_a_10000_resource_report(crds: Any, kube_client: Any) ->
         api.delete_cluster_custom_object(*args, node)
 
 
-@kube
+@apiserver
 def test_nodestate_holds_a_20000_publication_report(crds: Any, kube_client: Any) -> None:
     """The agent's report of 20,000 Applied publications and 500 problems: every outcome is
     in it (500 entries, 20,000 in the digests), a few dozen KB."""
@@ -548,7 +548,7 @@ def condition(type_: str, status: str = "True", reason: str = "AllNodesReady") -
             "lastTransitionTime": "2026-01-02T03:04:05Z", "reason": reason, "message": ""}
 
 
-@kube
+@apiserver
 def test_resource_status_accepts_the_controller_shape(crds: Any, kubectl: Kubectl,
                                                       namespace: str) -> None:
     """Conditions (metav1.Condition, keyed by type), node counts, ready and problemNodes."""

@@ -29,7 +29,7 @@ from tests import builders
 from tests.kube.world import KubeWorld, e2e_world
 from tests.netns import wait_for
 
-pytestmark = pytest.mark.kube
+pytestmark = [pytest.mark.root, pytest.mark.apiserver]
 
 
 def network(**spec: Any) -> dict[str, Any]:

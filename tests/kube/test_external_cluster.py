@@ -26,7 +26,7 @@ import yaml
 from tests.kube.world import KubeWorld, Node, loopback_bridge
 from tests.netns import Netns, netns, run, veth
 
-pytestmark = pytest.mark.kube
+pytestmark = [pytest.mark.root, pytest.mark.apiserver]
 REPO = Path(__file__).resolve().parents[2]
 
 

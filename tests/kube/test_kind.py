@@ -27,7 +27,7 @@ from tests.builders import API
 from tests.kube.world import KubeWorld, e2e_world
 from tests.netns import wait_for
 
-pytestmark = [pytest.mark.kube, pytest.mark.skipif(
+pytestmark = [pytest.mark.apiserver, pytest.mark.docker, pytest.mark.skipif(
     not os.environ.get("BRIDGEPORT_E2E_KUBECONFIG"), reason="needs a kind cluster "
     "(tests/e2e/kind.sh or make e2e-kind)")]
 

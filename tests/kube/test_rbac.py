@@ -45,7 +45,7 @@ from tests.kube.test_chart import render, render_text
 from tests.kube.world import loopback_bridge
 from tests.netns import netns, wait_for
 
-pytestmark = pytest.mark.kube
+pytestmark = [pytest.mark.root, pytest.mark.apiserver]
 
 NS = "bridgeport-rbac"  # where the chart is installed
 APPS = "rbac-apps"  # where the test's PortPublication lives

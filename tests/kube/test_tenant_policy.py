@@ -30,7 +30,7 @@ from tests.builders import API, publication
 from tests.kube.conftest import Kubectl
 from tests.kube.test_chart import render
 
-pytestmark = pytest.mark.kube
+pytestmark = pytest.mark.apiserver
 
 POLICY = {
     "apiVersion": API, "kind": "HostPortPolicy", "metadata": {"name": "default"},

@@ -16,7 +16,7 @@ import pytest
 from tests.netns import wait_for
 from tests.proxy.conftest import NODE, NODE_UP, World, port
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 
 
 def test_tcp_per_source_limit(w: World) -> None:

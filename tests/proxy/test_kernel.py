@@ -38,7 +38,7 @@ from tests.proxy.conftest import (
     port,
 )
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.root
 UP = {"state": "listening", "reason": "", "message": "", "owner": "default/web"}
 
 
