@@ -16,10 +16,10 @@ lint: setup
 	shellcheck -x hack/*.sh hack/kube/*.sh hack/kind/*.sh tests/e2e/*.sh
 
 unit: setup
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -m "not root and not apiserver and not docker"
 
 kernel: setup
-	$(PY) -m pytest -q tests/kernel
+	$(PY) -m pytest -q -m "root and not apiserver and not docker"
 
 ## Kubernetes from the Go module proxy (first run ~6 min on 2 cores; cached afterwards).
 kube-build: setup
@@ -44,7 +44,7 @@ test: lint kube-build helm-build
 	@bash hack/kind/e2e.sh
 
 ## kind end-to-end only: builds kind, node and component images, the bridgeport image, runs
-## tests/kube/test_e2e.py + test_kind.py + helm test on a 3-node dual-stack cluster (as root).
+## tests/e2e/test_e2e.py + test_kind.py + helm test on a 3-node dual-stack cluster (as root).
 e2e-kind: setup kube-build helm-build
 	@bash hack/kind/e2e.sh
 
@@ -68,7 +68,7 @@ bench: setup
 	$(PY) bench/dataplane.py
 
 golden: setup
-	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/test_golden.py
+	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/core/test_golden.py
 
 clean:
 	-$(PY) -m bridgeport agent --cleanup

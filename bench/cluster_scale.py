@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "operator"))
 
+from tests.e2e.world import loopback_bridge  # noqa: E402
 from tests.harness import controlplane  # noqa: E402
-from tests.kube.world import loopback_bridge  # noqa: E402
 from tests.netns import netns  # noqa: E402
 
 from bridgeport.core import summary  # noqa: E402

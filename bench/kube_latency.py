@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.builders import API  # noqa: E402
+from tests.e2e.world import kube_world  # noqa: E402
 from tests.harness import controlplane  # noqa: E402
-from tests.kube.world import kube_world  # noqa: E402
 from tests.netns import wait_for  # noqa: E402
 
 

@@ -10,5 +10,5 @@ if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok ins
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 BRIDGEPORT_DASHBOARD_PNG="$PWD/docs/dashboard.png" .venv/bin/python -m pytest -q \
-  tests/kernel/test_monitoring.py -k "br_netfilter and not no_br_netfilter"
+  tests/ops/test_monitoring.py -k "br_netfilter and not no_br_netfilter"
 ls -l docs/dashboard-*.png

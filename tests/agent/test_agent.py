@@ -28,7 +28,7 @@ from bridgeport.core.report import Report
 from bridgeport.core.source import Snapshot
 from bridgeport.core.specs import ParseResult
 from bridgeport.proxy.status import ProxyStatus
-from tests.unit.test_planner import NODE, net, pub
+from tests.core.test_planner import NODE, net, pub
 
 
 class ListSource:

@@ -20,7 +20,7 @@ import subprocess
 import pytest
 
 from tests.builders import network, publication
-from tests.kernel.conftest import CLIENT_IP, NODE_IP, NODE_IP2, NODE_IP6, World
+from tests.harness.node import CLIENT_IP, NODE_IP, NODE_IP2, NODE_IP6, World
 from tests.netns import wait_for
 
 pytestmark = pytest.mark.root

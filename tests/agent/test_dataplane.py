@@ -28,7 +28,7 @@ import time
 import pytest
 
 from tests.builders import network, publication
-from tests.kernel.conftest import (
+from tests.harness.node import (
     CLIENT_IP,
     CLIENT_IP6,
     NODE_IP,

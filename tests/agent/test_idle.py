@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import network, publication
-from tests.kernel.conftest import Agent
+from tests.harness.node import Agent
 from tests.netns import Netns, netns, unique, veth, wait_for
 
 pytestmark = pytest.mark.root

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.builders import network
-from tests.kernel.conftest import World
+from tests.harness.node import World
 from tests.netns import wait_for
 
 pytestmark = pytest.mark.root

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.builders import network, publication
-from tests.kernel.conftest import (
+from tests.harness.node import (
     CLIENT_IP,
     CLIENT_IP6,
     NODE_IP,

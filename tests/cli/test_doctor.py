@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.builders import network, publication
-from tests.kernel.conftest import CLIENT_IP, NODE_IP, World
+from tests.harness.node import CLIENT_IP, NODE_IP, World
 from tests.netns import wait_for
 
 pytestmark = pytest.mark.root

@@ -13,7 +13,7 @@ from pathlib import Path
 from bridgeport.core import planner, ruleset
 from bridgeport.core.plan import NodePlan
 from tests.builders import API
-from tests.unit.test_planner import NODE, message, net, pub, states
+from tests.core.test_planner import NODE, message, net, pub, states
 
 
 def nft(plan: NodePlan, family: int = 4) -> str:
@@ -174,7 +174,7 @@ def test_accept_mark() -> None:
 
 def test_plan_cli_accept_fwmark() -> None:
     """`bridgeport plan --accept-fwmark` shows the rule; a bad mark is a usage error."""
-    from tests.unit.test_cli import plan as run_plan
+    from tests.cli.test_cli import plan as run_plan
     out = run_plan("-f", "examples/network.yaml", "--accept-fwmark", "0x10000/0x10000")
     assert out.returncode == 0, out.stderr
     assert "meta mark & 0x00010000 == 0x00010000 accept" in out.stdout
@@ -183,10 +183,10 @@ def test_plan_cli_accept_fwmark() -> None:
 
 
 def test_readme_override_example_is_the_tested_one() -> None:
-    """The README's worked example is the table tests/kernel/test_options.py loads."""
+    """The README's worked example is the table tests/agent/test_options.py loads."""
     from pathlib import Path
 
-    from tests.kernel.test_options import ADMIN_TABLE
+    from tests.agent.test_options import ADMIN_TABLE
     readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
     assert ADMIN_TABLE.strip() in readme
 
@@ -270,7 +270,7 @@ def test_plan_json_lists_routed_ports(tmp_path: Path) -> None:
 
     import yaml
 
-    from tests.unit.test_cli import plan as run_plan
+    from tests.cli.test_cli import plan as run_plan
     docs = [{"apiVersion": API, "kind": "BridgeNetwork",
              "metadata": {"name": "r"}, "spec": {"subnet": "10.0.0.0/24",
                                                  "gatewayMode": "routed"}},

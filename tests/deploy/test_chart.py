@@ -2,7 +2,7 @@
 
 Everything here runs `helm` only (built once by hack/helm.sh into the cache, ~4 min the first
 time), except the one `kube` test that asks the real API server to validate every object.
-The RBAC the chart grants is proven by tests/kube/test_rbac.py.
+The RBAC the chart grants is proven by tests/deploy/test_rbac.py.
 """
 
 from __future__ import annotations

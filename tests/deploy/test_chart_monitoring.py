@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from tests.kube.test_chart import CHART, find, render
+from tests.deploy.test_chart import CHART, find, render
 
 DASHBOARD = CHART / "monitoring" / "dashboard.json"
 ALERTS = CHART / "monitoring" / "alerts.yaml"

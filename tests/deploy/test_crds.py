@@ -42,7 +42,7 @@ import pytest
 from bridgeport.core import specs
 from bridgeport.core.plan import State
 from tests.builders import API
-from tests.kube.conftest import CRD_DIR, EXAMPLES_DIR, Kubectl, load_manifests
+from tests.harness.apiserver import CRD_DIR, EXAMPLES_DIR, Kubectl, load_manifests
 
 apiserver = pytest.mark.apiserver
 

@@ -41,8 +41,8 @@ import pytest
 import yaml
 
 from tests.builders import API
-from tests.kube.test_chart import render, render_text
-from tests.kube.world import loopback_bridge
+from tests.deploy.test_chart import render, render_text
+from tests.e2e.world import loopback_bridge
 from tests.netns import netns, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.apiserver]

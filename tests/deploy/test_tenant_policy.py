@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from tests.builders import API, publication
-from tests.kube.conftest import Kubectl
-from tests.kube.test_chart import render
+from tests.deploy.test_chart import render
+from tests.harness.apiserver import Kubectl
 
 pytestmark = pytest.mark.apiserver
 

@@ -19,7 +19,7 @@
 #
 # Steps: docker build operator/Dockerfile -> kind create cluster (kind-config.yaml: dual stack,
 # 1 control plane + 2 workers) -> [CNI] -> kind load docker-image -> CRDs -> helm install
-# charts/bridgeport -> helm test -> pytest tests/kube/test_e2e.py tests/kube/test_kind.py.
+# charts/bridgeport -> helm test -> pytest tests/e2e/test_e2e.py tests/e2e/test_kind.py.
 # The tests reach the cluster through BRIDGEPORT_E2E_KUBECONFIG and run node-side commands with
 # BRIDGEPORT_E2E_NODE_EXEC="docker exec {node}" (kind nodes are containers named after their
 # Nodes). The cluster is deleted on exit, whatever happened (trap), unless KEEP_CLUSTER=1.
@@ -151,9 +151,9 @@ export BRIDGEPORT_E2E_NODE_EXEC="docker exec {node}"
 export BRIDGEPORT_E2E_NAMESPACE="$namespace" BRIDGEPORT_E2E_RELEASE="$release"
 export BRIDGEPORT_E2E_CHART="$repo/charts/bridgeport" BRIDGEPORT_E2E_HELM="$helm"
 export BRIDGEPORT_E2E_IMAGE="$image"
-log "running tests/kube/test_e2e.py and tests/kube/test_kind.py against the kind cluster"
+log "running tests/e2e/test_e2e.py and tests/e2e/test_kind.py against the kind cluster"
 status=0
-"$python" -m pytest -q -p no:cacheprovider "$repo/tests/kube/test_e2e.py" \
-    "$repo/tests/kube/test_kind.py" "$@" || status=$?
+"$python" -m pytest -q -p no:cacheprovider "$repo/tests/e2e/test_e2e.py" \
+    "$repo/tests/e2e/test_kind.py" "$@" || status=$?
 log "done (status $status)"
 exit "$status"

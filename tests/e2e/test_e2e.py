@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests import builders
-from tests.kube.world import KubeWorld, e2e_world
+from tests.e2e.world import KubeWorld, e2e_world
 from tests.netns import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.apiserver]

@@ -3,7 +3,7 @@
 kind needs Docker, which these machines lack. This builds the same shape from namespaces: three
 "nodes" on one switch (a control-plane node used as the client, two workers), Node objects
 with their InternalIPs, agents and the controller already running (as the chart would run
-them), then runs tests/kube/test_e2e.py with BRIDGEPORT_E2E_KUBECONFIG and
+them), then runs tests/e2e/test_e2e.py with BRIDGEPORT_E2E_KUBECONFIG and
 BRIDGEPORT_E2E_NODE_EXEC="nsenter --net=/run/netns/{node}" instead of "docker exec {node}".
 
 Scenario: the whole e2e suite passes in external mode (node discovery, labels, node exec,
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kube.world import KubeWorld, Node, loopback_bridge
+from tests.e2e.world import KubeWorld, Node, loopback_bridge
 from tests.netns import Netns, netns, run, veth
 
 pytestmark = [pytest.mark.root, pytest.mark.apiserver]
@@ -87,7 +87,7 @@ def fake_kind(control_plane: Any, crds: Any, tmp_path: Path) -> Iterator[dict[st
 
 
 def test_e2e_suite_in_external_cluster_mode(fake_kind: dict[str, str]) -> None:
-    """tests/kube/test_e2e.py passes against an already-running 'cluster', as on kind."""
+    """tests/e2e/test_e2e.py passes against an already-running 'cluster', as on kind."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          str(REPO / "tests" / "kube" / "test_e2e.py")],

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.builders import API
-from tests.kube.world import KubeWorld, e2e_world
+from tests.e2e.world import KubeWorld, e2e_world
 from tests.netns import wait_for
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.docker, pytest.mark.skipif(
@@ -133,7 +133,7 @@ def test_subnet6_is_applied_on_dual_stack_nodes(w: KubeWorld) -> None:
     for node in w.nodes:
         state = w.get("nodestates", node.name)
         # Plainly Applied outcomes are summarised, not listed; an Applied/IPv6Disabled (or any
-        # problem) would be listed (tests/unit/test_nodestate.py).
+        # problem) would be listed (tests/controller/test_nodestate.py).
         listed = [r for r in state["status"]["resources"] if r["name"] == "kind"]
         assert not listed, listed
         assert state["status"]["applied"]["count"] >= 1, state["status"]

@@ -1,4 +1,5 @@
-"""A node with a real agent, a client outside it, and containers on the agent's bridges.
+"""A node with a real agent, a client outside it, and containers on the agent's bridges: the
+`world` and `w` fixtures of the tests marked `root` (a pytest plugin, see tests/conftest.py).
 
     client netns (192.0.2.2, fd00:c::2) --veth-- node netns (192.0.2.1 + 192.0.2.11, fd00:c::1)
                                                    | agent: bridgeport agent --source dir:...
@@ -26,8 +27,6 @@ import pytest
 import yaml
 
 from tests.netns import Netns, netns, run, unique, veth, wait_for
-
-pytestmark = pytest.mark.root
 
 NODE_IP, NODE_IP2, CLIENT_IP = "192.0.2.1", "192.0.2.11", "192.0.2.2"
 NODE_IP6, CLIENT_IP6 = "fd00:c::1", "fd00:c::2"

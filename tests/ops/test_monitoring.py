@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from tests.builders import network, publication
-from tests.kernel.conftest import NODE_IP, World
+from tests.harness.node import NODE_IP, World
 from tests.netns import Netns, wait_for
 
 pytestmark = pytest.mark.root

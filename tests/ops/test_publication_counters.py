@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.builders import network, publication
-from tests.kernel.conftest import NODE_IP, NODE_IP2, World
+from tests.harness.node import NODE_IP, NODE_IP2, World
 
 pytestmark = pytest.mark.root
 

@@ -386,7 +386,7 @@ def _address(fields: _Fields, key: str, required: bool = False,
 
 
 # Subnets a bridge network may use, shared with the CRD's CEL rules (crds/, and the table in
-# tests/kube/test_crds.py checks both): no shorter than a /8 (/16), no longer than a /30 (/126),
+# tests/deploy/test_crds.py checks both): no shorter than a /8 (/16), no longer than a /30 (/126),
 # and never overlapping these. With those prefix bounds the first octet (hextet) decides,
 # except 169.254/16 inside a 169.x/8../15.
 PREFIX_BOUNDS = {4: (8, 30), 6: (16, 126)}
