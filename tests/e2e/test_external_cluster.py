@@ -90,7 +90,7 @@ def test_e2e_suite_in_external_cluster_mode(fake_kind: dict[str, str]) -> None:
     """tests/e2e/test_e2e.py passes against an already-running 'cluster', as on kind."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(REPO / "tests" / "kube" / "test_e2e.py")],
+         str(REPO / "tests" / "e2e" / "test_e2e.py")],
         cwd=REPO, env={**os.environ, **fake_kind}, capture_output=True, text=True,
         timeout=280, check=False)
     tail = (proc.stdout + proc.stderr)[-4000:]
