@@ -317,6 +317,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         if leftovers := remove_temporaries(args.state_file):
             log.info("removed temporary state files of an interrupted write", count=leftovers)
     reporters: list[Callable[[Report], Awaitable[None]]] = []
+    recall = None
     if args.source.startswith("dir:"):
         from bridgeport.adapters.dirsource import DirSource
 
@@ -327,7 +328,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         from bridgeport.kube.source import KubeSource
 
         kube = KubeSource(args.node_name, liveness_endpoint=_endpoint(args.health_port))
-        reporters.append(NodeStateReporter(args.node_name, lambda: kube.node_uid).publish)
+        nodestate = NodeStateReporter(args.node_name, lambda: kube.node_uid)
+        reporters.append(nodestate.publish)
+        # Without a state file, the NodeState remembers the host ports this node assigned.
+        recall = nodestate.recall if args.state_file is None else None
         source = kube
     else:
         print(f"error: --source {args.source!r}: use kube or dir:PATH", file=sys.stderr)
@@ -355,7 +359,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
                                    accept_mark=args.accept_fwmark,
                                    counters=not args.no_publication_counters,
                                    doctor_interval=args.doctor_interval)
-    the_agent = agent.Agent(source, settings, proxies=proxies, reporters=reporters)
+    the_agent = agent.Agent(source, settings, proxies=proxies, reporters=reporters,
+                            recall=recall)
     return _run_until_signal(the_agent.run())
 
 
