@@ -111,12 +111,18 @@ def allocate_ports(resources: Iterable[ParseResult],
                    facts: NodeFacts) -> dict[ResourceRef, int | None]:
     """The node's assigned host ports for these resources (what plan() would make): the
     incremental planner makes it once for all its partial plans."""
-    networks = sorted((r for r in resources if isinstance(r, BridgeNetwork)),
+    resources = list(resources)
+    if not any(isinstance(r, PortPublication) and r.assign is not None for r in resources):
+        return {}  # the common case costs one pass
+    chosen: dict[ResourceRef, BridgeNetwork | PortPublication] = {}
+    for r in resources:  # the definition plan() uses when one is given twice
+        if not isinstance(r, InvalidResource):
+            old = chosen.get(r.meta.ref)
+            chosen[r.meta.ref] = r if old is None else min(old, r, key=_duplicate_order)
+    networks = sorted((r for r in chosen.values() if isinstance(r, BridgeNetwork)),
                       key=lambda n: _claim_order(n, facts))
-    pubs = sorted((r for r in resources if isinstance(r, PortPublication)),
+    pubs = sorted((r for r in chosen.values() if isinstance(r, PortPublication)),
                   key=lambda p: _claim_order(p, facts))
-    if not any(p.assign is not None for p in pubs):
-        return {}
     bridges = _plan_networks(networks, facts, {})
     return _allocate(pubs, facts, {b.network: b for b in bridges},
                      {n.name: n for n in networks})
