@@ -20,6 +20,7 @@ normally held by our own socket, and the claim (core/claims.py) finds a foreign 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ def _mask(ports: Iterable[int]) -> bytearray:
     return out
 
 
+@functools.lru_cache(maxsize=65536)
 def preferred(ref: ResourceRef, start: int, end: int, count: int) -> int:
     """Where the search for `ref` starts: stable, spread over the range by name."""
     slots = end - start + 2 - count

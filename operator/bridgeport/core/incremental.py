@@ -123,12 +123,13 @@ class IncrementalPlanner:
         self._claims: dict[ResourceRef, tuple[Claim, ...]] = {}
         self._sorted_claims = _Sorted(_claim_order)
         self._sources: dict[ResourceRef, tuple[Any, ...]] = {}
+        self._verdicts = planner.PortVerdicts()
         self.delta: Delta | None = None  # of the last plan; None when it was a full plan
 
     def plan(self, resources: Sequence[ParseResult], facts: NodeFacts) -> NodePlan:
         # Assigned host ports depend on every publication: allocate once, for all, and plan
         # with the publications resolved to their ports (a new port is a changed publication).
-        facts = replace(facts, assigned=planner.allocate_ports(resources, facts),
+        facts = replace(facts, assigned=planner.allocate_ports(resources, facts, self._verdicts),
                         listening={}, remembered={}, avoid={})
         pubs: dict[ResourceRef, PortPublication] = {}
         others: list[ParseResult] = []

@@ -107,8 +107,18 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
     )
 
 
-def allocate_ports(resources: Iterable[ParseResult],
-                   facts: NodeFacts) -> dict[ResourceRef, int | None]:
+class PortVerdicts:
+    """Which assigned publications take a port here, remembered by publication object for as
+    long as the node's facts and networks stay the same (the incremental planner keeps one:
+    a reconcile then re-checks only the publications that changed)."""
+
+    def __init__(self) -> None:
+        self.context: object = None
+        self.wants: dict[ResourceRef, tuple[PortPublication, bool]] = {}
+
+
+def allocate_ports(resources: Iterable[ParseResult], facts: NodeFacts,
+                   cache: PortVerdicts | None = None) -> dict[ResourceRef, int | None]:
     """The node's assigned host ports for these resources (what plan() would make): the
     incremental planner makes it once for all its partial plans."""
     resources = list(resources)
@@ -124,13 +134,20 @@ def allocate_ports(resources: Iterable[ParseResult],
     pubs = sorted((r for r in chosen.values() if isinstance(r, PortPublication)),
                   key=lambda p: _claim_order(p, facts))
     bridges = _plan_networks(networks, facts, {})
+    if cache is not None:
+        context = (replace(facts, listening={}, remembered={}, avoid={}, assigned=None),
+                   tuple(networks))
+        if cache.context != context:
+            cache.context, cache.wants = context, {}
     return _allocate(pubs, facts, {b.network: b for b in bridges},
-                     {n.name: n for n in networks})
+                     {n.name: n for n in networks}, cache)
 
 
 def _allocate(pubs: list[PortPublication], facts: NodeFacts, applied: dict[str, BridgePlan],
-              all_networks: dict[str, BridgeNetwork]) -> dict[ResourceRef, int | None]:
+              all_networks: dict[str, BridgeNetwork],
+              cache: PortVerdicts | None = None) -> dict[ResourceRef, int | None]:
     """Ports for the publications that want an assignment on this node, in claim order."""
+    wants = cache.wants if cache is not None else {}
     items: list[assign.Request | assign.Fixed] = []
     start, end = facts.port_range
     for pub in pubs:
@@ -138,9 +155,12 @@ def _allocate(pubs: list[PortPublication], facts: NodeFacts, applied: dict[str, 
             if pub.node_selector.matches(facts.labels):  # cheap, and errs on the safe side
                 items.append(assign.Fixed(pub.protocol.value, pub.host_port, pub.host_port_end))
             continue
-        if _port_verdict(pub, facts, applied, all_networks) is not None:
-            continue
         ref = pub.meta.ref
+        known = wants.get(ref)
+        if known is None or known[0] is not pub:
+            known = wants[ref] = (pub, _port_verdict(pub, facts, applied, all_networks) is None)
+        if not known[1]:
+            continue
         uid, previous = facts.remembered.get(ref, (pub.meta.uid, None))
         lo, hi = ((pub.assign.start, pub.assign.end) if pub.assign.start is not None
                   and pub.assign.end is not None else (start, end))
