@@ -213,5 +213,7 @@ def entries(node: str, status: Mapping[str, Any] | None) -> tuple[Entry, ...]:
 
 
 def assigned_ports(reported: Iterable[Entry]) -> dict[ResourceRef, tuple[str, int]]:
-    """What a node's report says it assigned: ref -> (uid, first port)."""
-    return {e.ref: (e.uid, e.assigned[0]) for e in reported if e.assigned is not None}
+    """What a node's report says it assigned: ref -> (uid, first port). A port a host process
+    took (PortInUse) is not kept: the next reconcile assigns another."""
+    return {e.ref: (e.uid, e.assigned[0]) for e in reported
+            if e.assigned is not None and e.reason != "PortInUse"}

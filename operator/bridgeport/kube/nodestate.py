@@ -71,7 +71,13 @@ class NodeStateReporter:
                             "are assigned afresh after a restart (the chart grants get on "
                             "nodestates)", node=self.node_name)
                 return {}
-            raise
+            log.warning("cannot read this node's NodeState back; retrying",
+                        node=self.node_name, error=str(exc.reason))
+            return None
+        except OSError as exc:
+            log.warning("cannot read this node's NodeState back; retrying",
+                        node=self.node_name, error=str(exc))
+            return None
         status = obj.get("status") if isinstance(obj, dict) else None
         return assigned_ports(entries(self.node_name, status))
 
