@@ -2,9 +2,10 @@
 
 Scenarios: Applied outcomes and Inactive-by-nodeSelector are summarised (digests and labels),
 not listed; problems and qualified Applied entries (IPv6Disabled) keep reason and
-message; an Applied publication whose proxy failed is
-listed; an assigned host port is listed and read back by recall(); 20,000 publications fit, every outcome accounted for; an oversized list of problems
-cuts messages first, then entries, and says so; the state file keeps everything.
+message; an Applied publication whose proxy failed is listed; so is an assigned host port,
+which recall() reads back; 20,000 publications fit, every outcome accounted for; an oversized
+list of problems cuts messages first, then entries, and says so; the state file keeps
+everything.
 """
 
 from __future__ import annotations
