@@ -251,6 +251,43 @@ def test_incremental_planner_equals_the_full_planner() -> None:
     assert inc.plan(resources, EPHEMERAL) == planner.plan(resources, EPHEMERAL)
 
 
+PUBS = st.lists(st.tuples(st.sampled_from(["TCP", "UDP"]), st.booleans(), st.integers(0, 6),
+                          st.integers(1, 2), st.integers(0, 3)), max_size=10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(PUBS, st.randoms(use_true_random=False))
+def test_planned_ports_never_collide_and_ignore_input_order(raw: list[Any], rng: Any) -> None:
+    """Fixed and assigned publications over one small range: every Applied one holds ports
+    no other Applied one holds (per protocol), assigned ones inside their range and never a
+    reserved port; shuffling the input changes nothing."""
+    facts = replace(NODE, reserved_ports=frozenset({9003}))
+    resources: list[Any] = []
+    for i, (proto, fixed, port, count, age) in enumerate(raw):
+        created = f"2026-01-01T00:00:0{age}Z"
+        if fixed:
+            resources.append(pub(f"p{i}", 9000 + port, created, protocol=proto,
+                                 hostPortEnd=9000 + port + count - 1))
+        else:
+            resources.append(assigned(f"p{i}", created, protocol=proto, assignFrom={
+                "start": 9000, "end": 9007, "count": count}))
+    plan = planner.plan(resources, facts)
+    held: dict[tuple[str, int], str] = {}
+    for res in resources:
+        o = outcome(plan, res.meta.ref.name)
+        if o.state.value != "Applied":
+            continue
+        first, last = o.assigned or (res.host_port, res.host_port_end)
+        if res.assign is not None:
+            assert 9000 <= first <= last <= 9007 and 9003 not in range(first, last + 1)
+        for port in range(first, last + 1):
+            assert (res.protocol.value, port) not in held, (res.meta.ref, held)
+            held[(res.protocol.value, port)] = res.meta.ref.name
+    shuffled = list(resources)
+    rng.shuffle(shuffled)
+    assert planner.plan(shuffled, facts) == plan
+
+
 # -- the report and the status ------------------------------------------------------------------
 
 def test_assigned_ports_survive_the_compact_nodestate() -> None:
