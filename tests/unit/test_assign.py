@@ -117,6 +117,26 @@ def test_new_assignments_avoid_every_fixed_port() -> None:
     assert out[ref("a")] != first
 
 
+def test_listening_ports_from_sock_diag_and_proc_agree() -> None:
+    """A TCP listener and a bound UDP socket on loopback are seen by both readers; a TCP
+    socket that only connected out is not a listener."""
+    import socket
+
+    from bridgeport.adapters import facts
+
+    with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp, \
+            socket.socket() as client:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        udp.bind(("127.0.0.1", 0))
+        client.connect(tcp.getsockname())
+        seen = facts.listening_ports()
+        proc = facts._proc_ports(Path("/proc/self/net"))
+        for got in (seen, proc):
+            assert tcp.getsockname()[1] in got["TCP"] and udp.getsockname()[1] in got["UDP"]
+            assert client.getsockname()[1] not in got["TCP"]
+
+
 def test_kernel_port_list_syntax() -> None:
     assert parse_port_list("8080,9000-9002\n") == {8080, 9000, 9001, 9002}
     assert parse_port_list("") == set() and parse_port_list("x,1-2") == {1, 2}

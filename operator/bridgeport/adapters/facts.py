@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
+from pyroute2 import DiagSocket
+from pyroute2.netlink.exceptions import NetlinkError
 
 from bridgeport.adapters import links
 from bridgeport.core import assign
@@ -90,12 +93,44 @@ def parse_port_list(text: str) -> set[int]:
     return ports
 
 
-# /proc/net/<file>: TCP sockets in LISTEN (state 0A), every UDP socket, SCTP endpoints.
+# /proc/net/<file>: TCP sockets in LISTEN (state 0A), every UDP socket.
 _SOCKET_TABLES = (("TCP", ("tcp", "tcp6"), "0A"), ("UDP", ("udp", "udp6"), None))
+_TCP_LISTEN = 1 << 10  # sock_diag state bitmask: TCP_LISTEN (10)
+_ALL_STATES = 0xFFF
 
 
 def listening_ports(proc_net: Path = Path("/proc/self/net")) -> dict[str, frozenset[int]]:
-    """Per protocol, the local ports of this network namespace's listening sockets."""
+    """Per protocol, the local ports of this network namespace's listening sockets: TCP in
+    LISTEN and every UDP socket through sock_diag (the kernel filters: a node with 100,000
+    connections costs what one with ten does), else from /proc/net; SCTP endpoints from
+    /proc/net/sctp/eps (present when the sctp module is loaded)."""
+    try:
+        out = _diag_ports()
+    except (OSError, NetlinkError) as exc:
+        log.debug("sock_diag unavailable; reading /proc/net", error=str(exc))
+        out = _proc_ports(proc_net)
+    try:  # "ENDPT SOCK STY SST HBKT LPORT ..."
+        lines = (proc_net / "sctp/eps").read_text().splitlines()[1:]
+        out["SCTP"] = frozenset(int(f[5]) for f in (ln.split() for ln in lines) if len(f) > 5)
+    except (OSError, ValueError):
+        out["SCTP"] = frozenset()
+    return out
+
+
+def _diag_ports() -> dict[str, frozenset[int]]:
+    ports: dict[str, set[int]] = {"TCP": set(), "UDP": set()}
+    with DiagSocket() as diag:
+        diag.bind()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for name, protocol, states in (("TCP", socket.IPPROTO_TCP, _TCP_LISTEN),
+                                           ("UDP", socket.IPPROTO_UDP, _ALL_STATES)):
+                for msg in diag.get_sock_stats(family=family, states=states,
+                                               protocol=protocol):
+                    ports[name].add(int(msg["idiag_sport"]))
+    return {k: frozenset(v) for k, v in ports.items()}
+
+
+def _proc_ports(proc_net: Path) -> dict[str, frozenset[int]]:
     out: dict[str, frozenset[int]] = {}
     for protocol, files, state in _SOCKET_TABLES:
         ports: set[int] = set()
@@ -109,11 +144,6 @@ def listening_ports(proc_net: Path = Path("/proc/self/net")) -> dict[str, frozen
                 if len(fields) > 3 and (state is None or fields[3] == state):
                     ports.add(int(fields[1].rpartition(":")[2], 16))
         out[protocol] = frozenset(ports)
-    try:  # "ENDPT SOCK STY SST HBKT LPORT ...": present when the sctp module is loaded
-        lines = (proc_net / "sctp/eps").read_text().splitlines()[1:]
-        out["SCTP"] = frozenset(int(f[5]) for f in (ln.split() for ln in lines) if len(f) > 5)
-    except (OSError, ValueError):
-        out["SCTP"] = frozenset()
     return out
 
 
