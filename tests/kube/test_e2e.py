@@ -15,7 +15,8 @@ Scenarios:
 - a publication without hostPort: each node assigns a port (one node skips the port a host
   process holds), traffic flows through both, status.assignedPorts and the ASSIGNED column
   show them; an agent restarted without a state file (as the chart runs it) reads its
-  NodeState back and keeps its port although a fresh pick would now differ
+  NodeState back and keeps its port although a fresh pick would now differ; an exhausted
+  range is a Conflicted condition with reason NoFreePort, and nothing else breaks
 - an idle cluster stays idle: the agents' own NodeState writes, the statuses the controller
   writes back, Node updates and the containers on their bridges wake no agent; only the
   periodic resync runs
@@ -257,6 +258,27 @@ def test_assigned_ports_are_reported_and_kept_across_a_restart(w: KubeWorld) -> 
             holder.kill()
         node.stop_agent()
         node.start_agent()
+
+
+def test_an_exhausted_range_is_a_no_free_port_condition(w: KubeWorld) -> None:
+    """The only port of its range is taken: Conflicted (NoFreePort) on every node, the
+    condition naming the range; the publication holding it is unaffected."""
+    w.apply(publication("holder", 42100, 80))
+    doc = publication("late", 0, 81, assignFrom={"start": 42100, "end": 42100})
+    del doc["spec"]["hostPort"]
+    w.apply(doc)
+    obj: dict[str, Any] = {}
+
+    def conflicted() -> bool:
+        nonlocal obj
+        obj = w.get("pp", "late", "default")
+        return w.condition(obj, "Conflicted").get("reason") == "NoFreePort"
+    wait_for(conflicted, timeout=30, what=f"NoFreePort on pp late ({obj.get('status')})")
+    assert "42100-42100" in w.condition(obj, "Conflicted")["message"]
+    assert "assignedPorts" not in obj["status"]
+    ready(w, "holder")
+    for node in w.nodes:
+        assert w.ask(node.address, 42100) == f"{node.client_address} 80"
 
 
 def test_an_idle_cluster_stays_idle(w: KubeWorld) -> None:
