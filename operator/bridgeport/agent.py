@@ -36,11 +36,13 @@ from bridgeport.core.plan import (
     State,
     count_states,
 )
-from bridgeport.core.report import Entry, ProxyState, Report
+from bridgeport.core.report import Entry, ProxyState, Report, assigned_ports, entries
 from bridgeport.core.source import Snapshot, Source
-from bridgeport.core.specs import BRIDGE_NETWORK, InvalidResource, ResourceRef
+from bridgeport.core.specs import BRIDGE_NETWORK, InvalidResource, PortPublication, ResourceRef
 
 log = structlog.get_logger(__name__)
+RECALL_WAIT = 60.0  # seconds to retry reading back assigned ports before assigning afresh
+MAX_AVOIDED = 64  # ports a host process took from one publication, remembered to avoid
 
 
 class Proxies(Protocol):
@@ -115,6 +117,7 @@ class Agent:
         proxies: Proxies | None = None,
         reporters: Sequence[Callable[[Report], Awaitable[None]]] = (),
         dataplane: Dataplane | None = None,
+        recall: Callable[[], Mapping[ResourceRef, tuple[str, int]] | None] | None = None,
     ) -> None:
         self.source = source
         self.settings = settings
@@ -133,7 +136,12 @@ class Agent:
         self._applied = False  # the last nftables transaction committed
         # Incumbency: what is Applied here keeps its claims. Until the first reconcile, what
         # the state file says was Applied (else the kernel's bridges).
-        self._first_seen, self._incumbents = _remembered(self.settings.state_file)
+        self._first_seen, self._incumbents, self._ports = _remembered(self.settings.state_file)
+        # Assigned host ports are kept for the life of a publication on this node: from the
+        # state file (standalone) or, with `recall`, from the node's own NodeState (kube).
+        self._recall = recall
+        self._recall_since: float | None = None
+        self._avoid: dict[ResourceRef, frozenset[int]] = {}  # ports host processes took
         self._node_check: dict[str, Any] | None = None
         self._node_check_at = 0.0
 
@@ -193,6 +201,8 @@ class Agent:
                 log.info("waiting for the first complete listing before touching anything")
                 self._said_waiting = True
             return None
+        if self._recall is not None and not await self._recall_ports():
+            return None
         started = time.perf_counter()
         try:
             report = await self._reconcile(snapshot, check_drift, started)
@@ -226,7 +236,13 @@ class Agent:
             await asyncio.to_thread(self.dataplane.enable_forwarding)
         facts = await asyncio.to_thread(self.dataplane.gather_facts, self.settings.node_name,
                                         labels)
+        assigning = any(isinstance(r, PortPublication) and r.assign is not None
+                        for r in snapshot.resources)
+        listening = (await asyncio.to_thread(self.dataplane.listening_ports) if assigning
+                     else {})
         facts = replace(facts, reserved_ports=self.settings.reserved_ports,
+                        remembered=dict(self._ports), avoid=dict(self._avoid),
+                        listening=listening,
                         userland_proxy=self.proxies is not None and self.settings.proxy_enabled,
                         incumbents=facts.incumbents if self._incumbents is None
                         else self._incumbents,
@@ -248,6 +264,8 @@ class Agent:
             await self.proxies.release()
         outcomes = settle.outcomes(plan, overrides)
         self._incumbents = frozenset(o.ref for o in outcomes if o.state is State.APPLIED)
+        if self._remember_ports(outcomes):
+            self.mark_dirty("ports")  # a host process took an assigned port: pick another
         duration = time.perf_counter() - started
         metrics.ELEMENTS.set(sum(sum(len(v) for v in t.elements.values()) for t in tables))
         metrics.BRIDGES.set(len(plan.bridges))
@@ -261,6 +279,50 @@ class Agent:
              full=full, resync=check_drift, ms=round(duration * 1000, 1), **plan.counts())
         self._log_new_problems(outcomes, (*snapshot.errors, *plan.errors))
         return report
+
+    async def _recall_ports(self) -> bool:
+        """Read back the host ports this node assigned before it restarted; False while that
+        is still to be done (an API error: retried at the next reconcile, for RECALL_WAIT
+        seconds at most, then given up with a warning: fresh assignments prefer the same
+        ports anyway)."""
+        assert self._recall is not None
+        now = time.monotonic()
+        self._recall_since = self._recall_since or now
+        try:
+            ports = await asyncio.to_thread(self._recall)
+        except Exception as exc:  # never let a read-back stop the agent
+            log.warning("cannot read back assigned host ports", error=str(exc))
+            ports = None
+        if ports is None and now - self._recall_since < RECALL_WAIT:
+            return False
+        if ports is None:
+            log.warning("giving up reading back assigned host ports; assigning afresh",
+                        waited=RECALL_WAIT)
+        self._ports = dict(ports or {}) | self._ports
+        self._recall = None
+        log.info("assigned host ports read back", count=len(self._ports))
+        return True
+
+    def _remember_ports(self, outcomes: Sequence[Outcome]) -> bool:
+        """Keep each publication's assigned ports for the next reconcile; a port a host
+        process took (PortInUse) is avoided from now on, and True says: reassign soon."""
+        ports: dict[ResourceRef, tuple[str, int]] = {}
+        retry = False
+        for o in outcomes:
+            if o.assigned is None:
+                continue
+            if o.reason == "PortInUse":
+                taken = frozenset(range(o.assigned[0], o.assigned[1] + 1))
+                before = self._avoid.get(o.ref, frozenset())
+                if len(before) < MAX_AVOIDED and not taken <= before:
+                    self._avoid[o.ref] = before | taken
+                    retry = True
+                continue
+            ports[o.ref] = (o.uid, o.assigned[0])
+        present = {o.ref for o in outcomes}
+        self._avoid = {r: v for r, v in self._avoid.items() if r in present}
+        self._ports = ports
+        return retry
 
     def _log_new_problems(self, outcomes: Sequence[Outcome], errors: Sequence[str]) -> None:
         """Each problem once, when it appears, not again on every resync."""
@@ -400,7 +462,7 @@ def node_report(node: str, report: SyncReport, snapshot: Snapshot,
     """What the node tells the world about this reconcile (state file, NodeState)."""
     entries = tuple(
         Entry(node, o.ref, o.uid, o.generation, o.state.value, o.reason, o.message,
-              proxy=report.proxy_states.get(o.ref, "off"))
+              proxy=report.proxy_states.get(o.ref, "off"), assigned=o.assigned)
         for o in report.outcomes)
     plan = report.plan
     return Report(
@@ -432,18 +494,22 @@ def _networks(snapshot: Snapshot) -> set[str]:
     return names
 
 
-def _remembered(state_file: Path | None) -> tuple[dict[str, str], frozenset[ResourceRef] | None]:
-    """First-seen times and the Applied resources from the last state file, if readable."""
+def _remembered(state_file: Path | None) -> tuple[dict[str, str], frozenset[ResourceRef] | None,
+                                                  dict[ResourceRef, tuple[str, int]]]:
+    """First-seen times, the Applied resources and the assigned host ports from the last
+    state file, if readable."""
     if state_file is None:
-        return {}, None
+        return {}, None, {}
     try:
         state = json.loads(state_file.read_text())
         first_seen = {str(k): str(v) for k, v in state.get("firstSeen", {}).items()}
         applied = frozenset(ResourceRef(r["kind"], r["namespace"], r["name"])
                             for r in state["resources"] if r["state"] == State.APPLIED.value)
+        ports = assigned_ports(entries("", state))
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return {}, None
-    return first_seen, applied
+        return {}, None, {}
+    return first_seen, applied, ports
+
 
 
 def cleanup() -> list[str]:

@@ -29,6 +29,18 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _port_range(text: str) -> tuple[int, int]:
+    """'32768-60999' -> (32768, 60999)."""
+    low, sep, high = text.partition("-")
+    try:
+        first, last = int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW-HIGH") from None
+    if not sep or not 1 <= first <= last <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port range within 1-65535")
+    return first, last
+
+
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address(text)
@@ -159,6 +171,9 @@ def parser() -> argparse.ArgumentParser:
                     help=ACCEPT_FWMARK_HELP)
     pl.add_argument("--manage-sysctls", action="store_true",
                     help="plan for an agent that manages sysctls (loopback: Kernel needs it)")
+    pl.add_argument("--port-range", type=_port_range, default=(32768, 60999), metavar="LOW-HIGH",
+                    help="the node's net.ipv4.ip_local_port_range, where publications without "
+                    "a hostPort get theirs (default 32768-60999)")
     return p
 
 
@@ -196,6 +211,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ipv6_forwarding=not args.no_ip_forward,
         accept_mark=args.accept_fwmark,
         route_localnet=args.manage_sysctls,
+        port_range=args.port_range,
     )
     plan = planner.plan(resources, facts)
     tables = ruleset.render(plan)
@@ -204,6 +220,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         for o in plan.outcomes:
             print(f"# {o.ref}: {o.state.value} ({o.reason}) {o.message}")
+            if o.assigned is not None:
+                first, last = o.assigned
+                print(f"#   assigned host port(s) {first if first == last else f'{first}-{last}'}")
         for p in plan.proxies:
             print(f"# proxy {hostport(p.listen)}:{p.port}/{p.protocol.value} -> "
                   f"{hostport(p.target)}:{p.target_port} ({p.why}, {p.owner})")
@@ -274,7 +293,8 @@ def _plan_json(plan: NodePlan, tables: Sequence[Table], digest: str) -> dict[str
         "node": plan.node,
         "digest": digest,
         "outcomes": [{"kind": o.ref.kind, "namespace": o.ref.namespace, "name": o.ref.name,
-                      "state": o.state.value, "reason": o.reason, "message": o.message}
+                      "state": o.state.value, "reason": o.reason, "message": o.message,
+                      **({"assignedPorts": list(o.assigned)} if o.assigned else {})}
                      for o in plan.outcomes],
         "bridges": [{"name": b.name, "network": b.network, "mtu": b.mtu,
                      "addresses": [str(a) for a in b.addresses]} for b in plan.bridges],
@@ -317,6 +337,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         if leftovers := remove_temporaries(args.state_file):
             log.info("removed temporary state files of an interrupted write", count=leftovers)
     reporters: list[Callable[[Report], Awaitable[None]]] = []
+    recall = None
     if args.source.startswith("dir:"):
         from bridgeport.adapters.dirsource import DirSource
 
@@ -327,7 +348,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         from bridgeport.kube.source import KubeSource
 
         kube = KubeSource(args.node_name, liveness_endpoint=_endpoint(args.health_port))
-        reporters.append(NodeStateReporter(args.node_name, lambda: kube.node_uid).publish)
+        nodestate = NodeStateReporter(args.node_name, lambda: kube.node_uid)
+        reporters.append(nodestate.publish)
+        # Without a state file, the NodeState remembers the host ports this node assigned.
+        recall = nodestate.recall if args.state_file is None else None
         source = kube
     else:
         print(f"error: --source {args.source!r}: use kube or dir:PATH", file=sys.stderr)
@@ -355,7 +379,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
                                    accept_mark=args.accept_fwmark,
                                    counters=not args.no_publication_counters,
                                    doctor_interval=args.doctor_interval)
-    the_agent = agent.Agent(source, settings, proxies=proxies, reporters=reporters)
+    the_agent = agent.Agent(source, settings, proxies=proxies, reporters=reporters,
+                            recall=recall)
     return _run_until_signal(the_agent.run())
 
 

@@ -37,12 +37,23 @@ def test_json_format() -> None:
                "json", "--no-ip-forward")
     data = json.loads(out.stdout)
     assert {o["name"]: o["state"] for o in data["outcomes"]} == {
-        "demo": "Applied", "dns-range": "Applied", "web": "Applied"}
+        "demo": "Applied", "dns-range": "Applied", "web": "Applied", "web-assigned": "Applied"}
+    first, last = next(o["assignedPorts"] for o in data["outcomes"]
+                       if o["name"] == "web-assigned")
+    assert first == last and 32768 <= first <= 60999  # the default ephemeral range
     # IPv4-only targets: the wildcard claims IPv4 only, so the proxy binds 0.0.0.0 only.
     assert {p["listen"] for p in data["proxies"]} == {"0.0.0.0"}
     assert "pub_any" in data["nft"]["ip"]
     assert 'tcp . 8080 comment "default/web"' not in data["nft"]["ip"]  # no DNAT element
     assert data["dnats"] == []  # no forwarding: the proxy serves everything
+
+
+def test_port_range_for_assigned_ports() -> None:
+    out = plan("-f", "examples/network.yaml", "-f", "examples/publication.yaml",
+               "--port-range", "9000-9000")
+    assert "# PortPublication default/web-assigned: Applied (Programmed) 9000/TCP (assigned)" in (
+        out.stdout)
+    assert "#   assigned host port(s) 9000" in out.stdout
 
 
 def test_json_dnats_per_family(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 Scenarios: Applied outcomes and Inactive-by-nodeSelector are summarised (digests and labels),
 not listed; problems and qualified Applied entries (IPv6Disabled) keep reason and
-message; an Applied publication whose proxy failed is
-listed; 20,000 publications fit, every outcome accounted for; an oversized list of problems
-cuts messages first, then entries, and says so; the state file keeps everything.
+message; an Applied publication whose proxy failed is listed; so is an assigned host port,
+which recall() reads back; 20,000 publications fit, every outcome accounted for; an oversized
+list of problems cuts messages first, then entries, and says so; the state file keeps
+everything.
 """
 
 from __future__ import annotations
@@ -94,3 +95,46 @@ def test_applied_with_a_warning_keeps_reason_and_message() -> None:
                    "SubnetOverlapsNode", "warning: subnet overlaps 192.0.2.0/24")
     doc = warned.document(compact=True)
     assert doc["reason"] == "SubnetOverlapsNode" and "192.0.2.0/24" in doc["message"]
+
+
+class _Api:
+    """get_cluster_custom_object answering with `reply` (an object, or an ApiException)."""
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+
+    def get_cluster_custom_object(self, *args: Any) -> Any:
+        if isinstance(self.reply, Exception):
+            raise self.reply
+        return self.reply
+
+
+def _recall(reply: Any) -> Any:
+    from bridgeport.kube.nodestate import NodeStateReporter
+
+    class Reporter(NodeStateReporter):
+        @property
+        def api(self) -> Any:
+            return _Api(reply)
+
+    return Reporter("n", lambda: None).recall()
+
+
+def test_recall_reads_back_assigned_ports_from_the_nodestate() -> None:
+    """The agent (no state file) keeps its assigned ports through its own NodeState: only
+    assigned entries, not those a host process took; no NodeState or no RBAC: nothing; any
+    other error: try again (None)."""
+    from kubernetes.client.exceptions import ApiException
+
+    entries = [Entry("n", ResourceRef("PortPublication", "default", "a"), "u-a", 1, "Applied",
+                     "Programmed", assigned=(40000, 40000)),
+               Entry("n", ResourceRef("PortPublication", "default", "b"), "u-b", 1,
+                     "Conflicted", "PortInUse", "held", assigned=(40001, 40001)),
+               entry("c")]
+    status = state(entries).status()[0]
+    assert _recall({"status": json.loads(json.dumps(status))}) == {
+        ResourceRef("PortPublication", "default", "a"): ("u-a", 40000)}
+    assert _recall(ApiException(status=404)) == {}
+    assert _recall(ApiException(status=403)) == {}
+    assert _recall(ApiException(status=500)) is None
+    assert _recall(ConnectionRefusedError()) is None

@@ -26,7 +26,7 @@ FACTS = NodeFacts("n", {"zone": "a"}, frozenset({specs.ipaddress.ip_address(NODE
 
 def pub_doc(name: str, port: int, span: int, proto: str, host_ip: str | None, target: int,
             created: int, loopback: str, zone: str | None, dual: bool = False,
-            sources: bool = False) -> dict[str, Any]:
+            sources: bool = False, assign: str = "") -> dict[str, Any]:
     spec: dict[str, Any] = {"protocol": proto, "hostPort": port, "loopback": loopback,
                             "target": {"address": f"10.9.0.{target}", "port": 80}}
     if sources:
@@ -39,6 +39,11 @@ def pub_doc(name: str, port: int, span: int, proto: str, host_ip: str | None, ta
         spec["hostIP"] = host_ip
     if zone:
         spec["nodeSelector"] = {"matchLabels": {"zone": zone}}
+    if assign:  # the node assigns the ports: among the fixed ones, or from the ephemeral range
+        del spec["hostPort"]
+        spec.pop("hostPortEnd", None)
+        spec["assignFrom"] = {"count": span + 1, **(
+            {"start": 8000, "end": 8012} if assign == "range" else {})}
     return {"apiVersion": API, "kind": "PortPublication",
             "metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}",
                          "creationTimestamp": f"2026-01-01T00:00:{created:02d}Z"},
@@ -57,7 +62,8 @@ pubs = st.builds(
     host_ip=st.sampled_from([None, NODE_IP, "192.0.2.9", "0.0.0.0", "::"]),
     target=st.integers(2, 5), created=st.integers(0, 5),
     loopback=st.sampled_from(["Never", "Auto"]), zone=st.sampled_from([None, "a", "b"]),
-    dual=st.booleans(), sources=st.booleans())
+    dual=st.booleans(), sources=st.booleans(),
+    assign=st.sampled_from(["", "", "", "range", "ephemeral"]))
 edits = st.one_of(
     st.tuples(st.just("put"), pubs),
     st.tuples(st.just("drop"), st.sampled_from([f"p{i}" for i in range(12)])),

@@ -274,6 +274,7 @@ def test_cluster_roles_grant_exactly_what_the_code_uses() -> None:
         (bp, "bridgenetworks", "list", "*"), (bp, "bridgenetworks", "watch", "*"),
         ("", "nodes", "list", "*"), ("", "nodes", "watch", "*"),
         (bp, "nodestates", "create", "*"), (bp, "nodestates/status", "patch", "*"),
+        (bp, "nodestates", "get", "*"),  # its own, at start: the host ports it assigned
     }
     assert rules(objs, "bp-bridgeport-controller") == {
         *((bp, res, verb, "*") for res in ("portpublications", "bridgenetworks", "nodestates")

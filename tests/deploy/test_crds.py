@@ -131,6 +131,11 @@ def minimal(kind: str, **spec: Any) -> dict[str, Any]:
             "spec": {"hostPort": 8080, "target": {"address": "10.77.0.2", "port": 80}, **spec}}
 
 
+def without_host_port(doc: dict[str, Any]) -> dict[str, Any]:
+    del doc["spec"]["hostPort"]
+    return doc
+
+
 def parsed(doc: dict[str, Any]) -> specs.Spec:
     result = specs.parse(doc)
     assert not isinstance(result, specs.InvalidResource), result.message
@@ -336,6 +341,12 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
                           target={"address": "fd00:77::2", "port": 80})),
     ("dual-stack target", minimal(specs.PORT_PUBLICATION, target=DUAL)),
     ("dual-stack target on ::1", minimal(specs.PORT_PUBLICATION, hostIP="::1", target=DUAL)),
+    # -p 80, -p 8000-8100:80, -p 80-85: the node assigns the host ports
+    ("no hostPort", without_host_port(minimal(specs.PORT_PUBLICATION))),
+    ("assignFrom a range", without_host_port(minimal(
+        specs.PORT_PUBLICATION, assignFrom={"start": 8000, "end": 8100}))),
+    ("assignFrom a count", without_host_port(minimal(
+        specs.PORT_PUBLICATION, assignFrom={"count": 6}))),
 ]
 
 
@@ -393,10 +404,10 @@ def test_cel_subnet_rules_are_the_agents(crds: Any, kubectl: Kubectl) -> None:
 def test_printer_columns(applied_examples: list[dict[str, Any]], kubectl: Kubectl) -> None:
     """kubectl get pp / bn / bpns print the documented columns."""
     header, rows = table(kubectl.ok("get", "pp", "-n", "default"))
-    assert header == ["NAME", "PROTOCOL", "HOST IP", "PORTS", "TO", "TARGET", "TARGET PORT",
-                      "READY", "AGE"]
+    assert header == ["NAME", "PROTOCOL", "HOST IP", "PORTS", "TO", "ASSIGNED", "TARGET",
+                      "TARGET PORT", "READY", "AGE"]
     dns = next(r for r in rows if r[0] == "dns-range")
-    assert dns[1:7] == ["UDP", "", "5300", "5302", "192.168.99.3", "5300"]
+    assert dns[1:8] == ["UDP", "", "5300", "5302", "", "192.168.99.3", "5300"]
     header, _ = table(kubectl.ok("get", "pp", "-n", "default", "-o", "wide"))
     assert header[-4:] == ["NETWORK", "LOOPBACK", "READY", "AGE"]
     header, rows = table(kubectl.ok("get", "bn"))
@@ -582,6 +593,20 @@ def test_resource_status_accepts_the_controller_shape(crds: Any, kubectl: Kubect
     rc, err = patch({"conditions": [condition("Ready", "Maybe")]})
     assert rc != 0
     assert 'Unsupported value: "Maybe"' in err
+    # Assigned host ports, as core.status writes them, and their removal (merge patch null).
+    from bridgeport.core.report import Entry
+    from bridgeport.core.status import assigned_ports
+    ref = specs.ResourceRef(specs.PORT_PUBLICATION, namespace, "minimal")
+    assigned = assigned_ports([Entry("node-1", ref, "", 1, "Applied", assigned=(40000, 40000)),
+                               Entry("node-2", ref, "", 1, "Applied", assigned=(40001, 40003))])
+    assert patch(assigned) == (0, "")
+    got = kubectl.json("get", "pp", "minimal", "-n", namespace)
+    assert got["status"]["assignedPorts"] == assigned["assignedPorts"]
+    header, rows = table(kubectl.ok("get", "pp", "minimal", "-n", namespace))
+    assert rows[0][header.index("ASSIGNED")] == "2 ports on 2 nodes"
+    assert "Assigned Ports" in kubectl.ok("describe", "pp", "minimal", "-n", namespace)
+    assert patch({"assignedPort": None, "assignedPorts": None}) == (0, "")
+    assert "assignedPorts" not in kubectl.json("get", "pp", "minimal", "-n", namespace)["status"]
 
 
 # -- the schema against the agent (no cluster) -------------------------------------------------
@@ -613,10 +638,11 @@ def test_schema_enums_are_the_agents() -> None:
 def test_schema_list_bounds_are_the_writers() -> None:
     """maxItems of problemNodes and NodeState errors are the limits the writers cut at."""
     from bridgeport.core.report import MAX_ERRORS
-    from bridgeport.core.status import MAX_PROBLEM_NODES
+    from bridgeport.core.status import MAX_ASSIGNED_NODES, MAX_PROBLEM_NODES
 
     for crd in (BN_CRD, PP_CRD):
         assert schema_at(crd, "status.problemNodes")["maxItems"] == MAX_PROBLEM_NODES
+    assert schema_at(PP_CRD, "status.assignedPorts")["maxItems"] == MAX_ASSIGNED_NODES
     assert schema_at(NS_CRD, "status.errors")["maxItems"] == MAX_ERRORS
     assert "maxItems" not in schema_at(NS_CRD, "status.resources")
 
@@ -651,6 +677,7 @@ def test_schema_defaults_are_the_agents() -> None:
 
 
 PORT_FIELDS = ("hostPort", "hostPortEnd", "target.port")
+ASSIGN_FIELDS = ("assignFrom.start", "assignFrom.end")  # given together, without hostPort
 
 
 def test_schema_integer_bounds_are_the_agents() -> None:
@@ -664,13 +691,17 @@ def test_schema_integer_bounds_are_the_agents() -> None:
             for value, valid in ((node["minimum"], True), (node["maximum"], True),
                                  (node["minimum"] - 1, False), (node["maximum"] + 1, False)):
                 doc = minimal(kind)
+                if path.startswith("assignFrom."):
+                    del doc["spec"]["hostPort"]
                 # One port number for all three keeps the range valid at the bounds.
-                for p in PORT_FIELDS if path in PORT_FIELDS and valid else (path,):
+                group = next((g for g in (PORT_FIELDS, ASSIGN_FIELDS) if path in g), (path,))
+                for p in group if valid else (path,):
                     doc = with_value(doc, p, value)
                 invalid = isinstance(specs.parse(doc), specs.InvalidResource)
                 assert invalid is not valid, (kind, path, value)
             checked.append(path)
-    assert sorted(checked) == ["hostPort", "hostPortEnd", "mtu", "target.port"]
+    assert sorted(checked) == ["assignFrom.count", "assignFrom.end", "assignFrom.start",
+                               "hostPort", "hostPortEnd", "mtu", "target.port"]
 
 
 def ip_samples(rng: random.Random, count: int) -> Iterator[str]:

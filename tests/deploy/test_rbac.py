@@ -174,6 +174,7 @@ AGENT_MATRIX = [
     ("watch", "nodes", "", True),
     ("create", f"nodestates.{BP}", "", True),
     ("patch", f"nodestates.{BP}", "--subresource=status", True),
+    ("get", f"nodestates.{BP}", "", True),  # reads back its assigned host ports at start
     # never writes to shared objects, specs or status
     *((verb, f"{res}.{BP}", flags, False)
       for res, flags in (("portpublications", "-A"), ("bridgenetworks", ""))
@@ -181,9 +182,9 @@ AGENT_MATRIX = [
     *((verb, f"{res}.{BP}", f"{flags} --subresource=status", False)
       for res, flags in (("portpublications", "-A"), ("bridgenetworks", ""))
       for verb in ("update", "patch")),
-    # its NodeState: only create + patch status
+    # its NodeState: only create, get + patch status
     *((verb, f"nodestates.{BP}", "", False)
-      for verb in ("get", "list", "watch", "update", "patch", "delete", "deletecollection")),
+      for verb in ("list", "watch", "update", "patch", "delete", "deletecollection")),
     ("update", f"nodestates.{BP}", "--subresource=status", False),
     ("get", "nodes", "", False),
     ("patch", "nodes", "", False),
@@ -282,7 +283,8 @@ def test_agent_rules_are_exactly_what_it_uses(installed: Installed) -> None:
         (BP, "portpublications", "list", "*"), (BP, "portpublications", "watch", "*"),
         (BP, "bridgenetworks", "list", "*"), (BP, "bridgenetworks", "watch", "*"),
         ("", "nodes", "list", "*"), ("", "nodes", "watch", "*"),
-        (BP, "nodestates", "create", "*"), (BP, "nodestates/status", "patch", "*"),
+        (BP, "nodestates", "create", "*"), (BP, "nodestates", "get", "*"),
+        (BP, "nodestates/status", "patch", "*"),
     }
 
 
@@ -320,7 +322,7 @@ REFUSED = {
         ("PATCH", BN_PATH, {"spec": {"mtu": 1400}}),
         ("PATCH", f"{BN_PATH}/status", STATUS_PATCH),
         ("DELETE", BN_PATH, None),
-        ("GET", NS_PATH, None),
+        ("GET", NS_PATH, None),  # a list; its own NodeState it may get (assigned ports)
         ("PATCH", f"{NS_PATH}/{NODE}", {"metadata": {"labels": {"x": "y"}}}),
         ("DELETE", f"{NS_PATH}/{NODE}", None),
         ("PATCH", f"/api/v1/nodes/{NODE}", {"metadata": {"labels": {"x": "y"}}}),

@@ -5,6 +5,9 @@ HostPortPolicy, and real tenant identities: a ServiceAccount per namespace allow
 write PortPublications there, acting with its own token. Scenarios:
 - the API server serves admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy (GA)
 - allowed: a port inside the namespace's rule; a UDP port on the host IP its rule names
+- assigned host ports: an assignFrom range inside a rule is allowed; one reaching outside, and
+  one from the nodes' ephemeral range (the API server cannot know it: checked as 1-65535),
+  are denied
 - denied, the message naming the policy and the rules that apply: a port outside, a range that
   only starts inside, UDP without the named host IP, another namespace's rule, a namespace
   that no rule covers
@@ -130,6 +133,15 @@ def test_allowed(tenants: dict[str, Tenant]) -> None:
     assert a.create(pp("web-range", 8010, hostPortEnd=8020)).returncode == 0
     assert a.create(pp("dns", 5353, protocol="UDP", hostIP="192.0.2.10")).returncode == 0
     assert b.create(pp("high", 30001, protocol="UDP")).returncode == 0
+    # An assigned port is checked with the range it comes from.
+    assert a.create(assigned("picked", assignFrom={"start": 8050, "end": 8059})).returncode == 0
+
+
+def assigned(name: str, **spec: Any) -> dict[str, Any]:
+    """A publication whose nodes assign the host port."""
+    doc = pp(name, 1, **spec)
+    del doc["spec"]["hostPort"]
+    return doc
 
 
 @pytest.mark.parametrize(("ns", "doc", "message"), [
@@ -143,6 +155,10 @@ def test_allowed(tenants: dict[str, Tenant]) -> None:
      "192.0.2.11:5353/UDP is outside"),
     ("tp-team-b", pp("web", 8080),
      "8080/TCP is outside HostPortPolicy default rule(s) shared-high for namespace tp-team-b"),
+    ("tp-team-a", assigned("ephemeral"),
+     "tp-team-a/ephemeral: a port assigned from 1-65535/TCP is outside"),
+    ("tp-team-a", assigned("wide", assignFrom={"start": 8050, "end": 8150}),
+     "a port assigned from 8050-8150/TCP is outside"),
     ("tp-team-c", pp("web", 30001),
      "PortPublication tp-team-c/web: 30001/TCP is denied: no rule of HostPortPolicy default "
      "covers namespace tp-team-c"),

@@ -12,6 +12,11 @@ Scenarios:
 - delete: the rules are gone
 - the API server stops for 20 s: the data plane is unchanged, the agents reconnect and
   catch up with changes made after it returns
+- a publication without hostPort: each node assigns a port (one node skips the port a host
+  process holds), traffic flows through both, status.assignedPorts and the ASSIGNED column
+  show them; an agent restarted without a state file (as the chart runs it) reads its
+  NodeState back and keeps its port although a fresh pick would now differ; an exhausted
+  range is a Conflicted condition with reason NoFreePort, and nothing else breaks
 - an idle cluster stays idle: the agents' own NodeState writes, the statuses the controller
   writes back, Node updates and the containers on their bridges wake no agent; only the
   periodic resync runs
@@ -19,12 +24,16 @@ Scenarios:
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from bridgeport.core import assign
+from bridgeport.core.specs import PORT_PUBLICATION, ResourceRef
 from tests import builders
 from tests.e2e.world import KubeWorld, e2e_world
 from tests.netns import wait_for
@@ -194,6 +203,82 @@ def test_api_server_outage(w: KubeWorld) -> None:
     for node in w.nodes:
         wait_for(lambda n=node: w.ask(n.address, 8080) == f"{n.client_address} 81",
                  timeout=30, what=f"{node.name} caught up")
+
+
+def test_assigned_ports_are_reported_and_kept_across_a_restart(w: KubeWorld) -> None:
+    if w.cp is None:
+        pytest.skip("restarting an agent needs the local world")
+    lo, hi = 42000, 42009
+    preferred = assign.preferred(ResourceRef(PORT_PUBLICATION, "default", "auto"), lo, hi, 1)
+    node, other = w.nodes
+    script = (f"import socket, time; s = socket.socket(); s.bind(('0.0.0.0', {preferred})); "
+              "s.listen(); print('ready', flush=True); time.sleep(600)")
+    holder = node.ns.popen([sys.executable, "-c", script])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        doc = publication("auto", 0, 80, assignFrom={"start": lo, "end": hi})
+        del doc["spec"]["hostPort"]
+        w.apply(doc)
+        obj = ready(w, "auto")
+        ports = {a["node"]: a["port"] for a in obj["status"]["assignedPorts"]}
+        assert ports[other.name] == preferred
+        assert ports[node.name] != preferred and lo <= ports[node.name] <= hi
+        assert obj["status"]["assignedPort"] == "2 ports on 2 nodes"
+        for n in w.nodes:
+            assert w.ask(n.address, ports[n.name]) == f"{n.client_address} 80"
+        assert "2 ports on 2 nodes" in w.kubectl("get", "pp", "auto", "-n", "default")
+        assert "Assigned Ports" in w.kubectl("describe", "pp", "auto", "-n", "default")
+        listed = w.get("nodestates", node.name)["status"]["resources"]
+        assert {"name": "auto", "hostPort": ports[node.name]}.items() <= next(
+            r for r in listed if r["name"] == "auto").items()
+
+        # Restart as the chart runs it (no state file), the host process gone: a fresh pick
+        # would take `preferred`; the NodeState read back keeps the port.
+        node.stop_agent()
+        holder.kill()
+        holder.wait(10)
+        log = node.workdir / f"{node.name}.log"
+        before = len(log.read_text().splitlines())
+        node.start_agent(state_file=False)
+
+        def reconciled_after_read_back() -> bool:
+            events = [json.loads(line).get("event") for line in
+                      log.read_text().splitlines()[before:] if line.startswith("{")]
+            return ("assigned host ports read back" in events and
+                    "reconciled" in events[events.index("assigned host ports read back"):])
+        wait_for(reconciled_after_read_back, timeout=30,
+                 what=f"the restarted agent's first reconcile ({node.log_tail(5)})")
+        assert f"tcp . {ports[node.name]} " in node.nft_map()
+        assert f"tcp . {preferred} " not in node.nft_map()
+        assert w.ask(node.address, ports[node.name]) == f"{node.client_address} 80"
+        obj = ready(w, "auto")
+        assert {a["node"]: a["port"] for a in obj["status"]["assignedPorts"]} == ports
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        node.stop_agent()
+        node.start_agent()
+
+
+def test_an_exhausted_range_is_a_no_free_port_condition(w: KubeWorld) -> None:
+    """The only port of its range is taken: Conflicted (NoFreePort) on every node, the
+    condition naming the range; the publication holding it is unaffected."""
+    w.apply(publication("holder", 42100, 80))
+    doc = publication("late", 0, 81, assignFrom={"start": 42100, "end": 42100})
+    del doc["spec"]["hostPort"]
+    w.apply(doc)
+    obj: dict[str, Any] = {}
+
+    def conflicted() -> bool:
+        nonlocal obj
+        obj = w.get("pp", "late", "default")
+        return w.condition(obj, "Conflicted").get("reason") == "NoFreePort"
+    wait_for(conflicted, timeout=30, what=f"NoFreePort on pp late ({obj.get('status')})")
+    assert "42100-42100" in w.condition(obj, "Conflicted")["message"]
+    assert "assignedPorts" not in obj["status"]
+    ready(w, "holder")
+    for node in w.nodes:
+        assert w.ask(node.address, 42100) == f"{node.client_address} 80"
 
 
 def test_an_idle_cluster_stays_idle(w: KubeWorld) -> None:

@@ -49,10 +49,12 @@ class Node:
     env: dict[str, str] = field(default_factory=dict)
     agent: subprocess.Popen[str] | None = None
 
-    def start_agent(self) -> None:
+    def start_agent(self, state_file: bool = True) -> None:
+        """The agent; without a state file, as the chart runs it (its NodeState remembers)."""
         log = (self.workdir / f"{self.name}.log").open("a")
+        state = ["--state-file", str(self.workdir / f"{self.name}.json")] if state_file else []
         cmd = [sys.executable, "-m", "bridgeport", "--log-format", "json", "agent",
-               "--node-name", self.name, "--state-file", str(self.workdir / f"{self.name}.json"),
+               "--node-name", self.name, *state,
                "--resync", "5", "--health-port", "0", "--metrics-port", str(METRICS_PORT)]
         self.agent = subprocess.Popen(self.ns.prefix() + cmd, stdout=log, stderr=log,
                                       text=True, env=self.env)

@@ -31,6 +31,11 @@ class Dataplane(Protocol):
         """Turn IPv4/IPv6 forwarding on (only when the agent manages sysctls)."""
         ...
 
+    def listening_ports(self) -> dict[str, frozenset[int]]:
+        """Per protocol (TCP, UDP, SCTP), the ports processes listen on: what an assigned
+        host port must not be. Read only when some publication wants one."""
+        ...
+
     # bridges
     def converge_bridges(self, bridges: Sequence[BridgePlan]) -> list[LinkFailure]:
         """Create or update each planned bridge and configure its ports. Never raises for one
@@ -82,6 +87,9 @@ class KernelDataplane:
 
     def enable_forwarding(self) -> None:
         facts.enable_forwarding()
+
+    def listening_ports(self) -> dict[str, frozenset[int]]:
+        return facts.listening_ports()
 
     def converge_bridges(self, bridges: Sequence[BridgePlan]) -> list[LinkFailure]:
         # The watch judges the events of what follows against this plan, not as news.

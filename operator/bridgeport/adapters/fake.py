@@ -107,6 +107,10 @@ class FakeDataplane:
     forgotten_udp: list[frozenset[tuple[int, int]]] = field(default_factory=list)
     forwarding_enabled: int = 0  # times enable_forwarding was called
     findings: list[doctor.Finding] = field(default_factory=list)  # what check_node reports
+    # Assigned host ports: the ephemeral range, its reserved ports, what processes listen on.
+    port_range: tuple[int, int] = (32768, 60999)
+    local_reserved_ports: set[int] = field(default_factory=set)
+    listening: dict[str, set[int]] = field(default_factory=dict)
     _applied: dict[str, Table] = field(default_factory=dict)
     _refuse_apply: list[str] = field(default_factory=list)
     _refuse_bridges: dict[str, str] = field(default_factory=dict)
@@ -118,7 +122,12 @@ class FakeDataplane:
         return NodeFacts(name=node, labels=dict(labels), addresses=frozenset(self.addresses),
                          ipv4_forwarding=self.ipv4_forwarding,
                          ipv6_forwarding=self.ipv6_forwarding,
-                         foreign_interfaces=frozenset(self.foreign_interfaces))
+                         foreign_interfaces=frozenset(self.foreign_interfaces),
+                         port_range=self.port_range,
+                         local_reserved_ports=frozenset(self.local_reserved_ports))
+
+    def listening_ports(self) -> dict[str, frozenset[int]]:
+        return {proto: frozenset(ports) for proto, ports in self.listening.items()}
 
     def check_node(self) -> list[doctor.Finding]:
         return list(self.findings)

@@ -123,18 +123,24 @@ class IncrementalPlanner:
         self._claims: dict[ResourceRef, tuple[Claim, ...]] = {}
         self._sorted_claims = _Sorted(_claim_order)
         self._sources: dict[ResourceRef, tuple[Any, ...]] = {}
+        self._verdicts = planner.PortVerdicts()
         self.delta: Delta | None = None  # of the last plan; None when it was a full plan
 
     def plan(self, resources: Sequence[ParseResult], facts: NodeFacts) -> NodePlan:
+        # Assigned host ports depend on every publication: allocate once, for all, and plan
+        # with the publications resolved to their ports (a new port is a changed publication).
+        facts = replace(facts, assigned=planner.allocate_ports(resources, facts, self._verdicts),
+                        listening={}, remembered={}, avoid={})
         pubs: dict[ResourceRef, PortPublication] = {}
         others: list[ParseResult] = []
         for res in resources:
             if isinstance(res, PortPublication) and res.meta.ref not in pubs:
-                pubs[res.meta.ref] = res
+                pubs[res.meta.ref] = planner.resolved(res, facts) if res.assign else res
             else:
                 others.append(res)
         others_t = tuple(sorted(others, key=_doc_order))
-        if (self._base is None or facts != self._facts or others_t != self._others
+        if (self._base is None or replace(facts, assigned=None) != self._facts
+                or others_t != self._others
                 or any(not isinstance(o, InvalidResource) and o.meta.ref in pubs
                        for o in others_t)):
             return self._full(resources, facts, pubs, others_t)
@@ -148,7 +154,7 @@ class IncrementalPlanner:
               pubs: dict[ResourceRef, PortPublication], others: tuple[ParseResult, ...]
               ) -> NodePlan:
         result = planner.plan(resources, facts)
-        self._facts, self._others, self._pubs = facts, others, pubs
+        self._facts, self._others, self._pubs = replace(facts, assigned=None), others, pubs
         self._groups = _Groups()
         for pub in pubs.values():
             self._groups.join(pub)

@@ -28,6 +28,9 @@ class Outcome:
     reason: str
     message: str = ""
     uid: str = ""
+    # The host ports this node assigned (spec.hostPort absent), first and last; kept for the
+    # life of the publication on this node (NodeFacts.remembered).
+    assigned: tuple[int, int] | None = None
 
 
 class Fwmark(NamedTuple):
@@ -90,6 +93,17 @@ class NodeFacts:
     # The agent may set route_localnet on its bridges (it manages sysctls and can write them):
     # what loopback: Kernel needs.
     route_localnet: bool = False
+    # Assigned host ports (core/assign.py): the kernel's ephemeral range, its reserved ports,
+    # the ports processes listen on per protocol ("TCP", ...), what this node assigned before
+    # (ref -> (uid, first port)) and ports host processes took from an assignment.
+    port_range: tuple[int, int] = (32768, 60999)
+    local_reserved_ports: frozenset[int] = frozenset()
+    listening: Mapping[str, frozenset[int]] = field(default_factory=dict)
+    remembered: Mapping[ResourceRef, tuple[str, int]] = field(default_factory=dict)
+    avoid: Mapping[ResourceRef, frozenset[int]] = field(default_factory=dict)
+    # The allocation made from those (ref -> first port, or None: no free port); None until
+    # the planner (or the incremental planner, once for all) makes it.
+    assigned: Mapping[ResourceRef, int | None] | None = None
 
     def forwarding(self, family: int) -> bool:
         return self.ipv4_forwarding if family == 4 else self.ipv6_forwarding

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
+from bridgeport.core import assign
 from bridgeport.core import claims as port_claims
 from bridgeport.core.plan import (
     BridgePlan,
@@ -84,6 +85,10 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
     bridges = _plan_networks(networks, facts, outcomes)
     applied_networks = {b.network: b for b in bridges}
     all_networks = {n.name: n for n in networks}
+    if facts.assigned is None and any(p.assign is not None for p in publications):
+        facts = replace(facts, assigned=_allocate(publications, facts, applied_networks,
+                                                  all_networks))
+    publications = [resolved(p, facts) for p in publications]
     dnats, proxies, claims, sources, routed = _plan_publications(
         publications, facts, applied_networks, all_networks, outcomes
     )
@@ -100,6 +105,114 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
         outcomes=tuple(sorted(outcomes.values(), key=lambda o: o.ref)),
         errors=tuple(sorted(errors)),
     )
+
+
+class PortVerdicts:
+    """Which assigned publications take a port here, remembered by publication object for as
+    long as the node's facts and networks stay the same (the incremental planner keeps one:
+    a reconcile then re-checks only the publications that changed)."""
+
+    def __init__(self) -> None:
+        self.context: object = None
+        self.wants: dict[ResourceRef, tuple[PortPublication, bool]] = {}
+
+
+def allocate_ports(resources: Iterable[ParseResult], facts: NodeFacts,
+                   cache: PortVerdicts | None = None) -> dict[ResourceRef, int | None]:
+    """The node's assigned host ports for these resources (what plan() would make): the
+    incremental planner makes it once for all its partial plans."""
+    resources = list(resources)
+    if not any(isinstance(r, PortPublication) and r.assign is not None for r in resources):
+        return {}  # the common case costs one pass
+    chosen: dict[ResourceRef, BridgeNetwork | PortPublication] = {}
+    for r in resources:  # the definition plan() uses when one is given twice
+        if not isinstance(r, InvalidResource):
+            old = chosen.get(r.meta.ref)
+            chosen[r.meta.ref] = r if old is None else min(old, r, key=_duplicate_order)
+    networks = sorted((r for r in chosen.values() if isinstance(r, BridgeNetwork)),
+                      key=lambda n: _claim_order(n, facts))
+    pubs = sorted((r for r in chosen.values() if isinstance(r, PortPublication)),
+                  key=lambda p: _claim_order(p, facts))
+    bridges = _plan_networks(networks, facts, {})
+    if cache is not None:
+        context = (replace(facts, listening={}, remembered={}, avoid={}, assigned=None),
+                   tuple(networks))
+        if cache.context != context:
+            cache.context, cache.wants = context, {}
+    return _allocate(pubs, facts, {b.network: b for b in bridges},
+                     {n.name: n for n in networks}, cache)
+
+
+def _allocate(pubs: list[PortPublication], facts: NodeFacts, applied: dict[str, BridgePlan],
+              all_networks: dict[str, BridgeNetwork],
+              cache: PortVerdicts | None = None) -> dict[ResourceRef, int | None]:
+    """Ports for the publications that want an assignment on this node, in claim order."""
+    wants = cache.wants if cache is not None else {}
+    items: list[assign.Request | assign.Fixed] = []
+    start, end = facts.port_range
+    for pub in pubs:
+        if pub.assign is None:
+            if pub.node_selector.matches(facts.labels):  # cheap, and errs on the safe side
+                items.append(assign.Fixed(pub.protocol.value, pub.host_port, pub.host_port_end))
+            continue
+        ref = pub.meta.ref
+        known = wants.get(ref)
+        if known is None or known[0] is not pub:
+            known = wants[ref] = (pub, _port_verdict(pub, facts, applied, all_networks) is None)
+        if not known[1]:
+            continue
+        uid, previous = facts.remembered.get(ref, (pub.meta.uid, None))
+        lo, hi = ((pub.assign.start, pub.assign.end) if pub.assign.start is not None
+                  and pub.assign.end is not None else (start, end))
+        items.append(assign.Request(
+            ref, pub.protocol.value, lo, hi, pub.assign.count,
+            previous if uid == pub.meta.uid else None, facts.avoid.get(ref, frozenset())))
+    return assign.allocate(items, facts.reserved_ports | facts.local_reserved_ports,
+                           facts.listening)
+
+
+def _port_verdict(declared: PortPublication, facts: NodeFacts,
+                  applied: dict[str, BridgePlan],
+                  all_networks: dict[str, BridgeNetwork]) -> _Verdict | None:
+    """Why this publication takes no host port on this node (the verdicts that come before
+    any port is looked at), or None when it does. A routed network ignores host ports."""
+    network = _target_network(declared, declared.target_address, applied)
+    nat_part, routed_ports = _split_routed(declared, applied)
+    if nat_part is None:
+        return _Verdict(State.APPLIED, "Programmed", _routed_message(routed_ports, network))
+    pub, verdict, _ = _host_binding(nat_part, network)
+    verdict = verdict or _publication_verdict(pub, facts, applied, all_networks, _Claims(),
+                                              routed_only=True)
+    if verdict is not None:
+        return verdict
+    host = pub.specific_host_ip
+    if host is not None and not host.is_loopback and host not in facts.addresses:
+        return _Verdict(State.INACTIVE, "HostIPNotLocal",
+                        f"hostIP {host} is not an address of node {facts.name}")
+    return None
+
+
+def resolved(pub: PortPublication, facts: NodeFacts) -> PortPublication:
+    """An assigned publication with the ports this node picked (unresolved when none)."""
+    first = (facts.assigned or {}).get(pub.meta.ref) if pub.assign is not None else None
+    if first is None or pub.assign is None:
+        return pub
+    return replace(pub, host_port=first, host_port_end=first + pub.assign.count - 1)
+
+
+def _no_free_port(pub: PortPublication, facts: NodeFacts) -> _Verdict:
+    assert pub.assign is not None
+    if pub.assign.start is None:
+        lo, hi = facts.port_range
+        where = f"the ephemeral range {lo}-{hi} (net.ipv4.ip_local_port_range)"
+    else:
+        where = f"{pub.assign.start}-{pub.assign.end}"
+    run = "free port" if pub.assign.count == 1 else f"{pub.assign.count} free consecutive ports"
+    return _Verdict(State.CONFLICTED, "NoFreePort",
+                    f"no {run} for {pub.protocol.value} in {where} on node {facts.name}: "
+                    "every port there is reserved (ip_local_reserved_ports, the agent's "
+                    "--reserved-ports), in use by a host process or held by another "
+                    "publication")
 
 
 def _claim_order(res: BridgeNetwork | PortPublication,
@@ -230,6 +343,12 @@ def _plan_publications(
     routed: list[RoutedPort] = []
     for declared in publications:
         ref = declared.meta.ref
+        if declared.unresolved and _split_routed(declared, applied)[0] is not None:
+            unserved = _port_verdict(declared, facts, applied, all_networks) or (
+                _no_free_port(declared, facts))
+            outcomes[ref] = Outcome(ref, declared.meta.generation, *_fields(unserved),
+                                    declared.meta.uid)
+            continue
         network = _target_network(declared, declared.target_address, applied)
         nat_part, routed_ports = _split_routed(declared, applied)
         pub, verdict, bound = (_host_binding(nat_part, network) if nat_part is not None
@@ -259,7 +378,10 @@ def _plan_publications(
                                    _applied_message(pub, pub_dnats, pub_proxies) + lo_note)
         if bound:
             verdict = replace(verdict, message=f"{verdict.message}; {bound}")
-        outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict), pub.meta.uid)
+        assigned = ((pub.host_port, pub.host_port_end)
+                    if pub.assign is not None and not pub.unresolved else None)
+        outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict), pub.meta.uid,
+                                assigned)
     return dnats, proxies, claims, sources, routed
 
 

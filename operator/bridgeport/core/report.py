@@ -8,7 +8,7 @@ the NodeState's status `report.status()`, and the controller reads NodeStates ba
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,10 +37,20 @@ class Entry:
     reason: str = ""
     message: str = ""
     proxy: ProxyState = "off"  # PortPublications: the userland proxy's listeners
+    # The host ports this node assigned (spec.hostPort absent): first and last, or None.
+    assigned: tuple[int, int] | None = None
 
     @property
     def applied(self) -> bool:
         return self.state == State.APPLIED
+
+    @property
+    def ports(self) -> str:
+        """The assigned ports as text: "32768" or "32768-32770" ("" when none)."""
+        if self.assigned is None:
+            return ""
+        first, last = self.assigned
+        return str(first) if first == last else f"{first}-{last}"
 
     def document(self, compact: bool = False) -> dict[str, Any]:
         """The entry as JSON. Compact (NodeState): a plain Applied entry's reason and message
@@ -53,6 +63,10 @@ class Entry:
         }
         if self.ref.kind == PORT_PUBLICATION:
             doc["proxy"] = self.proxy
+        if self.assigned is not None:
+            doc["hostPort"], doc["hostPortEnd"] = self.assigned
+            if self.assigned[0] == self.assigned[1]:
+                del doc["hostPortEnd"]
         if not compact:
             return doc
         if self.applied and self.reason in ("", "Programmed"):
@@ -99,7 +113,9 @@ class Report:
         """NodeState.status in O(exceptions), and how many entries were left out to fit.
 
         Listed: the outcomes the controller cannot derive (not Applied, and not Inactive for a
-        nodeSelector that does not match), and Applied publications whose proxy failed.
+        nodeSelector that does not match), Applied publications whose proxy failed, and
+        publications with host ports this node assigned (the port is news, and the agent
+        reads it back after a restart).
         Everything else is summarised: the node's labels (the controller evaluates
         nodeSelectors itself) and digests of the Applied resources at their uid and
         generation (core/summary.py), about 3 KB whatever their number. Entries are compact;
@@ -109,7 +125,8 @@ class Report:
         listed: list[dict[str, Any]] = []
         applied: list[tuple[ResourceRef, str, int]] = []
         for e in self.entries:
-            if not summary.is_listed(e.state, e.reason) and e.proxy != "failed":
+            if (not summary.is_listed(e.state, e.reason) and e.proxy != "failed"
+                    and e.assigned is None):
                 if e.applied:
                     applied.append((e.ref, e.uid, e.observed_generation or 0))
                 continue
@@ -178,6 +195,9 @@ def entries(node: str, status: Mapping[str, Any] | None) -> tuple[Entry, ...]:
         if not text(e.get("state")):
             continue
         proxy = e.get("proxy")
+        first = integer(e.get("hostPort"))
+        last = integer(e.get("hostPortEnd")) or first
+        assigned = (first, last) if first and last and 0 < first <= last < 65536 else None
         out.append(Entry(
             node=node,
             ref=ResourceRef(e["kind"], text(e.get("namespace")), e["name"]),
@@ -187,5 +207,13 @@ def entries(node: str, status: Mapping[str, Any] | None) -> tuple[Entry, ...]:
             reason=text(e.get("reason")),
             message=text(e.get("message")),
             proxy=proxy if proxy in PROXY_STATES else "off",
+            assigned=assigned,
         ))
     return tuple(out)
+
+
+def assigned_ports(reported: Iterable[Entry]) -> dict[ResourceRef, tuple[str, int]]:
+    """What a node's report says it assigned: ref -> (uid, first port). A port a host process
+    took (PortInUse) is not kept: the next reconcile assigns another."""
+    return {e.ref: (e.uid, e.assigned[0]) for e in reported
+            if e.assigned is not None and e.reason != "PortInUse"}

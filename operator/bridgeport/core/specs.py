@@ -182,9 +182,29 @@ class BridgeNetwork:
 
 
 @dataclass(frozen=True)
+class AssignFrom:
+    """Host ports the node picks (Docker's -p 80 and -p 8000-8100:80): `count` consecutive
+    ports from start-end; start/end None: the node's ephemeral range (ip_local_port_range)."""
+
+    start: int | None = None
+    end: int | None = None
+    count: int = 1
+
+    def describe(self) -> str:
+        where = "the ephemeral range" if self.start is None else f"{self.start}-{self.end}"
+        return f"{self.count} port{'s' if self.count > 1 else ''} from {where}"
+
+
+MAX_ASSIGN_COUNT = 1024
+
+
+@dataclass(frozen=True)
 class PortPublication:
     """hostIP None: every node address of the target's families; 0.0.0.0 or :: every address
-    of that one family; anything else that one address."""
+    of that one family; anything else that one address.
+
+    With `assign` the node picks the host ports: host_port is 0 until the planner resolves
+    the publication with the node's assignment (core/assign.py), then the first port picked."""
 
     meta: Meta
     protocol: Protocol
@@ -200,6 +220,12 @@ class PortPublication:
     target_address6: ipaddress.IPv6Address | None = None
     # Empty: every source. Otherwise only these clients connect (loadBalancerSourceRanges).
     allowed_sources: tuple[IPNetwork, ...] = ()
+    assign: AssignFrom | None = None  # spec.hostPort absent: the node assigns the ports
+
+    @property
+    def unresolved(self) -> bool:
+        """Assigned ports not yet picked: no host port to plan with."""
+        return self.assign is not None and self.host_port == 0
 
     @property
     def port_count(self) -> int:
@@ -233,7 +259,11 @@ class PortPublication:
         ports = f"{self.host_port}" if self.port_count == 1 else (
             f"{self.host_port}-{self.host_port_end}"
         )
-        return f"{host}{ports}/{self.protocol.value}"
+        if self.unresolved:
+            assert self.assign is not None
+            return f"{host}<{self.assign.describe()}>/{self.protocol.value}"
+        assigned = " (assigned)" if self.assign is not None else ""
+        return f"{host}{ports}/{self.protocol.value}{assigned}"
 
 
 @dataclass(frozen=True)
@@ -643,8 +673,18 @@ def _gateway(f: _Fields, key: str,
 def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
     protocol = f.enum("protocol", Protocol, Protocol.TCP)
     host_ip = _address(f, "hostIP", wildcard=True)
-    host_port = f.integer("hostPort", 1, 65535, "a port", required=True)
+    assign = _assign_from(f)
+    host_port = f.integer("hostPort", 1, 65535, "a port")
     host_port_end = f.integer("hostPortEnd", 1, 65535, "a port")
+    if assign is not None and (host_port is not None or host_port_end is not None):
+        f.error("assignFrom", "is not allowed with spec.hostPort or spec.hostPortEnd (give "
+                "the host port, or let the node assign one)")
+    if host_port is None and host_port_end is not None:
+        f.error("hostPortEnd", "requires spec.hostPort")
+    if host_port is None and f.data.get("hostPort") is None:
+        assign = assign or AssignFrom()  # no host port: the node assigns one (-p 80)
+    if assign is not None:
+        host_port, host_port_end = 0, assign.count - 1
     network = f.string("network")
     if network is not None and not _DNS_SUBDOMAIN.match(network):
         f.error("network", f"{quote(network)} is not a valid BridgeNetwork name")
@@ -668,7 +708,9 @@ def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
     if host_port is None or target_address is None or target_port is None:
         return None
     end = host_port if host_port_end is None else host_port_end
-    if end < host_port:
+    if assign is not None:
+        end = assign.count - 1
+    elif end < host_port:
         f.error("hostPortEnd", f"{end} is below spec.hostPort {host_port}")
         return None
     if target_port + (end - host_port) > 65535:
@@ -695,7 +737,32 @@ def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
         target_address6=target_address6 if isinstance(
             target_address6, ipaddress.IPv6Address) else None,
         allowed_sources=sources,
+        assign=assign,
     )
+
+
+def _assign_from(f: _Fields) -> AssignFrom | None:
+    """spec.assignFrom: {start, end} (both or neither), count (default 1) fitting in them."""
+    data = f.mapping("assignFrom")
+    if data is None:
+        return None
+    a = _Fields(data, f.at("assignFrom"), f.errors)
+    start = a.integer("start", 1, 65535, "a port")
+    end = a.integer("end", 1, 65535, "a port")
+    count = a.integer("count", 1, MAX_ASSIGN_COUNT, "a port count", default=1) or 1
+    a.reject_unknown()
+    if (data.get("start") is None) != (data.get("end") is None):
+        a.error("end" if data.get("start") is not None else "start",
+                "start and end go together")
+        return None
+    if start is not None and end is not None:
+        if end < start:
+            a.error("end", f"{end} is below start {start}")
+            return None
+        if count > end - start + 1:
+            a.error("count", f"{count} ports do not fit in {start}-{end}")
+            return None
+    return AssignFrom(start, end, count)
 
 
 def _dual_stack_ok(t: _Fields, address: IPAddress | None, address6: IPAddress | None,

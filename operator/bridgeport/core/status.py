@@ -15,6 +15,10 @@ folds the entries of every node into the resource's status:
 - `problemNodes`: selected nodes not Applied at the current generation, sorted by node name,
   at most MAX_PROBLEM_NODES (the CRD's maxItems); when there are more, the Ready condition's
   message says how many ("problemNodes lists 16 of 20").
+- PortPublications whose nodes assigned host ports (spec.hostPort absent): `assignedPorts`,
+  `[{node, port[, portEnd]}]` sorted by node, at most MAX_ASSIGNED_NODES, and `assignedPort`
+  for the printer column: the port when every node assigned the same, else "N ports on M
+  nodes". Both are left out (and removed by `status_patch`) when no node assigned any.
 
 Everything here is deterministic: same inputs (including `now`), same output. No I/O.
 """
@@ -37,6 +41,8 @@ SUBNET_OVERLAPS_NODE = "SubnetOverlapsNode"
 MAX_PROBLEM_NODES = 16
 MAX_NODE_MESSAGE = 256  # per problem node
 MAX_CONDITION_MESSAGE = 1024  # metav1.Condition allows 32768; keep objects small
+MAX_ASSIGNED_NODES = 128  # status.assignedPorts entries (the CRD's maxItems)
+ASSIGNED_KEYS = ("assignedPort", "assignedPorts")  # present only while some node assigned
 NORMAL, WARNING = "Normal", "Warning"
 # metav1.Condition's reason (a CamelCase word); a node's reason that is not one is replaced.
 _REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
@@ -235,7 +241,22 @@ def compute_status(resource: Resource, reports: Iterable[Entry], now: str,
         "nodes": {"selected": n_selected, "ready": n_ready},
         "conditions": merge_conditions(resource.conditions, conditions, now),
         "problemNodes": problem_nodes,
+        **assigned_ports(chosen),
     }
+
+
+def assigned_ports(chosen: Sequence[Entry]) -> dict[str, Any]:
+    """status.assignedPorts and .assignedPort from one entry per node (sorted by node)."""
+    assigned = [r for r in chosen if r.assigned is not None]
+    if not assigned:
+        return {}
+    distinct = {r.ports for r in assigned}
+    summary = (next(iter(distinct)) if len(distinct) == 1 else
+               f"{len(distinct)} ports on {_plural(len(assigned), 'node')}")
+    listed = [{"node": r.node, "port": r.assigned[0],
+               **({"portEnd": r.assigned[1]} if r.assigned[1] != r.assigned[0] else {})}
+              for r in assigned[:MAX_ASSIGNED_NODES] if r.assigned is not None]
+    return {"assignedPort": summary, "assignedPorts": listed}
 
 
 def _pending(report: Entry, gen: int) -> str:
@@ -312,5 +333,7 @@ def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]
     """The JSON merge patch of `.status` that turns `current` into `desired` (the top-level
     fields that differ; other writers' fields are left alone), or None when nothing changed."""
     current = current or {}
-    patch = {k: v for k, v in desired.items() if current.get(k) != v}
+    patch: dict[str, Any] = {k: v for k, v in desired.items() if current.get(k) != v}
+    # Ours, but only while some node assigned ports: null removes them (merge patch).
+    patch |= {k: None for k in ASSIGNED_KEYS if k in current and k not in desired}
     return patch or None

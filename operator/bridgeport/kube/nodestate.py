@@ -17,8 +17,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from bridgeport import metrics
-from bridgeport.core.report import Report
-from bridgeport.core.specs import API_VERSION, GROUP, VERSION
+from bridgeport.core.report import Report, assigned_ports, entries
+from bridgeport.core.specs import API_VERSION, GROUP, VERSION, ResourceRef
 from bridgeport.core.specs import NODESTATES as PLURAL
 from bridgeport.kube.api import load_api
 
@@ -56,6 +56,30 @@ class NodeStateReporter:
                         node=self.node_name, error=str(getattr(exc, "reason", exc)))
             return
         self._last, self._last_at = comparable, time.monotonic()
+
+    def recall(self) -> dict[ResourceRef, tuple[str, int]] | None:
+        """The host ports this node assigned, as its NodeState says (blocking; the agent
+        calls it once, before its first reconcile): {} when there is no NodeState or RBAC
+        forbids reading it (said once, loudly), None on another error (try again)."""
+        try:
+            obj = self.api.get_cluster_custom_object(GROUP, VERSION, PLURAL, self.node_name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return {}
+            if exc.status == 403:
+                log.warning("RBAC forbids reading this node's NodeState: assigned host ports "
+                            "are assigned afresh after a restart (the chart grants get on "
+                            "nodestates)", node=self.node_name)
+                return {}
+            log.warning("cannot read this node's NodeState back; retrying",
+                        node=self.node_name, error=str(exc.reason))
+            return None
+        except OSError as exc:
+            log.warning("cannot read this node's NodeState back; retrying",
+                        node=self.node_name, error=str(exc))
+            return None
+        status = obj.get("status") if isinstance(obj, dict) else None
+        return assigned_ports(entries(self.node_name, status))
 
     def _write(self, status: dict[str, Any]) -> None:
         body = {"status": status}
