@@ -32,8 +32,8 @@ from bridgeport.core.assign import Fixed, Request
 from bridgeport.core.incremental import IncrementalPlanner
 from bridgeport.core.plan import NodeFacts, NodePlan
 from bridgeport.core.specs import PORT_PUBLICATION, ResourceRef
-from tests.builders import publication
 from tests.agent.test_agent import HeldPorts, ListSource
+from tests.builders import publication
 from tests.core.test_planner import NODE, net, pub
 
 
