@@ -265,12 +265,14 @@ def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
     try:
         for proc in creators:
             assert proc.wait(1200) == 0, proc.stderr.read() if proc.stderr else ""
+        restarted: dict[str, Any] = {}
+
         def programmed() -> bool:
             now = next(p for p in agent_pods(w) if p["spec"].get("nodeName") == node.name)
             state = now["status"]["containerStatuses"][0]
-            assert state["restartCount"] == restarts, (
-                f"agent on {node.name} restarted while programming {count} publications: "
-                f"{state.get('lastState')}")
+            if state["restartCount"] != restarts:  # stop waiting: it failed (e.g. OOMKilled)
+                restarted.update(state.get("lastState", {}), count=state["restartCount"])
+                return True
             out = on_node(node.name, "nft", "-j", "list", "map", "ip", "bridgeport", "pub_any",
                           timeout=60)
             elems = next((o["map"].get("elem", []) for o in json.loads(out)["nftables"]
@@ -278,6 +280,8 @@ def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
             return len(elems) >= count
         wait_for(programmed, timeout=1200, interval=10,
                  what=f"{count} publications programmed on {node.name}")
+        assert not restarted, (f"agent on {node.name} restarted while programming {count} "
+                               f"publications: {restarted}")
         took = time.monotonic() - started
         status = on_node(node.name, "cat", f"/proc/{agent_pid(node.name)}/status")
         rss = next(int(line.split()[1]) * 1024 for line in status.splitlines()
