@@ -27,7 +27,7 @@ from bridgeport.core.plan import Claim, ProxyKey, ProxyPort
 from bridgeport.core.report import Report
 from bridgeport.core.source import Snapshot
 from bridgeport.core.specs import ParseResult
-from bridgeport.proxy.status import ProxyStatus
+from bridgeport.proxy.listener_status import ProxyStatus
 from tests.core.test_planner import NODE, net, pub
 
 

@@ -26,8 +26,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from bridgeport import log
 from bridgeport.core.plan import ProxyPort
 from bridgeport.core.specs import Protocol, ResourceRef
+from bridgeport.proxy.listener_status import describe
 from bridgeport.proxy.manager import Fairness, ProxyManager
-from bridgeport.proxy.status import describe
 
 
 def port_of(d: dict[str, Any]) -> ProxyPort:

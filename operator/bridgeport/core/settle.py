@@ -41,7 +41,7 @@ class KeptBridge:
 
 
 class ProxyReport(typing.Protocol):
-    """One proxy listener's answer (proxy.status.ProxyStatus has this shape)."""
+    """One proxy listener's answer (proxy.listener_status.ProxyStatus has this shape)."""
 
     @property
     def state(self) -> str: ...  # listening | failed

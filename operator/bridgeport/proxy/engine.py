@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridgeport.proxy import wire
-from bridgeport.proxy.counters import (
+from bridgeport.proxy.shared_counters import (
     ACTIVE,
     BYTES_IN,
     BYTES_OUT,

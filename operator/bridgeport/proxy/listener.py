@@ -9,8 +9,8 @@ from typing import Any
 import structlog
 
 from bridgeport.core.plan import ProxyPort
-from bridgeport.proxy.stats import ListenerStats
-from bridgeport.proxy.status import describe
+from bridgeport.proxy.listener_status import describe
+from bridgeport.proxy.metrics import ListenerStats
 
 log = structlog.get_logger(__name__)
 

@@ -27,12 +27,12 @@ from bridgeport.core.specs import Protocol, ResourceRef
 from bridgeport.proxy import wire
 from bridgeport.proxy.holders import describe_holder
 from bridgeport.proxy.listener import Listener
+from bridgeport.proxy.listener_status import ProxyStatus, bind_failure, describe
+from bridgeport.proxy.metrics import ListenerStats, ProxyCollector, Row
+from bridgeport.proxy.pool import WorkerPool, default_workers
 from bridgeport.proxy.sockets import family_of, is_wildcard, open_claim, open_listener
-from bridgeport.proxy.stats import ListenerStats, ProxyCollector, Row
-from bridgeport.proxy.status import ProxyStatus, bind_failure, describe
 from bridgeport.proxy.tcp import TcpListener
 from bridgeport.proxy.udp import UdpListener
-from bridgeport.proxy.workers import WorkerPool, default_workers
 
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")

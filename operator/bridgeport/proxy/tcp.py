@@ -1,4 +1,4 @@
-"""TCP listener, the agent's side: owns the bound socket; the workers relay (workers.py).
+"""TCP listener, the agent's side: owns the bound socket; the workers relay (pool.py).
 
 Relay choice (the figures, prototypes and runs are in bench/proxy/README.md): splice(2) moves
 bytes without copying them through Python; an edge-triggered epoll loop of our own registers
@@ -15,7 +15,10 @@ from collections import Counter
 
 from bridgeport.core.plan import ProxyPort
 from bridgeport.proxy import wire
-from bridgeport.proxy.counters import (
+from bridgeport.proxy.listener import Listener
+from bridgeport.proxy.metrics import ListenerStats
+from bridgeport.proxy.pool import WorkerPool
+from bridgeport.proxy.shared_counters import (
     ACTIVE,
     BYTES_IN,
     BYTES_OUT,
@@ -23,9 +26,6 @@ from bridgeport.proxy.counters import (
     ERROR_KINDS,
     FIRST_ERROR,
 )
-from bridgeport.proxy.listener import Listener
-from bridgeport.proxy.stats import ListenerStats
-from bridgeport.proxy.workers import WorkerPool
 
 _EVENTS = {"accept": "proxy accept failed",
            "connection_limit": "proxy connection limit reached, refusing",

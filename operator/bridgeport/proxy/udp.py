@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
+from collections import Counter
 from typing import Any
 
 from bridgeport.core.plan import ProxyPort
 from bridgeport.proxy.listener import Listener
+from bridgeport.proxy.metrics import ListenerStats
 from bridgeport.proxy.sockets import Ancillary, is_wildcard, reply_pktinfo
-from bridgeport.proxy.stats import ListenerStats, Throttle
 
 _BURST = 64  # datagrams per wakeup before yielding to other listeners
 _ANCBUF = socket.CMSG_SPACE(20)  # in6_pktinfo, the larger of the two
@@ -170,3 +172,21 @@ class UdpListener(Listener):
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
         self._close_flows()
+
+
+class Throttle:
+    """At most one log line per kind per interval; says how many were suppressed."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._next: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def allow(self, kind: str) -> int | None:
+        """None to stay quiet, else the number of lines suppressed since the last one."""
+        now = time.monotonic()
+        if now < self._next.get(kind, 0.0):
+            self._suppressed[kind] += 1
+            return None
+        self._next[kind] = now + self.interval
+        return self._suppressed.pop(kind, 0)

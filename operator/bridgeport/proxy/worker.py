@@ -5,7 +5,7 @@
 The agent binds every port itself (binding is how it claims a port and sees conflicts) and
 passes the sockets over a SOCK_SEQPACKET control channel with SCM_RIGHTS (messages: wire.py).
 
-Counters go to shared memory (counters.py), not messages. The worker exits when the control
+Counters go to shared memory (shared_counters.py), not messages. The worker exits when the control
 channel closes, so it never outlives the agent. Standard library only, to keep each worker's
 memory to little more than the interpreter's (bench/proxy/README.md).
 """
@@ -20,8 +20,8 @@ import socket
 import sys
 
 from bridgeport.proxy import wire
-from bridgeport.proxy.counters import Counters
 from bridgeport.proxy.engine import Engine
+from bridgeport.proxy.shared_counters import Counters
 
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 200  # per message; the kernel allows 253 (SCM_MAX_FD)

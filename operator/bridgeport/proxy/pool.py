@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from bridgeport.proxy import wire
-from bridgeport.proxy.counters import SLOTS, Counters
+from bridgeport.proxy.shared_counters import SLOTS, Counters
 from bridgeport.proxy.worker import MAX_FDS, MAX_MESSAGE
 
 log = structlog.get_logger(__name__)

@@ -1,4 +1,4 @@
-"""Per-listener counters and the Prometheus collector that exposes them.
+"""The proxy's metrics: per-listener counters and the Prometheus collector that exposes them.
 
 The relay hot path only adds to plain integers; the collector turns them into metric families
 at scrape time. prometheus_client's Counter.inc() takes a lock, which costs more per splice
@@ -7,7 +7,6 @@ than the splice itself, and removed listeners must disappear from /metrics anywa
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -78,21 +77,3 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily(p + "worker_restarts", "TCP proxy workers restarted after "
                                   "exiting unexpectedly", restarts)
         yield from (up, conns, active, flows, nbytes, errors)
-
-
-class Throttle:
-    """At most one log line per kind per interval; says how many were suppressed."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._next: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def allow(self, kind: str) -> int | None:
-        """None to stay quiet, else the number of lines suppressed since the last one."""
-        now = time.monotonic()
-        if now < self._next.get(kind, 0.0):
-            self._suppressed[kind] += 1
-            return None
-        self._next[kind] = now + self.interval
-        return self._suppressed.pop(kind, 0)
