@@ -38,6 +38,13 @@ from tests.netns import TOOLS, Netns, netns, veth, wait_for  # noqa: E402
 
 HERE = Path(__file__).parent
 TARGET, NODE_UP, NODE, CLIENT = "192.0.2.2", "192.0.2.1", "198.51.100.1", "198.51.100.2"
+# loopback: Kernel masquerades 127.0.0.1 to NODE_UP and keeps the client's port, so its
+# connections share (NODE_UP:port -> TARGET:80) with `direct` and the proxies' upstreams. The
+# bench shortens conntrack's TIME_WAIT to 1 s, so the NAT may pick a tuple whose previous
+# connection the target still holds (TIME_WAIT, or an orphaned FIN_WAIT2 that answers a SYN
+# with RST: wrk's first connection refused, once in a smoke run). Its own target address
+# keeps its tuples apart.
+TARGET_LO = "192.0.2.3"
 IPERF, HTTP = 5201, 80
 NAT = f"""
 table ip benchnat {{
@@ -77,6 +84,7 @@ def setup(stack: ExitStack, workers: int) -> World:
     node.run(f"ip addr add {NODE}/24 dev n1")
     node.run(f"ip addr add {NODE_UP}/24 dev n0")
     target.run(f"ip addr add {TARGET}/24 dev t0")
+    target.run(f"ip addr add {TARGET_LO}/24 dev t0")
     target.run(f"ip route add default via {NODE_UP}")
     node.sysctl("net.ipv4.ip_forward", "1")
     for ns in (client, node, target):
@@ -183,7 +191,7 @@ def kernel_loopback(w: World, ports: tuple[tuple[int, int], ...]) -> Iterator[No
                         masquerade=False, internal=False, inter_container=True, shared=False,
                         route_localnet=True)
     dnats = tuple(Dnat(4, ipaddress.IPv4Address("127.0.0.1"), Protocol.TCP, lp, lp,
-                       ipaddress.IPv4Address(TARGET), tp, owner) for lp, tp in ports)
+                       ipaddress.IPv4Address(TARGET_LO), tp, owner) for lp, tp in ports)
     table = ruleset.render(NodePlan("bench", bridges=(bridge,), dnats=dnats))[0]
     w.node.run(["nft", "-f", "-"], input=table.text())
     w.node.sysctl("net.ipv4.conf.n0.route_localnet", "1")
@@ -303,6 +311,7 @@ def main() -> None:
         sys.exit("needs root, iperf3, wrk, socat, gcc and nft")
     paths = ["kernel DNAT", *[p for p in a.only if p != "kernel DNAT"]]
     runs: dict[str, list[Run]] = {p: [] for p in paths}
+    load = [os.getloadavg()[0]]
     with ExitStack() as stack:
         w = setup(stack, a.httpd_workers)
         # Rounds interleave the paths, and ratios are taken within a round, so drift in the
@@ -320,25 +329,45 @@ def main() -> None:
                           (cpu2 - cpu1) / a.seconds)
                 runs[name].append(run)
                 print(f"  round {r + 1} {name}: {run}", file=sys.stderr, flush=True)
+            load.append(os.getloadavg()[0])
         base_mib, added_mib, bind_seconds = rss_for_ports(w, a.ports)
-    kernel = runs["kernel DNAT"]
-    print(f"\n{'path':22} {'Gbit/s':>7} {'x kernel':>9} {'cpu':>5} {'conn/s':>8} {'x kernel':>9}"
-          f" {'cpu':>5} {'errors':>6}")
-    for name, rs in runs.items():
-        def med(f: Callable[[Run], float], rs: list[Run] = rs) -> float:
-            return statistics.median(f(x) for x in rs)
-        tput = [x.gbit / k.gbit for x, k in zip(rs, kernel, strict=True)]
-        conns = [x.rate / k.rate for x, k in zip(rs, kernel, strict=True)]
-        print(f"{name:22} {med(lambda x: x.gbit):7.1f} {statistics.median(tput):9.2f}"
-              f" {med(lambda x: x.cpu_iperf):5.0%} {med(lambda x: x.rate):8.0f}"
-              f" {statistics.median(conns):9.2f} {med(lambda x: x.cpu_wrk):5.0%}"
-              f" {sum(x.errors for x in rs):6d}")
+    table(runs)
+    print(f"load average (1 min) at the start and after each round: "
+          f"{' '.join(f'{x:.1f}' for x in load)}")
     print(f"bridgeport: agent + workers {base_mib:.1f} MiB RSS with one TCP port; {a.ports:,} more "
           f"add {added_mib:.1f} MiB, bound in {bind_seconds:.2f}s")
     print(f"(medians of {a.rounds} rounds; x kernel = median of per-round ratios; cpu = the "
           f"proxy's processes' CPU, 100% = one core; iperf3 -t {a.seconds}; wrk -c 50 "
           f"-d {a.seconds}s -H 'Connection: close'; {os.cpu_count()} CPUs, "
           f"kernel {os.uname().release})")
+
+
+def table(runs: dict[str, list[Run]]) -> None:
+    """Medians; ratios are medians of per-round ratios, against kernel DNAT and, when it ran,
+    docker-proxy (issue 14's targets: >= 1.0x its throughput, >= 1.5x its conn/s)."""
+    kernel, docker = runs["kernel DNAT"], runs.get("docker-proxy")
+
+    def med(rs: list[Run], f: Callable[[Run], float]) -> float:
+        return statistics.median(f(x) for x in rs)
+
+    def ratio(rs: list[Run], ref: list[Run] | None, f: Callable[[Run], float]) -> str:
+        if ref is None:
+            return ""
+        return f"{statistics.median(f(x) / f(r) for x, r in zip(rs, ref, strict=True)):.2f}"
+
+    def gbit(x: Run) -> float:
+        return x.gbit
+
+    def rate(x: Run) -> float:
+        return x.rate
+
+    print(f"\n{'path':22} {'Gbit/s':>7} {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'conn/s':>8}"
+          f" {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'errors':>6}")
+    for name, rs in runs.items():
+        tput = f"{med(rs, gbit):7.1f} {ratio(rs, kernel, gbit):>9} {ratio(rs, docker, gbit):>9}"
+        conns = f"{med(rs, rate):8.0f} {ratio(rs, kernel, rate):>9} {ratio(rs, docker, rate):>9}"
+        print(f"{name:22} {tput} {med(rs, lambda x: x.cpu_iperf):5.0%} {conns}"
+              f" {med(rs, lambda x: x.cpu_wrk):5.0%} {sum(x.errors for x in rs):6d}")
 
 
 @dataclass
