@@ -428,10 +428,12 @@ class Relay:
             if n == 0:
                 self.finish(p)
                 return
+            # Read on until EAGAIN, even after a short read: a pipe holds PIPE_SIZE / 4 KiB
+            # buffers, one per skb fragment, so segments in separate pages (a NIC's receive
+            # buffers) fill it with far fewer bytes while the socket still holds data, and
+            # edge-triggered epoll reports no new edge for what is already queued. The extra
+            # EAGAIN costs nothing measurable (bench/proxy/README.md); Go's splice does it too.
             p.pending = n
-            if n < PIPE_SIZE and not p.hup:  # a short read emptied the socket: skip the
-                self.drain(p)                # EAGAIN (new data brings a new edge)
-                return
 
     def drain(self, p: _Pump) -> bool:
         """Empty the pipe into dst; False if dst is full (its EPOLLOUT edge resumes)."""
