@@ -219,6 +219,8 @@ def controller(control_plane: Any, crds: Any, kubectl: Any,
         yield proc
     finally:
         proc.stop()
+        # Other modules share this API server (test_rbac counts what its agent reports).
+        kubectl("delete", "pp", "canary", "-n", "default", "--ignore-not-found", "--wait=false")
 
 
 @pytest.fixture
