@@ -243,9 +243,6 @@ class ProxyManager:
             listener.tick(now)
         self._arm_sweeper(loop)
 
-    def claim_count(self) -> int:
-        return len(self.held)
-
     def rows(self) -> Iterator[Row]:
         """Every listener with its counters (the per-publication metrics add them up)."""
         return self._rows()
