@@ -41,7 +41,7 @@ from bridgeport.core.plan import (
 )
 from bridgeport.core.report import Entry, ProxyState, Report, assigned_ports, entries
 from bridgeport.core.source import Snapshot, Source
-from bridgeport.core.specs import PortPublication, ResourceRef
+from bridgeport.core.specs import ResourceRef
 
 log = structlog.get_logger(__name__)
 RECALL_WAIT = 60.0  # seconds to retry reading back assigned ports before assigning afresh
@@ -261,8 +261,7 @@ class Agent:
             await asyncio.to_thread(self.dataplane.enable_forwarding)
         facts = await asyncio.to_thread(self.dataplane.gather_facts, self.settings.node_name,
                                         labels)
-        assigning = any(isinstance(r, PortPublication) and r.assign is not None
-                        for r in snapshot.resources)
+        assigning = self._stamper.assigning > 0  # kept in O(change), not a scan
         listening = (await asyncio.to_thread(self.dataplane.listening_ports) if assigning
                      else {})
         facts = replace(facts, reserved_ports=self.settings.reserved_ports,

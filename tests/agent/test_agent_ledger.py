@@ -82,8 +82,11 @@ def _doc(name: str, port: int, created: bool) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": "ns"}
     if created:
         meta["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    spec: dict[str, Any] = {"hostPort": port, "target": {"address": "10.0.0.2", "port": 80}}
+    if port == 8003:
+        del spec["hostPort"]  # the node assigns one
     return {"apiVersion": specs.API_VERSION, "kind": PORT_PUBLICATION, "metadata": meta,
-            "spec": {"hostPort": port, "target": {"address": "10.0.0.2", "port": 80}}}
+            "spec": spec}
 
 
 stamp_edits = st.lists(st.tuples(st.sampled_from([f"p{i}" for i in range(6)]),
@@ -109,6 +112,8 @@ def test_stamper_equals_stamp(remembered: dict[str, str], rounds: list[Any]) -> 
         want, first_seen = firstseen.stamp(resources, first_seen, f"t{n + 1}")
         assert list(stamper.stamp(resources, f"t{n + 1}")) == want
         assert stamper.first_seen == first_seen
+        assert stamper.assigning == sum(r.assign is not None for r in resources)
+    assert stamper.assigning >= 0
 
 
 journal_ops = st.lists(st.tuples(

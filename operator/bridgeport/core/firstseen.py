@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from bridgeport.core.specs import InvalidResource, ParseResult, ResourceRef
+from bridgeport.core.specs import InvalidResource, ParseResult, PortPublication, ResourceRef
 
 
 def key(ref: ResourceRef) -> str:
@@ -47,6 +47,9 @@ class Stamper:
         self._replaced = 0  # how many of _stamped differ from their resource
         self._changes: dict[str, str | None] | None = None
         self._started = False
+        # How many of the resources are publications that assign their host port: kept as
+        # objects come and go, so the agent need not scan for them.
+        self.assigning = 0
 
     def stamp(self, resources: Sequence[ParseResult], now: str) -> Sequence[ParseResult]:
         by_id = dict(zip(map(id, resources), resources, strict=True))
@@ -56,6 +59,7 @@ class Stamper:
         for i in new:
             res = by_id[i]
             self._seen[i] = res
+            self.assigning += _assigns(res)
             if isinstance(res, InvalidResource) or res.meta.created:
                 self._stamped[i] = res
                 continue
@@ -68,6 +72,7 @@ class Stamper:
             self._replaced += 1
         for i in gone:
             res = self._seen.pop(i)
+            self.assigning -= _assigns(res)
             if self._stamped.pop(i) is not res:
                 self._replaced -= 1
                 self._release(key(res.meta.ref))  # type: ignore[union-attr]
@@ -96,3 +101,7 @@ class Stamper:
     def take_changes(self) -> dict[str, str | None] | None:
         changes, self._changes = self._changes, {}
         return changes
+
+
+def _assigns(res: ParseResult) -> int:
+    return int(isinstance(res, PortPublication) and res.assign is not None)
