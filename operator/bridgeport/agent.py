@@ -629,8 +629,12 @@ def _remembered(state_file: Path | None) -> tuple[dict[str, str], frozenset[Reso
         if folded is not None:
             docs, seen = folded
             resources: Any = docs.values()
-        else:  # a state file of an earlier version: every entry in it
+        else:
             state = json.loads(state_file.read_text())
+            if "journal" in state:  # its journal is gone: it lists the exceptions only
+                ports = assigned_ports(entries("", state))  # assigned ones are all listed
+                return {}, None, ports  # incumbents: the kernel's bridges
+            # A state file of an earlier version: every entry in it.
             resources, seen = state["resources"], state.get("firstSeen", {})
         first_seen = {str(k): str(v) for k, v in seen.items()}
         applied = frozenset(ResourceRef(r["kind"], r["namespace"], r["name"])

@@ -235,3 +235,21 @@ def test_a_large_nodes_heap_is_frozen_until_the_next_full_plan() -> None:
         assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()
+
+
+def test_what_a_restarted_agent_remembers(tmp_path: Path) -> None:
+    """Incumbency and first-seen times come from the journal; a state file whose journal
+    is gone lists only exceptions, so it proves no incumbency; an earlier version's state
+    file has every entry."""
+    from bridgeport.agent import _remembered
+
+    state = tmp_path / "state.json"
+    applied = Entry("n", REFS[0], "u1", 1, State.APPLIED.value)
+    journal = statefile.Journal(statefile.journal_path(state))
+    journal.write(None, lambda: {"entries": [applied.document()], "firstSeen": {"k": "t"}})
+    state.write_text(json.dumps({"resources": [], "journal": journal.position()}))
+    assert _remembered(state)[:2] == ({"k": "t"}, frozenset({REFS[0]}))
+    statefile.journal_path(state).unlink()
+    assert _remembered(state)[:2] == ({}, None)  # the kernel's bridges decide
+    state.write_text(json.dumps({"resources": [applied.document()], "firstSeen": {"k": "t"}}))
+    assert _remembered(state)[:2] == ({"k": "t"}, frozenset({REFS[0]}))
