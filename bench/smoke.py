@@ -28,6 +28,7 @@ SMOKE: dict[str, list[str]] = {
     "claims.py": [],  # 10,000 claims bind in well under a second: its own size is tiny
     "sources.py": ["--seconds", "1", "--rounds", "1"],
     "counters.py": ["--seconds", "1", "--rounds", "1", "--publications", "50"],
+    "agent_change.py": ["--publications", "200", "--rounds", "1", "--changes", "2"],
 }
 # Scripts that are not benchmarks of their own: who runs them.
 HELPERS = {

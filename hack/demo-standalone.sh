@@ -25,8 +25,9 @@ attach_container
 say "curl http://192.0.2.1:8080/index.html from the client (published port -> container:80)"
 curl_published_port
 
-say "state file written by the agent ($work/state.json)"
-"$PY" - "$work/state.json" <<'PY'
+say "every outcome the agent reports (bridgeport state $work/state.json)"
+"$PY" -m bridgeport state "$work/state.json" >"$work/state-all.json"
+"$PY" - "$work/state-all.json" <<'PY'
 import json, sys
 state = json.load(open(sys.argv[1]))
 for r in state["resources"]:

@@ -158,6 +158,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("client", type=_address, help="the client address the probe comes from")
     t.add_argument("target", help="HOST:PORT/PROTO, e.g. 192.0.2.1:8080/tcp")
 
+    st = sub.add_parser("state", help="print a standalone agent's state file with every "
+                        "entry (folded from its journal); exit 1 when unreadable")
+    st.add_argument("state_file", type=Path, metavar="STATE_FILE")
+
     pl = sub.add_parser("plan", help="print what the agent would program (no root, no kernel)")
     pl.add_argument("-f", "--file", dest="files", action="append", type=Path, required=True,
                     help="manifest file or directory (repeatable)")
@@ -187,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_plan(args)
     if args.command == "doctor":
         return cmd_doctor(args)
+    if args.command == "state":
+        return cmd_state(args)
     if args.command == "trace":
         return cmd_trace(args)
     if args.command == "controller":
@@ -234,6 +240,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    from bridgeport.adapters import statefile
+
+    state = statefile.load(args.state_file)
+    if state is None:
+        print(f"error: {args.state_file}: no readable state file", file=sys.stderr)
+        return 1
+    print(json.dumps(state, indent=2, sort_keys=True))
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -332,9 +349,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print("error: --proxy-workers must be 0 (one per CPU) or more", file=sys.stderr)
         return 2
     if args.state_file is not None:
-        from bridgeport.adapters.statefile import remove_temporaries
+        from bridgeport.adapters.statefile import journal_path, remove_temporaries
 
-        if leftovers := remove_temporaries(args.state_file):
+        if leftovers := remove_temporaries(args.state_file) + remove_temporaries(
+                journal_path(args.state_file)):
             log.info("removed temporary state files of an interrupted write", count=leftovers)
     reporters: list[Callable[[Report], Awaitable[None]]] = []
     recall = None

@@ -52,10 +52,18 @@ def test_newcomer_never_takes_a_working_subnet(w: World) -> None:
     _write(w, "newcomer.yaml", network("aa-new", "10.98.0.0/16", bridge="bp-aa"))
     leftover = w.agent.state_file.parent / f".{w.agent.state_file.name}.abcd1234"
     leftover.write_text("{")
+    # A kill -9 mid-append leaves the journal's last line cut, and a rewrite its temporary:
+    # the incumbency is still read from the lines before.
+    journal = w.agent.state_file.with_name(w.agent.state_file.name + ".journal")
+    with journal.open("a") as f:
+        f.write('{"entries":[{"kind":"BridgeNetwork","nam')
+    journal_leftover = journal.parent / f".{journal.name}.abcd1234"
+    journal_leftover.write_text("{")
     w.agent.start()
     w.agent.wait({"zz-working": "Applied", "aa-new": "Conflicted"})
     assert _ports(w, "bp-zz")
-    wait_for(lambda: not leftover.exists(), what="stale temporary state file removed")
+    wait_for(lambda: not leftover.exists() and not journal_leftover.exists(),
+             what="stale temporary state and journal files removed")
 
 
 def test_losing_network_keeps_its_attached_bridge(w: World) -> None:

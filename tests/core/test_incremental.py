@@ -4,12 +4,15 @@ Property (hypothesis): over random edit sequences (publications added, removed, 
 ports, ranges, host IPs (0.0.0.0 and :: included), protocols, dual-stack targets,
 allowedSources; networks with interContainer on and off and node facts changing now and
 then; invalid documents), after every edit the incremental plan equals `planner.plan` and
-the patched tables equal `ruleset.render`. Scenario: one changed publication among many
+the patched tables equal `ruleset.render` (and their kept digest `ruleset.digest`), and a
+partial plan's delta names every resource whose outcome moved and says when sockets did.
+Scenario: one changed publication among many
 replans only its port group.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -66,11 +69,15 @@ pubs = st.builds(
     assign=st.sampled_from(["", "", "", "range", "ephemeral"]))
 edits = st.one_of(
     st.tuples(st.just("put"), pubs),
-    st.tuples(st.just("drop"), st.sampled_from([f"p{i}" for i in range(12)])),
+    st.tuples(st.just("drop"), st.sampled_from([f"p{i}{dup}" for i in range(12)
+                                                for dup in ("", "", "~dup")])),
     st.tuples(st.just("net"), st.sampled_from([("10.9.0.0/24", True), ("10.8.0.0/24", True),
                                                ("10.9.0.0/24", False)])),
     st.tuples(st.just("facts"), st.sampled_from([True, False])),
     st.tuples(st.just("invalid"), st.sampled_from(["p3", "bad"])),
+    st.tuples(st.just("dup"), pubs),  # a second document of the same publication
+    # Publications Applied here now (incumbents): they keep their ports against older ones.
+    st.tuples(st.just("incumbents"), st.sets(st.sampled_from([f"p{i}" for i in range(12)]))),
 )
 
 
@@ -91,12 +98,21 @@ def test_incremental_equals_full(initial: list[dict[str, Any]], steps: list[Any]
         elif kind == "net":
             net = net_doc(*arg)
         elif kind == "facts":
-            facts = NodeFacts("n", {"zone": "a"}, FACTS.addresses, ipv4_forwarding=arg)
+            facts = NodeFacts("n", {"zone": "a"}, FACTS.addresses, ipv4_forwarding=arg,
+                              incumbents=facts.incumbents)
+        elif kind == "incumbents":
+            facts = replace(facts, incumbents=frozenset(
+                specs.ResourceRef("PortPublication", "ns", name) for name in arg))
+        elif kind == "dup":
+            docs[arg["metadata"]["name"] + "~dup"] = arg
+            parsed.pop(arg["metadata"]["name"] + "~dup", None)
         elif kind == "invalid":
             docs[arg] = {"apiVersion": API, "kind": "PortPublication",
                          "metadata": {"name": arg, "namespace": "ns"}, "spec": {"hostPort": 0}}
             parsed.pop(arg, None)
-        resources = [specs.parse(net)]
+        if parsed.get("~net", (None,))[0] is not net:  # a changed network is a new object
+            parsed["~net"] = (net, specs.parse(net))
+        resources = [parsed["~net"][1]]
         for name, doc in sorted(docs.items()):
             if name not in parsed:
                 parsed[name] = specs.parse(doc)
@@ -104,7 +120,17 @@ def test_incremental_equals_full(initial: list[dict[str, Any]], steps: list[Any]
         full = planner.plan(resources, facts)
         got = inc.plan(resources, facts)
         assert got == full, kind
-        assert rend.render(got, inc.delta) == ruleset.render(full), kind
+        tables = ruleset.render(full)
+        assert rend.render(got, inc.delta) == tables, kind
+        assert rend.digest() == ruleset.digest(tables), kind
+        delta = inc.delta
+        if delta is not None:  # what the agent settles and syncs from the delta alone
+            before = delta.before
+            moved = {o.ref for o in set(before.outcomes) ^ set(got.outcomes)}
+            assert moved <= delta.refs, kind
+            assert all(inc.outcome(o.ref) == o for o in got.outcomes)
+            assert delta.sockets_changed or (before.proxies, before.claims) == (
+                got.proxies, got.claims), kind
 
 
 def test_one_change_replans_its_group_only() -> None:

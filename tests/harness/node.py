@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bridgeport.adapters import statefile
 from tests.netns import Netns, netns, run, unique, veth, wait_for
 
 NODE_IP, NODE_IP2, CLIENT_IP = "192.0.2.1", "192.0.2.11", "192.0.2.2"
@@ -80,10 +80,9 @@ class Agent:
             tmp.rename(self.resources / file)
 
     def state(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.state_file.read_text()))
-        except (OSError, ValueError):
-            return {}
+        """The state file with every entry (folded from its journal, as `bridgeport state`
+        prints it); {} until the agent wrote one."""
+        return statefile.load(self.state_file) or {}
 
     def entry(self, name: str, kind: str = "PortPublication") -> dict[str, Any] | None:
         for r in self.state().get("resources", []):

@@ -36,6 +36,10 @@ class Dataplane(Protocol):
         host port must not be. Read only when some publication wants one."""
         ...
 
+    def refresh(self) -> None:
+        """Read everything anew on the next calls (a periodic resync): nothing cached."""
+        ...
+
     # bridges
     def converge_bridges(self, bridges: Sequence[BridgePlan]) -> list[LinkFailure]:
         """Create or update each planned bridge and configure its ports. Never raises for one
@@ -81,9 +85,25 @@ class KernelDataplane:
     def __init__(self) -> None:
         self.nft = Nft()
         self.port_watch = PortWatch()
+        # Netlink answers kept while the port watch hears no link or address message (its
+        # epoch stays): a reconcile of one publication reads no netlink dump. Each holds the
+        # epoch read before asking netlink, so a message during the dump voids it.
+        self._links: tuple[int, facts.Links] | None = None
+        self._converged: tuple[int, tuple[BridgePlan, ...]] | None = None
+        self._swept: tuple[int, frozenset[str], frozenset[str]] | None = None
+
+    def _epoch(self) -> int | None:
+        """The watch's message count, None when it is not running (then nothing is cached)."""
+        return self.port_watch.epoch if self.port_watch.live else None
+
+    def refresh(self) -> None:
+        self._links = self._converged = self._swept = None
 
     def gather_facts(self, node: str, labels: Mapping[str, str]) -> NodeFacts:
-        return facts.gather(node, labels)
+        epoch = self._epoch()
+        if epoch is None or self._links is None or self._links[0] != epoch:
+            self._links = None if epoch is None else (epoch, facts.read_links())
+        return facts.gather(node, labels, self._links[1] if self._links else None)
 
     def enable_forwarding(self) -> None:
         facts.enable_forwarding()
@@ -92,6 +112,9 @@ class KernelDataplane:
         return facts.listening_ports()
 
     def converge_bridges(self, bridges: Sequence[BridgePlan]) -> list[LinkFailure]:
+        epoch, planned = self._epoch(), tuple(bridges)
+        if epoch is not None and self._converged == (epoch, planned):
+            return []  # converged to this plan, and no link changed since
         # The watch judges the events of what follows against this plan, not as news.
         self.port_watch.expect({b.name: not b.inter_container for b in bridges})
         failures = links.converge(bridges)
@@ -103,11 +126,17 @@ class KernelDataplane:
                 facts.converge_route_localnet(b.name, b.route_localnet)
             except OSError as exc:
                 failures.append(LinkFailure(b.network, b.name, f"route_localnet: {exc}"))
+        self._converged = None if failures or epoch is None else (epoch, planned)
         return failures
 
     def remove_stale_bridges(self, keep: Iterable[str], protect: Collection[str] = (),
                              ) -> tuple[list[str], list[KeptBridge]]:
-        return links.remove_stale(keep, protect)
+        epoch, kept, guarded = self._epoch(), frozenset(keep), frozenset(protect)
+        if epoch is not None and self._swept == (epoch, kept, guarded):
+            return [], []  # nothing stale then, and no link changed since
+        removed, held = links.remove_stale(kept, guarded)
+        self._swept = None if held or epoch is None else (epoch, kept, guarded)
+        return removed, held
 
     def watch_ports(self, changed: Callable[[], object]) -> None:
         self.port_watch.run(changed)

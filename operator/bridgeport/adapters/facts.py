@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -147,20 +149,38 @@ def _proc_ports(proc_net: Path) -> dict[str, frozenset[int]]:
     return out
 
 
-def gather(name: str, labels: Mapping[str, str]) -> NodeFacts:
-    """What the planner needs to know about this node, read from the kernel."""
+@dataclass(frozen=True)
+class Links:
+    """What the node's links say: netlink dumps, cached by the caller while its watch hears
+    nothing (adapters/dataplane.py)."""
+
+    ours: Mapping[str, str]  # our bridges: name -> network
+    foreign: frozenset[str]  # every other interface
+    addresses: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    networks: frozenset[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+def read_links() -> Links:
     ours, foreign = links.inventory()
+    return Links(ours, frozenset(foreign), frozenset(links.local_addresses()),
+                 frozenset(links.local_networks(set(ours))))
+
+
+def gather(name: str, labels: Mapping[str, str], known: Links | None = None) -> NodeFacts:
+    """What the planner needs to know about this node, read from the kernel (the links
+    from `known` when given; sysctls are always read anew)."""
+    found = known if known is not None else read_links()
     return NodeFacts(
         name=name,
         labels=dict(labels),
-        addresses=frozenset(links.local_addresses()),
-        networks=frozenset(links.local_networks(set(ours))),
+        addresses=found.addresses,
+        networks=found.networks,
         ipv4_forwarding=_sysctl_on("ipv4/ip_forward"),
         ipv6_forwarding=_sysctl_on("ipv6/conf/all/forwarding"),
         ipv6=ipv6_enabled(),
-        foreign_interfaces=frozenset(foreign),
+        foreign_interfaces=found.foreign,
         # Networks whose bridge exists: the incumbents when the agent remembers nothing else.
-        incumbents=frozenset(ResourceRef(BRIDGE_NETWORK, "", n) for n in ours.values()),
+        incumbents=frozenset(ResourceRef(BRIDGE_NETWORK, "", n) for n in found.ours.values()),
         route_localnet=os.access(PROC_SYS / "ipv4/conf/all/route_localnet", os.W_OK),
         port_range=port_range(),
         local_reserved_ports=local_reserved_ports(),

@@ -132,6 +132,9 @@ class FakeDataplane:
     def check_node(self) -> list[doctor.Finding]:
         return list(self.findings)
 
+    def refresh(self) -> None:
+        """Nothing is cached here."""
+
     def enable_forwarding(self) -> None:
         self.forwarding_enabled += 1
         self.ipv4_forwarding = self.ipv6_forwarding = True

@@ -22,6 +22,8 @@ from pyroute2 import IPRoute
 from bridgeport.adapters.links import HAIRPIN_ON, port_flags
 
 RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
 AF_BRIDGE = 7
 
 
@@ -102,6 +104,10 @@ class PortWatch:
     def __init__(self) -> None:
         self.filter = PortFilter()
         self._lock = threading.Lock()
+        # Counts every link and address message: what was read from netlink at one count
+        # is still true while the count stays (the dataplane's caches), when `live`.
+        self.epoch = 0
+        self.live = False
 
     def expect(self, isolated_by_bridge: Mapping[str, bool]) -> None:
         with self._lock:
@@ -111,13 +117,17 @@ class PortWatch:
         """Blocking (run it in a thread): call `changed()` for each relevant link event."""
         ipr = IPRoute()
         try:
-            ipr.bind(groups=RTMGRP_LINK)  # subscribe first: nothing between dump and watch
+            # Subscribe first: nothing between dump and watch.
+            ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
             with IPRoute() as dump:
                 seen = [e for e in map(reduce, dump.get_links()) if e is not None]
             with self._lock:
                 self.filter.seed(seen)
+            self.live = True
             while True:
-                for msg in ipr.get():
+                messages = ipr.get()
+                self.epoch += 1  # before judging them: a cache of the old count is stale
+                for msg in messages:
                     event = reduce(msg)
                     if event is None:
                         continue
@@ -126,4 +136,6 @@ class PortWatch:
                     if relevant:
                         changed()
         finally:
+            self.live = False
+            self.epoch += 1
             ipr.close()

@@ -7,10 +7,10 @@ keeps these times in its state file, so they survive restarts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from bridgeport.core.specs import InvalidResource, ParseResult, ResourceRef
+from bridgeport.core.specs import InvalidResource, ParseResult, PortPublication, ResourceRef
 
 
 def key(ref: ResourceRef) -> str:
@@ -31,3 +31,77 @@ def stamp(resources: Iterable[ParseResult], first_seen: Mapping[str, str],
         seen[k] = first_seen.get(k, now)
         out.append(replace(res, meta=replace(res.meta, created=seen[k])))
     return out, seen
+
+
+class Stamper:
+    """`stamp` in O(change): the resources a source hands out again are the same objects
+    (sources keep what did not change), so only objects not seen last time are looked at;
+    finding them takes C-level set operations on their ids. `take_changes` tells which
+    first-seen times appeared or went since the last call (None: all of them, at first)."""
+
+    def __init__(self, first_seen: Mapping[str, str]) -> None:
+        self.first_seen = dict(first_seen)
+        self._keys: dict[str, int] = {}  # key -> resources without a creation time holding it
+        self._stamped: dict[int, ParseResult] = {}  # id(resource) -> what stamp() made of it
+        self._seen: dict[int, ParseResult] = {}  # id -> the resource (keeps the id valid)
+        self._replaced = 0  # how many of _stamped differ from their resource
+        self._changes: dict[str, str | None] | None = None
+        self._started = False
+        # How many of the resources are publications that assign their host port: kept as
+        # objects come and go, so the agent need not scan for them.
+        self.assigning = 0
+
+    def stamp(self, resources: Sequence[ParseResult], now: str) -> Sequence[ParseResult]:
+        by_id = dict(zip(map(id, resources), resources, strict=True))
+        gone = self._seen.keys() - by_id.keys()
+        new = by_id.keys() - self._seen.keys()
+        # New ones first: a resource replaced by a new object keeps its first-seen time.
+        for i in new:
+            res = by_id[i]
+            self._seen[i] = res
+            self.assigning += _assigns(res)
+            if isinstance(res, InvalidResource) or res.meta.created:
+                self._stamped[i] = res
+                continue
+            k = key(res.meta.ref)
+            self._keys[k] = self._keys.get(k, 0) + 1
+            if k not in self.first_seen:
+                self.first_seen[k] = now
+                self._change(k, now)
+            self._stamped[i] = replace(res, meta=replace(res.meta, created=self.first_seen[k]))
+            self._replaced += 1
+        for i in gone:
+            res = self._seen.pop(i)
+            self.assigning -= _assigns(res)
+            if self._stamped.pop(i) is not res:
+                self._replaced -= 1
+                self._release(key(res.meta.ref))  # type: ignore[union-attr]
+        if not self._started:  # times remembered for resources no longer here are dropped
+            self._started = True
+            for k in [k for k in self.first_seen if k not in self._keys]:
+                del self.first_seen[k]
+            self._changes = None
+        if not self._replaced:
+            return resources  # every resource has its own creation time (the API's)
+        stamped = self._stamped
+        return [stamped[id(r)] for r in resources]
+
+    def _release(self, k: str) -> None:
+        left = self._keys[k] - 1
+        if left:
+            self._keys[k] = left
+            return
+        del self._keys[k], self.first_seen[k]
+        self._change(k, None)
+
+    def _change(self, k: str, value: str | None) -> None:
+        if self._changes is not None:
+            self._changes[k] = value
+
+    def take_changes(self) -> dict[str, str | None] | None:
+        changes, self._changes = self._changes, {}
+        return changes
+
+
+def _assigns(res: ParseResult) -> int:
+    return int(isinstance(res, PortPublication) and res.assign is not None)

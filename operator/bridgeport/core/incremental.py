@@ -24,9 +24,12 @@ from typing import Any
 from bridgeport.core import planner, ruleset
 from bridgeport.core.plan import Claim, Dnat, NodeFacts, NodePlan, Outcome, ProxyPort
 from bridgeport.core.specs import (
+    BRIDGE_NETWORK,
+    PORT_PUBLICATION,
     InvalidResource,
     ParseResult,
     PortPublication,
+    Protocol,
     ResourceRef,
 )
 
@@ -41,6 +44,10 @@ class Delta:
     removed: tuple[Dnat, ...]
     added: tuple[Dnat, ...]
     sources_changed: bool = False  # spec.allowedSources rules moved: render in full
+    refs: frozenset[ResourceRef] = frozenset()  # whose outcome may have changed
+    sockets_changed: bool = True  # proxy listeners or port claims changed
+    proxies_removed: tuple[ProxyPort, ...] = ()
+    proxies_added: tuple[ProxyPort, ...] = ()
 
 
 class _Groups:
@@ -125,12 +132,33 @@ class IncrementalPlanner:
         self._sources: dict[ResourceRef, tuple[Any, ...]] = {}
         self._verdicts = planner.PortVerdicts()
         self.delta: Delta | None = None  # of the last plan; None when it was a full plan
+        self._ids: dict[int, ParseResult] | None = None  # the last resources, by id()
+        self._other_refs: set[ResourceRef | None] = set()
+        self._defined_twice = False
+        self._assigning = False  # a publication assigns its host port: no id fast path
 
     def plan(self, resources: Sequence[ParseResult], facts: NodeFacts) -> NodePlan:
+        # Sources hand out unchanged resources as the same objects: what changed are the
+        # objects not seen last time (C-level set operations on their ids, no Python loop
+        # over every resource). Not with publications that assign their host ports: those
+        # ports depend on every publication (the full comparison below).
+        by_id = dict(zip(map(id, resources), resources, strict=True))
+        known, self._ids = self._ids, by_id
+        plain = replace(facts, assigned=None, listening={}, remembered={}, avoid={})
+        promoted = self._incumbency_moved(plain)
+        if (self._base is not None and known is not None and promoted is not None
+                and not self._defined_twice and not self._assigning):
+            moved = self._changed_publications(
+                [known[i] for i in known.keys() - by_id.keys()],
+                [by_id[i] for i in by_id.keys() - known.keys()])
+            if moved is not None:
+                for ref in promoted:  # its claims rank anew: replan its port group
+                    moved.setdefault(ref, self._pubs.get(ref))
+                self._facts = plain
+                return self._partial(moved, replace(plain, assigned={}))
         # Assigned host ports depend on every publication: allocate once, for all, and plan
         # with the publications resolved to their ports (a new port is a changed publication).
-        facts = replace(facts, assigned=planner.allocate_ports(resources, facts, self._verdicts),
-                        listening={}, remembered={}, avoid={})
+        facts = replace(plain, assigned=planner.allocate_ports(resources, facts, self._verdicts))
         pubs: dict[ResourceRef, PortPublication] = {}
         others: list[ParseResult] = []
         for res in resources:
@@ -139,22 +167,86 @@ class IncrementalPlanner:
             else:
                 others.append(res)
         others_t = tuple(sorted(others, key=_doc_order))
-        if (self._base is None or replace(facts, assigned=None) != self._facts
-                or others_t != self._others
-                or any(not isinstance(o, InvalidResource) and o.meta.ref in pubs
-                       for o in others_t)):
+        if (self._base is None or plain != self._facts or others_t != self._others
+                or any(_ref(o) in pubs for o in others_t)):  # defined more than once
             return self._full(resources, facts, pubs, others_t)
         prev = self._pubs
-        changed = [ref for ref, pub in pubs.items()
-                   if (old := prev.get(ref)) is not pub and old != pub]
-        changed += prev.keys() - pubs.keys()
-        return self._partial(changed, pubs, facts)
+        changed = {ref: old for ref, pub in pubs.items()
+                   if (old := prev.get(ref)) is not pub and old != pub}
+        changed.update((ref, prev[ref]) for ref in prev.keys() - pubs.keys())
+        if any(ref in self._other_refs for ref in changed):  # was defined more than once
+            return self._full(resources, facts, pubs, others_t)
+        self._pubs = pubs
+        self._assigning = any(p.assign is not None for p in pubs.values())
+        return self._partial(changed, facts)
+
+    def _incumbency_moved(self, facts: NodeFacts) -> set[ResourceRef] | None:
+        """The publications whose incumbency changed when nothing else in the facts did
+        (a publication newly Applied, or no longer); None when other facts changed."""
+        prev = self._facts
+        if prev is None:
+            return None
+        if facts.incumbents is prev.incumbents or facts.incumbents == prev.incumbents:
+            return set() if facts == prev else None
+        if replace(facts, incumbents=prev.incumbents) != prev:
+            return None
+        moved = set(facts.incumbents ^ prev.incumbents)
+        return moved if all(r.kind == PORT_PUBLICATION for r in moved) else None
+
+    def _changed_publications(self, gone: list[ParseResult], new: list[ParseResult]
+                              ) -> dict[ResourceRef, PortPublication | None] | None:
+        """Bring the publications up to date from the objects that went and came; the
+        changed ones with their old versions. None when that does not do: a change to
+        anything but a valid publication, or a duplicate (the full comparison decides)."""
+        if not all(isinstance(r, PortPublication) for r in (*gone, *new)):
+            return None
+        pubs = self._pubs
+        went = {r.meta.ref: r for r in gone}  # type: ignore[union-attr]
+        if (len(went) != len(gone) or any(pubs.get(ref) is not r for ref, r in went.items())
+                or any(ref in self._other_refs for ref in went)):
+            return None  # one of them was or is defined more than once
+        came: dict[ResourceRef, PortPublication] = {}
+        for r in new:
+            assert isinstance(r, PortPublication)
+            if r.assign is not None:
+                return None  # its port depends on every publication
+            ref = r.meta.ref
+            if ref in came or (ref in pubs and ref not in went) or ref in self._other_refs:
+                return None  # a duplicate now
+            came[ref] = r
+        old: dict[ResourceRef, PortPublication | None] = {}
+        for ref in went.keys() | came.keys():
+            before, after = pubs.get(ref), came.get(ref)
+            if after is None:
+                del pubs[ref]
+            else:
+                pubs[ref] = after
+            if before != after:
+                old[ref] = before
+        return old
+
+    def networks(self) -> set[str]:
+        """Every BridgeNetwork among the last plan's resources, valid or not."""
+        names = set()
+        for r in self._others:
+            ref = r.ref if isinstance(r, InvalidResource) else r.meta.ref
+            if ref is not None and ref.kind == BRIDGE_NETWORK:
+                names.add(ref.name)
+        return names
+
+    def outcome(self, ref: ResourceRef) -> Outcome | None:
+        """The last plan's outcome for `ref`, in O(1)."""
+        return self._outcomes.get(ref)
 
     def _full(self, resources: Sequence[ParseResult], facts: NodeFacts,
               pubs: dict[ResourceRef, PortPublication], others: tuple[ParseResult, ...]
               ) -> NodePlan:
         result = planner.plan(resources, facts)
         self._facts, self._others, self._pubs = replace(facts, assigned=None), others, pubs
+        self._other_refs = {_ref(o) for o in others}
+        # A publication defined more than once: every plan is a full one until it is not.
+        self._defined_twice = any(ref in pubs for ref in self._other_refs)
+        self._assigning = any(p.assign is not None for p in pubs.values())
         self._groups = _Groups()
         for pub in pubs.values():
             self._groups.join(pub)
@@ -170,13 +262,15 @@ class IncrementalPlanner:
         self.delta = None
         return result
 
-    def _partial(self, changed: list[ResourceRef], pubs: dict[ResourceRef, PortPublication],
-                 facts: NodeFacts) -> NodePlan:
+    def _partial(self, changed: dict[ResourceRef, PortPublication | None], facts: NodeFacts
+                 ) -> NodePlan:
+        """Replan the port groups of the changed publications (`changed`: their versions
+        before; self._pubs holds the current ones)."""
         assert self._base is not None
         before_plan = self._base
+        pubs = self._pubs
         roots: set[Slot] = set()
-        for ref in changed:
-            old = self._pubs.get(ref)
+        for old in changed.values():
             if old is not None:
                 roots.add(self._groups.leave(old))
         for ref in changed:
@@ -186,13 +280,14 @@ class IncrementalPlanner:
         roots = {self._groups.find(r) for r in roots}
         members = set().union(*(self._groups.members.get(r, set()) for r in roots))
         members |= set(changed)
-        self._pubs = pubs
         sub = planner.plan([*self._others, *(pubs[r] for r in members if r in pubs)], facts)
         removed: list[Dnat] = []
         added: list[Dnat] = []
+        p_removed: list[ProxyPort] = []
+        p_added: list[ProxyPort] = []
         new_dnats, new_proxies = _by_owner(sub.dnats), _by_owner(sub.proxies)
         new_claims, new_sources = _by_owner(sub.claims), _by_owner(sub.source_rules)
-        sources_changed = False
+        sources_changed = sockets_changed = False
         new_outcomes = {o.ref: o for o in sub.outcomes}
         for ref in members:
             before, after = self._dnats.pop(ref, ()), new_dnats.get(ref, ())
@@ -207,6 +302,9 @@ class IncrementalPlanner:
                 self._dnats[ref] = after
             p_before, p_after = self._proxies.pop(ref, ()), new_proxies.get(ref, ())
             if p_before != p_after:
+                sockets_changed = True
+                p_removed += p_before
+                p_added += p_after
                 for p in p_before:
                     self._sorted_proxies.remove(p)
                 for p in p_after:
@@ -223,6 +321,7 @@ class IncrementalPlanner:
                 self._outcomes[ref] = o_after
             c_before, c_after = self._claims.pop(ref, ()), new_claims.get(ref, ())
             if c_before != c_after:
+                sockets_changed = True
                 for c in c_before:
                     self._sorted_claims.remove(c)
                 for c in c_after:
@@ -233,9 +332,13 @@ class IncrementalPlanner:
             sources_changed |= s_before != s_after
             if s_after:
                 self._sources[ref] = s_after
-        self.delta = Delta(before_plan, tuple(removed), tuple(added), sources_changed)
-        # The planner lists source rules in the order it plans publications: oldest first.
-        owners = sorted(self._sources, key=lambda r: self._pubs[r].meta.age_key)
+        self.delta = Delta(before_plan, tuple(removed), tuple(added), sources_changed,
+                           frozenset(members), sockets_changed, tuple(p_removed),
+                           tuple(p_added))
+        # The planner lists source rules in the order it plans publications: incumbents
+        # first, then the oldest.
+        owners = sorted(self._sources, key=lambda r: (r not in facts.incumbents,
+                                                      self._pubs[r].meta.age_key))
         self._base = replace(self._base, dnats=tuple(self._sorted_dnats.items),
                              proxies=tuple(self._sorted_proxies.items),
                              claims=tuple(self._sorted_claims.items),
@@ -251,41 +354,133 @@ def _by_owner(items: Sequence[Any]) -> dict[ResourceRef, tuple[Any, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
+def _ref(res: ParseResult) -> ResourceRef | None:
+    return res.ref if isinstance(res, InvalidResource) else res.meta.ref
+
+
 def _doc_order(res: ParseResult) -> tuple[str, str]:
     if isinstance(res, InvalidResource):
         return ("1", str(res.ref) + res.message)
     return ("0", str(res.meta.ref) + repr(res))
 
 
+class _LoopPorts:
+    """The loop-port set's spans per protocol, merged as `ruleset` merges them, kept as
+    spans come and go: only the merged intervals a changed span touches are merged again."""
+
+    def __init__(self, plan: NodePlan) -> None:
+        self.spans: dict[Protocol, list[tuple[int, int]]] = {}  # sorted, with repeats
+        self.merged: dict[Protocol, list[tuple[int, int]]] = {}  # sorted, disjoint
+        for proto, lo, hi in _spans(plan.dnats, plan.proxies):
+            self.spans.setdefault(proto, []).append((lo, hi))
+        for proto, spans in self.spans.items():
+            spans.sort()
+            self.merged[proto] = _merge(spans)
+
+    def update(self, removed: list[tuple[Protocol, int, int]],
+               added: list[tuple[Protocol, int, int]]
+               ) -> tuple[set[ruleset.Element], set[ruleset.Element]]:
+        """Apply the spans that left and came; the elements that left and came."""
+        gone: set[ruleset.Element] = set()
+        new: set[ruleset.Element] = set()
+        for proto in {p for p, _, _ in removed} | {p for p, _, _ in added}:
+            spans = self.spans.setdefault(proto, [])
+            merged = self.merged.setdefault(proto, [])
+            touched_spans = [(lo, hi) for p, lo, hi in (*removed, *added) if p == proto]
+            touched: set[tuple[int, int]] = set()
+            for lo, hi in touched_spans:  # old merged intervals a changed span overlaps
+                i = bisect.bisect_left(merged, (lo + 1,)) - 1  # the last one starting <= lo
+                i = max(i, 0)
+                while i < len(merged) and merged[i][0] <= hi:
+                    if merged[i][1] >= lo:
+                        touched.add(merged[i])
+                    i += 1
+            for p, lo, hi in removed:
+                if p == proto:
+                    del spans[bisect.bisect_left(spans, (lo, hi))]
+            for p, lo, hi in added:
+                if p == proto:
+                    bisect.insort(spans, (lo, hi))
+            # Every span of a touched interval starts inside it; the added ones may not.
+            collect = {(lo, hi) for p, lo, hi in added if p == proto}
+            for lo, hi in touched:
+                a, b = bisect.bisect_left(spans, (lo,)), bisect.bisect_right(spans, (hi + 1,))
+                collect.update(spans[a:b])
+            remade = _merge(sorted(collect))
+            for interval in touched:
+                del merged[bisect.bisect_left(merged, interval)]
+            for interval in remade:
+                bisect.insort(merged, interval)
+            before, after = set(touched), set(remade)
+            gone |= {_loop_element(proto, lo, hi) for lo, hi in before - after}
+            new |= {_loop_element(proto, lo, hi) for lo, hi in after - before}
+        return gone, new
+
+
+def _spans(dnats: Sequence[Dnat], proxies: Sequence[ProxyPort]
+           ) -> list[tuple[Protocol, int, int]]:
+    return [*((d.protocol, d.port, d.port_end) for d in dnats),
+            *((p.protocol, p.port, p.port) for p in proxies)]
+
+
+def _merge(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted spans merged where they overlap (adjacent ones stay apart, as in ruleset)."""
+    merged: list[list[int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [(lo, hi) for lo, hi in merged]
+
+
+def _loop_element(proto: Protocol, lo: int, hi: int) -> ruleset.Element:
+    return ruleset.Element(f"{proto.nft} . {lo}" if lo == hi else f"{proto.nft} . {lo}-{hi}")
+
+
 class IncrementalRenderer:
-    """`render(plan, delta)` equals `ruleset.render(plan)`; with a delta it only patches."""
+    """`render(plan, delta)` equals `ruleset.render(plan)`; with a delta it only patches,
+    and `digest()` equals `ruleset.digest` of the tables, kept per set in O(change)."""
 
     def __init__(self, counters: bool = True) -> None:
         self.counters = counters  # per-publication counters (cnt_* mirrors of the pub_* maps)
         self._plan: NodePlan | None = None
         self._tables: tuple[ruleset.Table, ruleset.Table] | None = None
+        self._loop: _LoopPorts | None = None
+        self._digests: dict[tuple[str, str], int] = {}
 
     def render(self, plan: NodePlan, delta: Delta | None
                ) -> tuple[ruleset.Table, ruleset.Table]:
         prev = self._plan
-        if (delta is None or prev is None or self._tables is None or delta.sources_changed
-                or delta.before is not prev or prev.bridges != plan.bridges):
-            tables = ruleset.render(plan, counters=self.counters)
-        else:
-            loop = ruleset.loop_port_elements(plan)
-            tables = (self._patch(self._tables[0], delta, 4, loop, self.counters),
-                      self._patch(self._tables[1], delta, 6, loop, self.counters))
-            if self.counters and any(  # the count chains look up only non-empty sets
+        tables: tuple[ruleset.Table, ruleset.Table] | None = None
+        if not (delta is None or prev is None or self._tables is None or self._loop is None
+                or delta.sources_changed or delta.before is not prev
+                or prev.bridges != plan.bridges):
+            loop = self._loop.update(
+                _spans(delta.removed, delta.proxies_removed),
+                _spans(delta.added, delta.proxies_added))
+            patched = (self._patch(self._tables[0], delta, 4, loop),
+                       self._patch(self._tables[1], delta, 6, loop))
+            if not (self.counters and any(  # the count chains look up only non-empty sets
                     bool(old.elements.get(name)) != bool(t.elements.get(name))
-                    for old, t in zip(self._tables, tables, strict=True)
-                    for name in ruleset.COUNT_SETS):
-                tables = ruleset.render(plan, counters=True)
+                    for old, t in zip(self._tables, patched, strict=True)
+                    for name in ruleset.COUNT_SETS)):
+                tables = patched
+        if tables is None:
+            tables = ruleset.render(plan, counters=self.counters)
+            self._loop = _LoopPorts(plan)
+            self._digests = {(t.family, s.name): ruleset.elements_digest(
+                t.elements.get(s.name, ())) for t in tables for s in t.lookups}
         self._plan, self._tables = plan, tables
         return tables
 
-    @staticmethod
-    def _patch(table: ruleset.Table, delta: Delta, version: int,
-               loop: frozenset[ruleset.Element] | None, counters: bool) -> ruleset.Table:
+    def digest(self) -> str:
+        """`ruleset.digest` of the last tables."""
+        assert self._tables is not None
+        return ruleset.digest(self._tables, self._digests)
+
+    def _patch(self, table: ruleset.Table, delta: Delta, version: int,
+               loop: tuple[set[ruleset.Element], set[ruleset.Element]]) -> ruleset.Table:
         gone: dict[str, set[ruleset.Element]] = {}
         new: dict[str, set[ruleset.Element]] = {}
         for changed, into in ((delta.removed, gone), (delta.added, new)):
@@ -294,15 +489,24 @@ class IncrementalRenderer:
                     continue
                 for name, e in ruleset.dnat_elements(d):
                     into.setdefault(name, set()).add(e)
-                    if counters and name in ruleset.COUNTED:
+                    if self.counters and name in ruleset.COUNTED:
                         into.setdefault("cnt" + name[3:], set()).add(
                             ruleset.Element(e.key, "", e.comment))
-        if not gone and not new and loop is None:
+        if loop[0] or loop[1]:  # every published port range, merged (both families)
+            gone[ruleset.LOOP_PORTS], new[ruleset.LOOP_PORTS] = loop
+        if not gone and not new:
             return table
         elements = dict(table.elements)
         for name in gone.keys() | new.keys():
-            elements[name] = (elements.get(name, frozenset()) - gone.get(name, set())
-                              ) | new.get(name, set())
-        if loop is not None:  # every published port range, merged: derived from all DNATs
-            elements[ruleset.LOOP_PORTS] = loop
+            before = elements.get(name, frozenset())
+            out, came = gone.get(name, set()), new.get(name, set())
+            value = self._digests.get((table.family, name), 0)
+            for e in out:  # the digest follows what really left and came: O(change)
+                if e in before and e not in came:
+                    value ^= ruleset.element_hash(e)
+            for e in came:
+                if e not in before:
+                    value ^= ruleset.element_hash(e)
+            self._digests[(table.family, name)] = value
+            elements[name] = (before - out) | came
         return replace(table, elements=elements)

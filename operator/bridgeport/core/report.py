@@ -78,6 +78,33 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Tally:
+    """What a report lists and what it summarises (core/summary.py)."""
+
+    listed: tuple[Entry, ...]  # in the entries' order
+    applied: int  # Applied and not listed: folded into the digests
+    digests: tuple[int, ...]
+
+
+def summarised(e: Entry) -> bool:
+    """Whether a report leaves the entry out (Applied ones then count in the digests)."""
+    return (not summary.is_listed(e.state, e.reason) and e.proxy != "failed"
+            and e.assigned is None)
+
+
+def tally(entries: Iterable[Entry]) -> Tally:
+    listed: list[Entry] = []
+    applied: list[tuple[ResourceRef, str, int]] = []
+    for e in entries:
+        if summarised(e):
+            if e.applied:
+                applied.append((e.ref, e.uid, e.observed_generation or 0))
+            continue
+        listed.append(e)
+    return Tally(tuple(listed), len(applied), tuple(summary.digests(applied)))
+
+
+@dataclass(frozen=True)
 class Report:
     node: str
     agent_version: str
@@ -92,6 +119,8 @@ class Report:
     labels: Mapping[str, str] = field(default_factory=dict)  # matched against nodeSelectors
     # The agent's periodic `doctor` check: severity, since, summary, findings (None: not run).
     node_check: Mapping[str, Any] | None = None
+    # The entries' tally when the agent kept it up to date (core/ledger.py); else computed.
+    tallied: Tally | None = None
 
     def document(self) -> dict[str, Any]:
         """The state file: everything, entries in full."""
@@ -109,6 +138,25 @@ class Report:
             **({"doctor": dict(self.node_check)} if self.node_check is not None else {}),
         }
 
+    def head(self) -> dict[str, Any]:
+        """The state file in O(exceptions): the report without its plainly Applied entries,
+        which it counts and digests as the NodeState does (the state journal has them all)."""
+        t = self.tallied or tally(self.entries)
+        return {
+            "node": self.node,
+            "agentVersion": self.agent_version,
+            "lastSync": self.last_sync,
+            "lastSyncMs": self.last_sync_ms,
+            "tableDigest": self.table_digest,
+            "counts": dict(self.counts),
+            "labels": dict(self.labels),
+            "resources": [e.document() for e in t.listed],
+            "applied": {"count": t.applied, "buckets": summary.BUCKETS,
+                        "digest": summary.encode(t.digests)},
+            "errors": list(self.errors),
+            **({"doctor": dict(self.node_check)} if self.node_check is not None else {}),
+        }
+
     def status(self) -> tuple[dict[str, Any], int]:
         """NodeState.status in O(exceptions), and how many entries were left out to fit.
 
@@ -122,15 +170,8 @@ class Report:
         past etcd's request limit their messages are cut, then the list is, and the report
         says so in `errors` (the counts stay exact).
         """
-        listed: list[dict[str, Any]] = []
-        applied: list[tuple[ResourceRef, str, int]] = []
-        for e in self.entries:
-            if (not summary.is_listed(e.state, e.reason) and e.proxy != "failed"
-                    and e.assigned is None):
-                if e.applied:
-                    applied.append((e.ref, e.uid, e.observed_generation or 0))
-                continue
-            listed.append(e.document(compact=True))
+        t = self.tallied or tally(self.entries)
+        listed = [e.document(compact=True) for e in t.listed]
         errors = list(self.errors)[:MAX_ERRORS]
         if len(json.dumps(listed)) > MAX_REPORT_BYTES:
             listed = [{**e, "message": e.get("message", "")[:SHORT_MESSAGE]} for e in listed]
@@ -150,8 +191,8 @@ class Report:
             "counts": dict(self.counts),
             "errors": errors,
             "labels": dict(self.labels),
-            "applied": {"count": len(applied), "buckets": summary.BUCKETS,
-                        "digest": summary.encode(summary.digests(applied))},
+            "applied": {"count": t.applied, "buckets": summary.BUCKETS,
+                        "digest": summary.encode(t.digests)},
             "resources": listed,
         }, omitted
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from bridgeport.core.plan import BridgePlan, Dnat, NodePlan, SourceRule
@@ -98,6 +98,10 @@ class Table:
         lines.append("}")
         return "\n".join(lines) + "\n"
 
+    def skeleton(self) -> str:
+        """The text without set elements: what the digest hashes besides the elements."""
+        return replace(self, elements={}).text()
+
     def replace_script(self) -> str:
         """Declare, delete and redeclare in one batch: atomic whether or not the table exists."""
         return f"add table {self.ident}\ndelete table {self.ident}\n{self.text()}"
@@ -120,8 +124,33 @@ def render(plan: NodePlan, counters: bool = True) -> tuple[Table, Table]:
     return (_ip_table(plan, 4, counters), _ip_table(plan, 6, counters))
 
 
-def digest(tables: Iterable[Table]) -> str:
-    return hashlib.sha256("".join(t.text() for t in tables).encode()).hexdigest()[:16]
+def digest(tables: Iterable[Table],
+           set_digests: Mapping[tuple[str, str], int] | None = None) -> str:
+    """What was programmed, in 16 hex digits: the tables' declarations and chains as text,
+    and per set its element count and the XOR of its elements' hashes, so that a renderer
+    which patches a few elements updates it in O(change) (`set_digests`, keyed by (family,
+    set name), equal to `elements_digest` of each set; computed here when not given)."""
+    h = hashlib.sha256()
+    for t in tables:
+        h.update(t.skeleton().encode())
+        for s in t.lookups:
+            elements = t.elements.get(s.name, frozenset())
+            value = (set_digests[(t.family, s.name)] if set_digests is not None
+                     else elements_digest(elements))
+            h.update(f"{s.name} {len(elements)} {value:016x}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def element_hash(e: Element) -> int:
+    return int.from_bytes(hashlib.blake2b(e.text().encode(), digest_size=8).digest(), "big")
+
+
+def elements_digest(elements: Iterable[Element]) -> int:
+    """The XOR of the elements' hashes: adding or removing one flips its hash in or out."""
+    value = 0
+    for e in elements:
+        value ^= element_hash(e)
+    return value
 
 
 def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
@@ -492,6 +521,8 @@ def diff(old: Table, new: Table) -> list[str] | None:
     for s in new.lookups:
         before = old.elements.get(s.name, frozenset())
         after = new.elements.get(s.name, frozenset())
+        if before is after:  # a patched table shares the sets it did not touch
+            continue
         removed, added = sorted(before - after), sorted(after - before)
         if removed:
             cmds.append(f"delete element {t} {s.name} {{ {', '.join(e.key for e in removed)} }}")

@@ -13,6 +13,10 @@ from bridgeport.core.specs import ParseResult
 class Snapshot:
     """One complete view of the resources. Sources hand out None until they have one."""
 
+    # A source hands out a resource that did not change as the same object as before: the
+    # agent finds what changed from the objects that went and came (C-level set operations
+    # on their ids), in O(change). New objects for unchanged resources stay correct (they
+    # are compared by value then), only slower.
     resources: tuple[ParseResult, ...]
     errors: tuple[str, ...] = ()  # unreadable inputs, reported and skipped
     node_labels: Mapping[str, str] | None = None  # when the source knows them (the Node object)
