@@ -113,7 +113,9 @@ class ProxyManager:
     async def release(self) -> None:
         """Close the listeners and claims the last sync() no longer wanted."""
         await self._close([k for k in self.listeners if k not in self._want_listen])
-        for key in [k for k in self.held if k not in self._want_hold]:
+        for i, key in enumerate([k for k in self.held if k not in self._want_hold]):
+            if i and i % _YIELD_EVERY == 0:  # 5,000 claims released must not stall the loop
+                await asyncio.sleep(0)
             self._drop_claim(key)
 
     def _drop_claim(self, key: ProxyKey) -> None:
