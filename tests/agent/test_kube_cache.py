@@ -202,7 +202,7 @@ def test_node_deleted_means_no_labels() -> None:
     cache = ready({"zone": "a"}, pp("a", "a"), pp("all"))
     assert cache.delete(NODE, node({"zone": "a"}))
     assert names(cache) == {"net", "all"}
-    assert cache.node_uid is None
+    assert cache.node_uid == "node-uid"  # NodeStates written now stay owned by it (GC)
     cache = ready({"zone": "a"}, pp("a", "a"))
     assert listed(cache, NODE)  # listed without it: gone
     assert names(cache) == {"net"}

@@ -104,6 +104,9 @@ class ClusterCache:
         self._selectors: dict[NodeSelector, list[Any]] = {}  # selector -> [itself, stub count]
         self.labels: dict[str, str] = {}  # what the snapshot is for
         self.pending: dict[str, str] | None = None  # the node's newer labels, while relisting
+        # The Node's uid as last seen, kept after it is deleted: a NodeState the agent writes
+        # meanwhile is still owned by it, so the garbage collector removes it (an orphan
+        # would count as a node forever).
         self.node_uid: str | None = None
         self._listed: set[str] = set()  # kinds whose first listing completed
         self._listing: dict[str, _Listing] = {}
@@ -284,12 +287,11 @@ class ClusterCache:
     def _set_node(self, body: Mapping[str, Any]) -> bool:
         meta = body.get("metadata")
         meta = meta if isinstance(meta, Mapping) else {}
-        self.node_uid = str(meta.get("uid") or "") or None
+        self.node_uid = str(meta.get("uid") or "") or self.node_uid
         labels = meta.get("labels")
         return self.set_labels(labels if isinstance(labels, Mapping) else {}) is Labels.CHANGED
 
     def _node_gone(self) -> bool:
-        self.node_uid = None
         return self.set_labels({}) is Labels.CHANGED
 
     def _switch_labels(self, labels: dict[str, str]) -> bool:
