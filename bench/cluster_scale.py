@@ -9,7 +9,9 @@ change that every node then reports; the controller's RSS; etcd's database size.
 
 Agent: a fresh control plane, A PortPublications of which 1% select the agent's node, one
 real agent in a node network namespace: its RSS and the time from start to its first
-complete plan applied.
+complete plan applied. `--baseline REF` first runs the agent of a git ref on the same objects
+(before and after in one run); `--tracemalloc` then runs each again under tracemalloc and
+prints where its memory is (bench/agent_tracemalloc.py).
 
 Run as root: `.venv/bin/python bench/cluster_scale.py [--nodes 1000 --publications 10000
 --agent-publications 100000]`; `--smoke` runs a tiny size (bench/smoke.py).
@@ -122,7 +124,11 @@ def namespace(cp: Any, name: str) -> None:
 
 @contextmanager
 def control_plane(tmp: Path) -> Iterator[Any]:
-    cp = controlplane.start(tmp)
+    try:
+        cp = controlplane.start(tmp)
+    except controlplane.ControlPlaneError as exc:  # as tests/harness/apiserver.py: once more
+        print(f"control plane start failed, retrying once: {exc}", file=sys.stderr)
+        cp = controlplane.start(tmp.with_name(tmp.name + "-retry"))
     try:
         cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cp.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
@@ -312,11 +318,75 @@ def controller_scale(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, 
 
 # -- one agent among many publications ------------------------------------------------------------
 
+def checkout(ref: str, tmp: Path) -> Path:
+    """The operator/ tree of a git ref (for a before/after comparison in one run)."""
+    out = tmp / f"ref-{re.sub(r'[^A-Za-z0-9_.-]', '_', ref)}"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "operator"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out / "operator"
+
+
+def run_agent(cp: Any, workdir: Path, node_name: str, mine: int, pythonpath: Path | None,
+              traced: bool) -> tuple[float, float, float, str]:
+    """One agent from start to its first plan applied: (seconds, RSS MiB, peak RSS MiB,
+    tracemalloc's report or "")."""
+    workdir.mkdir()
+    with ExitStack() as stack:
+        node = stack.enter_context(netns("bpcs"))
+        node.sysctl("net.ipv4.ip_forward", "1")
+        stack.enter_context(loopback_bridge(node, int(cp.server.rsplit(":", 1)[1]), workdir))
+        state = workdir / "state.json"
+        env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig), "NODE_NAME": node_name}
+        if pythonpath is not None:
+            env["PYTHONPATH"] = str(pythonpath)
+        report = workdir / "tracemalloc.txt"
+        runner = [str(ROOT / "bench" / "agent_tracemalloc.py")] if traced else ["-m",
+                                                                                "bridgeport"]
+        if traced:
+            env["TRACEMALLOC_OUT"] = str(report)
+        log = (workdir / "agent.log").open("w")
+        started = time.monotonic()
+        agent = node.popen([sys.executable, *runner, "--log-format", "json",
+                            "--log-level", "WARNING", "agent", "--node-name", node_name,
+                            "--state-file", str(state), "--resync", "3600", "--no-proxy",
+                            "--health-port", "0", "--metrics-port", "0"],
+                           stdout=log, stderr=log, env=env)
+        stack.callback(stop, agent)
+
+        def planned() -> bool:
+            """Every publication that selects the node Applied (the agents before the
+            list-watch also listed the others, Inactive)."""
+            if agent.poll() is not None:
+                raise RuntimeError(f"the agent exited: {(workdir / 'agent.log').read_text()}")
+            try:
+                doc = json.loads(state.read_text())
+            except (OSError, ValueError):
+                return False
+            return int(doc["counts"].get("Applied", 0)) >= mine
+
+        wait(planned, f"the agent's plan of {mine} publications", timeout=3600, interval=0.1)
+        plan_s = time.monotonic() - started
+        rss, peak = rss_mib(agent.pid), rss_mib(agent.pid, "VmHWM")
+        text = ""
+        if traced:
+            Path(f"{report}.go").touch()
+            wait(lambda: report.exists() and report.stat().st_size > 0, "tracemalloc's report",
+                 timeout=600, interval=0.5)
+            time.sleep(0.5)
+            text = report.read_text()
+            print(f"\ntracemalloc, {workdir.name} (at its first plan applied):\n{text}",
+                  file=sys.stderr, flush=True)
+        node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
+        return plan_s, rss, peak, text
+
+
 def agent_scale(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str]]) -> None:
     total = args.agent_publications
     mine = max(1, total // 100)
     node_name = "scale-agent"
-    with control_plane(tmp / "kube-agent") as cp, ExitStack() as stack:
+    with control_plane(tmp / "kube-agent") as cp:
         co = api_client(cp)
         namespace(cp, NS)
         started = time.monotonic()
@@ -331,36 +401,28 @@ def agent_scale(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str]]
         cp.kubectl("apply", "-f", "-", input=json.dumps({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": node_name, "labels": {"bench-agent": "yes"}}}))
-        node = stack.enter_context(netns("bpcs"))
-        node.sysctl("net.ipv4.ip_forward", "1")
-        workdir = tmp / "agent"
-        workdir.mkdir()
-        stack.enter_context(loopback_bridge(node, int(cp.server.rsplit(":", 1)[1]), workdir))
-        state = workdir / "state.json"
-        env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig), "NODE_NAME": node_name}
-        log = (workdir / "agent.log").open("w")
-        started = time.monotonic()
-        agent = node.popen([sys.executable, "-m", "bridgeport", "--log-format", "json",
-                            "--log-level", "WARNING", "agent", "--node-name", node_name,
-                            "--state-file", str(state), "--resync", "3600", "--no-proxy",
-                            "--health-port", "0", "--metrics-port", "0"],
-                           stdout=log, stderr=log, env=env)
-        stack.callback(lambda: (agent.terminate(), agent.wait(30)))
-
-        def planned() -> bool:
-            try:
-                doc = json.loads(state.read_text())
-            except (OSError, ValueError):
-                return False
-            states = ("Applied", "Inactive", "Conflicted", "Invalid", "Failed")
-            return sum(int(doc["counts"].get(k, 0)) for k in states) >= total
-
-        wait(planned, f"the agent's plan of {total} publications", timeout=3600, interval=0.1)
-        plan_s = time.monotonic() - started
-        rows.append((f"agent watching {total:,} publications ({mine:,} select it)",
-                     f"created in {create_s:.0f}s; start -> plan applied {plan_s:.1f}s; RSS "
-                     f"{rss_mib(agent.pid):.0f} MiB (peak {rss_mib(agent.pid, 'VmHWM'):.0f})"))
-        node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
+        what = f"agent watching {total:,} publications ({mine:,} select it; created in " \
+               f"{create_s:.0f}s)"
+        variants: list[tuple[str, Path | None]] = []
+        if args.baseline:
+            variants.append((f"{args.baseline} (before)", checkout(args.baseline, tmp)))
+        variants.append(("this tree", None))
+        figures = {}
+        for i, (label, path) in enumerate(variants):
+            plan_s, rss, peak, _ = run_agent(cp, tmp / f"agent-{i}", node_name, mine, path,
+                                             traced=False)
+            figures[label] = (plan_s, rss)
+            rows.append((f"{what}, {label}", f"start -> plan applied {plan_s:.1f}s; RSS "
+                         f"{rss:.0f} MiB (peak {peak:.0f})"))
+        if len(figures) == 2:
+            (t0, r0), (t1, r1) = figures.values()
+            rows.append(("agent: after / before, in this run",
+                         f"start -> plan {t1 / t0:.2f}x, RSS {r1 / r0:.2f}x"))
+        if args.tracemalloc:
+            for i, (label, path) in enumerate(variants):
+                _, _, _, text = run_agent(cp, tmp / f"agent-traced-{i}", node_name, mine, path,
+                                          traced=True)
+                rows.append((f"agent under tracemalloc, {label}", text.splitlines()[0]))
 
 
 class Rows(list[tuple[str, str]]):
@@ -379,6 +441,12 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=25, help="NodeState changes (x2) timed")
     ap.add_argument("--agent-publications", type=int, default=100_000)
     ap.add_argument("--skip-agent", action="store_true")
+    ap.add_argument("--baseline", metavar="GIT_REF",
+                    help="also run the agent of this git ref, first, on the same objects "
+                    "(e.g. main): before and after in one run")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="then run each agent again under tracemalloc and print where its "
+                    "memory is at its first plan (slower; not the figures above)")
     ap.add_argument("--skip-controller", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="a tiny size (bench/smoke.py)")
     args = ap.parse_args()

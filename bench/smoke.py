@@ -24,7 +24,7 @@ SMOKE: dict[str, list[str]] = {
                        "1"],
     "kube_latency.py": ["--changes", "3"],
     "proxy/run.py": ["--seconds", "1", "--rounds", "1", "--ports", "10"],
-    "cluster_scale.py": ["--smoke"],
+    "cluster_scale.py": ["--smoke", "--tracemalloc"],
     "claims.py": [],  # 10,000 claims bind in well under a second: its own size is tiny
     "sources.py": ["--seconds", "1", "--rounds", "1"],
     "counters.py": ["--seconds", "1", "--rounds", "1", "--publications", "50"],
@@ -35,6 +35,7 @@ HELPERS = {
     "smoke.py": "this runner",
     "scale_probe.py": "dataplane.py",
     "proxy/alt_relay.py": "proxy/run.py",
+    "agent_tracemalloc.py": "cluster_scale.py",
 }
 TIMEOUT = 900  # seconds per benchmark: a bound on a hang, generous for a loaded machine
 

@@ -126,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
                    default=int(os.environ.get("BRIDGEPORT_PROXY_WORKERS", "0")),
                    help="processes relaying proxied TCP (0: one per CPU, at most 4)")
     a.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "9103")),
-                   help="kopf liveness endpoint /healthz (kube source; 0 disables)")
+                   help="liveness endpoint /healthz (kube source; 0 disables)")
     a.add_argument("--metrics-port", type=int,
                    default=int(os.environ.get("METRICS_PORT", "9102")),
                    help="Prometheus /metrics (0 disables)")

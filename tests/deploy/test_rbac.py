@@ -137,6 +137,12 @@ def installed(control_plane: Any, crds: Any) -> Iterator[Installed]:
             inst.kubectl("create", "namespace", ns)
             stack.callback(inst.kubectl, "delete", "namespace", ns, "--ignore-not-found",
                            "--wait=false", check=False)
+            # The chart's test pod needs the namespace's default ServiceAccount, which the
+            # controller-manager creates (late while it re-acquires its lease, e.g. after
+            # another module's API server outage).
+            wait_for(lambda n=ns: inst.kubectl("get", "serviceaccount", "default", "-n", n,
+                                               check=False).returncode == 0,
+                     timeout=120, what=f"the default ServiceAccount of {ns}")
         stack.callback(inst.kubectl, "delete", "-f", "-", "--ignore-not-found", "--wait=false",
                        input=manifests, check=False)
         inst.kubectl("apply", "--server-side", "--field-manager=helm", "-f", "-",

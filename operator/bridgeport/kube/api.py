@@ -1,12 +1,12 @@
-"""How both processes reach the API server: the client for their own requests, the kopf
-settings they share (kopf logs in separately), and paged metadata-only listings."""
+"""How both processes reach the API server: the client for their own requests, the
+controller's kopf settings (kopf is imported only there: the agent runs without it), and paged
+metadata-only listings."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import kopf
 from kubernetes import client, config
 
 from bridgeport.core.specs import GROUP, VERSION
@@ -14,6 +14,9 @@ from bridgeport.core.specs import GROUP, VERSION
 MERGE_PATCH = "application/merge-patch+json"
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 PAGE = 500
+
+if TYPE_CHECKING:
+    import kopf
 
 
 def load_api() -> client.ApiClient:
@@ -26,7 +29,9 @@ def load_api() -> client.ApiClient:
 
 
 def kopf_settings() -> kopf.OperatorSettings:
-    """What the agent and the controller both want from kopf; each adds its own on top."""
+    """What the controller wants from kopf (imported here: the agent runs without it)."""
+    import kopf
+
     s = kopf.OperatorSettings()
     s.scanning.disabled = True  # fixed kinds: no CRD watching, no namespace discovery
     s.posting.enabled = False  # kopf's own events: N agents would flood objects; the

@@ -1,198 +1,171 @@
-"""The agent's Kubernetes source: both kinds and this node's Node object, watched by kopf.
+"""The agent's Kubernetes source: both kinds and this node's Node, each by a list-watch of
+our own (kube/listwatch.py), into a cache that keeps only what can select this node
+(kube/cache.py).
 
-N agents watch the same objects, so nothing here writes to them: no finalizers, no
-annotations, no status; only `@kopf.on.event` handlers that keep the parsed specs (no
-`@kopf.index`: kopf gates indexed kinds with one toggle per object, quadratic in a listing).
-The snapshot is complete once every object of a metadata listing made at start has arrived;
-before that the agent deletes nothing.
+N agents watch the same objects, so nothing here writes to them. No kopf: its unpaged lists
+decoded 100,000 objects at once and it kept a worker per object; the agent needs none of its
+handler machinery (the controller keeps it). The Node is listed first, so the publications are
+sorted into specs and stubs against its labels from the start. The snapshot is complete once
+every collection has been listed in full; before that the agent deletes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from functools import partial
+from typing import Any
 
-import kopf
 import structlog
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from kubernetes.config import ConfigException
 
 from bridgeport.core import specs
 from bridgeport.core.source import Snapshot, SourceError
-from bridgeport.core.specs import GROUP, PLURALS, VERSION
-from bridgeport.kube.api import kopf_settings
+from bridgeport.core.specs import BRIDGE_NETWORK, GROUP, PLURALS, PORT_PUBLICATION, VERSION
+from bridgeport.kube import health
+from bridgeport.kube.cache import NODE, ClusterCache, document
+from bridgeport.kube.listwatch import ListWatch, Timing
 
 log = structlog.get_logger(__name__)
 NODE_WAIT_WARNING = 15.0
-METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-
-
-def _listing(api: Any, node_name: str) -> set[str]:
-    """uids of every PortPublication and BridgeNetwork (metadata only, paged), and "node" if
-    this node's Node exists."""
-    co = client.CustomObjectsApi(api)
-    out: set[str] = set()
-    for plural in PLURALS.values():
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"limit": 500, "_headers": {"Accept": METADATA_LIST}}
-            if token:
-                kwargs["_continue"] = token
-            page = cast(Mapping[str, Any],
-                        co.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs))
-            out.update(str((i.get("metadata") or {}).get("uid", ""))
-                       for i in page.get("items") or ())
-            token = (page.get("metadata") or {}).get("continue") or None
-            if not token:
-                break
-    nodes = client.CoreV1Api(api).list_node(field_selector=f"metadata.name={node_name}")
-    if nodes.items:
-        out.add("node")
-    return out
-
-
-def _document(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    """The parts of an object the parser reads (status and managed fields are never needed)."""
-    meta = body.get("metadata")
-    meta = meta if isinstance(meta, Mapping) else {}
-    return {
-        "apiVersion": body.get("apiVersion"),
-        "kind": kind,
-        "metadata": {k: meta.get(k) for k in ("name", "namespace", "generation",
-                                              "creationTimestamp", "uid") if k in meta},
-        "spec": body.get("spec"),
-    }
 
 
 def parse_body(body: Mapping[str, Any], kind: str) -> specs.ParseResult:
-    """An event body as a resource; whatever is in it, an InvalidResource rather than an
-    exception (an exception would stop kopf's indexing of that object)."""
+    """An object as a resource; whatever is in it, an InvalidResource rather than an
+    exception (an exception would stop the watch of its whole collection)."""
     try:
-        return specs.parse(_document(body, kind))
+        return specs.parse(document(body, kind))
     except Exception as exc:
         log.exception("cannot parse object", kind=kind)
         return specs.InvalidResource(None, (f"{kind}: cannot be parsed: {type(exc).__name__}",))
 
 
+class _Feed:
+    """One collection's list-watch into the shared cache (called from its thread)."""
+
+    def __init__(self, source: KubeSource, kind: str) -> None:
+        self.source, self.kind = source, kind
+
+    def begin(self) -> None:
+        with self.source.lock:
+            self.source.cache.begin_list(self.kind)
+
+    def put(self, obj: Mapping[str, Any]) -> None:
+        with self.source.lock:
+            changed = self.source.cache.put(self.kind, obj)
+        self.source.after(self.kind, changed)
+
+    def delete(self, obj: Mapping[str, Any]) -> None:
+        with self.source.lock:
+            changed = self.source.cache.delete(self.kind, obj)
+        self.source.after(self.kind, changed)
+
+    def end(self) -> None:
+        with self.source.lock:
+            complete = self.source.cache.complete
+            changed = self.source.cache.end_list(self.kind)
+            if self.source.cache.complete and not complete:
+                log.info("first complete listing received", **self.source.cache.counts())
+        self.source.after(self.kind, changed, listed=True)
+
+
 class KubeSource:
-    def __init__(self, node_name: str, *, liveness_endpoint: str | None = None) -> None:
+    def __init__(self, node_name: str, *, liveness_endpoint: str | None = None,
+                 timing: Timing | None = None, api: client.ApiClient | None = None) -> None:
         self.node_name = node_name
         self.liveness_endpoint = liveness_endpoint
-        self.registry = kopf.OperatorRegistry()
-        self._objects: dict[str, specs.ParseResult] = {}  # by uid
-        self._generations: dict[str, int] = {}
-        self._node: dict[str, Any] | None = None  # {"labels", "uid"} of this node
-        self._node_labels: dict[str, str] | None = None
-        self._expected: set[str] | None = None  # listed at start and not seen yet
-        self._complete = False
+        self.timing = timing or Timing()
+        self.cache = ClusterCache(parse=parse_body)
+        self.lock = threading.Lock()  # the watch threads write the cache, the agent reads it
+        self.watches: dict[str, ListWatch] = {}
+        self._api = api
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: Callable[[], None] = lambda: None
-        self.node_uid: str | None = None
-        self._register()
+        self._node_listed = asyncio.Event()
+
+    @property
+    def node_uid(self) -> str | None:
+        return self.cache.node_uid
 
     def snapshot(self) -> Snapshot | None:
-        if not self._complete:
-            return None
-        labels: dict[str, str] = {}
-        if self._node is not None:
-            labels = dict(self._node["labels"])
-            self.node_uid = self._node["uid"]
-        return Snapshot(tuple(self._objects.values()), node_labels=labels)
+        with self.lock:
+            return self.cache.snapshot()
 
-    def _register(self) -> None:
-        reg = self.registry
-        # A private registry has none of kopf's default handlers: log in like kubectl does
-        # (in-cluster service account, else KUBECONFIG).
-        kopf.on.login(registry=reg)(kopf.login_via_client)
-        # Event handlers only, no kopf indexes: kopf gates indexed kinds with one toggle per
-        # object, which is quadratic in the objects of a listing (100,000 never finish).
-        for kind, plural in PLURALS.items():
-            kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-event", registry=reg)(
-                self._recorder(kind))
-        kopf.on.event("", "v1", "nodes", id="node-event", registry=reg, field="metadata.name",
-                      value=self.node_name)(self._on_node)
+    def after(self, kind: str, changed: bool, listed: bool = False) -> None:
+        """From a watch thread: wake the agent, and relist publications that new node labels
+        may select."""
+        with self.lock:
+            relist = self.cache.needs_relist()
+        if relist and (kind == NODE or listed):
+            log.info("node labels changed; listing publications again for their specs",
+                     node=self.node_name)
+            self.watches[PORT_PUBLICATION].relist()
+        loop = self._loop
+        if loop is None:
+            return
+        if listed and kind == NODE:
+            loop.call_soon_threadsafe(self._node_listed.set)
+        if changed:
+            loop.call_soon_threadsafe(self._changed)
 
-    def _recorder(self, kind: str) -> Callable[..., Any]:
-        async def record(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
-            uid = body.metadata.uid or ""
-            generation = body.metadata.get("generation") or 0
-            if self._expected is not None:
-                self._expected.discard(uid)
-            if event.get("type") == "DELETED":
-                self._objects.pop(uid, None)
-                self._generations.pop(uid, None)
-            elif self._generations.get(uid) == generation and uid in self._objects:
-                return  # a status-only change (ours or the controller's): nothing to do
-            else:
-                self._objects[uid] = parse_body(body, kind)
-                self._generations[uid] = generation
-            self._notify()
-        return record
-
-    async def _on_node(self, event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
-        if self._expected is not None:
-            self._expected.discard("node")
-        if event.get("type") == "DELETED":
-            self._node = None
-        else:
-            labels = dict(body.metadata.labels or {})
-            self._node = {"labels": labels, "uid": body.metadata.uid}
-            if labels == self._node_labels and self._complete:
-                return  # kubelet status updates: only labels matter to the plan
-            self._node_labels = labels
-        self._notify()
-
-    def _notify(self) -> None:
-        if not self._complete and self._expected is not None and not self._expected:
-            log.info("first complete listing received", resources=len(self._objects))
-            self._complete = True
-        if self._complete:
-            self._changed()
-
-    async def _expect_listing(self) -> None:
-        """The first complete view: every object of a metadata listing made at start (made
-        again while some never arrive: they were deleted meanwhile)."""
-        from bridgeport.kube.api import load_api
-
-        api = await asyncio.to_thread(load_api)
-        delay = 5.0
-        while not self._complete:
-            try:
-                expected = await asyncio.to_thread(_listing, api, self.node_name)
-            except (ApiException, OSError) as exc:
-                log.warning("cannot list for the first complete view; retrying",
-                            error=str(getattr(exc, "reason", exc)))
-                await asyncio.sleep(5.0)
-                continue
-            seen = set(self._objects) | ({"node"} if self._node is not None else set())
-            self._expected = expected - seen
-            self._notify()
-            await asyncio.sleep(delay)
-            delay = min(60.0, delay * 2)
+    def _collections(self, api: client.ApiClient) -> dict[str, ListWatch]:
+        co = client.CustomObjectsApi(api)
+        calls: dict[str, Callable[..., Any]] = {
+            NODE: partial(client.CoreV1Api(api).list_node,
+                          field_selector=f"metadata.name={self.node_name}"),
+            BRIDGE_NETWORK: partial(co.list_cluster_custom_object, GROUP, VERSION,
+                                    PLURALS[BRIDGE_NETWORK]),
+            PORT_PUBLICATION: partial(co.list_cluster_custom_object, GROUP, VERSION,
+                                      PLURALS[PORT_PUBLICATION]),
+        }
+        return {kind: ListWatch(kind, call, _Feed(self, kind), self.timing)
+                for kind, call in calls.items()}
 
     async def run(self, changed: Callable[[], None]) -> None:
         self._changed = changed
-        settings = kopf_settings()  # the data plane does not need the API: retry forever
-        # kopf lists each kind in one unpaged request: 100,000 publications take longer than
-        # 30 s to list (and the watch has its own timeouts).
-        settings.networking.request_timeout = 300
-        waiter = asyncio.create_task(self._warn_if_no_node())
-        lister = asyncio.create_task(self._expect_listing())
+        self._loop = asyncio.get_running_loop()
+        self._node_listed = asyncio.Event()
+        api = self._api
+        if api is None:
+            from bridgeport.kube.api import load_api
+
+            try:
+                api = await asyncio.to_thread(load_api)
+            except (ConfigException, OSError) as exc:
+                raise SourceError(
+                    f"cannot load Kubernetes credentials ({exc}); in a pod the service account "
+                    "is used, elsewhere KUBECONFIG or ~/.kube/config") from None
+        server = None
+        if self.liveness_endpoint:
+            try:
+                server = await health.serve(self.liveness_endpoint)
+            except OSError as exc:
+                raise SourceError(f"--health-port: cannot serve {self.liveness_endpoint}: "
+                                  f"{exc.strerror or exc}") from None
+        self.watches = self._collections(api)
+        waiter = asyncio.create_task(self._warn_if_incomplete())
         try:
-            await kopf.operator(registry=self.registry, settings=settings, standalone=True,
-                                clusterwide=True, liveness_endpoint=self.liveness_endpoint)
-        except kopf.LoginError as exc:
-            raise SourceError(
-                f"cannot log in to the Kubernetes API ({exc}); in a pod the service account is "
-                "used, elsewhere KUBECONFIG or ~/.kube/config") from None
+            # The node first: publications are sorted into specs and stubs by its labels.
+            self.watches[NODE].start()
+            await self._node_listed.wait()
+            self.watches[BRIDGE_NETWORK].start()
+            self.watches[PORT_PUBLICATION].start()
+            await asyncio.Event().wait()  # until cancelled
         finally:
             waiter.cancel()
-            lister.cancel()
+            for watch in self.watches.values():
+                watch.stop()
+            if server is not None:
+                server.close()
+                with contextlib.suppress(Exception):
+                    await server.wait_closed()
 
-    async def _warn_if_no_node(self) -> None:
+    async def _warn_if_incomplete(self) -> None:
         await asyncio.sleep(NODE_WAIT_WARNING)
-        if not self._complete:
+        if not self.cache.complete:
             log.warning("no complete listing yet, so nothing is programmed: check that the API "
-                        "server is reachable, that the credentials work (kopf logs login "
-                        "failures), and that NODE_NAME names an existing Node",
-                        node=self.node_name)
+                        "server is reachable, that the credentials work, and that NODE_NAME "
+                        "names an existing Node", node=self.node_name)
