@@ -11,6 +11,7 @@ setup:
 
 lint: setup
 	$(PY) -m ruff check --output-format concise operator tests bench
+	$(PY) -m ruff format --check --quiet operator tests bench
 	$(PY) -m mypy
 	.venv/bin/lint-imports
 	shellcheck -x hack/*.sh hack/kube/*.sh hack/kind/*.sh tests/e2e/*.sh

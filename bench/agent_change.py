@@ -48,14 +48,25 @@ sys.path.insert(0, str(ROOT))
 def _doc(i: int, port: int, generation: int = 1) -> dict[str, Any]:
     from bridgeport.core.specs import API_VERSION
 
-    return {"apiVersion": API_VERSION, "kind": "PortPublication",
-            "metadata": {"name": f"p{i}", "namespace": "bench", "uid": f"uid-{i}",
-                         "generation": generation,
-                         "creationTimestamp": f"2026-01-01T00:{i // 3600 % 60:02d}:"
-                                              f"{i // 60 % 60:02d}Z"},
-            "spec": {"hostPort": 20000 + i, "loopback": "Never",
-                     "target": {"address": str(ipaddress.IPv4Address("10.78.0.2") + i % 60000),
-                                "port": port}}}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "PortPublication",
+        "metadata": {
+            "name": f"p{i}",
+            "namespace": "bench",
+            "uid": f"uid-{i}",
+            "generation": generation,
+            "creationTimestamp": f"2026-01-01T00:{i // 3600 % 60:02d}:{i // 60 % 60:02d}Z",
+        },
+        "spec": {
+            "hostPort": 20000 + i,
+            "loopback": "Never",
+            "target": {
+                "address": str(ipaddress.IPv4Address("10.78.0.2") + i % 60000),
+                "port": port,
+            },
+        },
+    }
 
 
 class MemorySource:
@@ -65,11 +76,21 @@ class MemorySource:
         from bridgeport.core.specs import API_VERSION, parse
 
         self.parse = parse
-        self.objects: dict[str, Any] = {"net": parse({
-            "apiVersion": API_VERSION, "kind": "BridgeNetwork",
-            "metadata": {"name": "scale", "uid": "net", "generation": 1,
-                         "creationTimestamp": "2025-01-01T00:00:00Z"},
-            "spec": {"subnet": "10.78.0.0/16", "bridge": "bp-scale"}})}
+        self.objects: dict[str, Any] = {
+            "net": parse(
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "BridgeNetwork",
+                    "metadata": {
+                        "name": "scale",
+                        "uid": "net",
+                        "generation": 1,
+                        "creationTimestamp": "2025-01-01T00:00:00Z",
+                    },
+                    "spec": {"subnet": "10.78.0.0/16", "bridge": "bp-scale"},
+                }
+            )
+        }
         self.generation: dict[int, int] = {}
         for i in range(n):
             self.objects[f"uid-{i}"] = parse(_doc(i, 80))
@@ -98,8 +119,14 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-async def _round(n: int, changes: int, adds: int, source: MemorySource, state: Path,
-                 profile: cProfile.Profile | None) -> dict[str, Any]:
+async def _round(
+    n: int,
+    changes: int,
+    adds: int,
+    source: MemorySource,
+    state: Path,
+    profile: cProfile.Profile | None,
+) -> dict[str, Any]:
     from bridgeport.adapters.dataplane import KernelDataplane
     from bridgeport.agent import Agent, AgentSettings
     from bridgeport.core import planner, ruleset
@@ -121,9 +148,13 @@ async def _round(n: int, changes: int, adds: int, source: MemorySource, state: P
         json.dumps({"status": status})
 
     proxies = ProxyManager(workers=1)
-    agent = Agent(source, AgentSettings("bench", state_file=state, resync=3600,
-                                        doctor_interval=0),
-                  proxies=proxies, reporters=[nodestate], dataplane=TimedKernel())
+    agent = Agent(
+        source,
+        AgentSettings("bench", state_file=state, resync=3600, doctor_interval=0),
+        proxies=proxies,
+        reporters=[nodestate],
+        dataplane=TimedKernel(),
+    )
     dataplane = agent.dataplane
     assert isinstance(dataplane, TimedKernel)
     agent._start_port_watch(asyncio.get_running_loop())
@@ -194,16 +225,24 @@ async def _round(n: int, changes: int, adds: int, source: MemorySource, state: P
                 PROFILING.clear()
             assert report is not None and not report.full, report
     await proxies.close()
-    return {"added_ms": added, "dropped_ms": dropped,
-            "gc_ms": sum(gc_ms), "gc_max_ms": max(gc_ms, default=0.0),
-            "agent_full_ms": agent_full_ms, "plan_ms": plan_ms, "render_ms": render_ms,
-            "nft_full_ms": nft_full_ms, "full_ms": plan_ms + render_ms + nft_full_ms,
-            "first_change_ms": out[0], "change_ms": out[1:], "commands": commands[1:],
-            "change_nft_ms": change_nft}
+    return {
+        "added_ms": added,
+        "dropped_ms": dropped,
+        "gc_ms": sum(gc_ms),
+        "gc_max_ms": max(gc_ms, default=0.0),
+        "agent_full_ms": agent_full_ms,
+        "plan_ms": plan_ms,
+        "render_ms": render_ms,
+        "nft_full_ms": nft_full_ms,
+        "full_ms": plan_ms + render_ms + nft_full_ms,
+        "first_change_ms": out[0],
+        "change_ms": out[1:],
+        "commands": commands[1:],
+        "change_nft_ms": change_nft,
+    }
 
 
-async def _child(n: int, rounds: int, changes: int, adds: int,
-                 profile_to: str | None) -> None:
+async def _child(n: int, rounds: int, changes: int, adds: int, profile_to: str | None) -> None:
     from bridgeport import log
     from bridgeport.proxy.worker import raise_fd_limit
 
@@ -222,12 +261,14 @@ async def _child(n: int, rounds: int, changes: int, adds: int,
             prof = cProfile.Profile()
             threads.append(prof)
             return await to_thread(prof.runcall, fn, *args, **kw)
+
         asyncio.to_thread = profiled  # type: ignore[assignment]
     results = []
     with tempfile.TemporaryDirectory(prefix="bp-change-") as tmp:
         for _ in range(rounds):
-            results.append(await _round(n, changes, adds, source, Path(tmp) / "state.json",
-                                        profile))
+            results.append(
+                await _round(n, changes, adds, source, Path(tmp) / "state.json", profile)
+            )
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     if profile is not None and profile_to:
         stats = pstats.Stats(profile)
@@ -246,22 +287,32 @@ def _report(data: dict[str, Any]) -> None:
         ratio = change / r["full_ms"]
         ratios.append(ratio)
         strict.append(change / (r["plan_ms"] + r["render_ms"]))
-        print(f"  round {i}: full plan + render + apply {r['full_ms']:.0f} ms (plan "
-              f"{r['plan_ms']:.0f}, render {r['render_ms']:.0f}, nft {r['nft_full_ms']:.0f}); "
-              f"the agent's full reconcile {r['agent_full_ms']:.0f} ms")
-        print(f"           one change: median {change:.1f} ms of {len(r['change_ms'])} "
-              f"(min {min(r['change_ms']):.1f}, max {max(r['change_ms']):.1f}; nft median "
-              f"{statistics.median(r['change_nft_ms']):.1f}; {r['commands'][0]} commands; "
-              f"first after the full load {r['first_change_ms']:.1f}) = {ratio:.1%} of full")
-        print(f"           cyclic GC during the changes: {r['gc_ms']:.1f} ms in all, longest "
-              f"{r['gc_max_ms']:.1f} ms")
+        print(
+            f"  round {i}: full plan + render + apply {r['full_ms']:.0f} ms (plan "
+            f"{r['plan_ms']:.0f}, render {r['render_ms']:.0f}, nft {r['nft_full_ms']:.0f}); "
+            f"the agent's full reconcile {r['agent_full_ms']:.0f} ms"
+        )
+        print(
+            f"           one change: median {change:.1f} ms of {len(r['change_ms'])} "
+            f"(min {min(r['change_ms']):.1f}, max {max(r['change_ms']):.1f}; nft median "
+            f"{statistics.median(r['change_nft_ms']):.1f}; {r['commands'][0]} commands; "
+            f"first after the full load {r['first_change_ms']:.1f}) = {ratio:.1%} of full"
+        )
+        print(
+            f"           cyclic GC during the changes: {r['gc_ms']:.1f} ms in all, longest "
+            f"{r['gc_max_ms']:.1f} ms"
+        )
         if r["added_ms"]:
             add, drop = statistics.median(r["added_ms"]), statistics.median(r["dropped_ms"])
-            print(f"           one publication added: median {add:.1f} ms "
-                  f"({add / r['full_ms']:.1%}), deleted again: {drop:.1f} ms "
-                  f"({drop / r['full_ms']:.1%}) of {len(r['added_ms'])} each")
-    print(f"  ratio, median of rounds: {statistics.median(ratios):.1%} (target < 5%); against "
-          f"the full plan + render alone, without nft: {statistics.median(strict):.1%}")
+            print(
+                f"           one publication added: median {add:.1f} ms "
+                f"({add / r['full_ms']:.1%}), deleted again: {drop:.1f} ms "
+                f"({drop / r['full_ms']:.1%}) of {len(r['added_ms'])} each"
+            )
+    print(
+        f"  ratio, median of rounds: {statistics.median(ratios):.1%} (target < 5%); against "
+        f"the full plan + render alone, without nft: {statistics.median(strict):.1%}"
+    )
 
 
 def main() -> None:
@@ -269,25 +320,42 @@ def main() -> None:
     ap.add_argument("--publications", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--changes", type=int, default=9)
-    ap.add_argument("--adds", type=int, default=3,
-                    help="publications added and deleted again, one at a time")
+    ap.add_argument(
+        "--adds", type=int, default=3, help="publications added and deleted again, one at a time"
+    )
     ap.add_argument("--profile", help="write a cProfile of the changes here")
-    ap.add_argument("--code", type=Path,
-                    help="measure the bridgeport package of another checkout (its operator/)")
+    ap.add_argument(
+        "--code",
+        type=Path,
+        help="measure the bridgeport package of another checkout (its operator/)",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         if args.code:
             sys.path.insert(0, str(args.code / "operator"))
-        asyncio.run(_child(args.publications, args.rounds, args.changes, args.adds,
-                           args.profile))
+        asyncio.run(_child(args.publications, args.rounds, args.changes, args.adds, args.profile))
         return
     name = f"bpchange{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        cmd = ["ip", "netns", "exec", name, sys.executable, __file__, "--child",
-               "--publications", str(args.publications), "--rounds", str(args.rounds),
-               "--changes", str(args.changes), "--adds", str(args.adds)]
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            name,
+            sys.executable,
+            __file__,
+            "--child",
+            "--publications",
+            str(args.publications),
+            "--rounds",
+            str(args.rounds),
+            "--changes",
+            str(args.changes),
+            "--adds",
+            str(args.adds),
+        ]
         if args.profile:
             cmd += ["--profile", args.profile]
         if args.code:

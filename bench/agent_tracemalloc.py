@@ -20,9 +20,12 @@ TOP = 15
 
 def dump(out: Path) -> None:
     snap = tracemalloc.take_snapshot().filter_traces(
-        [tracemalloc.Filter(False, tracemalloc.__file__)])
-    lines = [f"traced {sum(s.size for s in snap.statistics('filename')) / 2**20:.1f} MiB "
-             f"(peak {tracemalloc.get_traced_memory()[1] / 2**20:.1f} MiB)"]
+        [tracemalloc.Filter(False, tracemalloc.__file__)]
+    )
+    lines = [
+        f"traced {sum(s.size for s in snap.statistics('filename')) / 2**20:.1f} MiB "
+        f"(peak {tracemalloc.get_traced_memory()[1] / 2**20:.1f} MiB)"
+    ]
     for group in ("filename", "lineno"):
         lines.append(f"top {TOP} by {group}:")
         for s in snap.statistics(group)[:TOP]:

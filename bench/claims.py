@@ -61,16 +61,19 @@ async def _case(label: str, docs: list[dict[str, Any]]) -> str:
     steady = time.perf_counter() - started
     held, added_fds, added_rss = len(manager.held), _fds() - fds, (_rss_kib() - rss) / 1024
     await manager.close()
-    return (f"  {label:<34} {held:>6} sockets  +{added_fds:>6} fds  +{added_rss:5.1f} MiB RSS"
-            f"  bind {first * 1000:6.0f} ms  steady sync {steady * 1000:5.1f} ms"
-            f"  ({failed} failed)")
+    return (
+        f"  {label:<34} {held:>6} sockets  +{added_fds:>6} fds  +{added_rss:5.1f} MiB RSS"
+        f"  bind {first * 1000:6.0f} ms  steady sync {steady * 1000:5.1f} ms"
+        f"  ({failed} failed)"
+    )
 
 
 CASES = {
-    "tcp": ("10,000 publications (TCP)",
-            lambda: [_pub(f"p{i}", 20000 + i) for i in range(10_000)]),
-    "udp": ("10,000 publications (UDP)",
-            lambda: [_pub(f"p{i}", 20000 + i, protocol="UDP") for i in range(10_000)]),
+    "tcp": ("10,000 publications (TCP)", lambda: [_pub(f"p{i}", 20000 + i) for i in range(10_000)]),
+    "udp": (
+        "10,000 publications (UDP)",
+        lambda: [_pub(f"p{i}", 20000 + i, protocol="UDP") for i in range(10_000)],
+    ),
     "range": ("one 1,000-port range (TCP)", lambda: [_pub("range", 40000, 40999)]),
 }
 
@@ -91,8 +94,11 @@ def main() -> None:
     try:
         print("port claims, bound in a fresh network namespace by the real ProxyManager:")
         for case in CASES:
-            subprocess.run(["ip", "netns", "exec", name, sys.executable, __file__, case],
-                           check=True, timeout=600)
+            subprocess.run(
+                ["ip", "netns", "exec", name, sys.executable, __file__, case],
+                check=True,
+                timeout=600,
+            )
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
 

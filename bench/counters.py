@@ -39,10 +39,30 @@ def start_agent(node: Netns, tmp: Path, counted: bool) -> subprocess.Popen[str]:
     extra = [] if counted else ["--no-publication-counters"]
     state = tmp / "state.json"
     state.unlink(missing_ok=True)
-    return node.popen([sys.executable, "-m", "bridgeport", "--log-format", "json", "agent",
-                        "--source", f"dir:{tmp / 'resources'}", "--node-name", "bench",
-                        "--state-file", str(state), "--resync", "3600", "--no-proxy",
-                        "--doctor-interval", "0", *extra], stdout=log, stderr=log)
+    return node.popen(
+        [
+            sys.executable,
+            "-m",
+            "bridgeport",
+            "--log-format",
+            "json",
+            "agent",
+            "--source",
+            f"dir:{tmp / 'resources'}",
+            "--node-name",
+            "bench",
+            "--state-file",
+            str(state),
+            "--resync",
+            "3600",
+            "--no-proxy",
+            "--doctor-interval",
+            "0",
+            *extra,
+        ],
+        stdout=log,
+        stderr=log,
+    )
 
 
 def applied(tmp: Path) -> int:
@@ -76,8 +96,11 @@ def main() -> None:
         (tmp / "resources" / "bench.yaml").write_text(yaml.safe_dump_all(resources(many)))
 
         agent = start_agent(node, tmp, True)
-        wait_for(lambda: node.run("ip link show bp-bench", check=False).returncode == 0,
-                 timeout=120, what="agent bridge")
+        wait_for(
+            lambda: node.run("ip link show bp-bench", check=False).returncode == 0,
+            timeout=120,
+            what="agent bridge",
+        )
         veth(target, "eth0", node, "bcport")
         node.run("ip link set bcport master bp-bench")
         target.run("ip addr add 10.77.0.2/24 dev eth0")
@@ -89,10 +112,16 @@ def main() -> None:
             if i:
                 agent = start_agent(node, tmp, counted)
             wait_for(lambda: applied(tmp) >= many, timeout=180, what=f"{many} applied")
-            wait_for(lambda: "ok" in client.run("curl -s --max-time 1 http://192.0.2.1:8080/",
-                                                check=False).stdout, what="published http")
-            has_counters = "counter" in node.run("nft list set ip bridgeport cnt_any",
-                                                 check=False).stdout
+            wait_for(
+                lambda: (
+                    "ok"
+                    in client.run("curl -s --max-time 1 http://192.0.2.1:8080/", check=False).stdout
+                ),
+                what="published http",
+            )
+            has_counters = (
+                "counter" in node.run("nft list set ip bridgeport cnt_any", check=False).stdout
+            )
             assert has_counters == counted, "the agent did not switch counters"
             time.sleep(1)
             results[counted].append(wrk(client, "http://192.0.2.1:8080/", args.seconds, node))
@@ -106,15 +135,19 @@ def main() -> None:
         node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
 
     on, off = statistics.median(results[True]), statistics.median(results[False])
-    print(f"\nper-publication counters, {many} publications, {args.seconds}s wrk runs, "
-          f"{args.rounds} rounds alternating:")
-    print(f"  new conn/s counted   {' '.join(f'{v:.0f}' for v in results[True])}"
-          f"  median {on:.0f}")
-    print(f"  new conn/s uncounted {' '.join(f'{v:.0f}' for v in results[False])}"
-          f"  median {off:.0f}")
+    print(
+        f"\nper-publication counters, {many} publications, {args.seconds}s wrk runs, "
+        f"{args.rounds} rounds alternating:"
+    )
+    print(f"  new conn/s counted   {' '.join(f'{v:.0f}' for v in results[True])}  median {on:.0f}")
+    print(
+        f"  new conn/s uncounted {' '.join(f'{v:.0f}' for v in results[False])}  median {off:.0f}"
+    )
     print(f"  ratio counted:uncounted  {on / off:.2f}x (target >= 0.95x)")
-    print(f"  one /metrics scrape with {many} counted publications (ms): "
-          f"{' '.join(f'{v:.0f}' for v in scrape_ms)}")
+    print(
+        f"  one /metrics scrape with {many} counted publications (ms): "
+        f"{' '.join(f'{v:.0f}' for v in scrape_ms)}"
+    )
 
 
 if __name__ == "__main__":

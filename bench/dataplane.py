@@ -39,31 +39,46 @@ HTTPD_C = ROOT / "bench" / "httpd.c"
 
 def resources(count: int) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = [
-        {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "bench"},
-         "spec": {"subnet": "10.77.0.0/24", "bridge": "bp-bench"}},
-        _pub("iperf", 15201, 5201), _pub("http", 8080, 80)]
+        {
+            "apiVersion": API,
+            "kind": "BridgeNetwork",
+            "metadata": {"name": "bench"},
+            "spec": {"subnet": "10.77.0.0/24", "bridge": "bp-bench"},
+        },
+        _pub("iperf", 15201, 5201),
+        _pub("http", 8080, 80),
+    ]
     docs += [_pub(f"filler-{i}", 20000 + i, 80) for i in range(count)]
     return docs
 
 
 def _pub(name: str, host_port: int, port: int) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "PortPublication",
-            "metadata": {"name": name, "namespace": "bench"},
-            "spec": {"hostPort": host_port, "loopback": "Never",
-                     "target": {"address": "10.77.0.2", "port": port}}}
+    return {
+        "apiVersion": API,
+        "kind": "PortPublication",
+        "metadata": {"name": name, "namespace": "bench"},
+        "spec": {
+            "hostPort": host_port,
+            "loopback": "Never",
+            "target": {"address": "10.77.0.2", "port": port},
+        },
+    }
 
 
 def iperf(client: Netns, host: str, port: int, seconds: int) -> float:
-    out = client.run(["iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"],
-                     timeout=seconds + 30).stdout
+    out = client.run(
+        ["iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"], timeout=seconds + 30
+    ).stdout
     return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
 def wrk(client: Netns, url: str, seconds: int, node: Netns) -> float:
     # Measure the NAT path, not conntrack's capacity: start each run with an empty table.
     node.run(["conntrack", "-F"], check=False)
-    out = client.run(["wrk", "-t2", "-c50", f"-d{seconds}s", "-H", "Connection: close", url],
-                     timeout=seconds + 30).stdout
+    out = client.run(
+        ["wrk", "-t2", "-c50", f"-d{seconds}s", "-H", "Connection: close", url],
+        timeout=seconds + 30,
+    ).stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not match:
         raise RuntimeError(f"wrk output not understood:\n{out}")
@@ -115,20 +130,43 @@ def main() -> None:
         resdir.mkdir()
         (resdir / "bench.yaml").write_text(yaml.safe_dump_all(resources(8)))
         agent_log = (tmp / "agent.log").open("w")
-        agent = node.popen([sys.executable, "-m", "bridgeport", "--log-format", "json", "agent",
-                            "--source", f"dir:{resdir}", "--node-name", "bench",
-                            "--state-file", str(tmp / "state.json"), "--resync", "3600"],
-                           stdout=agent_log, stderr=agent_log)
-        wait_for(lambda: node.run("ip link show bp-bench", check=False).returncode == 0,
-                 what="agent bridge")
+        agent = node.popen(
+            [
+                sys.executable,
+                "-m",
+                "bridgeport",
+                "--log-format",
+                "json",
+                "agent",
+                "--source",
+                f"dir:{resdir}",
+                "--node-name",
+                "bench",
+                "--state-file",
+                str(tmp / "state.json"),
+                "--resync",
+                "3600",
+            ],
+            stdout=agent_log,
+            stderr=agent_log,
+        )
+        wait_for(
+            lambda: node.run("ip link show bp-bench", check=False).returncode == 0,
+            what="agent bridge",
+        )
         veth(target, "eth0", node, "bbport")
         node.run("ip link set bbport master bp-bench")
         target.run("ip addr add 10.77.0.2/24 dev eth0")
         target.run("ip route add default via 10.77.0.1")
         target.popen(["iperf3", "-s", "-p", "5201"])
         target.popen([str(httpd), "80", "2"])
-        wait_for(lambda: "ok" in client.run("curl -s --max-time 1 http://192.0.2.1:8080/",
-                                            check=False).stdout, what="published http")
+        wait_for(
+            lambda: (
+                "ok"
+                in client.run("curl -s --max-time 1 http://192.0.2.1:8080/", check=False).stdout
+            ),
+            what="published http",
+        )
         # Direct access is dropped by design; admit the client for the baseline only (the
         # agent's drift repair is parked with --resync 3600).
         node.run(["nft", "insert rule ip bridgeport to_bp-bench ip saddr 192.0.2.2 accept"])
@@ -146,8 +184,11 @@ def main() -> None:
         rss_small = rss_mib(agent.pid)
 
         (resdir / "bench.yaml").write_text(yaml.safe_dump_all(resources(many)))
-        wait_for(lambda: json.loads((tmp / "state.json").read_text())["counts"]["dnat"]
-                 >= many, timeout=120, what=f"{many} publications applied")
+        wait_for(
+            lambda: json.loads((tmp / "state.json").read_text())["counts"]["dnat"] >= many,
+            timeout=120,
+            what=f"{many} publications applied",
+        )
         time.sleep(1)
         many_cps = wrk(client, "http://192.0.2.1:8080/", secs, node)
         rss_many = rss_mib(agent.pid)
@@ -156,57 +197,84 @@ def main() -> None:
         changed[5]["spec"]["target"]["port"] = 81
         seen = len(reconciles(tmp / "agent.log"))
         (resdir / "bench.yaml").write_text(yaml.safe_dump_all(changed))
-        wait_for(lambda: len(reconciles(tmp / "agent.log")) > seen, timeout=120,
-                 what="the agent's reconcile of one change")
+        wait_for(
+            lambda: len(reconciles(tmp / "agent.log")) > seen,
+            timeout=120,
+            what="the agent's reconcile of one change",
+        )
         agent_change = reconciles(tmp / "agent.log")[-1]
         rows += [
             (f"new conn/s with {many} publications", f"{many_cps:.0f}"),
             (f"ratio {many} : 10 publications", f"{many_cps / dnat_cps:.2f}x"),
-            ("agent RSS with 10 / " + str(many) + " publications (MiB)",
-             f"{rss_small:.0f} / {rss_many:.0f}"),
+            (
+                "agent RSS with 10 / " + str(many) + " publications (MiB)",
+                f"{rss_small:.0f} / {rss_many:.0f}",
+            ),
         ]
 
         # Contrast: Docker's design, one linear DNAT rule per published port, evaluated first.
-        linear = ["table ip linearbench {",
-                  " chain pre { type nat hook prerouting priority -101; policy accept;"]
+        linear = [
+            "table ip linearbench {",
+            " chain pre { type nat hook prerouting priority -101; policy accept;",
+        ]
         linear += [f"  tcp dport {30000 + i} dnat to 10.77.0.2:80" for i in range(many)]
         linear += [" }", "}"]
         node.run(["nft", "-f", "-"], input="\n".join(linear))
         linear_cps = wrk(client, "http://192.0.2.1:8080/", secs, node)
         node.run("nft delete table ip linearbench")
-        rows.append((f"new conn/s behind {many} linear rules (Docker-style)",
-                     f"{linear_cps:.0f} ({linear_cps / dnat_cps:.2f}x)"))
+        rows.append(
+            (
+                f"new conn/s behind {many} linear rules (Docker-style)",
+                f"{linear_cps:.0f} ({linear_cps / dnat_cps:.2f}x)",
+            )
+        )
         agent.terminate()
         agent.wait(10)
 
         with netns("bbs") as scratch:
             scratch.sysctl("net.ipv4.ip_forward", "1")
-            probe = json.loads(scratch.run([sys.executable, str(ROOT / "bench" / "scale_probe.py"),
-                                            str(many)], timeout=300).stdout)
-        reconcile_ms = sum(probe[k] for k in ("change_plan_ms", "change_render_ms",
-                                              "change_diff_ms", "steady_apply_ms"))
+            probe = json.loads(
+                scratch.run(
+                    [sys.executable, str(ROOT / "bench" / "scale_probe.py"), str(many)], timeout=300
+                ).stdout
+            )
+        reconcile_ms = sum(
+            probe[k]
+            for k in ("change_plan_ms", "change_render_ms", "change_diff_ms", "steady_apply_ms")
+        )
         full_ms = probe["plan_ms"] + probe["render_ms"] + probe["apply_full_ms"]
-        inc_ms = sum(probe[k] for k in ("inc_change_plan_ms", "inc_change_render_ms",
-                                        "inc_change_apply_ms"))
+        inc_ms = sum(
+            probe[k] for k in ("inc_change_plan_ms", "inc_change_render_ms", "inc_change_apply_ms")
+        )
         rows += [
-            (f"plan + render + apply {many} (ms, one transaction)",
-             f"{probe['plan_ms'] + probe['render_ms'] + probe['apply_full_ms']:.0f} "
-             f"(plan {probe['plan_ms']:.0f}, render {probe['render_ms']:.0f}, "
-             f"nft {probe['apply_full_ms']:.0f}); parse {probe['parse_ms']:.0f}"),
-            ("change one publication: nft transaction (ms)",
-             f"{probe['steady_apply_ms']:.2f} for {probe['change_commands']} commands "
-             f"(first change after a full load: {probe['change_apply_ms']:.1f}, nft cache fill)"),
-            ("change one publication, full planner + renderer (ms)",
-             f"{reconcile_ms:.0f} (replan {probe['change_plan_ms']:.0f}, "
-             f"render {probe['change_render_ms']:.0f}, diff {probe['change_diff_ms']:.1f})"),
-            ("change one publication, incremental plan + render + apply (ms)",
-             f"{inc_ms:.1f} (plan {probe['inc_change_plan_ms']:.1f}, render "
-             f"{probe['inc_change_render_ms']:.1f}, nft {probe['inc_change_apply_ms']:.1f}): "
-             f"{inc_ms / full_ms:.1%} of the full plan + render + apply"),
-            ("change one publication, the agent's whole reconcile (ms, its log)",
-             f"{agent_change['ms']:.1f} ({agent_change['commands']} commands): "
-             f"{agent_change['ms'] / full_ms:.1%} of the full plan + render + apply; "
-             f"table digest alone {probe['digest_ms']:.1f}"),
+            (
+                f"plan + render + apply {many} (ms, one transaction)",
+                f"{probe['plan_ms'] + probe['render_ms'] + probe['apply_full_ms']:.0f} "
+                f"(plan {probe['plan_ms']:.0f}, render {probe['render_ms']:.0f}, "
+                f"nft {probe['apply_full_ms']:.0f}); parse {probe['parse_ms']:.0f}",
+            ),
+            (
+                "change one publication: nft transaction (ms)",
+                f"{probe['steady_apply_ms']:.2f} for {probe['change_commands']} commands "
+                f"(first change after a full load: {probe['change_apply_ms']:.1f}, nft cache fill)",
+            ),
+            (
+                "change one publication, full planner + renderer (ms)",
+                f"{reconcile_ms:.0f} (replan {probe['change_plan_ms']:.0f}, "
+                f"render {probe['change_render_ms']:.0f}, diff {probe['change_diff_ms']:.1f})",
+            ),
+            (
+                "change one publication, incremental plan + render + apply (ms)",
+                f"{inc_ms:.1f} (plan {probe['inc_change_plan_ms']:.1f}, render "
+                f"{probe['inc_change_render_ms']:.1f}, nft {probe['inc_change_apply_ms']:.1f}): "
+                f"{inc_ms / full_ms:.1%} of the full plan + render + apply",
+            ),
+            (
+                "change one publication, the agent's whole reconcile (ms, its log)",
+                f"{agent_change['ms']:.1f} ({agent_change['commands']} commands): "
+                f"{agent_change['ms'] / full_ms:.1%} of the full plan + render + apply; "
+                f"table digest alone {probe['digest_ms']:.1f}",
+            ),
         ]
         node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
 

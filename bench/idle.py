@@ -42,8 +42,10 @@ spec: {hostPort: 8080, target: {address: 10.97.1.2, port: 80}}
 
 def reconciles(node: Netns) -> int:
     """bridgeport_reconcile_duration_seconds_count from the agent's /metrics."""
-    script = ("import urllib.request; print(urllib.request.urlopen("
-              f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())")
+    script = (
+        "import urllib.request; print(urllib.request.urlopen("
+        f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())"
+    )
     for line in node.run([sys.executable, "-c", script]).stdout.splitlines():
         if line.startswith("bridgeport_reconcile_duration_seconds_count "):
             return int(float(line.split()[1]))
@@ -66,11 +68,30 @@ def run(br_netfilter: bool, ports: int, seconds: float, level: str) -> str:
         for family in ("iptables", "ip6tables"):
             node.sysctl(f"net.bridge.bridge-nf-call-{family}", "1" if br_netfilter else "0")
         agent = subprocess.Popen(
-            [*node.prefix(), sys.executable, "-m", "bridgeport", "--log-level", level,
-             "--log-format", "json", "agent", "--source", f"dir:{work / 'res'}",
-             "--node-name", "n", "--metrics-port", str(METRICS_PORT), "--resync", "2",
-             "--state-file", str(work / "state.json")],
-            stdout=log.open("w"), stderr=subprocess.STDOUT)
+            [
+                *node.prefix(),
+                sys.executable,
+                "-m",
+                "bridgeport",
+                "--log-level",
+                level,
+                "--log-format",
+                "json",
+                "agent",
+                "--source",
+                f"dir:{work / 'res'}",
+                "--node-name",
+                "n",
+                "--metrics-port",
+                str(METRICS_PORT),
+                "--resync",
+                "2",
+                "--state-file",
+                str(work / "state.json"),
+            ],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
         stack.callback(lambda: (agent.terminate(), agent.wait(10)))
         wait_for((work / "state.json").exists, timeout=30, what="first sync")
         wait_for(lambda: reconciles(node), timeout=30, what="metrics")
@@ -86,16 +107,22 @@ def run(br_netfilter: bool, ports: int, seconds: float, level: str) -> str:
         node.run("nft delete table ip bridgeport")
         started = time.monotonic()
         try:
-            wait_for(lambda: node.run("nft list table ip bridgeport", check=False)
-                     .returncode == 0, timeout=10, interval=0.1, what="table restored")
+            wait_for(
+                lambda: node.run("nft list table ip bridgeport", check=False).returncode == 0,
+                timeout=10,
+                interval=0.1,
+                what="table restored",
+            )
             restored = f"{time.monotonic() - started:.1f} s"
         except AssertionError:
             restored = "not within 10 s"
         pyroute2 = sum('"pyroute2' in line for line in log.read_text().splitlines())
         node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
-    return (f"{level:5}  br_netfilter {'on ' if br_netfilter else 'off'}  ports {ports}  "
-            f"reconciles/{seconds:g}s {count:4d}  cpu {100 * cpu / seconds:5.1f}%  "
-            f"deleted table restored: {restored}  pyroute2 log lines {pyroute2}")
+    return (
+        f"{level:5}  br_netfilter {'on ' if br_netfilter else 'off'}  ports {ports}  "
+        f"reconciles/{seconds:g}s {count:4d}  cpu {100 * cpu / seconds:5.1f}%  "
+        f"deleted table restored: {restored}  pyroute2 log lines {pyroute2}"
+    )
 
 
 def main() -> int:

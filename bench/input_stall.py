@@ -36,10 +36,17 @@ sys.path.insert(0, str(ROOT))
 from tests.netns import netns, wait_for  # noqa: E402
 
 API = "bridgeport.io/v1alpha1"
-PROBE = {"apiVersion": API, "kind": "PortPublication",
-         "metadata": {"name": "probe", "namespace": "bench"},
-         "spec": {"protocol": "UDP", "hostIP": "127.0.0.1", "hostPort": 5353,
-                  "target": {"address": "127.0.0.1", "port": 5354}}}
+PROBE = {
+    "apiVersion": API,
+    "kind": "PortPublication",
+    "metadata": {"name": "probe", "namespace": "bench"},
+    "spec": {
+        "protocol": "UDP",
+        "hostIP": "127.0.0.1",
+        "hostPort": 5353,
+        "target": {"address": "127.0.0.1", "port": 5354},
+    },
+}
 
 ECHO = """
 import socket
@@ -80,10 +87,19 @@ print(json.dumps(arrivals), flush=True)
 
 
 def publications(count: int, base: int) -> list[dict[str, Any]]:
-    return [{"apiVersion": API, "kind": "PortPublication",
-             "metadata": {"name": f"p{i}", "namespace": "bench"},
-             "spec": {"hostPort": base + i, "loopback": "Never",
-                      "target": {"address": "10.77.0.2", "port": 80}}} for i in range(count)]
+    return [
+        {
+            "apiVersion": API,
+            "kind": "PortPublication",
+            "metadata": {"name": f"p{i}", "namespace": "bench"},
+            "spec": {
+                "hostPort": base + i,
+                "loopback": "Never",
+                "target": {"address": "10.77.0.2", "port": 80},
+            },
+        }
+        for i in range(count)
+    ]
 
 
 def state_count(state_file: Path) -> int:
@@ -109,18 +125,37 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
             nice = ["nice", "-n", str(args.nice)]
             log = (work / "agent.log").open("w")
             agent = subprocess.Popen(
-                [*node.prefix(), *nice, sys.executable, "-m", "bridgeport", "agent", "--source",
-                 f"dir:{resources}", "--node-name", "bench", "--state-file", str(state),
-                 "--metrics-port", "0", "--resync", "3600"],
-                stdout=log, stderr=log, env=env)
+                [
+                    *node.prefix(),
+                    *nice,
+                    sys.executable,
+                    "-m",
+                    "bridgeport",
+                    "agent",
+                    "--source",
+                    f"dir:{resources}",
+                    "--node-name",
+                    "bench",
+                    "--state-file",
+                    str(state),
+                    "--metrics-port",
+                    "0",
+                    "--resync",
+                    "3600",
+                ],
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
             node.procs.append(agent)  # type: ignore[arg-type]
             echo = node.popen([*nice, sys.executable, "-c", ECHO])
             assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
             wait_for(lambda: state_count(state) == 1, 60, what="probe applied")
             for r in range(args.rounds):
                 stop = work / f"stop-{r}"
-                pinger = node.popen([*nice, sys.executable, "-c", PINGER, str(stop),
-                                     str(args.window)])
+                pinger = node.popen(
+                    [*nice, sys.executable, "-c", PINGER, str(stop), str(args.window)]
+                )
                 assert pinger.stdout is not None and pinger.stdout.readline().strip() == "ready"
                 time.sleep(args.baseline)  # the machine's own noise, for comparison
                 docs = publications(args.resources, 10000 + (r % 2) * args.resources)
@@ -130,8 +165,11 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
                 tmp.rename(resources / "change.yaml")
                 # Reported = planned and programmed (a few may be ReservedPort: kubelet's
                 # 10250 is among the ports; that is an outcome too).
-                wait_for(lambda: state_count(state) == args.resources + 1, args.window,
-                         what="change applied")
+                wait_for(
+                    lambda: state_count(state) == args.resources + 1,
+                    args.window,
+                    what="change applied",
+                )
                 applied = time.monotonic() - start
                 time.sleep(1.0)
                 stop.touch()
@@ -143,14 +181,22 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
                     raise SystemExit(f"no replies during the change; agent log in {work}")
                 quiet = [t for t in arrivals if start - args.baseline + 0.2 <= t < start]
                 quiet_gaps = [b - a for a, b in itertools.pairwise(quiet)] or [0.0]
-                results.append({"max_gap_ms": max(gaps) * 1000,
-                                "quiet_max_gap_ms": max(quiet_gaps) * 1000,
-                                "median_gap_ms": statistics.median(gaps) * 1000,
-                                "apply_s": applied, "replies": len(window)})
+                results.append(
+                    {
+                        "max_gap_ms": max(gaps) * 1000,
+                        "quiet_max_gap_ms": max(quiet_gaps) * 1000,
+                        "median_gap_ms": statistics.median(gaps) * 1000,
+                        "apply_s": applied,
+                        "replies": len(window),
+                    }
+                )
                 res = results[-1]
-                print(f"round {r + 1}: largest gap {res['max_gap_ms']:.1f} ms (quiet "
-                      f"{args.baseline:g} s before: {res['quiet_max_gap_ms']:.1f} ms), median "
-                      f"{res['median_gap_ms']:.2f} ms, applied in {applied:.2f} s", flush=True)
+                print(
+                    f"round {r + 1}: largest gap {res['max_gap_ms']:.1f} ms (quiet "
+                    f"{args.baseline:g} s before: {res['quiet_max_gap_ms']:.1f} ms), median "
+                    f"{res['median_gap_ms']:.2f} ms, applied in {applied:.2f} s",
+                    flush=True,
+                )
     finally:
         if args.keep:
             print(f"kept {work}")
@@ -160,17 +206,25 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--resources", type=int, default=5000)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--window", type=float, default=120.0,
-                   help="longest a round may take (seconds)")
-    p.add_argument("--baseline", type=float, default=3.0,
-                   help="quiet seconds measured before each change (the machine's noise)")
-    p.add_argument("--nice", type=int, default=-10,
-                   help="niceness of the agent, echo server and pinger, so that other load on a "
-                   "shared machine does not dominate the gaps (the quiet figure shows what does)")
+    p.add_argument("--window", type=float, default=120.0, help="longest a round may take (seconds)")
+    p.add_argument(
+        "--baseline",
+        type=float,
+        default=3.0,
+        help="quiet seconds measured before each change (the machine's noise)",
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=-10,
+        help="niceness of the agent, echo server and pinger, so that other load on a "
+        "shared machine does not dominate the gaps (the quiet figure shows what does)",
+    )
     p.add_argument("--code", type=Path, help="operator/ directory to run the agent from")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args()
@@ -178,8 +232,10 @@ def main() -> None:
     worst = max(r["max_gap_ms"] for r in results)
     apply_s = statistics.median(r["apply_s"] for r in results)
     quiet = max(r["quiet_max_gap_ms"] for r in results)
-    print(f"{args.resources} resources, {len(results)} rounds: largest UDP gap {worst:.1f} ms "
-          f"(target < 50 ms; quiet: {quiet:.1f} ms); median apply {apply_s:.2f} s")
+    print(
+        f"{args.resources} resources, {len(results)} rounds: largest UDP gap {worst:.1f} ms "
+        f"(target < 50 ms; quiet: {quiet:.1f} ms); median apply {apply_s:.2f} s"
+    )
 
 
 if __name__ == "__main__":

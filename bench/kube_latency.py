@@ -28,11 +28,18 @@ from tests.netns import wait_for  # noqa: E402
 
 
 def publication(port: int) -> str:
-    return yaml.safe_dump({
-        "apiVersion": API, "kind": "PortPublication",
-        "metadata": {"name": "latency", "namespace": "default"},
-        "spec": {"hostPort": port, "loopback": "Never",
-                 "target": {"address": "10.66.0.2", "port": 80}}})
+    return yaml.safe_dump(
+        {
+            "apiVersion": API,
+            "kind": "PortPublication",
+            "metadata": {"name": "latency", "namespace": "default"},
+            "spec": {
+                "hostPort": port,
+                "loopback": "Never",
+                "target": {"address": "10.66.0.2", "port": 80},
+            },
+        }
+    )
 
 
 def main() -> None:
@@ -48,15 +55,18 @@ def main() -> None:
             with kube_world(cp, node_count=1) as w:
                 node = w.nodes[0]
                 cp.kubectl("apply", "-f", "-", input=publication(30000))
-                wait_for(lambda: "tcp . 30000 " in node.nft_map(), timeout=60,
-                         what="first rule")
+                wait_for(lambda: "tcp . 30000 " in node.nft_map(), timeout=60, what="first rule")
                 samples = []
                 for i in range(1, args.changes + 1):
                     port = 30000 + i
                     cp.kubectl("apply", "-f", "-", input=publication(port))
                     applied = time.perf_counter()
-                    wait_for(lambda p=port: f"tcp . {p} " in node.nft_map(), timeout=10,
-                             interval=0.005, what=f"rule for {port}")
+                    wait_for(
+                        lambda p=port: f"tcp . {p} " in node.nft_map(),
+                        timeout=10,
+                        interval=0.005,
+                        what=f"rule for {port}",
+                    )
                     # From the API's acceptance of the change to the rule in the kernel.
                     samples.append((time.perf_counter() - applied) * 1000)
         finally:
@@ -65,9 +75,12 @@ def main() -> None:
 
     def pct(p: float) -> float:
         return samples[min(len(samples) - 1, int(p / 100 * len(samples)))]
+
     print(f"\napplied -> rule live on the node, {len(samples)} changes:")
-    print(f"  p50 {pct(50):.0f} ms   p90 {pct(90):.0f} ms   p99 {pct(99):.0f} ms   "
-          f"max {samples[-1]:.0f} ms   mean {statistics.mean(samples):.0f} ms")
+    print(
+        f"  p50 {pct(50):.0f} ms   p90 {pct(90):.0f} ms   p99 {pct(99):.0f} ms   "
+        f"max {samples[-1]:.0f} ms   mean {statistics.mean(samples):.0f} ms"
+    )
 
 
 if __name__ == "__main__":

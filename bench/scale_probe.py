@@ -18,15 +18,30 @@ from bridgeport.core.specs import API_VERSION as API
 
 
 def docs(n: int, target_port: int = 80) -> list[dict[str, object]]:
-    out: list[dict[str, object]] = [{"apiVersion": API, "kind": "BridgeNetwork",
-                                     "metadata": {"name": "scale"},
-                                     "spec": {"subnet": "10.78.0.0/16", "bridge": "bp-scale"}}]
+    out: list[dict[str, object]] = [
+        {
+            "apiVersion": API,
+            "kind": "BridgeNetwork",
+            "metadata": {"name": "scale"},
+            "spec": {"subnet": "10.78.0.0/16", "bridge": "bp-scale"},
+        }
+    ]
     for i in range(n):
-        out.append({"apiVersion": API, "kind": "PortPublication",
-                    "metadata": {"name": f"p{i}", "namespace": "bench"},
-                    "spec": {"hostPort": 20000 + i, "loopback": "Never",
-                             "target": {"address": str(ipaddress.IPv4Address("10.78.0.2") + i),
-                                        "port": target_port}}})
+        out.append(
+            {
+                "apiVersion": API,
+                "kind": "PortPublication",
+                "metadata": {"name": f"p{i}", "namespace": "bench"},
+                "spec": {
+                    "hostPort": 20000 + i,
+                    "loopback": "Never",
+                    "target": {
+                        "address": str(ipaddress.IPv4Address("10.78.0.2") + i),
+                        "port": target_port,
+                    },
+                },
+            }
+        )
     return out
 
 
@@ -52,8 +67,9 @@ def main() -> None:
     resources2 = [changed if i == 1 else r for i, r in enumerate(resources)]
     plan2, plan2_ms = timed(planner.plan, resources2, facts)
     tables2, render2_ms = timed(ruleset.render, plan2)
-    diff_cmds, diff_ms = timed(lambda: [ruleset.diff(a, b) for a, b in zip(tables, tables2,
-                                                                             strict=True)])
+    diff_cmds, diff_ms = timed(
+        lambda: [ruleset.diff(a, b) for a, b in zip(tables, tables2, strict=True)]
+    )
     commands2, apply2_ms = timed(nft.apply, tables2)
     # And once more: libnftables fills its cache on the first change after a full load.
     raw[2]["spec"]["target"]["port"] = 82  # type: ignore[index]
@@ -72,17 +88,32 @@ def main() -> None:
     tables_c, inc_render_ms = timed(rend.render, plan_c, inc.delta)
     inc_commands, inc_apply_ms = timed(nft.apply, tables_c)
     _, digest_ms = timed(ruleset.digest, tables_c)
-    print(json.dumps({
-        "inc_full_ms": inc_full_plan_ms + inc_full_render_ms + inc_full_apply_ms,
-        "inc_change_plan_ms": inc_plan_ms, "inc_change_render_ms": inc_render_ms,
-        "inc_change_apply_ms": inc_apply_ms, "inc_change_commands": inc_commands,
-        "digest_ms": digest_ms,
-        "publications": n, "parse_ms": parse_ms, "facts_ms": facts_ms, "plan_ms": plan_ms,
-        "render_ms": render_ms, "apply_full_ms": apply_ms, "full_commands": commands,
-        "change_plan_ms": plan2_ms, "change_render_ms": render2_ms, "change_diff_ms": diff_ms,
-        "change_apply_ms": apply2_ms, "change_commands": commands2, "steady_apply_ms": steady_ms,
-        "change_diff": [c for cmds in diff_cmds if cmds for c in cmds],
-    }))
+    print(
+        json.dumps(
+            {
+                "inc_full_ms": inc_full_plan_ms + inc_full_render_ms + inc_full_apply_ms,
+                "inc_change_plan_ms": inc_plan_ms,
+                "inc_change_render_ms": inc_render_ms,
+                "inc_change_apply_ms": inc_apply_ms,
+                "inc_change_commands": inc_commands,
+                "digest_ms": digest_ms,
+                "publications": n,
+                "parse_ms": parse_ms,
+                "facts_ms": facts_ms,
+                "plan_ms": plan_ms,
+                "render_ms": render_ms,
+                "apply_full_ms": apply_ms,
+                "full_commands": commands,
+                "change_plan_ms": plan2_ms,
+                "change_render_ms": render2_ms,
+                "change_diff_ms": diff_ms,
+                "change_apply_ms": apply2_ms,
+                "change_commands": commands2,
+                "steady_apply_ms": steady_ms,
+                "change_diff": [c for cmds in diff_cmds if cmds for c in cmds],
+            }
+        )
+    )
     nft.delete_tables(ruleset.FAMILIES)
 
 

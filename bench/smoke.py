@@ -20,8 +20,7 @@ HERE = Path(__file__).resolve().parent
 SMOKE: dict[str, list[str]] = {
     "dataplane.py": ["--seconds", "1", "--publications", "50"],
     "idle.py": ["--seconds", "2", "--ports", "1"],
-    "input_stall.py": ["--resources", "50", "--rounds", "1", "--window", "20", "--baseline",
-                       "1"],
+    "input_stall.py": ["--resources", "50", "--rounds", "1", "--window", "20", "--baseline", "1"],
     "kube_latency.py": ["--changes", "3"],
     "proxy/run.py": ["--seconds", "1", "--rounds", "1", "--ports", "10"],
     "cluster_scale.py": ["--smoke", "--tracemalloc"],
@@ -47,9 +46,14 @@ def scripts() -> set[str]:
 def run_one(name: str, env: dict[str, str]) -> tuple[bool, str]:
     """Run one benchmark at its tiny size: (succeeded, its output)."""
     try:
-        proc = subprocess.run([sys.executable, str(HERE / name), *SMOKE[name]],
-                              capture_output=True, text=True, timeout=TIMEOUT, env=env,
-                              check=False)
+        proc = subprocess.run(
+            [sys.executable, str(HERE / name), *SMOKE[name]],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env=env,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         return False, f"timed out after {TIMEOUT}s\n{exc.stdout or ''}{exc.stderr or ''}"
     return proc.returncode == 0, proc.stdout + proc.stderr

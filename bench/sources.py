@@ -80,15 +80,37 @@ def main() -> None:
         state = tmp / "state.json"
         agent_log = (tmp / "agent.log").open("w")
         (resdir / "bench.yaml").write_text(yaml.safe_dump_all(resources(False)))
-        agent = node.popen([sys.executable, "-m", "bridgeport", "--log-format", "json", "agent",
-                            "--source", f"dir:{resdir}", "--node-name", "bench",
-                            "--state-file", str(state), "--resync", "3600"],
-                           stdout=agent_log, stderr=agent_log)
-        stack.callback(lambda: node.run([sys.executable, "-m", "bridgeport", "agent",
-                                         "--cleanup"], check=False))
+        agent = node.popen(
+            [
+                sys.executable,
+                "-m",
+                "bridgeport",
+                "--log-format",
+                "json",
+                "agent",
+                "--source",
+                f"dir:{resdir}",
+                "--node-name",
+                "bench",
+                "--state-file",
+                str(state),
+                "--resync",
+                "3600",
+            ],
+            stdout=agent_log,
+            stderr=agent_log,
+        )
+        stack.callback(
+            lambda: node.run(
+                [sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False
+            )
+        )
         stack.callback(agent.terminate)
-        wait_for(lambda: node.run("ip link show bp-bench", check=False).returncode == 0,
-                 timeout=60, what="agent bridge")
+        wait_for(
+            lambda: node.run("ip link show bp-bench", check=False).returncode == 0,
+            timeout=60,
+            what="agent bridge",
+        )
         veth(target, "eth0", node, "bsport")
         node.run("ip link set bsport master bp-bench")
         target.run("ip addr add 10.77.0.2/24 dev eth0")
@@ -106,24 +128,42 @@ def main() -> None:
         for _ in range(args.rounds):
             for with_sources in (False, True):
                 (resdir / "bench.yaml").write_text(yaml.safe_dump_all(resources(with_sources)))
-                wait_for(lambda w=with_sources: applied(w), timeout=300,
-                         what=f"publications applied (allowedSources={with_sources})")
-                wait_for(lambda: "ok" in client.run(
-                    "curl -s --max-time 3 http://192.0.2.1:8080/", check=False).stdout,
-                    timeout=120, what=f"published http (allowedSources={with_sources})")
-                results[with_sources].append(wrk(client, "http://192.0.2.1:8080/",
-                                                 args.seconds, node))
+                wait_for(
+                    lambda w=with_sources: applied(w),
+                    timeout=300,
+                    what=f"publications applied (allowedSources={with_sources})",
+                )
+                wait_for(
+                    lambda: (
+                        "ok"
+                        in client.run(
+                            "curl -s --max-time 3 http://192.0.2.1:8080/", check=False
+                        ).stdout
+                    ),
+                    timeout=120,
+                    what=f"published http (allowedSources={with_sources})",
+                )
+                results[with_sources].append(
+                    wrk(client, "http://192.0.2.1:8080/", args.seconds, node)
+                )
         listing = node.run("nft list table ip bridgeport").stdout
         elements = listing.count(" : jump src_")
-        ranges_listed = sum(line.count("/") for line in listing.splitlines()
-                            if "saddr != {" in line)
+        ranges_listed = sum(
+            line.count("/") for line in listing.splitlines() if "saddr != {" in line
+        )
     none, ranges = statistics.median(results[False]), statistics.median(results[True])
     print(f"\nallowedSources, {args.seconds}s per measurement, {args.rounds} rounds alternated:")
-    print(f"  new conn/s, {PUBLICATIONS} publications, no allowedSources: "
-          + " / ".join(f"{v:.0f}" for v in results[False]) + f"  (median {none:.0f})")
-    print(f"  new conn/s, {PUBLICATIONS} x {RANGES} ranges ({elements} map elements, "
-          f"{ranges_listed} ranges in the kernel): "
-          + " / ".join(f"{v:.0f}" for v in results[True]) + f"  (median {ranges:.0f})")
+    print(
+        f"  new conn/s, {PUBLICATIONS} publications, no allowedSources: "
+        + " / ".join(f"{v:.0f}" for v in results[False])
+        + f"  (median {none:.0f})"
+    )
+    print(
+        f"  new conn/s, {PUBLICATIONS} x {RANGES} ranges ({elements} map elements, "
+        f"{ranges_listed} ranges in the kernel): "
+        + " / ".join(f"{v:.0f}" for v in results[True])
+        + f"  (median {ranges:.0f})"
+    )
     print(f"  ratio with : without  {ranges / none:.2f}x  (target >= 0.95x)")
 
 

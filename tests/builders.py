@@ -17,12 +17,24 @@ def network(name: str, subnet: str, *, created: str = "", **spec: Any) -> dict[s
     meta: dict[str, Any] = {"name": name}
     if created:
         meta["creationTimestamp"] = created
-    return {"apiVersion": API, "kind": BRIDGE_NETWORK, "metadata": meta,
-            "spec": {"subnet": subnet, **spec}}
+    return {
+        "apiVersion": API,
+        "kind": BRIDGE_NETWORK,
+        "metadata": meta,
+        "spec": {"subnet": subnet, **spec},
+    }
 
 
-def publication(name: str, host_port: int, address: str = "10.0.0.2", port: int = 80, *,
-                namespace: str = "default", created: str = "", **spec: Any) -> dict[str, Any]:
+def publication(
+    name: str,
+    host_port: int,
+    address: str = "10.0.0.2",
+    port: int = 80,
+    *,
+    namespace: str = "default",
+    created: str = "",
+    **spec: Any,
+) -> dict[str, Any]:
     """A PortPublication document for hostPort -> address:port; `spec` adds or overrides
     fields (protocol=, hostIP=, hostPortEnd=, a whole target={...}, ...)."""
     meta: dict[str, Any] = {"name": name, "namespace": namespace}

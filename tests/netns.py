@@ -30,8 +30,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}{os.getpid() % 100000}{next(_counter)}"[:15]
 
 
-def run(cmd: str | Sequence[str], check: bool = True, timeout: float = 30,
-        **kw: object) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: str | Sequence[str], check: bool = True, timeout: float = 30, **kw: object
+) -> subprocess.CompletedProcess[str]:
     args = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
     proc = subprocess.run(args, check=False, capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
     if check and proc.returncode != 0:
@@ -48,8 +49,9 @@ class Netns:
     def prefix(self) -> list[str]:
         return [*self.host, *(["ip", "netns", "exec", self.name] if self.name else [])]
 
-    def run(self, cmd: str | Sequence[str], check: bool = True, timeout: float = 30,
-            **kw: object) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, cmd: str | Sequence[str], check: bool = True, timeout: float = 30, **kw: object
+    ) -> subprocess.CompletedProcess[str]:
         args = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
         return run(self.prefix() + args, check=check, timeout=timeout, **kw)
 
@@ -61,8 +63,9 @@ class Netns:
         self.procs.append(proc)
         return proc  # type: ignore[no-any-return]
 
-    def python(self, script: str, *args: str, timeout: float = 30,
-               check: bool = True) -> subprocess.CompletedProcess[str]:
+    def python(
+        self, script: str, *args: str, timeout: float = 30, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return self.run([*self.interpreter(script), *args], timeout=timeout, check=check)
 
     def interpreter(self, script: str) -> list[str]:
@@ -112,8 +115,9 @@ def veth(a: Netns, a_if: str, b: Netns, b_if: str) -> None:
     b.run(["ip", "link", "set", b_if, "up"])
 
 
-def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.05,
-             what: str = "condition") -> None:
+def wait_for(
+    predicate: object, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:

@@ -80,8 +80,9 @@ async def main(specs: list[str]) -> None:
         listen, _, target = spec.partition("=")
         lh, _, lp = listen.rpartition(":")
         th, _, tp = target.rpartition(":")
-        await loop.create_server(functools.partial(Client, (th, int(tp))), lh, int(lp),
-                                 reuse_address=True, backlog=1024)
+        await loop.create_server(
+            functools.partial(Client, (th, int(tp))), lh, int(lp), reuse_address=True, backlog=1024
+        )
     print("ready", flush=True)
     await asyncio.Event().wait()
 

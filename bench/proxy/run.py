@@ -119,8 +119,11 @@ def ready(proc: subprocess.Popen[str], word: str = "ready") -> subprocess.Popen[
 @contextmanager
 def driver(node: Netns, *options: str) -> Iterator[subprocess.Popen[str]]:
     log = open(os.devnull, "w")  # noqa: SIM115
-    proc = node.popen([sys.executable, str(TOOLS / "proxy_driver.py"), *options],
-                      stdin=subprocess.PIPE, stderr=log)
+    proc = node.popen(
+        [sys.executable, str(TOOLS / "proxy_driver.py"), *options],
+        stdin=subprocess.PIPE,
+        stderr=log,
+    )
     ready(proc, '"ready"')
     try:
         yield proc
@@ -139,8 +142,14 @@ def command(proc: subprocess.Popen[str], cmd: dict[str, object]) -> dict[str, ob
 
 
 def proxy_ports(port: int, target_port: int) -> dict[str, object]:
-    return {"listen": "127.0.0.1", "port": port, "protocol": "TCP", "target": TARGET,
-            "target_port": target_port, "owner": "bench/p"}
+    return {
+        "listen": "127.0.0.1",
+        "port": port,
+        "protocol": "TCP",
+        "target": TARGET,
+        "target_port": target_port,
+        "owner": "bench/p",
+    }
 
 
 @contextmanager
@@ -167,9 +176,16 @@ def serving(w: World, name: str) -> Iterator[Path_]:
         with per_port_processes(w, name, ((ip, IPERF), (hp, HTTP))) as pids:
             yield Path_(name, node, "127.0.0.1", ip, hp, pids)
     else:  # the asyncio Protocol relay we measured against and did not keep
-        proc = ready(node.popen([sys.executable, str(HERE / "alt_relay.py"),
-                                 f"127.0.0.1:{ip}={TARGET}:{IPERF}",
-                                 f"127.0.0.1:{hp}={TARGET}:{HTTP}"]))
+        proc = ready(
+            node.popen(
+                [
+                    sys.executable,
+                    str(HERE / "alt_relay.py"),
+                    f"127.0.0.1:{ip}={TARGET}:{IPERF}",
+                    f"127.0.0.1:{hp}={TARGET}:{HTTP}",
+                ]
+            )
+        )
         yield Path_(name, node, "127.0.0.1", ip, hp, (proc.pid,))
         proc.kill()
         proc.wait()
@@ -187,11 +203,32 @@ def kernel_loopback(w: World, ports: tuple[tuple[int, int], ...]) -> Iterator[No
     from bridgeport.core.specs import Protocol, ResourceRef
 
     owner = ResourceRef("PortPublication", "bench", "p")
-    bridge = BridgePlan("bench", "n0", (), 1500, ipaddress.IPv4Network("192.0.2.0/24"), None,
-                        masquerade=False, internal=False, inter_container=True, shared=False,
-                        route_localnet=True)
-    dnats = tuple(Dnat(4, ipaddress.IPv4Address("127.0.0.1"), Protocol.TCP, lp, lp,
-                       ipaddress.IPv4Address(TARGET_LO), tp, owner) for lp, tp in ports)
+    bridge = BridgePlan(
+        "bench",
+        "n0",
+        (),
+        1500,
+        ipaddress.IPv4Network("192.0.2.0/24"),
+        None,
+        masquerade=False,
+        internal=False,
+        inter_container=True,
+        shared=False,
+        route_localnet=True,
+    )
+    dnats = tuple(
+        Dnat(
+            4,
+            ipaddress.IPv4Address("127.0.0.1"),
+            Protocol.TCP,
+            lp,
+            lp,
+            ipaddress.IPv4Address(TARGET_LO),
+            tp,
+            owner,
+        )
+        for lp, tp in ports
+    )
     table = ruleset.render(NodePlan("bench", bridges=(bridge,), dnats=dnats))[0]
     w.node.run(["nft", "-f", "-"], input=table.text())
     w.node.sysctl("net.ipv4.conf.n0.route_localnet", "1")
@@ -203,19 +240,31 @@ def kernel_loopback(w: World, ports: tuple[tuple[int, int], ...]) -> Iterator[No
 
 
 @contextmanager
-def per_port_processes(w: World, name: str,
-                       ports: tuple[tuple[int, int], ...]) -> Iterator[tuple[int, ...]]:
+def per_port_processes(
+    w: World, name: str, ports: tuple[tuple[int, int], ...]
+) -> Iterator[tuple[int, ...]]:
     """One proxy process per (listen port, target port), killed afterwards; yields their pids.
 
     socat forks per connection (reaped children count in the parent's cutime/cstime);
     docker-proxy runs as dockerd runs it and reports readiness on fd 3, which must exist or
     it closes its own listener."""
+
     def argv(lp: int, tp: int) -> list[str]:
         if name == "docker-proxy":
-            return ["bash", "-c", f"exec {DOCKER_PROXY} -proto tcp -host-ip 127.0.0.1 "
-                    f"-host-port {lp} -container-ip {TARGET} -container-port {tp} 3>/dev/null"]
-        return ["socat", "-b", "131072", f"TCP-LISTEN:{lp},bind=127.0.0.1,reuseaddr,fork,"
-                "backlog=1024", f"TCP:{TARGET}:{tp}"]
+            return [
+                "bash",
+                "-c",
+                f"exec {DOCKER_PROXY} -proto tcp -host-ip 127.0.0.1 "
+                f"-host-port {lp} -container-ip {TARGET} -container-port {tp} 3>/dev/null",
+            ]
+        return [
+            "socat",
+            "-b",
+            "131072",
+            f"TCP-LISTEN:{lp},bind=127.0.0.1,reuseaddr,fork,backlog=1024",
+            f"TCP:{TARGET}:{tp}",
+        ]
+
     procs = [w.node.popen(argv(lp, tp)) for lp, tp in ports]
     wait_for(lambda: all(listening(w.node, lp) for lp, _ in ports), what=name)
     try:
@@ -229,8 +278,9 @@ def per_port_processes(w: World, name: str,
 
 def children(pid: int) -> tuple[int, ...]:
     """The agent's proxy workers: their CPU is the proxy's CPU."""
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True,
-                         check=False).stdout
+    out = subprocess.run(
+        ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+    ).stdout
     return tuple(int(x) for x in out.split())
 
 
@@ -244,8 +294,11 @@ def cpu_seconds(pids: tuple[int, ...]) -> float:
 
 
 def iperf(p: Path_, seconds: int) -> float:
-    out = p.ns.run(["iperf3", "-c", p.host, "-p", str(p.iperf_port), "-t", str(seconds), "-J"],
-                   timeout=seconds + 30, check=False).stdout
+    out = p.ns.run(
+        ["iperf3", "-c", p.host, "-p", str(p.iperf_port), "-t", str(seconds), "-J"],
+        timeout=seconds + 30,
+        check=False,
+    ).stdout
     result = json.loads(out)
     if "error" in result:
         print(f"  {p.name}: iperf3: {result['error']}", file=sys.stderr)
@@ -254,11 +307,21 @@ def iperf(p: Path_, seconds: int) -> float:
 
 
 def wrk(p: Path_, seconds: int) -> tuple[float, int]:
-    out = p.ns.run(["wrk", "-c", "50", "-d", f"{seconds}s", "-H", "Connection: close",
-                    f"http://{p.host}:{p.http_port}/"], timeout=seconds + 30).stdout
+    out = p.ns.run(
+        [
+            "wrk",
+            "-c",
+            "50",
+            "-d",
+            f"{seconds}s",
+            "-H",
+            "Connection: close",
+            f"http://{p.host}:{p.http_port}/",
+        ],
+        timeout=seconds + 30,
+    ).stdout
     rate = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                       out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return rate, sum(int(x) for x in errors.groups()) if errors else 0
 
 
@@ -288,15 +351,26 @@ def rss_for_ports(w: World, count: int) -> tuple[float, float, float]:
 def _docker_proxy() -> str:
     """hack/docker-proxy.sh builds Docker's proxy from moby's Go module (cached); "" if not.
     BRIDGEPORT_DOCKER_PROXY_BUILD=0 (the smoke run) uses a cached binary only, never builds."""
-    proc = subprocess.run(["bash", str(HERE.parent.parent / "hack" / "docker-proxy.sh")],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["bash", str(HERE.parent.parent / "hack" / "docker-proxy.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 DOCKER_PROXY = _docker_proxy()
-PATHS = ["kernel DNAT", "direct", "bridgeport", "bridgeport 1 worker",
-         *(["docker-proxy"] if DOCKER_PROXY else []), "socat -b131072", "asyncio relay",
-         "loopback: Kernel"]
+PATHS = [
+    "kernel DNAT",
+    "direct",
+    "bridgeport",
+    "bridgeport 1 worker",
+    *(["docker-proxy"] if DOCKER_PROXY else []),
+    "socat -b131072",
+    "asyncio relay",
+    "loopback: Kernel",
+]
 
 
 def main() -> None:
@@ -325,21 +399,26 @@ def main() -> None:
                     time.sleep(1)
                     rate, errors = wrk(p, a.seconds)
                     cpu2 = cpu_seconds(p.pids)
-                run = Run(gbit, rate, errors, (cpu1 - cpu0) / a.seconds,
-                          (cpu2 - cpu1) / a.seconds)
+                run = Run(gbit, rate, errors, (cpu1 - cpu0) / a.seconds, (cpu2 - cpu1) / a.seconds)
                 runs[name].append(run)
                 print(f"  round {r + 1} {name}: {run}", file=sys.stderr, flush=True)
             load.append(os.getloadavg()[0])
         base_mib, added_mib, bind_seconds = rss_for_ports(w, a.ports)
     table(runs)
-    print(f"load average (1 min) at the start and after each round: "
-          f"{' '.join(f'{x:.1f}' for x in load)}")
-    print(f"bridgeport: agent + workers {base_mib:.1f} MiB RSS with one TCP port; {a.ports:,} more "
-          f"add {added_mib:.1f} MiB, bound in {bind_seconds:.2f}s")
-    print(f"(medians of {a.rounds} rounds; x kernel = median of per-round ratios; cpu = the "
-          f"proxy's processes' CPU, 100% = one core; iperf3 -t {a.seconds}; wrk -c 50 "
-          f"-d {a.seconds}s -H 'Connection: close'; {os.cpu_count()} CPUs, "
-          f"kernel {os.uname().release})")
+    print(
+        f"load average (1 min) at the start and after each round: "
+        f"{' '.join(f'{x:.1f}' for x in load)}"
+    )
+    print(
+        f"bridgeport: agent + workers {base_mib:.1f} MiB RSS with one TCP port; {a.ports:,} more "
+        f"add {added_mib:.1f} MiB, bound in {bind_seconds:.2f}s"
+    )
+    print(
+        f"(medians of {a.rounds} rounds; x kernel = median of per-round ratios; cpu = the "
+        f"proxy's processes' CPU, 100% = one core; iperf3 -t {a.seconds}; wrk -c 50 "
+        f"-d {a.seconds}s -H 'Connection: close'; {os.cpu_count()} CPUs, "
+        f"kernel {os.uname().release})"
+    )
 
 
 def table(runs: dict[str, list[Run]]) -> None:
@@ -361,13 +440,17 @@ def table(runs: dict[str, list[Run]]) -> None:
     def rate(x: Run) -> float:
         return x.rate
 
-    print(f"\n{'path':22} {'Gbit/s':>7} {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'conn/s':>8}"
-          f" {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'errors':>6}")
+    print(
+        f"\n{'path':22} {'Gbit/s':>7} {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'conn/s':>8}"
+        f" {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'errors':>6}"
+    )
     for name, rs in runs.items():
         tput = f"{med(rs, gbit):7.1f} {ratio(rs, kernel, gbit):>9} {ratio(rs, docker, gbit):>9}"
         conns = f"{med(rs, rate):8.0f} {ratio(rs, kernel, rate):>9} {ratio(rs, docker, rate):>9}"
-        print(f"{name:22} {tput} {med(rs, lambda x: x.cpu_iperf):5.0%} {conns}"
-              f" {med(rs, lambda x: x.cpu_wrk):5.0%} {sum(x.errors for x in rs):6d}")
+        print(
+            f"{name:22} {tput} {med(rs, lambda x: x.cpu_iperf):5.0%} {conns}"
+            f" {med(rs, lambda x: x.cpu_wrk):5.0%} {sum(x.errors for x in rs):6d}"
+        )
 
 
 @dataclass
@@ -379,8 +462,10 @@ class Run:
     cpu_wrk: float
 
     def __str__(self) -> str:
-        return (f"{self.gbit:.1f} Gbit/s (cpu {self.cpu_iperf:.0%}), {self.rate:.0f} conn/s "
-                f"(cpu {self.cpu_wrk:.0%}, {self.errors} socket errors)")
+        return (
+            f"{self.gbit:.1f} Gbit/s (cpu {self.cpu_iperf:.0%}), {self.rate:.0f} conn/s "
+            f"(cpu {self.cpu_wrk:.0%}, {self.errors} socket errors)"
+        )
 
 
 if __name__ == "__main__":

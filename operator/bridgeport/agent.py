@@ -49,8 +49,9 @@ MAX_AVOIDED = 64  # ports a host process took from one publication, remembered t
 
 
 class Proxies(Protocol):
-    async def sync(self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (),
-                   release: bool = True) -> Mapping[ProxyKey, settle.ProxyReport]: ...
+    async def sync(
+        self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (), release: bool = True
+    ) -> Mapping[ProxyKey, settle.ProxyReport]: ...
 
     async def release(self) -> None: ...
 
@@ -158,8 +159,9 @@ class Agent:
         self._proxy_states: Mapping[ResourceRef, ProxyState] = {}
         self._proxy_retry = True  # the last proxy sync had failures: sync again
         self._unreleased = False  # a sync's unwanted sockets wait for a committed transaction
-        self._journal = (Journal(journal_path(settings.state_file))
-                         if settings.state_file is not None else None)
+        self._journal = (
+            Journal(journal_path(settings.state_file)) if settings.state_file is not None else None
+        )
         self._unwritten: dict[ResourceRef, Entry | None] | None = None  # not yet journalled
         self._tally = self._ledger.tally()
         self._frozen = False  # the heap is frozen out of the cyclic collector (_freeze_heap)
@@ -180,8 +182,10 @@ class Agent:
             while True:
                 dirty = asyncio.create_task(self._dirty.wait())
                 done, _ = await asyncio.wait(
-                    {dirty, watch}, timeout=max(0.0, next_resync - time.monotonic()),
-                    return_when=asyncio.FIRST_COMPLETED)
+                    {dirty, watch},
+                    timeout=max(0.0, next_resync - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 dirty.cancel()
                 if watch in done:
                     watch.result()  # a crashed source surfaces here instead of idling
@@ -207,11 +211,14 @@ class Agent:
         def watch() -> None:
             try:
                 self.dataplane.watch_ports(
-                    lambda: loop.call_soon_threadsafe(self.mark_dirty, "ports"))
+                    lambda: loop.call_soon_threadsafe(self.mark_dirty, "ports")
+                )
             except Exception as exc:  # the periodic resync still covers new ports
                 metrics.ERRORS.labels("links").inc()
-                log.warning("bridge port watch stopped; new ports wait for the next resync",
-                            error=str(exc))
+                log.warning(
+                    "bridge port watch stopped; new ports wait for the next resync", error=str(exc)
+                )
+
         threading.Thread(target=watch, name="port-watch", daemon=True).start()
 
     async def reconcile(self, check_drift: bool = False) -> SyncReport | None:
@@ -236,8 +243,9 @@ class Agent:
             self._frozen = _freeze_heap(len(self._ledger.entries), self._frozen)
         await self._check_node(check_drift)
         # Thousands of resources make this tens of milliseconds: off the loop, like planning.
-        published = await asyncio.to_thread(self._publishable, report, snapshot.errors,
-                                            snapshot.node_labels)
+        published = await asyncio.to_thread(
+            self._publishable, report, snapshot.errors, snapshot.node_labels
+        )
         for publish in self.reporters:
             try:
                 await publish(published)
@@ -246,8 +254,7 @@ class Agent:
                 log.exception("state report failed", error=str(exc))
         return report
 
-    async def _reconcile(self, snapshot: Snapshot, check_drift: bool,
-                         started: float) -> SyncReport:
+    async def _reconcile(self, snapshot: Snapshot, check_drift: bool, started: float) -> SyncReport:
         labels = snapshot.node_labels if snapshot.node_labels is not None else self.settings.labels
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         # Netlink and libnftables calls block (and pyroute2 runs its own loop), and planning
@@ -259,33 +266,38 @@ class Agent:
             await asyncio.to_thread(self.dataplane.refresh)
         if self.settings.manage_sysctls and snapshot.resources:
             await asyncio.to_thread(self.dataplane.enable_forwarding)
-        facts = await asyncio.to_thread(self.dataplane.gather_facts, self.settings.node_name,
-                                        labels)
+        facts = await asyncio.to_thread(
+            self.dataplane.gather_facts, self.settings.node_name, labels
+        )
         assigning = self._stamper.assigning > 0  # kept in O(change), not a scan
-        listening = (await asyncio.to_thread(self.dataplane.listening_ports) if assigning
-                     else {})
-        facts = replace(facts, reserved_ports=self.settings.reserved_ports,
-                        remembered=dict(self._ports), avoid=dict(self._avoid),
-                        listening=listening,
-                        userland_proxy=self.proxies is not None and self.settings.proxy_enabled,
-                        incumbents=facts.incumbents if self._incumbents is None
-                        else self._incumbents,
-                        accept_mark=self.settings.accept_mark,
-                        route_localnet=self.settings.manage_sysctls and facts.route_localnet)
+        listening = await asyncio.to_thread(self.dataplane.listening_ports) if assigning else {}
+        facts = replace(
+            facts,
+            reserved_ports=self.settings.reserved_ports,
+            remembered=dict(self._ports),
+            avoid=dict(self._avoid),
+            listening=listening,
+            userland_proxy=self.proxies is not None and self.settings.proxy_enabled,
+            incumbents=facts.incumbents if self._incumbents is None else self._incumbents,
+            accept_mark=self.settings.accept_mark,
+            route_localnet=self.settings.manage_sysctls and facts.route_localnet,
+        )
         plan = await asyncio.to_thread(self._planner.plan, snapshot.resources, facts)
         delta = self._planner.delta
         proxy_states = self._proxy_states
         # Sockets are synced when the plan's changed, or when some could not be bound (the
         # port may be free now): a partial plan that kept them all has nothing to bind.
-        synced = self.proxies is not None and (delta is None or delta.sockets_changed
-                                               or self._proxy_retry)
+        synced = self.proxies is not None and (
+            delta is None or delta.sockets_changed or self._proxy_retry
+        )
         if synced:
             proxied, proxy_states = await self._sync_proxies(plan, snapshot, facts)
             if proxied is not plan:  # replanned with ports in use: render it in full
                 plan, delta = proxied, None
         tables, digest = await asyncio.to_thread(self._render, plan, delta)
         overrides, commands, full = await asyncio.to_thread(
-            self._converge_kernel, plan, delta, tables, check_drift, self._planner.networks())
+            self._converge_kernel, plan, delta, tables, check_drift, self._planner.networks()
+        )
         if self.proxies is not None and self._applied and (synced or self._unreleased):
             # Only now does no rule of ours capture them. After a rejected transaction the
             # old rules still do: keep holding until one commits.
@@ -296,7 +308,8 @@ class Agent:
         await asyncio.to_thread(self._settle, plan, delta, overrides, proxy_states)
         # Assigned ports need every outcome (O(resources)): only on nodes that assign some.
         if (assigning or self._ports or self._avoid) and self._remember_ports(
-                settle.outcomes(plan, overrides)):
+            settle.outcomes(plan, overrides)
+        ):
             self.mark_dirty("ports")  # a host process took an assigned port: pick another
         duration = time.perf_counter() - started
         metrics.ELEMENTS.set(sum(sum(len(v) for v in t.elements.values()) for t in tables))
@@ -307,9 +320,16 @@ class Agent:
         # A resync that changed nothing is routine: keep it out of INFO.
         emit = log.info if commands or full or self._last_digest != report.digest else log.debug
         self._last_digest = report.digest
-        emit("reconciled", node=self.settings.node_name, digest=report.digest, commands=commands,
-             full=full, resync=check_drift, ms=round(duration * 1000, 1),
-             **self._ledger.counts())
+        emit(
+            "reconciled",
+            node=self.settings.node_name,
+            digest=report.digest,
+            commands=commands,
+            full=full,
+            resync=check_drift,
+            ms=round(duration * 1000, 1),
+            **self._ledger.counts(),
+        )
         self._log_new_problems((*snapshot.errors, *plan.errors))
         return report
 
@@ -329,8 +349,9 @@ class Agent:
         if ports is None and now - self._recall_since < RECALL_WAIT:
             return False
         if ports is None:
-            log.warning("giving up reading back assigned host ports; assigning afresh",
-                        waited=RECALL_WAIT)
+            log.warning(
+                "giving up reading back assigned host ports; assigning afresh", waited=RECALL_WAIT
+            )
         self._ports = dict(ports or {}) | self._ports
         self._recall = None
         log.info("assigned host ports read back", count=len(self._ports))
@@ -357,16 +378,29 @@ class Agent:
         self._ports = ports
         return retry
 
-    def _settle(self, plan: NodePlan, delta: Delta | None,
-                overrides: Mapping[ResourceRef, Outcome],
-                proxy_states: Mapping[ResourceRef, ProxyState]) -> None:
+    def _settle(
+        self,
+        plan: NodePlan,
+        delta: Delta | None,
+        overrides: Mapping[ResourceRef, Outcome],
+        proxy_states: Mapping[ResourceRef, ProxyState],
+    ) -> None:
         """Bring the ledger to this reconcile's outcomes: every one after a full plan, else
         those the plan, the overrides or the proxies changed."""
         node = self.settings.node_name
 
         def entry(o: Outcome) -> Entry:
-            return Entry(node, o.ref, o.uid, o.generation, o.state.value, o.reason, o.message,
-                         proxy=proxy_states.get(o.ref, "off"), assigned=o.assigned)
+            return Entry(
+                node,
+                o.ref,
+                o.uid,
+                o.generation,
+                o.state.value,
+                o.reason,
+                o.message,
+                proxy=proxy_states.get(o.ref, "off"),
+                assigned=o.assigned,
+            )
 
         if delta is None:
             self._ledger.reset(entry(overrides.get(o.ref, o)) for o in plan.outcomes)
@@ -374,8 +408,11 @@ class Agent:
             refs = set(delta.refs) | overrides.keys() | self._overridden
             if proxy_states is not self._proxy_states:
                 before = self._proxy_states
-                refs |= {r for r in before.keys() | proxy_states.keys()
-                         if before.get(r) != proxy_states.get(r)}
+                refs |= {
+                    r
+                    for r in before.keys() | proxy_states.keys()
+                    if before.get(r) != proxy_states.get(r)
+                }
             for ref in refs:
                 o = overrides.get(ref) or self._planner.outcome(ref)
                 if o is None:
@@ -389,36 +426,38 @@ class Agent:
         self._tally = self._ledger.tally()
         # Incumbency: what is Applied here keeps its claims (a new set only when it moved).
         applied, held = self._ledger.applied, self._incumbents
-        if (changed is None or held is None
-                or any((r in applied) != (r in held) for r in changed)):
+        if changed is None or held is None or any((r in applied) != (r in held) for r in changed):
             self._incumbents = frozenset(applied)
 
     def _log_new_problems(self, errors: Sequence[str]) -> None:
         """Each problem once, when it appears, not again on every resync. Every problem is
         an entry the reports list: O(exceptions)."""
-        troubled = [e for e in self._tally.listed
-                    if e.state not in (State.APPLIED, State.INACTIVE)]
-        problems: set[settle.Problem] = {(str(e.ref), e.state, e.reason, e.message)
-                                         for e in troubled}
+        troubled = [e for e in self._tally.listed if e.state not in (State.APPLIED, State.INACTIVE)]
+        problems: set[settle.Problem] = {
+            (str(e.ref), e.state, e.reason, e.message) for e in troubled
+        }
         problems |= {("input", err) for err in errors}
         for p in sorted(problems - self._reported):
             if p[0] == "input":
                 log.error("input error", error=p[1])
             else:
-                log.warning("resource not applied", resource=p[0], state=p[1], reason=p[2],
-                            message=p[3])
+                log.warning(
+                    "resource not applied", resource=p[0], state=p[1], reason=p[2], message=p[3]
+                )
         self._reported = problems
         metrics.RESOURCE_PROBLEMS.clear()
-        for e in troubled[:metrics.MAX_PROBLEM_SERIES]:  # sorted by ref
-            metrics.RESOURCE_PROBLEMS.labels(e.ref.kind, e.ref.namespace, e.ref.name,
-                                             e.state, e.reason).set(1)
+        for e in troubled[: metrics.MAX_PROBLEM_SERIES]:  # sorted by ref
+            metrics.RESOURCE_PROBLEMS.labels(
+                e.ref.kind, e.ref.namespace, e.ref.name, e.state, e.reason
+            ).set(1)
 
     async def _check_node(self, periodic: bool) -> None:
         """The doctor's findings, after the first sync and then on resyncs at most every
         doctor_interval: it reads the whole ruleset, so it never runs on its own timer."""
         now, interval = time.monotonic(), self.settings.doctor_interval
-        if not interval or (self._node_check is not None and (
-                not periodic or now - self._node_check_at < interval)):
+        if not interval or (
+            self._node_check is not None and (not periodic or now - self._node_check_at < interval)
+        ):
             return
         self._node_check_at = now
         try:
@@ -437,16 +476,21 @@ class Agent:
             emit("node check", severity=severity, summary=doctor.summary(findings))
         self._node_check = {
             "severity": severity,
-            "since": before.get("since") if before.get("severity") == severity
+            "since": before.get("since")
+            if before.get("severity") == severity
             else datetime.now(UTC).isoformat(timespec="seconds"),
             "summary": doctor.summary(findings),
             "findings": [f.as_dict() for f in findings],
         }
 
-    def _converge_kernel(self, plan: NodePlan, delta: Delta | None,
-                         tables: Sequence[ruleset.Table],
-                         check_drift: bool, networks: set[str],
-                         ) -> tuple[dict[ResourceRef, Outcome], int, bool]:
+    def _converge_kernel(
+        self,
+        plan: NodePlan,
+        delta: Delta | None,
+        tables: Sequence[ruleset.Table],
+        check_drift: bool,
+        networks: set[str],
+    ) -> tuple[dict[ResourceRef, Outcome], int, bool]:
         """Bridges first (rules may name them), then one nft transaction, then stale bridges."""
         failures = self.dataplane.converge_bridges(plan.bridges)
         overrides = settle.bridge_failed(plan, failures)
@@ -466,15 +510,19 @@ class Agent:
             self._synced_once = self._applied = True
         except NftError as exc:
             metrics.APPLY_FAILURES.inc()
-            log.error("nftables transaction rejected; kernel unchanged", error=str(exc),
-                      script=exc.context)
+            log.error(
+                "nftables transaction rejected; kernel unchanged",
+                error=str(exc),
+                script=exc.context,
+            )
             overrides |= settle.nft_rejected(plan, str(exc))
         else:
             self._forget_stale_udp(plan, delta)
         # Only with a complete listing (we have one) and a committed ruleset: drop stale bridges,
         # except those with containers whose network still exists.
-        _, kept = self.dataplane.remove_stale_bridges((b.name for b in plan.bridges),
-                                                      protect=networks)
+        _, kept = self.dataplane.remove_stale_bridges(
+            (b.name for b in plan.bridges), protect=networks
+        )
         overrides |= settle.bridges_kept(plan, overrides, kept)
         return overrides, commands, full
 
@@ -485,8 +533,9 @@ class Agent:
         before = self._udp_mappings
         if before is None or delta is None:
             now = plan.udp_mappings()
-            changed = {k for k in now.keys() | (before or {}).keys()
-                       if now.get(k) != (before or {}).get(k)}
+            changed = {
+                k for k in now.keys() | (before or {}).keys() if now.get(k) != (before or {}).get(k)
+            }
         else:
             now, changed = before, set()
             gone, came = udp_mappings(delta.removed), udp_mappings(delta.added)
@@ -506,8 +555,9 @@ class Agent:
             metrics.ERRORS.labels("conntrack").inc()
             log.warning("cannot flush stale UDP conntrack entries", error=str(exc))
 
-    async def _sync_proxies(self, plan: NodePlan, snapshot: Snapshot,
-                            facts: NodeFacts) -> tuple[NodePlan, dict[ResourceRef, ProxyState]]:
+    async def _sync_proxies(
+        self, plan: NodePlan, snapshot: Snapshot, facts: NodeFacts
+    ) -> tuple[NodePlan, dict[ResourceRef, ProxyState]]:
         """Claim first, program after: every proxy listener and port claim is bound before
         nftables changes, and released only after (release()). A port a host process holds
         makes its publication Conflicted (PortInUse); the replan drops its DNAT, so the process
@@ -519,23 +569,28 @@ class Agent:
             statuses = await self.proxies.sync(plan.proxies, plan.claims, release=False)
             if not lost.add(plan, statuses):
                 break
-            plan = await asyncio.to_thread(settle.replan_without, snapshot.resources, facts,
-                                           lost.in_use, lost.unclaimed)
+            plan = await asyncio.to_thread(
+                settle.replan_without, snapshot.resources, facts, lost.in_use, lost.unclaimed
+            )
         # Any loser or failure: bind again on the next reconcile (the port may be free then,
         # and a partial plan does not know which ports were in use).
         self._proxy_retry = bool(lost.in_use or lost.unclaimed) or any(
-            s.state == "failed" for s in statuses.values())
+            s.state == "failed" for s in statuses.values()
+        )
         claimed = {c.key for c in plan.claims}
         return plan, settle.proxy_states(  # a bare claim is not a proxy
-            s for k, s in statuses.items() if k not in claimed or s.state == "failed")
+            s for k, s in statuses.items() if k not in claimed or s.state == "failed"
+        )
 
-    def _render(self, plan: NodePlan, delta: Delta | None
-                ) -> tuple[tuple[ruleset.Table, ruleset.Table], str]:
+    def _render(
+        self, plan: NodePlan, delta: Delta | None
+    ) -> tuple[tuple[ruleset.Table, ruleset.Table], str]:
         tables = self._renderer.render(plan, delta)
         return tables, self._renderer.digest()
 
-    def _publishable(self, report: SyncReport, errors: Sequence[str],
-                     node_labels: Mapping[str, str] | None) -> Report:
+    def _publishable(
+        self, report: SyncReport, errors: Sequence[str], node_labels: Mapping[str, str] | None
+    ) -> Report:
         """The node's report, in O(exceptions + changes): the ledger's entries and tally."""
         labels = node_labels if node_labels is not None else self.settings.labels
         plan = report.plan
@@ -545,9 +600,13 @@ class Agent:
             last_sync=datetime.now(UTC).isoformat(timespec="milliseconds"),
             last_sync_ms=round(report.duration * 1000, 2),
             table_digest=report.digest,
-            counts={**self._ledger.counts(), "bridges": len(plan.bridges),
-                    "dnat": len(plan.dnats), "proxies": len(plan.proxies),
-                    "claims": len(plan.claims)},
+            counts={
+                **self._ledger.counts(),
+                "bridges": len(plan.bridges),
+                "dnat": len(plan.dnats),
+                "proxies": len(plan.proxies),
+                "claims": len(plan.claims),
+            },
             entries=tuple(self._ledger.entries.values()),
             errors=(*errors, *plan.errors),
             labels=dict(labels or {}),  # what nodeSelectors were matched against
@@ -567,11 +626,15 @@ class Agent:
         try:
             self._journal.write(
                 None if entries is None or seen is None else _journal_change(entries, seen),
-                lambda: {"entries": [e.document() for e in self._ledger.entries.values()],
-                         "firstSeen": dict(self._stamper.first_seen)},
-                everything=entries is None or seen is None)
-            write_atomic(self.settings.state_file,
-                         {**published.head(), "journal": self._journal.position()})
+                lambda: {
+                    "entries": [e.document() for e in self._ledger.entries.values()],
+                    "firstSeen": dict(self._stamper.first_seen),
+                },
+                everything=entries is None or seen is None,
+            )
+            write_atomic(
+                self.settings.state_file, {**published.head(), "journal": self._journal.position()}
+            )
         except OSError as exc:
             self._unwritten = None  # the journal is rewritten in full next time
             log.error("cannot write state file", path=str(self.settings.state_file), error=str(exc))
@@ -595,13 +658,15 @@ def _freeze_heap(resources: int, frozen: bool) -> bool:
     return True
 
 
-def _merge(a: dict[ResourceRef, Entry | None] | None, b: dict[ResourceRef, Entry | None] | None
-           ) -> dict[ResourceRef, Entry | None] | None:
+def _merge(
+    a: dict[ResourceRef, Entry | None] | None, b: dict[ResourceRef, Entry | None] | None
+) -> dict[ResourceRef, Entry | None] | None:
     return None if a is None or b is None else {**a, **b}
 
 
-def _journal_change(entries: Mapping[ResourceRef, Entry | None],
-                    seen: Mapping[str, str | None]) -> dict[str, Any] | None:
+def _journal_change(
+    entries: Mapping[ResourceRef, Entry | None], seen: Mapping[str, str | None]
+) -> dict[str, Any] | None:
     """A journal line: the entries that changed or went, the first-seen times that came or
     went; None when nothing did."""
     if not entries and not seen:
@@ -618,8 +683,9 @@ def _journal_change(entries: Mapping[ResourceRef, Entry | None],
     return line
 
 
-def _remembered(state_file: Path | None) -> tuple[dict[str, str], frozenset[ResourceRef] | None,
-                                                  dict[ResourceRef, tuple[str, int]]]:
+def _remembered(
+    state_file: Path | None,
+) -> tuple[dict[str, str], frozenset[ResourceRef] | None, dict[ResourceRef, tuple[str, int]]]:
     """First-seen times, the Applied resources and the assigned host ports from the last
     state journal (or a state file of an earlier version), if readable."""
     if state_file is None:
@@ -637,13 +703,15 @@ def _remembered(state_file: Path | None) -> tuple[dict[str, str], frozenset[Reso
             # A state file of an earlier version: every entry in it.
             resources, seen = state["resources"], state.get("firstSeen", {})
         first_seen = {str(k): str(v) for k, v in seen.items()}
-        applied = frozenset(ResourceRef(r["kind"], r["namespace"], r["name"])
-                            for r in resources if r["state"] == State.APPLIED.value)
+        applied = frozenset(
+            ResourceRef(r["kind"], r["namespace"], r["name"])
+            for r in resources
+            if r["state"] == State.APPLIED.value
+        )
         ports = assigned_ports(entries("", {"resources": list(resources)}))
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return {}, None, {}
     return first_seen, applied, ports
-
 
 
 def cleanup() -> list[str]:

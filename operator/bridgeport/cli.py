@@ -77,107 +77,195 @@ def _fwmark(text: str) -> Fwmark:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-ACCEPT_FWMARK_HELP = ("packets with this mark (MARK[/MASK]) pass bridgeport's forward drops: "
-                      "set it in your own nftables chain at a priority below 0")
+ACCEPT_FWMARK_HELP = (
+    "packets with this mark (MARK[/MASK]) pass bridgeport's forward drops: "
+    "set it in your own nftables chain at a priority below 0"
+)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bridgeport", description=__doc__)
     p.add_argument("--version", action="version", version=f"bridgeport {__version__}")
     p.add_argument("--log-level", default=os.environ.get("BRIDGEPORT_LOG_LEVEL", "INFO"))
-    p.add_argument("--library-log-level", metavar="LEVEL",
-                   default=os.environ.get("BRIDGEPORT_LIBRARY_LOG_LEVEL", "WARNING"),
-                   help="level for the libraries' own logs: pyroute2 (at DEBUG it prints every "
-                        "netlink message), kubernetes, urllib3, asyncio, kopf's per-object lines")
+    p.add_argument(
+        "--library-log-level",
+        metavar="LEVEL",
+        default=os.environ.get("BRIDGEPORT_LIBRARY_LOG_LEVEL", "WARNING"),
+        help="level for the libraries' own logs: pyroute2 (at DEBUG it prints every "
+        "netlink message), kubernetes, urllib3, asyncio, kopf's per-object lines",
+    )
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("agent", help="converge this node to the resources (the DaemonSet process)")
-    a.add_argument("--source", default="kube",
-                   help="kube (default) or dir:PATH (standalone: a directory of manifests)")
+    a.add_argument(
+        "--source",
+        default="kube",
+        help="kube (default) or dir:PATH (standalone: a directory of manifests)",
+    )
     a.add_argument("--node-name", default=os.environ.get("NODE_NAME"))
     a.add_argument("--node-label", action="append", type=_label, default=[], metavar="K=V")
     a.add_argument("--state-file", type=Path)
     a.add_argument("--resync", type=float, default=30.0, metavar="SECONDS")
-    a.add_argument("--cleanup", action="store_true",
-                   help="remove every table and bridge bridgeport owns on this node, then exit")
-    a.add_argument("--no-proxy", action="store_true",
-                   help="never run the userland fallback proxy (whatever spec.loopback says); "
-                   "DNATed ports are still claimed with bound sockets")
-    a.add_argument("--reserved-ports", type=_ports, metavar="LIST",
-                   default=_ports(os.environ.get("BRIDGEPORT_RESERVED_PORTS", DEFAULT_RESERVED)),
-                   help="host ports no publication may take, e.g. 22,2379-2380 (default: "
-                   f"{DEFAULT_RESERVED}; the agent's own --health-port and --metrics-port "
-                   "are always added; '' for none)")
-    a.add_argument("--manage-sysctls", action="store_true",
-                   default=os.environ.get("BRIDGEPORT_MANAGE_SYSCTLS", "").lower() == "true",
-                   help="turn IPv4/IPv6 forwarding on (Docker does); otherwise only read them")
-    a.add_argument("--udp-idle-timeout", type=float, default=90.0, metavar="SECONDS",
-                   help="how long a proxied UDP flow lives without traffic")
-    a.add_argument("--proxy-max-connections-per-source", type=int, default=1024, metavar="N",
-                   help="live proxied TCP connections per listener and client address "
-                   "(0: no limit)")
-    a.add_argument("--proxy-tcp-idle-timeout", type=float, default=3600.0, metavar="SECONDS",
-                   help="reset a proxied TCP connection idle this long (0: never)")
-    a.add_argument("--proxy-max-udp-flows-per-source", type=int, default=1024, metavar="N",
-                   help="proxied UDP flows per listener and client address; beyond it the "
-                   "client's oldest flow is closed (0: no limit)")
-    a.add_argument("--proxy-workers", type=int, metavar="N",
-                   default=int(os.environ.get("BRIDGEPORT_PROXY_WORKERS", "0")),
-                   help="processes relaying proxied TCP (0: one per CPU, at most 4)")
-    a.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "9103")),
-                   help="liveness endpoint /healthz (kube source; 0 disables)")
-    a.add_argument("--metrics-port", type=int,
-                   default=int(os.environ.get("METRICS_PORT", "9102")),
-                   help="Prometheus /metrics (0 disables)")
-    a.add_argument("--accept-fwmark", type=_fwmark, metavar="MARK[/MASK]",
-                   default=os.environ.get("BRIDGEPORT_ACCEPT_FWMARK") or None,
-                   help=ACCEPT_FWMARK_HELP)
-    a.add_argument("--no-publication-counters", action="store_true",
-                   default=os.environ.get("BRIDGEPORT_PUBLICATION_COUNTERS", "").lower()
-                   == "false",
-                   help="no per-publication packet/byte counters in the kernel path")
-    a.add_argument("--doctor-interval", type=float, default=300.0, metavar="SECONDS",
-                   help="run the `doctor` checks on a resync at most this often (0: never); "
-                   "findings go to /metrics and the NodeState's NodeHealthy condition")
+    a.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove every table and bridge bridgeport owns on this node, then exit",
+    )
+    a.add_argument(
+        "--no-proxy",
+        action="store_true",
+        help="never run the userland fallback proxy (whatever spec.loopback says); "
+        "DNATed ports are still claimed with bound sockets",
+    )
+    a.add_argument(
+        "--reserved-ports",
+        type=_ports,
+        metavar="LIST",
+        default=_ports(os.environ.get("BRIDGEPORT_RESERVED_PORTS", DEFAULT_RESERVED)),
+        help="host ports no publication may take, e.g. 22,2379-2380 (default: "
+        f"{DEFAULT_RESERVED}; the agent's own --health-port and --metrics-port "
+        "are always added; '' for none)",
+    )
+    a.add_argument(
+        "--manage-sysctls",
+        action="store_true",
+        default=os.environ.get("BRIDGEPORT_MANAGE_SYSCTLS", "").lower() == "true",
+        help="turn IPv4/IPv6 forwarding on (Docker does); otherwise only read them",
+    )
+    a.add_argument(
+        "--udp-idle-timeout",
+        type=float,
+        default=90.0,
+        metavar="SECONDS",
+        help="how long a proxied UDP flow lives without traffic",
+    )
+    a.add_argument(
+        "--proxy-max-connections-per-source",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="live proxied TCP connections per listener and client address (0: no limit)",
+    )
+    a.add_argument(
+        "--proxy-tcp-idle-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="reset a proxied TCP connection idle this long (0: never)",
+    )
+    a.add_argument(
+        "--proxy-max-udp-flows-per-source",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="proxied UDP flows per listener and client address; beyond it the "
+        "client's oldest flow is closed (0: no limit)",
+    )
+    a.add_argument(
+        "--proxy-workers",
+        type=int,
+        metavar="N",
+        default=int(os.environ.get("BRIDGEPORT_PROXY_WORKERS", "0")),
+        help="processes relaying proxied TCP (0: one per CPU, at most 4)",
+    )
+    a.add_argument(
+        "--health-port",
+        type=int,
+        default=int(os.environ.get("HEALTH_PORT", "9103")),
+        help="liveness endpoint /healthz (kube source; 0 disables)",
+    )
+    a.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("METRICS_PORT", "9102")),
+        help="Prometheus /metrics (0 disables)",
+    )
+    a.add_argument(
+        "--accept-fwmark",
+        type=_fwmark,
+        metavar="MARK[/MASK]",
+        default=os.environ.get("BRIDGEPORT_ACCEPT_FWMARK") or None,
+        help=ACCEPT_FWMARK_HELP,
+    )
+    a.add_argument(
+        "--no-publication-counters",
+        action="store_true",
+        default=os.environ.get("BRIDGEPORT_PUBLICATION_COUNTERS", "").lower() == "false",
+        help="no per-publication packet/byte counters in the kernel path",
+    )
+    a.add_argument(
+        "--doctor-interval",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="run the `doctor` checks on a resync at most this often (0: never); "
+        "findings go to /metrics and the NodeState's NodeHealthy condition",
+    )
 
     c = sub.add_parser("controller", help="aggregate NodeStates into each resource's .status")
     c.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", "8080")))
-    c.add_argument("--metrics-port", type=int,
-                   default=int(os.environ.get("METRICS_PORT", "9102")))
-    c.add_argument("--no-peering", action="store_true",
-                   help="run without kopf peering (a single replica, e.g. in tests)")
+    c.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", "9102")))
+    c.add_argument(
+        "--no-peering",
+        action="store_true",
+        help="run without kopf peering (a single replica, e.g. in tests)",
+    )
 
-    d = sub.add_parser("doctor", help="what on this node stands between a publication and its "
-                       "traffic (exit 0 fine, 1 warnings, 2 errors)")
+    d = sub.add_parser(
+        "doctor",
+        help="what on this node stands between a publication and its "
+        "traffic (exit 0 fine, 1 warnings, 2 errors)",
+    )
     d.add_argument("--format", choices=("human", "json"), default="human")
 
-    t = sub.add_parser("trace", help="send one traced probe through this node's ruleset and "
-                       "print every chain, rule and verdict it meets (exit 0 delivered, "
-                       "1 dropped, 2 no verdict)")
+    t = sub.add_parser(
+        "trace",
+        help="send one traced probe through this node's ruleset and "
+        "print every chain, rule and verdict it meets (exit 0 delivered, "
+        "1 dropped, 2 no verdict)",
+    )
     t.add_argument("client", type=_address, help="the client address the probe comes from")
     t.add_argument("target", help="HOST:PORT/PROTO, e.g. 192.0.2.1:8080/tcp")
 
-    st = sub.add_parser("state", help="print a standalone agent's state file with every "
-                        "entry (folded from its journal); exit 1 when unreadable")
+    st = sub.add_parser(
+        "state",
+        help="print a standalone agent's state file with every "
+        "entry (folded from its journal); exit 1 when unreadable",
+    )
     st.add_argument("state_file", type=Path, metavar="STATE_FILE")
 
     pl = sub.add_parser("plan", help="print what the agent would program (no root, no kernel)")
-    pl.add_argument("-f", "--file", dest="files", action="append", type=Path, required=True,
-                    help="manifest file or directory (repeatable)")
+    pl.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        type=Path,
+        required=True,
+        help="manifest file or directory (repeatable)",
+    )
     pl.add_argument("--node-name", default="node")
     pl.add_argument("--node-ip", action="append", type=_address, default=[])
     pl.add_argument("--node-label", action="append", type=_label, default=[], metavar="K=V")
-    pl.add_argument("--no-ip-forward", action="store_true",
-                    help="plan for a node with IP forwarding off")
+    pl.add_argument(
+        "--no-ip-forward", action="store_true", help="plan for a node with IP forwarding off"
+    )
     pl.add_argument("--format", choices=("nft", "json"), default="nft")
-    pl.add_argument("--accept-fwmark", type=_fwmark, metavar="MARK[/MASK]",
-                    help=ACCEPT_FWMARK_HELP)
-    pl.add_argument("--manage-sysctls", action="store_true",
-                    help="plan for an agent that manages sysctls (loopback: Kernel needs it)")
-    pl.add_argument("--port-range", type=_port_range, default=(32768, 60999), metavar="LOW-HIGH",
-                    help="the node's net.ipv4.ip_local_port_range, where publications without "
-                    "a hostPort get theirs (default 32768-60999)")
+    pl.add_argument("--accept-fwmark", type=_fwmark, metavar="MARK[/MASK]", help=ACCEPT_FWMARK_HELP)
+    pl.add_argument(
+        "--manage-sysctls",
+        action="store_true",
+        help="plan for an agent that manages sysctls (loopback: Kernel needs it)",
+    )
+    pl.add_argument(
+        "--port-range",
+        type=_port_range,
+        default=(32768, 60999),
+        metavar="LOW-HIGH",
+        help="the node's net.ipv4.ip_local_port_range, where publications without "
+        "a hostPort get theirs (default 32768-60999)",
+    )
     return p
 
 
@@ -185,8 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from bridgeport import log
 
-    log.setup(args.log_level, None if args.log_format == "auto" else args.log_format == "json",
-              library_level=args.library_log_level)
+    log.setup(
+        args.log_level,
+        None if args.log_format == "auto" else args.log_format == "json",
+        library_level=args.library_log_level,
+    )
     if args.command == "plan":
         return cmd_plan(args)
     if args.command == "doctor":
@@ -230,13 +321,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 first, last = o.assigned
                 print(f"#   assigned host port(s) {first if first == last else f'{first}-{last}'}")
         for p in plan.proxies:
-            print(f"# proxy {hostport(p.listen)}:{p.port}/{p.protocol.value} -> "
-                  f"{hostport(p.target)}:{p.target_port} ({p.why}, {p.owner})")
+            print(
+                f"# proxy {hostport(p.listen)}:{p.port}/{p.protocol.value} -> "
+                f"{hostport(p.target)}:{p.target_port} ({p.why}, {p.owner})"
+            )
         for c in plan.claims:
             print(f"# claim {hostport(c.listen)}:{c.port}/{c.protocol.value} ({c.owner})")
         print("".join(t.text() for t in tables), end="")
-    problems = [*errors, *plan.errors,
-                *(o.message for o in plan.outcomes if o.state is State.INVALID)]
+    problems = [
+        *errors,
+        *plan.errors,
+        *(o.message for o in plan.outcomes if o.state is State.INVALID),
+    ]
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)
     return 1 if problems else 0
@@ -265,12 +361,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     findings.sort(key=lambda f: -SEVERITIES.index(f.severity))
     severity = worst(findings)
     if args.format == "json":
-        print(json.dumps({"severity": severity, "findings": [f.as_dict() for f in findings]},
-                         indent=2))
+        print(
+            json.dumps(
+                {"severity": severity, "findings": [f.as_dict() for f in findings]}, indent=2
+            )
+        )
         return EXIT_CODES[severity]
     counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
-    print(f"bridgeport doctor: {counts['error']} error(s), {counts['warning']} warning(s), "
-          f"{counts['info']} note(s)")
+    print(
+        f"bridgeport doctor: {counts['error']} error(s), {counts['warning']} warning(s), "
+        f"{counts['info']} note(s)"
+    )
     for f in findings:
         print(f"{f.severity.upper():8}{f.check:13}{f.message}")
         if f.rule:
@@ -309,24 +410,71 @@ def _plan_json(plan: NodePlan, tables: Sequence[Table], digest: str) -> dict[str
     return {
         "node": plan.node,
         "digest": digest,
-        "outcomes": [{"kind": o.ref.kind, "namespace": o.ref.namespace, "name": o.ref.name,
-                      "state": o.state.value, "reason": o.reason, "message": o.message,
-                      **({"assignedPorts": list(o.assigned)} if o.assigned else {})}
-                     for o in plan.outcomes],
-        "bridges": [{"name": b.name, "network": b.network, "mtu": b.mtu,
-                     "addresses": [str(a) for a in b.addresses]} for b in plan.bridges],
-        "dnats": [{"family": f"IPv{d.family}", "hostIP": str(d.host_ip or ""),
-                   "protocol": d.protocol.value, "ports": [d.port, d.port_end],
-                   "target": f"{hostport(d.target)}:{d.target_port}", "owner": d.owner.key,
-                   "proxyFrom": d.proxy_from} for d in plan.dnats],
-        "proxies": [{"listen": str(p.listen), "port": p.port, "protocol": p.protocol.value,
-                     "target": f"{hostport(p.target)}:{p.target_port}", "owner": p.owner.key,
-                     "why": p.why, "holds": p.holds} for p in plan.proxies],
-        "claims": [{"listen": str(c.listen), "port": c.port, "protocol": c.protocol.value,
-                    "owner": c.owner.key} for c in plan.claims],
+        "outcomes": [
+            {
+                "kind": o.ref.kind,
+                "namespace": o.ref.namespace,
+                "name": o.ref.name,
+                "state": o.state.value,
+                "reason": o.reason,
+                "message": o.message,
+                **({"assignedPorts": list(o.assigned)} if o.assigned else {}),
+            }
+            for o in plan.outcomes
+        ],
+        "bridges": [
+            {
+                "name": b.name,
+                "network": b.network,
+                "mtu": b.mtu,
+                "addresses": [str(a) for a in b.addresses],
+            }
+            for b in plan.bridges
+        ],
+        "dnats": [
+            {
+                "family": f"IPv{d.family}",
+                "hostIP": str(d.host_ip or ""),
+                "protocol": d.protocol.value,
+                "ports": [d.port, d.port_end],
+                "target": f"{hostport(d.target)}:{d.target_port}",
+                "owner": d.owner.key,
+                "proxyFrom": d.proxy_from,
+            }
+            for d in plan.dnats
+        ],
+        "proxies": [
+            {
+                "listen": str(p.listen),
+                "port": p.port,
+                "protocol": p.protocol.value,
+                "target": f"{hostport(p.target)}:{p.target_port}",
+                "owner": p.owner.key,
+                "why": p.why,
+                "holds": p.holds,
+            }
+            for p in plan.proxies
+        ],
+        "claims": [
+            {
+                "listen": str(c.listen),
+                "port": c.port,
+                "protocol": c.protocol.value,
+                "owner": c.owner.key,
+            }
+            for c in plan.claims
+        ],
         # gatewayMode routed: container ports open to direct routing (no host port).
-        "routed": [{"target": str(r.target), "protocol": r.protocol.value, "port": r.port,
-                    "portEnd": r.port_end, "owner": r.owner.key} for r in plan.routed],
+        "routed": [
+            {
+                "target": str(r.target),
+                "protocol": r.protocol.value,
+                "port": r.port,
+                "portEnd": r.port_end,
+                "owner": r.owner.key,
+            }
+            for r in plan.routed
+        ],
         "nft": {t.family: t.text() for t in tables},
         "errors": list(plan.errors),
     }
@@ -357,15 +505,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
         from bridgeport.adapters.statefile import journal_path, remove_temporaries
 
         if leftovers := remove_temporaries(args.state_file) + remove_temporaries(
-                journal_path(args.state_file)):
+            journal_path(args.state_file)
+        ):
             log.info("removed temporary state files of an interrupted write", count=leftovers)
     reporters: list[Callable[[Report], Awaitable[None]]] = []
     recall = None
     if args.source.startswith("dir:"):
         from bridgeport.adapters.dirsource import DirSource
 
-        source: Source = DirSource(Path(args.source[4:]),
-                                   ignore=[args.state_file] if args.state_file else [])
+        source: Source = DirSource(
+            Path(args.source[4:]), ignore=[args.state_file] if args.state_file else []
+        )
     elif args.source == "kube":
         from bridgeport.kube.nodestate import NodeStateReporter
         from bridgeport.kube.source import KubeSource
@@ -387,23 +537,33 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     raise_fd_limit()  # listeners, port claims and UDP flows are file descriptors of the agent
     # Even with --no-proxy the manager runs: it holds the claims on every DNATed port.
-    fairness = Fairness(args.proxy_max_connections_per_source, args.proxy_tcp_idle_timeout,
-                        args.proxy_max_udp_flows_per_source)
-    proxies = ProxyManager(registry=REGISTRY, udp_idle_timeout=args.udp_idle_timeout,
-                           workers=args.proxy_workers or None, fairness=fairness)
+    fairness = Fairness(
+        args.proxy_max_connections_per_source,
+        args.proxy_tcp_idle_timeout,
+        args.proxy_max_udp_flows_per_source,
+    )
+    proxies = ProxyManager(
+        registry=REGISTRY,
+        udp_idle_timeout=args.udp_idle_timeout,
+        workers=args.proxy_workers or None,
+        fairness=fairness,
+    )
     reserved = args.reserved_ports | {p for p in (args.health_port, args.metrics_port) if p}
     if args.metrics_port:
         _publication_metrics(proxies, kernel=not args.no_publication_counters)
-    settings = agent.AgentSettings(args.node_name, dict(args.node_label),
-                                   state_file=args.state_file, resync=args.resync,
-                                   manage_sysctls=args.manage_sysctls,
-                                   proxy_enabled=not args.no_proxy,
-                                   reserved_ports=frozenset(reserved),
-                                   accept_mark=args.accept_fwmark,
-                                   counters=not args.no_publication_counters,
-                                   doctor_interval=args.doctor_interval)
-    the_agent = agent.Agent(source, settings, proxies=proxies, reporters=reporters,
-                            recall=recall)
+    settings = agent.AgentSettings(
+        args.node_name,
+        dict(args.node_label),
+        state_file=args.state_file,
+        resync=args.resync,
+        manage_sysctls=args.manage_sysctls,
+        proxy_enabled=not args.no_proxy,
+        reserved_ports=frozenset(reserved),
+        accept_mark=args.accept_fwmark,
+        counters=not args.no_publication_counters,
+        doctor_interval=args.doctor_interval,
+    )
+    the_agent = agent.Agent(source, settings, proxies=proxies, reporters=reporters, recall=recall)
     return _run_until_signal(the_agent.run())
 
 
@@ -412,9 +572,13 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from bridgeport.metrics import PortTaken
 
     try:
-        return run_controller(ControllerSettings(liveness_endpoint=_endpoint(args.health_port),
-                                                 metrics_port=args.metrics_port or None,
-                                                 peering=not args.no_peering))
+        return run_controller(
+            ControllerSettings(
+                liveness_endpoint=_endpoint(args.health_port),
+                metrics_port=args.metrics_port or None,
+                peering=not args.no_peering,
+            )
+        )
     except PortTaken as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -442,8 +606,10 @@ def _publication_metrics(proxies: Any, kernel: bool) -> None:
 
     def proxied() -> Any:
         for row in proxies.rows() if proxies is not None else ():
-            yield (Key(row.owner.namespace, row.owner.name, row.key.protocol.value),
-                   Traffic(row.stats.connections, 0, row.stats.bytes_in + row.stats.bytes_out))
+            yield (
+                Key(row.owner.namespace, row.owner.name, row.key.protocol.value),
+                Traffic(row.stats.connections, 0, row.stats.bytes_in + row.stats.bytes_out),
+            )
 
     read = KernelCounters().read if kernel else dict
     REGISTRY.register(PublicationCollector(read, proxied))

@@ -37,8 +37,7 @@ def _level(name: str) -> int:
     return level
 
 
-def setup(level: str = "INFO", json: bool | None = None,
-          library_level: str = "WARNING") -> None:
+def setup(level: str = "INFO", json: bool | None = None, library_level: str = "WARNING") -> None:
     as_json = not sys.stderr.isatty() if json is None else json
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -53,21 +52,26 @@ def setup(level: str = "INFO", json: bool | None = None,
         # filter_by_level first: a debug event at INFO is dropped before the other processors
         # run (thousands of per-port debug lines in one reconcile would otherwise cost the
         # event loop tens of ms). Not in `shared`: foreign records come with no logger.
-        processors=[structlog.stdlib.filter_by_level, *shared,
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if as_json else _identity,
-            renderer,
-        ],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info if as_json else _identity,
+                renderer,
+            ],
+        )
+    )
     ours, library = _level(level), _level(library_level)
     handler.addFilter(Levels(ours, library))
     root = logging.getLogger()

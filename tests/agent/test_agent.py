@@ -68,13 +68,17 @@ class HeldPorts:
         self.claimed: list[list[Claim]] = []
         self.releases: list[int] = []  # transactions committed at each release()
 
-    async def sync(self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (),
-                   release: bool = True) -> Mapping[ProxyKey, ProxyStatus]:
+    async def sync(
+        self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (), release: bool = True
+    ) -> Mapping[ProxyKey, ProxyStatus]:
         self.synced.append(list(desired))
         self.claimed.append(list(claims))
-        return {p.key: ProxyStatus("failed", p.owner, "PortInUse", f"{p.port} is in use")
-                if p.port in self.held else ProxyStatus("listening", p.owner)
-                for p in [*desired, *claims]}
+        return {
+            p.key: ProxyStatus("failed", p.owner, "PortInUse", f"{p.port} is in use")
+            if p.port in self.held
+            else ProxyStatus("listening", p.owner)
+            for p in [*desired, *claims]
+        }
 
     async def release(self) -> None:
         self.releases.append(len(self.fake.transactions) if self.fake else -1)
@@ -83,12 +87,21 @@ class HeldPorts:
         pass
 
 
-def agent_for(source: ListSource, fake: FakeDataplane, proxies: HeldPorts | None = None,
-              reporters: Sequence[Callable[[Report], Awaitable[None]]] = (),
-              **settings: Any) -> Agent:
+def agent_for(
+    source: ListSource,
+    fake: FakeDataplane,
+    proxies: HeldPorts | None = None,
+    reporters: Sequence[Callable[[Report], Awaitable[None]]] = (),
+    **settings: Any,
+) -> Agent:
     settings.setdefault("resync", 3600)
-    return Agent(source, AgentSettings("node-1", **settings), proxies=proxies,
-                 reporters=reporters, dataplane=fake)
+    return Agent(
+        source,
+        AgentSettings("node-1", **settings),
+        proxies=proxies,
+        reporters=reporters,
+        dataplane=fake,
+    )
 
 
 def fake_node() -> FakeDataplane:
@@ -105,17 +118,18 @@ def events(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
 
 async def until(predicate: Callable[[], object], what: str, limit: float = 30) -> None:
     """Poll on the event loop (the agent runs on it too); the limit only ends a hung test."""
+
     async def poll() -> None:
         while not predicate():
             await asyncio.sleep(0.005)
+
     try:
         await asyncio.wait_for(poll(), limit)
     except TimeoutError:
         raise AssertionError(f"never happened: {what}") from None
 
 
-async def running(agent: Agent, source: ListSource,
-                  body: Callable[[], Awaitable[None]]) -> None:
+async def running(agent: Agent, source: ListSource, body: Callable[[], Awaitable[None]]) -> None:
     task = asyncio.create_task(agent.run())
     try:
         await until(lambda: source.watched, "the agent watching its source")
@@ -162,7 +176,8 @@ def test_full_then_incremental_then_nothing() -> None:
             'add element ip bridgeport pub_any { tcp . 8081 comment "default/api" '
             ": 10.0.0.2 . 80 }",
             'add element ip bridgeport cnt_any { tcp . 8081 comment "default/api" }',
-            "add element ip bridgeport loop_ports { tcp . 8081 }")  # the remote-loopback drop
+            "add element ip bridgeport loop_ports { tcp . 8081 }",
+        )  # the remote-loopback drop
         third = await agent.reconcile()
         assert third is not None and third.commands == 0 and not third.full
 
@@ -203,8 +218,11 @@ def test_refused_bridge_fails_its_network_then_recovers() -> None:
     async def body() -> None:
         report = await agent.reconcile()
         assert report is not None
-        assert states(report) == {"a": ("Failed", "BridgeFailed"), "b": ("Applied", "Programmed"),
-                                  "web": ("Applied", "Programmed")}
+        assert states(report) == {
+            "a": ("Failed", "BridgeFailed"),
+            "b": ("Applied", "Programmed"),
+            "web": ("Applied", "Programmed"),
+        }
         failed = next(o for o in report.outcomes if o.ref.name == "a")
         assert failed.message == "bridge bp-a: Operation not permitted"
         again = await agent.reconcile()
@@ -214,8 +232,11 @@ def test_refused_bridge_fails_its_network_then_recovers() -> None:
 
 
 def test_refused_transaction_fails_what_was_to_be_applied_then_recovers() -> None:
-    source = ListSource(net("a", "10.1.0.0/24"), pub("web", 8080, "2026-01-01T00:00:00Z"),
-                        pub("clash", 8080, "2026-02-01T00:00:00Z"))
+    source = ListSource(
+        net("a", "10.1.0.0/24"),
+        pub("web", 8080, "2026-01-01T00:00:00Z"),
+        pub("clash", 8080, "2026-02-01T00:00:00Z"),
+    )
     fake = fake_node()
     agent = agent_for(source, fake)
     fake.refuse_next_apply("Error: Could not process rule: No buffer space available")
@@ -224,10 +245,11 @@ def test_refused_transaction_fails_what_was_to_be_applied_then_recovers() -> Non
         report = await agent.reconcile()
         assert report is not None
         assert states(report) == {
-            "a": ("Failed", "NftRejected"), "web": ("Failed", "NftRejected"),
-            "clash": ("Conflicted", "PortConflict")}  # not to be Applied: left as planned
-        assert "No buffer space" in next(o.message for o in report.outcomes
-                                          if o.ref.name == "web")
+            "a": ("Failed", "NftRejected"),
+            "web": ("Failed", "NftRejected"),
+            "clash": ("Conflicted", "PortConflict"),
+        }  # not to be Applied: left as planned
+        assert "No buffer space" in next(o.message for o in report.outcomes if o.ref.name == "web")
         assert "ip" not in fake.tables  # nothing of the refused transaction landed
         again = await agent.reconcile()
         assert again is not None and again.full  # unknown kernel state: replace wholesale
@@ -259,9 +281,11 @@ def test_claims_hold_before_and_let_go_after_the_transaction() -> None:
     """loopback: Never still claims its port: a held one is Conflicted without DNAT, and the
     younger publication the replan hands the port to is tried as well. Sockets are let go
     only after a transaction committed, never after a refused one."""
-    source = ListSource(pub("held", 8080, "2026-01-01T00:00:00Z", loopback="Never"),
-                        pub("next", 8080, "2026-02-01T00:00:00Z", loopback="Never"),
-                        pub("free", 8081, loopback="Never"))
+    source = ListSource(
+        pub("held", 8080, "2026-01-01T00:00:00Z", loopback="Never"),
+        pub("next", 8080, "2026-02-01T00:00:00Z", loopback="Never"),
+        pub("free", 8081, loopback="Never"),
+    )
     fake = fake_node()
     proxies = HeldPorts({8080}, fake)
     agent = agent_for(source, fake, proxies=proxies)
@@ -269,12 +293,17 @@ def test_claims_hold_before_and_let_go_after_the_transaction() -> None:
     async def body() -> None:
         report = await agent.reconcile()
         assert report is not None
-        assert states(report) == {"held": ("Conflicted", "PortInUse"),
-                                  "next": ("Conflicted", "PortInUse"),
-                                  "free": ("Applied", "Programmed")}
+        assert states(report) == {
+            "held": ("Conflicted", "PortInUse"),
+            "next": ("Conflicted", "PortInUse"),
+            "free": ("Applied", "Programmed"),
+        }
         assert set(fake.tables["ip"].elements["pub_any"]) == {"tcp . 8081"}
         assert [{c.port for c in claims} for claims in proxies.claimed] == [
-            {8080, 8081}, {8080, 8081}, {8081}]  # held, then next, then neither
+            {8080, 8081},
+            {8080, 8081},
+            {8081},
+        ]  # held, then next, then neither
         assert report.proxy_states == {}  # bare claims are not proxies
         assert proxies.releases == [len(fake.transactions)]  # after the commit
         fake.refuse_next_apply("Error: Could not process rule: No buffer space available")
@@ -288,8 +317,9 @@ def test_claims_hold_before_and_let_go_after_the_transaction() -> None:
 def test_reserved_ports_and_no_proxy_settings_reach_the_planner() -> None:
     source = ListSource(pub("ssh", 22), pub("web", 8080))
     proxies = HeldPorts(set())
-    agent = agent_for(source, fake_node(), proxies=proxies, proxy_enabled=False,
-                      reserved_ports=frozenset({22}))
+    agent = agent_for(
+        source, fake_node(), proxies=proxies, proxy_enabled=False, reserved_ports=frozenset({22})
+    )
 
     async def body() -> None:
         report = await agent.reconcile()
@@ -302,8 +332,10 @@ def test_reserved_ports_and_no_proxy_settings_reach_the_planner() -> None:
 
 
 def test_each_problem_is_logged_once_and_again_when_it_returns() -> None:
-    conflict = [pub("old", 8080, "2026-01-01T00:00:00Z"), pub("young", 8080,
-                                                               "2026-02-01T00:00:00Z")]
+    conflict = [
+        pub("old", 8080, "2026-01-01T00:00:00Z"),
+        pub("young", 8080, "2026-02-01T00:00:00Z"),
+    ]
     source = ListSource(*conflict, errors=["bad.yaml: unreadable, skipped: oops"])
     agent = agent_for(source, fake_node())
 
@@ -321,7 +353,8 @@ def test_each_problem_is_logged_once_and_again_when_it_returns() -> None:
     warned = [(e["resource"], e["reason"]) for e in events(logs, "resource not applied")]
     assert warned == [("PortPublication default/young", "PortConflict")] * 2
     assert [e["error"] for e in events(logs, "input error")] == [
-        "bad.yaml: unreadable, skipped: oops"]
+        "bad.yaml: unreadable, skipped: oops"
+    ]
 
 
 def test_a_joining_port_is_configured_without_a_resync() -> None:
@@ -350,8 +383,7 @@ def test_state_file_and_reporters(tmp_path: Path) -> None:
         seen.append(state)
 
     state_file = tmp_path / "state.json"
-    agent = agent_for(source, fake_node(), state_file=state_file,
-                      reporters=[broken, recording])
+    agent = agent_for(source, fake_node(), state_file=state_file, reporters=[broken, recording])
     with capture_logs() as logs:
         report = asyncio.run(agent.reconcile())
     assert report is not None
@@ -363,8 +395,9 @@ def test_state_file_and_reporters(tmp_path: Path) -> None:
     # The journal beside it has every entry: folded, the whole report as before.
     loaded = statefile.load(state_file)
     assert loaded is not None
-    assert loaded.pop("firstSeen") == {"BridgeNetwork//a": agent._stamper.first_seen[
-        "BridgeNetwork//a"]}
+    assert loaded.pop("firstSeen") == {
+        "BridgeNetwork//a": agent._stamper.first_seen["BridgeNetwork//a"]
+    }
     assert loaded.pop("applied") == written["applied"]
     assert loaded == seen[0].document()
     assert events(logs, "state report failed")

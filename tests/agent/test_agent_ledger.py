@@ -33,15 +33,21 @@ from tests.core.test_planner import net, pub
 
 REFS = [ResourceRef(PORT_PUBLICATION, "ns", f"p{i}") for i in range(8)]
 entries = st.builds(
-    Entry, node=st.just("n"), ref=st.sampled_from(REFS), uid=st.sampled_from(["u1", "u2"]),
+    Entry,
+    node=st.just("n"),
+    ref=st.sampled_from(REFS),
+    uid=st.sampled_from(["u1", "u2"]),
     observed_generation=st.integers(1, 3),
     state=st.sampled_from([s.value for s in State]),
-    reason=st.sampled_from(["", "Programmed", "PortInUse", "IPv6Disabled",
-                            "NodeSelectorMismatch"]),
-    message=st.sampled_from(["", "m"]), proxy=st.sampled_from(["off", "listening", "failed"]))
-ops = st.one_of(st.tuples(st.just("put"), entries),
-                st.tuples(st.just("drop"), st.sampled_from(REFS)),
-                st.tuples(st.just("reset"), st.lists(entries, max_size=6)))
+    reason=st.sampled_from(["", "Programmed", "PortInUse", "IPv6Disabled", "NodeSelectorMismatch"]),
+    message=st.sampled_from(["", "m"]),
+    proxy=st.sampled_from(["off", "listening", "failed"]),
+)
+ops = st.one_of(
+    st.tuples(st.just("put"), entries),
+    st.tuples(st.just("drop"), st.sampled_from(REFS)),
+    st.tuples(st.just("reset"), st.lists(entries, max_size=6)),
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -85,19 +91,34 @@ def _doc(name: str, port: int, created: bool) -> dict[str, Any]:
     spec: dict[str, Any] = {"hostPort": port, "target": {"address": "10.0.0.2", "port": 80}}
     if port == 8003:
         del spec["hostPort"]  # the node assigns one
-    return {"apiVersion": specs.API_VERSION, "kind": PORT_PUBLICATION, "metadata": meta,
-            "spec": spec}
+    return {
+        "apiVersion": specs.API_VERSION,
+        "kind": PORT_PUBLICATION,
+        "metadata": meta,
+        "spec": spec,
+    }
 
 
-stamp_edits = st.lists(st.tuples(st.sampled_from([f"p{i}" for i in range(6)]),
-                                 st.integers(8000, 8003) | st.none(), st.booleans()),
-                       max_size=6)
+stamp_edits = st.lists(
+    st.tuples(
+        st.sampled_from([f"p{i}" for i in range(6)]),
+        st.integers(8000, 8003) | st.none(),
+        st.booleans(),
+    ),
+    max_size=6,
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.dictionaries(st.sampled_from(["ResourcePublication//p0", "PortPublication/ns/p1",
-                                        "PortPublication/ns/p9"]), st.just("t0")),
-       st.lists(stamp_edits, min_size=1, max_size=8))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["ResourcePublication//p0", "PortPublication/ns/p1", "PortPublication/ns/p9"]
+        ),
+        st.just("t0"),
+    ),
+    st.lists(stamp_edits, min_size=1, max_size=8),
+)
 def test_stamper_equals_stamp(remembered: dict[str, str], rounds: list[Any]) -> None:
     stamper = firstseen.Stamper(remembered)
     first_seen = dict(remembered)
@@ -116,11 +137,17 @@ def test_stamper_equals_stamp(remembered: dict[str, str], rounds: list[Any]) -> 
     assert stamper.assigning >= 0
 
 
-journal_ops = st.lists(st.tuples(
-    st.dictionaries(st.sampled_from(REFS), entries | st.none(), max_size=3),
-    st.dictionaries(st.sampled_from(["a", "b", "c"]), st.sampled_from(["t1", "t2"]) | st.none(),
-                    max_size=2),
-    st.booleans()), min_size=1, max_size=25)
+journal_ops = st.lists(
+    st.tuples(
+        st.dictionaries(st.sampled_from(REFS), entries | st.none(), max_size=3),
+        st.dictionaries(
+            st.sampled_from(["a", "b", "c"]), st.sampled_from(["t1", "t2"]) | st.none(), max_size=2
+        ),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -152,9 +179,11 @@ def test_journal_folds_to_the_last_state(writes: list[Any], cut: int) -> None:
                 else:
                     seen[k] = v
                     line.setdefault("firstSeen", {})[k] = v
-            journal.write(line or None, lambda: {"entries": list(docs.values()),
-                                                  "firstSeen": dict(seen)},
-                          everything=everything)
+            journal.write(
+                line or None,
+                lambda: {"entries": list(docs.values()), "firstSeen": dict(seen)},
+                everything=everything,
+            )
             assert statefile.read_journal(path) == (docs, seen)
             by_lines[len(path.read_text().splitlines())] = (dict(docs), dict(seen))
         text = path.read_text()
@@ -162,19 +191,22 @@ def test_journal_folds_to_the_last_state(writes: list[Any], cut: int) -> None:
         if last and not json.loads(text[last:]).get("full"):
             # Cut inside it: at least its closing brace is missing (a line complete but for
             # its newline is whole, and counts).
-            path.write_text(text[:last + cut % (len(text) - last - 1)])
+            path.write_text(text[: last + cut % (len(text) - last - 1)])
             assert statefile.read_journal(path) == by_lines[text.count("\n") - 1]
 
 
-publications = st.tuples(st.sampled_from([f"p{i}" for i in range(6)]),
-                         st.sampled_from([8080, 8081, 8082, 9000]) | st.none())
+publications = st.tuples(
+    st.sampled_from([f"p{i}" for i in range(6)]),
+    st.sampled_from([8080, 8081, 8082, 9000]) | st.none(),
+)
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(publications, min_size=1, max_size=3), min_size=1, max_size=10),
-       st.sets(st.sampled_from([8081, 9000]), max_size=1))
-def test_the_agents_reports_equal_the_full_computation(rounds: list[Any],
-                                                       held: set[int]) -> None:
+@given(
+    st.lists(st.lists(publications, min_size=1, max_size=3), min_size=1, max_size=10),
+    st.sets(st.sampled_from([8081, 9000]), max_size=1),
+)
+def test_the_agents_reports_equal_the_full_computation(rounds: list[Any], held: set[int]) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,8 +219,9 @@ def test_the_agents_reports_equal_the_full_computation(rounds: list[Any],
             seen.append(report)
 
         fake = fake_node()
-        agent = agent_for(source, fake, proxies=HeldPorts(held, fake), state_file=state,
-                          reporters=[record])
+        agent = agent_for(
+            source, fake, proxies=HeldPorts(held, fake), state_file=state, reporters=[record]
+        )
 
         async def body() -> None:
             for edits in rounds:
@@ -201,22 +234,42 @@ def test_the_agents_reports_equal_the_full_computation(rounds: list[Any],
                 done = await agent.reconcile()
                 assert done is not None
                 published = seen[-1]
-                full = sorted((Entry("node-1", o.ref, o.uid, o.generation, o.state.value,
-                                     o.reason, o.message,
-                                     proxy=done.proxy_states.get(o.ref, "off"))
-                               for o in done.outcomes), key=lambda e: e.ref)
+                full = sorted(
+                    (
+                        Entry(
+                            "node-1",
+                            o.ref,
+                            o.uid,
+                            o.generation,
+                            o.state.value,
+                            o.reason,
+                            o.message,
+                            proxy=done.proxy_states.get(o.ref, "off"),
+                        )
+                        for o in done.outcomes
+                    ),
+                    key=lambda e: e.ref,
+                )
                 assert sorted(published.entries, key=lambda e: e.ref) == full
                 assert published.tallied == tally(full)
-                assert {k: v for k, v in published.counts.items() if k in State.__members__
-                        or k in {s.value for s in State}} == done.plan.counts()
-                assert published.status() == Report(**{
-                    **published.__dict__, "entries": tuple(full), "tallied": None}).status()
+                assert {
+                    k: v
+                    for k, v in published.counts.items()
+                    if k in State.__members__ or k in {s.value for s in State}
+                } == done.plan.counts()
+                assert (
+                    published.status()
+                    == Report(
+                        **{**published.__dict__, "entries": tuple(full), "tallied": None}
+                    ).status()
+                )
                 loaded = statefile.load(state)
                 assert loaded is not None
                 assert loaded["resources"] == [e.document() for e in full]
                 head = json.loads(state.read_text())
                 assert head.pop("journal")["bytes"] == len(
-                    statefile.journal_path(state).read_bytes())
+                    statefile.journal_path(state).read_bytes()
+                )
                 assert head == published.head()
 
         asyncio.run(body())

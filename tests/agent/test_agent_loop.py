@@ -30,9 +30,11 @@ class Recording(Agent):
     dirty from inside every reconcile, so a mark is always pending when the loop looks."""
 
     def __init__(self, busy: bool, stop_after: int) -> None:
-        super().__init__(StillSource(),
-                         AgentSettings("n", resync=0.05, debounce=0.001, watch_ports=False),
-                         dataplane=FakeDataplane())
+        super().__init__(
+            StillSource(),
+            AgentSettings("n", resync=0.05, debounce=0.001, watch_ports=False),
+            dataplane=FakeDataplane(),
+        )
         self.busy = busy
         self.stop_after = stop_after
         self.kinds: list[bool] = []  # check_drift of each reconcile, in order

@@ -24,8 +24,10 @@ pytestmark = pytest.mark.root
 NET = network("net-as", "10.95.7.0/24", bridge="bp-as")
 TARGET = "10.95.7.2"
 RANGE, RESERVED, HELD = (41000, 41004), {41000, 41001}, 41002
-_LISTEN = (f"import socket, time; s = socket.socket(); s.bind(('0.0.0.0', {HELD})); "
-           "s.listen(); print('ready', flush=True); time.sleep(600)")
+_LISTEN = (
+    f"import socket, time; s = socket.socket(); s.bind(('0.0.0.0', {HELD})); "
+    "s.listen(); print('ready', flush=True); time.sleep(600)"
+)
 
 
 def _assigned(name: str, *, created: str, **spec: object) -> dict[str, object]:
@@ -35,13 +37,18 @@ def _assigned(name: str, *, created: str, **spec: object) -> dict[str, object]:
 
 
 def _ports(w: World) -> dict[str, int | None]:
-    return {r["name"]: r.get("hostPort") for r in w.agent.state()["resources"]
-            if r["kind"] == "PortPublication"}
+    return {
+        r["name"]: r.get("hostPort")
+        for r in w.agent.state()["resources"]
+        if r["kind"] == "PortPublication"
+    }
 
 
 def test_assigned_ports_carry_traffic_and_survive_a_restart(w: World) -> None:
-    saved = {k: w.node.run(f"sysctl -n net.ipv4.{k}").stdout.strip()
-             for k in ("ip_local_port_range", "ip_local_reserved_ports")}
+    saved = {
+        k: w.node.run(f"sysctl -n net.ipv4.{k}").stdout.strip()
+        for k in ("ip_local_port_range", "ip_local_reserved_ports")
+    }
     held = w.node.popen([sys.executable, "-c", _LISTEN])
     try:
         assert held.stdout is not None and held.stdout.readline().strip() == "ready"
@@ -51,12 +58,23 @@ def test_assigned_ports_carry_traffic_and_survive_a_restart(w: World) -> None:
             NET,
             _assigned("web", created="2026-01-01T00:00:01Z"),
             _assigned("more", created="2026-01-01T00:00:02Z"),
-            _assigned("dns", created="2026-01-01T00:00:03Z", protocol="UDP",
-                      target={"address": TARGET, "port": 53}),
+            _assigned(
+                "dns",
+                created="2026-01-01T00:00:03Z",
+                protocol="UDP",
+                target={"address": TARGET, "port": 53},
+            ),
             _assigned("full", created="2026-01-01T00:00:04Z"),
         )
-        state = w.agent.wait({"net-as": "Applied", "web": "Applied", "more": "Applied",
-                              "dns": "Applied", "full": "Conflicted"})
+        state = w.agent.wait(
+            {
+                "net-as": "Applied",
+                "web": "Applied",
+                "more": "Applied",
+                "dns": "Applied",
+                "full": "Conflicted",
+            }
+        )
         full = next(r for r in state["resources"] if r["name"] == "full")
         assert full["reason"] == "NoFreePort" and "41000-41004" in full["message"]
         ports = _ports(w)
@@ -76,10 +94,20 @@ def test_assigned_ports_carry_traffic_and_survive_a_restart(w: World) -> None:
         held.kill()
         held.wait(10)
         w.agent.start()
-        wait_for(lambda: w.agent.state().get("lastSync") != before, timeout=10,
-                 what=f"a report of the restarted agent ({w.agent.log_tail()})")
-        w.agent.wait({"net-as": "Applied", "web": "Applied", "more": "Applied",
-                      "dns": "Applied", "full": "Applied"})
+        wait_for(
+            lambda: w.agent.state().get("lastSync") != before,
+            timeout=10,
+            what=f"a report of the restarted agent ({w.agent.log_tail()})",
+        )
+        w.agent.wait(
+            {
+                "net-as": "Applied",
+                "web": "Applied",
+                "more": "Applied",
+                "dns": "Applied",
+                "full": "Applied",
+            }
+        )
         assert _ports(w) == {**ports, "full": HELD}
         assert w.ask(w.client, "tcp", NODE_IP, HELD) == f"{CLIENT_IP} 80"
         for name in ("web", "more"):

@@ -22,8 +22,12 @@ from bridgeport.adapters.dirsource import DirSource
 from bridgeport.core import specs
 from tests.builders import API
 
-NET = {"apiVersion": API, "kind": "BridgeNetwork",
-       "metadata": {"name": "n"}, "spec": {"subnet": "10.0.0.0/24"}}
+NET = {
+    "apiVersion": API,
+    "kind": "BridgeNetwork",
+    "metadata": {"name": "n"},
+    "spec": {"subnet": "10.0.0.0/24"},
+}
 # A 479-byte-class alias bomb: each level doubles the expansion of the previous ten times.
 BOMB = """\
 a: &a ["x","x","x","x","x","x","x","x","x","x"]
@@ -53,10 +57,15 @@ def _invalid_messages(resources: list[specs.ParseResult]) -> list[str]:
 
 def test_whole_values_are_never_quoted() -> None:
     """Case 1: a huge value in spec.hostPort is quoted by a short prefix only."""
-    pub = {"apiVersion": API, "kind": "PortPublication",
-           "metadata": {"name": "web"},
-           "spec": {"hostPort": [["x" * 1000] * 1000] * 100,
-                    "target": {"address": "y" * 100_000, "port": 80}}}
+    pub = {
+        "apiVersion": API,
+        "kind": "PortPublication",
+        "metadata": {"name": "web"},
+        "spec": {
+            "hostPort": [["x" * 1000] * 1000] * 100,
+            "target": {"address": "y" * 100_000, "port": 80},
+        },
+    }
     result = specs.parse(pub)
     assert isinstance(result, specs.InvalidResource)
     assert "spec.hostPort" in result.message and "spec.target.address" in result.message
@@ -65,8 +74,10 @@ def test_whole_values_are_never_quoted() -> None:
 
 def test_many_unknown_fields_are_summarised() -> None:
     """Ten thousand unknown fields: a bounded list of errors, the rest counted."""
-    doc = {**NET, "spec": {"subnet": "10.0.0.0/24", **{f"k{i}" + "z" * 300: i
-                                                      for i in range(10_000)}}}
+    doc = {
+        **NET,
+        "spec": {"subnet": "10.0.0.0/24", **{f"k{i}" + "z" * 300: i for i in range(10_000)}},
+    }
     result = specs.parse(doc)
     assert isinstance(result, specs.InvalidResource)
     assert len(result.message) < 3000 and "more" in result.message
@@ -79,7 +90,8 @@ def test_alias_bomb_in_a_field(tmp_path: Path) -> None:
         "apiVersion: bridgeport.io/v1alpha1\nkind: PortPublication\nmetadata: {name: p}\n"
         "spec:\n  target: {address: 10.0.0.2, port: 80}\n  junk:\n"
         + "".join(f"    {line}\n" for line in BOMB.splitlines())
-        + "  hostPort: *f\n")
+        + "  hostPort: *f\n"
+    )
     resources, errors = _snapshot(tmp_path)
     assert _names(resources) == ["n"]
     text = json.dumps([*errors, *_invalid_messages(resources)])
@@ -90,7 +102,8 @@ def test_alias_bomb_in_a_field(tmp_path: Path) -> None:
 def test_billion_laughs_is_one_error_naming_the_limit(tmp_path: Path) -> None:
     (tmp_path / "good.yaml").write_text(yaml.safe_dump(NET))
     lines = ['l0: &l0 "lol"'] + [
-        f"l{i}: &l{i} [{','.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)]
+        f"l{i}: &l{i} [{','.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)
+    ]
     (tmp_path / "lol.yaml").write_text("\n".join(lines) + "\n")
     resources, errors = _snapshot(tmp_path)
     assert _names(resources) == ["n"]
@@ -98,11 +111,14 @@ def test_billion_laughs_is_one_error_naming_the_limit(tmp_path: Path) -> None:
     assert f"{dirsource.MAX_NODES:,}" in errors[0]
 
 
-@pytest.mark.parametrize("suffix,text", [
-    (".yaml", "a: " + "[" * 5000 + "]" * 5000 + "\n"),
-    (".json", "[" * 100_000 + "]" * 100_000),
-    (".yaml", "- " * 3000 + "x\n"),
-])
+@pytest.mark.parametrize(
+    "suffix,text",
+    [
+        (".yaml", "a: " + "[" * 5000 + "]" * 5000 + "\n"),
+        (".json", "[" * 100_000 + "]" * 100_000),
+        (".yaml", "- " * 3000 + "x\n"),
+    ],
+)
 def test_deep_nesting_is_one_error(tmp_path: Path, suffix: str, text: str) -> None:
     """Case 2: deep nesting is an error naming the file and the depth limit."""
     (tmp_path / "good.yaml").write_text(yaml.safe_dump(NET))
@@ -119,8 +135,7 @@ def test_oversized_file_is_one_error(tmp_path: Path) -> None:
         f.truncate(dirsource.MAX_FILE_BYTES + 1)
     resources, errors = _snapshot(tmp_path)
     assert _names(resources) == ["n"]
-    assert errors == [f"big.yaml: larger than the {dirsource.MAX_FILE_BYTES:,}-byte limit, "
-                      "skipped"]
+    assert errors == [f"big.yaml: larger than the {dirsource.MAX_FILE_BYTES:,}-byte limit, skipped"]
 
 
 @pytest.mark.parametrize("items", ["5", "{a: 1}", "[1, [2], x]", "'text'"])
@@ -134,8 +149,9 @@ def test_list_with_bad_items(tmp_path: Path, items: str) -> None:
     assert messages and all("list.yaml" in m for m in messages), messages
 
 
-def test_failure_does_not_hide_later_changes(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_does_not_hide_later_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Cases 2/3: whatever goes wrong reading one file, the others still apply, and a later
     change is noticed (the signature never moves past a failure)."""
     (tmp_path / "good.yaml").write_text(yaml.safe_dump(NET))
@@ -185,8 +201,10 @@ def test_fifo_is_never_read(tmp_path: Path) -> None:
     os.symlink("x.yaml", tmp_path / "link.yaml")
     resources, errors = _snapshot(tmp_path)  # would block forever if the FIFO were opened
     assert _names(resources) == ["n"]
-    assert errors == ["link.yaml: not a regular file, skipped",
-                      "x.yaml: not a regular file, skipped"]
+    assert errors == [
+        "link.yaml: not a regular file, skipped",
+        "x.yaml: not a regular file, skipped",
+    ]
 
 
 def test_only_changed_files_are_reread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,4 +273,7 @@ def test_stale_temporary_state_files_are_removed(tmp_path: Path) -> None:
     statefile.write_atomic(state, {"a": 1})
     assert statefile.remove_temporaries(state) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".other.json.abcdefgh", "state.json", "state.json.bak"]
+        ".other.json.abcdefgh",
+        "state.json",
+        "state.json.bak",
+    ]

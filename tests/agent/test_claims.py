@@ -30,16 +30,18 @@ TARGET, TARGET6 = "10.96.1.2", "fd00:96::2"
 
 
 def daemon(w: World, mode: str, host: str, port: int, end: int = 0) -> subprocess.Popen[str]:
-    proc = w.node.popen([*w.node.interpreter("host_listener.py"), mode, host, str(port),
-                         str(end or port)])
+    proc = w.node.popen(
+        [*w.node.interpreter("host_listener.py"), mode, host, str(port), str(end or port)]
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
 
 def try_daemon(w: World, mode: str, host: str, port: int, end: int = 0) -> str:
     """What a daemon starting now gets: 'ready' or 'ERR EADDRINUSE'."""
-    proc = w.node.popen([*w.node.interpreter("host_listener.py"), mode, host, str(port),
-                         str(end or port)])
+    proc = w.node.popen(
+        [*w.node.interpreter("host_listener.py"), mode, host, str(port), str(end or port)]
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     proc.terminate()
@@ -57,8 +59,9 @@ def conflicted(w: World, name: str, holder: subprocess.Popen[str]) -> str:
 
 def no_dnat(w: World, port: int) -> None:
     for family, table_map in (("ip", "pub_any"), ("ip", "pub_host")):
-        assert f" . {port} " not in w.node.run(
-            f"nft list map {family} bridgeport {table_map}").stdout
+        assert (
+            f" . {port} " not in w.node.run(f"nft list map {family} bridgeport {table_map}").stdout
+        )
 
 
 def test_wildcard_daemon_beats_never(w: World) -> None:
@@ -104,17 +107,33 @@ def test_later_daemons_get_eaddrinuse(w: World) -> None:
         publication("range", 8120, TARGET, 8120, hostPortEnd=8129, loopback="Never"),
         publication("six", 8114, TARGET6, 80, loopback="Never"),
     )
-    w.agent.wait({"net-c": "Applied", "wild": "Applied", "auto": "Applied",
-                  "bound": "Applied", "udp": "Applied", "range": "Applied", "six": "Applied"})
+    w.agent.wait(
+        {
+            "net-c": "Applied",
+            "wild": "Applied",
+            "auto": "Applied",
+            "bound": "Applied",
+            "udp": "Applied",
+            "range": "Applied",
+            "six": "Applied",
+        }
+    )
     target = w.container("bp-c", f"{TARGET}/24", "10.96.1.1", f"{TARGET6}/64", "fd00:96::1")
     w.serve(target, "--tcp", "80", "--udp", "53")
     for mode, host, port, end in [
-        ("tcp", "0.0.0.0", 8110, 0), ("tcp", NODE_IP, 8110, 0),
-        ("tcp", NODE_IP2, 8111, 0), ("tcp", "127.0.0.1", 8111, 0),
-        ("tcp", NODE_IP, 8112, 0), ("tcp", "0.0.0.0", 8112, 0),
-        ("udp", NODE_IP, 8113, 0), ("udp", "0.0.0.0", 8113, 0),
-        ("tcp", NODE_IP, 8120, 0), ("tcp", NODE_IP, 8129, 0), ("tcp", "0.0.0.0", 8125, 0),
-        ("tcp", "::", 8114, 0), ("tcp", NODE_IP6, 8114, 0),
+        ("tcp", "0.0.0.0", 8110, 0),
+        ("tcp", NODE_IP, 8110, 0),
+        ("tcp", NODE_IP2, 8111, 0),
+        ("tcp", "127.0.0.1", 8111, 0),
+        ("tcp", NODE_IP, 8112, 0),
+        ("tcp", "0.0.0.0", 8112, 0),
+        ("udp", NODE_IP, 8113, 0),
+        ("udp", "0.0.0.0", 8113, 0),
+        ("tcp", NODE_IP, 8120, 0),
+        ("tcp", NODE_IP, 8129, 0),
+        ("tcp", "0.0.0.0", 8125, 0),
+        ("tcp", "::", 8114, 0),
+        ("tcp", NODE_IP6, 8114, 0),
     ]:
         assert try_daemon(w, mode, host, port, end) == "ERR EADDRINUSE", (mode, host, port)
     # The publications keep their traffic.
@@ -126,15 +145,19 @@ def test_later_daemons_get_eaddrinuse(w: World) -> None:
     assert try_daemon(w, "tcp", "::", 8110) == "ready"
     w.agent.apply(NET)
     w.agent.wait({"net-c": "Applied"})
-    wait_for(lambda: try_daemon(w, "tcp", NODE_IP, 8110) == "ready", timeout=10,
-             what="claim released")
+    wait_for(
+        lambda: try_daemon(w, "tcp", NODE_IP, 8110) == "ready", timeout=10, what="claim released"
+    )
     assert try_daemon(w, "tcp", "0.0.0.0", 8120, 8129) == "ready"
 
 
 def test_reserved_port(w: World) -> None:
     """The default list has 22; the agent's own ports are always in it."""
-    w.agent.apply(NET, publication("ssh", 22, TARGET, 22, loopback="Never"),
-                  publication("metrics", 9102, TARGET, 80))
+    w.agent.apply(
+        NET,
+        publication("ssh", 22, TARGET, 22, loopback="Never"),
+        publication("metrics", 9102, TARGET, 80),
+    )
     state = w.agent.wait({"net-c": "Applied", "ssh": "Conflicted", "metrics": "Conflicted"})
     reasons = {r["name"]: r["reason"] for r in state["resources"]}
     assert reasons == {"net-c": "Programmed", "ssh": "ReservedPort", "metrics": "ReservedPort"}

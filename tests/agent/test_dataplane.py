@@ -46,8 +46,11 @@ NET_B = network("net-b", "10.99.2.0/24", bridge="bp-b")
 
 def test_published_tcp_and_udp_preserve_client_address(w: World) -> None:
     """Client -> node:8080/tcp and :8053/udp reach the container, which sees the client IP."""
-    w.agent.apply(NET, publication("web", 8080, "10.99.1.2", 80),
-                  publication("dns", 8053, "10.99.1.2", 53, protocol="UDP"))
+    w.agent.apply(
+        NET,
+        publication("web", 8080, "10.99.1.2", 80),
+        publication("dns", 8053, "10.99.1.2", 53, protocol="UDP"),
+    )
     w.agent.wait({"net-a": "Applied", "web": "Applied", "dns": "Applied"})
     box = w.container("bp-a", "10.99.1.2/24", "10.99.1.1")
     w.serve(box, "--tcp", "80", "--udp", "53")
@@ -67,8 +70,11 @@ def test_node_reaches_its_own_address(w: World) -> None:
 
 def test_host_ip_binding_answers_on_that_ip_only(w: World) -> None:
     """hostIP 192.0.2.11 publishes there; the node's other address does not answer."""
-    w.agent.apply(NET, publication("bound", 8082, "10.99.1.2", 80, hostIP=NODE_IP2),
-                  publication("elsewhere", 8083, "10.99.1.2", 80, hostIP="203.0.113.7"))
+    w.agent.apply(
+        NET,
+        publication("bound", 8082, "10.99.1.2", 80, hostIP=NODE_IP2),
+        publication("elsewhere", 8083, "10.99.1.2", 80, hostIP="203.0.113.7"),
+    )
     state = w.agent.wait({"net-a": "Applied", "bound": "Applied", "elsewhere": "Inactive"})
     assert "not an address of node" in _entry(state, "elsewhere")["message"]
     box = w.container("bp-a", "10.99.1.2/24", "10.99.1.1")
@@ -79,8 +85,11 @@ def test_host_ip_binding_answers_on_that_ip_only(w: World) -> None:
 
 def test_port_ranges(w: World) -> None:
     """9000-9002 keeps its ports (interval map); 9100-9101 -> 7000-7001 shifts them 1:1."""
-    w.agent.apply(NET, publication("same", 9000, "10.99.1.2", 9000, hostPortEnd=9002),
-                  publication("shift", 9100, "10.99.1.2", 7000, hostPortEnd=9101))
+    w.agent.apply(
+        NET,
+        publication("same", 9000, "10.99.1.2", 9000, hostPortEnd=9002),
+        publication("shift", 9100, "10.99.1.2", 7000, hostPortEnd=9101),
+    )
     w.agent.wait({"net-a": "Applied", "same": "Applied", "shift": "Applied"})
     box = w.container("bp-a", "10.99.1.2/24", "10.99.1.1")
     w.serve(box, *[a for p in (9000, 9001, 9002, 7000, 7001) for a in ("--tcp", str(p))])
@@ -91,16 +100,16 @@ def test_port_ranges(w: World) -> None:
 
 def test_hairpin_self_and_neighbour(w: World) -> None:
     """A container reaches its own and its neighbour's published port via the node address."""
-    w.agent.apply(NET, publication("self", 8080, "10.99.1.2", 80),
-                  publication("peer", 8090, "10.99.1.3", 80))
+    w.agent.apply(
+        NET, publication("self", 8080, "10.99.1.2", 80), publication("peer", 8090, "10.99.1.3", 80)
+    )
     w.agent.wait({"net-a": "Applied", "self": "Applied", "peer": "Applied"})
     a = w.container("bp-a", "10.99.1.2/24", "10.99.1.1")
     b = w.container("bp-a", "10.99.1.3/24", "10.99.1.1")
     w.serve(a, "--tcp", "80")
     w.serve(b, "--tcp", "80")
     # Ports get hairpin mode as they are attached (netlink watch).
-    wait_for(lambda: w.ask(a, "tcp", NODE_IP, 8080).endswith(" 80"), timeout=5,
-             what="self hairpin")
+    wait_for(lambda: w.ask(a, "tcp", NODE_IP, 8080).endswith(" 80"), timeout=5, what="self hairpin")
     assert w.ask(a, "tcp", NODE_IP, 8090).endswith(" 80")
 
 
@@ -134,17 +143,24 @@ def test_isolation_and_shared(w: World) -> None:
     b = w.container("bp-b", "10.99.2.2/24", "10.99.2.1")
     w.serve(b, "--tcp", "80")
     assert w.ask(a, "tcp", "10.99.2.2", 80, timeout=1).startswith("ERR")
-    shared = [network("net-a", "10.99.1.0/24", bridge="bp-a", isolation="Shared"),
-              network("net-b", "10.99.2.0/24", bridge="bp-b", isolation="Shared")]
+    shared = [
+        network("net-a", "10.99.1.0/24", bridge="bp-a", isolation="Shared"),
+        network("net-b", "10.99.2.0/24", bridge="bp-b", isolation="Shared"),
+    ]
     w.agent.apply(*shared)
-    wait_for(lambda: w.ask(a, "tcp", "10.99.2.2", 80).endswith(" 80"), timeout=5,
-             what="shared networks talk")
+    wait_for(
+        lambda: w.ask(a, "tcp", "10.99.2.2", 80).endswith(" 80"),
+        timeout=5,
+        what="shared networks talk",
+    )
 
 
 def test_internal_network_has_no_egress_or_ingress(w: World) -> None:
     """internal: true keeps traffic on the bridge; publications into it are inactive."""
-    w.agent.apply(network("net-i", "10.99.3.0/24", bridge="bp-i", internal=True),
-                  publication("into-internal", 8085, "10.99.3.2", 80))
+    w.agent.apply(
+        network("net-i", "10.99.3.0/24", bridge="bp-i", internal=True),
+        publication("into-internal", 8085, "10.99.3.2", 80),
+    )
     state = w.agent.wait({"net-i": "Applied", "into-internal": "Inactive"})
     assert _entry(state, "into-internal")["reason"] == "InternalNetwork"
     box = w.container("bp-i", "10.99.3.2/24", "10.99.3.1")
@@ -164,12 +180,18 @@ def test_inter_container_off_and_on(w: World) -> None:
     b = w.container("bp-a", "10.99.1.3/24", "10.99.1.1")
     w.serve(b, "--tcp", "80")
     # The agent isolates ports as they are attached (netlink watch).
-    wait_for(lambda: w.node.run("ip -d link show master bp-a").stdout.count("isolated on") == 2,
-             timeout=5, what="both ports isolated")
+    wait_for(
+        lambda: w.node.run("ip -d link show master bp-a").stdout.count("isolated on") == 2,
+        timeout=5,
+        what="both ports isolated",
+    )
     assert w.ask(a, "tcp", "10.99.1.3", 80, timeout=1).startswith("ERR")
     w.agent.apply(NET)
-    wait_for(lambda: w.ask(a, "tcp", "10.99.1.3", 80).endswith(" 80"), timeout=5,
-             what="neighbours talk again")
+    wait_for(
+        lambda: w.ask(a, "tcp", "10.99.1.3", 80).endswith(" 80"),
+        timeout=5,
+        what="neighbours talk again",
+    )
 
 
 def test_direct_access_only_through_published_ports(w: World) -> None:
@@ -194,8 +216,11 @@ def test_ipv6_publication(w: World) -> None:
     box = w.container("bp-a", "10.99.1.2/24", "10.99.1.1", "fd00:a::2/64", "fd00:a::1")
     w.serve(box, "--tcp", "80")
     # Fresh IPv6 links finish duplicate address detection of their link-local first.
-    wait_for(lambda: w.ask(w.client, "tcp", NODE_IP6, 8086, timeout=1) == f"{CLIENT_IP6} 80",
-             timeout=8, what="IPv6 published port")
+    wait_for(
+        lambda: w.ask(w.client, "tcp", NODE_IP6, 8086, timeout=1) == f"{CLIENT_IP6} 80",
+        timeout=8,
+        what="IPv6 published port",
+    )
 
 
 def test_udp_flow_follows_a_retarget(w: World) -> None:
@@ -208,8 +233,10 @@ def test_udp_flow_follows_a_retarget(w: World) -> None:
     w.serve(two, "--udp", "54")
     assert w.ask(w.client, "udp", NODE_IP, 8053, sport=40053) == f"{CLIENT_IP} 53"
     w.agent.apply(NET, publication("dns", 8053, "10.99.1.3", 54, protocol="UDP"))
-    wait_for(lambda: "10.99.1.3" in w.node.run("nft list map ip bridgeport pub_any").stdout,
-             what="retargeted map element")
+    wait_for(
+        lambda: "10.99.1.3" in w.node.run("nft list map ip bridgeport pub_any").stdout,
+        what="retargeted map element",
+    )
     assert w.ask(w.client, "udp", NODE_IP, 8053, sport=40053) == f"{CLIENT_IP} 54"
 
 
@@ -225,8 +252,9 @@ def test_delete_stops_traffic_and_removes_bridge(w: World) -> None:
     assert w.ask(w.client, "tcp", NODE_IP, 8080, timeout=1).startswith("ERR")
     w.agent.apply()
     w.agent.wait({})
-    wait_for(lambda: w.node.run("ip link show bp-a", check=False).returncode != 0,
-             what="bridge removed")
+    wait_for(
+        lambda: w.node.run("ip link show bp-a", check=False).returncode != 0, what="bridge removed"
+    )
 
 
 def test_drift_is_repaired(w: World) -> None:
@@ -235,12 +263,20 @@ def test_drift_is_repaired(w: World) -> None:
     w.agent.wait({"net-a": "Applied", "web": "Applied"})
     w.node.run("nft flush table ip bridgeport")
     w.node.run("ip link del bp-a")
-    wait_for(lambda: w.node.run("ip link show bp-a", check=False).returncode == 0,
-             timeout=5, what="bridge recreated")
-    wait_for(lambda: "pub_any" in w.node.run("nft list table ip bridgeport").stdout
-             and "tcp . 8080" in w.node.run("nft list map ip bridgeport pub_any").stdout
-             and "jump publish" in w.node.run("nft list chain ip bridgeport prerouting").stdout,
-             timeout=5, what="table restored")
+    wait_for(
+        lambda: w.node.run("ip link show bp-a", check=False).returncode == 0,
+        timeout=5,
+        what="bridge recreated",
+    )
+    wait_for(
+        lambda: (
+            "pub_any" in w.node.run("nft list table ip bridgeport").stdout
+            and "tcp . 8080" in w.node.run("nft list map ip bridgeport pub_any").stdout
+            and "jump publish" in w.node.run("nft list chain ip bridgeport prerouting").stdout
+        ),
+        timeout=5,
+        what="table restored",
+    )
     box = w.container("bp-a", "10.99.1.2/24", "10.99.1.1")
     w.serve(box, "--tcp", "80")
     assert w.ask(w.client, "tcp", NODE_IP, 8080) == f"{CLIENT_IP} 80"
@@ -254,10 +290,12 @@ def test_invalid_input_is_reported_and_isolated(w: World) -> None:
     good = publication("good", 8080, "10.99.1.2", 80)
     w.agent.apply(NET, good, bad_port, unknown_net, {"kind": "Nonsense"})
     (w.agent.resources / "broken.yaml").write_text("kind: [unclosed\n")
-    state = w.agent.wait({"net-a": "Applied", "good": "Applied", "bad-port": "Invalid",
-                          "no-net": "Invalid"})
+    state = w.agent.wait(
+        {"net-a": "Applied", "good": "Applied", "bad-port": "Invalid", "no-net": "Invalid"}
+    )
     assert _entry(state, "bad-port")["message"] == (
-        "PortPublication default/bad-port: spec.target.port: 70000 is not a port (1-65535)")
+        "PortPublication default/bad-port: spec.target.port: 70000 is not a port (1-65535)"
+    )
     assert "BridgeNetwork 'missing' does not exist" in _entry(state, "no-net")["message"]
     assert any("broken.yaml" in e for e in state["errors"])
     assert any("Nonsense" in e for e in state["errors"])
@@ -278,8 +316,10 @@ def test_restart_keeps_established_connection(w: World) -> None:
     w.agent.wait({"net-a": "Applied", "echo": "Applied"})
     box = w.container("bp-a", "10.99.1.2/24", "10.99.1.1")
     w.serve(box, "--tcp", "7", "--echo")
-    conn = w.client.popen([sys.executable, "tests/tools/peer_client.py", "hold", NODE_IP, "8087",
-                           "5"], stdin=subprocess.PIPE)
+    conn = w.client.popen(
+        [sys.executable, "tests/tools/peer_client.py", "hold", NODE_IP, "8087", "5"],
+        stdin=subprocess.PIPE,
+    )
     assert conn.stdin is not None and conn.stdout is not None
     conn.stdin.write("one\n")
     conn.stdin.flush()
@@ -288,8 +328,13 @@ def test_restart_keeps_established_connection(w: World) -> None:
     w.agent.stop()
     assert "dnat" in w.node.run("nft list chain ip bridgeport publish").stdout
     w.agent.start()
-    wait_for(lambda: w.agent.state().get("tableDigest") == digest
-             and w.agent.state().get("lastSync") is not None, what="agent back")
+    wait_for(
+        lambda: (
+            w.agent.state().get("tableDigest") == digest
+            and w.agent.state().get("lastSync") is not None
+        ),
+        what="agent back",
+    )
     time.sleep(1.2)
     conn.stdin.write("two\n")
     conn.stdin.flush()

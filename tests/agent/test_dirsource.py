@@ -23,8 +23,14 @@ def test_reads_every_manifest_form(tmp_path: Path) -> None:
     """YAML multi-doc, JSON and List files all contribute; others are skipped."""
     other = {**NET, "metadata": {"name": "m"}, "spec": {"subnet": "10.1.0.0/24"}}
     (tmp_path / "a.yaml").write_text(yaml.safe_dump_all([NET, other]))
-    (tmp_path / "b.json").write_text(json.dumps({"kind": "List", "items": [
-        {**NET, "metadata": {"name": "l"}, "spec": {"subnet": "10.2.0.0/24"}}]}))
+    (tmp_path / "b.json").write_text(
+        json.dumps(
+            {
+                "kind": "List",
+                "items": [{**NET, "metadata": {"name": "l"}, "spec": {"subnet": "10.2.0.0/24"}}],
+            }
+        )
+    )
     (tmp_path / ".hidden.yaml").write_text("garbage: [")
     (tmp_path / "notes.txt").write_text("not a manifest")
     src = DirSource(tmp_path)

@@ -24,21 +24,31 @@ def tables(*resources: Any) -> tuple[ruleset.Table, ruleset.Table]:
     return ruleset.render(planner.plan(list(resources), NODE))
 
 
-NETWORKS = [net("a", "10.1.0.0/24"), net("b", "10.2.0.0/24", interContainer=False),
-            net("c", "10.3.0.0/24", internal=True), net("d", "10.4.0.0/24", isolation="Shared",
-                                                        subnet6="fd00:4::/64")]
-PUBLICATIONS = [pub("p80", 80), pub("p81", 81, target={"address": "10.1.0.3", "port": 81}),
-                pub("range", 9000, hostPortEnd=9005), pub("shift", 7000, hostPortEnd=7002,
-                                                          target={"address": "10.1.0.4",
-                                                                  "port": 8000}),
-                pub("udp", 53, protocol="UDP"), pub("host", 8443, hostIP="192.0.2.1"),
-                # interContainer: false (icc_proxy_* elements), dual stack, a family wildcard
-                pub("quiet", 8080, target={"address": "10.2.0.2", "port": 80}),
-                pub("quiet-host", 8081, hostIP="192.0.2.1", hostPortEnd=8083,
-                    target={"address": "10.2.0.3", "port": 81}),
-                pub("dual", 8084, target={"address": "10.4.0.2", "address6": "fd00:4::2",
-                                          "port": 80}),
-                pub("any6", 8085, hostIP="::", target={"address": "fd00:4::3", "port": 80})]
+NETWORKS = [
+    net("a", "10.1.0.0/24"),
+    net("b", "10.2.0.0/24", interContainer=False),
+    net("c", "10.3.0.0/24", internal=True),
+    net("d", "10.4.0.0/24", isolation="Shared", subnet6="fd00:4::/64"),
+]
+PUBLICATIONS = [
+    pub("p80", 80),
+    pub("p81", 81, target={"address": "10.1.0.3", "port": 81}),
+    pub("range", 9000, hostPortEnd=9005),
+    pub("shift", 7000, hostPortEnd=7002, target={"address": "10.1.0.4", "port": 8000}),
+    pub("udp", 53, protocol="UDP"),
+    pub("host", 8443, hostIP="192.0.2.1"),
+    # interContainer: false (icc_proxy_* elements), dual stack, a family wildcard
+    pub("quiet", 8080, target={"address": "10.2.0.2", "port": 80}),
+    pub(
+        "quiet-host",
+        8081,
+        hostIP="192.0.2.1",
+        hostPortEnd=8083,
+        target={"address": "10.2.0.3", "port": 81},
+    ),
+    pub("dual", 8084, target={"address": "10.4.0.2", "address6": "fd00:4::2", "port": 80}),
+    pub("any6", 8085, hostIP="::", target={"address": "fd00:4::3", "port": 80}),
+]
 subsets = st.lists(st.sampled_from(NETWORKS + PUBLICATIONS), unique_by=id, max_size=10)
 
 
@@ -60,8 +70,9 @@ def test_refused_commands_change_nothing() -> None:
     before = {f: m.copy() for f, m in fake.tables.items()}
     fake.tamper_delete_table("ip6")  # now every ip6 command fails
     with pytest.raises(NftError, match="No such file"):
-        fake.apply_tables(tables(pub("p81", 81), net("a", "10.1.0.0/24", subnet6="fd00::/64")),
-                          full=False)
+        fake.apply_tables(
+            tables(pub("p81", 81), net("a", "10.1.0.0/24", subnet6="fd00::/64")), full=False
+        )
     assert fake.tables["ip"] == before["ip"], "half a transaction was applied"
     # The real adapter forgets what it applied after a refusal: the next apply is full.
     fake.apply_tables(tables(pub("p81", 81)), full=False)
@@ -96,8 +107,7 @@ def test_only_our_tables() -> None:
             fake._execute(stage, cmd)
 
 
-def test_a_diff_that_does_not_converge_breaks_an_invariant(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_diff_that_does_not_converge_breaks_an_invariant(monkeypatch: pytest.MonkeyPatch) -> None:
     from bridgeport.adapters import fake as fake_module
 
     fake = FakeDataplane()
@@ -129,7 +139,8 @@ def test_bridges_foreign_and_refused() -> None:
     failures = fake.converge_bridges(plan.bridges)
     assert [(f.bridge, f.message) for f in failures] == [
         ("bp-a", "Operation not permitted"),
-        ("bp-b", "interface bp-b exists and is not managed by bridgeport")]
+        ("bp-b", "interface bp-b exists and is not managed by bridgeport"),
+    ]
     assert fake.converge_bridges(plan.bridges[:1]) == []  # refused once only
     assert set(fake.bridges) == {"bp-a"}
     assert fake.remove_stale_bridges([]) == (["bp-a"], [])

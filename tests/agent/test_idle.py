@@ -82,8 +82,10 @@ def test_idle_node_with_ports_stays_idle(agent: Agent, br_netfilter: bool) -> No
     node = agent.node
     for family in ("iptables", "ip6tables"):
         node.sysctl(f"net.bridge.bridge-nf-call-{family}", "1" if br_netfilter else "0")
-    agent.apply(network("n", "10.96.7.0/24", bridge="bp-idle", interContainer=False),
-                publication("web", 8080, "10.96.7.2", 80))
+    agent.apply(
+        network("n", "10.96.7.0/24", bridge="bp-idle", interContainer=False),
+        publication("web", 8080, "10.96.7.2", 80),
+    )
     agent.start("--resync", "3600", "--metrics-port", "0")
     agent.wait({"n": "Applied", "web": "Applied"}, timeout=60)  # a loaded machine starts slowly
     with ExitStack() as containers:
@@ -107,8 +109,9 @@ def test_drift_repair_keeps_its_schedule_while_changes_keep_arriving(agent: Agen
     times per reconcile, far more often than the 1 s resync; a deleted table still comes back
     at the next resync (it used to wait for a quiet moment that never came)."""
     node = agent.node
-    agent.apply(network("n", "10.96.8.0/24", bridge="bp-busy"),
-                publication("web", 8080, "10.96.8.2", 80))
+    agent.apply(
+        network("n", "10.96.8.0/24", bridge="bp-busy"), publication("web", 8080, "10.96.8.2", 80)
+    )
     agent.start("--resync", "1", "--metrics-port", "0")
     agent.wait({"n": "Applied", "web": "Applied"}, timeout=60)  # a loaded machine starts slowly
     port = unique("bpif")
@@ -124,11 +127,17 @@ def test_drift_repair_keeps_its_schedule_while_changes_keep_arriving(agent: Agen
     flapper = threading.Thread(target=flap, daemon=True)
     flapper.start()
     try:
-        wait_for(lambda: sum(not e.get("resync") for e in reconciles(agent)) >= 5, timeout=30,
-                 what="the flapping port marking the node dirty")
+        wait_for(
+            lambda: sum(not e.get("resync") for e in reconciles(agent)) >= 5,
+            timeout=30,
+            what="the flapping port marking the node dirty",
+        )
         node.run("nft delete table ip bridgeport")
-        wait_for(lambda: node.run("nft list table ip bridgeport", check=False).returncode == 0,
-                 timeout=30, what=f"table restored (log: {agent.log_tail()})")
+        wait_for(
+            lambda: node.run("nft list table ip bridgeport", check=False).returncode == 0,
+            timeout=30,
+            what=f"table restored (log: {agent.log_tail()})",
+        )
         assert "drifted" in agent.log_path.read_text()
     finally:
         stop.set()

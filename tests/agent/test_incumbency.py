@@ -38,10 +38,13 @@ def test_newcomer_never_takes_a_working_subnet(w: World) -> None:
     w.agent.wait({"zz-working": "Applied"})
     w.container("bp-zz", "10.98.0.2/24", "10.98.0.1")
     assert _ports(w, "bp-zz")
-    _write(w, "newcomer.yaml", network("aa-new", "10.98.0.0/16", bridge="bp-aa"),
-           network("aa-all", "0.0.0.0/0", bridge="bp-all"))
-    state = w.agent.wait({"zz-working": "Applied", "aa-new": "Conflicted",
-                          "aa-all": "Invalid"})
+    _write(
+        w,
+        "newcomer.yaml",
+        network("aa-new", "10.98.0.0/16", bridge="bp-aa"),
+        network("aa-all", "0.0.0.0/0", bridge="bp-all"),
+    )
+    state = w.agent.wait({"zz-working": "Applied", "aa-new": "Conflicted", "aa-all": "Invalid"})
     assert _ports(w, "bp-zz"), "the working bridge lost its container port"
     assert "bp-aa" not in w.node.run("ip -o link").stdout
     entry = next(r for r in state["resources"] if r["name"] == "aa-new")
@@ -62,8 +65,10 @@ def test_newcomer_never_takes_a_working_subnet(w: World) -> None:
     w.agent.start()
     w.agent.wait({"zz-working": "Applied", "aa-new": "Conflicted"})
     assert _ports(w, "bp-zz")
-    wait_for(lambda: not leftover.exists() and not journal_leftover.exists(),
-             what="stale temporary state and journal files removed")
+    wait_for(
+        lambda: not leftover.exists() and not journal_leftover.exists(),
+        what="stale temporary state and journal files removed",
+    )
 
 
 def test_losing_network_keeps_its_attached_bridge(w: World) -> None:
@@ -79,8 +84,10 @@ def test_losing_network_keeps_its_attached_bridge(w: World) -> None:
     assert _ports(w, "bp-nb"), "the container was detached"
     _write(w, "resources.yaml", a)
     w.agent.wait({"net-a": "Applied"})
-    wait_for(lambda: "bp-nb" not in w.node.run("ip -o link").stdout,
-             what="bridge removed with its resource")
+    wait_for(
+        lambda: "bp-nb" not in w.node.run("ip -o link").stdout,
+        what="bridge removed with its resource",
+    )
 
 
 def test_subnet_over_a_node_network_is_a_warning(w: World) -> None:

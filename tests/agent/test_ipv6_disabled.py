@@ -21,16 +21,31 @@ pytestmark = pytest.mark.root
 
 
 def test_subnet6_without_ipv6_applies_the_ipv4_side(tmp_path: Path) -> None:
-    (tmp_path / "net.yaml").write_text(yaml.safe_dump(
-        network("dual", "10.96.6.0/24", bridge="bp-dual6", subnet6="fd00:96:6::/64")))
+    (tmp_path / "net.yaml").write_text(
+        yaml.safe_dump(network("dual", "10.96.6.0/24", bridge="bp-dual6", subnet6="fd00:96:6::/64"))
+    )
     state = tmp_path / "out" / "state.json"
     with netns("bp6") as node:
         for conf in ("all", "default"):
             node.sysctl(f"net.ipv6.conf.{conf}.disable_ipv6", "1")
-        agent = node.popen([sys.executable, "-m", "bridgeport", "agent", "--source",
-                            f"dir:{tmp_path}", "--node-name", "n", "--metrics-port", "0",
-                            "--state-file", str(state)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        agent = node.popen(
+            [
+                sys.executable,
+                "-m",
+                "bridgeport",
+                "agent",
+                "--source",
+                f"dir:{tmp_path}",
+                "--node-name",
+                "n",
+                "--metrics-port",
+                "0",
+                "--state-file",
+                str(state),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_for(state.exists, timeout=20, what="first sync")
             (entry,) = json.loads(state.read_text())["resources"]

@@ -30,23 +30,40 @@ from bridgeport.kube.cache import NODE, ClusterCache, Labels
 API = "bridgeport.io/v1alpha1"
 
 
-def pp(name: str, zone: str | None = None, gen: int = 1, uid: str | None = None,
-       port: int = 8080, bad: bool = False) -> dict[str, Any]:
+def pp(
+    name: str,
+    zone: str | None = None,
+    gen: int = 1,
+    uid: str | None = None,
+    port: int = 8080,
+    bad: bool = False,
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"hostPort": port, "target": {"address": "10.0.0.2", "port": 80}}
     if zone is not None:
         spec["nodeSelector"] = {"matchLabels": {"zone": zone}}
     if bad:
         spec["hostPort"] = "nope"
-    return {"apiVersion": API, "kind": "PortPublication",
-            "metadata": {"name": name, "namespace": "ns", "generation": gen,
-                         "uid": uid or f"uid-{name}", "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": spec}
+    return {
+        "apiVersion": API,
+        "kind": "PortPublication",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "generation": gen,
+            "uid": uid or f"uid-{name}",
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": spec,
+    }
 
 
 def bn(name: str) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "BridgeNetwork",
-            "metadata": {"name": name, "generation": 1, "uid": f"uid-{name}"},
-            "spec": {"subnet": "10.0.0.0/24"}}
+    return {
+        "apiVersion": API,
+        "kind": "BridgeNetwork",
+        "metadata": {"name": name, "generation": 1, "uid": f"uid-{name}"},
+        "spec": {"subnet": "10.0.0.0/24"},
+    }
 
 
 def node(labels: dict[str, str]) -> dict[str, Any]:
@@ -63,8 +80,10 @@ def listed(cache: ClusterCache, kind: str, *objs: dict[str, Any]) -> bool:
 def names(cache: ClusterCache) -> set[str]:
     snap = cache.snapshot()
     assert snap is not None
-    return {(r.ref if isinstance(r, InvalidResource) else r.meta.ref).name  # type: ignore[union-attr]
-            for r in snap.resources}
+    return {
+        (r.ref if isinstance(r, InvalidResource) else r.meta.ref).name  # type: ignore[union-attr]
+        for r in snap.resources
+    }
 
 
 def ready(labels: dict[str, str], *pubs: dict[str, Any]) -> ClusterCache:
@@ -76,8 +95,9 @@ def ready(labels: dict[str, str], *pubs: dict[str, Any]) -> ClusterCache:
 
 
 def test_only_what_can_select_the_node_is_kept_in_full() -> None:
-    cache = ready({"zone": "a"}, pp("mine", "a"), pp("other", "b"), pp("all"),
-                  pp("broken", "b", bad=True))
+    cache = ready(
+        {"zone": "a"}, pp("mine", "a"), pp("other", "b"), pp("all"), pp("broken", "b", bad=True)
+    )
     assert names(cache) == {"net", "mine", "all", "broken"}
     assert set(cache.stubs) == {("ns", "other")}
     snap = cache.snapshot()

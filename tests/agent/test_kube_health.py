@@ -28,8 +28,10 @@ def test_healthz() -> None:
             assert missing.startswith(b"HTTP/1.1 404")
             assert (await ask(port, b"\r\n\r\n")).startswith(b"HTTP/1.1 404")  # garbage
             assert (await ask(port, b"GET /healthz?x=1 HTTP/1.0\r\n\r\n")).startswith(
-                b"HTTP/1.1 200")
+                b"HTTP/1.1 200"
+            )
         finally:
             server.close()
             await server.wait_closed()
+
     asyncio.run(main())

@@ -36,13 +36,16 @@ GROUP, VERSION, PLURAL = "bridgeport.io", "v1alpha1", "portpublications"
 FAST = Timing(page=4, watch_timeout=(2, 3), read_slack=10.0, backoff=(0.2, 0.5, 1.0))
 
 
-def publication(name: str, ns: str, zone: str | None = None, port: int = 8080
-                ) -> dict[str, Any]:
+def publication(name: str, ns: str, zone: str | None = None, port: int = 8080) -> dict[str, Any]:
     spec: dict[str, Any] = {"hostPort": port, "target": {"address": "10.0.0.2", "port": 80}}
     if zone:
         spec["nodeSelector"] = {"matchLabels": {"zone": zone}}
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PortPublication",
-            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PortPublication",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }
 
 
 def mine(source: KubeSource, ns: str) -> dict[str, Any]:
@@ -64,10 +67,12 @@ async def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Non
         await asyncio.sleep(0.05)
 
 
-def run_source(kube_client: Any, node: str,
-               body: Callable[[KubeSource, list[float]], Awaitable[None]]) -> None:
+def run_source(
+    kube_client: Any, node: str, body: Callable[[KubeSource, list[float]], Awaitable[None]]
+) -> None:
     """Run a source for `node` while `body` runs; body gets the source and a list that grows
     by one entry per wake-up."""
+
     async def main() -> None:
         source = KubeSource(node, timing=FAST, api=kube_client)
         wakes: list[float] = []
@@ -79,13 +84,20 @@ def run_source(kube_client: Any, node: str,
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
     asyncio.run(main())
 
 
 def make_node(kubectl: Kubectl, labels: dict[str, str]) -> str:
     name = f"src-{uuid.uuid4().hex[:8]}"
-    kubectl.ok("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}))
+    kubectl.ok(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+        ),
+    )
     return name
 
 
@@ -95,12 +107,18 @@ def create(co: client.CustomObjectsApi, ns: str, *docs: dict[str, Any]) -> None:
 
 
 def test_paged_listing_keeps_specs_only_for_what_selects_the_node(
-        kube_client: Any, crds: Any, kubectl: Kubectl, namespace: str) -> None:
+    kube_client: Any, crds: Any, kubectl: Kubectl, namespace: str
+) -> None:
     co = client.CustomObjectsApi(kube_client)
-    create(co, namespace, *(publication(f"a{i}", namespace, "a", 8000 + i) for i in range(6)),
-           *(publication(f"b{i}", namespace, "b", 9000 + i) for i in range(13)))
+    create(
+        co,
+        namespace,
+        *(publication(f"a{i}", namespace, "a", 8000 + i) for i in range(6)),
+        *(publication(f"b{i}", namespace, "b", 9000 + i) for i in range(13)),
+    )
     node = make_node(kubectl, {"zone": "a"})
     try:
+
         async def body(source: KubeSource, wakes: list[float]) -> None:
             assert set(mine(source, namespace)) == {f"a{i}" for i in range(6)}
             lw = source.watches[PORT_PUBLICATION]
@@ -111,52 +129,90 @@ def test_paged_listing_keeps_specs_only_for_what_selects_the_node(
             snap = source.snapshot()
             assert snap is not None and snap.node_labels == {"zone": "a"}
             assert source.node_uid
+
         run_source(kube_client, node, body)
     finally:
         kubectl("delete", "node", node, "--ignore-not-found")
 
 
 def test_events_arrive_across_watch_timeouts(
-        kube_client: Any, crds: Any, kubectl: Kubectl, namespace: str) -> None:
+    kube_client: Any, crds: Any, kubectl: Kubectl, namespace: str
+) -> None:
     co = client.CustomObjectsApi(kube_client)
-    create(co, namespace, publication("keep", namespace), publication("gone", namespace, "a"),
-           publication("other", namespace, "b"))
+    create(
+        co,
+        namespace,
+        publication("keep", namespace),
+        publication("gone", namespace, "a"),
+        publication("other", namespace, "b"),
+    )
     node = make_node(kubectl, {"zone": "a"})
     try:
+
         async def body(source: KubeSource, wakes: list[float]) -> None:
             assert set(mine(source, namespace)) == {"keep", "gone"}
             lw = source.watches[PORT_PUBLICATION]
             await asyncio.sleep(7)  # two or three watch timeouts (2-3 s) go by
             assert lw.lists == 1  # renewed from its resourceVersion, never relisted
             await asyncio.to_thread(create, co, namespace, publication("new", namespace, "a"))
-            await asyncio.to_thread(co.delete_namespaced_custom_object, GROUP, VERSION,
-                                    namespace, PLURAL, "gone")
-            await asyncio.to_thread(co.patch_namespaced_custom_object, GROUP, VERSION,
-                                    namespace, PLURAL, "keep", {"spec": {"hostPort": 8181}})
-            await until(lambda: set(mine(source, namespace)) == {"keep", "new"} and
-                        mine(source, namespace)["keep"].host_port == 8181, "the changes")
+            await asyncio.to_thread(
+                co.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, "gone"
+            )
+            await asyncio.to_thread(
+                co.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                "keep",
+                {"spec": {"hostPort": 8181}},
+            )
+            await until(
+                lambda: (
+                    set(mine(source, namespace)) == {"keep", "new"}
+                    and mine(source, namespace)["keep"].host_port == 8181
+                ),
+                "the changes",
+            )
             # Status writes (the controller's) and changes of a stub wake nobody.
             await asyncio.sleep(1)
             before = len(wakes)
-            await asyncio.to_thread(co.patch_namespaced_custom_object_status, GROUP, VERSION,
-                                    namespace, PLURAL, "keep", {"status": {"ready": "1/1"}})
-            await asyncio.to_thread(co.patch_namespaced_custom_object, GROUP, VERSION,
-                                    namespace, PLURAL, "other", {"spec": {"hostPort": 7000}})
+            await asyncio.to_thread(
+                co.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                "keep",
+                {"status": {"ready": "1/1"}},
+            )
+            await asyncio.to_thread(
+                co.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                "other",
+                {"spec": {"hostPort": 7000}},
+            )
             await asyncio.to_thread(create, co, namespace, publication("o2", namespace, "b"))
             await until(lambda: (namespace, "o2") in source.cache.stubs, "the stub o2")
             await asyncio.sleep(0.5)
             assert len(wakes) == before
+
         run_source(kube_client, node, body)
     finally:
         kubectl("delete", "node", node, "--ignore-not-found")
 
 
 def test_410_gone_lists_again_and_sweeps_what_was_deleted(
-        kube_client: Any, crds: Any, kubectl: Kubectl, namespace: str) -> None:
+    kube_client: Any, crds: Any, kubectl: Kubectl, namespace: str
+) -> None:
     co = client.CustomObjectsApi(kube_client)
     create(co, namespace, publication("stays", namespace), publication("deleted", namespace))
     node = make_node(kubectl, {})
     try:
+
         async def body(source: KubeSource, wakes: list[float]) -> None:
             assert set(mine(source, namespace)) == {"stays", "deleted"}
             lw = source.watches[PORT_PUBLICATION]
@@ -165,29 +221,37 @@ def test_410_gone_lists_again_and_sweeps_what_was_deleted(
             # longer serves (what a long disconnection or an etcd compaction leaves).
             lw.stop()
             lw.join(30)
-            await asyncio.to_thread(co.delete_namespaced_custom_object, GROUP, VERSION,
-                                    namespace, PLURAL, "deleted")
+            await asyncio.to_thread(
+                co.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, "deleted"
+            )
             await asyncio.to_thread(create, co, namespace, publication("created", namespace))
             lists = lw.lists
             lw._stop.clear()
             lw.resource_version = "1"
             lw.start()
             await until(lambda: lw.lists > lists, "a relist after 410 Gone")
-            await until(lambda: set(mine(source, namespace)) == {"stays", "created"},
-                        "the relisted state")
+            await until(
+                lambda: set(mine(source, namespace)) == {"stays", "created"}, "the relisted state"
+            )
             assert wakes  # the relist's changes woke the agent
+
         run_source(kube_client, node, body)
     finally:
         kubectl("delete", "node", node, "--ignore-not-found")
 
 
-def test_node_label_changes(kube_client: Any, crds: Any, kubectl: Kubectl,
-                            namespace: str) -> None:
+def test_node_label_changes(kube_client: Any, crds: Any, kubectl: Kubectl, namespace: str) -> None:
     co = client.CustomObjectsApi(kube_client)
-    create(co, namespace, publication("a", namespace, "a", 8001),
-           publication("b", namespace, "b", 8002), publication("all", namespace, None, 8003))
+    create(
+        co,
+        namespace,
+        publication("a", namespace, "a", 8001),
+        publication("b", namespace, "b", 8002),
+        publication("all", namespace, None, 8003),
+    )
     node = make_node(kubectl, {"zone": "a"})
     try:
+
         async def body(source: KubeSource, wakes: list[float]) -> None:
             lw = source.watches[PORT_PUBLICATION]
             assert set(mine(source, namespace)) == {"a", "all"}
@@ -201,8 +265,12 @@ def test_node_label_changes(kube_client: Any, crds: Any, kubectl: Kubectl,
             assert mine(source, namespace)["b"].host_port == 8002
             # zone=c: no stub matches, so no relist; "b" becomes a stub.
             await asyncio.to_thread(kubectl.ok, "label", "node", node, "--overwrite", "zone=c")
-            await until(lambda: (snap := source.snapshot()) is not None
-                        and snap.node_labels == {"zone": "c"}, "zone=c")
+            await until(
+                lambda: (
+                    (snap := source.snapshot()) is not None and snap.node_labels == {"zone": "c"}
+                ),
+                "zone=c",
+            )
             assert set(mine(source, namespace)) == {"all"}
             assert lw.lists == 2
             with source.lock:
@@ -213,6 +281,7 @@ def test_node_label_changes(kube_client: Any, crds: Any, kubectl: Kubectl,
             await until(lambda: source.watches[NODE].resource_version is not None, "node")
             await asyncio.sleep(1)
             assert len(wakes) == before
+
         run_source(kube_client, node, body)
     finally:
         kubectl("delete", "node", node, "--ignore-not-found")

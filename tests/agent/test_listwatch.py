@@ -32,7 +32,7 @@ class Response:
     def stream(self, amt: int, decode_content: bool) -> Iterator[bytes]:
         text = "".join(json.dumps(e) + "\n" for e in self.lines).encode()
         for i in range(0, len(text), 7):  # events split across chunks
-            yield text[i:i + 7]
+            yield text[i : i + 7]
 
     def release_conn(self) -> None:
         pass
@@ -88,8 +88,12 @@ def obj(name: str, rv: str) -> dict[str, Any]:
 
 
 def page(*names: str, rv: str = "10", token: str = "") -> Response:
-    return Response({"items": [obj(n, rv) for n in names],
-                     "metadata": {"resourceVersion": rv, "continue": token}})
+    return Response(
+        {
+            "items": [obj(n, rv) for n in names],
+            "metadata": {"resourceVersion": rv, "continue": token},
+        }
+    )
 
 
 def watch(*events: tuple[str, dict[str, Any]]) -> Response:
@@ -118,45 +122,73 @@ def calls(server: Server) -> list[str]:
 
 
 def test_pages_then_watch_from_the_listing_with_bookmarks() -> None:
-    server, sink = run([
-        page("a", "b", token="t1"), page("c", rv="10"),
-        watch(("ADDED", obj("d", "11")), ("BOOKMARK", obj("", "15")),
-              ("DELETED", obj("a", "16")), ("BOOKMARK", obj("", "20"))),
-        watch(("MODIFIED", obj("d", "21"))),
-    ])
+    server, sink = run(
+        [
+            page("a", "b", token="t1"),
+            page("c", rv="10"),
+            watch(
+                ("ADDED", obj("d", "11")),
+                ("BOOKMARK", obj("", "15")),
+                ("DELETED", obj("a", "16")),
+                ("BOOKMARK", obj("", "20")),
+            ),
+            watch(("MODIFIED", obj("d", "21"))),
+        ]
+    )
     assert calls(server)[:4] == ["list", "list+t1", "watch@10", "watch@20"]
     assert calls(server)[4] == "watch@21"
     assert sink.log == ["begin", "put a", "put b", "put c", "end", "put d", "delete a", "put d"]
 
 
 def test_410_lists_again_from_the_start() -> None:
-    server, sink = run([
-        page("a", token="t1"), ApiException(status=410, reason="Expired"),  # continue expired
-        page("a", "b", rv="12"),
-        watch(("ADDED", obj("c", "13")), ("ERROR", {"code": 410, "message": "too old"})),
-        page("a", rv="30"), watch(),
-    ])
+    server, sink = run(
+        [
+            page("a", token="t1"),
+            ApiException(status=410, reason="Expired"),  # continue expired
+            page("a", "b", rv="12"),
+            watch(("ADDED", obj("c", "13")), ("ERROR", {"code": 410, "message": "too old"})),
+            page("a", rv="30"),
+            watch(),
+        ]
+    )
     assert calls(server)[:6] == ["list", "list+t1", "list", "watch@12", "list", "watch@30"]
-    assert sink.log == ["begin", "put a", "begin", "put a", "put b", "end", "put c",
-                        "begin", "put a", "end"]
+    assert sink.log == [
+        "begin",
+        "put a",
+        "begin",
+        "put a",
+        "put b",
+        "end",
+        "put c",
+        "begin",
+        "put a",
+        "end",
+    ]
 
 
 def test_failures_back_off_and_resume_from_the_last_version() -> None:
-    server, sink = run([
-        page("a", rv="5"),
-        watch(("ADDED", obj("b", "6"))),
-        OSError("connection refused"), ApiException(status=500, reason="boom"),
-        watch(("ERROR", {"code": 500, "message": "internal"})),
-        watch(("MODIFIED", obj("b", "7"))),
-    ])
+    server, sink = run(
+        [
+            page("a", rv="5"),
+            watch(("ADDED", obj("b", "6"))),
+            OSError("connection refused"),
+            ApiException(status=500, reason="boom"),
+            watch(("ERROR", {"code": 500, "message": "internal"})),
+            watch(("MODIFIED", obj("b", "7"))),
+        ]
+    )
     assert calls(server)[:6] == ["list", "watch@5", "watch@6", "watch@6", "watch@6", "watch@6"]
     assert sink.log.count("begin") == 1
     assert sink.log[-1] == "put b"
 
 
 def test_relist_on_request() -> None:
-    server, sink = Server([page("a", rv="5"), watch(("ADDED", obj("b", "6"))),
-                           page("a", "b", rv="9"), watch()]), Sink()
+    server, sink = (
+        Server(
+            [page("a", rv="5"), watch(("ADDED", obj("b", "6"))), page("a", "b", rv="9"), watch()]
+        ),
+        Sink(),
+    )
     lw = ListWatch("test", server, sink, TIMING)
     server.lw = lw
     lw.relist()  # before it starts: the first round lists anyway, then once more
@@ -166,6 +198,7 @@ def test_relist_on_request() -> None:
         if kwargs.get("watch") and kwargs["resource_version"] == "6":
             lw.relist()
         return original(**kwargs)
+
     lw.call = call
     thread = threading.Thread(target=lw.run, daemon=True)
     thread.start()

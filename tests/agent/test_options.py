@@ -47,10 +47,12 @@ pytestmark = pytest.mark.root
 
 def test_host_binding(w: World) -> None:
     """hostBinding 192.0.2.11 / 127.0.0.1 is the hostIP of publications that name none."""
-    w.agent.apply(network("pub", "10.98.1.0/24", bridge="bp-pub", hostBinding=NODE_IP2),
-                  network("loc", "10.98.2.0/24", bridge="bp-loc", hostBinding="127.0.0.1"),
-                  publication("web", 8080, "10.98.1.2", 80),
-                  publication("admin", 9000, "10.98.2.2", 80))
+    w.agent.apply(
+        network("pub", "10.98.1.0/24", bridge="bp-pub", hostBinding=NODE_IP2),
+        network("loc", "10.98.2.0/24", bridge="bp-loc", hostBinding="127.0.0.1"),
+        publication("web", 8080, "10.98.1.2", 80),
+        publication("admin", 9000, "10.98.2.2", 80),
+    )
     w.agent.wait({"pub": "Applied", "loc": "Applied", "web": "Applied", "admin": "Applied"})
     web = w.container("bp-pub", "10.98.1.2/24", "10.98.1.1")
     admin = w.container("bp-loc", "10.98.2.2/24", "10.98.2.1")
@@ -109,10 +111,13 @@ def pings(ns: Netns, address: str) -> bool:
 
 def test_gateway_mode_routed(w: World) -> None:
     """routed: no NAT; only the published container port (and ICMP) is reachable directly."""
-    w.agent.apply(network("rt", "10.98.3.0/24", bridge="bp-rt", subnet6="fd00:98:3::/64",
-                          gatewayMode="routed"),
-                  publication("web", 8080, "10.98.3.2", 80),
-                  publication("web6", 8086, "fd00:98:3::2", 80))
+    w.agent.apply(
+        network(
+            "rt", "10.98.3.0/24", bridge="bp-rt", subnet6="fd00:98:3::/64", gatewayMode="routed"
+        ),
+        publication("web", 8080, "10.98.3.2", 80),
+        publication("web6", 8086, "fd00:98:3::2", 80),
+    )
     state = w.agent.wait({"rt": "Applied", "web": "Applied", "web6": "Applied"})
     assert "ignored" in next(r for r in state["resources"] if r["name"] == "web")["message"]
     box = w.container("bp-rt", "10.98.3.2/24", "10.98.3.1", "fd00:98:3::2/64", "fd00:98:3::1")
@@ -125,22 +130,31 @@ def test_gateway_mode_routed(w: World) -> None:
         assert w.ask(w.client, "tcp", NODE_IP, 8080, timeout=1).startswith("ERR")
         assert w.ask(box, "tcp", CLIENT_IP, 5000) == "10.98.3.2 5000"  # not masqueraded
     # The IPv6 side kept gatewayMode6 nat: published through the node, masqueraded.
-    wait_for(lambda: w.ask(w.client, "tcp", NODE_IP6, 8086, timeout=1) == f"{CLIENT_IP6} 80",
-             timeout=8, what="IPv6 published port")
+    wait_for(
+        lambda: w.ask(w.client, "tcp", NODE_IP6, 8086, timeout=1) == f"{CLIENT_IP6} 80",
+        timeout=8,
+        what="IPv6 published port",
+    )
 
 
 def test_gateway_mode6_routed_alone(w: World) -> None:
     """gatewayMode6 routed, gatewayMode nat: each family follows its own mode."""
-    w.agent.apply(network("rt", "10.98.3.0/24", bridge="bp-rt", subnet6="fd00:98:3::/64",
-                          gatewayMode6="routed"),
-                  publication("web", 8080, "10.98.3.2", 80),
-                  publication("web6", 8086, "fd00:98:3::2", 80))
+    w.agent.apply(
+        network(
+            "rt", "10.98.3.0/24", bridge="bp-rt", subnet6="fd00:98:3::/64", gatewayMode6="routed"
+        ),
+        publication("web", 8080, "10.98.3.2", 80),
+        publication("web6", 8086, "fd00:98:3::2", 80),
+    )
     w.agent.wait({"rt": "Applied", "web": "Applied", "web6": "Applied"})
     box = w.container("bp-rt", "10.98.3.2/24", "10.98.3.1", "fd00:98:3::2/64", "fd00:98:3::1")
     w.serve(box, "--tcp", "80", "--tcp", "22")
     with routes(w, "10.98.3.0/24", "fd00:98:3::/64"):
-        wait_for(lambda: w.ask(w.client, "tcp", "fd00:98:3::2", 80, timeout=1) ==
-                 f"{CLIENT_IP6} 80", timeout=8, what="routed IPv6 container port")
+        wait_for(
+            lambda: w.ask(w.client, "tcp", "fd00:98:3::2", 80, timeout=1) == f"{CLIENT_IP6} 80",
+            timeout=8,
+            what="routed IPv6 container port",
+        )
         assert w.ask(w.client, "tcp", "fd00:98:3::2", 22, timeout=1).startswith("ERR")
         assert w.ask(w.client, "tcp", NODE_IP6, 8086, timeout=1).startswith("ERR")
         assert w.ask(w.client, "tcp", "10.98.3.2", 80, timeout=1).startswith("ERR")
@@ -150,9 +164,11 @@ def test_gateway_mode6_routed_alone(w: World) -> None:
 
 def test_gateway_mode_nat_unprotected(w: World) -> None:
     """nat-unprotected: direct routed access to any port; other bridges stay isolated."""
-    w.agent.apply(network("un", "10.98.4.0/24", bridge="bp-un", gatewayMode="nat-unprotected"),
-                  network("other", "10.98.5.0/24", bridge="bp-other"),
-                  publication("web", 8080, "10.98.4.2", 80))
+    w.agent.apply(
+        network("un", "10.98.4.0/24", bridge="bp-un", gatewayMode="nat-unprotected"),
+        network("other", "10.98.5.0/24", bridge="bp-other"),
+        publication("web", 8080, "10.98.4.2", 80),
+    )
     w.agent.wait({"un": "Applied", "other": "Applied", "web": "Applied"})
     box = w.container("bp-un", "10.98.4.2/24", "10.98.4.1")
     neighbour = w.container("bp-other", "10.98.5.2/24", "10.98.5.1")
@@ -167,8 +183,9 @@ def test_gateway_mode_nat_unprotected(w: World) -> None:
 
 def test_gateway_mode_isolated(w: World) -> None:
     """isolated (internal only): no IPv4 address on the bridge; neighbours still talk."""
-    w.agent.apply(network("iso", "10.98.6.0/24", bridge="bp-iso", internal=True,
-                          gatewayMode="isolated"))
+    w.agent.apply(
+        network("iso", "10.98.6.0/24", bridge="bp-iso", internal=True, gatewayMode="isolated")
+    )
     w.agent.wait({"iso": "Applied"})
     assert "inet " not in w.node.run("ip -4 addr show dev bp-iso").stdout
     a = w.container("bp-iso", "10.98.6.2/24", "10.98.6.1")
@@ -217,8 +234,10 @@ def test_accept_mark_lets_an_admin_override(w: World) -> None:
             assert w.ask(w.client, "tcp", "10.98.8.2", 22, timeout=1).startswith("ERR")
             w.agent.stop()
             w.agent.start("--accept-fwmark", "0x10000/0x10000")
-            wait_for(lambda: "meta mark" in w.node.run(
-                "nft list chain ip bridgeport forward").stdout, what="accept-mark rule")
+            wait_for(
+                lambda: "meta mark" in w.node.run("nft list chain ip bridgeport forward").stdout,
+                what="accept-mark rule",
+            )
             assert w.ask(w.client, "tcp", "10.98.8.2", 22) == f"{CLIENT_IP} 22"
             assert w.ask(w.client, "tcp", "10.98.8.2", 23, timeout=1).startswith("ERR")
     finally:
@@ -231,21 +250,30 @@ def test_egress_address(w: World) -> None:
     """egressAddress 192.0.2.11 and egressAddress6 fd00:c::11: SNAT to them, per family."""
     w.node.run("ip -6 addr add fd00:c::11/64 dev eth0 nodad")
     try:
-        w.agent.apply(network("eg", "10.98.9.0/24", bridge="bp-eg", subnet6="fd00:98:9::/64",
-                              egressAddress=NODE_IP2, egressAddress6="fd00:c::11"),
-                      network("away", "10.98.10.0/24", bridge="bp-away",
-                              egressAddress="203.0.113.7"))
+        w.agent.apply(
+            network(
+                "eg",
+                "10.98.9.0/24",
+                bridge="bp-eg",
+                subnet6="fd00:98:9::/64",
+                egressAddress=NODE_IP2,
+                egressAddress6="fd00:c::11",
+            ),
+            network("away", "10.98.10.0/24", bridge="bp-away", egressAddress="203.0.113.7"),
+        )
         state = w.agent.wait({"eg": "Applied", "away": "Applied"})
         away = next(r for r in state["resources"] if r["name"] == "away")
         assert "egressAddress 203.0.113.7 is inactive" in away["message"]
-        box = w.container("bp-eg", "10.98.9.2/24", "10.98.9.1", "fd00:98:9::2/64",
-                          "fd00:98:9::1")
+        box = w.container("bp-eg", "10.98.9.2/24", "10.98.9.1", "fd00:98:9::2/64", "fd00:98:9::1")
         other = w.container("bp-away", "10.98.10.2/24", "10.98.10.1")
         w.serve(w.client, "--tcp", "5000")
         assert w.ask(box, "tcp", CLIENT_IP, 5000) == f"{NODE_IP2} 5000"
         assert w.ask(other, "tcp", CLIENT_IP, 5000) == f"{NODE_IP} 5000"  # masqueraded
-        wait_for(lambda: w.ask(box, "tcp", CLIENT_IP6, 5000, timeout=1) == "fd00:c::11 5000",
-                 timeout=8, what="IPv6 egress SNAT")
+        wait_for(
+            lambda: w.ask(box, "tcp", CLIENT_IP6, 5000, timeout=1) == "fd00:c::11 5000",
+            timeout=8,
+            what="IPv6 egress SNAT",
+        )
     finally:
         w.node.run("ip -6 addr del fd00:c::11/64 dev eth0", check=False)
 
@@ -291,11 +319,18 @@ def test_loopback_kernel(w: World) -> None:
     w.agent.stop()
     w.agent.start("--manage-sysctls")
     try:
-        w.agent.apply(network("lk", "10.98.11.0/24", bridge="bp-lk", subnet6="fd00:98:11::/64"),
-                      network("lo2", "10.98.12.0/24", bridge="bp-lo2"),
-                      publication("web", 8088, "10.98.11.2", 80, loopback="Kernel",
-                                  target={"address": "10.98.11.2",
-                                          "address6": "fd00:98:11::2", "port": 80}))
+        w.agent.apply(
+            network("lk", "10.98.11.0/24", bridge="bp-lk", subnet6="fd00:98:11::/64"),
+            network("lo2", "10.98.12.0/24", bridge="bp-lo2"),
+            publication(
+                "web",
+                8088,
+                "10.98.11.2",
+                80,
+                loopback="Kernel",
+                target={"address": "10.98.11.2", "address6": "fd00:98:11::2", "port": 80},
+            ),
+        )
         state = w.agent.wait({"lk": "Applied", "lo2": "Applied", "web": "Applied"})
         entry = next(r for r in state["resources"] if r["name"] == "web")
         assert "127.0.0.1 by kernel DNAT" in entry["message"]
@@ -303,13 +338,17 @@ def test_loopback_kernel(w: World) -> None:
         localnet = "cat /proc/sys/net/ipv4/conf/{}/route_localnet"
         assert w.node.run(localnet.format("bp-lk")).stdout.strip() == "1"
         assert w.node.run(localnet.format("bp-lo2")).stdout.strip() == "0"
-        box = w.container("bp-lk", "10.98.11.2/24", "10.98.11.1", "fd00:98:11::2/64",
-                          "fd00:98:11::1")
+        box = w.container(
+            "bp-lk", "10.98.11.2/24", "10.98.11.1", "fd00:98:11::2/64", "fd00:98:11::1"
+        )
         w.serve(box, "--tcp", "80")
         assert w.ask(w.node, "tcp", "127.0.0.1", 8088) == "10.98.11.1 80"
         # ::1 through the proxy (listening on ::), to the container's IPv6 address.
-        wait_for(lambda: w.ask(w.node, "tcp", "::1", 8088, timeout=1).endswith(" 80"),
-                 timeout=8, what="::1 through the proxy")
+        wait_for(
+            lambda: w.ask(w.node, "tcp", "::1", 8088, timeout=1).endswith(" 80"),
+            timeout=8,
+            what="::1 through the proxy",
+        )
         listeners = w.node.run("ss -ltnH").stdout
         assert "127.0.0.1:8088" not in listeners and "0.0.0.0:8088" not in listeners
         assert "[::]:8088" in listeners

@@ -35,13 +35,15 @@ from tests.netns import Netns, wait_for
 pytestmark = pytest.mark.root
 
 NET = network("net-d", "10.95.1.0/24", bridge="bp-d", subnet6="fd00:95::/64")
-NO_ICC = network("net-d", "10.95.1.0/24", bridge="bp-d", subnet6="fd00:95::/64",
-                 interContainer=False)
+NO_ICC = network(
+    "net-d", "10.95.1.0/24", bridge="bp-d", subnet6="fd00:95::/64", interContainer=False
+)
 GW, GW6 = "10.95.1.1", "fd00:95::1"
 
 
-def dual(name: str, host_port: int, address: str, address6: str, port: int,
-         **spec: Any) -> dict[str, Any]:
+def dual(
+    name: str, host_port: int, address: str, address6: str, port: int, **spec: Any
+) -> dict[str, Any]:
     doc = publication(name, host_port, address, port, **spec)
     doc["spec"]["target"]["address6"] = address6
     return doc
@@ -58,8 +60,11 @@ def box(w: World, last: int) -> Netns:
 
 def v6_ready(w: World, ns: Netns, host: str, port: int, expect: str) -> None:
     """Fresh IPv6 links finish duplicate address detection of their link-local first."""
-    wait_for(lambda: w.ask(ns, "tcp", host, port, timeout=1) == expect, timeout=8,
-             what=f"[{host}]:{port} answering {expect!r}")
+    wait_for(
+        lambda: w.ask(ns, "tcp", host, port, timeout=1) == expect,
+        timeout=8,
+        what=f"[{host}]:{port} answering {expect!r}",
+    )
 
 
 def test_dual_stack_one_publication(w: World) -> None:
@@ -79,8 +84,9 @@ def test_dual_stack_one_publication(w: World) -> None:
 
 def test_dual_stack_two_publications(w: World) -> None:
     """One host port, one publication per family: both Applied, each family to its target."""
-    w.agent.apply(NET, publication("web4", 8071, "10.95.1.2", 80),
-                  publication("web6", 8071, "fd00:95::2", 81))
+    w.agent.apply(
+        NET, publication("web4", 8071, "10.95.1.2", 80), publication("web6", 8071, "fd00:95::2", 81)
+    )
     w.agent.wait({"net-d": "Applied", "web4": "Applied", "web6": "Applied"})
     target = box(w, 2)
     w.serve(target, "--tcp", "80", "--tcp", "81")
@@ -92,11 +98,15 @@ def test_dual_stack_two_publications(w: World) -> None:
 
 def test_family_wildcards(w: World) -> None:
     """hostIP 0.0.0.0 and :: share a port; a specific IPv4 address loses to 0.0.0.0 only."""
-    w.agent.apply(NET, aged(publication("any4", 8072, "10.95.1.2", 80, hostIP="0.0.0.0"), 1),
-                  aged(publication("any6", 8072, "fd00:95::2", 81, hostIP="::"), 2),
-                  aged(publication("one4", 8072, "10.95.1.2", 82, hostIP=NODE_IP2), 3))
-    state = w.agent.wait({"net-d": "Applied", "any4": "Applied", "any6": "Applied",
-                          "one4": "Conflicted"})
+    w.agent.apply(
+        NET,
+        aged(publication("any4", 8072, "10.95.1.2", 80, hostIP="0.0.0.0"), 1),
+        aged(publication("any6", 8072, "fd00:95::2", 81, hostIP="::"), 2),
+        aged(publication("one4", 8072, "10.95.1.2", 82, hostIP=NODE_IP2), 3),
+    )
+    state = w.agent.wait(
+        {"net-d": "Applied", "any4": "Applied", "any6": "Applied", "one4": "Conflicted"}
+    )
     loser = next(r["message"] for r in state["resources"] if r["name"] == "one4")
     assert "default/any4" in loser, loser
     target = box(w, 2)
@@ -109,19 +119,34 @@ def test_family_wildcards(w: World) -> None:
 def test_icc_off_keeps_published_ports_reachable_from_inside(w: World) -> None:
     """interContainer: false: a container reaches its own and its neighbour's published
     ports through the node's addresses (IPv4 and IPv6); direct traffic stays blocked."""
-    w.agent.apply(NO_ICC, publication("self", 8073, "10.95.1.2", 80),
-                  publication("peer", 8074, "10.95.1.3", 80),
-                  publication("self6", 8077, "fd00:95::2", 80),
-                  publication("peer6", 8078, "fd00:95::3", 80),
-                  publication("peer-udp", 8079, "10.95.1.3", 80, protocol="UDP"),
-                  publication("peer-bound", 8075, "10.95.1.3", 80, hostIP=NODE_IP2))
-    w.agent.wait({"net-d": "Applied", "self": "Applied", "peer": "Applied", "self6": "Applied",
-                  "peer6": "Applied", "peer-udp": "Applied", "peer-bound": "Applied"})
+    w.agent.apply(
+        NO_ICC,
+        publication("self", 8073, "10.95.1.2", 80),
+        publication("peer", 8074, "10.95.1.3", 80),
+        publication("self6", 8077, "fd00:95::2", 80),
+        publication("peer6", 8078, "fd00:95::3", 80),
+        publication("peer-udp", 8079, "10.95.1.3", 80, protocol="UDP"),
+        publication("peer-bound", 8075, "10.95.1.3", 80, hostIP=NODE_IP2),
+    )
+    w.agent.wait(
+        {
+            "net-d": "Applied",
+            "self": "Applied",
+            "peer": "Applied",
+            "self6": "Applied",
+            "peer6": "Applied",
+            "peer-udp": "Applied",
+            "peer-bound": "Applied",
+        }
+    )
     a, b = box(w, 2), box(w, 3)
     w.serve(a, "--tcp", "80", "--udp", "80")
     w.serve(b, "--tcp", "80", "--udp", "80")
-    wait_for(lambda: w.node.run("ip -d link show master bp-d").stdout.count("isolated on") == 2,
-             timeout=5, what="both ports isolated")
+    wait_for(
+        lambda: w.node.run("ip -d link show master bp-d").stdout.count("isolated on") == 2,
+        timeout=5,
+        what="both ports isolated",
+    )
     for host in (NODE_IP, GW):
         assert w.ask(a, "tcp", host, 8073).endswith(" 80"), f"self via {host}"
         assert w.ask(a, "tcp", host, 8074).endswith(" 80"), f"neighbour via {host}"
@@ -144,15 +169,24 @@ def test_icc_turned_off_at_runtime_keeps_hairpin(w: World) -> None:
     w.agent.wait({"net-d": "Applied", "peer": "Applied"})
     a, b = box(w, 2), box(w, 3)
     w.serve(b, "--tcp", "80")
-    wait_for(lambda: w.ask(a, "tcp", NODE_IP, 8074).endswith(" 80"), timeout=5,
-             what="hairpin with ICC on")
+    wait_for(
+        lambda: w.ask(a, "tcp", NODE_IP, 8074).endswith(" 80"),
+        timeout=5,
+        what="hairpin with ICC on",
+    )
     assert w.ask(a, "tcp", "10.95.1.3", 80).endswith(" 80")
     w.agent.apply(NO_ICC, publication("peer", 8074, "10.95.1.3", 80))
-    wait_for(lambda: w.node.run("ip -d link show master bp-d").stdout.count("isolated on") == 2,
-             timeout=5, what="both ports isolated")
+    wait_for(
+        lambda: w.node.run("ip -d link show master bp-d").stdout.count("isolated on") == 2,
+        timeout=5,
+        what="both ports isolated",
+    )
     # The ruleset follows the ports within the same reconcile.
-    wait_for(lambda: w.ask(a, "tcp", NODE_IP, 8074, timeout=1) == f"{GW} 80", timeout=8,
-             what="hairpin with ICC off")
+    wait_for(
+        lambda: w.ask(a, "tcp", NODE_IP, 8074, timeout=1) == f"{GW} 80",
+        timeout=8,
+        what="hairpin with ICC off",
+    )
     assert w.ask(w.node, "tcp", "127.0.0.1", 8074) == f"{GW} 80"
     assert w.ask(a, "tcp", "10.95.1.3", 80, timeout=1).startswith("ERR")
 
@@ -163,9 +197,11 @@ def _link_local(ns: Netns, dev: str = "eth0") -> str:
 
     def ready() -> bool:
         out = ns.run(f"ip -6 -o addr show dev {dev} scope link").stdout
-        found[:] = [line.split()[3].split("/")[0] for line in out.splitlines()
-                    if "tentative" not in line]
+        found[:] = [
+            line.split()[3].split("/")[0] for line in out.splitlines() if "tentative" not in line
+        ]
         return bool(found)
+
     wait_for(ready, timeout=8, what=f"link-local address on {dev}")
     return found[0]
 

@@ -29,16 +29,35 @@ def test_new_port_is_isolated_without_waiting_for_resync(tmp_path: Path) -> None
     (tmp_path / "net.yaml").write_text(yaml.safe_dump(doc))
     with netns("bpw") as node:
         state = tmp_path / "out" / "state.json"
-        agent = node.popen([sys.executable, "-m", "bridgeport", "agent", "--source",
-                            f"dir:{tmp_path}", "--node-name", "n", "--metrics-port", "0",
-                            "--resync", "3600", "--state-file", str(state)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        agent = node.popen(
+            [
+                sys.executable,
+                "-m",
+                "bridgeport",
+                "agent",
+                "--source",
+                f"dir:{tmp_path}",
+                "--node-name",
+                "n",
+                "--metrics-port",
+                "0",
+                "--resync",
+                "3600",
+                "--state-file",
+                str(state),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_for(state.exists, what="first sync")
             node.run("ip link add wport type veth peer name wpeer")
             node.run("ip link set wport master bp-watch")
-            wait_for(lambda: "isolated on" in node.run("ip -d link show wport").stdout,
-                     timeout=5, what="port isolation")
+            wait_for(
+                lambda: "isolated on" in node.run("ip -d link show wport").stdout,
+                timeout=5,
+                what="port isolation",
+            )
             assert "hairpin on" in node.run("ip -d link show wport").stdout
         finally:
             agent.terminate()

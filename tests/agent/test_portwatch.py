@@ -16,8 +16,13 @@ HAIRPIN_ISOLATED, HAIRPIN_ONLY, UNSET = (1, 1), (1, 0), (0, 0)
 def watching(isolated: bool = True) -> PortFilter:
     f = PortFilter()
     f.expect({"bp-a": isolated})
-    f.seed([LinkEvent(BR, name="bp-a"), LinkEvent(FOREIGN, name="docker0"),
-            LinkEvent(PORT, name="veth1")])
+    f.seed(
+        [
+            LinkEvent(BR, name="bp-a"),
+            LinkEvent(FOREIGN, name="docker0"),
+            LinkEvent(PORT, name="veth1"),
+        ]
+    )
     return f
 
 

@@ -36,9 +36,12 @@ def _entry(w: World, name: str) -> dict[str, str]:
 def test_loopback_reaches_target(w: World) -> None:
     """Auto: the node's 127.0.0.1 is proxied to an IPv4 target, TCP and UDP. Its wildcard
     claims IPv4 only, so [::1] stays free; hostIP ::1 publishes it, proxied across families."""
-    w.agent.apply(NET, publication("web", 8080, "10.97.1.2", 80),
-                  publication("dns", 8053, "10.97.1.2", 53, protocol="UDP"),
-                  publication("web-lo6", 8081, "10.97.1.2", 80, hostIP="::1"))
+    w.agent.apply(
+        NET,
+        publication("web", 8080, "10.97.1.2", 80),
+        publication("dns", 8053, "10.97.1.2", 53, protocol="UDP"),
+        publication("web-lo6", 8081, "10.97.1.2", 80, hostIP="::1"),
+    )
     w.agent.wait({"net-p": "Applied", "web": "Applied", "dns": "Applied", "web-lo6": "Applied"})
     assert _entry(w, "web")["proxy"] == "listening"
     target = w.container("bp-p", "10.97.1.2/24", "10.97.1.1")
@@ -67,8 +70,10 @@ def test_forwarding_off_is_served_by_the_proxy(w: World) -> None:
     try:
         w.agent.apply(NET, publication("web", 8080, "10.97.1.2", 80))
         w.agent.wait({"net-p": "Applied", "web": "Applied"})
-        wait_for(lambda: "tcp . 8080" not in w.node.run(
-            "nft list map ip bridgeport pub_any").stdout, what="no IPv4 DNAT element")
+        wait_for(
+            lambda: "tcp . 8080" not in w.node.run("nft list map ip bridgeport pub_any").stdout,
+            what="no IPv4 DNAT element",
+        )
         target = w.container("bp-p", "10.97.1.2/24", "10.97.1.1")
         w.serve(target, "--tcp", "80")
         assert w.ask(w.client, "tcp", NODE_IP, 8080) == "10.97.1.1 80"
@@ -78,12 +83,19 @@ def test_forwarding_off_is_served_by_the_proxy(w: World) -> None:
 
 def test_host_process_first_wins(w: World) -> None:
     """A host process on 0.0.0.0:8088: Conflicted/PortInUse, and it still gets its traffic."""
-    holder = w.node.popen([sys.executable, "-c", (
-        "import socket\n"
-        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-        "s.bind(('0.0.0.0', 8088)); s.listen(8); print('ready', flush=True)\n"
-        "while True:\n"
-        "    c, a = s.accept(); c.sendall(b'host-process\\n'); c.close()\n")])
+    holder = w.node.popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import socket\n"
+                "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                "s.bind(('0.0.0.0', 8088)); s.listen(8); print('ready', flush=True)\n"
+                "while True:\n"
+                "    c, a = s.accept(); c.sendall(b'host-process\\n'); c.close()\n"
+            ),
+        ]
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
     w.agent.apply(NET, publication("shadow", 8088, "10.97.1.2", 80))
     state = w.agent.wait({"net-p": "Applied", "shadow": "Conflicted"})
@@ -98,9 +110,12 @@ def test_removal_frees_the_port(w: World) -> None:
     """Once the publication is gone another process can bind 127.0.0.1:8089."""
     w.agent.apply(NET, publication("web", 8089, "10.97.1.2", 80))
     w.agent.wait({"net-p": "Applied", "web": "Applied"})
-    probe = ("import socket; s = socket.socket(); s.bind(('127.0.0.1', 8089)); print('bound')")
+    probe = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 8089)); print('bound')"
     assert "bound" not in w.node.run([sys.executable, "-c", probe], check=False).stdout
     w.agent.apply(NET)
     w.agent.wait({"net-p": "Applied"})
-    wait_for(lambda: "bound" in w.node.run([sys.executable, "-c", probe], check=False).stdout,
-             timeout=5, what="port released")
+    wait_for(
+        lambda: "bound" in w.node.run([sys.executable, "-c", probe], check=False).stdout,
+        timeout=5,
+        what="port released",
+    )

@@ -38,13 +38,36 @@ def test_allowed_sources(w: World) -> None:
         publication("closed", 8201, TARGET, 80, allowedSources=["192.0.2.11/32"]),
         publication("open", 8202, TARGET, 80, allowedSources=["192.0.2.0/24", "fd00::/8"]),
         publication("local", 8203, TARGET, 80, allowedSources=["127.0.0.0/8"]),
-        publication("udp", 8210, TARGET, 53, hostPortEnd=8211, protocol="UDP",
-                    hostIP=NODE_IP, allowedSources=[f"{CLIENT_IP}/32"]),
-        publication("udp-other", 8212, TARGET, 53, protocol="UDP", loopback="Never",
-                    allowedSources=["192.0.2.11/32"]),
+        publication(
+            "udp",
+            8210,
+            TARGET,
+            53,
+            hostPortEnd=8211,
+            protocol="UDP",
+            hostIP=NODE_IP,
+            allowedSources=[f"{CLIENT_IP}/32"],
+        ),
+        publication(
+            "udp-other",
+            8212,
+            TARGET,
+            53,
+            protocol="UDP",
+            loopback="Never",
+            allowedSources=["192.0.2.11/32"],
+        ),
     )
-    w.agent.wait({"net-s": "Applied", "closed": "Applied", "open": "Applied",
-                  "local": "Applied", "udp": "Applied", "udp-other": "Applied"})
+    w.agent.wait(
+        {
+            "net-s": "Applied",
+            "closed": "Applied",
+            "open": "Applied",
+            "local": "Applied",
+            "udp": "Applied",
+            "udp-other": "Applied",
+        }
+    )
     _serve(w)
     assert w.ask(w.client, "tcp", NODE_IP, 8202) == f"{CLIENT_IP} 80"
     assert "timed out" in w.ask(w.client, "tcp", NODE_IP, 8201, timeout=1)
@@ -94,19 +117,30 @@ def test_remote_loopback_is_dropped(w: World) -> None:
         _serve(w)
         before = _drops(w)
         assert before >= 0
-        frame = [sys.executable, "-c", _SEND_FRAME, _mac(w.node, "eth0"),
-                 _mac(w.client, "eth0"), CLIENT_IP, "8220"]
+        frame = [
+            sys.executable,
+            "-c",
+            _SEND_FRAME,
+            _mac(w.node, "eth0"),
+            _mac(w.client, "eth0"),
+            CLIENT_IP,
+            "8220",
+        ]
         w.client.run([*frame, "127.0.0.1"])
         wait_for(lambda: _drops(w) >= before + 3, timeout=5, what="raw drop counted")
         assert "sport=40000" not in w.node.run("cat /proc/net/nf_conntrack", check=False).stdout
         # The same frame to the node's address is DNATed to the target: the frame is sound,
         # only the remote loopback destination is dropped.
         w.client.run([*frame, NODE_IP])
-        wait_for(lambda: "sport=40000 dport=8220" in w.node.run(
-            "cat /proc/net/nf_conntrack", check=False).stdout, timeout=5, what="DNATed flow")
+        wait_for(
+            lambda: (
+                "sport=40000 dport=8220"
+                in w.node.run("cat /proc/net/nf_conntrack", check=False).stdout
+            ),
+            timeout=5,
+            what="DNATed flow",
+        )
         assert _drops(w) == before + 3
     finally:
         w.node.sysctl("net.ipv4.conf.all.route_localnet", "0")
         w.node.sysctl("net.ipv4.conf.eth0.route_localnet", "0")
-
-

@@ -27,10 +27,25 @@ def test_forwarding_managed_only_when_asked(tmp_path: Path, manage: bool) -> Non
     with netns("bps") as node:
         node.sysctl("net.ipv4.ip_forward", "0")
         extra = ["--manage-sysctls"] if manage else []
-        agent = node.popen([sys.executable, "-m", "bridgeport", "agent", "--source",
-                            f"dir:{tmp_path}", "--node-name", "n", "--metrics-port", "0",
-                            "--state-file", str(tmp_path / "out" / "state.json"), *extra],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        agent = node.popen(
+            [
+                sys.executable,
+                "-m",
+                "bridgeport",
+                "agent",
+                "--source",
+                f"dir:{tmp_path}",
+                "--node-name",
+                "n",
+                "--metrics-port",
+                "0",
+                "--state-file",
+                str(tmp_path / "out" / "state.json"),
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for((tmp_path / "out" / "state.json").exists, what="first sync")
         value = node.run("sysctl -n net.ipv4.ip_forward").stdout.strip()
         assert value == ("1" if manage else "0")

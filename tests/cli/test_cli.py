@@ -17,8 +17,14 @@ ROOT = Path(__file__).parent.parent.parent
 
 
 def plan(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridgeport", "plan", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bridgeport", "plan", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_examples_plan_as_golden() -> None:
@@ -26,20 +32,30 @@ def test_examples_plan_as_golden() -> None:
     out = plan("-f", "examples", "--node-ip", "192.0.2.1")
     assert out.returncode == 0, out.stderr
     golden = (ROOT / "tests/golden/examples.nft").read_text()
-    tables = golden[golden.index("table ip bridgeport"):]
+    tables = golden[golden.index("table ip bridgeport") :]
     assert out.stdout.endswith(tables)
     assert "# PortPublication default/web: Applied" in out.stdout
 
 
 def test_json_format() -> None:
     """--format json carries outcomes, bridges, proxies and the nft text."""
-    out = plan("-f", "examples/network.yaml", "-f", "examples/publication.yaml", "--format",
-               "json", "--no-ip-forward")
+    out = plan(
+        "-f",
+        "examples/network.yaml",
+        "-f",
+        "examples/publication.yaml",
+        "--format",
+        "json",
+        "--no-ip-forward",
+    )
     data = json.loads(out.stdout)
     assert {o["name"]: o["state"] for o in data["outcomes"]} == {
-        "demo": "Applied", "dns-range": "Applied", "web": "Applied", "web-assigned": "Applied"}
-    first, last = next(o["assignedPorts"] for o in data["outcomes"]
-                       if o["name"] == "web-assigned")
+        "demo": "Applied",
+        "dns-range": "Applied",
+        "web": "Applied",
+        "web-assigned": "Applied",
+    }
+    first, last = next(o["assignedPorts"] for o in data["outcomes"] if o["name"] == "web-assigned")
     assert first == last and 32768 <= first <= 60999  # the default ephemeral range
     # IPv4-only targets: the wildcard claims IPv4 only, so the proxy binds 0.0.0.0 only.
     assert {p["listen"] for p in data["proxies"]} == {"0.0.0.0"}
@@ -49,10 +65,17 @@ def test_json_format() -> None:
 
 
 def test_port_range_for_assigned_ports() -> None:
-    out = plan("-f", "examples/network.yaml", "-f", "examples/publication.yaml",
-               "--port-range", "9000-9000")
+    out = plan(
+        "-f",
+        "examples/network.yaml",
+        "-f",
+        "examples/publication.yaml",
+        "--port-range",
+        "9000-9000",
+    )
     assert "# PortPublication default/web-assigned: Applied (Programmed) 9000/TCP (assigned)" in (
-        out.stdout)
+        out.stdout
+    )
     assert "#   assigned host port(s) 9000" in out.stdout
 
 
@@ -64,14 +87,17 @@ kind: PortPublication
 metadata: {name: web, namespace: default}
 spec: {hostPort: 8080, target: {address: 192.168.99.2, address6: "fd00:99::2", port: 80}}
 """)
-    out = plan("-f", "examples/network.yaml", "-f", str(tmp_path / "pp.yaml"), "--format",
-               "json")
+    out = plan("-f", "examples/network.yaml", "-f", str(tmp_path / "pp.yaml"), "--format", "json")
     data = json.loads(out.stdout)
     assert [(d["family"], d["hostIP"], d["target"]) for d in data["dnats"]] == [
-        ("IPv4", "", "192.168.99.2:80"), ("IPv6", "", "[fd00:99::2]:80")]
+        ("IPv4", "", "192.168.99.2:80"),
+        ("IPv6", "", "[fd00:99::2]:80"),
+    ]
     # Auto's IPv4 loopback listener is widened to 0.0.0.0: it holds what the DNAT captures.
     assert {(p["listen"], p["target"], p["holds"]) for p in data["proxies"]} == {
-        ("0.0.0.0", "192.168.99.2:80", True), ("::", "[fd00:99::2]:80", True)}
+        ("0.0.0.0", "192.168.99.2:80", True),
+        ("::", "[fd00:99::2]:80", True),
+    }
     assert data["claims"] == []
 
 
@@ -86,8 +112,9 @@ spec: {hostPort: 8080, target: {address: 192.168.99.2, port: 70000}}
 """)
     out = plan("-f", str(bad), "-f", "examples/network.yaml")
     assert out.returncode == 1
-    assert ("error: PortPublication default/web: spec.target.port: 70000 is not a port "
-            "(1-65535)") in out.stderr
+    assert (
+        "error: PortPublication default/web: spec.target.port: 70000 is not a port (1-65535)"
+    ) in out.stderr
     assert "chain from_bp-demo" in out.stdout
 
 
@@ -102,8 +129,24 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 def test_agent_rejects_negative_proxy_workers(tmp_path: Path) -> None:
     """`agent --proxy-workers -1` stops before touching anything, with a one-line error."""
-    out = subprocess.run([sys.executable, "-m", "bridgeport", "agent", "--node-name", "n1",
-                          "--source", f"dir:{tmp_path}", "--proxy-workers", "-1"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridgeport",
+            "agent",
+            "--node-name",
+            "n1",
+            "--source",
+            f"dir:{tmp_path}",
+            "--proxy-workers",
+            "-1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 2
     assert "error: --proxy-workers must be 0 (one per CPU) or more" in out.stderr

@@ -41,8 +41,9 @@ table inet firewalld {
 
 
 def doctor(w: World) -> tuple[int, dict[str, Any]]:
-    proc = w.node.run([sys.executable, "-m", "bridgeport", "doctor", "--format", "json"],
-                      check=False)
+    proc = w.node.run(
+        [sys.executable, "-m", "bridgeport", "doctor", "--format", "json"], check=False
+    )
     return proc.returncode, json.loads(proc.stdout)
 
 
@@ -85,12 +86,16 @@ def test_docker_forward_drop_is_found_traced_and_fixed(published: World) -> None
         rc, report = doctor(w)
         assert rc == 2
         [drop] = [f for f in findings(report, "foreign") if f["severity"] == "error"]
-        assert "table ip filter chain FORWARD (hook forward, Docker) has policy drop" \
+        assert (
+            "table ip filter chain FORWARD (hook forward, Docker) has policy drop"
             in drop["message"]
+        )
         assert "policy drop" in drop["rule"] and "DOCKER-USER" in drop["fix"]
 
-        trace = w.node.run([sys.executable, "-m", "bridgeport", "trace", CLIENT_IP,
-                            f"{NODE_IP}:8080/tcp"], check=False)
+        trace = w.node.run(
+            [sys.executable, "-m", "bridgeport", "trace", CLIENT_IP, f"{NODE_IP}:8080/tcp"],
+            check=False,
+        )
         assert trace.returncode == 1, trace.stdout + trace.stderr
         assert "ip filter FORWARD" in trace.stdout and "policy drop" in trace.stdout
         assert "DROPPED by table ip filter chain FORWARD" in trace.stdout
@@ -108,19 +113,24 @@ def test_docker_forward_drop_is_found_traced_and_fixed(published: World) -> None
 
 def test_firewalld_reject_is_named(published: World) -> None:
     w = published
-    zone = FIREWALLD.replace('        ct status dnat accept comment "removed below to reproduce'
-                             ' a zone without it"\n', "")
+    zone = FIREWALLD.replace(
+        '        ct status dnat accept comment "removed below to reproduce a zone without it"\n', ""
+    )
     w.node.run(["nft", "-f", "-"], input=zone)
     try:
         assert w.ask(w.client, "tcp", NODE_IP, 8080, timeout=1).startswith("ERR")
         rc, report = doctor(w)
         assert rc == 2
         [reject] = [f for f in findings(report, "foreign") if f["severity"] == "error"]
-        assert "table inet firewalld chain filter_FORWARD (hook forward, firewalld)" \
+        assert (
+            "table inet firewalld chain filter_FORWARD (hook forward, firewalld)"
             in reject["message"]
+        )
         assert reject["rule"] == "reject with icmpx admin-prohibited"
-        trace = w.node.run([sys.executable, "-m", "bridgeport", "trace", CLIENT_IP,
-                            f"{NODE_IP}:8080/tcp"], check=False)
+        trace = w.node.run(
+            [sys.executable, "-m", "bridgeport", "trace", CLIENT_IP, f"{NODE_IP}:8080/tcp"],
+            check=False,
+        )
         assert trace.returncode == 1, trace.stdout + trace.stderr
         assert "DROPPED by table inet firewalld chain filter_FORWARD" in trace.stdout
         assert "reject with icmpx admin-prohibited" in trace.stdout
@@ -147,9 +157,14 @@ def test_forwarding_off_and_strict_rp_filter(published: World) -> None:
 def test_foreign_listener_on_a_published_port(published: World) -> None:
     w = published
     w.agent.stop()  # the kernel state stays; someone else grabs the port meanwhile
-    squatter = w.node.popen([sys.executable, "-c",
-                             "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 8080));"
-                             " s.listen(); print('ready', flush=True); time.sleep(60)"])
+    squatter = w.node.popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 8080));"
+            " s.listen(); print('ready', flush=True); time.sleep(60)",
+        ]
+    )
     assert squatter.stdout is not None and squatter.stdout.readline().strip() == "ready"
     rc, report = doctor(w)
     assert rc == 2
@@ -164,8 +179,10 @@ def test_agent_exports_the_findings(published: World) -> None:
     w.agent.start("--doctor-interval", "0.5")
     w.node.sysctl("net.ipv4.conf.all.rp_filter", "1")
     try:
+
         def reported() -> bool:
             return w.agent.state().get("doctor", {}).get("severity") == "warning"
+
         wait_for(reported, 20, what=f"doctor findings in the state file ({w.agent.log_tail()})")
         text = w.node.run("curl -sf http://127.0.0.1:9102/metrics").stdout
         assert 'bridgeport_doctor_findings{check="rp_filter",severity="warning"} 1.0' in text

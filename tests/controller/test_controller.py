@@ -43,9 +43,11 @@ pytestmark = pytest.mark.apiserver
 
 T = TypeVar("T")
 
-LAUNCH = ("import sys; from bridgeport import log; log.setup('DEBUG', json=True); "
-          "from bridgeport.kube.controller import ControllerSettings, run_controller; "
-          "sys.exit(run_controller(ControllerSettings(liveness_endpoint=None, {args})))")
+LAUNCH = (
+    "import sys; from bridgeport import log; log.setup('DEBUG', json=True); "
+    "from bridgeport.kube.controller import ControllerSettings, run_controller; "
+    "sys.exit(run_controller(ControllerSettings(liveness_endpoint=None, {args})))"
+)
 
 
 def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
@@ -74,13 +76,22 @@ class ControllerProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("a") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", LAUNCH.format(args=self.args)],
-                                         stdout=log, stderr=subprocess.STDOUT, text=True,
-                                         env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", LAUNCH.format(args=self.args)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
         try:
-            wait_for(lambda: any(line in self.log()
-                                 for line in ready or ("first complete listing",))
-                     or self.proc is None or self.proc.poll() is not None, "controller start")
+            wait_for(
+                lambda: (
+                    any(line in self.log() for line in ready or ("first complete listing",))
+                    or self.proc is None
+                    or self.proc.poll() is not None
+                ),
+                "controller start",
+            )
             assert self.proc.poll() is None, self.tail()
         except BaseException:
             self.stop()  # never leave a controller behind
@@ -88,7 +99,7 @@ class ControllerProcess:
 
     def log(self) -> str:
         """The log of the current run."""
-        return self.log_path.read_text()[self.offset:] if self.log_path.exists() else ""
+        return self.log_path.read_text()[self.offset :] if self.log_path.exists() else ""
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -117,32 +128,50 @@ class Cluster:
 
     # publications and networks
     def create_pp(self, ns: str, name: str, port: int = 8080) -> dict[str, Any]:
-        body = {"apiVersion": API, "kind": "PortPublication",
-                "metadata": {"name": name, "namespace": ns},
-                "spec": {"hostPort": port, "target": {"address": "10.88.0.2", "port": 80}}}
-        return dict(self.co.create_namespaced_custom_object(GROUP, VERSION, ns,
-                                                            "portpublications", body))
+        body = {
+            "apiVersion": API,
+            "kind": "PortPublication",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"hostPort": port, "target": {"address": "10.88.0.2", "port": 80}},
+        }
+        return dict(
+            self.co.create_namespaced_custom_object(GROUP, VERSION, ns, "portpublications", body)
+        )
 
     def pp(self, ns: str, name: str) -> dict[str, Any]:
-        return dict(self.co.get_namespaced_custom_object(GROUP, VERSION, ns, "portpublications",
-                                                         name))
+        return dict(
+            self.co.get_namespaced_custom_object(GROUP, VERSION, ns, "portpublications", name)
+        )
 
     def patch_pp(self, ns: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.co.patch_namespaced_custom_object(
-            GROUP, VERSION, ns, "portpublications", name, patch,
-            _content_type="application/merge-patch+json"))
+        return dict(
+            self.co.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                ns,
+                "portpublications",
+                name,
+                patch,
+                _content_type="application/merge-patch+json",
+            )
+        )
 
     def delete_pp(self, ns: str, name: str) -> None:
         self.co.delete_namespaced_custom_object(GROUP, VERSION, ns, "portpublications", name)
 
     # NodeStates, written like an agent: create the object, then its status subresource
-    def report(self, node: str, *entries: dict[str, Any],
-               extra: dict[str, Any] | None = None) -> None:
+    def report(
+        self, node: str, *entries: dict[str, Any], extra: dict[str, Any] | None = None
+    ) -> None:
         from kubernetes.client.exceptions import ApiException
 
         if node not in self.nodes:
-            body = {"apiVersion": API, "kind": "NodeState", "metadata": {"name": node},
-                    "spec": {"nodeName": node}}
+            body = {
+                "apiVersion": API,
+                "kind": "NodeState",
+                "metadata": {"name": node},
+                "spec": {"nodeName": node},
+            }
             try:
                 self.co.create_cluster_custom_object(GROUP, VERSION, "nodestates", body)
             except ApiException as exc:
@@ -153,26 +182,55 @@ class Cluster:
         counts: dict[str, int] = {}
         for e in entries:
             counts[e["state"]] = counts.get(e["state"], 0) + 1
-        status = {"agentVersion": "0.1.0", "lastSync": now, "tableDigest": "ab12",
-                  "counts": counts, "errors": [], "resources": list(entries), **(extra or {})}
+        status = {
+            "agentVersion": "0.1.0",
+            "lastSync": now,
+            "tableDigest": "ab12",
+            "counts": counts,
+            "errors": [],
+            "resources": list(entries),
+            **(extra or {}),
+        }
         self.co.patch_cluster_custom_object_status(
-            GROUP, VERSION, "nodestates", node, {"status": status},
-            _content_type="application/merge-patch+json")
+            GROUP,
+            VERSION,
+            "nodestates",
+            node,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+        )
 
-    def report_summary(self, node: str, labels: dict[str, str],
-                       applied: list[tuple[dict[str, Any], int]],
-                       *listed: dict[str, Any]) -> None:
+    def report_summary(
+        self,
+        node: str,
+        labels: dict[str, str],
+        applied: list[tuple[dict[str, Any], int]],
+        *listed: dict[str, Any],
+    ) -> None:
         """A report as agents write it now: exceptions listed, the rest as digests."""
         from bridgeport.core import summary
         from bridgeport.core.specs import ResourceRef
 
-        items = [(ResourceRef(o["kind"], o["metadata"].get("namespace", ""),
-                              o["metadata"]["name"]), o["metadata"]["uid"], gen)
-                 for o, gen in applied]
-        self.report(node, *listed, extra={
-            "labels": labels,
-            "applied": {"count": len(items), "buckets": summary.BUCKETS,
-                        "digest": summary.encode(summary.digests(items))}})
+        items = [
+            (
+                ResourceRef(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]),
+                o["metadata"]["uid"],
+                gen,
+            )
+            for o, gen in applied
+        ]
+        self.report(
+            node,
+            *listed,
+            extra={
+                "labels": labels,
+                "applied": {
+                    "count": len(items),
+                    "buckets": summary.BUCKETS,
+                    "digest": summary.encode(summary.digests(items)),
+                },
+            },
+        )
 
     def forget_nodes(self) -> None:
         for node in self.nodes:
@@ -185,13 +243,25 @@ class Cluster:
         return list(out["items"])
 
 
-def entry(obj: dict[str, Any], state: str = "Applied", generation: int | None = None,
-          reason: str = "Programmed", message: str = "") -> dict[str, Any]:
+def entry(
+    obj: dict[str, Any],
+    state: str = "Applied",
+    generation: int | None = None,
+    reason: str = "Programmed",
+    message: str = "",
+) -> dict[str, Any]:
     """One NodeState entry about `obj` (at its current generation unless told otherwise)."""
     meta = obj["metadata"]
-    return {"kind": obj["kind"], "namespace": meta.get("namespace", ""), "name": meta["name"],
-            "uid": meta["uid"], "observedGeneration": generation or meta["generation"],
-            "state": state, "reason": reason, "message": message}
+    return {
+        "kind": obj["kind"],
+        "namespace": meta.get("namespace", ""),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "observedGeneration": generation or meta["generation"],
+        "state": state,
+        "reason": reason,
+        "message": message,
+    }
 
 
 def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
@@ -202,18 +272,38 @@ def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def controller(control_plane: Any, crds: Any, kubectl: Any,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
-    kubectl.ok("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
-        "metadata": {"name": "bridgeport-controller"}}))
+def controller(
+    control_plane: Any, crds: Any, kubectl: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControllerProcess]:
+    kubectl.ok(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "kopf.dev/v1",
+                "kind": "ClusterKopfPeering",
+                "metadata": {"name": "bridgeport-controller"},
+            }
+        ),
+    )
     # The controller logs "first complete listing" on its first event, so there must be one.
-    kubectl.ok("apply", "-f", "-", input=json.dumps({
-        "apiVersion": API, "kind": "PortPublication",
-        "metadata": {"name": "canary", "namespace": "default"},
-        "spec": {"hostPort": 1, "target": {"address": "10.88.0.2", "port": 1}}}))
-    proc = ControllerProcess(control_plane.kubeconfig,
-                             tmp_path_factory.mktemp("controller") / "controller.log")
+    kubectl.ok(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": API,
+                "kind": "PortPublication",
+                "metadata": {"name": "canary", "namespace": "default"},
+                "spec": {"hostPort": 1, "target": {"address": "10.88.0.2", "port": 1}},
+            }
+        ),
+    )
+    proc = ControllerProcess(
+        control_plane.kubeconfig, tmp_path_factory.mktemp("controller") / "controller.log"
+    )
     proc.start()
     try:
         yield proc
@@ -236,15 +326,19 @@ def names(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{tag}-{i:02d}" for i in range(n)]
 
 
-def wait_ready(k: Cluster, ns: str, name: str, expected: str, status: str = "True",
-               timeout: float = 30.0) -> dict[str, Any]:
+def wait_ready(
+    k: Cluster, ns: str, name: str, expected: str, status: str = "True", timeout: float = 30.0
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         obj = k.pp(ns, name)
         st = obj.get("status", {})
-        ok = (st.get("ready") == expected
-              and st.get("observedGeneration") == obj["metadata"]["generation"]
-              and condition(obj, "Ready").get("status") == status)
+        ok = (
+            st.get("ready") == expected
+            and st.get("observedGeneration") == obj["metadata"]["generation"]
+            and condition(obj, "Ready").get("status") == status
+        )
         return obj if ok else None
+
     return wait_for(check, f"pp {ns}/{name} ready {expected} ({status})", timeout)
 
 
@@ -261,7 +355,7 @@ def test_two_nodes_applied_is_ready(k: Cluster, namespace: str) -> None:
     assert ready["reason"] == "AllNodesReady" and ready["observedGeneration"] == 1
     assert condition(obj, "Conflicted")["status"] == "False"
     header, row = k.kubectl.ok("get", "pp", "web", "-n", namespace).splitlines()
-    assert row[header.index("READY"):].split()[0] == "2/2", (header, row)  # aligned columns
+    assert row[header.index("READY") :].split()[0] == "2/2", (header, row)  # aligned columns
     events = wait_for(lambda: k.events(namespace, pp["metadata"]["uid"], "Ready"), "Ready event")
     assert len(events) == 1 and events[0]["type"] == "Normal"
     assert events[0]["reportingComponent"] == "bridgeport.io/controller"
@@ -281,13 +375,15 @@ def test_conflict_names_winner_with_one_event(k: Cluster, namespace: str) -> Non
     def conflicted() -> dict[str, Any] | None:
         c = condition(k.pp(namespace, "second"), "Conflicted")
         return c if c.get("status") == "True" else None
+
     cond = wait_for(conflicted, "Conflicted condition")
     assert cond["reason"] == "PortConflict" and msg in cond["message"] and b in cond["message"]
     obj = k.pp(namespace, "second")
     assert obj["status"]["ready"] == "1/2"
     assert condition(obj, "Ready")["reason"] == "Conflicted"
     assert obj["status"]["problemNodes"] == [
-        {"node": b, "state": "Conflicted", "reason": "PortConflict", "message": msg}]
+        {"node": b, "state": "Conflicted", "reason": "PortConflict", "message": msg}
+    ]
     wait_for(lambda: k.events(namespace, uid, "Conflicted"), "Conflicted event")
     for i in range(3):  # more reports (heartbeats, another message): several reconciles
         k.report(a, entry(pp))
@@ -329,8 +425,15 @@ def test_inactive_node_not_counted(k: Cluster, namespace: str) -> None:
     a, b, c = names("node", 3)
     k.report(a, entry(pp))
     k.report(b, entry(pp))
-    k.report(c, entry(pp, "Inactive", reason="NodeSelectorMismatch",
-                      message="node labels do not match spec.nodeSelector"))
+    k.report(
+        c,
+        entry(
+            pp,
+            "Inactive",
+            reason="NodeSelectorMismatch",
+            message="node labels do not match spec.nodeSelector",
+        ),
+    )
     obj = wait_ready(k, namespace, "web", "2/2")
     assert obj["status"]["nodes"] == {"selected": 2, "ready": 2}
 
@@ -357,8 +460,9 @@ def test_recreated_resource_does_not_inherit_reports(k: Cluster, namespace: str)
     k.report(a, entry(old))
     wait_ready(k, namespace, "web", "1/1")
     k.delete_pp(namespace, "web")
-    wait_for(lambda: "web" not in k.kubectl.ok("get", "pp", "-n", namespace, "-o", "name"),
-             "deletion")
+    wait_for(
+        lambda: "web" not in k.kubectl.ok("get", "pp", "-n", namespace, "-o", "name"), "deletion"
+    )
     new = k.create_pp(namespace, "web")
     obj = wait_ready(k, namespace, "web", "0/0", status="False")
     assert condition(obj, "Ready")["reason"] == "NoReports"
@@ -370,15 +474,24 @@ def test_bridge_network_status_and_event(k: Cluster) -> None:
     """A cluster-scoped BridgeNetwork gets its status, and its Event lands in "default"."""
     (a,) = names("node", 1)
     name = f"net-{uuid.uuid4().hex[:6]}"
-    bn = k.co.create_cluster_custom_object(GROUP, VERSION, "bridgenetworks", {
-        "apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": name},
-        "spec": {"subnet": "10.99.0.0/24"}})
+    bn = k.co.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        "bridgenetworks",
+        {
+            "apiVersion": API,
+            "kind": "BridgeNetwork",
+            "metadata": {"name": name},
+            "spec": {"subnet": "10.99.0.0/24"},
+        },
+    )
     try:
         k.report(a, entry(bn))
 
         def ready() -> dict[str, Any] | None:
             obj = k.co.get_cluster_custom_object(GROUP, VERSION, "bridgenetworks", name)
             return obj if obj.get("status", {}).get("ready") == "1/1" else None
+
         obj = wait_for(ready, "BridgeNetwork ready")
         assert condition(obj, "Ready")["status"] == "True"
         assert k.kubectl.ok("get", "bn", name, "-o", "jsonpath={.status.ready}") == "1/1"
@@ -387,8 +500,9 @@ def test_bridge_network_status_and_event(k: Cluster) -> None:
         k.co.delete_cluster_custom_object(GROUP, VERSION, "bridgenetworks", name)
 
 
-def test_two_replicas_one_writer(k: Cluster, namespace: str, controller: ControllerProcess,
-                                 control_plane: Any, tmp_path: Path) -> None:
+def test_two_replicas_one_writer(
+    k: Cluster, namespace: str, controller: ControllerProcess, control_plane: Any, tmp_path: Path
+) -> None:
     """A second replica: kopf peering pauses one of the two; statuses and Events come once."""
     second = ControllerProcess(control_plane.kubeconfig, tmp_path / "second.log")
     first_log = len(controller.log())
@@ -406,17 +520,26 @@ def test_two_replicas_one_writer(k: Cluster, namespace: str, controller: Control
         wait_ready(k, namespace, "web", "2/2")
         time.sleep(2)
         assert len(k.events(namespace, pp["metadata"]["uid"], "Ready")) == 1
-        writers = [p for p in (controller, second)
-                   if f"{namespace}/web" in p.log()[first_log if p is controller else 0:]]
+        writers = [
+            p
+            for p in (controller, second)
+            if f"{namespace}/web" in p.log()[first_log if p is controller else 0 :]
+        ]
         assert len(writers) == 1, (controller.tail(), second.tail())
     finally:
         second.stop()
-    wait_for(lambda: "Resuming operations" in controller.log()[first_log:]
-             or paused not in controller.log()[first_log:], "first replica active again")
+    wait_for(
+        lambda: (
+            "Resuming operations" in controller.log()[first_log:]
+            or paused not in controller.log()[first_log:]
+        ),
+        "first replica active again",
+    )
 
 
-def test_no_writes_when_nothing_changes(k: Cluster, namespace: str,
-                                        controller: ControllerProcess) -> None:
+def test_no_writes_when_nothing_changes(
+    k: Cluster, namespace: str, controller: ControllerProcess
+) -> None:
     """Heartbeats, label edits and a controller restart leave the status (and events) alone."""
     pp = k.create_pp(namespace, "web")
     uid = pp["metadata"]["uid"]
@@ -442,15 +565,19 @@ def test_no_writes_when_nothing_changes(k: Cluster, namespace: str,
     assert len(k.events(namespace, uid)) == events
 
 
-def test_namespace_scope(k: Cluster, kubectl: Any, controller: ControllerProcess,
-                         control_plane: Any, tmp_path: Path) -> None:
+def test_namespace_scope(
+    k: Cluster, kubectl: Any, controller: ControllerProcess, control_plane: Any, tmp_path: Path
+) -> None:
     """namespace_scope: publications of that namespace only (the main controller is stopped)."""
     inside, outside = (f"t-{uuid.uuid4().hex[:8]}" for _ in range(2))
     for ns in (inside, outside):
         kubectl.ok("create", "namespace", ns)
     controller.stop()
-    scoped = ControllerProcess(control_plane.kubeconfig, tmp_path / "scoped.log",
-                               f"namespace_scope={inside!r}, peering=False")
+    scoped = ControllerProcess(
+        control_plane.kubeconfig,
+        tmp_path / "scoped.log",
+        f"namespace_scope={inside!r}, peering=False",
+    )
     try:
         pps = [k.create_pp(ns, "web") for ns in (inside, outside)]
         (a,) = names("node", 1)
@@ -467,8 +594,7 @@ def test_namespace_scope(k: Cluster, kubectl: Any, controller: ControllerProcess
     wait_ready(k, outside, "web", "1/1")
 
 
-def test_prune_forgets_objects_deleted_unseen(k: Cluster, namespace: str,
-                                             kube_client: Any) -> None:
+def test_prune_forgets_objects_deleted_unseen(k: Cluster, namespace: str, kube_client: Any) -> None:
     """The periodic resync lists metadata only and forgets what no longer exists."""
     import asyncio
 
@@ -495,9 +621,14 @@ def test_summarised_reports_are_exact(k: Cluster, namespace: str) -> None:
     k.create_pp(namespace, "db", 8081)
     zone = f"z{uuid.uuid4().hex[:6]}"
     only_a = k.co.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, "portpublications", "db",
+        GROUP,
+        VERSION,
+        namespace,
+        "portpublications",
+        "db",
         {"spec": {"nodeSelector": {"matchLabels": {"zone": zone}}}},
-        _content_type="application/merge-patch+json")
+        _content_type="application/merge-patch+json",
+    )
     a, b = names("node", 2)
     k.report_summary(a, {"zone": zone}, [(web, 1), (only_a, 2)])
     k.report_summary(b, {"zone": "other"}, [(web, 1)])
@@ -509,11 +640,21 @@ def test_summarised_reports_are_exact(k: Cluster, namespace: str) -> None:
     k.report_summary(a, {"zone": zone}, [(web2, 2), (only_a, 2)])
     obj = wait_ready(k, namespace, "web", "1/2", status="False")
     assert obj["status"]["problemNodes"] == [
-        {"node": b, "state": "Applied", "reason": "GenerationPending",
-         "message": "applied generation 1, current is 2"}]
+        {
+            "node": b,
+            "state": "Applied",
+            "reason": "GenerationPending",
+            "message": "applied generation 1, current is 2",
+        }
+    ]
     wait_ready(k, namespace, "db", "1/1")  # its bucket neighbour, if any, is untouched
-    k.report_summary(b, {"zone": "other"}, [], entry(web2, "Conflicted", reason="PortInUse",
-                                                     message="taken by a host process"))
+    k.report_summary(
+        b,
+        {"zone": "other"},
+        [],
+        entry(web2, "Conflicted", reason="PortInUse", message="taken by a host process"),
+    )
+
     def conflicted() -> dict[str, Any] | None:
         o = k.pp(namespace, "web")
         return o if condition(o, "Conflicted").get("status") == "True" else None
@@ -528,16 +669,25 @@ def test_store_keeps_the_newer_incarnation() -> None:
     from bridgeport.kube.store import Store
 
     def obj(uid: str, created: str, **meta: Any) -> dict[str, Any]:
-        return {"kind": "PortPublication", "metadata": {
-            "name": "web", "namespace": "ns", "uid": uid, "generation": 1,
-            "creationTimestamp": created, **meta}}
+        return {
+            "kind": "PortPublication",
+            "metadata": {
+                "name": "web",
+                "namespace": "ns",
+                "uid": uid,
+                "generation": 1,
+                "creationTimestamp": created,
+                **meta,
+            },
+        }
 
     store = Store()
     ref, dirty = store.put_resource(obj("new", "2026-01-02T00:00:00Z"))
     assert dirty == {ref}
     assert store.put_resource(obj("old", "2026-01-01T00:00:00Z")) == (ref, set())
-    assert store.put_resource(obj("old", "2026-01-02T00:00:00Z",
-                                  deletionTimestamp="2026-01-02T00:00:00Z")) == (ref, set())
+    assert store.put_resource(
+        obj("old", "2026-01-02T00:00:00Z", deletionTimestamp="2026-01-02T00:00:00Z")
+    ) == (ref, set())
     assert store.resources[ref].resource.uid == "new"
     assert store.drop_resource(ref, "old") is None and store.drop_resource(ref, "new") == {ref}
 
@@ -547,12 +697,19 @@ def test_store_marks_only_changed_reports() -> None:
     from bridgeport.kube.store import Store
 
     def e(name: str, state: str) -> dict[str, Any]:
-        return {"kind": "PortPublication", "namespace": "ns", "name": name, "uid": name,
-                "observedGeneration": 1, "state": state}
+        return {
+            "kind": "PortPublication",
+            "namespace": "ns",
+            "name": name,
+            "uid": name,
+            "observedGeneration": 1,
+            "state": state,
+        }
 
     store = Store()
-    assert {r.name for r in store.put_node("n1", {"resources": [e("a", "Applied"),
-                                                                e("b", "Applied")]})} == {"a", "b"}
+    assert {
+        r.name for r in store.put_node("n1", {"resources": [e("a", "Applied"), e("b", "Applied")]})
+    } == {"a", "b"}
     assert store.put_node("n1", {"resources": [e("a", "Applied"), e("b", "Applied")]}) == set()
     assert {r.name for r in store.put_node("n1", {"resources": [e("a", "Failed")]})} == {"a", "b"}
     assert {r.name for r in store.drop_node("n1")} == {"a"} and store.nodes == {}
@@ -566,8 +723,9 @@ def test_active_peer_rule() -> None:
     live = {"lastseen": "2026-01-01T11:59:30+00:00", "lifetime": 60}
     dead = {"lastseen": "2026-01-01T11:58:00+00:00", "lifetime": 60}
     assert is_active_peer(None, "me", 5, now)
-    assert is_active_peer({"me": {**live, "priority": 5}, "x": {**live, "priority": 4}},
-                          "me", 5, now)
+    assert is_active_peer(
+        {"me": {**live, "priority": 5}, "x": {**live, "priority": 4}}, "me", 5, now
+    )
     assert not is_active_peer({"x": {**live, "priority": 9}}, "me", 5, now)
     assert not is_active_peer({"x": {**live, "priority": 5}}, "me", 5, now)
     assert is_active_peer({"x": {**dead, "priority": 9}, "y": "junk"}, "me", 5, now)
@@ -575,27 +733,42 @@ def test_active_peer_rule() -> None:
 
 def test_peering_keepalive(k: Cluster) -> None:
     """The controller keeps its entry alive in the ClusterKopfPeering (one active replica)."""
-    peering = k.co.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
-                                             "bridgeport-controller")
+    peering = k.co.get_cluster_custom_object(
+        "kopf.dev", "v1", "clusterkopfpeerings", "bridgeport-controller"
+    )
     peers = peering.get("status") or {}
     assert len(peers) >= 1 and all("priority" in p for p in peers.values()), peers
 
 
-def test_missing_peering_object_is_explained(control_plane: Any, crds: Any, kubectl: Any,
-                                             tmp_path: Path) -> None:
+def test_missing_peering_object_is_explained(
+    control_plane: Any, crds: Any, kubectl: Any, tmp_path: Path
+) -> None:
     """Issue 11, case 9: without its ClusterKopfPeering the controller says, once, what it
     waits for and that --no-peering exists; it notices when the object appears."""
     name = f"bp-missing-{uuid.uuid4().hex[:8]}"
-    waiting = ControllerProcess(control_plane.kubeconfig, tmp_path / "waiting.log",
-                                f"peering=True, peering_name={name!r}")
+    waiting = ControllerProcess(
+        control_plane.kubeconfig, tmp_path / "waiting.log", f"peering=True, peering_name={name!r}"
+    )
     try:
         waiting.start("waiting for the ClusterKopfPeering")
-        kubectl.ok("apply", "-f", "-", input=json.dumps({
-            "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
-            "metadata": {"name": name}}))
+        kubectl.ok(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "kopf.dev/v1",
+                    "kind": "ClusterKopfPeering",
+                    "metadata": {"name": name},
+                }
+            ),
+        )
         wait_for(lambda: "ClusterKopfPeering found" in waiting.log(), "peering object noticed")
-        lines = [line for line in waiting.log().splitlines()
-                 if "waiting for the ClusterKopfPeering" in line]
+        lines = [
+            line
+            for line in waiting.log().splitlines()
+            if "waiting for the ClusterKopfPeering" in line
+        ]
         assert len(lines) == 1 and "--no-peering" in lines[0] and name in lines[0], lines
     finally:
         waiting.stop()

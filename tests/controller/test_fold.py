@@ -32,18 +32,26 @@ def ref(i: int) -> ResourceRef:
     return ResourceRef(PP, "ns", f"p{i}")
 
 
-def node_status(labels: dict[str, str], applied: list[tuple[ResourceRef, str, int]],
-                listed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"labels": labels, "resources": listed or [],
-            "applied": {"count": len(applied), "buckets": summary.BUCKETS,
-                        "digest": summary.encode(summary.digests(applied))}}
+def node_status(
+    labels: dict[str, str],
+    applied: list[tuple[ResourceRef, str, int]],
+    listed: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "labels": labels,
+        "resources": listed or [],
+        "applied": {
+            "count": len(applied),
+            "buckets": summary.BUCKETS,
+            "digest": summary.encode(summary.digests(applied)),
+        },
+    }
 
 
 def status(view: ClusterView, t: Tracked) -> dict[str, Any]:
     view.flush()
     reports, ready, inactive = view.inputs(t.ref)
-    return st.compute_status(st.Resource(t.ref, t.uid, t.generation), reports, NOW, ready,
-                             inactive)
+    return st.compute_status(st.Resource(t.ref, t.uid, t.generation), reports, NOW, ready, inactive)
 
 
 def test_digests_prove_applied_without_entries() -> None:
@@ -66,17 +74,23 @@ def test_selector_mismatch_is_derived_from_labels() -> None:
     assert status(view, t)["ready"] == "1/1"
     view.drop_node("a")
     s = status(view, t)
-    assert s["ready"] == "0/0" and st.condition(s["conditions"], "Ready")["reason"] == \
-        "NotSelected"
+    assert s["ready"] == "0/0" and st.condition(s["conditions"], "Ready")["reason"] == "NotSelected"
 
 
 def test_listed_exception_counts_as_reported() -> None:
     view = ClusterView()
     t = Tracked(ref(1), "u1", 1, ALL)
     view.put_resource(t, 0.0)
-    entry = {"kind": PP, "namespace": "ns", "name": "p1", "uid": "u1",
-             "observedGeneration": 1, "state": "Conflicted", "reason": "PortInUse",
-             "message": "taken by ns/p0"}
+    entry = {
+        "kind": PP,
+        "namespace": "ns",
+        "name": "p1",
+        "uid": "u1",
+        "observedGeneration": 1,
+        "state": "Conflicted",
+        "reason": "PortInUse",
+        "message": "taken by ns/p0",
+    }
     view.put_node("a", node_status({}, [], [entry]))
     view.put_node("b", node_status({}, [(t.ref, "u1", 1)]))
     s = status(view, t)
@@ -93,17 +107,24 @@ def test_lagging_node_pends_only_the_changed_resource() -> None:
     for n in ("a", "b"):
         view.put_node(n, node_status({}, old))
     changed = Tracked(ts[3].ref, "u3", 2, ALL)
-    neighbours = [t for t in ts if summary.bucket_of(t.ref) == summary.bucket_of(changed.ref)
-                  and t.ref != changed.ref]
+    neighbours = [
+        t
+        for t in ts
+        if summary.bucket_of(t.ref) == summary.bucket_of(changed.ref) and t.ref != changed.ref
+    ]
     assert neighbours  # 2,000 resources in 256 buckets
     dirty = view.put_resource(changed, 1.0)
     assert changed.ref in dirty
-    view.put_node("a", node_status({}, [(r, u, 2 if r == changed.ref else 1)
-                                        for r, u, _ in old]))
+    view.put_node("a", node_status({}, [(r, u, 2 if r == changed.ref else 1) for r, u, _ in old]))
     s = status(view, changed)
     assert s["ready"] == "1/2" and s["problemNodes"] == [
-        {"node": "b", "state": "Applied", "reason": "GenerationPending",
-         "message": "applied generation 1, current is 2"}]
+        {
+            "node": "b",
+            "state": "Applied",
+            "reason": "GenerationPending",
+            "message": "applied generation 1, current is 2",
+        }
+    ]
     assert status(view, neighbours[0])["ready"] == "2/2"
 
 
@@ -136,8 +157,14 @@ def test_reports_without_digests_still_count() -> None:
     view = ClusterView()
     t = Tracked(ref(1), "u1", 2, ALL)
     view.put_resource(t, 0.0)
-    entry = {"kind": PP, "namespace": "ns", "name": "p1", "uid": "u1",
-             "observedGeneration": 2, "state": "Applied"}
+    entry = {
+        "kind": PP,
+        "namespace": "ns",
+        "name": "p1",
+        "uid": "u1",
+        "observedGeneration": 2,
+        "state": "Applied",
+    }
     view.put_node("old-agent", {"resources": [entry]})
     view.put_node("new-agent", node_status({}, [(t.ref, "u1", 2)]))
     assert status(view, t)["ready"] == "2/2"
@@ -161,8 +188,7 @@ def worlds(draw: Any) -> dict[str, Any]:
     for _ in range(draw(stt.integers(1, 5))):
         labels = draw(stt.sampled_from(LABELS))
         # What this node has of each resource: None (nothing), a generation, or "Conflicted".
-        view = [draw(stt.sampled_from([None, "Conflicted", *history[i]]))
-                for i in range(n_res)]
+        view = [draw(stt.sampled_from([None, "Conflicted", *history[i]])) for i in range(n_res)]
         nodes.append((labels, view))
     return {"history": history, "selectors": selectors, "nodes": nodes}
 
@@ -183,15 +209,29 @@ def test_fold_equals_full_entries(world: dict[str, Any]) -> None:
         for t, got in zip(current, has, strict=True):
             selected = t.selector is not None and t.selector.matches(labels)
             if got == "Conflicted":
-                entry = {"kind": PP, "namespace": "ns", "name": t.ref.name, "uid": t.uid,
-                         "observedGeneration": t.generation, "state": "Conflicted",
-                         "reason": "PortInUse", "message": "m"}
+                entry = {
+                    "kind": PP,
+                    "namespace": "ns",
+                    "name": t.ref.name,
+                    "uid": t.uid,
+                    "observedGeneration": t.generation,
+                    "state": "Conflicted",
+                    "reason": "PortInUse",
+                    "message": "m",
+                }
                 listed.append(entry)
                 full.append(entries(name, {"resources": [entry]})[0])
             elif got is None or (got == t.generation and not selected):
                 # Nothing applied: pending where it is selected, else Inactive.
-                full.append(Entry(name, t.ref, t.uid, None if selected else
-                                          t.generation, "Applied" if selected else "Inactive"))
+                full.append(
+                    Entry(
+                        name,
+                        t.ref,
+                        t.uid,
+                        None if selected else t.generation,
+                        "Applied" if selected else "Inactive",
+                    )
+                )
             else:
                 applied.append((t.ref, t.uid, got))
                 full.append(Entry(name, t.ref, t.uid, got, "Applied"))

@@ -19,16 +19,36 @@ from bridgeport.core.specs import ResourceRef
 
 
 def state(entries: list[Entry]) -> Report:
-    return Report(node="n", agent_version="0.1.0", last_sync="t", last_sync_ms=1.0,
-                  table_digest="d", counts={"Applied": 1, "bridges": 0}, entries=tuple(entries),
-                  labels={"zone": "a"})
+    return Report(
+        node="n",
+        agent_version="0.1.0",
+        last_sync="t",
+        last_sync_ms=1.0,
+        table_digest="d",
+        counts={"Applied": 1, "bridges": 0},
+        entries=tuple(entries),
+        labels={"zone": "a"},
+    )
 
 
-def entry(name: str, status: str = "Applied", proxy: str = "off", reason: str = "",
-          message: str = "long text") -> Entry:
+def entry(
+    name: str,
+    status: str = "Applied",
+    proxy: str = "off",
+    reason: str = "",
+    message: str = "long text",
+) -> Entry:
     reason = reason or ("Programmed" if status == "Applied" else "Why")
-    return Entry("n", ResourceRef("PortPublication", "default", name), "u-" + name, 3, status,
-                 reason, message, proxy)  # type: ignore[arg-type]
+    return Entry(
+        "n",
+        ResourceRef("PortPublication", "default", name),
+        "u-" + name,
+        3,
+        status,
+        reason,
+        message,
+        proxy,
+    )  # type: ignore[arg-type]
 
 
 def status_from_state(report: Report) -> dict[str, Any]:
@@ -36,16 +56,22 @@ def status_from_state(report: Report) -> dict[str, Any]:
 
 
 def test_applied_is_summarised_problems_listed() -> None:
-    out = status_from_state(state([
-        entry("a", proxy="listening"), entry("b", "Conflicted"),
-        entry("c", "Inactive", reason="NodeSelectorMismatch"),
-        entry("d", "Inactive", reason="HostIPNotLocal"), entry("e", proxy="failed")]))
+    out = status_from_state(
+        state(
+            [
+                entry("a", proxy="listening"),
+                entry("b", "Conflicted"),
+                entry("c", "Inactive", reason="NodeSelectorMismatch"),
+                entry("d", "Inactive", reason="HostIPNotLocal"),
+                entry("e", proxy="failed"),
+            ]
+        )
+    )
     assert [r["name"] for r in out["resources"]] == ["b", "d", "e"]
     assert out["resources"][0]["message"] == "long text"
     assert out["labels"] == {"zone": "a"} and out["applied"]["count"] == 1
     ref = ResourceRef("PortPublication", "default", "a")
-    assert summary.decode(out["applied"]["digest"]) == tuple(
-        summary.digests([(ref, "u-a", 3)]))
+    assert summary.decode(out["applied"]["digest"]) == tuple(summary.digests([(ref, "u-a", 3)]))
     assert out["counts"] == {"Applied": 1, "bridges": 0}
 
 
@@ -82,17 +108,31 @@ def test_the_state_file_is_the_whole_report() -> None:
 
     report = state([entry("a", proxy="listening"), entry("b", "Conflicted")])
     doc = report.document()
-    assert doc["resources"][1] == {"kind": "PortPublication", "namespace": "default",
-                                   "name": "b", "uid": "u-b", "observedGeneration": 3,
-                                   "state": "Conflicted", "reason": "Why",
-                                   "message": "long text", "proxy": "off"}
+    assert doc["resources"][1] == {
+        "kind": "PortPublication",
+        "namespace": "default",
+        "name": "b",
+        "uid": "u-b",
+        "observedGeneration": 3,
+        "state": "Conflicted",
+        "reason": "Why",
+        "message": "long text",
+        "proxy": "off",
+    }
     assert entries("n", report.status()[0])[0] == report.entries[1]  # "a" is summarised
 
 
 def test_applied_with_a_warning_keeps_reason_and_message() -> None:
     """SubnetOverlapsNode (issue 11) reaches the controller through the compact entry."""
-    warned = Entry("n", ResourceRef("BridgeNetwork", "", "ov"), "u", 1, "Applied",
-                   "SubnetOverlapsNode", "warning: subnet overlaps 192.0.2.0/24")
+    warned = Entry(
+        "n",
+        ResourceRef("BridgeNetwork", "", "ov"),
+        "u",
+        1,
+        "Applied",
+        "SubnetOverlapsNode",
+        "warning: subnet overlaps 192.0.2.0/24",
+    )
     doc = warned.document(compact=True)
     assert doc["reason"] == "SubnetOverlapsNode" and "192.0.2.0/24" in doc["message"]
 
@@ -126,14 +166,32 @@ def test_recall_reads_back_assigned_ports_from_the_nodestate() -> None:
     other error: try again (None)."""
     from kubernetes.client.exceptions import ApiException
 
-    entries = [Entry("n", ResourceRef("PortPublication", "default", "a"), "u-a", 1, "Applied",
-                     "Programmed", assigned=(40000, 40000)),
-               Entry("n", ResourceRef("PortPublication", "default", "b"), "u-b", 1,
-                     "Conflicted", "PortInUse", "held", assigned=(40001, 40001)),
-               entry("c")]
+    entries = [
+        Entry(
+            "n",
+            ResourceRef("PortPublication", "default", "a"),
+            "u-a",
+            1,
+            "Applied",
+            "Programmed",
+            assigned=(40000, 40000),
+        ),
+        Entry(
+            "n",
+            ResourceRef("PortPublication", "default", "b"),
+            "u-b",
+            1,
+            "Conflicted",
+            "PortInUse",
+            "held",
+            assigned=(40001, 40001),
+        ),
+        entry("c"),
+    ]
     status = state(entries).status()[0]
     assert _recall({"status": json.loads(json.dumps(status))}) == {
-        ResourceRef("PortPublication", "default", "a"): ("u-a", 40000)}
+        ResourceRef("PortPublication", "default", "a"): ("u-a", 40000)
+    }
     assert _recall(ApiException(status=404)) == {}
     assert _recall(ApiException(status=403)) == {}
     assert _recall(ApiException(status=500)) is None

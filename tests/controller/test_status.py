@@ -37,8 +37,15 @@ def res(generation: int = 1, conditions: Any = (), uid: str = UID) -> s.Resource
     return s.Resource(REF, uid, generation, tuple(conditions))
 
 
-def rep(node: str, state: str = "Applied", gen: int | None = 1, uid: str = UID,
-        reason: str = "", message: str = "", ref: ResourceRef = REF) -> Entry:
+def rep(
+    node: str,
+    state: str = "Applied",
+    gen: int | None = 1,
+    uid: str = UID,
+    reason: str = "",
+    message: str = "",
+    ref: ResourceRef = REF,
+) -> Entry:
     return Entry(node, ref, uid, gen, state, reason, message)
 
 
@@ -55,7 +62,10 @@ def test_all_applied_is_ready() -> None:
     assert out["observedGeneration"] == 1 and out["problemNodes"] == []
     ready = cond(out, "Ready")
     assert (ready["status"], ready["reason"], ready["lastTransitionTime"]) == (
-        "True", "AllNodesReady", T0)
+        "True",
+        "AllNodesReady",
+        T0,
+    )
     assert ready["observedGeneration"] == 1
     assert cond(out, "Conflicted")["status"] == "False"
     assert cond(out, "Invalid")["status"] == "False"
@@ -68,11 +78,18 @@ def test_ready_says_what_was_programmed() -> None:
     publication, say), and counts the nodes that programmed something else."""
     both = "8080/TCP -> 10.0.0.2:80 via kernel DNAT; [fd00::2]:80 via kernel DNAT"
     proxied = "8080/TCP -> 10.0.0.2:80 via kernel DNAT; [fd00::2]:80 via proxy on ::"
-    same = cond(s.compute_status(res(), [rep("b", message=both), rep("a", message=both)], T0),
-                "Ready")
+    same = cond(
+        s.compute_status(res(), [rep("b", message=both), rep("a", message=both)], T0), "Ready"
+    )
     assert same["message"] == f"2/2 selected nodes ready at generation 1: {both}"
-    mixed = cond(s.compute_status(res(), [rep("a", message=both), rep("b", message=proxied),
-                                          rep("c", message=proxied)], T0), "Ready")
+    mixed = cond(
+        s.compute_status(
+            res(),
+            [rep("a", message=both), rep("b", message=proxied), rep("c", message=proxied)],
+            T0,
+        ),
+        "Ready",
+    )
     assert mixed["message"].endswith(f": {both} (2 nodes differ)")
 
 
@@ -83,9 +100,14 @@ def test_stale_generation_is_pending() -> None:
     ready = cond(out, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "NodesPending")
     assert "not yet at generation 2" in ready["message"]
-    assert out["problemNodes"] == [{"node": "b", "state": "Applied",
-                                    "reason": "GenerationPending",
-                                    "message": "applied generation 1, current is 2"}]
+    assert out["problemNodes"] == [
+        {
+            "node": "b",
+            "state": "Applied",
+            "reason": "GenerationPending",
+            "message": "applied generation 1, current is 2",
+        }
+    ]
 
 
 def test_missing_generation_is_pending() -> None:
@@ -96,16 +118,23 @@ def test_missing_generation_is_pending() -> None:
 
 def test_inactive_nodes_are_not_selected() -> None:
     """An Inactive node (selector mismatch, hostIP elsewhere) counts in neither number."""
-    out = s.compute_status(res(), [rep("a"), rep("b", "Inactive", reason="NodeSelectorMismatch")],
-                           T0)
+    out = s.compute_status(
+        res(), [rep("a"), rep("b", "Inactive", reason="NodeSelectorMismatch")], T0
+    )
     assert out["ready"] == "1/1" and cond(out, "Ready")["status"] == "True"
     assert out["problemNodes"] == []
 
 
 def test_all_inactive_is_not_selected() -> None:
     """Every node Inactive: Ready False NotSelected, 0/0, quoting a node."""
-    out = s.compute_status(res(), [rep("b", "Inactive", message="hostIP not local"),
-                                   rep("a", "Inactive", message="selector")], T0)
+    out = s.compute_status(
+        res(),
+        [
+            rep("b", "Inactive", message="hostIP not local"),
+            rep("a", "Inactive", message="selector"),
+        ],
+        T0,
+    )
     ready = cond(out, "Ready")
     assert out["ready"] == "0/0" and (ready["status"], ready["reason"]) == ("False", "NotSelected")
     assert "node a: selector" in ready["message"]
@@ -120,14 +149,16 @@ def test_no_reports() -> None:
 def test_conflicted_quotes_the_winner() -> None:
     """A Conflicted node: Conflicted True quoting its message; Ready False Conflicted."""
     msg = "8080/TCP is claimed by PortPublication default/first (older)"
-    out = s.compute_status(res(), [rep("a"), rep("b", "Conflicted", reason="PortConflict",
-                                                  message=msg)], T0)
+    out = s.compute_status(
+        res(), [rep("a"), rep("b", "Conflicted", reason="PortConflict", message=msg)], T0
+    )
     c = cond(out, "Conflicted")
     assert (c["status"], c["reason"]) == ("True", "PortConflict")
     assert c["message"] == f"node b: {msg}"
     assert cond(out, "Ready")["reason"] == "Conflicted" and out["ready"] == "1/2"
-    assert out["problemNodes"] == [{"node": "b", "state": "Conflicted", "reason": "PortConflict",
-                                    "message": msg}]
+    assert out["problemNodes"] == [
+        {"node": "b", "state": "Conflicted", "reason": "PortConflict", "message": msg}
+    ]
 
 
 def test_conflict_on_several_nodes_counts_them() -> None:
@@ -144,9 +175,12 @@ def test_stale_conflict_still_reported() -> None:
 
 def test_invalid_outranks_conflicted() -> None:
     """Ready's reason is the most serious state: Invalid > Conflicted > Failed > pending."""
-    reports = [rep("a", "Conflicted", message="c"), rep("b", "Invalid", reason="BadSpec",
-                                                        message="bad port"),
-               rep("c", "Failed", message="f"), rep("d", gen=0)]
+    reports = [
+        rep("a", "Conflicted", message="c"),
+        rep("b", "Invalid", reason="BadSpec", message="bad port"),
+        rep("c", "Failed", message="f"),
+        rep("d", gen=0),
+    ]
     out = s.compute_status(res(), reports, T0)
     assert cond(out, "Ready")["reason"] == "Invalid"
     inv = cond(out, "Invalid")
@@ -190,8 +224,9 @@ def test_problem_nodes_bounded_and_sorted() -> None:
 
 def test_bad_reasons_are_replaced() -> None:
     """A node reason that is not a metav1 reason (the CRD's pattern) falls back to the state."""
-    out = s.compute_status(res(), [rep("a", "Conflicted", reason="port-conflict!"),
-                                   rep("b", "Invalid", reason="")], T0)
+    out = s.compute_status(
+        res(), [rep("a", "Conflicted", reason="port-conflict!"), rep("b", "Invalid", reason="")], T0
+    )
     assert cond(out, "Conflicted")["reason"] == "Conflicted"
     assert cond(out, "Invalid")["reason"] == "Invalid"
     assert "problemNodesOmitted" not in out
@@ -216,22 +251,45 @@ def test_transition_time_kept_while_status_unchanged() -> None:
 
 def test_foreign_conditions_survive() -> None:
     """A condition type we do not own is kept, after ours."""
-    foreign = {"type": "Audited", "status": "True", "reason": "X", "message": "",
-               "lastTransitionTime": T0}
+    foreign = {
+        "type": "Audited",
+        "status": "True",
+        "reason": "X",
+        "message": "",
+        "lastTransitionTime": T0,
+    }
     out = s.compute_status(res(1, [foreign]), [rep("a")], T1)
     assert out["conditions"][-1] == foreign and len(out["conditions"]) == 4
 
 
 def test_parse_reports_skips_malformed() -> None:
     """Entries without kind, name or state, or of the wrong type, are skipped."""
-    status = {"resources": [
-        {"kind": "PortPublication", "namespace": "default", "name": "web", "uid": UID,
-         "observedGeneration": 2, "state": "Applied", "reason": "Programmed", "message": "ok",
-         "proxy": "listening"},
-        {"kind": "BridgeNetwork", "namespace": "", "name": "br0", "state": "Inactive",
-         "observedGeneration": True},
-        {"name": "x", "state": "Applied"}, {"kind": "PortPublication", "name": "y"}, "junk", None,
-    ]}
+    status = {
+        "resources": [
+            {
+                "kind": "PortPublication",
+                "namespace": "default",
+                "name": "web",
+                "uid": UID,
+                "observedGeneration": 2,
+                "state": "Applied",
+                "reason": "Programmed",
+                "message": "ok",
+                "proxy": "listening",
+            },
+            {
+                "kind": "BridgeNetwork",
+                "namespace": "",
+                "name": "br0",
+                "state": "Inactive",
+                "observedGeneration": True,
+            },
+            {"name": "x", "state": "Applied"},
+            {"kind": "PortPublication", "name": "y"},
+            "junk",
+            None,
+        ]
+    }
     got = report.entries("n1", status)
     assert got == (
         Entry("n1", REF, UID, 2, "Applied", "Programmed", "ok", proxy="listening"),
@@ -242,11 +300,15 @@ def test_parse_reports_skips_malformed() -> None:
 
 def test_resource_from_body() -> None:
     """Kind, namespace, name, uid, generation and conditions from an API object."""
-    body = {"kind": "BridgeNetwork", "metadata": {"name": "br0", "uid": "u", "generation": 3},
-            "status": {"conditions": [{"type": "Ready", "status": "True"}, "junk"]}}
+    body = {
+        "kind": "BridgeNetwork",
+        "metadata": {"name": "br0", "uid": "u", "generation": 3},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}, "junk"]},
+    }
     r = s.resource_from_body(body)
-    assert r == s.Resource(ResourceRef("BridgeNetwork", "", "br0"), "u", 3,
-                           ({"type": "Ready", "status": "True"},))
+    assert r == s.Resource(
+        ResourceRef("BridgeNetwork", "", "br0"), "u", 3, ({"type": "Ready", "status": "True"},)
+    )
     assert s.resource_from_body({"kind": "PortPublication", "metadata": {}}).generation == 0
 
 
@@ -255,19 +317,23 @@ def test_transitions_ready_and_conflict() -> None:
     pending = s.compute_status(res(), [rep("a", gen=0)], T0)["conditions"]
     ready = s.compute_status(res(1, pending), [rep("a")], T1)["conditions"]
     assert [(t.type, t.reason) for t in s.transitions(pending, ready)] == [("Normal", "Ready")]
-    conflicted = s.compute_status(res(1, ready), [rep("a", "Conflicted", message="m")],
-                                  T1)["conditions"]
+    conflicted = s.compute_status(res(1, ready), [rep("a", "Conflicted", message="m")], T1)[
+        "conditions"
+    ]
     ts = s.transitions(ready, conflicted)
     assert [(t.type, t.reason, t.message) for t in ts] == [("Warning", "Conflicted", "node a: m")]
     resolved = s.compute_status(res(1, conflicted), [rep("a")], T1)["conditions"]
     assert [(t.type, t.reason) for t in s.transitions(conflicted, resolved)] == [
-        ("Normal", "Ready"), ("Normal", "ConflictResolved")]
+        ("Normal", "Ready"),
+        ("Normal", "ConflictResolved"),
+    ]
 
 
 def test_transitions_first_status() -> None:
     """No previous status: Ready True gives Ready; False/False conditions give nothing."""
-    assert [t.reason for t in s.transitions((), s.compute_status(res(), [rep("a")], T0)[
-        "conditions"])] == ["Ready"]
+    assert [
+        t.reason for t in s.transitions((), s.compute_status(res(), [rep("a")], T0)["conditions"])
+    ] == ["Ready"]
     assert s.transitions((), s.compute_status(res(), [], T0)["conditions"]) == []
 
 
@@ -302,12 +368,17 @@ def test_status_patch() -> None:
 
 STATES = ("Applied", "Inactive", "Conflicted", "Invalid", "Failed")
 reports_st = st.lists(
-    st.builds(rep, node=st.sampled_from([f"n{i}" for i in range(30)]),
-              state=st.sampled_from(STATES), gen=st.sampled_from([None, 1, 2, 3]),
-              uid=st.sampled_from(["", UID, "other"]),
-              reason=st.sampled_from(["", "R", "Port-Conflict"]),
-              message=st.sampled_from(["", "m1", "m2"])),
-    max_size=60)
+    st.builds(
+        rep,
+        node=st.sampled_from([f"n{i}" for i in range(30)]),
+        state=st.sampled_from(STATES),
+        gen=st.sampled_from([None, 1, 2, 3]),
+        uid=st.sampled_from(["", UID, "other"]),
+        reason=st.sampled_from(["", "R", "Port-Conflict"]),
+        message=st.sampled_from(["", "m1", "m2"]),
+    ),
+    max_size=60,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -350,10 +421,15 @@ def test_subnet_overlapping_a_node_network_is_a_warning_condition() -> None:
     overlap = cond(out, "SubnetOverlapsNode")
     assert overlap["status"] == "True" and "node a: warning" in overlap["message"]
     events = s.transitions([], out["conditions"])
-    assert [(e.type, e.reason) for e in events] == [("Normal", "Ready"),
-                                                    ("Warning", "SubnetOverlapsNode")]
-    clean = s.compute_status(s.Resource(bn, UID, 1, tuple(out["conditions"])),
-                             [rep("a", ref=bn)], T1)
+    assert [(e.type, e.reason) for e in events] == [
+        ("Normal", "Ready"),
+        ("Warning", "SubnetOverlapsNode"),
+    ]
+    clean = s.compute_status(
+        s.Resource(bn, UID, 1, tuple(out["conditions"])), [rep("a", ref=bn)], T1
+    )
     assert cond(clean, "SubnetOverlapsNode")["status"] == "False"
-    assert s.condition(s.compute_status(res(1), [rep("a")], T0)["conditions"],
-                       "SubnetOverlapsNode") is None
+    assert (
+        s.condition(s.compute_status(res(1), [rep("a")], T0)["conditions"], "SubnetOverlapsNode")
+        is None
+    )

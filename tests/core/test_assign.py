@@ -54,12 +54,15 @@ def outcome(plan: NodePlan, name: str) -> Any:
 
 # -- the allocator ------------------------------------------------------------------------------
 
+
 def test_reserved_and_listening_ports_are_skipped_per_protocol() -> None:
     first = assign.preferred(ref("a"), 1000, 1009, 1)
     busy = {(first - 1000 + i) % 10 + 1000 for i in range(3)}  # the start and the next two
-    out = assign.allocate([Request(ref("a"), "TCP", 1000, 1009),
-                           Request(ref("b"), "UDP", 1000, 1009)],
-                          reserved={min(busy)}, in_use={"TCP": busy - {min(busy)}})
+    out = assign.allocate(
+        [Request(ref("a"), "TCP", 1000, 1009), Request(ref("b"), "UDP", 1000, 1009)],
+        reserved={min(busy)},
+        in_use={"TCP": busy - {min(busy)}},
+    )
     assert out[ref("a")] not in busy and 1000 <= (out[ref("a")] or 0) <= 1009
     # UDP: only the reserved port counts (TCP's listeners are TCP's)
     assert out[ref("b")] != min(busy)
@@ -71,22 +74,33 @@ def test_tcp_udp_and_sctp_are_separate() -> None:
 
 
 def test_an_exhausted_range_gives_none_and_nothing_else_breaks() -> None:
-    out = assign.allocate([Fixed("TCP", 7000, 7000), Request(ref("a"), "TCP", 7000, 7001),
-                           Request(ref("b"), "TCP", 7000, 7001),
-                           Request(ref("c"), "TCP", 7000, 7001)])
+    out = assign.allocate(
+        [
+            Fixed("TCP", 7000, 7000),
+            Request(ref("a"), "TCP", 7000, 7001),
+            Request(ref("b"), "TCP", 7000, 7001),
+            Request(ref("c"), "TCP", 7000, 7001),
+        ]
+    )
     assert out == {ref("a"): 7001, ref("b"): None, ref("c"): None}
 
 
 def test_a_count_takes_consecutive_ports() -> None:
-    out = assign.allocate([Fixed("TCP", 6002, 6002), Request(ref("a"), "TCP", 6000, 6099, 3),
-                           Request(ref("b"), "TCP", 6000, 6099, 5)])
+    out = assign.allocate(
+        [
+            Fixed("TCP", 6002, 6002),
+            Request(ref("a"), "TCP", 6000, 6099, 3),
+            Request(ref("b"), "TCP", 6000, 6099, 5),
+        ]
+    )
     a, b = out[ref("a")], out[ref("b")]
     assert a is not None and b is not None
     taken = [*range(a, a + 3), *range(b, b + 5), 6002]
     assert len(set(taken)) == len(taken) and all(6000 <= p <= 6099 for p in taken)
     # one port short of a run: a request for more than the free run fails
-    assert assign.allocate([Fixed("TCP", 6002, 6002), Request(ref("c"), "TCP", 6000, 6004, 3)]
-                           ) == {ref("c"): None}
+    assert assign.allocate([Fixed("TCP", 6002, 6002), Request(ref("c"), "TCP", 6000, 6004, 3)]) == {
+        ref("c"): None
+    }
 
 
 def test_previous_is_kept_while_valid() -> None:
@@ -106,8 +120,9 @@ def test_previous_is_kept_while_valid() -> None:
 
 def test_a_fixed_port_behind_a_previous_assignment_does_not_move_it() -> None:
     """Claim order: the incumbent keeps its port; the newcomer's conflict is the planner's."""
-    out = assign.allocate([Request(ref("a"), "TCP", 30000, 30100, previous=30050),
-                           Fixed("TCP", 30050, 30050)])
+    out = assign.allocate(
+        [Request(ref("a"), "TCP", 30000, 30100, previous=30050), Fixed("TCP", 30050, 30050)]
+    )
     assert out == {ref("a"): 30050}
 
 
@@ -124,8 +139,11 @@ def test_listening_ports_from_sock_diag_and_proc_agree() -> None:
 
     from bridgeport.adapters import facts
 
-    with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp, \
-            socket.socket() as client:
+    with (
+        socket.socket() as tcp,
+        socket.socket(type=socket.SOCK_DGRAM) as udp,
+        socket.socket() as client,
+    ):
         tcp.bind(("127.0.0.1", 0))
         tcp.listen()
         udp.bind(("127.0.0.1", 0))
@@ -142,17 +160,28 @@ def test_kernel_port_list_syntax() -> None:
     assert parse_port_list("") == set() and parse_port_list("x,1-2") == {1, 2}
 
 
-REQUESTS = st.lists(st.tuples(st.sampled_from(["TCP", "UDP"]), st.integers(1, 3),
-                              st.integers(0, 40), st.integers(0, 40),
-                              st.none() | st.integers(100, 140), st.booleans()),
-                    max_size=12)
+REQUESTS = st.lists(
+    st.tuples(
+        st.sampled_from(["TCP", "UDP"]),
+        st.integers(1, 3),
+        st.integers(0, 40),
+        st.integers(0, 40),
+        st.none() | st.integers(100, 140),
+        st.booleans(),
+    ),
+    max_size=12,
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(REQUESTS, st.sets(st.integers(100, 140), max_size=10),
-       st.sets(st.integers(100, 140), max_size=10))
-def test_allocations_are_free_unique_and_stable(raw: list[Any], reserved: set[int],
-                                                listening: set[int]) -> None:
+@given(
+    REQUESTS,
+    st.sets(st.integers(100, 140), max_size=10),
+    st.sets(st.integers(100, 140), max_size=10),
+)
+def test_allocations_are_free_unique_and_stable(
+    raw: list[Any], reserved: set[int], listening: set[int]
+) -> None:
     items: list[Request | Fixed] = []
     for i, (proto, count, a, b, previous, fixed) in enumerate(raw):
         lo, hi = 100 + min(a, b), 100 + max(a, b)
@@ -175,11 +204,16 @@ def test_allocations_are_free_unique_and_stable(raw: list[Any], reserved: set[in
             taken.setdefault(item.protocol, set()).update(ports)
     # Stable: the next reconcile remembers these, and our own sockets listen on them now.
     again = [replace(i, previous=out[i.ref]) if isinstance(i, Request) else i for i in items]
-    ours = {p for i in items if isinstance(i, Request) and i.protocol == "TCP"
-            and out[i.ref] is not None for p in range(out[i.ref] or 0, (out[i.ref] or 0) + i.count)}
+    ours = {
+        p
+        for i in items
+        if isinstance(i, Request) and i.protocol == "TCP" and out[i.ref] is not None
+        for p in range(out[i.ref] or 0, (out[i.ref] or 0) + i.count)
+    }
     second = assign.allocate(again, reserved, {"TCP": listening | ours})
     assert {r: p for r, p in second.items() if out[r] is not None} == {
-        r: p for r, p in out.items() if p is not None}
+        r: p for r, p in out.items() if p is not None
+    }
 
 
 # -- the planner --------------------------------------------------------------------------------
@@ -188,21 +222,29 @@ EPHEMERAL = replace(NODE, port_range=(32768, 60999))
 
 
 def test_no_host_port_gets_one_from_the_ephemeral_range_for_both_families() -> None:
-    plan = planner.plan([assigned("web", target={"address": "10.0.0.2",
-                                                 "address6": "fd00::2", "port": 80})], EPHEMERAL)
+    plan = planner.plan(
+        [assigned("web", target={"address": "10.0.0.2", "address6": "fd00::2", "port": 80})],
+        EPHEMERAL,
+    )
     o = outcome(plan, "web")
     assert o.state.value == "Applied" and o.assigned is not None
     first, last = o.assigned
     assert first == last and 32768 <= first <= 60999
     assert {(d.family, d.port) for d in plan.dnats} == {(4, first), (6, first)}
     assert f"{first}/TCP (assigned)" in o.message
-    assert planner.plan([assigned("web", target={"address": "10.0.0.2", "address6": "fd00::2",
-                                                 "port": 80})], EPHEMERAL) == plan
+    assert (
+        planner.plan(
+            [assigned("web", target={"address": "10.0.0.2", "address6": "fd00::2", "port": 80})],
+            EPHEMERAL,
+        )
+        == plan
+    )
 
 
 def test_assign_from_a_range_with_a_count_maps_port_by_port() -> None:
-    plan = planner.plan([assigned("dns", protocol="UDP",
-                                  assignFrom={"start": 8000, "end": 8009, "count": 3})], NODE)
+    plan = planner.plan(
+        [assigned("dns", protocol="UDP", assignFrom={"start": 8000, "end": 8009, "count": 3})], NODE
+    )
     o = outcome(plan, "dns")
     assert o.assigned is not None and o.assigned[1] == o.assigned[0] + 2
     (d,) = plan.dnats
@@ -210,9 +252,14 @@ def test_assign_from_a_range_with_a_count_maps_port_by_port() -> None:
 
 
 def test_exhausted_range_is_conflicted_no_free_port() -> None:
-    plan = planner.plan([pub("fixed", 9000), assigned("a", assignFrom={"start": 9000,
-                                                                       "end": 9001}),
-                         assigned("b", assignFrom={"start": 9000, "end": 9001})], NODE)
+    plan = planner.plan(
+        [
+            pub("fixed", 9000),
+            assigned("a", assignFrom={"start": 9000, "end": 9001}),
+            assigned("b", assignFrom={"start": 9000, "end": 9001}),
+        ],
+        NODE,
+    )
     assert outcome(plan, "a").assigned == (9001, 9001)
     b = outcome(plan, "b")
     assert (b.state.value, b.reason, b.assigned) == ("Conflicted", "NoFreePort", None)
@@ -221,22 +268,33 @@ def test_exhausted_range_is_conflicted_no_free_port() -> None:
 
 def test_what_takes_no_host_port_gets_none() -> None:
     routed = net("r", "10.0.0.0/24", gatewayMode="routed")
-    plan = planner.plan([routed, assigned("routed"),
-                         assigned("elsewhere", nodeSelector={"matchLabels": {"zone": "b"}}),
-                         assigned("notlocal", hostIP="192.0.2.99", target={
-                             "address": "10.9.0.2", "port": 80})], NODE)
-    assert {o.ref.name: (o.reason, o.assigned) for o in plan.outcomes
-            if o.ref.kind == PORT_PUBLICATION} == {
-        "routed": ("Programmed", None), "elsewhere": ("NodeSelectorMismatch", None),
-        "notlocal": ("HostIPNotLocal", None)}
+    plan = planner.plan(
+        [
+            routed,
+            assigned("routed"),
+            assigned("elsewhere", nodeSelector={"matchLabels": {"zone": "b"}}),
+            assigned("notlocal", hostIP="192.0.2.99", target={"address": "10.9.0.2", "port": 80}),
+        ],
+        NODE,
+    )
+    assert {
+        o.ref.name: (o.reason, o.assigned) for o in plan.outcomes if o.ref.kind == PORT_PUBLICATION
+    } == {
+        "routed": ("Programmed", None),
+        "elsewhere": ("NodeSelectorMismatch", None),
+        "notlocal": ("HostIPNotLocal", None),
+    }
     assert [r.port for r in plan.routed] == [80]
 
 
 def test_reserved_and_host_binding_apply() -> None:
-    facts = replace(NODE, port_range=(7000, 7001), reserved_ports=frozenset({7000}),
-                    local_reserved_ports=frozenset())
-    plan = planner.plan([net("n", "10.0.0.0/24", hostBinding="127.0.0.1"), assigned("a")],
-                        facts)
+    facts = replace(
+        NODE,
+        port_range=(7000, 7001),
+        reserved_ports=frozenset({7000}),
+        local_reserved_ports=frozenset(),
+    )
+    plan = planner.plan([net("n", "10.0.0.0/24", hostBinding="127.0.0.1"), assigned("a")], facts)
     o = outcome(plan, "a")
     assert o.assigned == (7001, 7001) and "hostBinding" in o.message
     assert [str(p.listen) for p in plan.proxies] == ["127.0.0.1"] and not plan.dnats
@@ -253,8 +311,9 @@ def test_remembered_port_is_kept_for_the_same_uid_only() -> None:
 
 def test_incumbent_keeps_its_port_against_a_new_fixed_publication() -> None:
     a = assigned("a", "2026-01-02T00:00:00Z")
-    facts = replace(EPHEMERAL, remembered={a.meta.ref: ("", 40000)},
-                    incumbents=frozenset({a.meta.ref}))
+    facts = replace(
+        EPHEMERAL, remembered={a.meta.ref: ("", 40000)}, incumbents=frozenset({a.meta.ref})
+    )
     plan = planner.plan([a, pub("fixed", 40000, "2026-01-01T00:00:00Z")], facts)
     assert outcome(plan, "a").assigned == (40000, 40000)
     fixed = outcome(plan, "fixed")
@@ -271,8 +330,16 @@ def test_incremental_planner_equals_the_full_planner() -> None:
     assert inc.plan(resources, EPHEMERAL) == planner.plan(resources, EPHEMERAL)
 
 
-PUBS = st.lists(st.tuples(st.sampled_from(["TCP", "UDP"]), st.booleans(), st.integers(0, 6),
-                          st.integers(1, 2), st.integers(0, 3)), max_size=10)
+PUBS = st.lists(
+    st.tuples(
+        st.sampled_from(["TCP", "UDP"]),
+        st.booleans(),
+        st.integers(0, 6),
+        st.integers(1, 2),
+        st.integers(0, 3),
+    ),
+    max_size=10,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -286,11 +353,24 @@ def test_planned_ports_never_collide_and_ignore_input_order(raw: list[Any], rng:
     for i, (proto, fixed, port, count, age) in enumerate(raw):
         created = f"2026-01-01T00:00:0{age}Z"
         if fixed:
-            resources.append(pub(f"p{i}", 9000 + port, created, protocol=proto,
-                                 hostPortEnd=9000 + port + count - 1))
+            resources.append(
+                pub(
+                    f"p{i}",
+                    9000 + port,
+                    created,
+                    protocol=proto,
+                    hostPortEnd=9000 + port + count - 1,
+                )
+            )
         else:
-            resources.append(assigned(f"p{i}", created, protocol=proto, assignFrom={
-                "start": 9000, "end": 9007, "count": count}))
+            resources.append(
+                assigned(
+                    f"p{i}",
+                    created,
+                    protocol=proto,
+                    assignFrom={"start": 9000, "end": 9007, "count": count},
+                )
+            )
     plan = planner.plan(resources, facts)
     held: dict[tuple[str, int], str] = {}
     for res in resources:
@@ -310,10 +390,13 @@ def test_planned_ports_never_collide_and_ignore_input_order(raw: list[Any], rng:
 
 # -- the report and the status ------------------------------------------------------------------
 
+
 def test_assigned_ports_survive_the_compact_nodestate() -> None:
     plan = planner.plan([assigned("a"), pub("b", 8080)], EPHEMERAL)
-    entries = tuple(report.Entry("n1", o.ref, "u", 1, o.state.value, o.reason, o.message,
-                                 assigned=o.assigned) for o in plan.outcomes)
+    entries = tuple(
+        report.Entry("n1", o.ref, "u", 1, o.state.value, o.reason, o.message, assigned=o.assigned)
+        for o in plan.outcomes
+    )
     rep = report.Report("n1", "v", "t", 1.0, "d", {}, entries)
     status, _ = rep.status()
     assert [e["name"] for e in status["resources"]] == ["a"]  # b is only in the digest
@@ -330,8 +413,7 @@ def test_status_lists_each_node_and_summarises() -> None:
 
     same = status_mod.compute_status(res, [entry("n2", 40000), entry("n1", 40000)], "T")
     assert same["assignedPort"] == "40000"
-    assert same["assignedPorts"] == [{"node": "n1", "port": 40000},
-                                     {"node": "n2", "port": 40000}]
+    assert same["assignedPorts"] == [{"node": "n1", "port": 40000}, {"node": "n2", "port": 40000}]
     differ = status_mod.compute_status(res, [entry("n1", 40000), entry("n2", 40001)], "T")
     assert differ["assignedPort"] == "2 ports on 2 nodes"
     none = status_mod.compute_status(res, [report.Entry("n1", ref("a"), "u", 1, "Applied")], "T")
@@ -342,6 +424,7 @@ def test_status_lists_each_node_and_summarises() -> None:
 
 # -- the agent ----------------------------------------------------------------------------------
 
+
 def test_the_port_survives_an_agent_restart_through_the_state_file(tmp_path: Path) -> None:
     """The first agent finds the preferred port held by a host process and takes another;
     after a restart (the process gone) the port stays, where a fresh start would differ."""
@@ -351,8 +434,12 @@ def test_the_port_survives_an_agent_restart_through_the_state_file(tmp_path: Pat
 
     def agent(listening: set[int], state_file: Path | None) -> Agent:
         fake = FakeDataplane(addresses=set(NODE.addresses), listening={"TCP": listening})
-        return Agent(ListSource(a), AgentSettings("node-1", state_file=state_file, resync=3600),
-                     proxies=HeldPorts(set()), dataplane=fake)
+        return Agent(
+            ListSource(a),
+            AgentSettings("node-1", state_file=state_file, resync=3600),
+            proxies=HeldPorts(set()),
+            dataplane=fake,
+        )
 
     async def port(agent: Agent) -> int:
         rep = await agent.reconcile()
@@ -371,8 +458,12 @@ def test_a_port_a_host_process_took_is_replaced() -> None:
     a = assigned("a", assignFrom={"start": 9000, "end": 9009})
     preferred = assign.preferred(a.meta.ref, 9000, 9009, 1)
     proxies = HeldPorts({preferred})
-    agent = Agent(ListSource(a), AgentSettings("node-1", resync=3600), proxies=proxies,
-                  dataplane=FakeDataplane(addresses=set(NODE.addresses)))
+    agent = Agent(
+        ListSource(a),
+        AgentSettings("node-1", resync=3600),
+        proxies=proxies,
+        dataplane=FakeDataplane(addresses=set(NODE.addresses)),
+    )
 
     async def body() -> tuple[Any, Any]:
         one = await agent.reconcile()
@@ -380,8 +471,10 @@ def test_a_port_a_host_process_took_is_replaced() -> None:
         return one, two
 
     one, two = asyncio.run(body())
-    assert (one.outcomes[0].reason, one.outcomes[0].assigned) == ("PortInUse",
-                                                                  (preferred, preferred))
+    assert (one.outcomes[0].reason, one.outcomes[0].assigned) == (
+        "PortInUse",
+        (preferred, preferred),
+    )
     assert two.outcomes[0].reason == "Programmed"
     assert two.outcomes[0].assigned not in (None, (preferred, preferred))
 
@@ -394,8 +487,13 @@ def test_kube_recall_feeds_the_first_reconcile() -> None:
         calls.append(1)
         return None if len(calls) == 1 else {a.meta.ref: ("", 45678)}
 
-    agent = Agent(ListSource(a), AgentSettings("node-1", resync=3600), proxies=HeldPorts(set()),
-                  dataplane=FakeDataplane(addresses=set(NODE.addresses)), recall=recall)
+    agent = Agent(
+        ListSource(a),
+        AgentSettings("node-1", resync=3600),
+        proxies=HeldPorts(set()),
+        dataplane=FakeDataplane(addresses=set(NODE.addresses)),
+        recall=recall,
+    )
 
     async def body() -> Any:
         assert await agent.reconcile() is None  # not read back yet: nothing is touched

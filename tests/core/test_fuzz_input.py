@@ -23,36 +23,87 @@ from bridgeport.core.plan import NodeFacts, State
 from bridgeport.kube.source import parse_body
 from tests.builders import API
 
-GOOD = {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "good"},
-        "spec": {"subnet": "10.200.0.0/24"}}
-BN = {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "n"},
-      "spec": {"subnet": "10.0.0.0/24", "gateway": "10.0.0.1", "mtu": 1500,
-               "nodeSelector": {"matchLabels": {"a": "b"},
-                                "matchExpressions": [{"key": "k", "operator": "In",
-                                                      "values": ["v"]}]}}}
-PP = {"apiVersion": API, "kind": "PortPublication",
-      "metadata": {"name": "p", "namespace": "default"},
-      "spec": {"hostPort": 80, "hostPortEnd": 81, "protocol": "UDP", "hostIP": "192.0.2.1",
-               "target": {"address": "10.0.0.2", "port": 8080}, "network": "n"}}
+GOOD = {
+    "apiVersion": API,
+    "kind": "BridgeNetwork",
+    "metadata": {"name": "good"},
+    "spec": {"subnet": "10.200.0.0/24"},
+}
+BN = {
+    "apiVersion": API,
+    "kind": "BridgeNetwork",
+    "metadata": {"name": "n"},
+    "spec": {
+        "subnet": "10.0.0.0/24",
+        "gateway": "10.0.0.1",
+        "mtu": 1500,
+        "nodeSelector": {
+            "matchLabels": {"a": "b"},
+            "matchExpressions": [{"key": "k", "operator": "In", "values": ["v"]}],
+        },
+    },
+}
+PP = {
+    "apiVersion": API,
+    "kind": "PortPublication",
+    "metadata": {"name": "p", "namespace": "default"},
+    "spec": {
+        "hostPort": 80,
+        "hostPortEnd": 81,
+        "protocol": "UDP",
+        "hostIP": "192.0.2.1",
+        "target": {"address": "10.0.0.2", "port": 8080},
+        "network": "n",
+    },
+}
 MAX_MESSAGE = 2000  # one resource's message: a few bounded errors
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=10**30, max_value=10**300),
-    st.floats(allow_nan=True), st.text(max_size=20), st.text(min_size=1000, max_size=5000),
-    st.sampled_from(["BridgeNetwork", "PortPublication", "List", "10.0.0.0/8", "0.0.0.0/0",
-                     "::/0", "TCP", "Never", "In"]))
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**30, max_value=10**300),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.text(min_size=1000, max_size=5000),
+    st.sampled_from(
+        [
+            "BridgeNetwork",
+            "PortPublication",
+            "List",
+            "10.0.0.0/8",
+            "0.0.0.0/0",
+            "::/0",
+            "TCP",
+            "Never",
+            "In",
+        ]
+    ),
+)
 values = st.recursive(
     scalars,
     lambda inner: st.one_of(
         st.lists(inner, max_size=5),
-        st.dictionaries(st.one_of(st.text(max_size=300), st.sampled_from(
-            ["kind", "spec", "metadata", "items", "name", "subnet", "hostPort", "target"])),
-            inner, max_size=5),
+        st.dictionaries(
+            st.one_of(
+                st.text(max_size=300),
+                st.sampled_from(
+                    ["kind", "spec", "metadata", "items", "name", "subnet", "hostPort", "target"]
+                ),
+            ),
+            inner,
+            max_size=5,
+        ),
         # one object referenced many times: YAML writes it once with an anchor, then aliases
-        st.builds(lambda x, n: [x] * n, inner, st.integers(0, 50))),
-    max_leaves=40)
+        st.builds(lambda x, n: [x] * n, inner, st.integers(0, 50)),
+    ),
+    max_leaves=40,
+)
 
 
 @st.composite
@@ -69,8 +120,9 @@ def mutated(draw: st.DrawFn) -> Any:
     return doc
 
 
-documents = st.one_of(values, mutated(),
-                      st.builds(lambda items: {"kind": "List", "items": items}, values))
+documents = st.one_of(
+    values, mutated(), st.builds(lambda items: {"kind": "List", "items": items}, values)
+)
 
 
 def _bounded(result: specs.ParseResult) -> None:
@@ -132,5 +184,7 @@ def _check(path: Path) -> None:
         _bounded(res)
     _good_is_applied(list(snap.resources))
     # The state file's share of this input stays small whatever it was.
-    assert len(json.dumps([*snap.errors, *(getattr(r, "message", "") for r in snap.resources)])
-               ) < 200_000
+    assert (
+        len(json.dumps([*snap.errors, *(getattr(r, "message", "") for r in snap.resources)]))
+        < 200_000
+    )

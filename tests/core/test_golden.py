@@ -43,12 +43,19 @@ def render_case(case: dict[str, Any]) -> str:
     )
     plan = planner.plan(resources, facts)
     header = [f"# {o.ref}: {o.state.value} ({o.reason}) {o.message}" for o in plan.outcomes]
-    header += [f"# proxy {specs.hostport(p.listen)}:{p.port}/{p.protocol.value} -> "
-               f"{specs.hostport(p.target)}:{p.target_port} ({p.why})" for p in plan.proxies]
-    header += [f"# claim {specs.hostport(c.listen)}:{c.port}/{c.protocol.value}"
-               for c in plan.claims]
-    return "\n".join(header) + ("\n" if header else "") + "".join(
-        t.text() for t in ruleset.render(plan))
+    header += [
+        f"# proxy {specs.hostport(p.listen)}:{p.port}/{p.protocol.value} -> "
+        f"{specs.hostport(p.target)}:{p.target_port} ({p.why})"
+        for p in plan.proxies
+    ]
+    header += [
+        f"# claim {specs.hostport(c.listen)}:{c.port}/{c.protocol.value}" for c in plan.claims
+    ]
+    return (
+        "\n".join(header)
+        + ("\n" if header else "")
+        + "".join(t.text() for t in ruleset.render(plan))
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

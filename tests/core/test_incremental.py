@@ -27,11 +27,26 @@ NODE_IP = "192.0.2.1"
 FACTS = NodeFacts("n", {"zone": "a"}, frozenset({specs.ipaddress.ip_address(NODE_IP)}))
 
 
-def pub_doc(name: str, port: int, span: int, proto: str, host_ip: str | None, target: int,
-            created: int, loopback: str, zone: str | None, dual: bool = False,
-            sources: bool = False, assign: str = "") -> dict[str, Any]:
-    spec: dict[str, Any] = {"protocol": proto, "hostPort": port, "loopback": loopback,
-                            "target": {"address": f"10.9.0.{target}", "port": 80}}
+def pub_doc(
+    name: str,
+    port: int,
+    span: int,
+    proto: str,
+    host_ip: str | None,
+    target: int,
+    created: int,
+    loopback: str,
+    zone: str | None,
+    dual: bool = False,
+    sources: bool = False,
+    assign: str = "",
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "protocol": proto,
+        "hostPort": port,
+        "loopback": loopback,
+        "target": {"address": f"10.9.0.{target}", "port": 80},
+    }
     if sources:
         spec["allowedSources"] = ["198.51.100.0/24", f"203.0.113.{target}/32"]
     if dual:
@@ -45,34 +60,57 @@ def pub_doc(name: str, port: int, span: int, proto: str, host_ip: str | None, ta
     if assign:  # the node assigns the ports: among the fixed ones, or from the ephemeral range
         del spec["hostPort"]
         spec.pop("hostPortEnd", None)
-        spec["assignFrom"] = {"count": span + 1, **(
-            {"start": 8000, "end": 8012} if assign == "range" else {})}
-    return {"apiVersion": API, "kind": "PortPublication",
-            "metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}",
-                         "creationTimestamp": f"2026-01-01T00:00:{created:02d}Z"},
-            "spec": spec}
+        spec["assignFrom"] = {
+            "count": span + 1,
+            **({"start": 8000, "end": 8012} if assign == "range" else {}),
+        }
+    return {
+        "apiVersion": API,
+        "kind": "PortPublication",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"u-{name}",
+            "creationTimestamp": f"2026-01-01T00:00:{created:02d}Z",
+        },
+        "spec": spec,
+    }
 
 
 def net_doc(subnet: str, icc: bool = True) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "n1"},
-            "spec": {"subnet": subnet, "subnet6": "fd00:9::/64", "interContainer": icc}}
+    return {
+        "apiVersion": API,
+        "kind": "BridgeNetwork",
+        "metadata": {"name": "n1"},
+        "spec": {"subnet": subnet, "subnet6": "fd00:9::/64", "interContainer": icc},
+    }
 
 
 pubs = st.builds(
-    pub_doc, name=st.sampled_from([f"p{i}" for i in range(12)]),
-    port=st.integers(8000, 8012), span=st.sampled_from([0, 0, 0, 2]),
+    pub_doc,
+    name=st.sampled_from([f"p{i}" for i in range(12)]),
+    port=st.integers(8000, 8012),
+    span=st.sampled_from([0, 0, 0, 2]),
     proto=st.sampled_from(["TCP", "UDP"]),
     host_ip=st.sampled_from([None, NODE_IP, "192.0.2.9", "0.0.0.0", "::"]),
-    target=st.integers(2, 5), created=st.integers(0, 5),
-    loopback=st.sampled_from(["Never", "Auto"]), zone=st.sampled_from([None, "a", "b"]),
-    dual=st.booleans(), sources=st.booleans(),
-    assign=st.sampled_from(["", "", "", "range", "ephemeral"]))
+    target=st.integers(2, 5),
+    created=st.integers(0, 5),
+    loopback=st.sampled_from(["Never", "Auto"]),
+    zone=st.sampled_from([None, "a", "b"]),
+    dual=st.booleans(),
+    sources=st.booleans(),
+    assign=st.sampled_from(["", "", "", "range", "ephemeral"]),
+)
 edits = st.one_of(
     st.tuples(st.just("put"), pubs),
-    st.tuples(st.just("drop"), st.sampled_from([f"p{i}{dup}" for i in range(12)
-                                                for dup in ("", "", "~dup")])),
-    st.tuples(st.just("net"), st.sampled_from([("10.9.0.0/24", True), ("10.8.0.0/24", True),
-                                               ("10.9.0.0/24", False)])),
+    st.tuples(
+        st.just("drop"),
+        st.sampled_from([f"p{i}{dup}" for i in range(12) for dup in ("", "", "~dup")]),
+    ),
+    st.tuples(
+        st.just("net"),
+        st.sampled_from([("10.9.0.0/24", True), ("10.8.0.0/24", True), ("10.9.0.0/24", False)]),
+    ),
     st.tuples(st.just("facts"), st.sampled_from([True, False])),
     st.tuples(st.just("invalid"), st.sampled_from(["p3", "bad"])),
     st.tuples(st.just("dup"), pubs),  # a second document of the same publication
@@ -98,17 +136,30 @@ def test_incremental_equals_full(initial: list[dict[str, Any]], steps: list[Any]
         elif kind == "net":
             net = net_doc(*arg)
         elif kind == "facts":
-            facts = NodeFacts("n", {"zone": "a"}, FACTS.addresses, ipv4_forwarding=arg,
-                              incumbents=facts.incumbents)
+            facts = NodeFacts(
+                "n",
+                {"zone": "a"},
+                FACTS.addresses,
+                ipv4_forwarding=arg,
+                incumbents=facts.incumbents,
+            )
         elif kind == "incumbents":
-            facts = replace(facts, incumbents=frozenset(
-                specs.ResourceRef("PortPublication", "ns", name) for name in arg))
+            facts = replace(
+                facts,
+                incumbents=frozenset(
+                    specs.ResourceRef("PortPublication", "ns", name) for name in arg
+                ),
+            )
         elif kind == "dup":
             docs[arg["metadata"]["name"] + "~dup"] = arg
             parsed.pop(arg["metadata"]["name"] + "~dup", None)
         elif kind == "invalid":
-            docs[arg] = {"apiVersion": API, "kind": "PortPublication",
-                         "metadata": {"name": arg, "namespace": "ns"}, "spec": {"hostPort": 0}}
+            docs[arg] = {
+                "apiVersion": API,
+                "kind": "PortPublication",
+                "metadata": {"name": arg, "namespace": "ns"},
+                "spec": {"hostPort": 0},
+            }
             parsed.pop(arg, None)
         if parsed.get("~net", (None,))[0] is not net:  # a changed network is a new object
             parsed["~net"] = (net, specs.parse(net))
@@ -130,12 +181,13 @@ def test_incremental_equals_full(initial: list[dict[str, Any]], steps: list[Any]
             assert moved <= delta.refs, kind
             assert all(inc.outcome(o.ref) == o for o in got.outcomes)
             assert delta.sockets_changed or (before.proxies, before.claims) == (
-                got.proxies, got.claims), kind
+                got.proxies,
+                got.claims,
+            ), kind
 
 
 def test_one_change_replans_its_group_only() -> None:
-    docs = [pub_doc(f"p{i}", 10000 + i, 0, "TCP", None, 2, 0, "Never", None)
-            for i in range(300)]
+    docs = [pub_doc(f"p{i}", 10000 + i, 0, "TCP", None, 2, 0, "Never", None) for i in range(300)]
     resources = [specs.parse(d) for d in docs]
     inc = IncrementalPlanner()
     inc.plan(resources, FACTS)

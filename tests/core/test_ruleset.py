@@ -45,26 +45,32 @@ def test_network_added_then_removed() -> None:
     added = ruleset.diff(empty, with_net)
     assert added is not None
     assert added.index("add chain ip bridgeport from_bp-n") < added.index(
-        'add element ip bridgeport fwd_in { "bp-n" : jump from_bp-n }')
+        'add element ip bridgeport fwd_in { "bp-n" : jump from_bp-n }'
+    )
     removed = ruleset.diff(with_net, empty)
     assert removed is not None
     assert removed.index('delete element ip bridgeport fwd_in { "bp-n" }') < removed.index(
-        "delete chain ip bridgeport from_bp-n")
+        "delete chain ip bridgeport from_bp-n"
+    )
 
 
 def test_icc_off_is_elements_only() -> None:
     """interContainer: false adds the bridge to icc_off and its published ports to
     icc_proxy_any; no declaration or chain changes, so no full replace."""
     chatty = tables(net("n", "10.0.0.0/24"), pub("web", 80), pub("dns", 53, protocol="UDP"))[0]
-    quiet = tables(net("n", "10.0.0.0/24", interContainer=False), pub("web", 80),
-                   pub("dns", 53, protocol="UDP"))[0]
+    quiet = tables(
+        net("n", "10.0.0.0/24", interContainer=False),
+        pub("web", 80),
+        pub("dns", 53, protocol="UDP"),
+    )[0]
     assert ruleset.diff(chatty, quiet) == [
         'add element ip bridgeport icc_off { "bp-n" }',
         'add element ip bridgeport icc_proxy_any { "bp-n" . tcp . 80 comment "default/web", '
         '"bp-n" . udp . 53 comment "default/dns" }',
     ]
-    plan = planner.plan([net("n", "10.0.0.0/24", interContainer=False),
-                         pub("dns", 53, protocol="UDP")], NODE)
+    plan = planner.plan(
+        [net("n", "10.0.0.0/24", interContainer=False), pub("dns", 53, protocol="UDP")], NODE
+    )
     assert plan.udp_mappings() == {(4, 53): {("*", "10.0.0.2", 80, "bp-n")}}
 
 

@@ -47,53 +47,91 @@ def test_publication_defaults() -> None:
     p = specs.parse(pub())
     assert isinstance(p, specs.PortPublication)
     assert (p.protocol, p.host_ip, p.host_port_end, p.loopback) == (
-        specs.Protocol.TCP, None, 8080, specs.LoopbackPolicy.AUTO)
+        specs.Protocol.TCP,
+        None,
+        8080,
+        specs.LoopbackPolicy.AUTO,
+    )
 
 
-@pytest.mark.parametrize(("doc", "message"), [
-    (pub(target={"address": "10.0.0.2", "port": 70000}),
-     "PortPublication default/web: spec.target.port: 70000 is not a port (1-65535)"),
-    (pub(hostPort=0), "spec.hostPort: 0 is not a port (1-65535)"),
-    (pub(hostPort="80"), "spec.hostPort: '80' is not a port (1-65535)"),
-    (pub(hostPortEnd=8000), "spec.hostPortEnd: 8000 is below spec.hostPort 8080"),
-    (pub(hostIP="300.1.1.1"), "spec.hostIP: '300.1.1.1' is not an IP address"),
-    (pub(protocol="ICMP"), "spec.protocol: 'ICMP' is not one of TCP | UDP | SCTP"),
-    (pub(loopback="Sometimes"), "spec.loopback: 'Sometimes' is not one of Auto | Always | Never"),
-    (pub(colour="blue"), "spec.colour: unknown field"),
-    (pub(target={"address": "10.0.0.2", "port": 80, "x": 1}), "spec.target.x: unknown field"),
-    (pub(target=None), "spec.target: is required"),
-    (pub(hostIP="2001:db8::1"), "spec.hostIP: IPv6 host IP 2001:db8::1 cannot be NATed"),
-    (pub(hostIP="::"), "spec.hostIP: IPv6 host IP :: cannot be NATed to IPv4 target"),
-    (pub(hostIP="224.0.0.1"), "spec.hostIP: 224.0.0.1 is not a unicast address"),
-    (pub(target={"address": "0.0.0.0", "port": 80}),
-     "spec.target.address: 0.0.0.0 is not a unicast address"),
-    (pub(target={"address": "10.0.0.2", "address6": "10.0.0.3", "port": 80}),
-     "spec.target.address6: 10.0.0.3 is not an IPv6 address"),
-    (pub(target={"address": "fd00::2", "address6": "fd00::3", "port": 80}),
-     "spec.target.address6: requires an IPv4 spec.target.address, not fd00::2"),
-    (pub(target={"address": "10.0.0.2", "address6": "::", "port": 80}),
-     "spec.target.address6: :: is not a unicast address"),
-    (pub(hostIP="0.0.0.0", target={"address": "10.0.0.2", "address6": "fd00::2", "port": 80}),
-     "spec.target.address6: is unused: hostIP 0.0.0.0 publishes IPv4 only; omit hostIP"),
-    (pub(hostIP="::1", target={"address": "10.0.0.2", "address6": "fd00::2", "port": 80}),
-     None),
-    (pub(hostPort=65535, hostPortEnd=65535, target={"address": "10.0.0.2", "port": 65535}), None),
-    (pub(hostPort=100, hostPortEnd=200, target={"address": "10.0.0.2", "port": 65500}),
-     "spec.target.port: range 65500-65600 exceeds 65535"),
-    (net(subnet="192.168.99.1/24"), "spec.subnet: '192.168.99.1/24' is not a CIDR"),
-    (net(subnet="fd00::/64"), "spec.subnet: fd00::/64 is not an IPv4 CIDR"),
-    (net(gateway="10.0.0.1"), "spec.gateway: 10.0.0.1 is not inside 192.168.99.0/24"),
-    (net(gateway="192.168.99.255"), "spec.gateway: 192.168.99.255 is not a host address"),
-    (net(bridge="this-name-is-too-long"), "spec.bridge: 'this-name-is-too-long' is not a valid"),
-    (net(bridge="br;drop"), "spec.bridge: 'br;drop' is not a valid interface name"),
-    (net(mtu=10), "spec.mtu: 10 is not an MTU (68-65535)"),
-    (net(masquerade="yes"), "spec.masquerade: must be true or false, not 'yes'"),
-    (net(isolation="Open"), "spec.isolation: 'Open' is not one of Isolated | Shared"),
-    (net(nodeSelector={"matchLabels": {"bad key!": "x"}}),
-     "spec.nodeSelector.matchLabels.bad key!: is not a valid label key"),
-    (net(nodeSelector={"matchExpressions": [{"key": "a", "operator": "Near"}]}),
-     "spec.nodeSelector.matchExpressions[0].operator: 'Near' is not one of"),
-])
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (
+            pub(target={"address": "10.0.0.2", "port": 70000}),
+            "PortPublication default/web: spec.target.port: 70000 is not a port (1-65535)",
+        ),
+        (pub(hostPort=0), "spec.hostPort: 0 is not a port (1-65535)"),
+        (pub(hostPort="80"), "spec.hostPort: '80' is not a port (1-65535)"),
+        (pub(hostPortEnd=8000), "spec.hostPortEnd: 8000 is below spec.hostPort 8080"),
+        (pub(hostIP="300.1.1.1"), "spec.hostIP: '300.1.1.1' is not an IP address"),
+        (pub(protocol="ICMP"), "spec.protocol: 'ICMP' is not one of TCP | UDP | SCTP"),
+        (
+            pub(loopback="Sometimes"),
+            "spec.loopback: 'Sometimes' is not one of Auto | Always | Never",
+        ),
+        (pub(colour="blue"), "spec.colour: unknown field"),
+        (pub(target={"address": "10.0.0.2", "port": 80, "x": 1}), "spec.target.x: unknown field"),
+        (pub(target=None), "spec.target: is required"),
+        (pub(hostIP="2001:db8::1"), "spec.hostIP: IPv6 host IP 2001:db8::1 cannot be NATed"),
+        (pub(hostIP="::"), "spec.hostIP: IPv6 host IP :: cannot be NATed to IPv4 target"),
+        (pub(hostIP="224.0.0.1"), "spec.hostIP: 224.0.0.1 is not a unicast address"),
+        (
+            pub(target={"address": "0.0.0.0", "port": 80}),
+            "spec.target.address: 0.0.0.0 is not a unicast address",
+        ),
+        (
+            pub(target={"address": "10.0.0.2", "address6": "10.0.0.3", "port": 80}),
+            "spec.target.address6: 10.0.0.3 is not an IPv6 address",
+        ),
+        (
+            pub(target={"address": "fd00::2", "address6": "fd00::3", "port": 80}),
+            "spec.target.address6: requires an IPv4 spec.target.address, not fd00::2",
+        ),
+        (
+            pub(target={"address": "10.0.0.2", "address6": "::", "port": 80}),
+            "spec.target.address6: :: is not a unicast address",
+        ),
+        (
+            pub(
+                hostIP="0.0.0.0", target={"address": "10.0.0.2", "address6": "fd00::2", "port": 80}
+            ),
+            "spec.target.address6: is unused: hostIP 0.0.0.0 publishes IPv4 only; omit hostIP",
+        ),
+        (
+            pub(hostIP="::1", target={"address": "10.0.0.2", "address6": "fd00::2", "port": 80}),
+            None,
+        ),
+        (
+            pub(hostPort=65535, hostPortEnd=65535, target={"address": "10.0.0.2", "port": 65535}),
+            None,
+        ),
+        (
+            pub(hostPort=100, hostPortEnd=200, target={"address": "10.0.0.2", "port": 65500}),
+            "spec.target.port: range 65500-65600 exceeds 65535",
+        ),
+        (net(subnet="192.168.99.1/24"), "spec.subnet: '192.168.99.1/24' is not a CIDR"),
+        (net(subnet="fd00::/64"), "spec.subnet: fd00::/64 is not an IPv4 CIDR"),
+        (net(gateway="10.0.0.1"), "spec.gateway: 10.0.0.1 is not inside 192.168.99.0/24"),
+        (net(gateway="192.168.99.255"), "spec.gateway: 192.168.99.255 is not a host address"),
+        (
+            net(bridge="this-name-is-too-long"),
+            "spec.bridge: 'this-name-is-too-long' is not a valid",
+        ),
+        (net(bridge="br;drop"), "spec.bridge: 'br;drop' is not a valid interface name"),
+        (net(mtu=10), "spec.mtu: 10 is not an MTU (68-65535)"),
+        (net(masquerade="yes"), "spec.masquerade: must be true or false, not 'yes'"),
+        (net(isolation="Open"), "spec.isolation: 'Open' is not one of Isolated | Shared"),
+        (
+            net(nodeSelector={"matchLabels": {"bad key!": "x"}}),
+            "spec.nodeSelector.matchLabels.bad key!: is not a valid label key",
+        ),
+        (
+            net(nodeSelector={"matchExpressions": [{"key": "a", "operator": "Near"}]}),
+            "spec.nodeSelector.matchExpressions[0].operator: 'Near' is not one of",
+        ),
+    ],
+)
 def test_bad_fields_are_named(doc: dict[str, Any], message: str | None) -> None:
     """Each bad field yields a message naming the resource and the field path."""
     if message is None:
@@ -102,20 +140,36 @@ def test_bad_fields_are_named(doc: dict[str, Any], message: str | None) -> None:
         assert message in errors(doc)
 
 
-@pytest.mark.parametrize(("spec", "families", "specific", "targets"), [
-    ({}, (4,), None, {4: "10.0.0.2"}),
-    ({"hostIP": "0.0.0.0"}, (4,), None, {4: "10.0.0.2"}),
-    ({"hostIP": "::", "target": {"address": "fd00::2", "port": 80}}, (6,), None,
-     {6: "fd00::2"}),
-    ({"target": {"address": "10.0.0.2", "address6": "fd00::2", "port": 80}}, (4, 6), None,
-     {4: "10.0.0.2", 6: "fd00::2"}),
-    ({"hostIP": "192.0.2.1"}, (4,), "192.0.2.1", {4: "10.0.0.2"}),
-    ({"hostIP": "::1"}, (6,), "::1", {6: "10.0.0.2"}),  # the proxy bridges families
-    ({"hostIP": "::1", "target": {"address": "10.0.0.2", "address6": "fd00::2", "port": 80}},
-     (6,), "::1", {6: "fd00::2"}),
-])
-def test_families_and_targets(spec: dict[str, Any], families: tuple[int, ...],
-                              specific: str | None, targets: dict[int, str]) -> None:
+@pytest.mark.parametrize(
+    ("spec", "families", "specific", "targets"),
+    [
+        ({}, (4,), None, {4: "10.0.0.2"}),
+        ({"hostIP": "0.0.0.0"}, (4,), None, {4: "10.0.0.2"}),
+        (
+            {"hostIP": "::", "target": {"address": "fd00::2", "port": 80}},
+            (6,),
+            None,
+            {6: "fd00::2"},
+        ),
+        (
+            {"target": {"address": "10.0.0.2", "address6": "fd00::2", "port": 80}},
+            (4, 6),
+            None,
+            {4: "10.0.0.2", 6: "fd00::2"},
+        ),
+        ({"hostIP": "192.0.2.1"}, (4,), "192.0.2.1", {4: "10.0.0.2"}),
+        ({"hostIP": "::1"}, (6,), "::1", {6: "10.0.0.2"}),  # the proxy bridges families
+        (
+            {"hostIP": "::1", "target": {"address": "10.0.0.2", "address6": "fd00::2", "port": 80}},
+            (6,),
+            "::1",
+            {6: "fd00::2"},
+        ),
+    ],
+)
+def test_families_and_targets(
+    spec: dict[str, Any], families: tuple[int, ...], specific: str | None, targets: dict[int, str]
+) -> None:
     """A wildcard claims the families it targets; 0.0.0.0 and :: one family; an address its
     own; each family is served by the target of that family (loopback: whichever exists)."""
     p = specs.parse(pub(**spec))
@@ -129,8 +183,9 @@ def test_bad_identity() -> None:
     """Documents without a usable identity are invalid without a ref, and say why."""
     assert specs.parse([1, 2]).message == "document is a list, not an object"  # type: ignore[union-attr]
     assert "kind: 'Pod' is not one of" in errors({"kind": "Pod"})
-    assert "metadata.name: 'Bad_Name'" in errors({"kind": "BridgeNetwork",
-                                                  "metadata": {"name": "Bad_Name"}})
+    assert "metadata.name: 'Bad_Name'" in errors(
+        {"kind": "BridgeNetwork", "metadata": {"name": "Bad_Name"}}
+    )
 
 
 def test_wrong_api_version() -> None:
@@ -150,10 +205,17 @@ def test_default_bridge_names_are_valid(name: str) -> None:
 
 def test_selector_semantics() -> None:
     """matchLabels and matchExpressions follow metav1.LabelSelector semantics."""
-    n = specs.parse(net(nodeSelector={
-        "matchLabels": {"zone": "a"},
-        "matchExpressions": [{"key": "edge", "operator": "Exists"},
-                             {"key": "tier", "operator": "NotIn", "values": ["db"]}]}))
+    n = specs.parse(
+        net(
+            nodeSelector={
+                "matchLabels": {"zone": "a"},
+                "matchExpressions": [
+                    {"key": "edge", "operator": "Exists"},
+                    {"key": "tier", "operator": "NotIn", "values": ["db"]},
+                ],
+            }
+        )
+    )
     assert isinstance(n, specs.BridgeNetwork)
     sel = n.node_selector
     assert sel.matches({"zone": "a", "edge": ""})

@@ -28,16 +28,16 @@ RELEASE, NAMESPACE = "bp", "bridgeport-system"
 @functools.cache
 def helm_binary() -> str:
     """Path of the cached helm (hack/helm.sh builds it on first use)."""
-    proc = subprocess.run([str(HELM_SH)], capture_output=True, text=True, timeout=1800,
-                          check=False)
+    proc = subprocess.run([str(HELM_SH)], capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode != 0:
         pytest.fail(f"hack/helm.sh failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc.stdout.strip().splitlines()[-1]
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([helm_binary(), *args], capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = subprocess.run(
+        [helm_binary(), *args], capture_output=True, text=True, timeout=120, check=False
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
     return proc
@@ -54,11 +54,15 @@ def set_args(values: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def render(values: Mapping[str, Any] | None = None, *, release: str = RELEASE,
-           namespace: str = NAMESPACE, include_crds: bool = False) -> list[dict[str, Any]]:
+def render(
+    values: Mapping[str, Any] | None = None,
+    *,
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+    include_crds: bool = False,
+) -> list[dict[str, Any]]:
     """`helm template` as a list of objects."""
-    args = ["template", release, str(CHART), "--namespace", namespace,
-            *set_args(values or {})]
+    args = ["template", release, str(CHART), "--namespace", namespace, *set_args(values or {})]
     if include_crds:
         args.append("--include-crds")
     return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
@@ -68,10 +72,12 @@ def render_text(values: Mapping[str, Any] | None = None, **kw: Any) -> str:
     return yaml.safe_dump_all(render(values, **kw))
 
 
-def find(objs: Iterable[Mapping[str, Any]], kind: str, name: str | None = None
-         ) -> dict[str, Any]:
-    hits = [dict(o) for o in objs
-            if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+def find(objs: Iterable[Mapping[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    hits = [
+        dict(o)
+        for o in objs
+        if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
     assert len(hits) == 1, f"expected one {kind} {name or ''}, found {len(hits)}"
     return hits[0]
 
@@ -85,8 +91,12 @@ def crd_docs() -> list[dict[str, Any]]:
 
 # -- lint and schema ---------------------------------------------------------------------------
 
-ALL_FEATURES = {"nodeStatePolicy.enabled": True, "metrics.serviceMonitor.enabled": True,
-                "agent.sysctls.manage": True, "controller.replicas": 2}
+ALL_FEATURES = {
+    "nodeStatePolicy.enabled": True,
+    "metrics.serviceMonitor.enabled": True,
+    "agent.sysctls.manage": True,
+    "controller.replicas": 2,
+}
 
 
 @pytest.mark.parametrize("values", [{}, ALL_FEATURES], ids=["defaults", "all-features"])
@@ -97,16 +107,19 @@ def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
     assert findings == []
 
 
-@pytest.mark.parametrize(("key", "value", "complaint"), [
-    ("agent.resync", "x", "/agent/resync"),
-    ("controller.replicas", "two", "/controller/replicas"),
-    ("agent.healthPort", "9103", "/agent/healthPort"),
-    ("image.pullPolicy", "Sometimes", "/image/pullPolicy"),
-    ("agent.sysctls.manage", "yes", "/agent/sysctls/manage"),
-    ("agent.updateStrategy.maxUnavailable", "lots", "/agent/updateStrategy/maxUnavailable"),
-    ("agent.resyncSeconds", "30", "resyncSeconds"),  # a typo'd key is not silently ignored
-    ("agent.acceptFwmark", "mark", "/agent/acceptFwmark"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "complaint"),
+    [
+        ("agent.resync", "x", "/agent/resync"),
+        ("controller.replicas", "two", "/controller/replicas"),
+        ("agent.healthPort", "9103", "/agent/healthPort"),
+        ("image.pullPolicy", "Sometimes", "/image/pullPolicy"),
+        ("agent.sysctls.manage", "yes", "/agent/sysctls/manage"),
+        ("agent.updateStrategy.maxUnavailable", "lots", "/agent/updateStrategy/maxUnavailable"),
+        ("agent.resyncSeconds", "30", "resyncSeconds"),  # a typo'd key is not silently ignored
+        ("agent.acceptFwmark", "mark", "/agent/acceptFwmark"),
+    ],
+)
 def test_schema_rejects_wrong_values(key: str, value: str, complaint: str) -> None:
     for command in (["template", RELEASE], ["lint"]):
         proc = helm(*command, str(CHART), "--set-string", f"{key}={value}", check=False)
@@ -115,16 +128,25 @@ def test_schema_rejects_wrong_values(key: str, value: str, complaint: str) -> No
 
 
 def test_schema_accepts_documented_alternatives() -> None:
-    objs = render({"agent.updateStrategy.maxUnavailable": "10%", "agent.resync": 7.5,
-                   "agent.metricsPort": 0, "controller.peering.enabled": False,
-                   "agent.acceptFwmark": "0x10000/0x10000"})
+    objs = render(
+        {
+            "agent.updateStrategy.maxUnavailable": "10%",
+            "agent.resync": 7.5,
+            "agent.metricsPort": 0,
+            "controller.peering.enabled": False,
+            "agent.acceptFwmark": "0x10000/0x10000",
+        }
+    )
     ds = find(objs, "DaemonSet")
     assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "10%"
     args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--resync=7.5" in args and "--metrics-port=0" in args
     assert "--accept-fwmark=0x10000/0x10000" in args
-    assert not [a for a in find(render(), "DaemonSet")["spec"]["template"]["spec"][
-        "containers"][0]["args"] if a.startswith("--accept-fwmark")]
+    assert not [
+        a
+        for a in find(render(), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+        if a.startswith("--accept-fwmark")
+    ]
     assert not [s for s in objs if s["kind"] == "Service" and "agent" in s["metadata"]["name"]]
     dep = find(objs, "Deployment")
     assert "--no-peering" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -133,25 +155,29 @@ def test_schema_accepts_documented_alternatives() -> None:
 
 # -- what the defaults render ------------------------------------------------------------------
 
+
 def test_defaults_render_the_expected_objects() -> None:
     objs = render()
-    got = sorted((o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", ""))
-                 for o in objs)
+    got = sorted(
+        (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", "")) for o in objs
+    )
     ns = NAMESPACE
-    assert got == sorted([
-        ("ServiceAccount", "bp-bridgeport-agent", ns),
-        ("ServiceAccount", "bp-bridgeport-controller", ns),
-        ("ClusterRole", "bp-bridgeport-agent", ""),
-        ("ClusterRole", "bp-bridgeport-controller", ""),
-        ("ClusterRoleBinding", "bp-bridgeport-agent", ""),
-        ("ClusterRoleBinding", "bp-bridgeport-controller", ""),
-        ("Service", "bp-bridgeport-agent-metrics", ns),
-        ("Service", "bp-bridgeport-controller-metrics", ns),
-        ("DaemonSet", "bp-bridgeport-agent", ns),
-        ("Deployment", "bp-bridgeport-controller", ns),
-        ("ClusterKopfPeering", "bridgeport-controller", ""),
-        ("Pod", "bp-bridgeport-test-agent", ns),  # `helm test` only (a test hook)
-    ])
+    assert got == sorted(
+        [
+            ("ServiceAccount", "bp-bridgeport-agent", ns),
+            ("ServiceAccount", "bp-bridgeport-controller", ns),
+            ("ClusterRole", "bp-bridgeport-agent", ""),
+            ("ClusterRole", "bp-bridgeport-controller", ""),
+            ("ClusterRoleBinding", "bp-bridgeport-agent", ""),
+            ("ClusterRoleBinding", "bp-bridgeport-controller", ""),
+            ("Service", "bp-bridgeport-agent-metrics", ns),
+            ("Service", "bp-bridgeport-controller-metrics", ns),
+            ("DaemonSet", "bp-bridgeport-agent", ns),
+            ("Deployment", "bp-bridgeport-controller", ns),
+            ("ClusterKopfPeering", "bridgeport-controller", ""),
+            ("Pod", "bp-bridgeport-test-agent", ns),  # `helm test` only (a test hook)
+        ]
+    )
     test_pod = find(objs, "Pod")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     ctx = test_pod["spec"]["containers"][0]["securityContext"]
@@ -159,8 +185,9 @@ def test_defaults_render_the_expected_objects() -> None:
     assert test_pod["spec"]["securityContext"]["runAsNonRoot"] is True
     for binding in (o for o in objs if o["kind"] == "ClusterRoleBinding"):
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": ns,
-                                        "name": binding["metadata"]["name"]}]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "namespace": ns, "name": binding["metadata"]["name"]}
+        ]
 
 
 def test_optional_objects_render_behind_their_values() -> None:
@@ -176,14 +203,17 @@ def test_optional_objects_render_behind_their_values() -> None:
     policy = find(objs, "ValidatingAdmissionPolicy")
     binding = find(objs, "ValidatingAdmissionPolicyBinding")
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
-    assert (f"system:serviceaccount:{NAMESPACE}:bp-bridgeport-agent"
-            in policy["spec"]["matchConditions"][0]["expression"])
+    assert (
+        f"system:serviceaccount:{NAMESPACE}:bp-bridgeport-agent"
+        in policy["spec"]["matchConditions"][0]["expression"]
+    )
     assert find(objs, "Deployment")["spec"]["replicas"] == 2
 
 
 def test_image_values() -> None:
-    objs = render({"image.repository": "registry.example/bp", "image.tag": "dev",
-                   "image.pullPolicy": "Never"})
+    objs = render(
+        {"image.repository": "registry.example/bp", "image.tag": "dev", "image.pullPolicy": "Never"}
+    )
     for kind in ("DaemonSet", "Deployment"):
         (c,) = find(objs, kind)["spec"]["template"]["spec"]["containers"]
         assert (c["image"], c["imagePullPolicy"]) == ("registry.example/bp:dev", "Never")
@@ -194,6 +224,7 @@ def test_image_values() -> None:
 
 # -- pod security ------------------------------------------------------------------------------
 
+
 def test_agent_daemonset_runs_everywhere_with_net_admin_only() -> None:
     ds = find(render(), "DaemonSet")
     pod = ds["spec"]["template"]["spec"]
@@ -202,8 +233,10 @@ def test_agent_daemonset_runs_everywhere_with_net_admin_only() -> None:
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["serviceAccountName"] == "bp-bridgeport-agent"
-    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate",
-                                            "rollingUpdate": {"maxUnavailable": 1}}
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
+    }
     (c,) = pod["containers"]
     sc = c["securityContext"]
     assert sc.get("privileged") is False
@@ -212,8 +245,9 @@ def test_agent_daemonset_runs_everywhere_with_net_admin_only() -> None:
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sorted(sc["capabilities"]["add"]) == ["NET_ADMIN", "NET_BIND_SERVICE"]
     assert sc["runAsUser"] == 0  # capabilities are only effective for root (no ambient caps)
-    assert {"name": "NODE_NAME",
-            "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in c["env"]
+    assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in c[
+        "env"
+    ]
     assert c["args"][c["args"].index("agent") + 1] == "--source=kube"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert f"--health-port={ports['health']}" in c["args"]
@@ -247,13 +281,14 @@ def test_controller_is_unprivileged() -> None:
     assert sc.get("privileged") is False and sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert c["args"][c["args"].index("controller"):][:1] == ["controller"]
+    assert c["args"][c["args"].index("controller") :][:1] == ["controller"]
     assert "--no-peering" not in c["args"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["resources"]["requests"] and c["resources"]["limits"]
 
 
 # -- RBAC as rendered (proven against the API server in test_rbac.py) --------------------------
+
 
 def rules(objs: list[dict[str, Any]], name: str) -> set[tuple[str, str, str, str]]:
     out = set()
@@ -270,15 +305,22 @@ def test_cluster_roles_grant_exactly_what_the_code_uses() -> None:
     objs = render()
     bp = "bridgeport.io"
     assert rules(objs, "bp-bridgeport-agent") == {
-        (bp, "portpublications", "list", "*"), (bp, "portpublications", "watch", "*"),
-        (bp, "bridgenetworks", "list", "*"), (bp, "bridgenetworks", "watch", "*"),
-        ("", "nodes", "list", "*"), ("", "nodes", "watch", "*"),
-        (bp, "nodestates", "create", "*"), (bp, "nodestates/status", "patch", "*"),
+        (bp, "portpublications", "list", "*"),
+        (bp, "portpublications", "watch", "*"),
+        (bp, "bridgenetworks", "list", "*"),
+        (bp, "bridgenetworks", "watch", "*"),
+        ("", "nodes", "list", "*"),
+        ("", "nodes", "watch", "*"),
+        (bp, "nodestates", "create", "*"),
+        (bp, "nodestates/status", "patch", "*"),
         (bp, "nodestates", "get", "*"),  # its own, at start: the host ports it assigned
     }
     assert rules(objs, "bp-bridgeport-controller") == {
-        *((bp, res, verb, "*") for res in ("portpublications", "bridgenetworks", "nodestates")
-          for verb in ("list", "watch")),
+        *(
+            (bp, res, verb, "*")
+            for res in ("portpublications", "bridgenetworks", "nodestates")
+            for verb in ("list", "watch")
+        ),
         (bp, "portpublications/status", "patch", "*"),
         (bp, "bridgenetworks/status", "patch", "*"),
         ("events.k8s.io", "events", "create", "*"),
@@ -290,6 +332,7 @@ def test_cluster_roles_grant_exactly_what_the_code_uses() -> None:
 
 
 # -- CRDs: one copy ----------------------------------------------------------------------------
+
 
 def test_chart_crds_are_the_repository_crds() -> None:
     link = CHART / "crds"
@@ -307,12 +350,15 @@ def test_packaged_chart_contains_the_crd_files(tmp_path: Path) -> None:
     with tarfile.open(tgz) as tar:
         members = {m.name: m for m in tar.getmembers() if m.name.startswith("bridgeport/crds/")}
         assert all(m.isfile() for m in members.values())  # the files, not a dangling symlink
-        packaged = {Path(name).name: tar.extractfile(m).read()  # type: ignore[union-attr]
-                    for name, m in members.items()}
+        packaged = {
+            Path(name).name: tar.extractfile(m).read()  # type: ignore[union-attr]
+            for name, m in members.items()
+        }
     assert packaged == {p.name: p.read_bytes() for p in CRDS.glob("*.yaml")}
 
 
 # -- the real API server accepts every object ----------------------------------------------------
+
 
 @pytest.mark.apiserver
 def test_api_server_accepts_every_rendered_object(control_plane: Any, crds: Any) -> None:
@@ -323,8 +369,15 @@ def test_api_server_accepts_every_rendered_object(control_plane: Any, crds: Any)
     control_plane.kubectl("create", "namespace", ns)
     try:
         proc = control_plane.kubectl(
-            "apply", "--server-side", "--dry-run=server", "--field-manager=helm",
-            "-f", "-", input=render_text(values, namespace=ns), check=False)
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=helm",
+            "-f",
+            "-",
+            input=render_text(values, namespace=ns),
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         assert "ValidatingAdmissionPolicy" not in proc.stderr
         created = [ln for ln in proc.stdout.splitlines() if "(server dry run)" in ln]
@@ -342,22 +395,33 @@ def test_pod_security_levels_and_priority_are_admitted(control_plane: Any, crds:
     pods = {}
     for kind in ("DaemonSet", "Deployment"):
         template = find(objs, kind)["spec"]["template"]
-        pods[kind] = {"apiVersion": "v1", "kind": "Pod",
-                      "metadata": {"name": kind.lower(), "labels": template["metadata"]["labels"]},
-                      "spec": template["spec"]}
+        pods[kind] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": kind.lower(), "labels": template["metadata"]["labels"]},
+            "spec": template["spec"],
+        }
 
     def admit(ns: str, kind: str) -> subprocess.CompletedProcess[str]:
         pod = {**pods[kind], "metadata": {**pods[kind]["metadata"], "namespace": ns}}
         return control_plane.kubectl(  # type: ignore[no-any-return]
-            "create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(pod),
-            check=False)
+            "create",
+            "--dry-run=server",
+            "-o",
+            "json",
+            "-f",
+            "-",
+            input=json.dumps(pod),
+            check=False,
+        )
 
     levels = {"restricted": "chart-psa-restricted", "privileged": "chart-psa-privileged"}
     try:
         for level, ns in levels.items():
             control_plane.kubectl("create", "namespace", ns)
-            control_plane.kubectl("label", "namespace", ns,
-                                  f"pod-security.kubernetes.io/enforce={level}")
+            control_plane.kubectl(
+                "label", "namespace", ns, f"pod-security.kubernetes.io/enforce={level}"
+            )
             for kind in pods:
                 sa = pods[kind]["spec"]["serviceAccountName"]
                 control_plane.kubectl("create", "serviceaccount", sa, "-n", ns)

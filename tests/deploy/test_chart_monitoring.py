@@ -19,8 +19,12 @@ def test_off_by_default() -> None:
 
 
 def test_dashboard_configmap_in_the_grafana_sidecar_format() -> None:
-    objs = render({"metrics.dashboard.enabled": True,
-                   "metrics.dashboard.annotations": {"grafana_folder": "Networking"}})
+    objs = render(
+        {
+            "metrics.dashboard.enabled": True,
+            "metrics.dashboard.annotations": {"grafana_folder": "Networking"},
+        }
+    )
     cm = find(objs, "ConfigMap", "bp-bridgeport-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["metadata"]["annotations"] == {"grafana_folder": "Networking"}
@@ -28,8 +32,12 @@ def test_dashboard_configmap_in_the_grafana_sidecar_format() -> None:
 
 
 def test_prometheus_rule_carries_the_tested_rules() -> None:
-    objs = render({"metrics.prometheusRule.enabled": True,
-                   "metrics.prometheusRule.labels": {"release": "prom"}})
+    objs = render(
+        {
+            "metrics.prometheusRule.enabled": True,
+            "metrics.prometheusRule.labels": {"release": "prom"},
+        }
+    )
     rule = find(objs, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["metadata"]["labels"]["release"] == "prom"
@@ -39,5 +47,8 @@ def test_prometheus_rule_carries_the_tested_rules() -> None:
 def test_service_monitor_sets_the_job_the_alerts_select() -> None:
     objs = render({"metrics.serviceMonitor.enabled": True})
     relabel = find(objs, "ServiceMonitor")["spec"]["endpoints"][0]["relabelings"]
-    assert {"sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_component"],
-            "targetLabel": "job", "replacement": "bridgeport-$1"} in relabel
+    assert {
+        "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_component"],
+        "targetLabel": "job",
+        "replacement": "bridgeport-$1",
+    } in relabel

@@ -47,24 +47,30 @@ from tests.harness.apiserver import CRD_DIR, EXAMPLES_DIR, Kubectl, load_manifes
 apiserver = pytest.mark.apiserver
 
 INVALID_DIR = EXAMPLES_DIR / "invalid"
-BN_CRD, PP_CRD, NS_CRD = (f"{p}.bridgeport.io" for p in
-                          ("bridgenetworks", "portpublications", "nodestates"))
+BN_CRD, PP_CRD, NS_CRD = (
+    f"{p}.bridgeport.io" for p in ("bridgenetworks", "portpublications", "nodestates")
+)
 PEERING_CRD = "clusterkopfpeerings.kopf.dev"
 HPP_CRD = "hostportpolicies.bridgeport.io"
 
 
 # -- reading the CRDs and the examples ---------------------------------------------------------
 
+
 @functools.cache
 def crd_manifests() -> dict[str, dict[str, Any]]:
     """crds/*.yaml by CRD name (read once; do not modify)."""
-    return {doc["metadata"]["name"]: doc
-            for path in sorted(CRD_DIR.glob("*.yaml")) for doc in load_manifests(path)}
+    return {
+        doc["metadata"]["name"]: doc
+        for path in sorted(CRD_DIR.glob("*.yaml"))
+        for doc in load_manifests(path)
+    }
 
 
 def root_schema(crd: str) -> dict[str, Any]:
     schema: dict[str, Any] = crd_manifests()[crd]["spec"]["versions"][0]["schema"][
-        "openAPIV3Schema"]
+        "openAPIV3Schema"
+    ]
     return schema
 
 
@@ -88,8 +94,11 @@ def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, 
 
 
 def cel_rules(crd: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(path, rule) for path, node in walk(root_schema(crd))
-            for rule in node.get("x-kubernetes-validations", [])]
+    return [
+        (path, rule)
+        for path, node in walk(root_schema(crd))
+        for rule in node.get("x-kubernetes-validations", [])
+    ]
 
 
 @dataclass(frozen=True)
@@ -110,8 +119,13 @@ class InvalidExample:
             if m:
                 header.setdefault(m[1], []).append(m[2].strip())
         (doc,) = load_manifests(path)
-        return cls(path, doc, header["field"][0], tuple(header.get("expect", [])),
-                   header.get("strict", ["false"])[0] == "true")
+        return cls(
+            path,
+            doc,
+            header["field"][0],
+            tuple(header.get("expect", [])),
+            header.get("strict", ["false"])[0] == "true",
+        )
 
     @property
     def resource(self) -> str:
@@ -124,11 +138,18 @@ INVALID_EXAMPLES = sorted(INVALID_DIR.glob("*.yaml"))
 def minimal(kind: str, **spec: Any) -> dict[str, Any]:
     """A valid document of ``kind`` with only the required fields, plus ``spec``."""
     if kind == specs.BRIDGE_NETWORK:
-        return {"apiVersion": API, "kind": kind, "metadata": {"name": "minimal"},
-                "spec": {"subnet": "10.77.0.0/24", **spec}}
-    return {"apiVersion": API, "kind": kind,
-            "metadata": {"name": "minimal", "namespace": "default"},
-            "spec": {"hostPort": 8080, "target": {"address": "10.77.0.2", "port": 80}, **spec}}
+        return {
+            "apiVersion": API,
+            "kind": kind,
+            "metadata": {"name": "minimal"},
+            "spec": {"subnet": "10.77.0.0/24", **spec},
+        }
+    return {
+        "apiVersion": API,
+        "kind": kind,
+        "metadata": {"name": "minimal", "namespace": "default"},
+        "spec": {"hostPort": 8080, "target": {"address": "10.77.0.2", "port": 80}, **spec},
+    }
 
 
 def without_host_port(doc: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +184,7 @@ def table(output: str) -> tuple[list[str], list[list[str]]]:
 
 # -- against the API server --------------------------------------------------------------------
 
+
 @apiserver
 def test_crds_are_established(crds: dict[str, dict[str, Any]], kubectl: Kubectl) -> None:
     """All five CRDs install server-side, are Established, and have the documented names."""
@@ -172,25 +194,35 @@ def test_crds_are_established(crds: dict[str, dict[str, Any]], kubectl: Kubectl)
         conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
         assert conditions["Established"] == "True", (name, conditions)
         assert conditions["NamesAccepted"] == "True", (name, conditions)
-    expected = {BN_CRD: ("Cluster", ["bn"]), PP_CRD: ("Namespaced", ["pp"]),
-                NS_CRD: ("Cluster", ["bpns"]), HPP_CRD: ("Cluster", ["hpp"])}
+    expected = {
+        BN_CRD: ("Cluster", ["bn"]),
+        PP_CRD: ("Namespaced", ["pp"]),
+        NS_CRD: ("Cluster", ["bpns"]),
+        HPP_CRD: ("Cluster", ["hpp"]),
+    }
     for name, (scope, short) in expected.items():
         spec = kubectl.json("get", "crd", name)["spec"]
         assert (spec["group"], spec["scope"], spec["names"]["shortNames"]) == (
-            "bridgeport.io", scope, short)
+            "bridgeport.io",
+            scope,
+            short,
+        )
         assert spec["names"]["categories"] == ["bridgeport"]
         (version,) = spec["versions"]
-        assert (version["name"], version["served"], version["storage"]) == (
-            "v1alpha1", True, True)
+        assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
         # A HostPortPolicy is only read (by admission): it has no status.
         assert version.get("subresources") == (None if name == HPP_CRD else {"status": {}})
     peering = kubectl.json("get", "crd", PEERING_CRD)["spec"]
     assert (peering["group"], peering["scope"], peering["names"]["kind"]) == (
-        "kopf.dev", "Cluster", "ClusterKopfPeering")
+        "kopf.dev",
+        "Cluster",
+        "ClusterKopfPeering",
+    )
     resources = kubectl.ok("api-resources", "--api-group=bridgeport.io", "-o", "name")
-    assert set(resources.split()) == {f"{p}.bridgeport.io" for p in
-                                      ("bridgenetworks", "portpublications", "nodestates",
-                                       "hostportpolicies")}
+    assert set(resources.split()) == {
+        f"{p}.bridgeport.io"
+        for p in ("bridgenetworks", "portpublications", "nodestates", "hostportpolicies")
+    }
     assert kubectl("get", "bridgeport", "-A").rc == 0
 
 
@@ -209,21 +241,26 @@ def applied_examples(crds: Any, kubectl: Kubectl) -> Iterator[list[dict[str, Any
 def get(kubectl: Kubectl, doc: dict[str, Any]) -> dict[str, Any]:
     resource = "bn" if doc["kind"] == specs.BRIDGE_NETWORK else "pp"
     ns = doc["metadata"].get("namespace")
-    obj: dict[str, Any] = kubectl.json("get", resource, doc["metadata"]["name"],
-                                       *(["-n", ns] if ns else []))
+    obj: dict[str, Any] = kubectl.json(
+        "get", resource, doc["metadata"]["name"], *(["-n", ns] if ns else [])
+    )
     return obj
 
 
 @apiserver
 def test_examples_apply_and_read_back_with_defaults(
-        applied_examples: list[dict[str, Any]], kubectl: Kubectl) -> None:
+    applied_examples: list[dict[str, Any]], kubectl: Kubectl
+) -> None:
     """examples/*.yaml are accepted; the server adds only the schema defaults; same spec."""
     assert {d["kind"] for d in applied_examples} == set(specs.KINDS)
     for doc in applied_examples:
         obj = get(kubectl, doc)
         crd = BN_CRD if doc["kind"] == specs.BRIDGE_NETWORK else PP_CRD
-        defaults = {name: prop["default"] for name, prop in
-                    schema_at(crd, "spec")["properties"].items() if "default" in prop}
+        defaults = {
+            name: prop["default"]
+            for name, prop in schema_at(crd, "spec")["properties"].items()
+            if "default" in prop
+        }
         assert obj["spec"] == {**defaults, **doc["spec"]}, doc["metadata"]["name"]
         assert same_spec(parsed(doc), parsed(obj))
     dns = get(kubectl, next(d for d in applied_examples if d["metadata"]["name"] == "dns-range"))
@@ -231,21 +268,32 @@ def test_examples_apply_and_read_back_with_defaults(
 
 
 @apiserver
-def test_minimal_resources_get_the_agents_defaults(crds: Any, kubectl: Kubectl,
-                                                   namespace: str) -> None:
+def test_minimal_resources_get_the_agents_defaults(
+    crds: Any, kubectl: Kubectl, namespace: str
+) -> None:
     """A resource with only required fields reads back with the agent's defaults."""
     bn = minimal(specs.BRIDGE_NETWORK)
     bn["metadata"]["name"] = f"minimal-{namespace}"
     pp = minimal(specs.PORT_PUBLICATION)
     pp["metadata"]["namespace"] = namespace
-    kubectl.ok("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                     "items": [bn, pp]}))
+    kubectl.ok(
+        "create",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [bn, pp]}),
+    )
     try:
         got_bn, got_pp = get(kubectl, bn), get(kubectl, pp)
-        assert got_bn["spec"] == {**bn["spec"], "mtu": 1500, "masquerade": True,
-                                  "internal": False, "interContainer": True,
-                                  "isolation": "Isolated", "gatewayMode": "nat",
-                                  "gatewayMode6": "nat"}
+        assert got_bn["spec"] == {
+            **bn["spec"],
+            "mtu": 1500,
+            "masquerade": True,
+            "internal": False,
+            "interContainer": True,
+            "isolation": "Isolated",
+            "gatewayMode": "nat",
+            "gatewayMode6": "nat",
+        }
         assert got_pp["spec"] == {**pp["spec"], "protocol": "TCP", "loopback": "Auto"}
         assert same_spec(parsed(bn), parsed(got_bn))
         assert same_spec(parsed(pp), parsed(got_pp))
@@ -273,8 +321,9 @@ def test_invalid_example_is_refused(path: Path, crds: Any, kubectl: Kubectl) -> 
 
 
 @apiserver
-def test_unknown_fields_are_pruned_without_strict_validation(crds: Any, kubectl: Kubectl,
-                                                             kube_client: Any) -> None:
+def test_unknown_fields_are_pruned_without_strict_validation(
+    crds: Any, kubectl: Kubectl, kube_client: Any
+) -> None:
     """Without Strict field validation the server drops an unknown field (Warn: with a warning)."""
     from kubernetes import client
 
@@ -292,41 +341,63 @@ def test_unknown_fields_are_pruned_without_strict_validation(crds: Any, kubectl:
         kubectl("delete", "pp", name, "-n", "default", "--wait=true")
     # The API's own default (no fieldValidation parameter) prunes too.
     api: Any = client.CustomObjectsApi(kube_client)
-    created = api.create_namespaced_custom_object("bridgeport.io", "v1alpha1", "default",
-                                                  "portpublications", example.doc)
+    created = api.create_namespaced_custom_object(
+        "bridgeport.io", "v1alpha1", "default", "portpublications", example.doc
+    )
     try:
         assert "loopBack" not in created["spec"]
     finally:
-        api.delete_namespaced_custom_object("bridgeport.io", "v1alpha1", "default",
-                                            "portpublications", name)
+        api.delete_namespaced_custom_object(
+            "bridgeport.io", "v1alpha1", "default", "portpublications", name
+        )
 
 
 # (description, document, accepted by the server, accepted by the agent)
 DIFFERENCES: list[tuple[str, dict[str, Any], bool, bool]] = [
     # Only the agent can check these: no IPv6 arithmetic in 1.28's CEL.
     ("subnet6 host bits", minimal(specs.BRIDGE_NETWORK, subnet6="fd00:77::1/64"), True, False),
-    ("gateway6 outside subnet6",
-     minimal(specs.BRIDGE_NETWORK, subnet6="fd00:77::/64", gateway6="fd00:78::1"), True, False),
-    ("gateway6 is the subnet6 address",
-     minimal(specs.BRIDGE_NETWORK, subnet6="fd00:77::/64", gateway6="fd00:77::"), True, False),
+    (
+        "gateway6 outside subnet6",
+        minimal(specs.BRIDGE_NETWORK, subnet6="fd00:77::/64", gateway6="fd00:78::1"),
+        True,
+        False,
+    ),
+    (
+        "gateway6 is the subnet6 address",
+        minimal(specs.BRIDGE_NETWORK, subnet6="fd00:77::/64", gateway6="fd00:77::"),
+        True,
+        False,
+    ),
     # The schema is stricter: only the canonical CIDR and address forms.
-    ("netmask form", minimal(specs.BRIDGE_NETWORK, subnet="10.77.0.0/255.255.255.0"),
-     False, True),
+    ("netmask form", minimal(specs.BRIDGE_NETWORK, subnet="10.77.0.0/255.255.255.0"), False, True),
     ("leading zero in prefix", minimal(specs.BRIDGE_NETWORK, subnet="10.77.0.0/024"), False, True),
-    ("IPv6 zone", minimal(specs.PORT_PUBLICATION, hostIP="fe80::1%eth0",
-                          target={"address": "fe80::2", "port": 80}), False, True),
+    (
+        "IPv6 zone",
+        minimal(
+            specs.PORT_PUBLICATION, hostIP="fe80::1%eth0", target={"address": "fe80::2", "port": 80}
+        ),
+        False,
+        True,
+    ),
     # CEL cost bound: at most 64 matchLabels.
-    ("65 matchLabels", minimal(specs.PORT_PUBLICATION, nodeSelector={
-        "matchLabels": {f"k{i}": "v" for i in range(65)}}), False, True),
+    (
+        "65 matchLabels",
+        minimal(
+            specs.PORT_PUBLICATION, nodeSelector={"matchLabels": {f"k{i}": "v" for i in range(65)}}
+        ),
+        False,
+        True,
+    ),
 ]
 
 
 @apiserver
-@pytest.mark.parametrize(("what", "doc", "server", "agent"), DIFFERENCES,
-                         ids=[d[0] for d in DIFFERENCES])
+@pytest.mark.parametrize(
+    ("what", "doc", "server", "agent"), DIFFERENCES, ids=[d[0] for d in DIFFERENCES]
+)
 def test_known_differences_between_schema_and_agent(
-        what: str, doc: dict[str, Any], server: bool, agent: bool,
-        crds: Any, kubectl: Kubectl) -> None:
+    what: str, doc: dict[str, Any], server: bool, agent: bool, crds: Any, kubectl: Kubectl
+) -> None:
     """Documents what only the agent checks and where the schema is stricter than the agent."""
     assert isinstance(specs.parse(doc), specs.InvalidResource) is not agent, what
     result = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(doc))
@@ -337,23 +408,30 @@ def test_known_differences_between_schema_and_agent(
 DUAL = {"address": "10.77.0.2", "address6": "fd00:77::2", "port": 80}
 ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("hostIP 0.0.0.0", minimal(specs.PORT_PUBLICATION, hostIP="0.0.0.0")),
-    ("hostIP ::", minimal(specs.PORT_PUBLICATION, hostIP="::",
-                          target={"address": "fd00:77::2", "port": 80})),
+    (
+        "hostIP ::",
+        minimal(specs.PORT_PUBLICATION, hostIP="::", target={"address": "fd00:77::2", "port": 80}),
+    ),
     ("dual-stack target", minimal(specs.PORT_PUBLICATION, target=DUAL)),
     ("dual-stack target on ::1", minimal(specs.PORT_PUBLICATION, hostIP="::1", target=DUAL)),
     # -p 80, -p 8000-8100:80, -p 80-85: the node assigns the host ports
     ("no hostPort", without_host_port(minimal(specs.PORT_PUBLICATION))),
-    ("assignFrom a range", without_host_port(minimal(
-        specs.PORT_PUBLICATION, assignFrom={"start": 8000, "end": 8100}))),
-    ("assignFrom a count", without_host_port(minimal(
-        specs.PORT_PUBLICATION, assignFrom={"count": 6}))),
+    (
+        "assignFrom a range",
+        without_host_port(minimal(specs.PORT_PUBLICATION, assignFrom={"start": 8000, "end": 8100})),
+    ),
+    (
+        "assignFrom a count",
+        without_host_port(minimal(specs.PORT_PUBLICATION, assignFrom={"count": 6})),
+    ),
 ]
 
 
 @apiserver
 @pytest.mark.parametrize(("what", "doc"), ACCEPTED, ids=[a[0] for a in ACCEPTED])
-def test_docker_forms_are_accepted(what: str, doc: dict[str, Any], crds: Any,
-                                   kubectl: Kubectl) -> None:
+def test_docker_forms_are_accepted(
+    what: str, doc: dict[str, Any], crds: Any, kubectl: Kubectl
+) -> None:
     """0.0.0.0, :: and dual-stack targets pass the server's schema and the agent's parser."""
     parsed(doc)
     result = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(doc))
@@ -362,26 +440,43 @@ def test_docker_forms_are_accepted(what: str, doc: dict[str, Any], crds: Any,
 
 # (subnet, subnet6, accepted): the semantic subnet rules, one table for the agent and the CEL.
 SUBNETS: list[tuple[str, str | None, bool]] = [
-    ("0.0.0.0/0", None, False), ("10.0.0.0/7", None, False), ("10.0.0.0/8", None, True),
-    ("0.0.0.0/8", None, False), ("127.0.0.0/8", None, False), ("127.5.0.0/16", None, False),
-    ("169.254.0.0/16", None, False), ("169.254.7.0/24", None, False),
-    ("169.0.0.0/8", None, False), ("169.128.0.0/9", None, False), ("169.0.0.0/9", None, True),
-    ("169.252.0.0/15", None, True), ("169.254.0.0/15", None, False),
-    ("224.0.0.0/8", None, False), ("239.1.0.0/16", None, False), ("240.0.0.0/8", None, False),
-    ("255.255.255.252/30", None, False), ("223.255.255.252/30", None, True),
-    ("192.168.0.0/16", None, True), ("11.0.0.0/8", None, True),
-    ("10.77.0.0/24", "fd00::/8", False), ("10.77.0.0/24", "fd00::/16", True),
-    ("10.77.0.0/24", "::/0", False), ("10.77.0.0/24", "::1/128", False),
-    ("10.77.0.0/24", "::ffff:0:0/96", False), ("10.77.0.0/24", "0:1::/32", False),
-    ("10.77.0.0/24", "fe80::/64", False), ("10.77.0.0/24", "febf:1::/32", False),
-    ("10.77.0.0/24", "fec0::/64", True), ("10.77.0.0/24", "fe8::/64", True),
-    ("10.77.0.0/24", "ff02::/64", False), ("10.77.0.0/24", "2001:db8::/32", True),
+    ("0.0.0.0/0", None, False),
+    ("10.0.0.0/7", None, False),
+    ("10.0.0.0/8", None, True),
+    ("0.0.0.0/8", None, False),
+    ("127.0.0.0/8", None, False),
+    ("127.5.0.0/16", None, False),
+    ("169.254.0.0/16", None, False),
+    ("169.254.7.0/24", None, False),
+    ("169.0.0.0/8", None, False),
+    ("169.128.0.0/9", None, False),
+    ("169.0.0.0/9", None, True),
+    ("169.252.0.0/15", None, True),
+    ("169.254.0.0/15", None, False),
+    ("224.0.0.0/8", None, False),
+    ("239.1.0.0/16", None, False),
+    ("240.0.0.0/8", None, False),
+    ("255.255.255.252/30", None, False),
+    ("223.255.255.252/30", None, True),
+    ("192.168.0.0/16", None, True),
+    ("11.0.0.0/8", None, True),
+    ("10.77.0.0/24", "fd00::/8", False),
+    ("10.77.0.0/24", "fd00::/16", True),
+    ("10.77.0.0/24", "::/0", False),
+    ("10.77.0.0/24", "::1/128", False),
+    ("10.77.0.0/24", "::ffff:0:0/96", False),
+    ("10.77.0.0/24", "0:1::/32", False),
+    ("10.77.0.0/24", "fe80::/64", False),
+    ("10.77.0.0/24", "febf:1::/32", False),
+    ("10.77.0.0/24", "fec0::/64", True),
+    ("10.77.0.0/24", "fe8::/64", True),
+    ("10.77.0.0/24", "ff02::/64", False),
+    ("10.77.0.0/24", "2001:db8::/32", True),
 ]
 
 
 def subnet_doc(subnet: str, subnet6: str | None) -> dict[str, Any]:
-    return minimal(specs.BRIDGE_NETWORK, subnet=subnet, **({"subnet6": subnet6} if subnet6
-                                                           else {}))
+    return minimal(specs.BRIDGE_NETWORK, subnet=subnet, **({"subnet6": subnet6} if subnet6 else {}))
 
 
 @pytest.mark.parametrize(("subnet", "subnet6", "accepted"), SUBNETS)
@@ -395,8 +490,9 @@ def test_agent_subnet_rules(subnet: str, subnet6: str | None, accepted: bool) ->
 def test_cel_subnet_rules_are_the_agents(crds: Any, kubectl: Kubectl) -> None:
     """The server's CEL rules give the agent's verdict on every row of the table."""
     for subnet, subnet6, accepted in SUBNETS:
-        result = kubectl("create", "--dry-run=server", "-f", "-",
-                         input=json.dumps(subnet_doc(subnet, subnet6)))
+        result = kubectl(
+            "create", "--dry-run=server", "-f", "-", input=json.dumps(subnet_doc(subnet, subnet6))
+        )
         assert (result.rc == 0) is accepted, (subnet, subnet6, result.stderr)
 
 
@@ -404,8 +500,18 @@ def test_cel_subnet_rules_are_the_agents(crds: Any, kubectl: Kubectl) -> None:
 def test_printer_columns(applied_examples: list[dict[str, Any]], kubectl: Kubectl) -> None:
     """kubectl get pp / bn / bpns print the documented columns."""
     header, rows = table(kubectl.ok("get", "pp", "-n", "default"))
-    assert header == ["NAME", "PROTOCOL", "HOST IP", "PORTS", "TO", "ASSIGNED", "TARGET",
-                      "TARGET PORT", "READY", "AGE"]
+    assert header == [
+        "NAME",
+        "PROTOCOL",
+        "HOST IP",
+        "PORTS",
+        "TO",
+        "ASSIGNED",
+        "TARGET",
+        "TARGET PORT",
+        "READY",
+        "AGE",
+    ]
     dns = next(r for r in rows if r[0] == "dns-range")
     assert dns[1:8] == ["UDP", "", "5300", "5302", "", "192.168.99.3", "5300"]
     header, _ = table(kubectl.ok("get", "pp", "-n", "default", "-o", "wide"))
@@ -414,16 +520,18 @@ def test_printer_columns(applied_examples: list[dict[str, Any]], kubectl: Kubect
     assert header == ["NAME", "BRIDGE", "SUBNET", "READY", "AGE"]
     assert rows[0][:3] == ["demo", "bp-demo", "192.168.99.0/24"]
     header, _ = table(kubectl.ok("get", "bn", "-o", "wide"))
-    assert header == ["NAME", "BRIDGE", "SUBNET", "GATEWAY", "SUBNET6", "ISOLATION", "READY",
-                      "AGE"]
+    assert header == ["NAME", "BRIDGE", "SUBNET", "GATEWAY", "SUBNET6", "ISOLATION", "READY", "AGE"]
     node = "printer-node"
     kubectl.ok("create", "-f", "-", input=json.dumps(nodestate(node)))
     try:
         header, _ = table(kubectl.ok("get", "bpns", node))
         assert header == ["NAME", "APPLIED", "CONFLICTED", "LAST SYNC", "AGE"]
         everything = kubectl.ok("get", "bridgeport", "-A", "-o", "name")
-        assert {"bridgenetwork.bridgeport.io/demo", "portpublication.bridgeport.io/web",
-                f"nodestate.bridgeport.io/{node}"} <= set(everything.split())
+        assert {
+            "bridgenetwork.bridgeport.io/demo",
+            "portpublication.bridgeport.io/web",
+            f"nodestate.bridgeport.io/{node}",
+        } <= set(everything.split())
     finally:
         kubectl("delete", "bpns", node, "--wait=false")
 
@@ -435,9 +543,14 @@ def api_message(exc: Any) -> str:
 
 # -- NodeState ---------------------------------------------------------------------------------
 
+
 def nodestate(node: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
-    doc: dict[str, Any] = {"apiVersion": API, "kind": "NodeState", "metadata": {"name": node},
-                           "spec": {"nodeName": node}}
+    doc: dict[str, Any] = {
+        "apiVersion": API,
+        "kind": "NodeState",
+        "metadata": {"name": node},
+        "spec": {"nodeName": node},
+    }
     if status is not None:
         doc["status"] = status
     return doc
@@ -448,23 +561,43 @@ def agent_status(n: int = 2) -> dict[str, Any]:
     from bridgeport.core.report import Entry, Report
     from bridgeport.core.specs import ResourceRef
 
-    entries = [Entry("n", ResourceRef(specs.BRIDGE_NETWORK, "", "demo"),
-                     "0b8e6f0e-0000-4000-8000-000000000001", 1, "Applied", "Programmed")]
-    entries += [Entry("n", ResourceRef(specs.PORT_PUBLICATION, "default", f"pp-{i}"),
-                      f"0b8e6f0e-0000-4000-8000-{i:012d}", 3, "Conflicted", "PortTaken",
-                      "8080/TCP is published by default/web (older)") for i in range(n - 1)]
-    report = Report(node="n", agent_version="0.1.0",
-                    last_sync="2026-01-02T03:04:05.678+00:00", last_sync_ms=1.5,
-                    table_digest="sha256:" + "ab" * 32,
-                    counts={"Applied": 1, "Conflicted": n - 1, "bridges": 1, "dnat": 0,
-                            "proxies": 0},
-                    entries=tuple(entries), errors=("sysctl net.ipv4.ip_forward is 0",))
+    entries = [
+        Entry(
+            "n",
+            ResourceRef(specs.BRIDGE_NETWORK, "", "demo"),
+            "0b8e6f0e-0000-4000-8000-000000000001",
+            1,
+            "Applied",
+            "Programmed",
+        )
+    ]
+    entries += [
+        Entry(
+            "n",
+            ResourceRef(specs.PORT_PUBLICATION, "default", f"pp-{i}"),
+            f"0b8e6f0e-0000-4000-8000-{i:012d}",
+            3,
+            "Conflicted",
+            "PortTaken",
+            "8080/TCP is published by default/web (older)",
+        )
+        for i in range(n - 1)
+    ]
+    report = Report(
+        node="n",
+        agent_version="0.1.0",
+        last_sync="2026-01-02T03:04:05.678+00:00",
+        last_sync_ms=1.5,
+        table_digest="sha256:" + "ab" * 32,
+        counts={"Applied": 1, "Conflicted": n - 1, "bridges": 1, "dnat": 0, "proxies": 0},
+        entries=tuple(entries),
+        errors=("sysctl net.ipv4.ip_forward is 0",),
+    )
     return report.status()[0]
 
 
 @apiserver
-def test_nodestate_status_only_through_the_status_subresource(crds: Any,
-                                                               kube_client: Any) -> None:
+def test_nodestate_status_only_through_the_status_subresource(crds: Any, kube_client: Any) -> None:
     """.status sent to the main resource is dropped; the agent's status document is stored whole."""
     from kubernetes import client
 
@@ -481,7 +614,8 @@ def test_nodestate_status_only_through_the_status_subresource(crds: Any,
         assert written["status"] == status  # nothing pruned: the schema knows every field
         # The status subresource ignores spec; the main resource ignores status.
         spec_via_status = api.patch_cluster_custom_object_status(
-            *args, node, {"spec": {"nodeName": "other"}, "status": {"agentVersion": "0.2.0"}})
+            *args, node, {"spec": {"nodeName": "other"}, "status": {"agentVersion": "0.2.0"}}
+        )
         assert spec_via_status["spec"] == {"nodeName": node}
         assert spec_via_status["status"]["agentVersion"] == "0.2.0"
         bad = copy.deepcopy(status)
@@ -508,12 +642,21 @@ def test_nodestate_holds_a_10000_resource_report(crds: Any, kube_client: Any) ->
     args = ("bridgeport.io", "v1alpha1", "nodestates")
     # The compact form (~120 bytes an entry); the whole object must stay under etcd's
     # request limit (1.5 MiB by default).
-    resources = [{"kind": specs.PORT_PUBLICATION, "namespace": "default", "name": f"pp-{i:05d}",
-                  "observedGeneration": 1, "state": "Applied"} for i in range(10_000)]
+    resources = [
+        {
+            "kind": specs.PORT_PUBLICATION,
+            "namespace": "default",
+            "name": f"pp-{i:05d}",
+            "observedGeneration": 1,
+            "state": "Applied",
+        }
+        for i in range(10_000)
+    ]
     api.create_cluster_custom_object(*args, nodestate(node))
     try:
         api.patch_cluster_custom_object_status(
-            *args, node, {"status": {"counts": {"Applied": 10_000}, "resources": resources}})
+            *args, node, {"status": {"counts": {"Applied": 10_000}, "resources": resources}}
+        )
         got = api.get_cluster_custom_object(*args, node)
         assert len(got["status"]["resources"]) == 10_000
     finally:
@@ -533,14 +676,26 @@ def test_nodestate_holds_a_20000_publication_report(crds: Any, kube_client: Any)
     node = "huge-node"
     args = ("bridgeport.io", "v1alpha1", "nodestates")
     entries = tuple(
-        Entry(node, ResourceRef(specs.PORT_PUBLICATION, "default", f"pp-{i:05d}"), f"u-{i}", 1,
-              *(("Applied", "Programmed") if i >= 500 else ("Conflicted", "PortTaken")),
-              "taken")
-        for i in range(20_500))
-    status = Report(node=node, agent_version="0.1.0",
-                    last_sync="2026-01-02T03:04:05.678+00:00", last_sync_ms=1.0,
-                    table_digest="x", counts={"Applied": 20_000, "Conflicted": 500},
-                    entries=entries, labels={"zone": "a"}).status()[0]
+        Entry(
+            node,
+            ResourceRef(specs.PORT_PUBLICATION, "default", f"pp-{i:05d}"),
+            f"u-{i}",
+            1,
+            *(("Applied", "Programmed") if i >= 500 else ("Conflicted", "PortTaken")),
+            "taken",
+        )
+        for i in range(20_500)
+    )
+    status = Report(
+        node=node,
+        agent_version="0.1.0",
+        last_sync="2026-01-02T03:04:05.678+00:00",
+        last_sync_ms=1.0,
+        table_digest="x",
+        counts={"Applied": 20_000, "Conflicted": 500},
+        entries=entries,
+        labels={"zone": "a"},
+    ).status()[0]
     assert len(json.dumps(status)) < 100_000
     api.create_cluster_custom_object(*args, nodestate(node))
     try:
@@ -554,27 +709,57 @@ def test_nodestate_holds_a_20000_publication_report(crds: Any, kube_client: Any)
 
 # -- resource status (the controller's side) ---------------------------------------------------
 
+
 def condition(type_: str, status: str = "True", reason: str = "AllNodesReady") -> dict[str, Any]:
-    return {"type": type_, "status": status, "observedGeneration": 1,
-            "lastTransitionTime": "2026-01-02T03:04:05Z", "reason": reason, "message": ""}
+    return {
+        "type": type_,
+        "status": status,
+        "observedGeneration": 1,
+        "lastTransitionTime": "2026-01-02T03:04:05Z",
+        "reason": reason,
+        "message": "",
+    }
 
 
 @apiserver
-def test_resource_status_accepts_the_controller_shape(crds: Any, kubectl: Kubectl,
-                                                      namespace: str) -> None:
+def test_resource_status_accepts_the_controller_shape(
+    crds: Any, kubectl: Kubectl, namespace: str
+) -> None:
     """Conditions (metav1.Condition, keyed by type), node counts, ready and problemNodes."""
     pp = minimal(specs.PORT_PUBLICATION)
     pp["metadata"]["namespace"] = namespace
     kubectl.ok("create", "-f", "-", input=json.dumps(pp))
-    status = {"observedGeneration": 1, "ready": "2/3", "nodes": {"selected": 3, "ready": 2},
-              "conditions": [condition("Ready", "False", "SomeNodesNotReady"),
-                             condition("Programmed"), condition("Conflicted", "False")],
-              "problemNodes": [{"node": "node-3", "state": "Conflicted", "reason": "PortTaken",
-                                "message": "8080/TCP is published by default/web"}]}
+    status = {
+        "observedGeneration": 1,
+        "ready": "2/3",
+        "nodes": {"selected": 3, "ready": 2},
+        "conditions": [
+            condition("Ready", "False", "SomeNodesNotReady"),
+            condition("Programmed"),
+            condition("Conflicted", "False"),
+        ],
+        "problemNodes": [
+            {
+                "node": "node-3",
+                "state": "Conflicted",
+                "reason": "PortTaken",
+                "message": "8080/TCP is published by default/web",
+            }
+        ],
+    }
 
     def patch(body: dict[str, Any]) -> tuple[int, str]:
-        rc, _, err = kubectl("patch", "pp", "minimal", "-n", namespace, "--subresource=status",
-                             "--type=merge", "-p", json.dumps({"status": body}))
+        rc, _, err = kubectl(
+            "patch",
+            "pp",
+            "minimal",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": body}),
+        )
         return rc, err
 
     assert patch(status) == (0, "")
@@ -596,9 +781,14 @@ def test_resource_status_accepts_the_controller_shape(crds: Any, kubectl: Kubect
     # Assigned host ports, as core.status writes them, and their removal (merge patch null).
     from bridgeport.core.report import Entry
     from bridgeport.core.status import assigned_ports
+
     ref = specs.ResourceRef(specs.PORT_PUBLICATION, namespace, "minimal")
-    assigned = assigned_ports([Entry("node-1", ref, "", 1, "Applied", assigned=(40000, 40000)),
-                               Entry("node-2", ref, "", 1, "Applied", assigned=(40001, 40003))])
+    assigned = assigned_ports(
+        [
+            Entry("node-1", ref, "", 1, "Applied", assigned=(40000, 40000)),
+            Entry("node-2", ref, "", 1, "Applied", assigned=(40001, 40003)),
+        ]
+    )
     assert patch(assigned) == (0, "")
     got = kubectl.json("get", "pp", "minimal", "-n", namespace)
     assert got["status"]["assignedPorts"] == assigned["assignedPorts"]
@@ -611,8 +801,10 @@ def test_resource_status_accepts_the_controller_shape(crds: Any, kubectl: Kubect
 
 # -- the schema against the agent (no cluster) -------------------------------------------------
 
+
 def test_schema_enums_are_the_agents() -> None:
     """Enum values in the CRDs are the agent's enums, so they cannot drift apart."""
+
     def enum(crd: str, path: str) -> list[str]:
         return list(schema_at(crd, path)["enum"])
 
@@ -652,8 +844,9 @@ def with_value(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     if path == "nodeSelector.matchExpressions[].operator":
         values = ["a"] if value in ("In", "NotIn") else []
-        doc["spec"]["nodeSelector"] = {"matchExpressions": [
-            {"key": "k", "operator": value, "values": values}]}
+        doc["spec"]["nodeSelector"] = {
+            "matchExpressions": [{"key": "k", "operator": value, "values": values}]
+        }
         return doc
     if path.startswith("gatewayMode") and value == "isolated":
         doc["spec"]["internal"] = True  # the one mode that needs another field
@@ -669,8 +862,11 @@ def test_schema_defaults_are_the_agents() -> None:
     """Each schema default is what the agent assumes when the field is absent."""
     for kind, crd in ((specs.BRIDGE_NETWORK, BN_CRD), (specs.PORT_PUBLICATION, PP_CRD)):
         agent = parsed(minimal(kind))
-        defaults = {name: prop["default"] for name, prop in
-                    schema_at(crd, "spec")["properties"].items() if "default" in prop}
+        defaults = {
+            name: prop["default"]
+            for name, prop in schema_at(crd, "spec")["properties"].items()
+            if "default" in prop
+        }
         assert defaults, crd
         for name, default in defaults.items():
             assert getattr(agent, snake(name)) == default, (kind, name)
@@ -688,8 +884,12 @@ def test_schema_integer_bounds_are_the_agents() -> None:
             if node.get("type") != "integer":
                 continue
             assert "minimum" in node and "maximum" in node, path
-            for value, valid in ((node["minimum"], True), (node["maximum"], True),
-                                 (node["minimum"] - 1, False), (node["maximum"] + 1, False)):
+            for value, valid in (
+                (node["minimum"], True),
+                (node["maximum"], True),
+                (node["minimum"] - 1, False),
+                (node["maximum"] + 1, False),
+            ):
                 doc = minimal(kind)
                 if path.startswith("assignFrom."):
                     del doc["spec"]["hostPort"]
@@ -700,24 +900,43 @@ def test_schema_integer_bounds_are_the_agents() -> None:
                 invalid = isinstance(specs.parse(doc), specs.InvalidResource)
                 assert invalid is not valid, (kind, path, value)
             checked.append(path)
-    assert sorted(checked) == ["assignFrom.count", "assignFrom.end", "assignFrom.start",
-                               "hostPort", "hostPortEnd", "mtu", "target.port"]
+    assert sorted(checked) == [
+        "assignFrom.count",
+        "assignFrom.end",
+        "assignFrom.start",
+        "hostPort",
+        "hostPortEnd",
+        "mtu",
+        "target.port",
+    ]
 
 
 def ip_samples(rng: random.Random, count: int) -> Iterator[str]:
     """IPv4/IPv6 addresses in every textual form, and near-misses made from them."""
     for _ in range(count):
-        v6 = ipaddress.IPv6Address(rng.choice(
-            [rng.getrandbits(128), rng.getrandbits(16) << rng.choice((0, 16, 64, 112)), 0, 1]))
+        v6 = ipaddress.IPv6Address(
+            rng.choice(
+                [rng.getrandbits(128), rng.getrandbits(16) << rng.choice((0, 16, 64, 112)), 0, 1]
+            )
+        )
         v4 = str(ipaddress.IPv4Address(rng.getrandbits(32)))
         groups = [g.lstrip("0") or "0" for g in v6.exploded.split(":")]
         i = rng.randrange(8)
         j = rng.randrange(i, 9)
         k = rng.randrange(7)
-        forms = [v4, v6.compressed, v6.exploded, v6.compressed.upper(),
-                 ":".join(groups[:i]) + "::" + ":".join(groups[j:]),
-                 ":".join(groups[:6]) + ":" + v4,
-                 ":".join(groups[:k]) + "::" + v4, "01.2.3.4", "1.2.3", "::1::", ":1::"]
+        forms = [
+            v4,
+            v6.compressed,
+            v6.exploded,
+            v6.compressed.upper(),
+            ":".join(groups[:i]) + "::" + ":".join(groups[j:]),
+            ":".join(groups[:6]) + ":" + v4,
+            ":".join(groups[:k]) + "::" + v4,
+            "01.2.3.4",
+            "1.2.3",
+            "::1::",
+            ":1::",
+        ]
         for form in forms:
             yield form
             chars = list(form)
@@ -725,13 +944,14 @@ def ip_samples(rng: random.Random, count: int) -> Iterator[str]:
             chars.insert(pos, rng.choice(":.0a9g/"))
             yield "".join(chars)
             if len(form) > 1:
-                yield form[:pos] + form[pos + 1:]
+                yield form[:pos] + form[pos + 1 :]
 
 
 def python_accepts(text: str, version: int, network: bool = False) -> bool:
     try:
-        value: Any = (ipaddress.ip_network(text, strict=False) if network
-                      else ipaddress.ip_address(text))
+        value: Any = (
+            ipaddress.ip_network(text, strict=False) if network else ipaddress.ip_address(text)
+        )
     except ValueError:
         return False
     return bool(value.version == version)
@@ -752,7 +972,10 @@ def test_ip_patterns_accept_what_python_ipaddress_accepts() -> None:
     for text in ip_samples(rng, 300):
         is4, is6 = python_accepts(text, 4), python_accepts(text, 6)
         assert (bool(v4.match(text)), bool(v6.match(text)), bool(either.match(text))) == (
-            is4, is6, is4 or is6), text
+            is4,
+            is6,
+            is4 or is6,
+        ), text
         for prefix in ("0", "32", "33", "128", "129"):
             cidr = f"{text}/{prefix}"
             assert bool(cidr4.match(cidr)) == python_accepts(cidr, 4, network=True), cidr
@@ -768,17 +991,52 @@ def test_every_cel_rule_has_an_invalid_example() -> None:
     for crd in (BN_CRD, PP_CRD):
         for path, rule in cel_rules(crd):
             assert any(e in rule["message"] or rule["message"] in e for e in expects), (
-                f"{crd} {path}: no invalid example for {rule['message']!r}")
+                f"{crd} {path}: no invalid example for {rule['message']!r}"
+            )
 
 
 # Functions, macros and receiver methods of the CEL environment of Kubernetes 1.28: the standard
 # definitions, the strings extension version 0, and Kubernetes' regex/list/URL libraries.
 CEL_1_28 = {
-    "has", "all", "exists", "exists_one", "map", "filter", "size", "int", "uint", "double",
-    "string", "bool", "bytes", "type", "dyn", "duration", "timestamp", "matches", "contains",
-    "startsWith", "endsWith", "charAt", "indexOf", "lastIndexOf", "lowerAscii", "upperAscii",
-    "replace", "split", "substring", "trim", "join", "find", "findAll", "isSorted", "sum",
-    "min", "max", "url", "isURL",
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+    "size",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bool",
+    "bytes",
+    "type",
+    "dyn",
+    "duration",
+    "timestamp",
+    "matches",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "charAt",
+    "indexOf",
+    "lastIndexOf",
+    "lowerAscii",
+    "upperAscii",
+    "replace",
+    "split",
+    "substring",
+    "trim",
+    "join",
+    "find",
+    "findAll",
+    "isSorted",
+    "sum",
+    "min",
+    "max",
+    "url",
+    "isURL",
 }
 
 

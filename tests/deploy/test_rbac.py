@@ -67,20 +67,33 @@ class Installed:
     workdir: Path
     manifests: str
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True
-                ) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return self.cp.kubectl(*args, input=input, check=check)  # type: ignore[no-any-return]
 
-    def request(self, token: str, method: str, path: str, body: Any = None,
-                content_type: str = "application/merge-patch+json") -> tuple[int, dict[str, Any]]:
+    def request(
+        self,
+        token: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/merge-patch+json",
+    ) -> tuple[int, dict[str, Any]]:
         """One raw API request with a ServiceAccount's token (no kubectl in between: kubectl
         would GET before a PATCH, or list CRDs to validate, and fail on those instead)."""
         ctx = ssl.create_default_context(cafile=str(self.cp.ca_file))
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
-            self.cp.server + path, data=data, method=method,
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json",
-                     "Content-Type": "application/json" if method == "POST" else content_type})
+            self.cp.server + path,
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "Content-Type": "application/json" if method == "POST" else content_type,
+            },
+        )
         try:
             with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
                 return int(resp.status), json.loads(resp.read() or b"{}")
@@ -93,24 +106,53 @@ class Installed:
 
     def pod_bound_token(self, sa: str, pod: str, node: str) -> str:
         """A token bound to a Pod on `node`, like the one kubelet projects into the pod."""
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS},
-            "spec": {"nodeName": node, "serviceAccountName": sa,
-                     "containers": [{"name": "c", "image": "bridgeport:rbac-test"}]}}))
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": pod, "namespace": NS},
+                    "spec": {
+                        "nodeName": node,
+                        "serviceAccountName": sa,
+                        "containers": [{"name": "c", "image": "bridgeport:rbac-test"}],
+                    },
+                }
+            ),
+        )
         uid = self.kubectl("get", "pod", pod, "-n", NS, "-o", "jsonpath={.metadata.uid}").stdout
-        return self.token(sa, "--bound-object-kind=Pod", f"--bound-object-name={pod}",
-                          f"--bound-object-uid={uid}")
+        return self.token(
+            sa, "--bound-object-kind=Pod", f"--bound-object-name={pod}", f"--bound-object-uid={uid}"
+        )
 
     def kubeconfig(self, name: str, token: str) -> Path:
         ca = base64.b64encode(self.cp.ca_file.read_bytes()).decode()
         path = self.workdir / f"{name}.kubeconfig"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": name,
-            "clusters": [{"name": name, "cluster": {"server": self.cp.server,
-                                                    "certificate-authority-data": ca}}],
-            "users": [{"name": name, "user": {"token": token}}],
-            "contexts": [{"name": name, "context": {"cluster": name, "user": name,
-                                                    "namespace": "default"}}]}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": name,
+                    "clusters": [
+                        {
+                            "name": name,
+                            "cluster": {"server": self.cp.server, "certificate-authority-data": ca},
+                        }
+                    ],
+                    "users": [{"name": name, "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": name,
+                            "context": {"cluster": name, "user": name, "namespace": "default"},
+                        }
+                    ],
+                }
+            )
+        )
         path.chmod(0o600)
         return path
 
@@ -120,8 +162,15 @@ class Installed:
 
 
 def force_delete(inst: Installed, *what: str) -> None:
-    inst.kubectl("delete", *what, "--ignore-not-found", "--grace-period=0", "--force",
-                 "--wait=false", check=False)
+    inst.kubectl(
+        "delete",
+        *what,
+        "--ignore-not-found",
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -135,34 +184,76 @@ def installed(control_plane: Any, crds: Any) -> Iterator[Installed]:
         inst = Installed(control_plane, workdir, manifests)
         for ns in (NS, APPS):
             inst.kubectl("create", "namespace", ns)
-            stack.callback(inst.kubectl, "delete", "namespace", ns, "--ignore-not-found",
-                           "--wait=false", check=False)
+            stack.callback(
+                inst.kubectl,
+                "delete",
+                "namespace",
+                ns,
+                "--ignore-not-found",
+                "--wait=false",
+                check=False,
+            )
             # The chart's test pod needs the namespace's default ServiceAccount, which the
             # controller-manager creates (late while it re-acquires its lease, e.g. after
             # another module's API server outage).
-            wait_for(lambda n=ns: inst.kubectl("get", "serviceaccount", "default", "-n", n,
-                                               check=False).returncode == 0,
-                     timeout=120, what=f"the default ServiceAccount of {ns}")
-        stack.callback(inst.kubectl, "delete", "-f", "-", "--ignore-not-found", "--wait=false",
-                       input=manifests, check=False)
-        inst.kubectl("apply", "--server-side", "--field-manager=helm", "-f", "-",
-                     input=manifests)
-        inst.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
-            {"apiVersion": "v1", "kind": "Node",
-             "metadata": {"name": NODE, "labels": {"bridgeport.io/rbac-test": "yes"}}},
-            {"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "rbac"},
-             "spec": {"bridge": "bp-rbac", "subnet": "10.99.0.0/24"}},
-            {"apiVersion": API, "kind": "PortPublication",
-             "metadata": {"name": "web", "namespace": APPS},
-             "spec": {"hostPort": 18080, "network": "rbac",
-                      "target": {"address": "10.99.0.2", "port": 80}}},
-        ]))
-        stack.callback(inst.kubectl, "delete", "nodestates", NODE, "--ignore-not-found",
-                       check=False)
-        stack.callback(inst.kubectl, "delete", "node", NODE, "--ignore-not-found",
-                       check=False)
-        stack.callback(inst.kubectl, "delete", "bridgenetwork", "rbac", "--ignore-not-found",
-                       check=False)
+            wait_for(
+                lambda n=ns: (
+                    inst.kubectl(
+                        "get", "serviceaccount", "default", "-n", n, check=False
+                    ).returncode
+                    == 0
+                ),
+                timeout=120,
+                what=f"the default ServiceAccount of {ns}",
+            )
+        stack.callback(
+            inst.kubectl,
+            "delete",
+            "-f",
+            "-",
+            "--ignore-not-found",
+            "--wait=false",
+            input=manifests,
+            check=False,
+        )
+        inst.kubectl("apply", "--server-side", "--field-manager=helm", "-f", "-", input=manifests)
+        inst.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=yaml.safe_dump_all(
+                [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Node",
+                        "metadata": {"name": NODE, "labels": {"bridgeport.io/rbac-test": "yes"}},
+                    },
+                    {
+                        "apiVersion": API,
+                        "kind": "BridgeNetwork",
+                        "metadata": {"name": "rbac"},
+                        "spec": {"bridge": "bp-rbac", "subnet": "10.99.0.0/24"},
+                    },
+                    {
+                        "apiVersion": API,
+                        "kind": "PortPublication",
+                        "metadata": {"name": "web", "namespace": APPS},
+                        "spec": {
+                            "hostPort": 18080,
+                            "network": "rbac",
+                            "target": {"address": "10.99.0.2", "port": 80},
+                        },
+                    },
+                ]
+            ),
+        )
+        stack.callback(
+            inst.kubectl, "delete", "nodestates", NODE, "--ignore-not-found", check=False
+        )
+        stack.callback(inst.kubectl, "delete", "node", NODE, "--ignore-not-found", check=False)
+        stack.callback(
+            inst.kubectl, "delete", "bridgenetwork", "rbac", "--ignore-not-found", check=False
+        )
         # Pods bound to a node that has no kubelet never finish a graceful deletion.
         stack.callback(force_delete, inst, "pods", "--all", "-n", NS)
         yield inst
@@ -182,15 +273,21 @@ AGENT_MATRIX = [
     ("patch", f"nodestates.{BP}", "--subresource=status", True),
     ("get", f"nodestates.{BP}", "", True),  # reads back its assigned host ports at start
     # never writes to shared objects, specs or status
-    *((verb, f"{res}.{BP}", flags, False)
-      for res, flags in (("portpublications", "-A"), ("bridgenetworks", ""))
-      for verb in ("get", "create", "update", "patch", "delete")),
-    *((verb, f"{res}.{BP}", f"{flags} --subresource=status", False)
-      for res, flags in (("portpublications", "-A"), ("bridgenetworks", ""))
-      for verb in ("update", "patch")),
+    *(
+        (verb, f"{res}.{BP}", flags, False)
+        for res, flags in (("portpublications", "-A"), ("bridgenetworks", ""))
+        for verb in ("get", "create", "update", "patch", "delete")
+    ),
+    *(
+        (verb, f"{res}.{BP}", f"{flags} --subresource=status", False)
+        for res, flags in (("portpublications", "-A"), ("bridgenetworks", ""))
+        for verb in ("update", "patch")
+    ),
     # its NodeState: only create, get + patch status
-    *((verb, f"nodestates.{BP}", "", False)
-      for verb in ("list", "watch", "update", "patch", "delete", "deletecollection")),
+    *(
+        (verb, f"nodestates.{BP}", "", False)
+        for verb in ("list", "watch", "update", "patch", "delete", "deletecollection")
+    ),
     ("update", f"nodestates.{BP}", "--subresource=status", False),
     ("get", "nodes", "", False),
     ("patch", "nodes", "", False),
@@ -207,9 +304,11 @@ AGENT_MATRIX = [
 ]
 
 CONTROLLER_MATRIX = [
-    *((verb, f"{res}.{BP}", flags, True)
-      for res, flags in (("portpublications", "-A"), ("bridgenetworks", ""), ("nodestates", ""))
-      for verb in ("list", "watch")),
+    *(
+        (verb, f"{res}.{BP}", flags, True)
+        for res, flags in (("portpublications", "-A"), ("bridgenetworks", ""), ("nodestates", ""))
+        for verb in ("list", "watch")
+    ),
     ("patch", f"portpublications.{BP}", "-A --subresource=status", True),
     ("patch", f"bridgenetworks.{BP}", "--subresource=status", True),
     ("create", "events.events.k8s.io", "-A", True),
@@ -219,14 +318,18 @@ CONTROLLER_MATRIX = [
     ("get", f"clusterkopfpeerings.kopf.dev/{PEERING}", "", True),
     ("patch", f"clusterkopfpeerings.kopf.dev/{PEERING}", "", True),
     # specs are the users'; status only by merge patch
-    *((verb, f"{res}.{BP}", flags, False)
-      for res, flags in (("portpublications", "-A"), ("bridgenetworks", ""))
-      for verb in ("get", "create", "update", "patch", "delete")),
+    *(
+        (verb, f"{res}.{BP}", flags, False)
+        for res, flags in (("portpublications", "-A"), ("bridgenetworks", ""))
+        for verb in ("get", "create", "update", "patch", "delete")
+    ),
     ("update", f"portpublications.{BP}", "-A --subresource=status", False),
     ("update", f"bridgenetworks.{BP}", "--subresource=status", False),
     # NodeStates are the agents'
-    *((verb, f"nodestates.{BP}", "", False)
-      for verb in ("get", "create", "update", "patch", "delete")),
+    *(
+        (verb, f"nodestates.{BP}", "", False)
+        for verb in ("get", "create", "update", "patch", "delete")
+    ),
     ("patch", f"nodestates.{BP}", "--subresource=status", False),
     # other peerings, peering lifecycle
     ("get", "clusterkopfpeerings.kopf.dev/default", "", False),
@@ -243,19 +346,24 @@ CONTROLLER_MATRIX = [
 
 
 def can_i(inst: Installed, sa: str, verb: str, resource: str, flags: str) -> bool:
-    out = inst.kubectl("auth", "can-i", verb, resource, *flags.split(), f"--as={user(sa)}",
-                       check=False)
+    out = inst.kubectl(
+        "auth", "can-i", verb, resource, *flags.split(), f"--as={user(sa)}", check=False
+    )
     assert out.stdout.strip() in ("yes", "no"), out.stderr
     return out.stdout.strip() == "yes"
 
 
-@pytest.mark.parametrize(("sa", "matrix"), [(AGENT_SA, AGENT_MATRIX),
-                                            (CONTROLLER_SA, CONTROLLER_MATRIX)],
-                         ids=["agent", "controller"])
+@pytest.mark.parametrize(
+    ("sa", "matrix"),
+    [(AGENT_SA, AGENT_MATRIX), (CONTROLLER_SA, CONTROLLER_MATRIX)],
+    ids=["agent", "controller"],
+)
 def test_can_i(installed: Installed, sa: str, matrix: list[tuple[str, str, str, bool]]) -> None:
-    wrong = [f"{verb} {res} {flags}: {'denied' if allowed else 'ALLOWED'}"
-             for verb, res, flags, allowed in matrix
-             if can_i(installed, sa, verb, res, flags) != allowed]
+    wrong = [
+        f"{verb} {res} {flags}: {'denied' if allowed else 'ALLOWED'}"
+        for verb, res, flags, allowed in matrix
+        if can_i(installed, sa, verb, res, flags) != allowed
+    ]
     assert wrong == []
 
 
@@ -265,10 +373,14 @@ DEFAULT_RULE_GROUPS = {"authorization.k8s.io", "authentication.k8s.io"}  # self-
 
 
 def own_rules(inst: Installed, sa: str) -> set[tuple[str, str, str, str]]:
-    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
-              "spec": {"namespace": APPS}}
-    code, body = inst.request(inst.token(sa), "POST",
-                              "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", review)
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": APPS},
+    }
+    code, body = inst.request(
+        inst.token(sa), "POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", review
+    )
     assert code == 201, body
     status = body["status"]
     assert not status.get("incomplete"), status
@@ -286,18 +398,25 @@ def own_rules(inst: Installed, sa: str) -> set[tuple[str, str, str, str]]:
 
 def test_agent_rules_are_exactly_what_it_uses(installed: Installed) -> None:
     assert own_rules(installed, AGENT_SA) == {
-        (BP, "portpublications", "list", "*"), (BP, "portpublications", "watch", "*"),
-        (BP, "bridgenetworks", "list", "*"), (BP, "bridgenetworks", "watch", "*"),
-        ("", "nodes", "list", "*"), ("", "nodes", "watch", "*"),
-        (BP, "nodestates", "create", "*"), (BP, "nodestates", "get", "*"),
+        (BP, "portpublications", "list", "*"),
+        (BP, "portpublications", "watch", "*"),
+        (BP, "bridgenetworks", "list", "*"),
+        (BP, "bridgenetworks", "watch", "*"),
+        ("", "nodes", "list", "*"),
+        ("", "nodes", "watch", "*"),
+        (BP, "nodestates", "create", "*"),
+        (BP, "nodestates", "get", "*"),
         (BP, "nodestates/status", "patch", "*"),
     }
 
 
 def test_controller_rules_are_exactly_what_it_uses(installed: Installed) -> None:
     assert own_rules(installed, CONTROLLER_SA) == {
-        *((BP, res, verb, "*") for res in ("portpublications", "bridgenetworks", "nodestates")
-          for verb in ("list", "watch")),
+        *(
+            (BP, res, verb, "*")
+            for res in ("portpublications", "bridgenetworks", "nodestates")
+            for verb in ("list", "watch")
+        ),
         (BP, "portpublications/status", "patch", "*"),
         (BP, "bridgenetworks/status", "patch", "*"),
         ("events.k8s.io", "events", "create", "*"),
@@ -313,10 +432,18 @@ BN_PATH = f"/apis/{BP}/v1alpha1/bridgenetworks/rbac"
 NS_PATH = f"/apis/{BP}/v1alpha1/nodestates"
 SPEC_PATCH = {"spec": {"hostPort": 18081}}
 STATUS_PATCH = {"status": {"ready": "9/9"}}
-POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
-       "spec": {"containers": [{"name": "c", "image": "x"}]}}
-NODESTATE = {"apiVersion": API, "kind": "NodeState", "metadata": {"name": "rbac-probe"},
-             "spec": {"nodeName": "rbac-probe"}}
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "x"},
+    "spec": {"containers": [{"name": "c", "image": "x"}]},
+}
+NODESTATE = {
+    "apiVersion": API,
+    "kind": "NodeState",
+    "metadata": {"name": "rbac-probe"},
+    "spec": {"nodeName": "rbac-probe"},
+}
 # (method, path, body): requests each ServiceAccount's own token must be refused (403, by RBAC)
 REFUSED = {
     "agent": [
@@ -381,6 +508,7 @@ def test_real_tokens_may_do_what_the_code_does(installed: Installed) -> None:
 
 # -- the real code paths, with the chart's ServiceAccounts -------------------------------------
 
+
 def wait_logged(predicate: Any, what: str, log: Path, timeout: float = 30) -> None:
     """wait_for, with the tail of `log` (read at the time of failure) in the message."""
     try:
@@ -412,9 +540,24 @@ def agent_in_netns(inst: Installed, kubeconfig: Path, node: str) -> Iterator[Pat
     port = int(inst.cp.server.rsplit(":", 1)[1])
     with netns("bprb") as ns, loopback_bridge(ns, port, inst.workdir):
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "NODE_NAME": node}
-        cmd = [sys.executable, "-m", "bridgeport", "--log-format", "json", "agent",
-               "--source", "kube", "--node-name", node, "--resync", "5",
-               "--health-port", "0", "--metrics-port", "0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bridgeport",
+            "--log-format",
+            "json",
+            "agent",
+            "--source",
+            "kube",
+            "--node-name",
+            node,
+            "--resync",
+            "5",
+            "--health-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ]
         with log.open("w") as out:
             proc = subprocess.Popen(ns.prefix() + cmd, stdout=out, stderr=out, env=env)
         try:
@@ -427,8 +570,18 @@ def agent_in_netns(inst: Installed, kubeconfig: Path, node: str) -> Iterator[Pat
 def controller_process(inst: Installed, kubeconfig: Path) -> Iterator[Path]:
     log = inst.workdir / "controller.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_ID": "rbac-controller-0"}
-    cmd = [sys.executable, "-m", "bridgeport", "--log-format", "json", "controller",
-           "--health-port", "0", "--metrics-port", "0"]  # with kopf peering, as deployed
+    cmd = [
+        sys.executable,
+        "-m",
+        "bridgeport",
+        "--log-format",
+        "json",
+        "controller",
+        "--health-port",
+        "0",
+        "--metrics-port",
+        "0",
+    ]  # with kopf peering, as deployed
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env)
     try:
@@ -455,9 +608,11 @@ def test_agent_and_controller_work_with_the_charts_permissions(installed: Instal
     controller_kc = inst.kubeconfig("controller", inst.token(CONTROLLER_SA))
 
     with agent_in_netns(inst, agent_kc, NODE) as agent_log:
+
         def reported() -> bool:
             state = inst.get("nodestates", NODE)
             return int(state.get("status", {}).get("applied", {}).get("count", 0)) == 2
+
         wait_logged(reported, f"NodeState {NODE} with both resources", agent_log)
         state = inst.get("nodestates", NODE)
         assert state["metadata"]["ownerReferences"][0]["name"] == NODE
@@ -466,24 +621,43 @@ def test_agent_and_controller_work_with_the_charts_permissions(installed: Instal
         assert state["status"]["counts"]["Applied"] == 2, state["status"]
 
         with controller_process(inst, controller_kc) as controller_log:
+
             def pp_ready() -> bool:
                 pp = inst.get("pp", "web", "-n", APPS)
                 status = pp.get("status", {})
-                return bool(status.get("ready") == "1/1"
-                            and status.get("observedGeneration") == pp["metadata"]["generation"])
+                return bool(
+                    status.get("ready") == "1/1"
+                    and status.get("observedGeneration") == pp["metadata"]["generation"]
+                )
+
             wait_logged(pp_ready, "pp status written by the controller", controller_log, 40)
-            wait_logged(lambda: inst.get("bn", "rbac").get("status", {}).get("ready") == "1/1",
-                        "bn status written by the controller", controller_log)
+            wait_logged(
+                lambda: inst.get("bn", "rbac").get("status", {}).get("ready") == "1/1",
+                "bn status written by the controller",
+                controller_log,
+            )
             peering = inst.get("clusterkopfpeering", PEERING)
             assert "rbac-controller-0" in peering.get("status", {}), peering
             # Condition transitions post events.k8s.io/v1 Events: wait until it tried (what the
             # server said to it, other than 403, is the controller's business, not RBAC's).
-            wait_logged(lambda: re.search(r'"event": "(event posted|cannot post event)"',
-                                          controller_log.read_text()),
-                        "the controller to post its Ready events", controller_log)
+            wait_logged(
+                lambda: re.search(
+                    r'"event": "(event posted|cannot post event)"', controller_log.read_text()
+                ),
+                "the controller to post its Ready events",
+                controller_log,
+            )
             # A few more reconciles and resyncs, then the logs must be free of 403s.
-            inst.kubectl("patch", "pp", "web", "-n", APPS, "--type=merge",
-                         "-p", '{"spec":{"hostPort":18082}}')
+            inst.kubectl(
+                "patch",
+                "pp",
+                "web",
+                "-n",
+                APPS,
+                "--type=merge",
+                "-p",
+                '{"spec":{"hostPort":18082}}',
+            )
             wait_logged(pp_ready, "pp status at generation 2", controller_log)
         controller_text = controller_log.read_text()
     agent_text = agent_log.read_text()
@@ -507,14 +681,18 @@ def test_a_missing_permission_shows_up_as_a_403(installed: Installed) -> None:
 
 # -- the optional admission policy: each agent writes only its own NodeState --------------------
 
+
 def test_nodestate_policy_limits_agents_to_their_own_node(installed: Installed) -> None:
     inst = installed
     other = "rbac-node-2"
-    inst.kubectl("apply", "-f", "-", input=yaml.safe_dump(
-        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": other}}))
+    inst.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=yaml.safe_dump({"apiVersion": "v1", "kind": "Node", "metadata": {"name": other}}),
+    )
     try:
-        policy = inst.get("validatingadmissionpolicy",
-                          f"{RELEASE}-bridgeport-agent-own-nodestate")
+        policy = inst.get("validatingadmissionpolicy", f"{RELEASE}-bridgeport-agent-own-nodestate")
         assert not policy.get("status", {}).get("typeChecking", {}).get("expressionWarnings")
         on_node = inst.pod_bound_token(AGENT_SA, "agent-2", other)
         unbound = inst.token(AGENT_SA)
@@ -527,19 +705,31 @@ def test_nodestate_policy_limits_agents_to_their_own_node(installed: Installed) 
             return reply[0] == 403 and "may only write NodeState" in reply[1].get("message", "")
 
         # The policy is enforced once the API server's admission informers have it.
-        wait_for(lambda: denied(create(on_node, "rbac-node-3")), timeout=30, interval=0.5,
-                 what="the admission policy to deny another node's NodeState")
+        wait_for(
+            lambda: denied(create(on_node, "rbac-node-3")),
+            timeout=30,
+            interval=0.5,
+            what="the admission policy to deny another node's NodeState",
+        )
         code, reply = create(on_node, other)
         assert code == 201, reply  # its own: allowed
-        reply = inst.request(on_node, "PATCH", f"{NS_PATH}/{NODE}/status?dryRun=All",
-                             {"status": {"errors": ["x"]}})
+        reply = inst.request(
+            on_node, "PATCH", f"{NS_PATH}/{NODE}/status?dryRun=All", {"status": {"errors": ["x"]}}
+        )
         assert denied(reply), reply  # someone else's, existing: denied
         reply = create(unbound, other)
         assert denied(reply) and "not a node-bound token" in reply[1]["message"], reply
         # Nobody else is matched: the admin may still repair any NodeState.
         name = "rbac-node-3"
-        inst.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump(
-            {**NODESTATE, "metadata": {"name": name}, "spec": {"nodeName": name}}))
+        inst.kubectl(
+            "create",
+            "--dry-run=server",
+            "-f",
+            "-",
+            input=yaml.safe_dump(
+                {**NODESTATE, "metadata": {"name": name}, "spec": {"nodeName": name}}
+            ),
+        )
     finally:
         force_delete(inst, "pod", "agent-2", "-n", NS)
         inst.kubectl("delete", "node", other, "--ignore-not-found", check=False)

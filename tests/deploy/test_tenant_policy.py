@@ -36,15 +36,31 @@ from tests.harness.apiserver import Kubectl
 pytestmark = pytest.mark.apiserver
 
 POLICY = {
-    "apiVersion": API, "kind": "HostPortPolicy", "metadata": {"name": "default"},
-    "spec": {"rules": [
-        {"name": "team-a-web", "namespaces": ["tp-team-a"],
-         "ports": [{"from": 8000, "to": 8099}], "protocols": ["TCP"]},
-        {"name": "team-a-dns", "namespaces": ["tp-team-a"], "ports": [{"from": 5353}],
-         "protocols": ["UDP"], "hostIPs": ["192.0.2.10"]},
-        {"name": "shared-high", "namespaces": ["tp-team-a", "tp-team-b"],
-         "ports": [{"from": 30000, "to": 30099}]},
-    ]},
+    "apiVersion": API,
+    "kind": "HostPortPolicy",
+    "metadata": {"name": "default"},
+    "spec": {
+        "rules": [
+            {
+                "name": "team-a-web",
+                "namespaces": ["tp-team-a"],
+                "ports": [{"from": 8000, "to": 8099}],
+                "protocols": ["TCP"],
+            },
+            {
+                "name": "team-a-dns",
+                "namespaces": ["tp-team-a"],
+                "ports": [{"from": 5353}],
+                "protocols": ["UDP"],
+                "hostIPs": ["192.0.2.10"],
+            },
+            {
+                "name": "shared-high",
+                "namespaces": ["tp-team-a", "tp-team-b"],
+                "ports": [{"from": 30000, "to": 30099}],
+            },
+        ]
+    },
 }
 TENANTS = ("tp-team-a", "tp-team-b", "tp-team-c")
 
@@ -62,32 +78,62 @@ class Tenant:
         self.cp, self.namespace = cp, namespace
         ca = base64.b64encode(cp.ca_file.read_bytes()).decode()
         self.kubeconfig = workdir / f"{namespace}.kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "t",
-            "clusters": [{"name": "t", "cluster": {"server": cp.server,
-                                                   "certificate-authority-data": ca}}],
-            "users": [{"name": "t", "user": {"token": token}}],
-            "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t",
-                                                   "namespace": namespace}}]}))
+        self.kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "t",
+                    "clusters": [
+                        {
+                            "name": "t",
+                            "cluster": {"server": cp.server, "certificate-authority-data": ca},
+                        }
+                    ],
+                    "users": [{"name": "t", "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": "t",
+                            "context": {"cluster": "t", "user": "t", "namespace": namespace},
+                        }
+                    ],
+                }
+            )
+        )
         self.kubeconfig.chmod(0o600)
         self.cache = workdir / f"{namespace}-cache"
 
     def __call__(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.cp.kubectl_path), "--kubeconfig", str(self.kubeconfig),
-                               "--cache-dir", str(self.cache), *args], input=input,
-                              capture_output=True, text=True, timeout=60, check=False)
+        return subprocess.run(
+            [
+                str(self.cp.kubectl_path),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--cache-dir",
+                str(self.cache),
+                *args,
+            ],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     def create(self, doc: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         return self("create", "-f", "-", input=json.dumps(doc))
 
 
 @pytest.fixture(scope="module")
-def tenants(control_plane: Any, kubectl: Kubectl, crds: Any,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Tenant]]:
+def tenants(
+    control_plane: Any, kubectl: Kubectl, crds: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Tenant]]:
     workdir = tmp_path_factory.mktemp("tenants")
-    policy_docs = [d for d in render({"tenantPolicy.enabled": True})
-                   if d["kind"].startswith("ValidatingAdmissionPolicy")
-                   and "tenant" in d["metadata"]["name"]]
+    policy_docs = [
+        d
+        for d in render({"tenantPolicy.enabled": True})
+        if d["kind"].startswith("ValidatingAdmissionPolicy") and "tenant" in d["metadata"]["name"]
+    ]
     assert len(policy_docs) == 2
     out: dict[str, Tenant] = {}
     try:
@@ -95,10 +141,24 @@ def tenants(control_plane: Any, kubectl: Kubectl, crds: Any,
         for ns in TENANTS:
             kubectl.ok("create", "namespace", ns)
             kubectl.ok("create", "serviceaccount", "tenant", "-n", ns)
-            kubectl.ok("create", "role", "publisher", "-n", ns, "--verb=*",
-                       "--resource=portpublications.bridgeport.io")
-            kubectl.ok("create", "rolebinding", "publisher", "-n", ns, "--role=publisher",
-                       f"--serviceaccount={ns}:tenant")
+            kubectl.ok(
+                "create",
+                "role",
+                "publisher",
+                "-n",
+                ns,
+                "--verb=*",
+                "--resource=portpublications.bridgeport.io",
+            )
+            kubectl.ok(
+                "create",
+                "rolebinding",
+                "publisher",
+                "-n",
+                ns,
+                "--role=publisher",
+                f"--serviceaccount={ns}:tenant",
+            )
             token = kubectl.ok("create", "token", "tenant", "-n", ns, "--duration=1h").strip()
             out[ns] = Tenant(control_plane, ns, token, workdir)
         # The API server compiles a new policy and its binding asynchronously: wait until a
@@ -117,14 +177,23 @@ def tenants(control_plane: Any, kubectl: Kubectl, crds: Any,
     finally:
         for ns in TENANTS:
             kubectl("delete", "namespace", ns, "--wait=false")
-        kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false",
-                input=yaml.safe_dump_all([POLICY, *policy_docs]))
+        kubectl(
+            "delete",
+            "-f",
+            "-",
+            "--ignore-not-found",
+            "--wait=false",
+            input=yaml.safe_dump_all([POLICY, *policy_docs]),
+        )
 
 
 def test_the_api_server_serves_vap_ga(kubectl: Kubectl) -> None:
     out = kubectl.ok("api-resources", "--api-group=admissionregistration.k8s.io", "-o", "wide")
-    assert any(line.startswith("validatingadmissionpolicies ") and
-               "admissionregistration.k8s.io/v1 " in line for line in out.splitlines()), out
+    assert any(
+        line.startswith("validatingadmissionpolicies ")
+        and "admissionregistration.k8s.io/v1 " in line
+        for line in out.splitlines()
+    ), out
 
 
 def test_allowed(tenants: dict[str, Tenant]) -> None:
@@ -144,27 +213,50 @@ def assigned(name: str, **spec: Any) -> dict[str, Any]:
     return doc
 
 
-@pytest.mark.parametrize(("ns", "doc", "message"), [
-    ("tp-team-a", pp("ssh", 22),
-     "PortPublication tp-team-a/ssh: 22/TCP is outside HostPortPolicy default rule(s) "
-     "team-a-web, team-a-dns, shared-high for namespace tp-team-a"),
-    ("tp-team-a", pp("spill", 8090, hostPortEnd=8100), "8090-8100/TCP is outside"),
-    ("tp-team-a", pp("udp-web", 8080, protocol="UDP"), "8080/UDP is outside"),
-    ("tp-team-a", pp("dns-any", 5353, protocol="UDP"), "5353/UDP is outside"),
-    ("tp-team-a", pp("dns-other", 5353, protocol="UDP", hostIP="192.0.2.11"),
-     "192.0.2.11:5353/UDP is outside"),
-    ("tp-team-b", pp("web", 8080),
-     "8080/TCP is outside HostPortPolicy default rule(s) shared-high for namespace tp-team-b"),
-    ("tp-team-a", assigned("ephemeral"),
-     "tp-team-a/ephemeral: a port assigned from 1-65535/TCP is outside"),
-    ("tp-team-a", assigned("wide", assignFrom={"start": 8050, "end": 8150}),
-     "a port assigned from 8050-8150/TCP is outside"),
-    ("tp-team-c", pp("web", 30001),
-     "PortPublication tp-team-c/web: 30001/TCP is denied: no rule of HostPortPolicy default "
-     "covers namespace tp-team-c"),
-])
-def test_denied_naming_the_rule(tenants: dict[str, Tenant], ns: str, doc: dict[str, Any],
-                                message: str) -> None:
+@pytest.mark.parametrize(
+    ("ns", "doc", "message"),
+    [
+        (
+            "tp-team-a",
+            pp("ssh", 22),
+            "PortPublication tp-team-a/ssh: 22/TCP is outside HostPortPolicy default rule(s) "
+            "team-a-web, team-a-dns, shared-high for namespace tp-team-a",
+        ),
+        ("tp-team-a", pp("spill", 8090, hostPortEnd=8100), "8090-8100/TCP is outside"),
+        ("tp-team-a", pp("udp-web", 8080, protocol="UDP"), "8080/UDP is outside"),
+        ("tp-team-a", pp("dns-any", 5353, protocol="UDP"), "5353/UDP is outside"),
+        (
+            "tp-team-a",
+            pp("dns-other", 5353, protocol="UDP", hostIP="192.0.2.11"),
+            "192.0.2.11:5353/UDP is outside",
+        ),
+        (
+            "tp-team-b",
+            pp("web", 8080),
+            "8080/TCP is outside HostPortPolicy default rule(s) shared-high "
+            "for namespace tp-team-b",
+        ),
+        (
+            "tp-team-a",
+            assigned("ephemeral"),
+            "tp-team-a/ephemeral: a port assigned from 1-65535/TCP is outside",
+        ),
+        (
+            "tp-team-a",
+            assigned("wide", assignFrom={"start": 8050, "end": 8150}),
+            "a port assigned from 8050-8150/TCP is outside",
+        ),
+        (
+            "tp-team-c",
+            pp("web", 30001),
+            "PortPublication tp-team-c/web: 30001/TCP is denied: no rule of HostPortPolicy default "
+            "covers namespace tp-team-c",
+        ),
+    ],
+)
+def test_denied_naming_the_rule(
+    tenants: dict[str, Tenant], ns: str, doc: dict[str, Any], message: str
+) -> None:
     result = tenants[ns].create(doc)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
@@ -180,20 +272,21 @@ def test_updates_out_of_the_allowance(tenants: dict[str, Tenant], kubectl: Kubec
     assert kubectl.json("get", "pp", "moving", "-n", "tp-team-a")["spec"]["hostPort"] == 8081
     # The administrator narrows the policy: team-a keeps only its DNS rule.
     narrowed = json.loads(json.dumps(POLICY))
-    narrowed["spec"]["rules"] = [r for r in narrowed["spec"]["rules"]
-                                 if r["name"] != "team-a-web"]
+    narrowed["spec"]["rules"] = [r for r in narrowed["spec"]["rules"] if r["name"] != "team-a-web"]
     try:
         kubectl.ok("apply", "-f", "-", input=yaml.safe_dump(narrowed))
         deadline = time.monotonic() + 30
         while True:  # the parameter object reaches the policy through an informer
-            touched = a("label", "pp", "moving", f"touch={int(time.monotonic() * 1000)}",
-                        "--overwrite")
+            touched = a(
+                "label", "pp", "moving", f"touch={int(time.monotonic() * 1000)}", "--overwrite"
+            )
             if touched.returncode != 0:
                 break
             assert time.monotonic() < deadline, "the narrowed policy never took effect"
             time.sleep(0.5)
         assert "8081/TCP is outside HostPortPolicy default rule(s) team-a-dns, shared-high" in (
-            touched.stderr)
+            touched.stderr
+        )
         assert kubectl.json("get", "pp", "moving", "-n", "tp-team-a")  # still there
         kubectl.ok("label", "pp", "moving", "-n", "tp-team-a", "reviewed=yes")  # admin: exempt
     finally:

@@ -52,9 +52,11 @@ def publication(name: str, host_port: int, port: int, **spec: Any) -> dict[str, 
 @pytest.fixture(scope="module")
 def world(request: pytest.FixtureRequest) -> Iterator[KubeWorld]:
     """The local control plane, or the kind cluster named by BRIDGEPORT_E2E_KUBECONFIG."""
+
     def local() -> Any:
         request.getfixturevalue("crds")
         return request.getfixturevalue("control_plane")
+
     with e2e_world(local) as w:
         w.apply(network())
         for node in w.nodes:
@@ -74,8 +76,9 @@ def w(world: KubeWorld) -> Iterator[KubeWorld]:
     world.apply(network())
 
 
-def ready(w: KubeWorld, name: str, selector: dict[str, str] | None = None,
-          timeout: float = 30) -> dict[str, Any]:
+def ready(
+    w: KubeWorld, name: str, selector: dict[str, str] | None = None, timeout: float = 30
+) -> dict[str, Any]:
     """Wait until pp `name` is Ready on every node it selects (counted from the cluster)."""
     obj: dict[str, Any] = {}
     expected = ""
@@ -85,11 +88,18 @@ def ready(w: KubeWorld, name: str, selector: dict[str, str] | None = None,
         expected = w.expected(selector)
         obj = w.get("pp", name, "default")
         status = obj.get("status", {})
-        return bool(status.get("ready") == expected and
-                    status.get("observedGeneration") == obj["metadata"]["generation"] and
-                    w.condition(obj, "Ready").get("status") == "True")
-    wait_for(check, timeout=timeout, what=f"pp {name} ready {expected} "
-             f"(last: {obj.get('status')}; agent: {w.nodes[0].log_tail(5)})")
+        return bool(
+            status.get("ready") == expected
+            and status.get("observedGeneration") == obj["metadata"]["generation"]
+            and w.condition(obj, "Ready").get("status") == "True"
+        )
+
+    wait_for(
+        check,
+        timeout=timeout,
+        what=f"pp {name} ready {expected} "
+        f"(last: {obj.get('status')}; agent: {w.nodes[0].log_tail(5)})",
+    )
     return obj
 
 
@@ -109,8 +119,11 @@ def test_apply_serves_traffic_and_reports(w: KubeWorld) -> None:
         assert (owner["kind"], owner["name"]) == ("Node", node.name)
         # Plain Applied outcomes are summarised (digests), not listed.
         listed = state["status"]["resources"]
-        assert not [r for r in listed if r["state"] == "Applied" and
-                    r.get("reason", "Programmed") == "Programmed"], listed
+        assert not [
+            r
+            for r in listed
+            if r["state"] == "Applied" and r.get("reason", "Programmed") == "Programmed"
+        ], listed
         assert state["status"]["applied"]["count"] >= 1, state["status"]
         assert state["status"]["labels"] == w.get("node", node.name)["metadata"]["labels"]
         # The agent's node check, accepted by the CRD's schema: the condition and its findings.
@@ -140,15 +153,28 @@ def test_conflict_names_the_winner_with_one_event(w: KubeWorld) -> None:
     def conflicted() -> bool:
         cond = w.condition(w.get("pp", "second", "default"), "Conflicted")
         return cond.get("status") == "True" and "default/first" in cond.get("message", "")
+
     wait_for(conflicted, timeout=30, what="Conflicted condition naming the winner")
     # By uid: Events outlive objects, and an earlier "second" may have left some behind.
     mine = f"involvedObject.uid={w.get('pp', 'second', 'default')['metadata']['uid']}"
-    wait_for(lambda: "Conflicted" in w.kubectl(
-        "get", "events", "-n", "default", "--field-selector", mine), timeout=15,
-        what="Conflicted event")
+    wait_for(
+        lambda: (
+            "Conflicted" in w.kubectl("get", "events", "-n", "default", "--field-selector", mine)
+        ),
+        timeout=15,
+        what="Conflicted event",
+    )
     time.sleep(3)  # several reconciles later, still one event
-    events = w.kubectl("get", "events", "-n", "default", "--field-selector",
-                       f"{mine},reason=Conflicted", "-o", "name")
+    events = w.kubectl(
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        f"{mine},reason=Conflicted",
+        "-o",
+        "name",
+    )
     assert len(events.split()) == 1
     for node in w.nodes:
         assert w.ask(node.address, 8080) == f"{node.client_address} 80"
@@ -156,8 +182,7 @@ def test_conflict_names_the_winner_with_one_event(w: KubeWorld) -> None:
 
 def test_node_selector_excludes_a_node(w: KubeWorld) -> None:
     """Selecting zone-1 only: node-2 programs nothing and is not counted."""
-    w.apply(publication("zoned", 8082, 80,
-                        nodeSelector={"matchLabels": {"zone": "zone-1"}}))
+    w.apply(publication("zoned", 8082, 80, nodeSelector={"matchLabels": {"zone": "zone-1"}}))
     ready(w, "zoned", {"zone": "zone-1"})
     one, two = w.nodes
     assert w.ask(one.address, 8082) == f"{one.client_address} 80"
@@ -177,8 +202,9 @@ def test_delete_removes_rules(w: KubeWorld) -> None:
     ready(w, "web")
     w.kubectl("delete", "pp", "web", "-n", "default")
     for node in w.nodes:
-        wait_for(lambda n=node: "8080" not in n.nft_map(), timeout=15,
-                 what=f"rules gone on {node.name}")
+        wait_for(
+            lambda n=node: "8080" not in n.nft_map(), timeout=15, what=f"rules gone on {node.name}"
+        )
         assert w.ask(node.address, 8080, timeout=1).startswith("ERR")
 
 
@@ -201,8 +227,11 @@ def test_api_server_outage(w: KubeWorld) -> None:
     w.apply(publication("web", 8080, 81))
     ready(w, "web", timeout=90)  # watches reconnect with backoff (at most 15 s apart)
     for node in w.nodes:
-        wait_for(lambda n=node: w.ask(n.address, 8080) == f"{n.client_address} 81",
-                 timeout=30, what=f"{node.name} caught up")
+        wait_for(
+            lambda n=node: w.ask(n.address, 8080) == f"{n.client_address} 81",
+            timeout=30,
+            what=f"{node.name} caught up",
+        )
 
 
 def test_assigned_ports_are_reported_and_kept_across_a_restart(w: KubeWorld) -> None:
@@ -211,8 +240,10 @@ def test_assigned_ports_are_reported_and_kept_across_a_restart(w: KubeWorld) -> 
     lo, hi = 42000, 42009
     preferred = assign.preferred(ResourceRef(PORT_PUBLICATION, "default", "auto"), lo, hi, 1)
     node, other = w.nodes
-    script = (f"import socket, time; s = socket.socket(); s.bind(('0.0.0.0', {preferred})); "
-              "s.listen(); print('ready', flush=True); time.sleep(600)")
+    script = (
+        f"import socket, time; s = socket.socket(); s.bind(('0.0.0.0', {preferred})); "
+        "s.listen(); print('ready', flush=True); time.sleep(600)"
+    )
     holder = node.ns.popen([sys.executable, "-c", script])
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
@@ -230,7 +261,8 @@ def test_assigned_ports_are_reported_and_kept_across_a_restart(w: KubeWorld) -> 
         assert "Assigned Ports" in w.kubectl("describe", "pp", "auto", "-n", "default")
         listed = w.get("nodestates", node.name)["status"]["resources"]
         assert {"name": "auto", "hostPort": ports[node.name]}.items() <= next(
-            r for r in listed if r["name"] == "auto").items()
+            r for r in listed if r["name"] == "auto"
+        ).items()
 
         # Restart as the chart runs it (no state file), the host process gone: a fresh pick
         # would take `preferred`; the NodeState read back keeps the port.
@@ -242,12 +274,21 @@ def test_assigned_ports_are_reported_and_kept_across_a_restart(w: KubeWorld) -> 
         node.start_agent(state_file=False)
 
         def reconciled_after_read_back() -> bool:
-            events = [json.loads(line).get("event") for line in
-                      log.read_text().splitlines()[before:] if line.startswith("{")]
-            return ("assigned host ports read back" in events and
-                    "reconciled" in events[events.index("assigned host ports read back"):])
-        wait_for(reconciled_after_read_back, timeout=30,
-                 what=f"the restarted agent's first reconcile ({node.log_tail(5)})")
+            events = [
+                json.loads(line).get("event")
+                for line in log.read_text().splitlines()[before:]
+                if line.startswith("{")
+            ]
+            return (
+                "assigned host ports read back" in events
+                and "reconciled" in events[events.index("assigned host ports read back") :]
+            )
+
+        wait_for(
+            reconciled_after_read_back,
+            timeout=30,
+            what=f"the restarted agent's first reconcile ({node.log_tail(5)})",
+        )
         assert f"tcp . {ports[node.name]} " in node.nft_map()
         assert f"tcp . {preferred} " not in node.nft_map()
         assert w.ask(node.address, ports[node.name]) == f"{node.client_address} 80"
@@ -273,6 +314,7 @@ def test_an_exhausted_range_is_a_no_free_port_condition(w: KubeWorld) -> None:
         nonlocal obj
         obj = w.get("pp", "late", "default")
         return w.condition(obj, "Conflicted").get("reason") == "NoFreePort"
+
     wait_for(conflicted, timeout=30, what=f"NoFreePort on pp late ({obj.get('status')})")
     assert "42100-42100" in w.condition(obj, "Conflicted")["message"]
     assert "assignedPorts" not in obj["status"]

@@ -55,23 +55,33 @@ def fake_kind(control_plane: Any, crds: Any, tmp_path: Path) -> Iterator[dict[st
             switch.run(f"ip link set sw-{key} master sw")
             ns.run(f"ip addr add {addresses[key]}/24 dev eth0")
             ns.sysctl("net.ipv4.ip_forward", "1")
-            control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(
-                node_object(name, addresses[key], key == "cp")))
-            stack.callback(control_plane.kubectl, "delete", "node", name, "--ignore-not-found",
-                           check=False)
             control_plane.kubectl(
-                "patch", "node", name, "--subresource=status", "--type=merge", "-p",
-                yaml.safe_dump({"status": {"addresses": [
-                    {"type": "InternalIP", "address": addresses[key]}]}}))
+                "apply",
+                "-f",
+                "-",
+                input=yaml.safe_dump(node_object(name, addresses[key], key == "cp")),
+            )
+            stack.callback(
+                control_plane.kubectl, "delete", "node", name, "--ignore-not-found", check=False
+            )
+            control_plane.kubectl(
+                "patch",
+                "node",
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                yaml.safe_dump(
+                    {"status": {"addresses": [{"type": "InternalIP", "address": addresses[key]}]}}
+                ),
+            )
             if key != "cp":  # the chart's agents: one per worker
                 stack.enter_context(loopback_bridge(ns, port, tmp_path))
-                env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig),
-                       "NODE_NAME": name}
+                env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig), "NODE_NAME": name}
                 agent = Node(name, ns, addresses[key], addresses["cp"], tmp_path, env)
                 agent.start_agent()
                 stack.callback(agent.stop_agent)
-        world = KubeWorld(control_plane, Netns(""), [], stack, tmp_path,
-                          control_plane.kubeconfig)
+        world = KubeWorld(control_plane, Netns(""), [], stack, tmp_path, control_plane.kubeconfig)
         world.start_controller()
         assert world.controller is not None
         stack.callback(world.controller.wait, 15)
@@ -90,10 +100,22 @@ def fake_kind(control_plane: Any, crds: Any, tmp_path: Path) -> Iterator[dict[st
 def test_e2e_suite_in_external_cluster_mode(fake_kind: dict[str, str]) -> None:
     """tests/e2e/test_e2e.py passes against an already-running 'cluster', as on kind."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(REPO / "tests" / "e2e" / "test_e2e.py")],
-        cwd=REPO, env={**os.environ, **fake_kind}, capture_output=True, text=True,
-        timeout=280, check=False)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(REPO / "tests" / "e2e" / "test_e2e.py"),
+        ],
+        cwd=REPO,
+        env={**os.environ, **fake_kind},
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
     # Every test runs, except those that must stop or restart a part only the local world
@@ -102,6 +124,7 @@ def test_e2e_suite_in_external_cluster_mode(fake_kind: dict[str, str]) -> None:
     assert summary, tail
     skips = re.findall(r"SKIPPED \[\d+\] \S+: (.*)", tail)
     assert len(skips) == int(summary[2] or 0), tail
-    assert all(reason.endswith(("the local control plane", "the local world"))
-               for reason in skips), skips
+    assert all(
+        reason.endswith(("the local control plane", "the local world")) for reason in skips
+    ), skips
     assert int(summary[1]) >= 7, tail

@@ -27,9 +27,14 @@ from tests.builders import API
 from tests.e2e.world import KubeWorld, e2e_world
 from tests.netns import wait_for
 
-pytestmark = [pytest.mark.apiserver, pytest.mark.docker, pytest.mark.skipif(
-    not os.environ.get("BRIDGEPORT_E2E_KUBECONFIG"), reason="needs a kind cluster "
-    "(tests/e2e/kind.sh or make e2e-kind)")]
+pytestmark = [
+    pytest.mark.apiserver,
+    pytest.mark.docker,
+    pytest.mark.skipif(
+        not os.environ.get("BRIDGEPORT_E2E_KUBECONFIG"),
+        reason="needs a kind cluster (tests/e2e/kind.sh or make e2e-kind)",
+    ),
+]
 
 NAMESPACE = os.environ.get("BRIDGEPORT_E2E_NAMESPACE", "bridgeport")
 RELEASE = os.environ.get("BRIDGEPORT_E2E_RELEASE", "bridgeport")
@@ -40,18 +45,30 @@ REPORT = Path(os.environ.get("BRIDGEPORT_E2E_REPORT", "/tmp/bridgeport-kind-repo
 
 
 def publication(name: str, host_port: int, port: int, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "PortPublication",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"hostPort": host_port, "network": "kind",
-                     "target": {"address": "10.89.0.2", "port": port}, **spec}}
+    return {
+        "apiVersion": API,
+        "kind": "PortPublication",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "hostPort": host_port,
+            "network": "kind",
+            "target": {"address": "10.89.0.2", "port": port},
+            **spec,
+        },
+    }
 
 
 @pytest.fixture(scope="module")
 def w() -> Iterator[KubeWorld]:
     with e2e_world(lambda: None) as world:
-        world.apply({"apiVersion": API, "kind": "BridgeNetwork", "metadata": {"name": "kind"},
-                     "spec": {"bridge": "bp-kind", "subnet": "10.89.0.0/24",
-                              "subnet6": "fd00:89::/64"}})
+        world.apply(
+            {
+                "apiVersion": API,
+                "kind": "BridgeNetwork",
+                "metadata": {"name": "kind"},
+                "spec": {"bridge": "bp-kind", "subnet": "10.89.0.0/24", "subnet6": "fd00:89::/64"},
+            }
+        )
         for node in world.nodes:
             box = world.container(node, "bp-kind", "10.89.0.2/24", "10.89.0.1")
             world.serve(box, "--tcp", "80")
@@ -61,39 +78,46 @@ def w() -> Iterator[KubeWorld]:
             yield world
         finally:
             world.kubectl("delete", "pp", "--all", "-n", "default", "--wait=true", check=False)
-            world.kubectl("delete", "bn", "kind", "--ignore-not-found", "--wait=true",
-                          check=False)
+            world.kubectl("delete", "bn", "kind", "--ignore-not-found", "--wait=true", check=False)
 
 
 def agent_pods(w: KubeWorld) -> list[dict[str, Any]]:
     sel = ",".join(f"{k}={v}" for k, v in AGENT.items())
-    return list(json.loads(w.kubectl("get", "pods", "-n", NAMESPACE, "-l", sel, "-o", "json"))
-                ["items"])
+    return list(
+        json.loads(w.kubectl("get", "pods", "-n", NAMESPACE, "-l", sel, "-o", "json"))["items"]
+    )
 
 
 def is_ready(pod: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in pod.get("status", {}).get("conditions", []))
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in pod.get("status", {}).get("conditions", [])
+    )
 
 
-def ready(w: KubeWorld, name: str, generation: int | None = None,
-          timeout: float = 60) -> dict[str, Any]:
+def ready(
+    w: KubeWorld, name: str, generation: int | None = None, timeout: float = 60
+) -> dict[str, Any]:
     obj: dict[str, Any] = {}
 
     def check() -> bool:
         nonlocal obj
         obj = w.get("pp", name, "default")
         status = obj.get("status", {})
-        return bool(status.get("ready") == w.expected()
-                    and status.get("observedGeneration") == obj["metadata"]["generation"]
-                    and (generation is None or obj["metadata"]["generation"] == generation))
+        return bool(
+            status.get("ready") == w.expected()
+            and status.get("observedGeneration") == obj["metadata"]["generation"]
+            and (generation is None or obj["metadata"]["generation"] == generation)
+        )
+
     wait_for(check, timeout=timeout, what=f"pp {name} ready")
     return obj
 
 
 def on_node(node: str, *cmd: str, timeout: float = 30) -> str:
-    return subprocess.run(["docker", "exec", node, *cmd], capture_output=True, text=True,
-                          check=True, timeout=timeout).stdout
+    return subprocess.run(
+        ["docker", "exec", node, *cmd], capture_output=True, text=True, check=True, timeout=timeout
+    ).stdout
 
 
 def agent_pid(node: str) -> int:
@@ -115,16 +139,35 @@ def test_agent_runs_with_exactly_the_charts_privileges(w: KubeWorld) -> None:
         assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_BIND_SERVICE"]}
         assert ctx["readOnlyRootFilesystem"] is True
     node = w.nodes[0].name
-    status = dict(line.split(":\t", 1) for line in on_node(
-        node, "cat", f"/proc/{agent_pid(node)}/status").splitlines() if ":\t" in line)
+    status = dict(
+        line.split(":\t", 1)
+        for line in on_node(node, "cat", f"/proc/{agent_pid(node)}/status").splitlines()
+        if ":\t" in line
+    )
     want = (1 << NET_ADMIN) | (1 << NET_BIND_SERVICE)
     for field in ("CapEff", "CapPrm", "CapBnd"):
         assert int(status[field], 16) == want, (field, status[field])
     assert status["NoNewPrivs"].strip() == "1"
     pod = next(p for p in pods if p["spec"]["nodeName"] == node)["metadata"]["name"]
-    touch = subprocess.run(["kubectl", "--kubeconfig", str(w.kubeconfig), "exec", "-n",
-                            NAMESPACE, pod, "--", "python3", "-c", "open('/x', 'w')"],
-                           capture_output=True, text=True, timeout=60, check=False)
+    touch = subprocess.run(
+        [
+            "kubectl",
+            "--kubeconfig",
+            str(w.kubeconfig),
+            "exec",
+            "-n",
+            NAMESPACE,
+            pod,
+            "--",
+            "python3",
+            "-c",
+            "open('/x', 'w')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert touch.returncode != 0 and "Read-only file system" in touch.stderr
 
 
@@ -145,9 +188,22 @@ class Held:
 
     def __init__(self, client: str, host: str, port: int) -> None:
         self.proc = subprocess.Popen(
-            ["docker", "exec", "-i", client, "python3", "/bridgeport-tools/peer_client.py",
-             "hold", host, str(port), "5"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                "docker",
+                "exec",
+                "-i",
+                client,
+                "python3",
+                "/bridgeport-tools/peer_client.py",
+                "hold",
+                host,
+                str(port),
+                "5",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def echo(self, text: str) -> str:
         assert self.proc.stdin and self.proc.stdout
@@ -174,10 +230,24 @@ def test_helm_upgrade_rolls_agents_without_breaking_connections(w: KubeWorld) ->
         assert [h.echo("before") for h in held] == ["before"] * len(held)
         old = {p["metadata"]["uid"] for p in agent_pods(w)}
         helm = os.environ["BRIDGEPORT_E2E_HELM"]
-        subprocess.run([helm, "upgrade", RELEASE, os.environ["BRIDGEPORT_E2E_CHART"],
-                        "--kubeconfig", str(w.kubeconfig), "-n", NAMESPACE, "--reuse-values",
-                        "--set-string", f"agent.podAnnotations.restartedAt={time.time()}"],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                helm,
+                "upgrade",
+                RELEASE,
+                os.environ["BRIDGEPORT_E2E_CHART"],
+                "--kubeconfig",
+                str(w.kubeconfig),
+                "-n",
+                NAMESPACE,
+                "--reuse-values",
+                "--set-string",
+                f"agent.podAnnotations.restartedAt={time.time()}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         checked: set[str] = set()
         deadline = time.monotonic() + 300
         while len(checked) < len(old) and time.monotonic() < deadline:
@@ -188,8 +258,9 @@ def test_helm_upgrade_rolls_agents_without_breaking_connections(w: KubeWorld) ->
                 node = pod["spec"].get("nodeName", "")
                 target = next((n for n in w.nodes if n.name == node), None)
                 if target is not None:  # a worker: a new connection through its port
-                    assert w.ask(target.address, 8091, timeout=5) == \
-                        f"{target.client_address} 80", f"new connection after {node} Ready"
+                    assert (
+                        w.ask(target.address, 8091, timeout=5) == f"{target.client_address} 80"
+                    ), f"new connection after {node} Ready"
                 assert [h.echo(f"during {node}") for h in held] == [f"during {node}"] * len(held)
                 checked.add(uid)
             time.sleep(0.5)
@@ -211,8 +282,7 @@ def test_deleting_an_agent_pod_loses_no_kernel_path_traffic(w: KubeWorld) -> Non
     for _ in range(400):  # bounded: until the replacement is Ready, then 5 more requests
         answers.append(w.ask(node.address, 8092, timeout=2))
         fresh = [p for p in agent_pods(w) if p["spec"].get("nodeName") == node.name]
-        if fresh and fresh[0]["metadata"]["uid"] != pod["metadata"]["uid"] and \
-                is_ready(fresh[0]):
+        if fresh and fresh[0]["metadata"]["uid"] != pod["metadata"]["uid"] and is_ready(fresh[0]):
             replaced = True
             answers += [w.ask(node.address, 8092, timeout=2) for _ in range(5)]
             break
@@ -225,8 +295,17 @@ def test_status_converges_after_the_controller_pod_is_killed(w: KubeWorld) -> No
     """Force-delete the controller pod, change a spec: the status follows the new generation."""
     w.apply(publication("ctl", 8093, 80))
     ready(w, "ctl")
-    w.kubectl("delete", "pod", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=controller",
-              "--grace-period=0", "--force", "--wait=false")
+    w.kubectl(
+        "delete",
+        "pod",
+        "-n",
+        NAMESPACE,
+        "-l",
+        "app.kubernetes.io/component=controller",
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    )
     w.apply(publication("ctl", 8093, 81))
     obj = ready(w, "ctl", generation=2, timeout=180)
     assert obj["status"]["ready"] == w.expected()
@@ -242,9 +321,15 @@ def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
     limit = pod["spec"]["containers"][0]["resources"]["limits"]["memory"]
     limit_bytes = int(limit[:-2]) * {"Mi": 2**20, "Gi": 2**30}[limit[-2:]]
     restarts = pod["status"]["containerStatuses"][0]["restartCount"]
-    docs = [publication(f"many-{i}", 20000 + i, 80,
-                        nodeSelector={"matchLabels": {"kubernetes.io/hostname": node.name}})
-            for i in range(count)]
+    docs = [
+        publication(
+            f"many-{i}",
+            20000 + i,
+            80,
+            nodeSelector={"matchLabels": {"kubernetes.io/hostname": node.name}},
+        )
+        for i in range(count)
+    ]
     # In a namespace of their own: deleting it removes them in the background (10,000 single
     # DELETEs, or a DeleteCollection, take minutes at this machine's load).
     for doc in docs:
@@ -254,13 +339,16 @@ def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
     # Created by 8 kubectl processes at once (each POST waits on etcd: latency-bound).
     creators = []
     for i in range(8):
-        proc = subprocess.Popen(["kubectl", "--kubeconfig", str(w.kubeconfig), "create", "-f",
-                                 "-", "-o", "name"], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            ["kubectl", "--kubeconfig", str(w.kubeconfig), "create", "-f", "-", "-o", "name"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         creators.append(proc)
         assert proc.stdin is not None
-        proc.stdin.write(yaml.safe_dump({"apiVersion": "v1", "kind": "List",
-                                         "items": docs[i::8]}))
+        proc.stdin.write(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": docs[i::8]}))
         proc.stdin.close()
     try:
         for proc in creators:
@@ -273,24 +361,36 @@ def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
             if state["restartCount"] != restarts:  # stop waiting: it failed (e.g. OOMKilled)
                 restarted.update(state.get("lastState", {}), count=state["restartCount"])
                 return True
-            out = on_node(node.name, "nft", "-j", "list", "map", "ip", "bridgeport", "pub_any",
-                          timeout=60)
-            elems = next((o["map"].get("elem", []) for o in json.loads(out)["nftables"]
-                          if "map" in o), [])
+            out = on_node(
+                node.name, "nft", "-j", "list", "map", "ip", "bridgeport", "pub_any", timeout=60
+            )
+            elems = next(
+                (o["map"].get("elem", []) for o in json.loads(out)["nftables"] if "map" in o), []
+            )
             return len(elems) >= count
-        wait_for(programmed, timeout=1200, interval=10,
-                 what=f"{count} publications programmed on {node.name}")
-        assert not restarted, (f"agent on {node.name} restarted while programming {count} "
-                               f"publications: {restarted}")
+
+        wait_for(
+            programmed,
+            timeout=1200,
+            interval=10,
+            what=f"{count} publications programmed on {node.name}",
+        )
+        assert not restarted, (
+            f"agent on {node.name} restarted while programming {count} publications: {restarted}"
+        )
         took = time.monotonic() - started
         status = on_node(node.name, "cat", f"/proc/{agent_pid(node.name)}/status")
-        rss = next(int(line.split()[1]) * 1024 for line in status.splitlines()
-                   if line.startswith("VmRSS:"))
-        hwm = next(int(line.split()[1]) * 1024 for line in status.splitlines()
-                   if line.startswith("VmHWM:"))
+        rss = next(
+            int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")
+        )
+        hwm = next(
+            int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")
+        )
         now = next(p for p in agent_pods(w) if p["spec"]["nodeName"] == node.name)
-        line = (f"agent with {count} PortPublications on {node.name}: RSS {rss / 2**20:.0f} MiB,"
-                f" peak {hwm / 2**20:.0f} MiB, limit {limit}; programmed in {took:.0f} s")
+        line = (
+            f"agent with {count} PortPublications on {node.name}: RSS {rss / 2**20:.0f} MiB,"
+            f" peak {hwm / 2**20:.0f} MiB, limit {limit}; programmed in {took:.0f} s"
+        )
         print(line)
         with REPORT.open("a") as f:
             f.write(line + "\n")

@@ -53,11 +53,26 @@ class Node:
         """The agent; without a state file, as the chart runs it (its NodeState remembers)."""
         log = (self.workdir / f"{self.name}.log").open("a")
         state = ["--state-file", str(self.workdir / f"{self.name}.json")] if state_file else []
-        cmd = [sys.executable, "-m", "bridgeport", "--log-format", "json", "agent",
-               "--node-name", self.name, *state,
-               "--resync", "5", "--health-port", "0", "--metrics-port", str(METRICS_PORT)]
-        self.agent = subprocess.Popen(self.ns.prefix() + cmd, stdout=log, stderr=log,
-                                      text=True, env=self.env)
+        cmd = [
+            sys.executable,
+            "-m",
+            "bridgeport",
+            "--log-format",
+            "json",
+            "agent",
+            "--node-name",
+            self.name,
+            *state,
+            "--resync",
+            "5",
+            "--health-port",
+            "0",
+            "--metrics-port",
+            str(METRICS_PORT),
+        ]
+        self.agent = subprocess.Popen(
+            self.ns.prefix() + cmd, stdout=log, stderr=log, text=True, env=self.env
+        )
 
     def stop_agent(self) -> None:
         if self.agent and self.agent.poll() is None:
@@ -67,8 +82,10 @@ class Node:
 
     def metric(self, name: str) -> float:
         """A sample of the agent's /metrics (`name` with its labels, as exposed), 0 if absent."""
-        script = ("import urllib.request; print(urllib.request.urlopen("
-                  f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())")
+        script = (
+            "import urllib.request; print(urllib.request.urlopen("
+            f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())"
+        )
         out = self.ns.run(["python3", "-c", script]).stdout
         for line in out.splitlines():
             if line.startswith(name + " "):
@@ -94,13 +111,19 @@ class KubeWorld:
     controller: subprocess.Popen[str] | None = None
     containers: list[Netns] = field(default_factory=list)
 
-    def _kubectl(self, *args: str, input: str | None = None,
-                 check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         if self.cp is not None:
             return self.cp.kubectl(*args, input=input, check=check)  # type: ignore[no-any-return]
-        return subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
-                              input=input, capture_output=True, text=True, timeout=60,
-                              check=check)
+        return subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         return self._kubectl(*args, input=input, check=check).stdout
@@ -120,24 +143,31 @@ class KubeWorld:
         return {}
 
     def expected(self, match_labels: dict[str, str] | None = None) -> str:
-        """"n/n" for a resource selecting `match_labels`: the nodes that run an agent (the
+        """ "n/n" for a resource selecting `match_labels`: the nodes that run an agent (the
         local world's, or on a cluster those with a NodeState) whose labels match, read from
         the cluster now (the kind chart runs an agent on the control plane too)."""
         if self.cp is not None:
             agents = {n.name for n in self.nodes}
         else:
-            agents = {n.rsplit("/", 1)[-1]
-                      for n in self.kubectl("get", "nodestates", "-o", "name").split()}
+            agents = {
+                n.rsplit("/", 1)[-1]
+                for n in self.kubectl("get", "nodestates", "-o", "name").split()
+            }
         wanted = match_labels or {}
-        count = sum(1 for n in json.loads(self.kubectl("get", "nodes", "-o", "json"))["items"]
-                    if n["metadata"]["name"] in agents
-                    and all(n["metadata"].get("labels", {}).get(k) == v
-                            for k, v in wanted.items()))
+        count = sum(
+            1
+            for n in json.loads(self.kubectl("get", "nodes", "-o", "json"))["items"]
+            if n["metadata"]["name"] in agents
+            and all(n["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
+        )
         return f"{count}/{count}"
 
     def container(self, node: Node, bridge: str, address: str, gateway: str) -> Netns:
-        wait_for(lambda: node.ns.run(f"ip link show {bridge}", check=False).returncode == 0,
-                 timeout=30, what=f"bridge {bridge} on {node.name} ({node.log_tail()})")
+        wait_for(
+            lambda: node.ns.run(f"ip link show {bridge}", check=False).returncode == 0,
+            timeout=30,
+            what=f"bridge {bridge} on {node.name} ({node.log_tail()})",
+        )
         box = self.stack.enter_context(netns("bpe", host=node.ns.host))
         port = unique("bpq")
         veth(box, "eth0", node.ns, port)
@@ -153,27 +183,53 @@ class KubeWorld:
         assert proc.stdout.readline().strip() == "ready"
 
     def ask(self, host: str, port: int, timeout: float = 2) -> str:
-        return self.client.python("peer_client.py", "tcp", host, str(port), str(timeout),
-                                  check=False, timeout=timeout + 10).stdout.strip()
+        return self.client.python(
+            "peer_client.py",
+            "tcp",
+            host,
+            str(port),
+            str(timeout),
+            check=False,
+            timeout=timeout + 10,
+        ).stdout.strip()
 
     def start_controller(self) -> None:
         log = (self.workdir / "controller.log").open("a")
         env = {**os.environ, "KUBECONFIG": str(self.cp.kubeconfig)}
         self.controller = subprocess.Popen(
-            [sys.executable, "-m", "bridgeport", "--log-format", "json", "controller",
-             "--no-peering", "--health-port", "0", "--metrics-port", "0"],
-            stdout=log, stderr=log, text=True, env=env)
+            [
+                sys.executable,
+                "-m",
+                "bridgeport",
+                "--log-format",
+                "json",
+                "controller",
+                "--no-peering",
+                "--health-port",
+                "0",
+                "--metrics-port",
+                "0",
+            ],
+            stdout=log,
+            stderr=log,
+            text=True,
+            env=env,
+        )
 
 
 @contextmanager
 def loopback_bridge(node: Netns, port: int, workdir: Path) -> Iterator[None]:
     """Make root's 127.0.0.1:port appear as 127.0.0.1:port inside `node`, via a unix socket."""
     sock = workdir / f"api-{node.name}.sock"
-    root = subprocess.Popen(["socat", f"UNIX-LISTEN:{sock},fork,unlink-early",
-                             f"TCP:127.0.0.1:{port}"], stderr=subprocess.DEVNULL)
+    root = subprocess.Popen(
+        ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early", f"TCP:127.0.0.1:{port}"],
+        stderr=subprocess.DEVNULL,
+    )
     wait_for(sock.exists, what="api socket")
-    inner = node.popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
-                        f"UNIX-CONNECT:{sock}"], stdout=subprocess.DEVNULL)
+    inner = node.popen(
+        ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr", f"UNIX-CONNECT:{sock}"],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         yield
     finally:
@@ -203,14 +259,26 @@ def kube_world(cp: Any, node_count: int = 2) -> Iterator[KubeWorld]:
             node = Node(name, ns, node_ip, client_ip, workdir, env)
             stack.callback(node.stop_agent)
             nodes.append(node)
-            cp.kubectl("apply", "-f", "-", input=yaml.safe_dump({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": {"bridgeport.io/e2e": "yes",
-                                                      "zone": f"zone-{i + 1}"}}}))
+            cp.kubectl(
+                "apply",
+                "-f",
+                "-",
+                input=yaml.safe_dump(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Node",
+                        "metadata": {
+                            "name": name,
+                            "labels": {"bridgeport.io/e2e": "yes", "zone": f"zone-{i + 1}"},
+                        },
+                    }
+                ),
+            )
             stack.callback(cp.kubectl, "delete", "node", name, "--ignore-not-found", check=False)
         world = KubeWorld(cp, client, nodes, stack, workdir, cp.kubeconfig)
-        stack.callback(lambda: world.controller and (world.controller.terminate(),
-                                                     world.controller.wait(10)))
+        stack.callback(
+            lambda: world.controller and (world.controller.terminate(), world.controller.wait(10))
+        )
         world.start_controller()
         for node in nodes:
             node.start_agent()
@@ -222,33 +290,59 @@ def kind_world(kubeconfig: Path, node_exec: str) -> Iterator[KubeWorld]:
     """An external cluster whose agents and controller the chart runs (tests/e2e/kind.sh)."""
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="bridgeport-e2e-"))
-        listing = json.loads(subprocess.run(
-            [KUBECTL, "--kubeconfig", str(kubeconfig), "get", "nodes", "-o", "json"],
-            capture_output=True, text=True, check=True).stdout)["items"]
+        listing = json.loads(
+            subprocess.run(
+                [KUBECTL, "--kubeconfig", str(kubeconfig), "get", "nodes", "-o", "json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )["items"]
 
         def address(node: dict[str, Any]) -> str:
-            return next(a["address"] for a in node["status"]["addresses"]
-                        if a["type"] == "InternalIP")
+            return next(
+                a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"
+            )
 
         def host(name: str) -> tuple[str, ...]:
             return tuple(node_exec.format(node=name).split())
 
-        control = [n for n in listing if "node-role.kubernetes.io/control-plane"
-                   in n["metadata"].get("labels", {})]
+        control = [
+            n
+            for n in listing
+            if "node-role.kubernetes.io/control-plane" in n["metadata"].get("labels", {})
+        ]
         wanted = [w for w in os.environ.get("BRIDGEPORT_E2E_WORKERS", "").split(",") if w]
-        workers = sorted((n for n in listing if n not in control
-                          and (not wanted or n["metadata"]["name"] in wanted)),
-                         key=lambda n: n["metadata"]["name"])[:2]
+        workers = sorted(
+            (
+                n
+                for n in listing
+                if n not in control and (not wanted or n["metadata"]["name"] in wanted)
+            ),
+            key=lambda n: n["metadata"]["name"],
+        )[:2]
         client_node = control[0] if control else listing[0]
         client = Netns("", host=host(client_node["metadata"]["name"]))
         nodes = []
         for i, n in enumerate(workers):
             name = n["metadata"]["name"]
-            subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), "label", "node", name,
-                            "--overwrite", f"zone=zone-{i + 1}"], check=True,
-                           capture_output=True)
-            nodes.append(Node(name, Netns("", host=host(name)), address(n),
-                              address(client_node), workdir))
+            subprocess.run(
+                [
+                    KUBECTL,
+                    "--kubeconfig",
+                    str(kubeconfig),
+                    "label",
+                    "node",
+                    name,
+                    "--overwrite",
+                    f"zone=zone-{i + 1}",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            nodes.append(
+                Node(name, Netns("", host=host(name)), address(n), address(client_node), workdir)
+            )
         yield KubeWorld(None, client, nodes, stack, workdir, kubeconfig)
 
 
@@ -257,8 +351,9 @@ def e2e_world(control_plane: Callable[[], Any]) -> Iterator[KubeWorld]:
     """kind when BRIDGEPORT_E2E_KUBECONFIG is set, else the local control plane."""
     external = os.environ.get("BRIDGEPORT_E2E_KUBECONFIG")
     if external:
-        with kind_world(Path(external),
-                        os.environ.get("BRIDGEPORT_E2E_NODE_EXEC", "docker exec {node}")) as w:
+        with kind_world(
+            Path(external), os.environ.get("BRIDGEPORT_E2E_NODE_EXEC", "docker exec {node}")
+        ) as w:
             yield w
     else:
         with kube_world(control_plane()) as w:

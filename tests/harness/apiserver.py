@@ -51,10 +51,12 @@ class Kubectl:
         # A private discovery cache: nothing stale from other clusters, nothing left in ~/.kube.
         self.cache_dir = cache_dir
 
-    def __call__(self, *args: str, input: str | None = None,
-                 timeout: float = 60.0) -> KubectlResult:
-        proc = self.control_plane.kubectl("--cache-dir", str(self.cache_dir), *args,
-                                          check=False, input=input, timeout=timeout)
+    def __call__(
+        self, *args: str, input: str | None = None, timeout: float = 60.0
+    ) -> KubectlResult:
+        proc = self.control_plane.kubectl(
+            "--cache-dir", str(self.cache_dir), *args, check=False, input=input, timeout=timeout
+        )
         return KubectlResult(proc.returncode, proc.stdout, proc.stderr)
 
     def ok(self, *args: str, input: str | None = None, timeout: float = 60.0) -> str:
@@ -92,16 +94,21 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 
 @pytest.fixture(scope="session")
-def kubectl(control_plane: ControlPlane,
-            tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
+def kubectl(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
     return Kubectl(control_plane, tmp_path_factory.mktemp("kubectl-cache"))
 
 
 @pytest.fixture(scope="session")
 def crds(kubectl: Kubectl) -> dict[str, dict[str, Any]]:
     """Apply crds/ (server-side, as the chart and users do) and wait until all are Established."""
-    kubectl.ok("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}",
-               "-f", str(CRD_DIR))
+    kubectl.ok(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        f"--field-manager={FIELD_MANAGER}",
+        "-f",
+        str(CRD_DIR),
+    )
     manifests = {
         doc["metadata"]["name"]: doc
         for path in sorted(CRD_DIR.glob("*.yaml"))

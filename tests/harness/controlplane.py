@@ -127,8 +127,12 @@ def stop(run_dir: Path, *, remove: bool = True) -> None:
     run_dir = Path(run_dir)
     if not (run_dir / _MARKER).exists():
         return  # nothing started, or not ours
-    _run_cluster_sh("down", run_dir=run_dir,
-                    extra_env={} if remove else {"BRIDGEPORT_KEEP_RUN": "1"}, timeout=120.0)
+    _run_cluster_sh(
+        "down",
+        run_dir=run_dir,
+        extra_env={} if remove else {"BRIDGEPORT_KEEP_RUN": "1"},
+        timeout=120.0,
+    )
 
 
 class ControlPlane:

@@ -56,9 +56,23 @@ class Agent:
 
     def start(self, *extra: str) -> None:
         log = self.log_path.open("a")
-        cmd = [sys.executable, "-m", "bridgeport", "--log-format", "json", "agent",
-               "--source", f"dir:{self.resources}", "--node-name", "node-1",
-               "--state-file", str(self.state_file), "--resync", "1", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bridgeport",
+            "--log-format",
+            "json",
+            "agent",
+            "--source",
+            f"dir:{self.resources}",
+            "--node-name",
+            "node-1",
+            "--state-file",
+            str(self.state_file),
+            "--resync",
+            "1",
+            *extra,
+        ]
         self.proc = subprocess.Popen(self.node.prefix() + cmd, stdout=log, stderr=log, text=True)
 
     def stop(self) -> None:
@@ -92,9 +106,11 @@ class Agent:
 
     def wait(self, expected: dict[str, str], timeout: float = 10) -> dict[str, Any]:
         """Wait until the state file shows exactly these resources ({name: state})."""
+
         def done() -> bool:
             entries = {r["name"]: r["state"] for r in self.state().get("resources", [])}
             return entries == expected
+
         wait_for(done, timeout, what=f"agent state {expected} (log: {self.log_tail()})")
         return self.state()
 
@@ -114,11 +130,19 @@ class World:
     br_netfilter: bool = True
     containers: list[Netns] = field(default_factory=list)
 
-    def container(self, bridge: str, address: str, gateway: str,
-                  address6: str | None = None, gateway6: str | None = None) -> Netns:
+    def container(
+        self,
+        bridge: str,
+        address: str,
+        gateway: str,
+        address6: str | None = None,
+        gateway6: str | None = None,
+    ) -> Netns:
         """A container netns attached to one of the agent's bridges by a veth."""
-        wait_for(lambda: self.node.run(f"ip link show {bridge}", check=False).returncode == 0,
-                 what=f"bridge {bridge}")
+        wait_for(
+            lambda: self.node.run(f"ip link show {bridge}", check=False).returncode == 0,
+            what=f"bridge {bridge}",
+        )
         ns = self.stack.enter_context(netns("bpk"))
         port = unique("bpp")
         veth(ns, "eth0", self.node, port)
@@ -132,15 +156,25 @@ class World:
         return ns
 
     def serve(self, ns: Netns, *args: str) -> None:
-        proc = ns.popen([sys.executable, str(Path(__file__).parent.parent / "tools" /
-                                             "peer_server.py"), *args])
+        proc = ns.popen(
+            [sys.executable, str(Path(__file__).parent.parent / "tools" / "peer_server.py"), *args]
+        )
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
 
-    def ask(self, ns: Netns, mode: str, host: str, port: int, timeout: float = 2,
-            sport: int = 0) -> str:
-        return ns.python("peer_client.py", mode, host, str(port), str(timeout), str(sport),
-                         check=False, timeout=timeout + 10).stdout.strip()
+    def ask(
+        self, ns: Netns, mode: str, host: str, port: int, timeout: float = 2, sport: int = 0
+    ) -> str:
+        return ns.python(
+            "peer_client.py",
+            mode,
+            host,
+            str(port),
+            str(timeout),
+            str(sport),
+            check=False,
+            timeout=timeout + 10,
+        ).stdout.strip()
 
     def foreign_snapshot(self) -> tuple[str, str]:
         table = self.node.run("nft list table inet foreigntool").stdout

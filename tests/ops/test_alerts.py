@@ -18,8 +18,9 @@ RUNBOOK = REPO / "docs" / "runbook.md"
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("promtool") is None:
         pytest.fail("promtool is not installed: run hack/setup.sh (Debian's prometheus)")
-    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        ["promtool", *args], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def alert_names() -> list[str]:
@@ -38,8 +39,12 @@ def test_every_alert_passes_its_unit_tests() -> None:
 
 
 def test_every_alert_is_unit_tested_and_has_a_runbook_section() -> None:
-    tested = {t["alertname"] for case in yaml.safe_load(TESTS.read_text())["tests"]
-              for t in case["alert_rule_test"] if t["exp_alerts"]}
+    tested = {
+        t["alertname"]
+        for case in yaml.safe_load(TESTS.read_text())["tests"]
+        for t in case["alert_rule_test"]
+        if t["exp_alerts"]
+    }
     runbook = RUNBOOK.read_text()
     for name in alert_names():
         assert name in tested, f"{name} never fires in {TESTS.name}"

@@ -44,8 +44,11 @@ NET = network("net-m", "10.99.5.0/24", bridge="bp-m")
 def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, PromQL) with Grafana's variables replaced as Grafana would."""
     dash = json.loads(DASHBOARD.read_text())
-    return [(p["title"], t["expr"].replace("$__rate_interval", "1m").replace("$instance", ".*"))
-            for p in dash["panels"] for t in p["targets"]]
+    return [
+        (p["title"], t["expr"].replace("$__rate_interval", "1m").replace("$instance", ".*"))
+        for p in dash["panels"]
+        for t in p["targets"]
+    ]
 
 
 class Prometheus:
@@ -54,17 +57,36 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ALERTS)],
-            "scrape_configs": [{"job_name": "bridgeport-agent",
-                                "static_configs": [{"targets": ["127.0.0.1:9102"]}]}],
+            "scrape_configs": [
+                {
+                    "job_name": "bridgeport-agent",
+                    "static_configs": [{"targets": ["127.0.0.1:9102"]}],
+                }
+            ],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = (workdir / "prometheus.log").open("w")
-        self.proc = ns.popen(["prometheus", f"--config.file={workdir / 'prometheus.yml'}",
-                              f"--storage.tsdb.path={workdir / 'data'}",
-                              f"--web.listen-address=127.0.0.1:{PROM_PORT}"],
-                             stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: self.ns.run(f"curl -sf http://127.0.0.1:{PROM_PORT}/-/ready",
-                                     check=False).returncode == 0, 60, 0.5, "prometheus ready")
+        self.proc = ns.popen(
+            [
+                "prometheus",
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{PROM_PORT}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(
+            lambda: (
+                self.ns.run(
+                    f"curl -sf http://127.0.0.1:{PROM_PORT}/-/ready", check=False
+                ).returncode
+                == 0
+            ),
+            60,
+            0.5,
+            "prometheus ready",
+        )
 
     def api(self, path: str, **params: str) -> Any:
         url = f"http://127.0.0.1:{PROM_PORT}/api/v1/{path}?{urllib.parse.urlencode(params)}"
@@ -93,15 +115,18 @@ def prometheus(w: World) -> Iterator[Prometheus]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_every_dashboard_query_returns_data_and_alerts_evaluate(w: World,
-                                                                prometheus: Prometheus) -> None:
+def test_every_dashboard_query_returns_data_and_alerts_evaluate(
+    w: World, prometheus: Prometheus
+) -> None:
     w.agent.stop()
     w.agent.start("--doctor-interval", "1")
-    w.agent.apply(NET, publication("web", 8080, "10.99.5.2", 80),
-                  publication("dns", 8053, "10.99.5.2", 53, protocol="UDP"),
-                  publication("web-copy", 8080, "10.99.5.3", 80))  # younger: Conflicted
-    w.agent.wait({"net-m": "Applied", "web": "Applied", "dns": "Applied",
-                  "web-copy": "Conflicted"})
+    w.agent.apply(
+        NET,
+        publication("web", 8080, "10.99.5.2", 80),
+        publication("dns", 8053, "10.99.5.2", 53, protocol="UDP"),
+        publication("web-copy", 8080, "10.99.5.3", 80),
+    )  # younger: Conflicted
+    w.agent.wait({"net-m": "Applied", "web": "Applied", "dns": "Applied", "web-copy": "Conflicted"})
     box = w.container("bp-m", "10.99.5.2/24", "10.99.5.1")
     w.serve(box, "--tcp", "80", "--udp", "53")
     w.node.sysctl("net.ipv6.conf.all.forwarding", "0")  # something for the node checks
@@ -114,17 +139,26 @@ def test_every_dashboard_query_returns_data_and_alerts_evaluate(w: World,
             w.ask(w.client, "tcp", NODE_IP, 8080)
             w.ask(w.client, "udp", NODE_IP, 8053)
             w.ask(w.node, "tcp", "127.0.0.1", 8080)
-            missing[:] = [f"{title}: {expr}" for title, expr in queries
-                          if not prometheus.api("query", query=expr)["result"]]
+            missing[:] = [
+                f"{title}: {expr}"
+                for title, expr in queries
+                if not prometheus.api("query", query=expr)["result"]
+            ]
             return not missing
+
         wait_for(all_have_data, 90, 1.0, f"data for every dashboard query (missing: {missing})")
 
         rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
         assert len(rules) == len(yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"])
         assert all(r["health"] == "ok" for r in rules), rules
+
         def not_ready() -> list[dict[str, Any]]:
-            return [a for a in prometheus.api("alerts")["alerts"]
-                    if a["labels"]["alertname"] == "BridgeportResourceNotReady"]
+            return [
+                a
+                for a in prometheus.api("alerts")["alerts"]
+                if a["labels"]["alertname"] == "BridgeportResourceNotReady"
+            ]
+
         wait_for(lambda: bool(not_ready()), 30, 0.5, "BridgeportResourceNotReady evaluated")
         [alert] = not_ready()
         assert alert["labels"]["name"] == "web-copy"
@@ -147,17 +181,35 @@ def render_png(ns: Netns, queries: list[tuple[str, str]], out: Path) -> None:
     for part, chunk in enumerate((queries[:half], queries[half:]), 1):
         params: dict[str, str] = {}
         for i, (_, expr) in enumerate(chunk):
-            params |= {f"g{i}.expr": expr, f"g{i}.tab": "0", f"g{i}.range_input": "2m",
-                       f"g{i}.stacked": "0", f"g{i}.show_exemplars": "0"}
+            params |= {
+                f"g{i}.expr": expr,
+                f"g{i}.tab": "0",
+                f"g{i}.range_input": "2m",
+                f"g{i}.stacked": "0",
+                f"g{i}.show_exemplars": "0",
+            }
         url = f"http://127.0.0.1:{PROM_PORT}/graph?{urllib.parse.urlencode(params)}"
         profile = tempfile.mkdtemp(prefix="bridgeport-chromium-")
         try:
-            ns.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={profile}", "--hide-scrollbars",
+            ns.run(
+                [
+                    "chromium",
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    f"--user-data-dir={profile}",
+                    "--hide-scrollbars",
                     f"--window-size=1200,{len(chunk) * 760 + 400}",
                     "--virtual-time-budget=15000",
-                    f"--screenshot={out.with_stem(f'{out.stem}-{part}')}", url], timeout=180)
+                    f"--screenshot={out.with_stem(f'{out.stem}-{part}')}",
+                    url,
+                ],
+                timeout=180,
+            )
         finally:
             shutil.rmtree(profile, ignore_errors=True)

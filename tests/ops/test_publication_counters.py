@@ -30,19 +30,34 @@ def publication_metrics(w: World) -> dict[tuple[str, str, str, str], float]:
         for s in family.samples:
             if s.name.endswith("_total"):
                 assert s.labels["namespace"] == "default"
-                out[(family.name.removeprefix("bridgeport_publication_"), s.labels["name"],
-                     s.labels["protocol"], s.labels["path"])] = s.value
+                out[
+                    (
+                        family.name.removeprefix("bridgeport_publication_"),
+                        s.labels["name"],
+                        s.labels["protocol"],
+                        s.labels["path"],
+                    )
+                ] = s.value
     return out
 
 
 def test_kernel_counters_per_publication(w: World) -> None:
-    w.agent.apply(NET,
-                  publication("dns", 8053, "10.99.3.2", 53, protocol="UDP"),
-                  publication("web-ip", 8080, "10.99.3.2", 80, hostIP=NODE_IP2),
-                  publication("range", 9000, "10.99.3.2", 9000, hostPortEnd=9001),
-                  publication("idle", 8090, "10.99.3.2", 80))
-    w.agent.wait({"net-c": "Applied", "dns": "Applied", "web-ip": "Applied",
-                  "range": "Applied", "idle": "Applied"})
+    w.agent.apply(
+        NET,
+        publication("dns", 8053, "10.99.3.2", 53, protocol="UDP"),
+        publication("web-ip", 8080, "10.99.3.2", 80, hostIP=NODE_IP2),
+        publication("range", 9000, "10.99.3.2", 9000, hostPortEnd=9001),
+        publication("idle", 8090, "10.99.3.2", 80),
+    )
+    w.agent.wait(
+        {
+            "net-c": "Applied",
+            "dns": "Applied",
+            "web-ip": "Applied",
+            "range": "Applied",
+            "idle": "Applied",
+        }
+    )
     box = w.container("bp-c", "10.99.3.2/24", "10.99.3.1")
     w.serve(box, "--tcp", "80", "--tcp", "9001", "--udp", "53")
     for _ in range(3):

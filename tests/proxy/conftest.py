@@ -1,12 +1,12 @@
 """Proxy test world: a ProxyManager in a node netns, targets and clients in their own.
 
-    client netns  c0 198.51.100.2, fd00:51::2
-        | veth
-    node netns    n1 198.51.100.1 + .100, fd00:51::1 + ::100     <- proxy_driver.py runs here
-                  n0 192.0.2.1, fd00:2::1
-        | veth
-    target netns  t0 192.0.2.2, fd00:2::2   peer_server.py --name target: TCP 7000 / UDP 7001,
-                                                           "other"  TCP 7002 / UDP 7003
+client netns  c0 198.51.100.2, fd00:51::2
+    | veth
+node netns    n1 198.51.100.1 + .100, fd00:51::1 + ::100     <- proxy_driver.py runs here
+              n0 192.0.2.1, fd00:2::1
+    | veth
+target netns  t0 192.0.2.2, fd00:2::2   peer_server.py --name target: TCP 7000 / UDP 7001,
+                                                       "other"  TCP 7002 / UDP 7003
 """
 
 from __future__ import annotations
@@ -35,12 +35,24 @@ CLIENT, CLIENT6 = "198.51.100.2", "fd00:51::2"
 TCP_PORT, UDP_PORT, OTHER_TCP, OTHER_UDP = 7000, 7001, 7002, 7003
 
 
-def port(listen: str, number: int, protocol: str = "TCP", target: str = TARGET,
-         target_port: int | None = None, owner: str = "default/web") -> dict[str, Any]:
+def port(
+    listen: str,
+    number: int,
+    protocol: str = "TCP",
+    target: str = TARGET,
+    target_port: int | None = None,
+    owner: str = "default/web",
+) -> dict[str, Any]:
     if target_port is None:
         target_port = TCP_PORT if protocol == "TCP" else UDP_PORT
-    return {"listen": listen, "port": number, "protocol": protocol, "target": target,
-            "target_port": target_port, "owner": owner}
+    return {
+        "listen": listen,
+        "port": number,
+        "protocol": protocol,
+        "target": target,
+        "target_port": target_port,
+        "owner": owner,
+    }
 
 
 class Driver:
@@ -48,8 +60,11 @@ class Driver:
 
     def __init__(self, ns: Netns, *options: str, prefix: tuple[str, ...] = ()) -> None:
         self.log = tempfile.NamedTemporaryFile("w+", prefix="bp-proxy-", suffix=".log")  # noqa: SIM115
-        self.proc = ns.popen([*prefix, sys.executable, str(TOOLS / "proxy_driver.py"),
-                              *options], stdin=subprocess.PIPE, stderr=self.log)
+        self.proc = ns.popen(
+            [*prefix, sys.executable, str(TOOLS / "proxy_driver.py"), *options],
+            stdin=subprocess.PIPE,
+            stderr=self.log,
+        )
         assert self.read(15)["ready"]
 
     def read(self, timeout: float) -> dict[str, Any]:
@@ -72,8 +87,12 @@ class Driver:
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""
         text = self.call({"metrics": True})["metrics"]
-        return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-                   if s.name == name and labels.items() <= s.labels.items())
+        return sum(
+            s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == name and labels.items() <= s.labels.items()
+        )
 
     def rss_kib(self) -> int:
         return int(self.call({"rss": True})["rss_kib"])
@@ -136,19 +155,39 @@ def world() -> Iterator[World]:
         client = stack.enter_context(netns("bpxc"))
         veth(node, "n0", target, "t0")
         veth(node, "n1", client, "c0")
-        for ns, dev, addrs in ((node, "n0", (NODE_UP, NODE_UP6)), (target, "t0", (TARGET, TARGET6)),
-                               (node, "n1", (NODE, NODE2, NODE6, NODE6_2)),
-                               (client, "c0", (CLIENT, CLIENT6))):
+        for ns, dev, addrs in (
+            (node, "n0", (NODE_UP, NODE_UP6)),
+            (target, "t0", (TARGET, TARGET6)),
+            (node, "n1", (NODE, NODE2, NODE6, NODE6_2)),
+            (client, "c0", (CLIENT, CLIENT6)),
+        ):
             for addr in addrs:
                 plen = 64 if ":" in addr else 24
                 ns.run(f"ip addr add {addr}/{plen} dev {dev}" + (" nodad" if ":" in addr else ""))
         w = World(node, target, client, stack)
         # The target's servers live for the module; node/client processes per test.
-        w.serve(target, "--name", "target", "--tcp", f"0.0.0.0:{TCP_PORT}",
-                "--tcp", f"[::]:{TCP_PORT}", "--udp", f"0.0.0.0:{UDP_PORT}",
-                "--udp", f"[::]:{UDP_PORT}")
-        w.serve(target, "--name", "other", "--tcp", f"0.0.0.0:{OTHER_TCP}",
-                "--udp", f"0.0.0.0:{OTHER_UDP}")
+        w.serve(
+            target,
+            "--name",
+            "target",
+            "--tcp",
+            f"0.0.0.0:{TCP_PORT}",
+            "--tcp",
+            f"[::]:{TCP_PORT}",
+            "--udp",
+            f"0.0.0.0:{UDP_PORT}",
+            "--udp",
+            f"[::]:{UDP_PORT}",
+        )
+        w.serve(
+            target,
+            "--name",
+            "other",
+            "--tcp",
+            f"0.0.0.0:{OTHER_TCP}",
+            "--udp",
+            f"0.0.0.0:{OTHER_UDP}",
+        )
         yield w
 
 

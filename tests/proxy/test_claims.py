@@ -46,14 +46,16 @@ def test_claims_keep_others_off() -> None:
 
     async def main() -> None:
         m = ProxyManager(workers=1)
-        statuses = await m.sync([], [Claim(LOCAL, tcp, Protocol.TCP, OWNER),
-                                     Claim(LOCAL, udp, Protocol.UDP, OWNER)])
+        statuses = await m.sync(
+            [], [Claim(LOCAL, tcp, Protocol.TCP, OWNER), Claim(LOCAL, udp, Protocol.UDP, OWNER)]
+        )
         assert {s.state for s in statuses.values()} == {"listening"}
         assert bind_errno(tcp) == errno.EADDRINUSE
         assert bind_errno(udp, socket.SOCK_DGRAM) == errno.EADDRINUSE
         await m.sync([], [])
         assert bind_errno(tcp) == 0 and bind_errno(udp, socket.SOCK_DGRAM) == 0
         await m.close()
+
     asyncio.run(main())
 
 
@@ -78,15 +80,25 @@ def test_time_wait_does_not_block_a_claim() -> None:
         assert status.state == "listening", status
         assert bind_errno(port) == errno.EADDRINUSE
         await m.close()
+
     asyncio.run(main())
 
 
 def test_holder_is_named() -> None:
     port = free_port()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import socket, sys, time\n"
-        f"s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(1)\n"
-        "print('ready', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import socket, sys, time\n"
+                f"s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(1)\n"
+                "print('ready', flush=True); time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
 
@@ -97,6 +109,7 @@ def test_holder_is_named() -> None:
             (status,) = statuses.values()
             assert status.reason == "PortInUse"
             return status.message
+
         message = asyncio.run(main())
         assert f"127.0.0.1:{port}/TCP is already in use" in message
         assert f"held by pid {holder.pid} (python" in message, message
@@ -116,6 +129,7 @@ def test_release_waits_for_the_agent() -> None:
         await m.release()  # the transaction removing it committed
         assert bind_errno(port) == 0
         await m.close()
+
     asyncio.run(main())
 
 
@@ -132,4 +146,5 @@ def test_claim_becomes_a_listener(protocol: Protocol) -> None:
         assert [s.state for s in statuses.values()] == ["listening"], statuses
         assert not m.held
         await m.close()
+
     asyncio.run(main())

@@ -25,8 +25,10 @@ def test_tcp_per_source_limit(w: World) -> None:
     for _ in range(2):  # the node's own address is one source
         w.start(w.node, "stuck", NODE, 8095)
     labels = {"listen": NODE, "port": "8095"}
-    wait_for(lambda: d.metric("bridgeport_proxy_active_connections", **labels) == 2,
-             what="two held connections")
+    wait_for(
+        lambda: d.metric("bridgeport_proxy_active_connections", **labels) == 2,
+        what="two held connections",
+    )
     assert w.ask(w.node, "refused", NODE, 8095)["outcome"] in ("ConnectionResetError", "eof")
     assert d.metric("bridgeport_proxy_errors_total", kind="source_limit") == 1
     assert w.ask(w.client, "hello", NODE, 8095)["reply"] == f"hello from target {NODE_UP}"
@@ -41,8 +43,10 @@ def test_tcp_idle_timeout(w: World) -> None:
     ready, _, _ = select.select([client.stdout], [], [], 60)
     assert ready, "the idle connection was never closed"
     assert json.loads(client.stdout.readline())["outcome"] in ("ConnectionResetError", "eof")
-    wait_for(lambda: d.metric("bridgeport_proxy_errors_total", kind="idle_timeout") == 1,
-             what="the idle reset counted")
+    wait_for(
+        lambda: d.metric("bridgeport_proxy_errors_total", kind="idle_timeout") == 1,
+        what="the idle reset counted",
+    )
     assert w.ask(w.node, "hello", "127.0.0.1", 8097)["reply"] == f"hello from target {NODE_UP}"
 
 

@@ -45,8 +45,7 @@ UP = {"state": "listening", "reason": "", "message": "", "owner": "default/web"}
 def test_tcp_loopback_v4_and_v6(w: World) -> None:
     """127.0.0.1 and [::1] listeners both reach the IPv4 target; a v6 target works too."""
     d = w.driver()
-    statuses = d.sync(port("127.0.0.1", 8080), port("::1", 8080),
-                      port("::1", 8180, target=TARGET6))
+    statuses = d.sync(port("127.0.0.1", 8080), port("::1", 8080), port("::1", 8180, target=TARGET6))
     assert statuses == {"127.0.0.1:8080/TCP": UP, "[::1]:8080/TCP": UP, "[::1]:8180/TCP": UP}
     assert w.ask(w.node, "hello", "127.0.0.1", 8080)["reply"] == f"hello from target {NODE_UP}"
     assert w.ask(w.node, "hello", "::1", 8080)["reply"] == f"hello from target {NODE_UP}"
@@ -85,8 +84,9 @@ def test_udp_two_clients_at_once(w: World) -> None:
     outs = [p.communicate(timeout=60)[0] for p in procs]
     for tag, out in zip(("alpha", "beta"), outs, strict=True):
         replies = json.loads(out)["replies"]
-        assert replies == [f"target {NODE_UP}:{_port(r)} {tag}-{i}" for i, r in
-                           enumerate(replies)], replies[:3]
+        assert replies == [
+            f"target {NODE_UP}:{_port(r)} {tag}-{i}" for i, r in enumerate(replies)
+        ], replies[:3]
     assert d.metric("bridgeport_proxy_udp_flows", port="8081") == 2
 
 
@@ -101,8 +101,9 @@ def test_udp_flows_expire(w: World) -> None:
     assert d.metric("bridgeport_proxy_connections_total") == 2
 
 
-@pytest.mark.parametrize(("listen", "dialled"), [
-    ("0.0.0.0", NODE), ("0.0.0.0", NODE2), ("::", NODE6), ("::", NODE6_2)])
+@pytest.mark.parametrize(
+    ("listen", "dialled"), [("0.0.0.0", NODE), ("0.0.0.0", NODE2), ("::", NODE6), ("::", NODE6_2)]
+)
 def test_udp_wildcard_replies_from_dialled_address(w: World, listen: str, dialled: str) -> None:
     """A wildcard UDP listener answers from the (secondary) address the client sent to."""
     d = w.driver()
@@ -115,8 +116,9 @@ def test_port_in_use_by_host_process(w: World) -> None:
     """A host process listening first: PortInUse naming the address; it keeps its traffic."""
     w.serve(w.node, "--name", "host", "--tcp", "127.0.0.1:8090", "--udp", "127.0.0.1:8091")
     d = w.driver()
-    statuses = d.sync(port("127.0.0.1", 8090), port("127.0.0.1", 8091, "UDP"),
-                      port("127.0.0.1", 8092))
+    statuses = d.sync(
+        port("127.0.0.1", 8090), port("127.0.0.1", 8091, "UDP"), port("127.0.0.1", 8092)
+    )
     for where in ("127.0.0.1:8090/TCP", "127.0.0.1:8091/UDP"):
         assert statuses[where]["state"] == "failed"
         assert statuses[where]["reason"] == "PortInUse"
@@ -135,8 +137,10 @@ def test_removal_frees_the_port(w: World) -> None:
     held = w.start(w.node, "stuck", "127.0.0.1", 8083)
     wait_for(lambda: d.metric("bridgeport_proxy_active_connections", port="8083") == 1)
     assert d.sync() == {}
-    code = ("import socket\nfor t in (socket.SOCK_STREAM, socket.SOCK_DGRAM):\n"
-            "    s = socket.socket(socket.AF_INET, t); s.bind(('127.0.0.1', 8083))\n")
+    code = (
+        "import socket\nfor t in (socket.SOCK_STREAM, socket.SOCK_DGRAM):\n"
+        "    s = socket.socket(socket.AF_INET, t); s.bind(('127.0.0.1', 8083))\n"
+    )
     w.node.run(["python3", "-c", code])
     held.kill()
 
@@ -181,29 +185,39 @@ def test_thousand_listeners(w: World) -> None:
     assert w.ask(w.node, "datagrams", "127.0.0.1", 20998, "k", 1)["replies"][0].endswith("k-0")
     resync = d.call({"sync": ports})["seconds"]
     teardown = d.call({"sync": []})["seconds"]
-    print(f"\n1000 listeners: setup {setup['seconds']:.3f}s, resync {resync:.3f}s, "
-          f"teardown {teardown:.3f}s, RSS {base / 1024:.1f} -> {rss / 1024:.1f} MiB "
-          f"(+{(rss - base) / 1024:.1f} MiB)")
+    print(
+        f"\n1000 listeners: setup {setup['seconds']:.3f}s, resync {resync:.3f}s, "
+        f"teardown {teardown:.3f}s, RSS {base / 1024:.1f} -> {rss / 1024:.1f} MiB "
+        f"(+{(rss - base) / 1024:.1f} MiB)"
+    )
 
 
 def test_refused_and_unreachable_targets(w: World) -> None:
     """Dead targets reset the client promptly, count an error, log the publication; the
     other ports keep serving."""
     d = w.driver("--connect-timeout", "1")
-    d.sync(port("127.0.0.1", 8080), port("127.0.0.1", 8084, target_port=7999, owner="default/dead"),
-           port("127.0.0.1", 8085, target="192.0.2.77", owner="default/gone"))
+    d.sync(
+        port("127.0.0.1", 8080),
+        port("127.0.0.1", 8084, target_port=7999, owner="default/dead"),
+        port("127.0.0.1", 8085, target="192.0.2.77", owner="default/gone"),
+    )
     refused = w.ask(w.node, "refused", "127.0.0.1", 8084)
     assert refused["outcome"] in ("ConnectionResetError", "eof") and refused["seconds"] < 1
     timed_out = w.ask(w.node, "refused", "127.0.0.1", 8085)
     assert timed_out["outcome"] in ("ConnectionResetError", "eof")
     assert timed_out["seconds"] < 3
-    assert d.metric("bridgeport_proxy_errors_total", kind="connect_refused",
-                    owner="default/dead") == 1
-    assert d.metric("bridgeport_proxy_errors_total", kind="connect_timeout",
-                    owner="default/gone") == 1
+    assert (
+        d.metric("bridgeport_proxy_errors_total", kind="connect_refused", owner="default/dead") == 1
+    )
+    assert (
+        d.metric("bridgeport_proxy_errors_total", kind="connect_timeout", owner="default/gone") == 1
+    )
     logs = d.logs()
-    assert re.search(r'"publication": "default/dead".*connect_refused|'
-                     r'connect_refused.*"publication": "default/dead"', logs), logs[-2000:]
+    assert re.search(
+        r'"publication": "default/dead".*connect_refused|'
+        r'connect_refused.*"publication": "default/dead"',
+        logs,
+    ), logs[-2000:]
     assert w.ask(w.node, "hello", "127.0.0.1", 8080)["reply"].startswith("hello from target")
 
 
@@ -227,8 +241,7 @@ def test_tcp_connection_limit(w: World) -> None:
     d = w.driver("--max-tcp-connections", "1")
     d.sync(port("127.0.0.1", 8080))
     w.start(w.node, "stuck", "127.0.0.1", 8080)
-    assert w.ask(w.node, "refused", "127.0.0.1", 8080)["outcome"] in (
-        "ConnectionResetError", "eof")
+    assert w.ask(w.node, "refused", "127.0.0.1", 8080)["outcome"] in ("ConnectionResetError", "eof")
     assert d.metric("bridgeport_proxy_errors_total", kind="connection_limit") == 1
 
 
@@ -255,8 +268,9 @@ def _port(reply: Any) -> str:
 
 
 def _workers(d: Any) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(d.proc.pid)], capture_output=True, text=True,
-                         check=False).stdout
+    out = subprocess.run(
+        ["pgrep", "-P", str(d.proc.pid)], capture_output=True, text=True, check=False
+    ).stdout
     return [int(pid) for pid in out.split()]
 
 
@@ -286,8 +300,11 @@ def test_workers_exit_with_the_agent(w: World) -> None:
     workers = _workers(d)
     d.proc.kill()
     d.proc.wait(5)
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), timeout=10,
-             what="workers to exit")
+    wait_for(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+        timeout=10,
+        what="workers to exit",
+    )
     w.node.run(["python3", "-c", "import socket; socket.create_server(('127.0.0.1', 8094))"])
 
 
@@ -297,17 +314,26 @@ def test_out_of_file_descriptors(w: World) -> None:
     d = w.driver("--workers", "1", prefix=("prlimit", "--nofile=40:40"))
     d.sync(port("127.0.0.1", 8095))
     # Not w.start(): a client refused for lack of descriptors is reset and never says ready.
-    held = [w.node.popen([sys.executable, str(TOOLS / "peer_client.py"), "stuck",
-                          "127.0.0.1", "8095"]) for _ in range(8)]
-    wait_for(lambda: d.metric("bridgeport_proxy_errors_total", kind="accept") >= 1,
-             what="an accept error")
+    held = [
+        w.node.popen([sys.executable, str(TOOLS / "peer_client.py"), "stuck", "127.0.0.1", "8095"])
+        for _ in range(8)
+    ]
+    wait_for(
+        lambda: d.metric("bridgeport_proxy_errors_total", kind="accept") >= 1,
+        what="an accept error",
+    )
     assert "proxy accept failed" in d.logs()
-    wait_for(lambda: d.metric("bridgeport_proxy_active_connections", port="8095") >= 1,
-             what="some clients served")
+    wait_for(
+        lambda: d.metric("bridgeport_proxy_active_connections", port="8095") >= 1,
+        what="some clients served",
+    )
     assert d.metric("bridgeport_proxy_active_connections", port="8095") < 8
     for proc in held:
         proc.kill()
         proc.wait()
-    wait_for(lambda: d.metric("bridgeport_proxy_active_connections", port="8095") == 0,
-             timeout=15, what="the held connections to end")
+    wait_for(
+        lambda: d.metric("bridgeport_proxy_active_connections", port="8095") == 0,
+        timeout=15,
+        what="the held connections to end",
+    )
     assert w.ask(w.node, "hello", "127.0.0.1", 8095)["reply"].startswith("hello from target")

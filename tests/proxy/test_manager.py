@@ -41,14 +41,17 @@ def run(request: pytest.FixtureRequest) -> Callable[[Awaitable[Any]], Any]:
     def runner(coro: Awaitable[Any]) -> Any:
         async def bounded() -> Any:
             return await asyncio.wait_for(coro, 20)
+
         if request.param == "uvloop":
             return uvloop.run(bounded())
         return asyncio.run(bounded())
+
     return runner
 
 
 async def tcp_target(tag: bytes) -> tuple[asyncio.Server, int]:
     """Reads to EOF, then answers tag + what it read (so half-close is required)."""
+
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
             w.write(tag + await r.read())
@@ -56,6 +59,7 @@ async def tcp_target(tag: bytes) -> tuple[asyncio.Server, int]:
         except ConnectionResetError:  # the proxy resets connections it closes
             pass
         w.close()
+
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
@@ -71,6 +75,7 @@ async def ask(port: int, payload: bytes) -> bytes:
 
 def test_tcp_relay_half_close_and_retarget(run: Callable[[Awaitable[Any]], Any]) -> None:
     """Relays with half-close; a new target for the same key keeps the listening socket."""
+
     async def main() -> None:
         (a, a_port), (b, b_port) = await tcp_target(b"a:"), await tcp_target(b"b:")
         port = free_port()
@@ -85,18 +90,21 @@ def test_tcp_relay_half_close_and_retarget(run: Callable[[Awaitable[Any]], Any])
         await m.close()
         a.close()
         b.close()
+
     run(main())
 
 
 def test_udp_reply_and_idle_expiry(run: Callable[[Awaitable[Any]], Any]) -> None:
     """A datagram gets its reply through a flow, which the sweeper reaps when idle."""
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         target.bind(("127.0.0.1", 0))
         target.setblocking(False)
-        loop.add_reader(target.fileno(), lambda: target.sendto(b"re:" + (
-            d := target.recvfrom(100))[0], d[1]))
+        loop.add_reader(
+            target.fileno(), lambda: target.sendto(b"re:" + (d := target.recvfrom(100))[0], d[1])
+        )
         port = free_port(socket.SOCK_DGRAM)
         m = ProxyManager(udp_idle_timeout=0.2)
         await m.sync([pp(port, target.getsockname()[1], Protocol.UDP)])
@@ -117,11 +125,13 @@ def test_udp_reply_and_idle_expiry(run: Callable[[Awaitable[Any]], Any]) -> None
         loop.remove_reader(target.fileno())
         target.close()
         client.close()
+
     run(main())
 
 
 def test_bind_failures_are_statuses(run: Callable[[Awaitable[Any]], Any]) -> None:
     """A held port and SCTP come back as failed statuses; the other port still listens."""
+
     async def main() -> None:
         holder = socket.socket()
         holder.bind(("127.0.0.1", 0))
@@ -138,11 +148,13 @@ def test_bind_failures_are_statuses(run: Callable[[Awaitable[Any]], Any]) -> Non
         retried = await m.sync([pp(held, 1)])  # failures are retried on every sync
         assert retried[pp(held, 1).key].state == "listening"
         await m.close()
+
     run(main())
 
 
 def test_removal_and_close_release_everything(run: Callable[[Awaitable[Any]], Any]) -> None:
     """Ports leave with `desired`; close() ends live connections and unregisters metrics."""
+
     async def main() -> None:
         server, target = await tcp_target(b"")
         registry = CollectorRegistry()
@@ -154,22 +166,42 @@ def test_removal_and_close_release_everything(run: Callable[[Awaitable[Any]], An
         r, w = await asyncio.open_connection("127.0.0.1", second)
         w.write(b"held")
         await asyncio.sleep(0.05)
-        assert registry.get_sample_value("bridgeport_proxy_active_connections", {
-            "listen": "127.0.0.1", "port": str(second), "protocol": "TCP",
-            "owner": "default/web"}) == 1
+        assert (
+            registry.get_sample_value(
+                "bridgeport_proxy_active_connections",
+                {
+                    "listen": "127.0.0.1",
+                    "port": str(second),
+                    "protocol": "TCP",
+                    "owner": "default/web",
+                },
+            )
+            == 1
+        )
         await m.close()
         with pytest.raises(ConnectionResetError):  # RST: no TIME_WAIT keeps the port
             await r.read()
-        assert registry.get_sample_value("bridgeport_proxy_active_connections", {
-            "listen": "127.0.0.1", "port": str(second), "protocol": "TCP",
-            "owner": "default/web"}) is None
+        assert (
+            registry.get_sample_value(
+                "bridgeport_proxy_active_connections",
+                {
+                    "listen": "127.0.0.1",
+                    "port": str(second),
+                    "protocol": "TCP",
+                    "owner": "default/web",
+                },
+            )
+            is None
+        )
         w.close()
         server.close()
+
     run(main())
 
 
 def test_refused_target_resets_client(run: Callable[[Awaitable[Any]], Any]) -> None:
     """Nothing listens at the target: the client's connection ends and the error counts."""
+
     async def main() -> None:
         port, dead = free_port(), free_port()
         m = ProxyManager()
@@ -180,4 +212,5 @@ def test_refused_target_resets_client(run: Callable[[Awaitable[Any]], Any]) -> N
         w.close()
         assert next(iter(m.listeners.values())).snapshot().errors["connect_refused"] == 1
         await m.close()
+
     run(main())

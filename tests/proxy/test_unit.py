@@ -33,12 +33,15 @@ def test_describe_brackets_ipv6() -> None:
     assert describe(ProxyKey("::", 53, Protocol.UDP)) == "[::]:53/UDP"
 
 
-@pytest.mark.parametrize(("code", "reason", "fragment"), [
-    (errno.EADDRINUSE, "PortInUse", "127.0.0.1:8080/TCP is already in use by another process"),
-    (errno.EACCES, "PermissionDenied", "CAP_NET_BIND_SERVICE"),
-    (errno.EADDRNOTAVAIL, "AddressNotAvailable", "127.0.0.1 is not an address of this node"),
-    (errno.ENOBUFS, "BindFailed", "cannot bind 127.0.0.1:8080/TCP"),
-])
+@pytest.mark.parametrize(
+    ("code", "reason", "fragment"),
+    [
+        (errno.EADDRINUSE, "PortInUse", "127.0.0.1:8080/TCP is already in use by another process"),
+        (errno.EACCES, "PermissionDenied", "CAP_NET_BIND_SERVICE"),
+        (errno.EADDRNOTAVAIL, "AddressNotAvailable", "127.0.0.1 is not an address of this node"),
+        (errno.ENOBUFS, "BindFailed", "cannot bind 127.0.0.1:8080/TCP"),
+    ],
+)
 def test_bind_failure_reasons(code: int, reason: str, fragment: str) -> None:
     """Each bind errno becomes a failed status with a reason and an actionable message."""
     key = ProxyKey("127.0.0.1", 8080, Protocol.TCP)
@@ -50,8 +53,9 @@ def test_bind_failure_reasons(code: int, reason: str, fragment: str) -> None:
 def test_reply_pktinfo_ipv4_uses_the_local_address() -> None:
     """A received in_pktinfo turns into a reply pktinfo with spec_dst = the dialled address."""
     local, header_dst = ipaddress.IPv4Address("198.51.100.100"), b"\xff" * 4
-    received = [(socket.IPPROTO_IP, IP_PKTINFO, (7).to_bytes(4, "little") + local.packed +
-                 header_dst)]
+    received = [
+        (socket.IPPROTO_IP, IP_PKTINFO, (7).to_bytes(4, "little") + local.packed + header_dst)
+    ]
     assert reply_pktinfo(received) == pack_pktinfo(str(local))
 
 
@@ -78,18 +82,22 @@ def test_collector_exposes_each_listener() -> None:
     stats = ListenerStats()
     stats.connections, stats.active, stats.bytes_in, stats.bytes_out = 3, 1, 10, 20
     stats.errors["connect_refused"] += 2
-    rows = [Row(ProxyKey("::1", 8080, Protocol.TCP), OWNER, True, stats),
-            Row(ProxyKey("127.0.0.1", 53, Protocol.UDP), OWNER, False, ListenerStats())]
+    rows = [
+        Row(ProxyKey("::1", 8080, Protocol.TCP), OWNER, True, stats),
+        Row(ProxyKey("127.0.0.1", 53, Protocol.UDP), OWNER, False, ListenerStats()),
+    ]
     registry = CollectorRegistry()
     registry.register(ProxyCollector(lambda: rows))
     text = generate_latest(registry).decode()
     labels = 'listen="::1",owner="shop/web",port="8080",protocol="TCP"'
-    for line in (f"bridgeport_proxy_connections_total{{{labels}}} 3.0",
-                 f"bridgeport_proxy_active_connections{{{labels}}} 1.0",
-                 f'bridgeport_proxy_bytes_total{{direction="target_to_client",{labels}}} 20.0',
-                 f'bridgeport_proxy_errors_total{{kind="connect_refused",{labels}}} 2.0',
-                 'bridgeport_proxy_listener_up{listen="127.0.0.1",owner="shop/web",port="53",'
-                 'protocol="UDP"} 0.0'):
+    for line in (
+        f"bridgeport_proxy_connections_total{{{labels}}} 3.0",
+        f"bridgeport_proxy_active_connections{{{labels}}} 1.0",
+        f'bridgeport_proxy_bytes_total{{direction="target_to_client",{labels}}} 20.0',
+        f'bridgeport_proxy_errors_total{{kind="connect_refused",{labels}}} 2.0',
+        'bridgeport_proxy_listener_up{listen="127.0.0.1",owner="shop/web",port="53",'
+        'protocol="UDP"} 0.0',
+    ):
         assert line in text, text
 
 

@@ -108,8 +108,11 @@ def halfclose(host: str, port: str) -> dict[str, Any]:
         s.sendall(b"hash\nhalf-closed")
         s.shutdown(socket.SHUT_WR)
         reply = read_all(s).decode().split()
-    return {"sha256": reply[0], "bytes": int(reply[1]),
-            "expected": hashlib.sha256(b"half-closed").hexdigest()}
+    return {
+        "sha256": reply[0],
+        "bytes": int(reply[1]),
+        "expected": hashlib.sha256(b"half-closed").hexdigest(),
+    }
 
 
 def stuck(host: str, port: str) -> dict[str, Any]:
@@ -164,8 +167,9 @@ def datagrams(host: str, port: str, tag: str, count: str) -> dict[str, Any]:
     return {"replies": replies, "sources": sorted(sources), "local_port": local}
 
 
-EXCHANGES = {f.__name__: f for f in (hello, upload, download, halfclose, stuck, idle, refused,
-                                      datagrams)}
+EXCHANGES = {
+    f.__name__: f for f in (hello, upload, download, halfclose, stuck, idle, refused, datagrams)
+}
 
 
 def main() -> int:

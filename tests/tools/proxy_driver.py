@@ -32,9 +32,15 @@ from bridgeport.proxy.manager import Fairness, ProxyManager
 
 def port_of(d: dict[str, Any]) -> ProxyPort:
     ns, _, name = str(d.get("owner", "default/test")).rpartition("/")
-    return ProxyPort(ipaddress.ip_address(d["listen"]), int(d["port"]), Protocol(d["protocol"]),
-                     ipaddress.ip_address(d["target"]), int(d["target_port"]),
-                     ResourceRef("PortPublication", ns, name), "always")
+    return ProxyPort(
+        ipaddress.ip_address(d["listen"]),
+        int(d["port"]),
+        Protocol(d["protocol"]),
+        ipaddress.ip_address(d["target"]),
+        int(d["target_port"]),
+        ResourceRef("PortPublication", ns, name),
+        "always",
+    )
 
 
 def rss_kib() -> int:
@@ -44,12 +50,17 @@ def rss_kib() -> int:
 
 async def main(args: argparse.Namespace) -> None:
     registry = CollectorRegistry()
-    manager = ProxyManager(registry=registry, udp_idle_timeout=args.udp_idle_timeout,
-                           max_udp_flows=args.max_udp_flows,
-                           max_tcp_connections=args.max_tcp_connections,
-                           connect_timeout=args.connect_timeout, workers=args.workers,
-                           fairness=Fairness(args.max_tcp_per_source, args.tcp_idle_timeout,
-                                             args.max_udp_flows_per_source))
+    manager = ProxyManager(
+        registry=registry,
+        udp_idle_timeout=args.udp_idle_timeout,
+        max_udp_flows=args.max_udp_flows,
+        max_tcp_connections=args.max_tcp_connections,
+        connect_timeout=args.connect_timeout,
+        workers=args.workers,
+        fairness=Fairness(
+            args.max_tcp_per_source, args.tcp_idle_timeout, args.max_udp_flows_per_source
+        ),
+    )
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)  # a sync of 1,000 ports is one long line
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -59,9 +70,20 @@ async def main(args: argparse.Namespace) -> None:
         if "sync" in cmd:
             start = time.perf_counter()
             statuses = await manager.sync([port_of(p) for p in cmd["sync"]])
-            reply({"seconds": time.perf_counter() - start, "statuses": {
-                describe(k): {"state": s.state, "reason": s.reason, "message": s.message,
-                              "owner": s.owner.key} for k, s in statuses.items()}})
+            reply(
+                {
+                    "seconds": time.perf_counter() - start,
+                    "statuses": {
+                        describe(k): {
+                            "state": s.state,
+                            "reason": s.reason,
+                            "message": s.message,
+                            "owner": s.owner.key,
+                        }
+                        for k, s in statuses.items()
+                    },
+                }
+            )
         elif "metrics" in cmd:
             reply({"metrics": generate_latest(registry).decode()})
         elif "rss" in cmd:
@@ -85,8 +107,7 @@ if __name__ == "__main__":
     p.add_argument("--connect-timeout", type=float, default=5.0)
     p.add_argument("--max-tcp-per-source", type=int, default=Fairness.tcp_per_source)
     p.add_argument("--tcp-idle-timeout", type=float, default=Fairness.tcp_idle_timeout)
-    p.add_argument("--max-udp-flows-per-source", type=int,
-                   default=Fairness.udp_flows_per_source)
+    p.add_argument("--max-udp-flows-per-source", type=int, default=Fairness.udp_flows_per_source)
     p.add_argument("--workers", type=int, default=None, help="TCP proxy worker processes")
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args()

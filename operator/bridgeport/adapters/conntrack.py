@@ -29,9 +29,13 @@ def forget_udp(ports: Iterable[tuple[int, int]]) -> int:
     ct = Conntrack()
     try:
         for family in sorted({f for f, _ in wanted}):
-            stale = [e for e in ct.dump_entries(tuple_orig=NFCTAttrTuple(
-                         family=_FAMILY[family], proto=socket.IPPROTO_UDP))
-                     if (family, e.tuple_orig.dport) in wanted]
+            stale = [
+                e
+                for e in ct.dump_entries(
+                    tuple_orig=NFCTAttrTuple(family=_FAMILY[family], proto=socket.IPPROTO_UDP)
+                )
+                if (family, e.tuple_orig.dport) in wanted
+            ]
             for entry in stale:
                 try:
                     ct.delete(entry)

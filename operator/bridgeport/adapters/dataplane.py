@@ -46,8 +46,11 @@ class Dataplane(Protocol):
         bridge: its failure is returned."""
         ...
 
-    def remove_stale_bridges(self, keep: Iterable[str], protect: Collection[str] = (),
-                             ) -> tuple[list[str], list[KeptBridge]]:
+    def remove_stale_bridges(
+        self,
+        keep: Iterable[str],
+        protect: Collection[str] = (),
+    ) -> tuple[list[str], list[KeptBridge]]:
         """Delete our bridges not named in `keep`; their names. Never anyone else's. A bridge
         with ports attached whose network is in `protect` (still exists) is kept and returned
         in the second list: deleting it would detach every container."""
@@ -129,8 +132,11 @@ class KernelDataplane:
         self._converged = None if failures or epoch is None else (epoch, planned)
         return failures
 
-    def remove_stale_bridges(self, keep: Iterable[str], protect: Collection[str] = (),
-                             ) -> tuple[list[str], list[KeptBridge]]:
+    def remove_stale_bridges(
+        self,
+        keep: Iterable[str],
+        protect: Collection[str] = (),
+    ) -> tuple[list[str], list[KeptBridge]]:
         epoch, kept, guarded = self._epoch(), frozenset(keep), frozenset(protect)
         if epoch is not None and self._swept == (epoch, kept, guarded):
             return [], []  # nothing stale then, and no link changed since

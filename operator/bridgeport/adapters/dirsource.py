@@ -52,8 +52,9 @@ class _Loaded:
 
 
 class DirSource:
-    def __init__(self, path: Path, poll_interval: float = 0.25,
-                 ignore: Iterable[Path] = ()) -> None:
+    def __init__(
+        self, path: Path, poll_interval: float = 0.25, ignore: Iterable[Path] = ()
+    ) -> None:
         self.path = path
         # The agent's own state file may live here: reading it back would loop forever.
         self.ignore = {os.path.realpath(p) for p in ignore}
@@ -98,8 +99,9 @@ class DirSource:
         loaded: dict[str, _Loaded] = {}
         for name, key in sig.items():
             old = self._loaded.get(name)
-            loaded[name] = old if old is not None and old.key == key else (
-                _load(self.path / name, key))
+            loaded[name] = (
+                old if old is not None and old.key == key else (_load(self.path / name, key))
+            )
         resources = [r for entry in loaded.values() for r in entry.resources]
         errors = [e for entry in loaded.values() for e in entry.errors]
         if not self.path.is_dir():
@@ -143,8 +145,11 @@ def _load(path: Path, key: StatKey) -> _Loaded:
         return _Loaded(key, (), (_file_error(path, f"unreadable, skipped: {_oneline(exc)}"),))
     except Exception as exc:  # anything unexpected stays an error of this file
         log.exception("resource file failed", file=str(path))
-        return _Loaded(key, (), (_file_error(
-            path, f"unreadable, skipped: {type(exc).__name__}: {_oneline(exc)}"),))
+        return _Loaded(
+            key,
+            (),
+            (_file_error(path, f"unreadable, skipped: {type(exc).__name__}: {_oneline(exc)}"),),
+        )
     return _Loaded(key, tuple(resources), tuple(errors))
 
 
@@ -153,8 +158,9 @@ def _file_error(path: Path, message: str) -> str:
     return f"{path.name}: {message}"
 
 
-def _parse_all(name: str, docs: list[tuple[str, Any]],
-               errors: list[str]) -> list[specs.ParseResult]:
+def _parse_all(
+    name: str, docs: list[tuple[str, Any]], errors: list[str]
+) -> list[specs.ParseResult]:
     resources: list[specs.ParseResult] = []
     unnamed = 0
     for where, doc in docs:
@@ -164,11 +170,13 @@ def _parse_all(name: str, docs: list[tuple[str, Any]],
             if unnamed > MAX_ERRORS_PER_FILE:
                 continue
             result = specs.InvalidResource(
-                None, tuple(f"{name} {where}: {e}" for e in result.errors))
+                None, tuple(f"{name} {where}: {e}" for e in result.errors)
+            )
         resources.append(result)
     if unnamed > MAX_ERRORS_PER_FILE:
-        errors.append(f"{name}: ... and {unnamed - MAX_ERRORS_PER_FILE} more documents that "
-                      "name no resource")
+        errors.append(
+            f"{name}: ... and {unnamed - MAX_ERRORS_PER_FILE} more documents that name no resource"
+        )
     return resources
 
 
@@ -202,8 +210,9 @@ def _documents(path: Path) -> tuple[list[tuple[str, Any]], list[str]]:
         if isinstance(doc, dict) and doc.get("kind") == "List":
             items = doc.get("items") or []
             if not isinstance(items, list):
-                errors.append(f"{path.name} document {i}: items must be a list, not "
-                              f"{type(items).__name__}")
+                errors.append(
+                    f"{path.name} document {i}: items must be a list, not {type(items).__name__}"
+                )
                 continue
             out += [(f"document {i} item {j}", item) for j, item in enumerate(items, 1)]
         else:
@@ -232,8 +241,11 @@ def _walk(doc: Any) -> Iterator[tuple[int, Any]]:
     stack = [(1, doc)]
     while stack:
         depth, value = stack.pop()
-        children = value.values() if isinstance(value, dict) else (
-            value if isinstance(value, list) else ())
+        children = (
+            value.values()
+            if isinstance(value, dict)
+            else (value if isinstance(value, list) else ())
+        )
         for child in children:
             if isinstance(child, (dict, list)):
                 stack.append((depth + 1, child))
@@ -266,8 +278,10 @@ def _check_yaml(text: str) -> None:
             open_[-1][0] += count
         total += count if not open_ else 0
         if total > MAX_NODES or (open_ and open_[-1][0] > MAX_NODES):
-            raise Skipped(f"more than {MAX_NODES:,} values once YAML aliases are expanded "
-                          "(the limit), skipped")
+            raise Skipped(
+                f"more than {MAX_NODES:,} values once YAML aliases are expanded "
+                "(the limit), skipped"
+            )
 
 
 def _events(text: str) -> Iterator[Any]:

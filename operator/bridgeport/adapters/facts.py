@@ -39,15 +39,15 @@ def enable_forwarding() -> None:
                 (PROC_SYS / path).write_text("1\n")
                 log.info("sysctl enabled", sysctl=path.replace("/", "."))
             except OSError as exc:
-                log.warning("cannot enable sysctl", sysctl=path.replace("/", "."),
-                            error=str(exc))
+                log.warning("cannot enable sysctl", sysctl=path.replace("/", "."), error=str(exc))
 
 
 def ipv6_enabled() -> bool:
     """Whether a new bridge gets IPv6 (kind's ipv4 clusters, ipv6.disable=1 and Docker's
     IPv4-only containers turn it off; adding an address then fails with EACCES)."""
     return (PROC_SYS / "ipv6").is_dir() and not any(
-        _sysctl_on(f"ipv6/conf/{c}/disable_ipv6") for c in ("all", "default"))
+        _sysctl_on(f"ipv6/conf/{c}/disable_ipv6") for c in ("all", "default")
+    )
 
 
 def converge_route_localnet(bridge: str, on: bool) -> None:
@@ -124,10 +124,11 @@ def _diag_ports() -> dict[str, frozenset[int]]:
     with DiagSocket() as diag:
         diag.bind()
         for family in (socket.AF_INET, socket.AF_INET6):
-            for name, protocol, states in (("TCP", socket.IPPROTO_TCP, _TCP_LISTEN),
-                                           ("UDP", socket.IPPROTO_UDP, _ALL_STATES)):
-                for msg in diag.get_sock_stats(family=family, states=states,
-                                               protocol=protocol):
+            for name, protocol, states in (
+                ("TCP", socket.IPPROTO_TCP, _TCP_LISTEN),
+                ("UDP", socket.IPPROTO_UDP, _ALL_STATES),
+            ):
+                for msg in diag.get_sock_stats(family=family, states=states, protocol=protocol):
                     ports[name].add(int(msg["idiag_sport"]))
     return {k: frozenset(v) for k, v in ports.items()}
 
@@ -162,8 +163,12 @@ class Links:
 
 def read_links() -> Links:
     ours, foreign = links.inventory()
-    return Links(ours, frozenset(foreign), frozenset(links.local_addresses()),
-                 frozenset(links.local_networks(set(ours))))
+    return Links(
+        ours,
+        frozenset(foreign),
+        frozenset(links.local_addresses()),
+        frozenset(links.local_networks(set(ours))),
+    )
 
 
 def gather(name: str, labels: Mapping[str, str], known: Links | None = None) -> NodeFacts:

@@ -32,7 +32,8 @@ from bridgeport.core.specs import IPAddress
 
 _COMMAND = re.compile(
     r"^(?P<verb>add|flush|delete) (?P<what>chain|rule|element) (?P<family>\S+) (?P<table>\S+)"
-    r" (?P<name>\S+)(?: (?P<rest>.*))?$")
+    r" (?P<name>\S+)(?: (?P<rest>.*))?$"
+)
 _JUMP = re.compile(r"\b(?:jump|goto) (\S+)")
 
 
@@ -50,21 +51,27 @@ class _Model:
 
     @classmethod
     def of(cls, table: Table) -> _Model:
-        return cls({s.name: s for s in table.lookups},
-                   {c.name: (c.hook, list(c.rules)) for c in table.chains},
-                   {s.name: {e.key: e for e in table.elements.get(s.name, ())}
-                    for s in table.lookups})
+        return cls(
+            {s.name: s for s in table.lookups},
+            {c.name: (c.hook, list(c.rules)) for c in table.chains},
+            {s.name: {e.key: e for e in table.elements.get(s.name, ())} for s in table.lookups},
+        )
 
     def copy(self) -> _Model:
-        return _Model(dict(self.lookups), {k: (h, list(r)) for k, (h, r) in self.chains.items()},
-                      {k: dict(v) for k, v in self.elements.items()})
+        return _Model(
+            dict(self.lookups),
+            {k: (h, list(r)) for k, (h, r) in self.chains.items()},
+            {k: dict(v) for k, v in self.elements.items()},
+        )
 
     def same_as(self, table: Table) -> bool:
-        return (self.lookups == {s.name: s for s in table.lookups}
-                and {k: (h, tuple(r)) for k, (h, r) in self.chains.items()}
-                == {c.name: (c.hook, c.rules) for c in table.chains}
-                and {k: set(v.values()) for k, v in self.elements.items()}
-                == {s.name: set(table.elements.get(s.name, ())) for s in table.lookups})
+        return (
+            self.lookups == {s.name: s for s in table.lookups}
+            and {k: (h, tuple(r)) for k, (h, r) in self.chains.items()}
+            == {c.name: (c.hook, c.rules) for c in table.chains}
+            and {k: set(v.values()) for k, v in self.elements.items()}
+            == {s.name: set(table.elements.get(s.name, ())) for s in table.lookups}
+        )
 
     def fingerprint(self) -> dict[str, int]:
         counts = {f"chain {name}": len(rules) for name, (_, rules) in self.chains.items()}
@@ -72,10 +79,14 @@ class _Model:
         return counts
 
     def jumps_to(self, chain: str) -> bool:
-        in_rules = any(chain in _JUMP.findall(r) for _, rules in self.chains.values()
-                       for r in rules)
-        in_maps = any(chain in _JUMP.findall(e.value) for elements in self.elements.values()
-                      for e in elements.values())
+        in_rules = any(
+            chain in _JUMP.findall(r) for _, rules in self.chains.values() for r in rules
+        )
+        in_maps = any(
+            chain in _JUMP.findall(e.value)
+            for elements in self.elements.values()
+            for e in elements.values()
+        )
         return in_rules or in_maps
 
 
@@ -119,12 +130,16 @@ class FakeDataplane:
 
     # -- facts
     def gather_facts(self, node: str, labels: Mapping[str, str]) -> NodeFacts:
-        return NodeFacts(name=node, labels=dict(labels), addresses=frozenset(self.addresses),
-                         ipv4_forwarding=self.ipv4_forwarding,
-                         ipv6_forwarding=self.ipv6_forwarding,
-                         foreign_interfaces=frozenset(self.foreign_interfaces),
-                         port_range=self.port_range,
-                         local_reserved_ports=frozenset(self.local_reserved_ports))
+        return NodeFacts(
+            name=node,
+            labels=dict(labels),
+            addresses=frozenset(self.addresses),
+            ipv4_forwarding=self.ipv4_forwarding,
+            ipv6_forwarding=self.ipv6_forwarding,
+            foreign_interfaces=frozenset(self.foreign_interfaces),
+            port_range=self.port_range,
+            local_reserved_ports=frozenset(self.local_reserved_ports),
+        )
 
     def listening_ports(self) -> dict[str, frozenset[int]]:
         return {proto: frozenset(ports) for proto, ports in self.listening.items()}
@@ -156,8 +171,11 @@ class FakeDataplane:
                     self.port_flags[port] = want
         return failures
 
-    def remove_stale_bridges(self, keep: Iterable[str], protect: Collection[str] = (),
-                             ) -> tuple[list[str], list[KeptBridge]]:
+    def remove_stale_bridges(
+        self,
+        keep: Iterable[str],
+        protect: Collection[str] = (),
+    ) -> tuple[list[str], list[KeptBridge]]:
         keep = set(keep)
         kept: list[KeptBridge] = []
         stale: list[str] = []
@@ -227,9 +245,14 @@ class FakeDataplane:
         return count
 
     def drifted(self) -> list[str]:
-        return [family for family, table in self._applied.items()
-                if (family not in self.tables
-                    or self.tables[family].fingerprint() != table.fingerprint())]
+        return [
+            family
+            for family, table in self._applied.items()
+            if (
+                family not in self.tables
+                or self.tables[family].fingerprint() != table.fingerprint()
+            )
+        ]
 
     def refuse_next_apply(self, message: str = "Error: Could not process rule") -> None:
         """The next non-empty transaction is rejected as a whole."""
@@ -258,8 +281,9 @@ class FakeDataplane:
         except NftError as exc:
             raise InvariantBroken(f"the diff from {old.ident} is refused: {exc}") from None
         if not expected[old.family].same_as(new):
-            raise InvariantBroken(f"the diff does not turn {old.ident} into the new table: "
-                                  f"{list(cmds)}")
+            raise InvariantBroken(
+                f"the diff does not turn {old.ident} into the new table: {list(cmds)}"
+            )
 
     # -- the transaction language
     def _execute(self, staged: dict[str, _Model], command: str) -> None:
@@ -270,8 +294,7 @@ class FakeDataplane:
         self._check_ours(family, m["table"])
         model = staged.get(family)
         if model is None:
-            raise NftError(f"Error: No such file or directory (table {family} {TABLE}): "
-                           f"{command}")
+            raise NftError(f"Error: No such file or directory (table {family} {TABLE}): {command}")
         verb, what = m["verb"], m["what"]
         if what == "chain":
             self._chain(model, verb, name, command)
@@ -306,8 +329,7 @@ class FakeDataplane:
         for text in rest[2:-2].split(", "):
             if verb == "delete":
                 if text not in members:
-                    raise NftError(f"Error: No such file or directory (element {text}): "
-                                   f"{command}")
+                    raise NftError(f"Error: No such file or directory (element {text}): {command}")
                 del members[text]
                 continue
             element = _parse_element(text)
@@ -323,8 +345,10 @@ class FakeDataplane:
     def _check_jumps(model: _Model, text: str, command: str) -> None:
         for target in _JUMP.findall(text):
             if target not in model.chains:
-                raise NftError(f"Error: Could not process rule: No such file or directory "
-                               f"(jump {target}): {command}")
+                raise NftError(
+                    f"Error: Could not process rule: No such file or directory "
+                    f"(jump {target}): {command}"
+                )
 
     @staticmethod
     def _check_ours(family: str, table: str) -> None:

@@ -52,7 +52,7 @@ def inventory() -> tuple[dict[str, str], set[str]]:
             name = link.get_attr("IFLA_IFNAME")
             alias = _alias(link)
             if alias.startswith(MARKER) and _kind(link) == "bridge":
-                ours[name] = alias[len(MARKER):]
+                ours[name] = alias[len(MARKER) :]
             else:
                 foreign.add(name)
     return ours, foreign
@@ -65,16 +65,20 @@ def _kind(link: Any) -> str | None:
 
 def local_addresses() -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     with _ipr() as ipr:
-        return {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()
-                if a.get_attr("IFA_ADDRESS")}
+        return {
+            ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
+            for a in ipr.get_addr()
+            if a.get_attr("IFA_ADDRESS")
+        }
 
 
 def local_networks(skip: Collection[str]) -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """Networks of this namespace's addresses, except on the interfaces in `skip` (our
     bridges), loopback and link-local: what a bridge subnet must not shadow."""
     with _ipr() as ipr:
-        skipped = {link["index"] for link in ipr.get_links()
-                   if link.get_attr("IFLA_IFNAME") in skip}
+        skipped = {
+            link["index"] for link in ipr.get_links() if link.get_attr("IFLA_IFNAME") in skip
+        }
         out: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
         for a in ipr.get_addr():
             address = a.get_attr("IFA_ADDRESS")
@@ -94,8 +98,9 @@ def converge(bridges: Sequence[BridgePlan]) -> list[LinkFailure]:
             try:
                 _converge_one(ipr, plan)
             except (NetlinkError, OSError, ValueError) as exc:
-                log.error("bridge converge failed", bridge=plan.name, network=plan.network,
-                          error=str(exc))
+                log.error(
+                    "bridge converge failed", bridge=plan.name, network=plan.network, error=str(exc)
+                )
                 failures.append(LinkFailure(plan.network, plan.name, str(exc)))
     return failures
 
@@ -134,8 +139,9 @@ def _converge_addresses(ipr: Any, index: int, wanted: Iterable[Interface]) -> No
         ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
     for iface in sorted(want - have, key=str):
         extra = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
-        ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
-                 **extra)
+        ipr.addr(
+            "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra
+        )
 
 
 def _converge_ports(ipr: Any, bridge_index: int, isolated: bool) -> None:
@@ -166,8 +172,9 @@ def port_flags(link: Any) -> tuple[int, int] | None:
     return int(mode), int(isolated)
 
 
-def remove_stale(wanted: Iterable[str],
-                 protect: Collection[str] = ()) -> tuple[list[str], list[KeptBridge]]:
+def remove_stale(
+    wanted: Iterable[str], protect: Collection[str] = ()
+) -> tuple[list[str], list[KeptBridge]]:
     """Delete our bridges that are no longer planned; returns their names. A bridge of a
     network in `protect` (its resource still exists) that has ports attached is kept and
     returned instead: deleting it would detach every container, and nothing re-attaches them."""
@@ -181,8 +188,11 @@ def remove_stale(wanted: Iterable[str],
             if not found or not _alias(ipr.get_links(found[0])[0]).startswith(MARKER):
                 continue
             if ours[name] in protect:
-                ports = [p for p in ipr.get_links(master=found[0])
-                         if p.get_attr("IFLA_MASTER") == found[0]]
+                ports = [
+                    p
+                    for p in ipr.get_links(master=found[0])
+                    if p.get_attr("IFLA_MASTER") == found[0]
+                ]
                 if ports:
                     kept.append(KeptBridge(ours[name], name, len(ports)))
                     continue

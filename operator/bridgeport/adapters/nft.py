@@ -36,8 +36,11 @@ _CITED = re.compile(r"^\S+?:(\d+):[\d-]+: (Error: .*)$", re.MULTILINE)
 def numbered(script: str, line: int | None, radius: int = 3, head: int = 20) -> str:
     """The script's lines around `line` (1-based), or its first `head` lines, numbered."""
     lines = script.splitlines()
-    first, last = ((max(1, line - radius), min(len(lines), line + radius)) if line
-                   else (1, min(len(lines), head)))
+    first, last = (
+        (max(1, line - radius), min(len(lines), line + radius))
+        if line
+        else (1, min(len(lines), head))
+    )
     out = [f"{n:6d}{'>' if n == line else ' '} {lines[n - 1]}" for n in range(first, last + 1)]
     if last < len(lines):
         out.append(f"       ... {len(lines)} lines in all")
@@ -138,8 +141,6 @@ class Nft:
 
     def delete_tables(self, families: Sequence[str]) -> None:
         """Remove our tables (cleanup). Absent tables are fine."""
-        script = "\n".join(
-            f"add table {f} {TABLE}\ndelete table {f} {TABLE}" for f in families
-        )
+        script = "\n".join(f"add table {f} {TABLE}\ndelete table {f} {TABLE}" for f in families)
         self._cmd(script)
         self._applied.clear()

@@ -15,11 +15,17 @@ from pathlib import Path
 from bridgeport.core.doctor import Listener, NodeView
 from bridgeport.core.ruleset import TABLE
 
-SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding",
-           "net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables",
-           "net.ipv4.conf.all.rp_filter")
-_SS = re.compile(r'^(\S+)\s+\S+\s+\d+\s+\d+\s+(\S+):(\d+)\s+\S+'
-                 r'(?:\s+users:\(\("([^"]+)",pid=(\d+))?')
+SYSCTLS = (
+    "net.ipv4.ip_forward",
+    "net.ipv6.conf.all.forwarding",
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+    "net.ipv4.conf.all.rp_filter",
+)
+_SS = re.compile(
+    r"^(\S+)\s+\S+\s+\d+\s+\d+\s+(\S+):(\d+)\s+\S+"
+    r'(?:\s+users:\(\("([^"]+)",pid=(\d+))?'
+)
 
 
 def sysctl(key: str, proc: Path = Path("/proc/sys")) -> str | None:
@@ -44,9 +50,13 @@ def gather() -> NodeView:
     bridges = _our_bridges(ruleset)
     keys = [*SYSCTLS, *(f"net.ipv4.conf.{b}.rp_filter" for b in bridges)]
     return NodeView(
-        sysctls={k: sysctl(k) for k in keys}, ruleset=ruleset, ruleset_text=text,
-        listeners=listeners(), conntrack=sysctl("net.netfilter.nf_conntrack_max") is not None,
-        bridges=bridges)
+        sysctls={k: sysctl(k) for k in keys},
+        ruleset=ruleset,
+        ruleset_text=text,
+        listeners=listeners(),
+        conntrack=sysctl("net.netfilter.nf_conntrack_max") is not None,
+        bridges=bridges,
+    )
 
 
 def _our_bridges(ruleset: dict[str, object]) -> list[str]:
@@ -62,8 +72,9 @@ def listeners() -> list[Listener]:
     CAP_SYS_PTRACE (the agent's pod) ss names no process: our own sockets are then known by
     their inode, which the proxy workers share with the agent."""
     try:
-        proc = subprocess.run(["ss", "-Hlntupe"], capture_output=True, text=True, timeout=10,
-                              check=False)
+        proc = subprocess.run(
+            ["ss", "-Hlntupe"], capture_output=True, text=True, timeout=10, check=False
+        )
     except FileNotFoundError:
         return []  # no iproute2: the listener check is skipped
     me, mine = os.getpid(), _own_socket_inodes()
@@ -76,7 +87,8 @@ def listeners() -> list[Listener]:
         address = address.strip("[]").split("%")[0]
         inode = re.search(r"\bino:(\d+)", line)
         ours = (inode is not None and inode.group(1) in mine) or (
-            pid is not None and (int(pid) == me or _is_bridgeport(int(pid))))
+            pid is not None and (int(pid) == me or _is_bridgeport(int(pid)))
+        )
         who = f"{name} (pid {pid})" if name else ""
         out.append(Listener(protocol, address, int(port), who, ours))
     return out
@@ -99,5 +111,7 @@ def _is_bridgeport(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(part == b"bridgeport" or part.startswith(b"bridgeport.")
-               or part.endswith(b"/bridgeport") for part in cmdline[:4])
+    return any(
+        part == b"bridgeport" or part.startswith(b"bridgeport.") or part.endswith(b"/bridgeport")
+        for part in cmdline[:4]
+    )

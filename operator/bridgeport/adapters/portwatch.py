@@ -94,8 +94,12 @@ def reduce(msg: Any) -> LinkEvent | None:
     bridge_family = msg["family"] == AF_BRIDGE
     if kind == "RTM_DELLINK":
         return LinkEvent(msg["index"], unported=bridge_family, deleted=not bridge_family)
-    return LinkEvent(msg["index"], name=msg.get_attr("IFLA_IFNAME"),
-                     master=msg.get_attr("IFLA_MASTER") or None, flags=port_flags(msg))
+    return LinkEvent(
+        msg["index"],
+        name=msg.get_attr("IFLA_IFNAME"),
+        master=msg.get_attr("IFLA_MASTER") or None,
+        flags=port_flags(msg),
+    )
 
 
 class PortWatch:

@@ -97,8 +97,11 @@ class KernelCounters:
 class PublicationCollector(Collector):
     """`bridgeport_publication_*{namespace,name,protocol,path}`: path is kernel or proxy."""
 
-    def __init__(self, kernel: Callable[[], dict[Key, Traffic]],
-                 proxy: Callable[[], Iterable[tuple[Key, Traffic]]] = lambda: ()) -> None:
+    def __init__(
+        self,
+        kernel: Callable[[], dict[Key, Traffic]],
+        proxy: Callable[[], Iterable[tuple[Key, Traffic]]] = lambda: (),
+    ) -> None:
         self._kernel, self._proxy = kernel, proxy
 
     def describe(self) -> Iterator[CounterMetricFamily]:
@@ -107,13 +110,21 @@ class PublicationCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         labels = ["namespace", "name", "protocol", "path"]
         p = "bridgeport_publication_"
-        conns = CounterMetricFamily(p + "connections", "Connections (TCP) and flows (UDP) "
-                                    "to a publication", labels=labels)
-        packets = CounterMetricFamily(p + "packets", "Packets of a publication's flows, both "
-                                      "directions (kernel path only)", labels=labels)
-        nbytes = CounterMetricFamily(p + "bytes", "Bytes of a publication's flows, both "
-                                     "directions (IP packets on the kernel path, payload on "
-                                     "the proxy path)", labels=labels)
+        conns = CounterMetricFamily(
+            p + "connections", "Connections (TCP) and flows (UDP) to a publication", labels=labels
+        )
+        packets = CounterMetricFamily(
+            p + "packets",
+            "Packets of a publication's flows, both directions (kernel path only)",
+            labels=labels,
+        )
+        nbytes = CounterMetricFamily(
+            p + "bytes",
+            "Bytes of a publication's flows, both "
+            "directions (IP packets on the kernel path, payload on "
+            "the proxy path)",
+            labels=labels,
+        )
         for key, t in sorted(self._kernel().items()):
             row = [*key, "kernel"]
             conns.add_metric(row, t.connections)

@@ -5,7 +5,6 @@ rename) is the node's report in O(exceptions), like the NodeState. The journal b
 holds every outcome and first-seen time, written in O(change).
 """
 
-
 from __future__ import annotations
 
 import json
@@ -46,7 +45,7 @@ def remove_temporaries(path: Path) -> int:
     except OSError:
         return 0
     for candidate in candidates:
-        if _TEMP_SUFFIX.match(candidate.name[len(prefix):]) and candidate.is_file():
+        if _TEMP_SUFFIX.match(candidate.name[len(prefix) :]) and candidate.is_file():
             candidate.unlink(missing_ok=True)
             removed += 1
     return removed
@@ -80,8 +79,12 @@ class Journal:
         the lines written before it (`load`), never a newer journal than its state file."""
         return {"file": self.path.name, "id": self.id, "bytes": self._full + self._appended}
 
-    def write(self, change: dict[str, Any] | None, full: Callable[[], dict[str, Any]],
-              everything: bool = False) -> None:
+    def write(
+        self,
+        change: dict[str, Any] | None,
+        full: Callable[[], dict[str, Any]],
+        everything: bool = False,
+    ) -> None:
         """Append `change` (None: nothing changed), or rewrite the file with `full()` when
         `everything` changed, there is no full record of ours yet or the appended lines
         outgrew it."""
@@ -190,7 +193,7 @@ def load(state_file: Path, attempts: int = 50) -> dict[str, Any] | None:
             if _journal_id(data) != at.get("id") or len(data) < at["bytes"]:
                 time.sleep(0.01)  # rewritten since: its state file follows at once
                 continue
-            data = data[:at["bytes"]]
+            data = data[: at["bytes"]]
         folded = fold(data)
         if folded is not None:
             entries, seen = folded

@@ -35,8 +35,9 @@ def _table(device: str) -> str:
 
 
 def _nft(script: str) -> None:
-    proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True,
-                          timeout=10, check=False)
+    proc = subprocess.run(
+        ["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=10, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"nft: {proc.stderr.strip()}")
 
@@ -50,15 +51,20 @@ def trace(probe: Probe, timeout: float = 3.0, attempts: int = 3) -> str:
         fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", device.encode(), _IFF_TUN | _IFF_NO_PI))
         subprocess.run(["ip", "link", "set", device, "up"], check=True, timeout=10)
         _nft(f"add table ip {TRACE_TABLE}\ndelete table ip {TRACE_TABLE}\n{_table(device)}")
-        monitor = subprocess.Popen(["nft", "monitor", "trace"], stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL, text=True)
+        monitor = subprocess.Popen(
+            ["nft", "monitor", "trace"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         try:
             assert monitor.stdout is not None
             os.set_blocking(monitor.stdout.fileno(), False)
             text = ""
             for attempt in range(attempts):
-                sent = Probe(probe.client, probe.host, probe.port, probe.protocol,
-                             probe.sport + attempt)
+                sent = Probe(
+                    probe.client, probe.host, probe.port, probe.protocol, probe.sport + attempt
+                )
                 time.sleep(0.2 * (attempt + 1))  # the monitor subscribes asynchronously
                 os.write(fd, sent.packet())
                 text = _read_until_final(monitor.stdout, timeout)
@@ -70,8 +76,12 @@ def trace(probe: Probe, timeout: float = 3.0, attempts: int = 3) -> str:
             monitor.terminate()
             monitor.wait(5)
     finally:
-        subprocess.run(["nft", "delete", "table", "ip", TRACE_TABLE], capture_output=True,
-                       timeout=10, check=False)
+        subprocess.run(
+            ["nft", "delete", "table", "ip", TRACE_TABLE],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
         os.close(fd)  # a non-persistent TUN device disappears with its descriptor
 
 
@@ -99,5 +109,18 @@ def _read_until_final(stream: object, timeout: float) -> str:
 
 def _forget(probe: Probe) -> None:
     """The probe created a conntrack entry (with its DNAT): remove it if conntrack(8) exists."""
-    subprocess.run(["conntrack", "-D", "-s", str(probe.client), "-p", probe.protocol,
-                    "--sport", str(probe.sport)], capture_output=True, timeout=10, check=False)
+    subprocess.run(
+        [
+            "conntrack",
+            "-D",
+            "-s",
+            str(probe.client),
+            "-p",
+            probe.protocol,
+            "--sport",
+            str(probe.sport),
+        ],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )

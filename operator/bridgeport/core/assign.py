@@ -92,8 +92,11 @@ def _find(taken: bytearray, start: int, end: int, count: int, first: int) -> int
     return hit if hit >= 0 else None
 
 
-def allocate(items: Sequence[Request | Fixed], reserved: Iterable[int] = (),
-             in_use: Mapping[str, Iterable[int]] | None = None) -> dict[ResourceRef, int | None]:
+def allocate(
+    items: Sequence[Request | Fixed],
+    reserved: Iterable[int] = (),
+    in_use: Mapping[str, Iterable[int]] | None = None,
+) -> dict[ResourceRef, int | None]:
     """Each request's first port, or None when no run of free ports is left.
 
     `items` mixes Requests and Fixed ports in claim order; `reserved` ports are never
@@ -106,13 +109,17 @@ def allocate(items: Sequence[Request | Fixed], reserved: Iterable[int] = (),
     for item in items:
         taken = ports.of(item.protocol)
         if isinstance(item, Fixed):
-            taken[item.first:item.last + 1] = b"\x01" * (item.last - item.first + 1)
+            taken[item.first : item.last + 1] = b"\x01" * (item.last - item.first + 1)
             continue
         prev = item.previous
-        if (prev is not None and item.start <= prev and prev + item.count - 1 <= item.end
-                and not any(prev <= a < prev + item.count for a in item.avoid)
-                and taken.find(b"\x01", prev, prev + item.count) < 0):
-            taken[prev:prev + item.count] = b"\x01" * item.count
+        if (
+            prev is not None
+            and item.start <= prev
+            and prev + item.count - 1 <= item.end
+            and not any(prev <= a < prev + item.count for a in item.avoid)
+            and taken.find(b"\x01", prev, prev + item.count) < 0
+        ):
+            taken[prev : prev + item.count] = b"\x01" * item.count
             out[item.ref] = prev
         else:
             fresh.append(item)
@@ -131,6 +138,6 @@ def allocate(items: Sequence[Request | Fixed], reserved: Iterable[int] = (),
         for p, before in avoided:
             taken[p] = before
         if hit is not None:
-            taken[hit:hit + req.count] = b"\x01" * req.count
+            taken[hit : hit + req.count] = b"\x01" * req.count
         out[req.ref] = hit
     return out

@@ -17,14 +17,19 @@ from dataclasses import replace
 from bridgeport.core.plan import Claim, Dnat, ProxyKey, ProxyPort
 from bridgeport.core.specs import IPAddress
 
-WILDCARD: dict[int, IPAddress] = {4: ipaddress.IPv4Address("0.0.0.0"),
-                                  6: ipaddress.IPv6Address("::")}
-LOOPBACK: dict[int, IPAddress] = {4: ipaddress.IPv4Address("127.0.0.1"),
-                                  6: ipaddress.IPv6Address("::1")}
+WILDCARD: dict[int, IPAddress] = {
+    4: ipaddress.IPv4Address("0.0.0.0"),
+    6: ipaddress.IPv6Address("::"),
+}
+LOOPBACK: dict[int, IPAddress] = {
+    4: ipaddress.IPv4Address("127.0.0.1"),
+    6: ipaddress.IPv6Address("::1"),
+}
 
 
-def assign(dnats: Iterable[Dnat], proxies: Iterable[ProxyPort],
-           userland_proxy: bool = True) -> tuple[list[ProxyPort], list[Claim]]:
+def assign(
+    dnats: Iterable[Dnat], proxies: Iterable[ProxyPort], userland_proxy: bool = True
+) -> tuple[list[ProxyPort], list[Claim]]:
     """The proxies (with a wildcard DNAT's loopback listener widened to the wildcard, as
     docker-proxy binds 0.0.0.0) and the claims that cover every captured address:port."""
     by_key = {p.key: p for p in proxies} if userland_proxy else {}

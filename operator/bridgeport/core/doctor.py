@@ -61,17 +61,24 @@ class NodeView:
 
 def diagnose(view: NodeView) -> list[Finding]:
     findings = [
-        *_forwarding(view.sysctls), *_br_netfilter(view.sysctls),
+        *_forwarding(view.sysctls),
+        *_br_netfilter(view.sysctls),
         *_rp_filter(view.sysctls, view.bridges),
         *_our_tables(view.ruleset, _table_comments(view.ruleset_text)),
         *_foreign(view.ruleset, _rule_texts(view.ruleset_text), view.bridges),
         *_listeners(view.ruleset, view.listeners),
     ]
     if not view.conntrack:
-        findings.append(Finding(
-            "conntrack", ERROR, "connection tracking is not available (no "
-            "/proc/sys/net/netfilter/nf_conntrack_max): DNAT, masquerade and the reply path "
-            "of every publication need it", fix="modprobe nf_conntrack (and nf_nat)"))
+        findings.append(
+            Finding(
+                "conntrack",
+                ERROR,
+                "connection tracking is not available (no "
+                "/proc/sys/net/netfilter/nf_conntrack_max): DNAT, masquerade and the reply path "
+                "of every publication need it",
+                fix="modprobe nf_conntrack (and nf_nat)",
+            )
+        )
     return findings
 
 
@@ -89,13 +96,17 @@ def worst(findings: Iterable[Finding]) -> str:
 
 def _forwarding(sysctls: Mapping[str, str | None]) -> list[Finding]:
     out = []
-    for family, key in (("IPv4", "net.ipv4.ip_forward"),
-                        ("IPv6", "net.ipv6.conf.all.forwarding")):
+    for family, key in (("IPv4", "net.ipv4.ip_forward"), ("IPv6", "net.ipv6.conf.all.forwarding")):
         if sysctls.get(key) == "0":
-            out.append(Finding(
-                "forwarding", WARNING, f"{family} forwarding is off ({key} = 0): no kernel "
-                f"DNAT for {family}; the userland proxy serves its publications instead",
-                fix=f"sysctl -w {key}=1 (or run the agent with --manage-sysctls)"))
+            out.append(
+                Finding(
+                    "forwarding",
+                    WARNING,
+                    f"{family} forwarding is off ({key} = 0): no kernel "
+                    f"DNAT for {family}; the userland proxy serves its publications instead",
+                    fix=f"sysctl -w {key}=1 (or run the agent with --manage-sysctls)",
+                )
+            )
     return out
 
 
@@ -105,24 +116,42 @@ def _br_netfilter(sysctls: Mapping[str, str | None]) -> list[Finding]:
     if value == "1":
         return []
     why = "br_netfilter is not loaded" if value is None else f"{key} = 0"
-    return [Finding(
-        "br_netfilter", INFO, f"{why}: traffic between two ports of one bridge skips the ip "
-        "hooks, so a container reaching its own published port through the node "
-        "(self-hairpin) is dropped; everything else works",
-        fix="modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1")]
+    return [
+        Finding(
+            "br_netfilter",
+            INFO,
+            f"{why}: traffic between two ports of one bridge skips the ip "
+            "hooks, so a container reaching its own published port through the node "
+            "(self-hairpin) is dropped; everything else works",
+            fix="modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1",
+        )
+    ]
 
 
 def _rp_filter(sysctls: Mapping[str, str | None], bridges: Sequence[str]) -> list[Finding]:
     """The kernel applies max(all, interface): 1 (strict) drops asymmetric traffic."""
     every = int(sysctls.get("net.ipv4.conf.all.rp_filter") or 0)
-    strict = [name for name in (bridges or ["all"])
-              if max(every, int(sysctls.get(f"net.ipv4.conf.{name}.rp_filter") or 0)) == 1]
-    return [Finding(
-        "rp_filter", WARNING, f"strict reverse-path filtering on {', '.join(strict)} "
-        "(rp_filter = 1 there or on all): packets arriving on an interface that is not the "
-        "route back to their source are dropped (multi-homed nodes, hostIP publications on a "
-        "secondary address)", fix="sysctl -w net.ipv4.conf.all.rp_filter=2 (loose), and the "
-        "same for the interfaces named")] if strict else []
+    strict = [
+        name
+        for name in (bridges or ["all"])
+        if max(every, int(sysctls.get(f"net.ipv4.conf.{name}.rp_filter") or 0)) == 1
+    ]
+    return (
+        [
+            Finding(
+                "rp_filter",
+                WARNING,
+                f"strict reverse-path filtering on {', '.join(strict)} "
+                "(rp_filter = 1 there or on all): packets arriving on an interface that is not "
+                "the route back to their source are dropped (multi-homed nodes, hostIP "
+                "publications on a secondary address)",
+                fix="sysctl -w net.ipv4.conf.all.rp_filter=2 (loose), and the "
+                "same for the interfaces named",
+            )
+        ]
+        if strict
+        else []
+    )
 
 
 def _items(ruleset: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -149,39 +178,73 @@ def _table_comments(text: str) -> dict[tuple[str, str], str]:
     return out
 
 
-def _our_tables(ruleset: Mapping[str, Any],
-                comments: Mapping[tuple[str, str], str]) -> list[Finding]:
+def _our_tables(
+    ruleset: Mapping[str, Any], comments: Mapping[tuple[str, str], str]
+) -> list[Finding]:
     tables = {(t["family"], t["name"]): t for t in _items(ruleset, "table")}
     chains = {(c["family"], c["table"], c["name"]) for c in _items(ruleset, "chain")}
     out = []
     for family in ("ip", "ip6"):
         table = tables.get((family, TABLE))
         if table is None:
-            out.append(Finding("tables", WARNING, f"table {family} {TABLE} does not exist: "
-                               "the agent has not programmed this node (or is not running)"))
+            out.append(
+                Finding(
+                    "tables",
+                    WARNING,
+                    f"table {family} {TABLE} does not exist: "
+                    "the agent has not programmed this node (or is not running)",
+                )
+            )
             continue
         if comments.get((family, TABLE), "") != COMMENT:
-            out.append(Finding("tables", ERROR, f"table {family} {TABLE} exists but was not "
-                               "created by bridgeport (its comment differs): the agent would "
-                               "replace it", fix="rename or remove the other tool's table"))
+            out.append(
+                Finding(
+                    "tables",
+                    ERROR,
+                    f"table {family} {TABLE} exists but was not "
+                    "created by bridgeport (its comment differs): the agent would "
+                    "replace it",
+                    fix="rename or remove the other tool's table",
+                )
+            )
             continue
         missing = [c for c in OUR_BASE_CHAINS if (family, TABLE, c) not in chains]
         if missing:
-            out.append(Finding("tables", ERROR, f"table {family} {TABLE} lacks chains "
-                               f"{', '.join(missing)}: the agent restores them at its next "
-                               "resync; if this persists, its drift repair is failing"))
+            out.append(
+                Finding(
+                    "tables",
+                    ERROR,
+                    f"table {family} {TABLE} lacks chains "
+                    f"{', '.join(missing)}: the agent restores them at its next "
+                    "resync; if this persists, its drift repair is failing",
+                )
+            )
     return out
 
 
 _TOOLS = (  # (pattern on "table chain", tool, what to do)
-    (re.compile(r"\bDOCKER"), "Docker", "iptables -I DOCKER-USER -o {b} -j ACCEPT; "
-     "iptables -I DOCKER-USER -i {b} -j ACCEPT (an accept in its own table is what counts)"),
-    (re.compile(r"^firewalld\b"), "firewalld", "firewall-cmd --zone=trusted "
-     "--add-interface={b} --permanent; firewall-cmd --reload"),
-    (re.compile(r"(^kube-proxy\b|\bKUBE-)"), "kube-proxy", "kube-proxy drops only traffic to "
-     "Services without endpoints; check that the port is not also a Service's"),
-    (re.compile(r"(\bCNI-|\bcali-|cilium|\bFLANNEL|\bantrea|\bWEAVE)", re.I), "a CNI plugin",
-     "allow the bridge's traffic in the plugin's policy (or exempt its interfaces)"),
+    (
+        re.compile(r"\bDOCKER"),
+        "Docker",
+        "iptables -I DOCKER-USER -o {b} -j ACCEPT; "
+        "iptables -I DOCKER-USER -i {b} -j ACCEPT (an accept in its own table is what counts)",
+    ),
+    (
+        re.compile(r"^firewalld\b"),
+        "firewalld",
+        "firewall-cmd --zone=trusted --add-interface={b} --permanent; firewall-cmd --reload",
+    ),
+    (
+        re.compile(r"(^kube-proxy\b|\bKUBE-)"),
+        "kube-proxy",
+        "kube-proxy drops only traffic to "
+        "Services without endpoints; check that the port is not also a Service's",
+    ),
+    (
+        re.compile(r"(\bCNI-|\bcali-|cilium|\bFLANNEL|\bantrea|\bWEAVE)", re.I),
+        "a CNI plugin",
+        "allow the bridge's traffic in the plugin's policy (or exempt its interfaces)",
+    ),
 )
 
 
@@ -223,19 +286,22 @@ def _conditional(expr: Sequence[Mapping[str, Any]]) -> bool:
     return any(not ({"counter", "drop", "reject", "log", "limit"} & e.keys()) for e in expr)
 
 
-def _accepts_ours(texts: Mapping[tuple[str, str, str, int], str], family: str, table: str,
-                  bridges: Sequence[str]) -> str:
+def _accepts_ours(
+    texts: Mapping[tuple[str, str, str, int], str], family: str, table: str, bridges: Sequence[str]
+) -> str:
     """A rule of that table accepting our bridges' traffic (the documented fix), if any."""
     names = [f'"{b}"' for b in bridges] + ['"bp-*"', '"bp-+"']
     for (f, t, _, _), text in texts.items():
-        if (f, t) == (family, table) and text.endswith("accept") and any(
-                n in text for n in names):
+        if (f, t) == (family, table) and text.endswith("accept") and any(n in text for n in names):
             return text
     return ""
 
 
-def _foreign(ruleset: Mapping[str, Any], texts: Mapping[tuple[str, str, str, int], str],
-             bridges: Sequence[str] = ()) -> list[Finding]:
+def _foreign(
+    ruleset: Mapping[str, Any],
+    texts: Mapping[tuple[str, str, str, int], str],
+    bridges: Sequence[str] = (),
+) -> list[Finding]:
     out = []
     rules: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     names: dict[tuple[str, str], str] = {}
@@ -246,8 +312,7 @@ def _foreign(ruleset: Mapping[str, Any], texts: Mapping[tuple[str, str, str, int
         rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
     for c in _items(ruleset, "chain"):
         family, table, chain, hook = c["family"], c["table"], c["name"], c.get("hook", "")
-        if _ours(family, table) or hook not in _HOOK_IMPACT or family not in (
-                "ip", "ip6", "inet"):
+        if _ours(family, table) or hook not in _HOOK_IMPACT or family not in ("ip", "ip6", "inet"):
             continue
         tool, fix = _tool(table, names[(family, table)])
         where = f"table {family} {table} chain {chain} (hook {hook}, {tool})"
@@ -257,12 +322,17 @@ def _foreign(ruleset: Mapping[str, Any], texts: Mapping[tuple[str, str, str, int
             severity, fix = INFO, ""
             where += f", which accepts our bridges: {accepted}"
         if c.get("policy") == "drop":
-            out.append(Finding(
-                "foreign", severity, f"{where} has policy drop: our {hook} traffic dies there "
-                "unless one of its rules accepts it",
-                rule=f"chain {chain} {{ type {c.get('type')} hook {hook} priority "
-                     f"{c.get('prio')}; policy drop; }}",
-                fix=fix))
+            out.append(
+                Finding(
+                    "foreign",
+                    severity,
+                    f"{where} has policy drop: our {hook} traffic dies there "
+                    "unless one of its rules accepts it",
+                    rule=f"chain {chain} {{ type {c.get('type')} hook {hook} priority "
+                    f"{c.get('prio')}; policy drop; }}",
+                    fix=fix,
+                )
+            )
         conditional = 0
         for r in rules.get((family, table, chain), []):
             verdict = _verdict(r["expr"])
@@ -270,13 +340,21 @@ def _foreign(ruleset: Mapping[str, Any], texts: Mapping[tuple[str, str, str, int
                 continue
             text = texts.get((family, table, chain, r["handle"]), f"handle {r['handle']}")
             if not _conditional(r["expr"]):
-                out.append(Finding("foreign", severity, f"{where} ends in an unconditional "
-                                   f"{verdict}: whatever it does not accept first is dropped",
-                                   rule=text, fix=fix))
+                out.append(
+                    Finding(
+                        "foreign",
+                        severity,
+                        f"{where} ends in an unconditional "
+                        f"{verdict}: whatever it does not accept first is dropped",
+                        rule=text,
+                        fix=fix,
+                    )
+                )
             elif conditional < _MAX_CONDITIONAL:
                 conditional += 1
-                out.append(Finding("foreign", INFO, f"{where} may {verdict} our traffic",
-                                   rule=text))
+                out.append(
+                    Finding("foreign", INFO, f"{where} may {verdict} our traffic", rule=text)
+                )
     return out
 
 
@@ -309,10 +387,15 @@ def _listeners(ruleset: Mapping[str, Any], listeners: Sequence[Listener]) -> lis
             if address != "*" and not wildcard and li.address != address:
                 continue
             who = li.process or "an unknown process"
-            out.append(Finding(
-                "listener", ERROR, f"{who} listens on {li.address}:{li.port}/{protocol}, "
-                f"which bridgeport publishes (DNAT of {address}:{first}-{last}): it never sees "
-                "that traffic from outside, while local clients of 127.0.0.1 reach it",
-                fix="move the process or the publication; the agent reports the port "
-                "Conflicted (PortInUse) when the process was there first"))
+            out.append(
+                Finding(
+                    "listener",
+                    ERROR,
+                    f"{who} listens on {li.address}:{li.port}/{protocol}, "
+                    f"which bridgeport publishes (DNAT of {address}:{first}-{last}): it never sees "
+                    "that traffic from outside, while local clients of 127.0.0.1 reach it",
+                    fix="move the process or the publication; the agent reports the port "
+                    "Conflicted (PortInUse) when the process was there first",
+                )
+            )
     return out

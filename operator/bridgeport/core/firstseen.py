@@ -17,8 +17,9 @@ def key(ref: ResourceRef) -> str:
     return f"{ref.kind}/{ref.namespace}/{ref.name}"
 
 
-def stamp(resources: Iterable[ParseResult], first_seen: Mapping[str, str],
-          now: str) -> tuple[list[ParseResult], dict[str, str]]:
+def stamp(
+    resources: Iterable[ParseResult], first_seen: Mapping[str, str], now: str
+) -> tuple[list[ParseResult], dict[str, str]]:
     """Resources without a creation time get their first-seen time (`now` when new); returns
     them and the times of the resources still present."""
     out: list[ParseResult] = []

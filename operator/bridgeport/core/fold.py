@@ -76,9 +76,9 @@ class _Recent:
     earlier: list[tuple[str, int]] = field(default_factory=list)  # (uid, generation)
 
 
-def parse_node(node: str, status: Mapping[str, Any] | None
-               ) -> tuple[dict[str, str] | None, dict[ResourceRef, tuple[Entry, ...]],
-                          tuple[int, ...] | None]:
+def parse_node(
+    node: str, status: Mapping[str, Any] | None
+) -> tuple[dict[str, str] | None, dict[ResourceRef, tuple[Entry, ...]], tuple[int, ...] | None]:
     """(labels, listed entries, digests) of a NodeState's status; labels and digests are None
     for a report without a (valid) summary."""
     grouped: dict[ResourceRef, list[Entry]] = {}
@@ -91,8 +91,7 @@ def parse_node(node: str, status: Mapping[str, Any] | None
     digests = summary.decode(applied.get("digest")) if isinstance(applied, Mapping) else None
     if digests is None or not isinstance(labels, Mapping):
         return None, listed, None
-    return ({str(k): str(v) for k, v in labels.items() if isinstance(v, str)}, listed,
-            digests)
+    return ({str(k): str(v) for k, v in labels.items() if isinstance(v, str)}, listed, digests)
 
 
 class ClusterView:
@@ -154,8 +153,11 @@ class ClusterView:
         if t.selector not in self._sel_refs:
             self._sel_refs[t.selector] = set()
             self._sel_digest[t.selector] = [0] * summary.BUCKETS
-            matching = {n for n, v in self.nodes.items()
-                        if v.labels is not None and t.selector.matches(v.labels)}
+            matching = {
+                n
+                for n, v in self.nodes.items()
+                if v.labels is not None and t.selector.matches(v.labels)
+            }
             self._sel_nodes[t.selector] = matching
             for n in matching:
                 self.nodes[n].selectors.add(t.selector)
@@ -245,8 +247,11 @@ class ClusterView:
             self._listed_by_ref.setdefault(ref, set()).add(name)
         self.nodes[name] = new
         self._summarised.discard(name)
-        dirty = {ref for ref in old.listed.keys() | new.listed.keys()
-                 if old.listed.get(ref) != new.listed.get(ref)}
+        dirty = {
+            ref
+            for ref in old.listed.keys() | new.listed.keys()
+            if old.listed.get(ref) != new.listed.get(ref)
+        }
         if new.summarised:
             self._summarised.add(name)
             new.solved = old.solved  # until flush() re-checks them (the indexes agree)
@@ -290,8 +295,9 @@ class ClusterView:
                     assigned.pop(name, None)
         if before is None or after is None:
             return set(self._members.get(b, set())) | self._recent_by_bucket.get(b, set())
-        return {ref for ref in before.keys() | after.keys()
-                if before.get(ref, -1) != after.get(ref, -1)}
+        return {
+            ref for ref in before.keys() | after.keys() if before.get(ref, -1) != after.get(ref, -1)
+        }
 
     def _selected(self, node: NodeView, t: Tracked | None) -> bool:
         return t is not None and t.selector is not None and t.selector in node.selectors
@@ -363,13 +369,14 @@ class ClusterView:
             elif not node.summarised:
                 continue
             elif name not in selected and assigned.get(name) is None:
-                reports.append(Entry(name, ref, t.uid, t.generation, State.INACTIVE,
-                                          summary.SELECTOR_MISMATCH))
+                reports.append(
+                    Entry(name, ref, t.uid, t.generation, State.INACTIVE, summary.SELECTOR_MISMATCH)
+                )
             else:
                 gen = assigned.get(name)
-                reports.append(Entry(name, ref, t.uid, gen, State.APPLIED,
-                                          PENDING_REASON))
+                reports.append(Entry(name, ref, t.uid, gen, State.APPLIED, PENDING_REASON))
         ready = len(selected) - len(selected & special)
-        inactive = (len(self._summarised) - len(selected)
-                    - (special_summarised - len(selected & special)))
+        inactive = (
+            len(self._summarised) - len(selected) - (special_summarised - len(selected & special))
+        )
         return reports, ready, inactive

@@ -146,11 +146,17 @@ class IncrementalPlanner:
         known, self._ids = self._ids, by_id
         plain = replace(facts, assigned=None, listening={}, remembered={}, avoid={})
         promoted = self._incumbency_moved(plain)
-        if (self._base is not None and known is not None and promoted is not None
-                and not self._defined_twice and not self._assigning):
+        if (
+            self._base is not None
+            and known is not None
+            and promoted is not None
+            and not self._defined_twice
+            and not self._assigning
+        ):
             moved = self._changed_publications(
                 [known[i] for i in known.keys() - by_id.keys()],
-                [by_id[i] for i in by_id.keys() - known.keys()])
+                [by_id[i] for i in by_id.keys() - known.keys()],
+            )
             if moved is not None:
                 for ref in promoted:  # its claims rank anew: replan its port group
                     moved.setdefault(ref, self._pubs.get(ref))
@@ -167,12 +173,19 @@ class IncrementalPlanner:
             else:
                 others.append(res)
         others_t = tuple(sorted(others, key=_doc_order))
-        if (self._base is None or plain != self._facts or others_t != self._others
-                or any(_ref(o) in pubs for o in others_t)):  # defined more than once
+        if (
+            self._base is None
+            or plain != self._facts
+            or others_t != self._others
+            or any(_ref(o) in pubs for o in others_t)
+        ):  # defined more than once
             return self._full(resources, facts, pubs, others_t)
         prev = self._pubs
-        changed = {ref: old for ref, pub in pubs.items()
-                   if (old := prev.get(ref)) is not pub and old != pub}
+        changed = {
+            ref: old
+            for ref, pub in pubs.items()
+            if (old := prev.get(ref)) is not pub and old != pub
+        }
         changed.update((ref, prev[ref]) for ref in prev.keys() - pubs.keys())
         if any(ref in self._other_refs for ref in changed):  # was defined more than once
             return self._full(resources, facts, pubs, others_t)
@@ -193,8 +206,9 @@ class IncrementalPlanner:
         moved = set(facts.incumbents ^ prev.incumbents)
         return moved if all(r.kind == PORT_PUBLICATION for r in moved) else None
 
-    def _changed_publications(self, gone: list[ParseResult], new: list[ParseResult]
-                              ) -> dict[ResourceRef, PortPublication | None] | None:
+    def _changed_publications(
+        self, gone: list[ParseResult], new: list[ParseResult]
+    ) -> dict[ResourceRef, PortPublication | None] | None:
         """Bring the publications up to date from the objects that went and came; the
         changed ones with their old versions. None when that does not do: a change to
         anything but a valid publication, or a duplicate (the full comparison decides)."""
@@ -202,8 +216,11 @@ class IncrementalPlanner:
             return None
         pubs = self._pubs
         went = {r.meta.ref: r for r in gone}  # type: ignore[union-attr]
-        if (len(went) != len(gone) or any(pubs.get(ref) is not r for ref, r in went.items())
-                or any(ref in self._other_refs for ref in went)):
+        if (
+            len(went) != len(gone)
+            or any(pubs.get(ref) is not r for ref, r in went.items())
+            or any(ref in self._other_refs for ref in went)
+        ):
             return None  # one of them was or is defined more than once
         came: dict[ResourceRef, PortPublication] = {}
         for r in new:
@@ -238,9 +255,13 @@ class IncrementalPlanner:
         """The last plan's outcome for `ref`, in O(1)."""
         return self._outcomes.get(ref)
 
-    def _full(self, resources: Sequence[ParseResult], facts: NodeFacts,
-              pubs: dict[ResourceRef, PortPublication], others: tuple[ParseResult, ...]
-              ) -> NodePlan:
+    def _full(
+        self,
+        resources: Sequence[ParseResult],
+        facts: NodeFacts,
+        pubs: dict[ResourceRef, PortPublication],
+        others: tuple[ParseResult, ...],
+    ) -> NodePlan:
         result = planner.plan(resources, facts)
         self._facts, self._others, self._pubs = replace(facts, assigned=None), others, pubs
         self._other_refs = {_ref(o) for o in others}
@@ -262,8 +283,9 @@ class IncrementalPlanner:
         self.delta = None
         return result
 
-    def _partial(self, changed: dict[ResourceRef, PortPublication | None], facts: NodeFacts
-                 ) -> NodePlan:
+    def _partial(
+        self, changed: dict[ResourceRef, PortPublication | None], facts: NodeFacts
+    ) -> NodePlan:
         """Replan the port groups of the changed publications (`changed`: their versions
         before; self._pubs holds the current ones)."""
         assert self._base is not None
@@ -332,18 +354,29 @@ class IncrementalPlanner:
             sources_changed |= s_before != s_after
             if s_after:
                 self._sources[ref] = s_after
-        self.delta = Delta(before_plan, tuple(removed), tuple(added), sources_changed,
-                           frozenset(members), sockets_changed, tuple(p_removed),
-                           tuple(p_added))
+        self.delta = Delta(
+            before_plan,
+            tuple(removed),
+            tuple(added),
+            sources_changed,
+            frozenset(members),
+            sockets_changed,
+            tuple(p_removed),
+            tuple(p_added),
+        )
         # The planner lists source rules in the order it plans publications: incumbents
         # first, then the oldest.
-        owners = sorted(self._sources, key=lambda r: (r not in facts.incumbents,
-                                                      self._pubs[r].meta.age_key))
-        self._base = replace(self._base, dnats=tuple(self._sorted_dnats.items),
-                             proxies=tuple(self._sorted_proxies.items),
-                             claims=tuple(self._sorted_claims.items),
-                             source_rules=tuple(x for r in owners for x in self._sources[r]),
-                             outcomes=tuple(self._sorted_outcomes.items))
+        owners = sorted(
+            self._sources, key=lambda r: (r not in facts.incumbents, self._pubs[r].meta.age_key)
+        )
+        self._base = replace(
+            self._base,
+            dnats=tuple(self._sorted_dnats.items),
+            proxies=tuple(self._sorted_proxies.items),
+            claims=tuple(self._sorted_claims.items),
+            source_rules=tuple(x for r in owners for x in self._sources[r]),
+            outcomes=tuple(self._sorted_outcomes.items),
+        )
         return self._base
 
 
@@ -377,9 +410,9 @@ class _LoopPorts:
             spans.sort()
             self.merged[proto] = _merge(spans)
 
-    def update(self, removed: list[tuple[Protocol, int, int]],
-               added: list[tuple[Protocol, int, int]]
-               ) -> tuple[set[ruleset.Element], set[ruleset.Element]]:
+    def update(
+        self, removed: list[tuple[Protocol, int, int]], added: list[tuple[Protocol, int, int]]
+    ) -> tuple[set[ruleset.Element], set[ruleset.Element]]:
         """Apply the spans that left and came; the elements that left and came."""
         gone: set[ruleset.Element] = set()
         new: set[ruleset.Element] = set()
@@ -417,10 +450,11 @@ class _LoopPorts:
         return gone, new
 
 
-def _spans(dnats: Sequence[Dnat], proxies: Sequence[ProxyPort]
-           ) -> list[tuple[Protocol, int, int]]:
-    return [*((d.protocol, d.port, d.port_end) for d in dnats),
-            *((p.protocol, p.port, p.port) for p in proxies)]
+def _spans(dnats: Sequence[Dnat], proxies: Sequence[ProxyPort]) -> list[tuple[Protocol, int, int]]:
+    return [
+        *((d.protocol, d.port, d.port_end) for d in dnats),
+        *((p.protocol, p.port, p.port) for p in proxies),
+    ]
 
 
 def _merge(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -449,28 +483,43 @@ class IncrementalRenderer:
         self._loop: _LoopPorts | None = None
         self._digests: dict[tuple[str, str], int] = {}
 
-    def render(self, plan: NodePlan, delta: Delta | None
-               ) -> tuple[ruleset.Table, ruleset.Table]:
+    def render(self, plan: NodePlan, delta: Delta | None) -> tuple[ruleset.Table, ruleset.Table]:
         prev = self._plan
         tables: tuple[ruleset.Table, ruleset.Table] | None = None
-        if not (delta is None or prev is None or self._tables is None or self._loop is None
-                or delta.sources_changed or delta.before is not prev
-                or prev.bridges != plan.bridges):
+        if not (
+            delta is None
+            or prev is None
+            or self._tables is None
+            or self._loop is None
+            or delta.sources_changed
+            or delta.before is not prev
+            or prev.bridges != plan.bridges
+        ):
             loop = self._loop.update(
                 _spans(delta.removed, delta.proxies_removed),
-                _spans(delta.added, delta.proxies_added))
-            patched = (self._patch(self._tables[0], delta, 4, loop),
-                       self._patch(self._tables[1], delta, 6, loop))
-            if not (self.counters and any(  # the count chains look up only non-empty sets
+                _spans(delta.added, delta.proxies_added),
+            )
+            patched = (
+                self._patch(self._tables[0], delta, 4, loop),
+                self._patch(self._tables[1], delta, 6, loop),
+            )
+            if not (
+                self.counters
+                and any(  # the count chains look up only non-empty sets
                     bool(old.elements.get(name)) != bool(t.elements.get(name))
                     for old, t in zip(self._tables, patched, strict=True)
-                    for name in ruleset.COUNT_SETS)):
+                    for name in ruleset.COUNT_SETS
+                )
+            ):
                 tables = patched
         if tables is None:
             tables = ruleset.render(plan, counters=self.counters)
             self._loop = _LoopPorts(plan)
-            self._digests = {(t.family, s.name): ruleset.elements_digest(
-                t.elements.get(s.name, ())) for t in tables for s in t.lookups}
+            self._digests = {
+                (t.family, s.name): ruleset.elements_digest(t.elements.get(s.name, ()))
+                for t in tables
+                for s in t.lookups
+            }
         self._plan, self._tables = plan, tables
         return tables
 
@@ -479,8 +528,13 @@ class IncrementalRenderer:
         assert self._tables is not None
         return ruleset.digest(self._tables, self._digests)
 
-    def _patch(self, table: ruleset.Table, delta: Delta, version: int,
-               loop: tuple[set[ruleset.Element], set[ruleset.Element]]) -> ruleset.Table:
+    def _patch(
+        self,
+        table: ruleset.Table,
+        delta: Delta,
+        version: int,
+        loop: tuple[set[ruleset.Element], set[ruleset.Element]],
+    ) -> ruleset.Table:
         gone: dict[str, set[ruleset.Element]] = {}
         new: dict[str, set[ruleset.Element]] = {}
         for changed, into in ((delta.removed, gone), (delta.added, new)):
@@ -491,7 +545,8 @@ class IncrementalRenderer:
                     into.setdefault(name, set()).add(e)
                     if self.counters and name in ruleset.COUNTED:
                         into.setdefault("cnt" + name[3:], set()).add(
-                            ruleset.Element(e.key, "", e.comment))
+                            ruleset.Element(e.key, "", e.comment)
+                        )
         if loop[0] or loop[1]:  # every published port range, merged (both families)
             gone[ruleset.LOOP_PORTS], new[ruleset.LOOP_PORTS] = loop
         if not gone and not new:

@@ -96,4 +96,5 @@ class Ledger:
 
     def _flip(self, e: Entry) -> None:
         self._digests[summary.bucket_of(e.ref)] ^= summary.item(
-            e.ref, e.uid, e.observed_generation or 0)
+            e.ref, e.uid, e.observed_generation or 0
+        )

@@ -265,7 +265,8 @@ def udp_mappings(dnats: Iterable[Dnat]) -> dict[tuple[int, int], set[tuple[str, 
         if d.protocol is Protocol.UDP:
             for i in range(d.port_end - d.port + 1):
                 out.setdefault((d.family, d.port + i), set()).add(
-                    (str(d.host_ip or "*"), str(d.target), d.target_port + i, d.proxy_from))
+                    (str(d.host_ip or "*"), str(d.target), d.target_port + i, d.proxy_from)
+                )
     return out
 
 

@@ -73,8 +73,9 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
     publications: list[PortPublication] = []
     for ref, res in chosen.items():
         if isinstance(res, InvalidResource):
-            outcomes[ref] = Outcome(ref, res.generation, State.INVALID, "InvalidSpec",
-                                    res.message, res.uid)
+            outcomes[ref] = Outcome(
+                ref, res.generation, State.INVALID, "InvalidSpec", res.message, res.uid
+            )
         elif isinstance(res, BridgeNetwork):
             networks.append(res)
         else:
@@ -86,8 +87,9 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
     applied_networks = {b.network: b for b in bridges}
     all_networks = {n.name: n for n in networks}
     if facts.assigned is None and any(p.assign is not None for p in publications):
-        facts = replace(facts, assigned=_allocate(publications, facts, applied_networks,
-                                                  all_networks))
+        facts = replace(
+            facts, assigned=_allocate(publications, facts, applied_networks, all_networks)
+        )
     publications = [resolved(p, facts) for p in publications]
     dnats, proxies, claims, sources, routed = _plan_publications(
         publications, facts, applied_networks, all_networks, outcomes
@@ -117,8 +119,9 @@ class PortVerdicts:
         self.wants: dict[ResourceRef, tuple[PortPublication, bool]] = {}
 
 
-def allocate_ports(resources: Iterable[ParseResult], facts: NodeFacts,
-                   cache: PortVerdicts | None = None) -> dict[ResourceRef, int | None]:
+def allocate_ports(
+    resources: Iterable[ParseResult], facts: NodeFacts, cache: PortVerdicts | None = None
+) -> dict[ResourceRef, int | None]:
     """The node's assigned host ports for these resources (what plan() would make): the
     incremental planner makes it once for all its partial plans."""
     resources = list(resources)
@@ -129,23 +132,34 @@ def allocate_ports(resources: Iterable[ParseResult], facts: NodeFacts,
         if not isinstance(r, InvalidResource):
             old = chosen.get(r.meta.ref)
             chosen[r.meta.ref] = r if old is None else min(old, r, key=_duplicate_order)
-    networks = sorted((r for r in chosen.values() if isinstance(r, BridgeNetwork)),
-                      key=lambda n: _claim_order(n, facts))
-    pubs = sorted((r for r in chosen.values() if isinstance(r, PortPublication)),
-                  key=lambda p: _claim_order(p, facts))
+    networks = sorted(
+        (r for r in chosen.values() if isinstance(r, BridgeNetwork)),
+        key=lambda n: _claim_order(n, facts),
+    )
+    pubs = sorted(
+        (r for r in chosen.values() if isinstance(r, PortPublication)),
+        key=lambda p: _claim_order(p, facts),
+    )
     bridges = _plan_networks(networks, facts, {})
     if cache is not None:
-        context = (replace(facts, listening={}, remembered={}, avoid={}, assigned=None),
-                   tuple(networks))
+        context = (
+            replace(facts, listening={}, remembered={}, avoid={}, assigned=None),
+            tuple(networks),
+        )
         if cache.context != context:
             cache.context, cache.wants = context, {}
-    return _allocate(pubs, facts, {b.network: b for b in bridges},
-                     {n.name: n for n in networks}, cache)
+    return _allocate(
+        pubs, facts, {b.network: b for b in bridges}, {n.name: n for n in networks}, cache
+    )
 
 
-def _allocate(pubs: list[PortPublication], facts: NodeFacts, applied: dict[str, BridgePlan],
-              all_networks: dict[str, BridgeNetwork],
-              cache: PortVerdicts | None = None) -> dict[ResourceRef, int | None]:
+def _allocate(
+    pubs: list[PortPublication],
+    facts: NodeFacts,
+    applied: dict[str, BridgePlan],
+    all_networks: dict[str, BridgeNetwork],
+    cache: PortVerdicts | None = None,
+) -> dict[ResourceRef, int | None]:
     """Ports for the publications that want an assignment on this node, in claim order."""
     wants = cache.wants if cache is not None else {}
     items: list[assign.Request | assign.Fixed] = []
@@ -162,18 +176,33 @@ def _allocate(pubs: list[PortPublication], facts: NodeFacts, applied: dict[str, 
         if not known[1]:
             continue
         uid, previous = facts.remembered.get(ref, (pub.meta.uid, None))
-        lo, hi = ((pub.assign.start, pub.assign.end) if pub.assign.start is not None
-                  and pub.assign.end is not None else (start, end))
-        items.append(assign.Request(
-            ref, pub.protocol.value, lo, hi, pub.assign.count,
-            previous if uid == pub.meta.uid else None, facts.avoid.get(ref, frozenset())))
-    return assign.allocate(items, facts.reserved_ports | facts.local_reserved_ports,
-                           facts.listening)
+        lo, hi = (
+            (pub.assign.start, pub.assign.end)
+            if pub.assign.start is not None and pub.assign.end is not None
+            else (start, end)
+        )
+        items.append(
+            assign.Request(
+                ref,
+                pub.protocol.value,
+                lo,
+                hi,
+                pub.assign.count,
+                previous if uid == pub.meta.uid else None,
+                facts.avoid.get(ref, frozenset()),
+            )
+        )
+    return assign.allocate(
+        items, facts.reserved_ports | facts.local_reserved_ports, facts.listening
+    )
 
 
-def _port_verdict(declared: PortPublication, facts: NodeFacts,
-                  applied: dict[str, BridgePlan],
-                  all_networks: dict[str, BridgeNetwork]) -> _Verdict | None:
+def _port_verdict(
+    declared: PortPublication,
+    facts: NodeFacts,
+    applied: dict[str, BridgePlan],
+    all_networks: dict[str, BridgeNetwork],
+) -> _Verdict | None:
     """Why this publication takes no host port on this node (the verdicts that come before
     any port is looked at), or None when it does. A routed network ignores host ports."""
     network = _target_network(declared, declared.target_address, applied)
@@ -181,14 +210,18 @@ def _port_verdict(declared: PortPublication, facts: NodeFacts,
     if nat_part is None:
         return _Verdict(State.APPLIED, "Programmed", _routed_message(routed_ports, network))
     pub, verdict, _ = _host_binding(nat_part, network)
-    verdict = verdict or _publication_verdict(pub, facts, applied, all_networks, _Claims(),
-                                              routed_only=True)
+    verdict = verdict or _publication_verdict(
+        pub, facts, applied, all_networks, _Claims(), routed_only=True
+    )
     if verdict is not None:
         return verdict
     host = pub.specific_host_ip
     if host is not None and not host.is_loopback and host not in facts.addresses:
-        return _Verdict(State.INACTIVE, "HostIPNotLocal",
-                        f"hostIP {host} is not an address of node {facts.name}")
+        return _Verdict(
+            State.INACTIVE,
+            "HostIPNotLocal",
+            f"hostIP {host} is not an address of node {facts.name}",
+        )
     return None
 
 
@@ -208,15 +241,19 @@ def _no_free_port(pub: PortPublication, facts: NodeFacts) -> _Verdict:
     else:
         where = f"{pub.assign.start}-{pub.assign.end}"
     run = "free port" if pub.assign.count == 1 else f"{pub.assign.count} free consecutive ports"
-    return _Verdict(State.CONFLICTED, "NoFreePort",
-                    f"no {run} for {pub.protocol.value} in {where} on node {facts.name}: "
-                    "every port there is reserved (ip_local_reserved_ports, the agent's "
-                    "--reserved-ports), in use by a host process or held by another "
-                    "publication")
+    return _Verdict(
+        State.CONFLICTED,
+        "NoFreePort",
+        f"no {run} for {pub.protocol.value} in {where} on node {facts.name}: "
+        "every port there is reserved (ip_local_reserved_ports, the agent's "
+        "--reserved-ports), in use by a host process or held by another "
+        "publication",
+    )
 
 
-def _claim_order(res: BridgeNetwork | PortPublication,
-                 facts: NodeFacts) -> tuple[bool, tuple[str, str, str]]:
+def _claim_order(
+    res: BridgeNetwork | PortPublication, facts: NodeFacts
+) -> tuple[bool, tuple[str, str, str]]:
     """Who claims first: incumbents (Applied here now), then the oldest, then by name."""
     return (res.meta.ref not in facts.incumbents, res.meta.age_key)
 
@@ -228,16 +265,18 @@ def _duplicate_order(res: ParseResult) -> tuple[int, tuple[str, str, str], str]:
     return (0, res.meta.age_key, repr(res))
 
 
-def _plan_networks(networks: list[BridgeNetwork], facts: NodeFacts,
-                   outcomes: dict[ResourceRef, Outcome]) -> list[BridgePlan]:
+def _plan_networks(
+    networks: list[BridgeNetwork], facts: NodeFacts, outcomes: dict[ResourceRef, Outcome]
+) -> list[BridgePlan]:
     accepted: list[BridgeNetwork] = []
     for net in networks:
         verdict = _network_verdict(net, facts, accepted)
         if verdict is None:
             accepted.append(net)
             verdict = _applied_network(net, facts)
-        outcomes[net.meta.ref] = Outcome(net.meta.ref, net.meta.generation, *_fields(verdict),
-                                         net.meta.uid)
+        outcomes[net.meta.ref] = Outcome(
+            net.meta.ref, net.meta.generation, *_fields(verdict), net.meta.uid
+        )
     return [_bridge_plan(n, facts) for n in accepted]
 
 
@@ -248,49 +287,72 @@ def _applied_network(net: BridgeNetwork, facts: NodeFacts) -> _Verdict:
     reason, message = "Programmed", _network_message(net, facts)
     if net.subnet6 is not None and not facts.ipv6:
         reason = "IPv6Disabled"
-        message += (f"; subnet6 {net.subnet6} not applied: IPv6 is disabled on node "
-                    f"{facts.name}")
+        message += f"; subnet6 {net.subnet6} not applied: IPv6 is disabled on node {facts.name}"
     for node_net in sorted(facts.networks, key=lambda n: (n.version, n)):
         subnet = net.subnet if node_net.version == 4 else (net.subnet6 if facts.ipv6 else None)
         if subnet is not None and subnet.overlaps(node_net):
-            return _Verdict(State.APPLIED, "SubnetOverlapsNode",
-                            f"{message}; warning: subnet {subnet} overlaps {node_net}, a "
-                            f"network of node {facts.name}'s own addresses: hosts there may "
-                            "become unreachable from this node")
+            return _Verdict(
+                State.APPLIED,
+                "SubnetOverlapsNode",
+                f"{message}; warning: subnet {subnet} overlaps {node_net}, a "
+                f"network of node {facts.name}'s own addresses: hosts there may "
+                "become unreachable from this node",
+            )
     return _Verdict(State.APPLIED, reason, message)
 
 
-def _network_verdict(net: BridgeNetwork, facts: NodeFacts,
-                     accepted: list[BridgeNetwork]) -> _Verdict | None:
+def _network_verdict(
+    net: BridgeNetwork, facts: NodeFacts, accepted: list[BridgeNetwork]
+) -> _Verdict | None:
     if not net.node_selector.matches(facts.labels):
-        return _Verdict(State.INACTIVE, "NodeSelectorMismatch",
-                        f"nodeSelector {net.node_selector} does not match node {facts.name}")
+        return _Verdict(
+            State.INACTIVE,
+            "NodeSelectorMismatch",
+            f"nodeSelector {net.node_selector} does not match node {facts.name}",
+        )
     if net.bridge in facts.foreign_interfaces:
-        return _Verdict(State.CONFLICTED, "InterfaceInUse",
-                        f"interface {net.bridge} already exists on node {facts.name} and is not "
-                        "managed by bridgeport; it is left alone")
+        return _Verdict(
+            State.CONFLICTED,
+            "InterfaceInUse",
+            f"interface {net.bridge} already exists on node {facts.name} and is not "
+            "managed by bridgeport; it is left alone",
+        )
     for winner in accepted:
         if winner.bridge == net.bridge:
-            return _Verdict(State.CONFLICTED, "BridgeNameInUse",
-                            f"bridge {net.bridge} is already used by {winner.meta.ref}")
+            return _Verdict(
+                State.CONFLICTED,
+                "BridgeNameInUse",
+                f"bridge {net.bridge} is already used by {winner.meta.ref}",
+            )
         if winner.subnet.overlaps(net.subnet):
-            return _Verdict(State.CONFLICTED, "SubnetOverlap",
-                            f"subnet {net.subnet} overlaps {winner.subnet} of {winner.meta.ref}")
+            return _Verdict(
+                State.CONFLICTED,
+                "SubnetOverlap",
+                f"subnet {net.subnet} overlaps {winner.subnet} of {winner.meta.ref}",
+            )
         if net.subnet6 and winner.subnet6 and winner.subnet6.overlaps(net.subnet6):
-            return _Verdict(State.CONFLICTED, "SubnetOverlap",
-                            f"subnet6 {net.subnet6} overlaps {winner.subnet6} of "
-                            f"{winner.meta.ref}")
+            return _Verdict(
+                State.CONFLICTED,
+                "SubnetOverlap",
+                f"subnet6 {net.subnet6} overlaps {winner.subnet6} of {winner.meta.ref}",
+            )
     return None
 
 
 def _network_message(net: BridgeNetwork, facts: NodeFacts) -> str:
-    notes = [f"gatewayMode{suffix} {mode}" for suffix, mode in
-             (("", net.gateway_mode), ("6", net.gateway_mode6)) if mode is not GatewayMode.NAT]
+    notes = [
+        f"gatewayMode{suffix} {mode}"
+        for suffix, mode in (("", net.gateway_mode), ("6", net.gateway_mode6))
+        if mode is not GatewayMode.NAT
+    ]
     for suffix, address in (("", net.egress_address), ("6", net.egress_address6)):
         if address is not None:
-            notes.append(f"egress SNAT to {address}" if address in facts.addresses else
-                         f"egressAddress{suffix} {address} is inactive: not an address of node "
-                         f"{facts.name}, masquerading instead")
+            notes.append(
+                f"egress SNAT to {address}"
+                if address in facts.addresses
+                else f"egressAddress{suffix} {address} is inactive: not an address of node "
+                f"{facts.name}, masquerading instead"
+            )
     return f"bridge {net.bridge} {net.subnet}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -304,8 +366,10 @@ def _bridge_plan(net: BridgeNetwork, facts: NodeFacts) -> BridgePlan:
     if net.gateway_mode is not GatewayMode.ISOLATED:
         addresses.append(ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}"))
     subnet6 = net.subnet6 if facts.ipv6 else None
-    if subnet6 is not None and net.gateway6 is not None and (
-        net.gateway_mode6 is not GatewayMode.ISOLATED
+    if (
+        subnet6 is not None
+        and net.gateway6 is not None
+        and (net.gateway_mode6 is not GatewayMode.ISOLATED)
     ):
         addresses.append(ipaddress.IPv6Interface(f"{net.gateway6}/{subnet6.prefixlen}"))
     return BridgePlan(
@@ -345,25 +409,29 @@ def _plan_publications(
         ref = declared.meta.ref
         if declared.unresolved and _split_routed(declared, applied)[0] is not None:
             unserved = _port_verdict(declared, facts, applied, all_networks) or (
-                _no_free_port(declared, facts))
-            outcomes[ref] = Outcome(ref, declared.meta.generation, *_fields(unserved),
-                                    declared.meta.uid)
+                _no_free_port(declared, facts)
+            )
+            outcomes[ref] = Outcome(
+                ref, declared.meta.generation, *_fields(unserved), declared.meta.uid
+            )
             continue
         network = _target_network(declared, declared.target_address, applied)
         nat_part, routed_ports = _split_routed(declared, applied)
-        pub, verdict, bound = (_host_binding(nat_part, network) if nat_part is not None
-                               else (declared, None, ""))
-        verdict = verdict or _publication_verdict(pub, facts, applied, all_networks, accepted,
-                                                  routed_only=nat_part is None)
+        pub, verdict, bound = (
+            _host_binding(nat_part, network) if nat_part is not None else (declared, None, "")
+        )
+        verdict = verdict or _publication_verdict(
+            pub, facts, applied, all_networks, accepted, routed_only=nat_part is None
+        )
         if verdict is None and nat_part is None:
             routed += routed_ports
-            verdict = _Verdict(State.APPLIED, "Programmed",
-                               _routed_message(routed_ports, network))
+            verdict = _Verdict(State.APPLIED, "Programmed", _routed_message(routed_ports, network))
         if verdict is None:
             kernel_lo, lo_note = _kernel_loopback(pub, facts, network)
             pub_dnats = _dnats(pub, facts, applied, kernel_lo)
             pub_proxies, pub_claims = port_claims.assign(
-                pub_dnats, _proxies(pub, facts, applied, kernel_lo), facts.userland_proxy)
+                pub_dnats, _proxies(pub, facts, applied, kernel_lo), facts.userland_proxy
+            )
             pub_claims = _without_covered_loopback(pub_claims, pub_proxies)
             if not pub_dnats and not pub_proxies:
                 verdict = _unserved(pub, facts)
@@ -374,50 +442,74 @@ def _plan_publications(
                 claims += pub_claims
                 sources += _source_rules(pub, pub_dnats, pub_proxies)
                 routed += routed_ports
-                verdict = _Verdict(State.APPLIED, "Programmed",
-                                   _applied_message(pub, pub_dnats, pub_proxies) + lo_note)
+                verdict = _Verdict(
+                    State.APPLIED,
+                    "Programmed",
+                    _applied_message(pub, pub_dnats, pub_proxies) + lo_note,
+                )
         if bound:
             verdict = replace(verdict, message=f"{verdict.message}; {bound}")
-        assigned = ((pub.host_port, pub.host_port_end)
-                    if pub.assign is not None and not pub.unresolved else None)
-        outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict), pub.meta.uid,
-                                assigned)
+        assigned = (
+            (pub.host_port, pub.host_port_end)
+            if pub.assign is not None and not pub.unresolved
+            else None
+        )
+        outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict), pub.meta.uid, assigned)
     return dnats, proxies, claims, sources, routed
 
 
-def _source_rules(pub: PortPublication, dnats: list[Dnat],
-                  proxies: list[ProxyPort]) -> list[SourceRule]:
+def _source_rules(
+    pub: PortPublication, dnats: list[Dnat], proxies: list[ProxyPort]
+) -> list[SourceRule]:
     """One rule per address the publication serves (DNAT or proxy), in that address's family."""
     if not pub.allowed_sources:
         return []
     where: set[tuple[int, IPAddress | None]] = {(d.family, d.host_ip) for d in dnats}
-    where |= {(p.listen.version, None if p.listen.is_unspecified else p.listen)
-              for p in proxies}
+    where |= {(p.listen.version, None if p.listen.is_unspecified else p.listen) for p in proxies}
     # A wildcard covers the family's specific addresses (and nft refuses overlapping intervals).
     where = {(f, a) for f, a in where if a is None or (f, None) not in where}
     return [
-        SourceRule(family, address, pub.protocol, pub.host_port, pub.host_port_end,
-                   tuple(n for n in pub.allowed_sources if n.version == family), pub.meta.ref)
+        SourceRule(
+            family,
+            address,
+            pub.protocol,
+            pub.host_port,
+            pub.host_port_end,
+            tuple(n for n in pub.allowed_sources if n.version == family),
+            pub.meta.ref,
+        )
         for family, address in sorted(where, key=lambda fa: (fa[0], str(fa[1] or "")))
     ]
 
 
-def _split_routed(pub: PortPublication, applied: dict[str, BridgePlan]
-                  ) -> tuple[PortPublication | None, list[RoutedPort]]:
+def _split_routed(
+    pub: PortPublication, applied: dict[str, BridgePlan]
+) -> tuple[PortPublication | None, list[RoutedPort]]:
     """The part of `pub` that is NATed (None when every target family's network is routed)
     and the container ports that routed families open instead (gateway modes are per family:
     a dual-stack target may be NATed in one and routed in the other)."""
     routed = []
     for target in pub.targets:
         network = _target_network(pub, target, applied)
-        if network is not None and network.mode(target.version) is GatewayMode.ROUTED and (
-            _holds(network, target)
+        if (
+            network is not None
+            and network.mode(target.version) is GatewayMode.ROUTED
+            and (_holds(network, target))
         ):
             routed.append(target)
     if not routed:
         return pub, []
-    ports = [RoutedPort(t.version, t, pub.protocol, pub.target_port,
-                        pub.target_port + pub.port_count - 1, pub.meta.ref) for t in routed]
+    ports = [
+        RoutedPort(
+            t.version,
+            t,
+            pub.protocol,
+            pub.target_port,
+            pub.target_port + pub.port_count - 1,
+            pub.meta.ref,
+        )
+        for t in routed
+    ]
     rest = [t for t in pub.targets if t not in routed]
     if not rest:
         return None, ports
@@ -434,13 +526,18 @@ def _routed_message(ports: list[RoutedPort], network: BridgePlan | None) -> str:
     name = network.network if network is not None else "?"
     opened = ", ".join(
         f"{hostport(r.target)}:{r.port if r.port == r.port_end else f'{r.port}-{r.port_end}'}"
-        f"/{r.protocol.value}" for r in ports)
-    return (f"{opened} open to direct routing (BridgeNetwork {name} is routed: no NAT, "
-            "spec.hostPort and spec.hostIP are ignored)")
+        f"/{r.protocol.value}"
+        for r in ports
+    )
+    return (
+        f"{opened} open to direct routing (BridgeNetwork {name} is routed: no NAT, "
+        "spec.hostPort and spec.hostIP are ignored)"
+    )
 
 
-def _host_binding(pub: PortPublication, network: BridgePlan | None
-                  ) -> tuple[PortPublication, _Verdict | None, str]:
+def _host_binding(
+    pub: PortPublication, network: BridgePlan | None
+) -> tuple[PortPublication, _Verdict | None, str]:
     """A publication that names no hostIP takes its network's hostBinding (Docker's
     host_binding_ipv4), and from then on is planned exactly as if it had named it."""
     if pub.host_ip is not None or network is None or network.host_binding is None:
@@ -448,15 +545,23 @@ def _host_binding(pub: PortPublication, network: BridgePlan | None
     binding = network.host_binding
     note = f"hostIP {binding} is BridgeNetwork {network.network}'s spec.hostBinding"
     if binding.version not in {t.version for t in pub.targets} and not binding.is_loopback:
-        return pub, _Verdict(State.INVALID, "HostBindingFamilyMismatch",
-                             f"{pub.meta.ref}: spec.hostIP: absent, and IPv{binding.version} "
-                             f"{note} cannot be NATed to IPv{pub.target_address.version} "
-                             f"target {pub.target_address}; set spec.hostIP"), ""
+        return (
+            pub,
+            _Verdict(
+                State.INVALID,
+                "HostBindingFamilyMismatch",
+                f"{pub.meta.ref}: spec.hostIP: absent, and IPv{binding.version} "
+                f"{note} cannot be NATed to IPv{pub.target_address.version} "
+                f"target {pub.target_address}; set spec.hostIP",
+            ),
+            "",
+        )
     return replace(pub, host_ip=binding), None, note
 
 
-def _target_network(pub: PortPublication, target: IPAddress,
-                    applied: dict[str, BridgePlan]) -> BridgePlan | None:
+def _target_network(
+    pub: PortPublication, target: IPAddress, applied: dict[str, BridgePlan]
+) -> BridgePlan | None:
     """The named network, or else the applied network whose subnet holds the target."""
     if pub.network is not None:
         return applied.get(pub.network)
@@ -478,51 +583,78 @@ def _publication_verdict(
     if pub.network is not None:
         named = all_networks.get(pub.network)
         if named is None:
-            return _Verdict(State.INVALID, "NetworkNotFound",
-                            f"{pub.meta.ref}: spec.network: BridgeNetwork {pub.network!r} "
-                            "does not exist")
+            return _Verdict(
+                State.INVALID,
+                "NetworkNotFound",
+                f"{pub.meta.ref}: spec.network: BridgeNetwork {pub.network!r} does not exist",
+            )
         for field, target in zip(("address", "address6"), pub.targets, strict=False):
             if not named.contains(target):
                 subnets = " / ".join(str(s) for s in (named.subnet, named.subnet6) if s)
-                return _Verdict(State.INVALID, "TargetOutsideNetwork",
-                                f"{pub.meta.ref}: spec.target.{field}: {target} is not "
-                                f"inside BridgeNetwork {pub.network} ({subnets})")
+                return _Verdict(
+                    State.INVALID,
+                    "TargetOutsideNetwork",
+                    f"{pub.meta.ref}: spec.target.{field}: {target} is not "
+                    f"inside BridgeNetwork {pub.network} ({subnets})",
+                )
     if not pub.node_selector.matches(facts.labels):
-        return _Verdict(State.INACTIVE, "NodeSelectorMismatch",
-                        f"nodeSelector {pub.node_selector} does not match node {facts.name}")
+        return _Verdict(
+            State.INACTIVE,
+            "NodeSelectorMismatch",
+            f"nodeSelector {pub.node_selector} does not match node {facts.name}",
+        )
     if pub.target_address.version == 6 and not facts.ipv6:
-        return _Verdict(State.INACTIVE, "IPv6Disabled",
-                        f"target {pub.target_address} is IPv6 and IPv6 is disabled on node "
-                        f"{facts.name}")
+        return _Verdict(
+            State.INACTIVE,
+            "IPv6Disabled",
+            f"target {pub.target_address} is IPv6 and IPv6 is disabled on node {facts.name}",
+        )
     if pub.network is not None and pub.network not in applied:
-        return _Verdict(State.INACTIVE, "NetworkNotReady",
-                        f"BridgeNetwork {pub.network} is not applied on node {facts.name}")
+        return _Verdict(
+            State.INACTIVE,
+            "NetworkNotReady",
+            f"BridgeNetwork {pub.network} is not applied on node {facts.name}",
+        )
     for target in pub.targets:
         network = _target_network(pub, target, applied)
         if network is not None and network.internal:
-            return _Verdict(State.INACTIVE, "InternalNetwork",
-                            f"BridgeNetwork {network.network} is internal: nothing is "
-                            "published into it")
+            return _Verdict(
+                State.INACTIVE,
+                "InternalNetwork",
+                f"BridgeNetwork {network.network} is internal: nothing is published into it",
+            )
     if routed_only:
         return None  # no host port, so nothing on the host to check or claim
     host = pub.specific_host_ip
     if host is not None and not host.is_loopback and host not in facts.addresses:
-        return _Verdict(State.INACTIVE, "HostIPNotLocal",
-                        f"hostIP {host} is not an address of node {facts.name}")
+        return _Verdict(
+            State.INACTIVE,
+            "HostIPNotLocal",
+            f"hostIP {host} is not an address of node {facts.name}",
+        )
     reserved = _reserved(pub, facts.reserved_ports)
     if reserved:
-        return _Verdict(State.CONFLICTED, "ReservedPort",
-                        f"{pub.describe()}: reserved port(s) {reserved} on node {facts.name} "
-                        "(the agent's --reserved-ports) are never published")
+        return _Verdict(
+            State.CONFLICTED,
+            "ReservedPort",
+            f"{pub.describe()}: reserved port(s) {reserved} on node {facts.name} "
+            "(the agent's --reserved-ports) are never published",
+        )
     overlap = accepted.first_overlap(pub, facts)
     if overlap is not None:
         winner, family = overlap
         # Name what decided: age when the winner is older, else its incumbency.
-        why = ("is older and wins" if winner.meta.age_key < pub.meta.age_key
-               else "is already applied on this node and keeps it")
-        return _Verdict(State.CONFLICTED, "PortConflict",
-                        f"{pub.describe()} overlaps {winner.describe()} (IPv{family}) "
-                        f"published by {winner.meta.ref}, which {why}")
+        why = (
+            "is older and wins"
+            if winner.meta.age_key < pub.meta.age_key
+            else "is already applied on this node and keeps it"
+        )
+        return _Verdict(
+            State.CONFLICTED,
+            "PortConflict",
+            f"{pub.describe()} overlaps {winner.describe()} (IPv{family}) "
+            f"published by {winner.meta.ref}, which {why}",
+        )
     in_use = facts.ports_in_use.get(pub.meta.ref)
     if in_use is not None:
         return _Verdict(State.CONFLICTED, "PortInUse", in_use)
@@ -539,8 +671,9 @@ def _reserved(pub: PortPublication, reserved: frozenset[int]) -> str:
     hits = sorted(p for p in range(pub.host_port, pub.host_port_end + 1) if p in reserved)
     if not hits:
         return ""
-    return ", ".join(str(p) for p in hits[:5]) + (f" (+{len(hits) - 5} more)" if len(hits) > 5
-                                                    else "")
+    return ", ".join(str(p) for p in hits[:5]) + (
+        f" (+{len(hits) - 5} more)" if len(hits) > 5 else ""
+    )
 
 
 @dataclass(frozen=True)
@@ -571,16 +704,20 @@ class _Claims:
             else:
                 self.ranges.append(claim)
 
-    def first_overlap(self, pub: PortPublication,
-                      facts: NodeFacts) -> tuple[PortPublication, int] | None:
+    def first_overlap(
+        self, pub: PortPublication, facts: NodeFacts
+    ) -> tuple[PortPublication, int] | None:
         """The first claimant (incumbent, then oldest) overlapping `pub`, and the family
         they share."""
         hits: list[_Claim] = []
         for claim in _claims_of(pub):
             hits += [w for w in self.ranges if _claims_overlap(w, claim)]
             for port in range(pub.host_port, pub.host_port_end + 1):
-                hits += [w for w in self.by_port.get((claim.family, pub.protocol.value, port), ())
-                         if _claims_overlap(w, claim)]
+                hits += [
+                    w
+                    for w in self.by_port.get((claim.family, pub.protocol.value, port), ())
+                    if _claims_overlap(w, claim)
+                ]
         if not hits:
             return None
         first = min(hits, key=lambda w: (_claim_order(w.pub, facts), w.family))
@@ -597,8 +734,9 @@ def _claims_overlap(a: _Claim, b: _Claim) -> bool:
     return a.address is None or b.address is None or a.address == b.address
 
 
-def _kernel_loopback(pub: PortPublication, facts: NodeFacts,
-                     network: BridgePlan | None) -> tuple[IPAddress | None, str]:
+def _kernel_loopback(
+    pub: PortPublication, facts: NodeFacts, network: BridgePlan | None
+) -> tuple[IPAddress | None, str]:
     """loopback: Kernel: the IPv4 loopback address DNATed in the output path, or None; and
     a note for the status saying what stays on the proxy, and why."""
     if pub.loopback is not LoopbackPolicy.KERNEL:
@@ -614,12 +752,16 @@ def _kernel_loopback(pub: PortPublication, facts: NodeFacts,
     if host is not None or 6 not in {t.version for t in pub.targets}:
         v6_note = ""
     if network is None:
-        return None, ("; 127.0.0.1 stays on the proxy: the target is on no BridgeNetwork of "
-                      "this node (route_localnet is only set on bridgeport's bridges)")
+        return None, (
+            "; 127.0.0.1 stays on the proxy: the target is on no BridgeNetwork of "
+            "this node (route_localnet is only set on bridgeport's bridges)"
+        )
     if not facts.route_localnet:
-        return None, (f"; 127.0.0.1 stays on the proxy: the agent on node {facts.name} may not "
-                      "set route_localnet (run it with --manage-sysctls, chart "
-                      "agent.sysctls.manage)")
+        return None, (
+            f"; 127.0.0.1 stays on the proxy: the agent on node {facts.name} may not "
+            "set route_localnet (run it with --manage-sysctls, chart "
+            "agent.sysctls.manage)"
+        )
     if host is not None and host.is_loopback:
         return host, ""
     return LOOPBACK4, "; 127.0.0.1 by kernel DNAT" + v6_note
@@ -631,22 +773,28 @@ def _without_covered_loopback(claims: list[Claim], proxies: list[ProxyPort]) -> 
     second socket of ours on it would fail against the first (EADDRINUSE)."""
     held = {(c.port, c.protocol) for c in claims if c.listen == WILDCARD4}
     held |= {(p.port, p.protocol) for p in proxies if p.listen == WILDCARD4 and p.holds}
-    return [c for c in claims
-            if not (c.listen.version == 4 and c.listen.is_loopback
-                    and (c.port, c.protocol) in held)]
+    return [
+        c
+        for c in claims
+        if not (c.listen.version == 4 and c.listen.is_loopback and (c.port, c.protocol) in held)
+    ]
 
 
 def _with_route_localnet(bridges: list[BridgePlan], dnats: list[Dnat]) -> list[BridgePlan]:
     """route_localnet on exactly the bridges that loopback DNATs route to: a packet from
     127.0.0.1 may leave through them (and is masqueraded on the way)."""
     targets = [d.target for d in dnats if d.loopback]
-    return [replace(b, route_localnet=True) if any(t in b.subnet for t in targets
-                                                    if t.version == 4) else b
-            for b in bridges]
+    return [
+        replace(b, route_localnet=True)
+        if any(t in b.subnet for t in targets if t.version == 4)
+        else b
+        for b in bridges
+    ]
 
 
-def _proxy_bridge(pub: PortPublication, target: IPAddress, facts: NodeFacts,
-                  applied: dict[str, BridgePlan]) -> str:
+def _proxy_bridge(
+    pub: PortPublication, target: IPAddress, facts: NodeFacts, applied: dict[str, BridgePlan]
+) -> str:
     """The bridge whose own traffic to this port the proxy serves instead of DNAT, or "".
 
     With interContainer: false, a DNATed packet from a container to its own or a
@@ -656,35 +804,71 @@ def _proxy_bridge(pub: PortPublication, target: IPAddress, facts: NodeFacts,
     network = _target_network(pub, target, applied)
     if network is None or network.inter_container:
         return ""
-    if not facts.userland_proxy or pub.loopback is LoopbackPolicy.NEVER or (
-        pub.protocol is Protocol.SCTP
+    if (
+        not facts.userland_proxy
+        or pub.loopback is LoopbackPolicy.NEVER
+        or (pub.protocol is Protocol.SCTP)
     ):
         return ""
     return network.name
 
 
-def _dnats(pub: PortPublication, facts: NodeFacts, applied: dict[str, BridgePlan],
-           kernel_lo: IPAddress | None = None) -> list[Dnat]:
+def _dnats(
+    pub: PortPublication,
+    facts: NodeFacts,
+    applied: dict[str, BridgePlan],
+    kernel_lo: IPAddress | None = None,
+) -> list[Dnat]:
     """Kernel NAT per family, unless the host IP is loopback or the family cannot forward;
     and the loopback address that loopback: Kernel serves in the kernel."""
-    loop = [Dnat(4, kernel_lo, pub.protocol, pub.host_port, pub.host_port_end,
-                 pub.target_for(4), pub.target_port, pub.meta.ref)] if kernel_lo else []
+    loop = (
+        [
+            Dnat(
+                4,
+                kernel_lo,
+                pub.protocol,
+                pub.host_port,
+                pub.host_port_end,
+                pub.target_for(4),
+                pub.target_port,
+                pub.meta.ref,
+            )
+        ]
+        if kernel_lo
+        else []
+    )
     host = pub.specific_host_ip
     if host is not None and host.is_loopback:
         return loop
-    return loop + [Dnat(family, host, pub.protocol, pub.host_port, pub.host_port_end,
-                        pub.target_for(family), pub.target_port, pub.meta.ref,
-                        _proxy_bridge(pub, pub.target_for(family), facts, applied))
-                   for family in pub.families if facts.forwarding(family)]
+    return loop + [
+        Dnat(
+            family,
+            host,
+            pub.protocol,
+            pub.host_port,
+            pub.host_port_end,
+            pub.target_for(family),
+            pub.target_port,
+            pub.meta.ref,
+            _proxy_bridge(pub, pub.target_for(family), facts, applied),
+        )
+        for family in pub.families
+        if facts.forwarding(family)
+    ]
 
 
-def _proxies(pub: PortPublication, facts: NodeFacts, applied: dict[str, BridgePlan],
-             kernel_lo: IPAddress | None = None) -> list[ProxyPort]:
+def _proxies(
+    pub: PortPublication,
+    facts: NodeFacts,
+    applied: dict[str, BridgePlan],
+    kernel_lo: IPAddress | None = None,
+) -> list[ProxyPort]:
     return [p for p in _proxy_listens(pub, facts, applied) if p.listen != kernel_lo]
 
 
-def _proxy_listens(pub: PortPublication, facts: NodeFacts,
-                   applied: dict[str, BridgePlan]) -> list[ProxyPort]:
+def _proxy_listens(
+    pub: PortPublication, facts: NodeFacts, applied: dict[str, BridgePlan]
+) -> list[ProxyPort]:
     if pub.loopback is LoopbackPolicy.NEVER or pub.protocol is Protocol.SCTP:
         return []  # the userland proxy speaks TCP and UDP
     host = pub.specific_host_ip
@@ -707,8 +891,15 @@ def _proxy_listens(pub: PortPublication, facts: NodeFacts,
             # and :: serves them along with ::1, as docker-proxy does.
             listens.append((WILDCARD6, "loopback+link-local", target))
     return [
-        ProxyPort(addr, port, pub.protocol, target,
-                  pub.target_port + (port - pub.host_port), pub.meta.ref, why)
+        ProxyPort(
+            addr,
+            port,
+            pub.protocol,
+            target,
+            pub.target_port + (port - pub.host_port),
+            pub.meta.ref,
+            why,
+        )
         for addr, why, target in listens
         for port in range(pub.host_port, pub.host_port_end + 1)
     ]
@@ -716,29 +907,42 @@ def _proxy_listens(pub: PortPublication, facts: NodeFacts,
 
 def _unserved(pub: PortPublication, facts: NodeFacts) -> _Verdict:
     if not facts.userland_proxy:
-        return _Verdict(State.INACTIVE, "ProxyDisabled",
-                        f"only the userland proxy could serve this port on node {facts.name}, "
-                        "and the agent runs with --no-proxy")
+        return _Verdict(
+            State.INACTIVE,
+            "ProxyDisabled",
+            f"only the userland proxy could serve this port on node {facts.name}, "
+            "and the agent runs with --no-proxy",
+        )
     host = pub.specific_host_ip
     if host is not None and host.is_loopback:
-        return _Verdict(State.INACTIVE, "LoopbackNeedsProxy",
-                        f"hostIP {host} is only reachable through the userland proxy, "
-                        "and spec.loopback is Never")
+        return _Verdict(
+            State.INACTIVE,
+            "LoopbackNeedsProxy",
+            f"hostIP {host} is only reachable through the userland proxy, "
+            "and spec.loopback is Never",
+        )
     families = "/".join(f"IPv{f}" for f in pub.families)
-    return _Verdict(State.INACTIVE, "IPForwardingDisabled",
-                    f"{families} forwarding is off on node {facts.name} and spec.loopback "
-                    "is Never, so nothing can serve this port")
+    return _Verdict(
+        State.INACTIVE,
+        "IPForwardingDisabled",
+        f"{families} forwarding is off on node {facts.name} and spec.loopback "
+        "is Never, so nothing can serve this port",
+    )
 
 
 def _applied_message(pub: PortPublication, dnats: list[Dnat], proxies: list[ProxyPort]) -> str:
     """What serves the publication, per target: "8080/TCP -> 10.0.0.2:80 via kernel DNAT and
     proxy on 127.0.0.1; [fd00::2]:80 via ..."."""
     parts = []
-    for target in sorted({*(d.target for d in dnats), *(p.target for p in proxies)},
-                         key=_addr_order):
+    for target in sorted(
+        {*(d.target for d in dnats), *(p.target for p in proxies)}, key=_addr_order
+    ):
         address = hostport(target)
-        ports = (f"{pub.target_port}" if pub.port_count == 1 else
-                 f"{pub.target_port}-{pub.target_port + pub.port_count - 1}")
+        ports = (
+            f"{pub.target_port}"
+            if pub.port_count == 1
+            else f"{pub.target_port}-{pub.target_port + pub.port_count - 1}"
+        )
         via = []
         if any(d.target == target and not d.loopback for d in dnats):
             via.append("kernel DNAT")
@@ -748,11 +952,14 @@ def _applied_message(pub: PortPublication, dnats: list[Dnat], proxies: list[Prox
         if listens:
             via.append("proxy on " + ", ".join(listens))
         parts.append(f"{address}:{ports} via {' and '.join(via)}")
-    unserved = sorted({t.version for t in pub.targets} - {
-        t.version for t in (*(d.target for d in dnats), *(p.target for p in proxies))})
+    unserved = sorted(
+        {t.version for t in pub.targets}
+        - {t.version for t in (*(d.target for d in dnats), *(p.target for p in proxies))}
+    )
     if pub.host_ip is None and unserved:
-        parts.append(f"IPv{unserved[0]} not served: forwarding is off and the proxy "
-                     "cannot serve it")
+        parts.append(
+            f"IPv{unserved[0]} not served: forwarding is off and the proxy cannot serve it"
+        )
     return f"{pub.describe()} -> {'; '.join(parts)}"
 
 

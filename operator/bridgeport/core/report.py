@@ -57,9 +57,14 @@ class Entry:
         only restate the spec, so they are left out (a qualified one, IPv6Disabled, keeps
         them), and so is every empty field."""
         doc: dict[str, Any] = {
-            "kind": self.ref.kind, "namespace": self.ref.namespace, "name": self.ref.name,
-            "uid": self.uid, "observedGeneration": self.observed_generation,
-            "state": self.state, "reason": self.reason, "message": self.message,
+            "kind": self.ref.kind,
+            "namespace": self.ref.namespace,
+            "name": self.ref.name,
+            "uid": self.uid,
+            "observedGeneration": self.observed_generation,
+            "state": self.state,
+            "reason": self.reason,
+            "message": self.message,
         }
         if self.ref.kind == PORT_PUBLICATION:
             doc["proxy"] = self.proxy
@@ -88,8 +93,7 @@ class Tally:
 
 def summarised(e: Entry) -> bool:
     """Whether a report leaves the entry out (Applied ones then count in the digests)."""
-    return (not summary.is_listed(e.state, e.reason) and e.proxy != "failed"
-            and e.assigned is None)
+    return not summary.is_listed(e.state, e.reason) and e.proxy != "failed" and e.assigned is None
 
 
 def tally(entries: Iterable[Entry]) -> Tally:
@@ -151,8 +155,11 @@ class Report:
             "counts": dict(self.counts),
             "labels": dict(self.labels),
             "resources": [e.document() for e in t.listed],
-            "applied": {"count": t.applied, "buckets": summary.BUCKETS,
-                        "digest": summary.encode(t.digests)},
+            "applied": {
+                "count": t.applied,
+                "buckets": summary.BUCKETS,
+                "digest": summary.encode(t.digests),
+            },
             "errors": list(self.errors),
             **({"doctor": dict(self.node_check)} if self.node_check is not None else {}),
         }
@@ -180,8 +187,11 @@ class Report:
         if size > MAX_REPORT_BYTES:
             keep = len(listed) * MAX_REPORT_BYTES // size
             omitted = len(listed) - keep
-            errors = [f"report truncated: {omitted} of {len(listed)} entries left out to fit "
-                      "the NodeState size limit", *errors][:MAX_ERRORS]
+            errors = [
+                f"report truncated: {omitted} of {len(listed)} entries left out to fit "
+                "the NodeState size limit",
+                *errors,
+            ][:MAX_ERRORS]
             listed = listed[:keep]
         return {
             **_node_check_status(self.node_check),
@@ -191,8 +201,11 @@ class Report:
             "counts": dict(self.counts),
             "errors": errors,
             "labels": dict(self.labels),
-            "applied": {"count": t.applied, "buckets": summary.BUCKETS,
-                        "digest": summary.encode(t.digests)},
+            "applied": {
+                "count": t.applied,
+                "buckets": summary.BUCKETS,
+                "digest": summary.encode(t.digests),
+            },
             "resources": listed,
         }, omitted
 
@@ -204,17 +217,20 @@ def _node_check_status(check: Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     severity = check["severity"]
     condition = {
-        "type": "NodeHealthy", "status": "False" if severity == "error" else "True",
+        "type": "NodeHealthy",
+        "status": "False" if severity == "error" else "True",
         "reason": {"error": "Errors", "warning": "Warnings"}.get(severity, "NoProblems"),
         "message": check["summary"][:MAX_MESSAGE] or "bridgeport doctor found nothing",
         "lastTransitionTime": check["since"],
     }
-    findings = [{k: str(v)[:MAX_MESSAGE] for k, v in f.items()}
-                for f in check["findings"][:MAX_FINDINGS]]
+    findings = [
+        {k: str(v)[:MAX_MESSAGE] for k, v in f.items()} for f in check["findings"][:MAX_FINDINGS]
+    ]
     return {"conditions": [condition], "findings": findings}
 
 
 # -- reading reports back (tolerant: agents of other versions may write more or less) ----------
+
 
 def text(value: Any) -> str:
     return value if isinstance(value, str) else ""
@@ -239,22 +255,27 @@ def entries(node: str, status: Mapping[str, Any] | None) -> tuple[Entry, ...]:
         first = integer(e.get("hostPort"))
         last = integer(e.get("hostPortEnd")) or first
         assigned = (first, last) if first and last and 0 < first <= last < 65536 else None
-        out.append(Entry(
-            node=node,
-            ref=ResourceRef(e["kind"], text(e.get("namespace")), e["name"]),
-            uid=text(e.get("uid")),
-            observed_generation=integer(e.get("observedGeneration")),
-            state=e["state"],
-            reason=text(e.get("reason")),
-            message=text(e.get("message")),
-            proxy=proxy if proxy in PROXY_STATES else "off",
-            assigned=assigned,
-        ))
+        out.append(
+            Entry(
+                node=node,
+                ref=ResourceRef(e["kind"], text(e.get("namespace")), e["name"]),
+                uid=text(e.get("uid")),
+                observed_generation=integer(e.get("observedGeneration")),
+                state=e["state"],
+                reason=text(e.get("reason")),
+                message=text(e.get("message")),
+                proxy=proxy if proxy in PROXY_STATES else "off",
+                assigned=assigned,
+            )
+        )
     return tuple(out)
 
 
 def assigned_ports(reported: Iterable[Entry]) -> dict[ResourceRef, tuple[str, int]]:
     """What a node's report says it assigned: ref -> (uid, first port). A port a host process
     took (PortInUse) is not kept: the next reconcile assigns another."""
-    return {e.ref: (e.uid, e.assigned[0]) for e in reported
-            if e.assigned is not None and e.reason != "PortInUse"}
+    return {
+        e.ref: (e.uid, e.assigned[0])
+        for e in reported
+        if e.assigned is not None and e.reason != "PortInUse"
+    }

@@ -42,8 +42,11 @@ class Lookup:
         return "map" if ":" in self.type else "set"
 
     def body(self) -> str:
-        return (f"type {self.type};" + (" flags interval;" if self.interval else "")
-                + (" counter;" if self.counter else ""))
+        return (
+            f"type {self.type};"
+            + (" flags interval;" if self.interval else "")
+            + (" counter;" if self.counter else "")
+        )
 
 
 class Element(NamedTuple):
@@ -124,8 +127,9 @@ def render(plan: NodePlan, counters: bool = True) -> tuple[Table, Table]:
     return (_ip_table(plan, 4, counters), _ip_table(plan, 6, counters))
 
 
-def digest(tables: Iterable[Table],
-           set_digests: Mapping[tuple[str, str], int] | None = None) -> str:
+def digest(
+    tables: Iterable[Table], set_digests: Mapping[tuple[str, str], int] | None = None
+) -> str:
     """What was programmed, in 16 hex digits: the tables' declarations and chains as text,
     and per set its element count and the XOR of its elements' hashes, so that a renderer
     which patches a few elements updates it in O(change) (`set_digests`, keyed by (family,
@@ -135,8 +139,11 @@ def digest(tables: Iterable[Table],
         h.update(t.skeleton().encode())
         for s in t.lookups:
             elements = t.elements.get(s.name, frozenset())
-            value = (set_digests[(t.family, s.name)] if set_digests is not None
-                     else elements_digest(elements))
+            value = (
+                set_digests[(t.family, s.name)]
+                if set_digests is not None
+                else elements_digest(elements)
+            )
             h.update(f"{s.name} {len(elements)} {value:016x}\n".encode())
     return h.hexdigest()[:16]
 
@@ -163,13 +170,17 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
     lookups: tuple[Lookup, ...] = (
         # With counters, each DNAT element counts the first packet of every connection it
         # translates (nat chains see nothing else): connections per publication.
-        Lookup("pub_host", f"{addr} . inet_proto . inet_service : {addr} . inet_service",
-                counter=c),
-        Lookup("pub_host_range", f"{addr} . inet_proto . inet_service : {addr}",
-                interval=True, counter=c),
+        Lookup(
+            "pub_host", f"{addr} . inet_proto . inet_service : {addr} . inet_service", counter=c
+        ),
+        Lookup(
+            "pub_host_range",
+            f"{addr} . inet_proto . inet_service : {addr}",
+            interval=True,
+            counter=c,
+        ),
         Lookup("pub_any", f"inet_proto . inet_service : {addr} . inet_service", counter=c),
-        Lookup("pub_any_range", f"inet_proto . inet_service : {addr}", interval=True,
-                counter=c),
+        Lookup("pub_any_range", f"inet_proto . inet_service : {addr}", interval=True, counter=c),
         *(_count_lookups(addr) if counters else ()),
         Lookup("icc_off", "ifname"),
         Lookup("icc_proxy_host", f"ifname . {addr} . inet_proto . inet_service", interval=True),
@@ -205,59 +216,92 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
     elements[LOOP_PORTS] |= _loop_port_elements(plan)
     # The same check on the DNAT path (nat, first packet of a flow) and on the proxy's path
     # (input, new flows): two hash lookups, then the publication's own short list.
-    check = (f"{ip} daddr . meta l4proto . th dport vmap @src_host",
-             "meta l4proto . th dport vmap @src_any")
+    check = (
+        f"{ip} daddr . meta l4proto . th dport vmap @src_host",
+        "meta l4proto . th dport vmap @src_any",
+    )
     for r in plan.routed:
         if r.family == version:
             ports = f"{r.port}" if r.port == r.port_end else f"{r.port}-{r.port_end}"
-            elements["routed"].add(Element(f"{r.target} . {r.protocol.nft} . {ports}",
-                                           comment=_comment(r.owner.key)))
+            elements["routed"].add(
+                Element(f"{r.target} . {r.protocol.nft} . {ports}", comment=_comment(r.owner.key))
+            )
 
     chains = [
         # Docker 28's remote-loopback rule (CVE-2020-8558), whatever route_localnet says:
         # loopback destinations arriving from another interface never reach a published port.
-        Chain("raw_prerouting", (
-            f'{ip} daddr {loopback} iif != "lo" meta l4proto . th dport @loop_ports counter drop',
-            # loopback: Kernel (CVE-2020-8558 again): our route_localnet bridges would deliver
-            # a container's packets for 127.0.0.0/8 to the node's loopback services.
-            *(("ip daddr 127.0.0.0/8 iifname @localnet counter drop",) if kernel_lo else ()),
-        ), "type filter hook prerouting priority raw; policy accept;"),
-        Chain("prerouting", (
-            "iifname @icc_off jump icc_proxy",
-            f"{link_local}fib daddr type local jump publish",
-        ), "type nat hook prerouting priority dstnat; policy accept;"),
+        Chain(
+            "raw_prerouting",
+            (
+                f'{ip} daddr {loopback} iif != "lo" '
+                "meta l4proto . th dport @loop_ports counter drop",
+                # loopback: Kernel (CVE-2020-8558 again): our route_localnet bridges would deliver
+                # a container's packets for 127.0.0.0/8 to the node's loopback services.
+                *(("ip daddr 127.0.0.0/8 iifname @localnet counter drop",) if kernel_lo else ()),
+            ),
+            "type filter hook prerouting priority raw; policy accept;",
+        ),
+        Chain(
+            "prerouting",
+            (
+                "iifname @icc_off jump icc_proxy",
+                f"{link_local}fib daddr type local jump publish",
+            ),
+            "type nat hook prerouting priority dstnat; policy accept;",
+        ),
         # From an interContainer: false bridge to its own published ports: no DNAT (accept
         # ends this hook), the proxy listening there serves it.
-        Chain("icc_proxy", (
-            f"iifname . {ip} daddr . meta l4proto . th dport @icc_proxy_host accept",
-            "iifname . meta l4proto . th dport @icc_proxy_any accept",
-        )),
+        Chain(
+            "icc_proxy",
+            (
+                f"iifname . {ip} daddr . meta l4proto . th dport @icc_proxy_host accept",
+                "iifname . meta l4proto . th dport @icc_proxy_any accept",
+            ),
+        ),
         # The output hook needs a numeric priority; loopback destinations go to the proxy.
-        Chain("output", (
-            f"{ip} daddr != {loopback} {link_local}fib daddr type local jump publish",
-            *(("ip daddr 127.0.0.0/8 jump publish_lo",) if kernel_lo else ())),
-            "type nat hook output priority -100; policy accept;"),
-        Chain("input", tuple(f"ct state new {c}" for c in check),
-              "type filter hook input priority filter; policy accept;"),
-        Chain("publish", (
-            *check,
-            f"dnat {ip} to {ip} daddr . meta l4proto . th dport map @pub_host",
-            f"dnat {ip} to {ip} daddr . meta l4proto . th dport map @pub_host_range",
-            f"dnat {ip} to meta l4proto . th dport map @pub_any",
-            f"dnat {ip} to meta l4proto . th dport map @pub_any_range",
-        )),
-        Chain("postrouting", (
-            # loopback: Kernel: 127.0.0.1 leaving through a bridge takes the bridge's address.
-            *(("ip saddr 127.0.0.0/8 oifname @localnet masquerade",) if kernel_lo else ()),
-            "oifname vmap @hairpin_to",
-            "iifname vmap @masq_from",
-        ), "type nat hook postrouting priority srcnat; policy accept;"),
-        Chain("forward", (
-            "ct state established,related accept",
-            *_accept_mark_rules(plan),
-            "iifname vmap @fwd_in",
-            "oifname vmap @fwd_out",
-        ), "type filter hook forward priority filter; policy accept;"),
+        Chain(
+            "output",
+            (
+                f"{ip} daddr != {loopback} {link_local}fib daddr type local jump publish",
+                *(("ip daddr 127.0.0.0/8 jump publish_lo",) if kernel_lo else ()),
+            ),
+            "type nat hook output priority -100; policy accept;",
+        ),
+        Chain(
+            "input",
+            tuple(f"ct state new {c}" for c in check),
+            "type filter hook input priority filter; policy accept;",
+        ),
+        Chain(
+            "publish",
+            (
+                *check,
+                f"dnat {ip} to {ip} daddr . meta l4proto . th dport map @pub_host",
+                f"dnat {ip} to {ip} daddr . meta l4proto . th dport map @pub_host_range",
+                f"dnat {ip} to meta l4proto . th dport map @pub_any",
+                f"dnat {ip} to meta l4proto . th dport map @pub_any_range",
+            ),
+        ),
+        Chain(
+            "postrouting",
+            (
+                # loopback: Kernel: 127.0.0.1 leaving through a bridge takes the bridge's address.
+                *(("ip saddr 127.0.0.0/8 oifname @localnet masquerade",) if kernel_lo else ()),
+                "oifname vmap @hairpin_to",
+                "iifname vmap @masq_from",
+            ),
+            "type nat hook postrouting priority srcnat; policy accept;",
+        ),
+        Chain(
+            "forward",
+            (
+                "ct state established,related accept",
+                *_accept_mark_rules(plan),
+                "iifname vmap @fwd_in",
+                "oifname vmap @fwd_out",
+            ),
+            "type filter hook forward priority filter; policy accept;",
+        ),
     ]
     if kernel_lo:
         chains += _kernel_loopback_chains()
@@ -284,14 +328,16 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
         # without SNAT the answer would bypass the node and the client would drop it. Matching
         # the outgoing bridge covers the routed and the br_netfilter-bridged path alike.
         elements["hairpin_to"].add(Element(name, f"jump hairpin_{b.name}"))
-        chains.append(Chain(f"hairpin_{b.name}", (
-            f"ct status dnat {ip} saddr {subnet} masquerade",)))
+        chains.append(
+            Chain(f"hairpin_{b.name}", (f"ct status dnat {ip} saddr {subnet} masquerade",))
+        )
         if b.masquerade:
             elements["masq_from"].add(Element(name, f"jump masq_{b.name}"))
             egress = b.egress(version)
             nat = f"snat {ip} to {egress}" if egress is not None else "masquerade"
-            chains.append(Chain(f"masq_{b.name}", (
-                f'{ip} saddr {subnet} oifname != "{b.name}" {nat}',)))
+            chains.append(
+                Chain(f"masq_{b.name}", (f'{ip} saddr {subnet} oifname != "{b.name}" {nat}',))
+            )
     chains += source_chains
     return Table(ip, lookups, tuple(chains), {k: frozenset(v) for k, v in elements.items()})
 
@@ -312,8 +358,9 @@ COUNT_SETS = ("cnt_host", "cnt_host_range", "cnt_any", "cnt_any_range")
 def _count_lookups(addr: str) -> tuple[Lookup, ...]:
     return (
         Lookup("cnt_host", f"{addr} . inet_proto . inet_service", counter=True),
-        Lookup("cnt_host_range", f"{addr} . inet_proto . inet_service", interval=True,
-                counter=True),
+        Lookup(
+            "cnt_host_range", f"{addr} . inet_proto . inet_service", interval=True, counter=True
+        ),
         Lookup("cnt_any", "inet_proto . inet_service", counter=True),
         Lookup("cnt_any_range", "inet_proto . inet_service", interval=True, counter=True),
     )
@@ -330,19 +377,31 @@ def _count_chains(ip: str, elements: Mapping[str, set[Element]]) -> tuple[Chain,
     flow is counted by the DNAT map element instead. Flows from processes on the node itself
     (output DNAT) are counted as connections only.
     """
-    rules_in, rules_out = ["ct status & dnat == 0 accept"], [
-        "ct status & dnat == 0 accept", "ct direction original accept"]
-    for name, host in (("cnt_host", True), ("cnt_host_range", True), ("cnt_any", False),
-                       ("cnt_any_range", False)):
+    rules_in, rules_out = (
+        ["ct status & dnat == 0 accept"],
+        ["ct status & dnat == 0 accept", "ct direction original accept"],
+    )
+    for name, host in (
+        ("cnt_host", True),
+        ("cnt_host_range", True),
+        ("cnt_any", False),
+        ("cnt_any_range", False),
+    ):
         if not elements[name]:
             continue
         rules_in.append(f"{f'{ip} daddr . ' if host else ''}meta l4proto . th dport @{name}")
         rules_out.append(f"{f'{ip} saddr . ' if host else ''}meta l4proto . th sport @{name}")
     return (
-        Chain("count_in", tuple(rules_in),
-              "type filter hook prerouting priority mangle; policy accept;"),
-        Chain("count_out", tuple(rules_out),
-              "type filter hook postrouting priority 200; policy accept;"),
+        Chain(
+            "count_in",
+            tuple(rules_in),
+            "type filter hook prerouting priority mangle; policy accept;",
+        ),
+        Chain(
+            "count_out",
+            tuple(rules_out),
+            "type filter hook postrouting priority 200; policy accept;",
+        ),
     )
 
 
@@ -376,8 +435,7 @@ def _to_bridge_rules(b: BridgePlan, version: int) -> tuple[str, ...]:
             rules.append("iifname != @bridges accept")
         elif mode is GatewayMode.ROUTED:
             ip, icmp = ("ip", "icmp") if version == 4 else ("ip6", "ipv6-icmp")
-            rules.append(f"iifname != @bridges {ip} daddr . meta l4proto . th dport @routed "
-                         "accept")
+            rules.append(f"iifname != @bridges {ip} daddr . meta l4proto . th dport @routed accept")
             rules.append(f"iifname != @bridges meta l4proto {icmp} accept")
     rules.append("counter drop")
     return tuple(rules)
@@ -398,10 +456,13 @@ def _kernel_loopback_chains() -> list[Chain]:
     our masqueraded flows still pass: raw sees them addressed to the bridge, before conntrack
     restores 127.0.0.1."""
     return [
-        Chain("publish_lo", (
-            "dnat ip to ip daddr . meta l4proto . th dport map @pub_lo",
-            "dnat ip to ip daddr . meta l4proto . th dport map @pub_lo_range",
-        )),
+        Chain(
+            "publish_lo",
+            (
+                "dnat ip to ip daddr . meta l4proto . th dport map @pub_lo",
+                "dnat ip to ip daddr . meta l4proto . th dport map @pub_lo_range",
+            ),
+        ),
     ]
 
 
@@ -414,19 +475,29 @@ def dnat_elements(d: Dnat) -> list[tuple[str, Element]]:
     if d.proxy_from:
         _check_ifname(d.proxy_from)
         ports = f"{d.port}" if d.port == d.port_end else f"{d.port}-{d.port_end}"
-        skip.append(("icc_proxy_host" if d.host_ip is not None else "icc_proxy_any",
-                     Element(f'"{d.proxy_from}" . {host}{proto} . {ports}', "", comment)))
+        skip.append(
+            (
+                "icc_proxy_host" if d.host_ip is not None else "icc_proxy_any",
+                Element(f'"{d.proxy_from}" . {host}{proto} . {ports}', "", comment),
+            )
+        )
     return skip + _dnat_map_elements(d, proto, host, prefix, comment)
 
 
-def _dnat_map_elements(d: Dnat, proto: str, host: str, prefix: str,
-                       comment: str) -> list[tuple[str, Element]]:
+def _dnat_map_elements(
+    d: Dnat, proto: str, host: str, prefix: str, comment: str
+) -> list[tuple[str, Element]]:
     if d.port == d.port_end:
-        return [(prefix, Element(f"{host}{proto} . {d.port}", f"{d.target} . {d.target_port}",
-                                 comment))]
+        return [
+            (prefix, Element(f"{host}{proto} . {d.port}", f"{d.target} . {d.target_port}", comment))
+        ]
     if d.same_ports:
-        return [(f"{prefix}_range", Element(f"{host}{proto} . {d.port}-{d.port_end}",
-                                            str(d.target), comment))]
+        return [
+            (
+                f"{prefix}_range",
+                Element(f"{host}{proto} . {d.port}-{d.port_end}", str(d.target), comment),
+            )
+        ]
     # A shifted range cannot be one interval (nft maps an interval to one value): expand 1:1.
     return [
         (prefix, Element(f"{host}{proto} . {port}", f"{d.target} . {d.target_port + i}", comment))
@@ -434,8 +505,9 @@ def _dnat_map_elements(d: Dnat, proto: str, host: str, prefix: str,
     ]
 
 
-def _source_chains(rules: Iterable[SourceRule], version: int, ip: str,
-                   elements: dict[str, set[Element]]) -> list[Chain]:
+def _source_chains(
+    rules: Iterable[SourceRule], version: int, ip: str, elements: dict[str, set[Element]]
+) -> list[Chain]:
     """One src_<id> chain per restricted publication, and the map elements jumping there.
     A key already taken (the planner never plans two; this keeps a planner bug from failing
     the whole transaction) keeps its first owner."""
@@ -445,8 +517,10 @@ def _source_chains(rules: Iterable[SourceRule], version: int, ip: str,
         name = "src_" + hashlib.sha256(r.owner.key.encode()).hexdigest()[:12]
         if name not in chains:
             allowed = ", ".join(str(n) for n in r.sources)
-            chains[name] = Chain(name, (f"{ip} saddr != {{ {allowed} }} counter drop"
-                                        if allowed else "counter drop",))
+            chains[name] = Chain(
+                name,
+                (f"{ip} saddr != {{ {allowed} }} counter drop" if allowed else "counter drop",),
+            )
         host = f"{r.address} . " if r.address is not None else ""
         target = "src_host" if r.address is not None else "src_any"
         for port in range(r.port, r.port_end + 1):
@@ -477,8 +551,10 @@ def _loop_port_elements(plan: NodePlan) -> set[Element]:
                 merged[-1][1] = max(merged[-1][1], hi)
             else:
                 merged.append([lo, hi])
-        out |= {Element(f"{proto.nft} . {lo}" if lo == hi else f"{proto.nft} . {lo}-{hi}")
-                for lo, hi in merged}
+        out |= {
+            Element(f"{proto.nft} . {lo}" if lo == hi else f"{proto.nft} . {lo}-{hi}")
+            for lo, hi in merged
+        }
     return out
 
 

@@ -63,9 +63,13 @@ def bridges_kept(plan: NodePlan, overrides: Overrides, kept: Iterable[KeptBridge
         ref = ResourceRef(BRIDGE_NETWORK, "", k.network)
         base = overrides.get(ref) or plan.outcome(ref)
         if base is not None:
-            out[ref] = replace(base, message=(
-                f"{base.message}; bridge {k.bridge} is kept with its {k.ports} attached "
-                "port(s) until this BridgeNetwork is deleted"))
+            out[ref] = replace(
+                base,
+                message=(
+                    f"{base.message}; bridge {k.bridge} is kept with its {k.ports} attached "
+                    "port(s) until this BridgeNetwork is deleted"
+                ),
+            )
     return out
 
 
@@ -76,16 +80,26 @@ def bridge_failed(plan: NodePlan, failures: Iterable[LinkFailure]) -> Overrides:
         failed = plan.outcome(ResourceRef(BRIDGE_NETWORK, "", failure.network))
         if failed is not None:
             overrides[failed.ref] = replace(
-                failed, state=State.FAILED, reason="BridgeFailed",
-                message=f"bridge {failure.bridge}: {failure.message}")
+                failed,
+                state=State.FAILED,
+                reason="BridgeFailed",
+                message=f"bridge {failure.bridge}: {failure.message}",
+            )
     return overrides
 
 
 def nft_rejected(plan: NodePlan, error: str) -> Overrides:
     """A refused transaction changed nothing: whatever was to be Applied is Failed."""
-    return {o.ref: replace(o, state=State.FAILED, reason="NftRejected",
-                           message=f"nftables rejected the update: {error}")
-            for o in plan.outcomes if o.state is State.APPLIED}
+    return {
+        o.ref: replace(
+            o,
+            state=State.FAILED,
+            reason="NftRejected",
+            message=f"nftables rejected the update: {error}",
+        )
+        for o in plan.outcomes
+        if o.state is State.APPLIED
+    }
 
 
 def outcomes(plan: NodePlan, overrides: Mapping[ResourceRef, Outcome]) -> tuple[Outcome, ...]:
@@ -95,8 +109,7 @@ def outcomes(plan: NodePlan, overrides: Mapping[ResourceRef, Outcome]) -> tuple[
 
 def ports_in_use(reports: Iterable[ProxyReport]) -> dict[ResourceRef, str]:
     """Publications whose proxy port a host process holds, with the proxy's message."""
-    return {r.owner: r.message for r in reports
-            if r.state == "failed" and r.reason == "PortInUse"}
+    return {r.owner: r.message for r in reports if r.state == "failed" and r.reason == "PortInUse"}
 
 
 @dataclass
@@ -125,13 +138,17 @@ class Lost:
         return new
 
 
-def replan_without(resources: Sequence[ParseResult], facts: NodeFacts,
-                   in_use: Mapping[ResourceRef, str],
-                   unclaimed: Mapping[ResourceRef, str] | None = None) -> NodePlan:
+def replan_without(
+    resources: Sequence[ParseResult],
+    facts: NodeFacts,
+    in_use: Mapping[ResourceRef, str],
+    unclaimed: Mapping[ResourceRef, str] | None = None,
+) -> NodePlan:
     """The plan again, knowing which ports are held: those publications become Conflicted
     (PortInUse) or Failed (ClaimFailed) and lose their DNAT."""
-    return planner.plan(resources, replace(facts, ports_in_use=dict(in_use),
-                                           claims_failed=dict(unclaimed or {})))
+    return planner.plan(
+        resources, replace(facts, ports_in_use=dict(in_use), claims_failed=dict(unclaimed or {}))
+    )
 
 
 def proxy_states(reports: Iterable[ProxyReport]) -> dict[ResourceRef, ProxyState]:
@@ -150,7 +167,9 @@ def problems(settled: Iterable[Outcome], errors: Iterable[str]) -> set[Problem]:
     """Everything worth telling a human: outcomes that are neither Applied nor Inactive, and
     input errors. The agent logs each once, when it first appears."""
     found: set[Problem] = {
-        (str(o.ref), o.state.value, o.reason, o.message) for o in settled
-        if o.state not in (State.APPLIED, State.INACTIVE)}
+        (str(o.ref), o.state.value, o.reason, o.message)
+        for o in settled
+        if o.state not in (State.APPLIED, State.INACTIVE)
+    }
     found |= {("input", err) for err in errors}
     return found

@@ -87,8 +87,10 @@ class ResourceRef(NamedTuple):
     name: str
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else (
-            f"{self.kind} {self.name}"
+        return (
+            f"{self.kind} {self.namespace}/{self.name}"
+            if self.namespace
+            else (f"{self.kind} {self.name}")
         )
 
     @property
@@ -234,7 +236,8 @@ class PortPublication:
     @property
     def targets(self) -> tuple[IPAddress, ...]:
         return (self.target_address,) + (
-            (self.target_address6,) if self.target_address6 is not None else ())
+            (self.target_address6,) if self.target_address6 is not None else ()
+        )
 
     @property
     def specific_host_ip(self) -> IPAddress | None:
@@ -256,8 +259,10 @@ class PortPublication:
 
     def describe(self) -> str:
         host = f"{hostport(self.host_ip)}:" if self.host_ip else ""
-        ports = f"{self.host_port}" if self.port_count == 1 else (
-            f"{self.host_port}-{self.host_port_end}"
+        ports = (
+            f"{self.host_port}"
+            if self.port_count == 1
+            else (f"{self.host_port}-{self.host_port_end}")
         )
         if self.unresolved:
             assert self.assign is not None
@@ -359,8 +364,15 @@ class _Fields:
             return default
         return value
 
-    def integer(self, key: str, low: int, high: int, what: str, default: int | None = None,
-                required: bool = False) -> int | None:
+    def integer(
+        self,
+        key: str,
+        low: int,
+        high: int,
+        what: str,
+        default: int | None = None,
+        required: bool = False,
+    ) -> int | None:
         value = self.raw(key)
         if value is None:
             if required:
@@ -398,8 +410,9 @@ class _Fields:
             self.error(str(key), "unknown field")
 
 
-def _address(fields: _Fields, key: str, required: bool = False,
-             wildcard: bool = False) -> IPAddress | None:
+def _address(
+    fields: _Fields, key: str, required: bool = False, wildcard: bool = False
+) -> IPAddress | None:
     """A unicast address; with `wildcard`, 0.0.0.0 and :: are accepted too."""
     text = fields.string(key, required=required)
     if text is None:
@@ -421,21 +434,31 @@ def _address(fields: _Fields, key: str, required: bool = False,
 # except 169.254/16 inside a 169.x/8../15.
 PREFIX_BOUNDS = {4: (8, 30), 6: (16, 126)}
 RESERVED_SUBNETS: dict[int, tuple[tuple[str, str], ...]] = {
-    4: (("0.0.0.0/8", "this network"), ("127.0.0.0/8", "loopback"),
-        ("169.254.0.0/16", "link-local"), ("224.0.0.0/3", "multicast and reserved")),
-    6: (("::/16", "unspecified, loopback and IPv4-mapped"), ("fe80::/10", "link-local"),
-        ("ff00::/8", "multicast")),
+    4: (
+        ("0.0.0.0/8", "this network"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/3", "multicast and reserved"),
+    ),
+    6: (
+        ("::/16", "unspecified, loopback and IPv4-mapped"),
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+    ),
 }
 
 
 @overload
-def _network(fields: _Fields, key: str, version: Literal[4],
-             required: bool) -> ipaddress.IPv4Network | None: ...
+def _network(
+    fields: _Fields, key: str, version: Literal[4], required: bool
+) -> ipaddress.IPv4Network | None: ...
 @overload
-def _network(fields: _Fields, key: str, version: Literal[6],
-             required: bool) -> ipaddress.IPv6Network | None: ...
-def _network(fields: _Fields, key: str, version: int,
-             required: bool) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+def _network(
+    fields: _Fields, key: str, version: Literal[6], required: bool
+) -> ipaddress.IPv6Network | None: ...
+def _network(
+    fields: _Fields, key: str, version: int, required: bool
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     text = fields.string(key, required=required)
     if text is None:
         return None
@@ -449,8 +472,7 @@ def _network(fields: _Fields, key: str, version: int,
         return None
     shortest, longest = PREFIX_BOUNDS[version]
     if net.prefixlen > longest:
-        fields.error(key, f"{text} is too small for a bridge network (need at least a /30 or "
-                     "/126)")
+        fields.error(key, f"{text} is too small for a bridge network (need at least a /30 or /126)")
         return None
     if net.prefixlen < shortest:
         fields.error(key, f"{text} is too large for a bridge network (at most a /{shortest})")
@@ -557,16 +579,18 @@ def parse(doc: Any) -> ParseResult:
     )
     fields.reject_unknown()
     if errors or result is None:
-        return InvalidResource(meta.ref, bounded(errors) or ("invalid",), meta.generation,
-                               meta.uid)
+        return InvalidResource(meta.ref, bounded(errors) or ("invalid",), meta.generation, meta.uid)
     return result
 
 
 def _bridge_network(meta: Meta, f: _Fields) -> BridgeNetwork | None:
     bridge = f.string("bridge") or default_bridge_name(meta.ref.name)
     if not IFNAME.match(bridge) or bridge in (".", ".."):
-        f.error("bridge", f"{quote(bridge)} is not a valid interface name "
-                "(1-15 characters of A-Z a-z 0-9 _ . -, not starting with a symbol)")
+        f.error(
+            "bridge",
+            f"{quote(bridge)} is not a valid interface name "
+            "(1-15 characters of A-Z a-z 0-9 _ . -, not starting with a symbol)",
+        )
     subnet: ipaddress.IPv4Network | None = _network(f, "subnet", 4, required=True)
     subnet6: ipaddress.IPv6Network | None = _network(f, "subnet6", 6, required=False)
     gateway = _gateway(f, "gateway", subnet)
@@ -596,17 +620,22 @@ def _bridge_network(meta: Meta, f: _Fields) -> BridgeNetwork | None:
     )
     if network.egress_address6 is not None and subnet6 is None:
         f.error("egressAddress6", "requires spec.subnet6")
-    for key, address, mode in (("egressAddress", network.egress_address, network.gateway_mode),
-                               ("egressAddress6", network.egress_address6,
-                                network.gateway_mode6)):
-        if address is not None and (not network.masquerade or network.internal or mode not in (
-            GatewayMode.NAT, GatewayMode.NAT_UNPROTECTED
-        )):
+    for key, address, mode in (
+        ("egressAddress", network.egress_address, network.gateway_mode),
+        ("egressAddress6", network.egress_address6, network.gateway_mode6),
+    ):
+        if address is not None and (
+            not network.masquerade
+            or network.internal
+            or mode not in (GatewayMode.NAT, GatewayMode.NAT_UNPROTECTED)
+        ):
             f.error(key, f"{key} needs masquerade: true, internal: false and a nat gateway mode")
     if network.trusted_interfaces and network.internal:
         f.error("trustedInterfaces", "has no effect on an internal network (nothing enters it)")
-    for key, mode in (("gatewayMode", network.gateway_mode),
-                      ("gatewayMode6", network.gateway_mode6)):
+    for key, mode in (
+        ("gatewayMode", network.gateway_mode),
+        ("gatewayMode6", network.gateway_mode6),
+    ):
         if mode is GatewayMode.ISOLATED and not network.internal:
             f.error(key, f"{key} isolated requires internal: true")
     return network if subnet is not None and gateway is not None else None
@@ -646,13 +675,16 @@ def _interfaces(f: _Fields, key: str) -> tuple[str, ...]:
 
 
 @overload
-def _gateway(f: _Fields, key: str,
-             subnet: ipaddress.IPv4Network | None) -> ipaddress.IPv4Address | None: ...
+def _gateway(
+    f: _Fields, key: str, subnet: ipaddress.IPv4Network | None
+) -> ipaddress.IPv4Address | None: ...
 @overload
-def _gateway(f: _Fields, key: str,
-             subnet: ipaddress.IPv6Network) -> ipaddress.IPv6Address | None: ...
-def _gateway(f: _Fields, key: str,
-             subnet: ipaddress.IPv4Network | ipaddress.IPv6Network | None) -> IPAddress | None:
+def _gateway(
+    f: _Fields, key: str, subnet: ipaddress.IPv6Network
+) -> ipaddress.IPv6Address | None: ...
+def _gateway(
+    f: _Fields, key: str, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+) -> IPAddress | None:
     if subnet is None:
         f.raw(key)
         return None
@@ -677,8 +709,11 @@ def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
     host_port = f.integer("hostPort", 1, 65535, "a port")
     host_port_end = f.integer("hostPortEnd", 1, 65535, "a port")
     if assign is not None and (host_port is not None or host_port_end is not None):
-        f.error("assignFrom", "is not allowed with spec.hostPort or spec.hostPortEnd (give "
-                "the host port, or let the node assign one)")
+        f.error(
+            "assignFrom",
+            "is not allowed with spec.hostPort or spec.hostPortEnd (give "
+            "the host port, or let the node assign one)",
+        )
     if host_port is None and host_port_end is not None:
         f.error("hostPortEnd", "requires spec.hostPort")
     if host_port is None and f.data.get("hostPort") is None:
@@ -714,14 +749,18 @@ def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
         f.error("hostPortEnd", f"{end} is below spec.hostPort {host_port}")
         return None
     if target_port + (end - host_port) > 65535:
-        f.error("target.port", f"range {target_port}-{target_port + end - host_port} "
-                "exceeds 65535")
+        f.error("target.port", f"range {target_port}-{target_port + end - host_port} exceeds 65535")
         return None
-    if host_ip is not None and host_ip.version != target_address.version and (
-        not host_ip.is_loopback
+    if (
+        host_ip is not None
+        and host_ip.version != target_address.version
+        and (not host_ip.is_loopback)
     ):
-        f.error("hostIP", f"IPv{host_ip.version} host IP {host_ip} cannot be NATed to IPv"
-                f"{target_address.version} target {target_address}")
+        f.error(
+            "hostIP",
+            f"IPv{host_ip.version} host IP {host_ip} cannot be NATed to IPv"
+            f"{target_address.version} target {target_address}",
+        )
         return None
     return PortPublication(
         meta=meta,
@@ -734,8 +773,9 @@ def _port_publication(meta: Meta, f: _Fields) -> PortPublication | None:
         network=network,
         loopback=loopback,
         node_selector=selector,
-        target_address6=target_address6 if isinstance(
-            target_address6, ipaddress.IPv6Address) else None,
+        target_address6=target_address6
+        if isinstance(target_address6, ipaddress.IPv6Address)
+        else None,
         allowed_sources=sources,
         assign=assign,
     )
@@ -752,8 +792,7 @@ def _assign_from(f: _Fields) -> AssignFrom | None:
     count = a.integer("count", 1, MAX_ASSIGN_COUNT, "a port count", default=1) or 1
     a.reject_unknown()
     if (data.get("start") is None) != (data.get("end") is None):
-        a.error("end" if data.get("start") is not None else "start",
-                "start and end go together")
+        a.error("end" if data.get("start") is not None else "start", "start and end go together")
         return None
     if start is not None and end is not None:
         if end < start:
@@ -765,8 +804,9 @@ def _assign_from(f: _Fields) -> AssignFrom | None:
     return AssignFrom(start, end, count)
 
 
-def _dual_stack_ok(t: _Fields, address: IPAddress | None, address6: IPAddress | None,
-                   host_ip: IPAddress | None) -> bool:
+def _dual_stack_ok(
+    t: _Fields, address: IPAddress | None, address6: IPAddress | None, host_ip: IPAddress | None
+) -> bool:
     """target.address6 is the IPv6 half of a dual-stack target: address is then IPv4, and
     hostIP (which picks one family) is absent or loopback, so both halves are used."""
     if address6 is None:
@@ -778,8 +818,11 @@ def _dual_stack_ok(t: _Fields, address: IPAddress | None, address6: IPAddress | 
         t.error("address6", f"requires an IPv4 {t.at('address')}, not {address}")
         return False
     if host_ip is not None and not host_ip.is_loopback:
-        t.error("address6", f"is unused: hostIP {host_ip} publishes IPv{host_ip.version} "
-                "only; omit hostIP to publish both families")
+        t.error(
+            "address6",
+            f"is unused: hostIP {host_ip} publishes IPv{host_ip.version} "
+            "only; omit hostIP to publish both families",
+        )
         return False
     return True
 

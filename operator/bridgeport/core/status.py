@@ -76,8 +76,9 @@ def resource_from_body(body: Mapping[str, Any]) -> Resource:
     status = body.get("status") or {}
     conditions = status.get("conditions") if isinstance(status, Mapping) else None
     return Resource(
-        ref=ResourceRef(text(body.get("kind")), text(meta.get("namespace")),
-                        text(meta.get("name"))),
+        ref=ResourceRef(
+            text(body.get("kind")), text(meta.get("namespace")), text(meta.get("name"))
+        ),
         uid=text(meta.get("uid")),
         generation=integer(meta.get("generation")) or 0,
         conditions=tuple(c for c in conditions or () if isinstance(c, Mapping)),
@@ -96,11 +97,13 @@ def micro_time(moment: datetime.datetime) -> str:
 
 # -- aggregation ------------------------------------------------------------------------------
 
+
 def _matches(resource: Resource, report: Entry) -> bool:
     """Same object: same kind/namespace/name, and same uid when both sides know it (a deleted
     and recreated resource with the same name must not inherit the old object's reports)."""
     return report.ref == resource.ref and (
-        not report.uid or not resource.uid or report.uid == resource.uid)
+        not report.uid or not resource.uid or report.uid == resource.uid
+    )
 
 
 def _current(resource: Resource, report: Entry) -> bool:
@@ -110,8 +113,16 @@ def _current(resource: Resource, report: Entry) -> bool:
 def _pick(resource: Resource, reports: Sequence[Entry]) -> Entry:
     """One report per node (an agent reports each resource once; be deterministic anyway):
     a uid match beats a uid-less one, then the newest generation, then the state name."""
-    return max(reports, key=lambda r: (bool(r.uid) and r.uid == resource.uid,
-                                       r.observed_generation or 0, r.state, r.reason, r.message))
+    return max(
+        reports,
+        key=lambda r: (
+            bool(r.uid) and r.uid == resource.uid,
+            r.observed_generation or 0,
+            r.state,
+            r.reason,
+            r.message,
+        ),
+    )
 
 
 def _clip(text: str, limit: int) -> str:
@@ -146,14 +157,25 @@ def _programmed(ready: Sequence[Entry]) -> str:
     return f": {ready[0].message}{differ}"
 
 
-def _condition(ctype: str, true: bool, reason: str, message: str, generation: int
-               ) -> dict[str, Any]:
-    return {"type": ctype, "status": "True" if true else "False", "reason": reason,
-            "message": _clip(message, MAX_CONDITION_MESSAGE), "observedGeneration": generation}
+def _condition(
+    ctype: str, true: bool, reason: str, message: str, generation: int
+) -> dict[str, Any]:
+    return {
+        "type": ctype,
+        "status": "True" if true else "False",
+        "reason": reason,
+        "message": _clip(message, MAX_CONDITION_MESSAGE),
+        "observedGeneration": generation,
+    }
 
 
-def compute_status(resource: Resource, reports: Iterable[Entry], now: str,
-                   ready_elsewhere: int = 0, inactive_elsewhere: int = 0) -> dict[str, Any]:
+def compute_status(
+    resource: Resource,
+    reports: Iterable[Entry],
+    now: str,
+    ready_elsewhere: int = 0,
+    inactive_elsewhere: int = 0,
+) -> dict[str, Any]:
     """The desired `.status` of `resource`, given the reports of every node.
 
     `reports` may contain entries for other resources or other incarnations (uids) of this
@@ -180,17 +202,31 @@ def compute_status(resource: Resource, reports: Iterable[Entry], now: str,
 
     # Ready
     if n_selected and n_ready == n_selected:
-        ready_cond = _condition(READY, True, "AllNodesReady",
-                                f"{counts} at generation {gen}{_programmed(ready)}", gen)
+        ready_cond = _condition(
+            READY, True, "AllNodesReady", f"{counts} at generation {gen}{_programmed(ready)}", gen
+        )
     elif not n_chosen:
-        ready_cond = _condition(READY, False, "NoReports", "no node has reported this "
-                                "resource yet (are the agents running?)", gen)
+        ready_cond = _condition(
+            READY,
+            False,
+            "NoReports",
+            "no node has reported this resource yet (are the agents running?)",
+            gen,
+        )
     elif not n_selected:
-        quoted = (_quote(chosen, "Inactive") if chosen
-                  else "its nodeSelector matches none of their labels")
-        ready_cond = _condition(READY, False, "NotSelected",
-                                f"no node selects this resource ({_plural(n_chosen, 'node')}"
-                                f" report it Inactive: {quoted})", gen)
+        quoted = (
+            _quote(chosen, "Inactive")
+            if chosen
+            else "its nodeSelector matches none of their labels"
+        )
+        ready_cond = _condition(
+            READY,
+            False,
+            "NotSelected",
+            f"no node selects this resource ({_plural(n_chosen, 'node')}"
+            f" report it Inactive: {quoted})",
+            gen,
+        )
     else:
         worst = next((s for s in _SEVERITY if s in by_state), None)
         parts = [f"{len(v)} {k}" for k, v in sorted(by_state.items()) if k != State.APPLIED]
@@ -203,36 +239,59 @@ def compute_status(resource: Resource, reports: Iterable[Entry], now: str,
         if worst is None:
             ready_cond = _condition(READY, False, "NodesPending", summary, gen)
         else:
-            ready_cond = _condition(READY, False, worst.value,
-                                    f"{summary}; {_quote(by_state[worst], worst.value)}", gen)
+            ready_cond = _condition(
+                READY, False, worst.value, f"{summary}; {_quote(by_state[worst], worst.value)}", gen
+            )
 
     # Conflicted / Invalid: as last reported by the selected nodes (even at an older
     # generation: a conflict does not go away just because the spec changed).
     conflicted = by_state.get(State.CONFLICTED, [])
     conflict_cond = (
-        _condition(CONFLICTED, True, _reason(conflicted[0].reason, "Conflicted"),
-                   _quote(conflicted, "conflicted"), gen)
-        if conflicted else _condition(CONFLICTED, False, "NoConflict", "", gen))
+        _condition(
+            CONFLICTED,
+            True,
+            _reason(conflicted[0].reason, "Conflicted"),
+            _quote(conflicted, "conflicted"),
+            gen,
+        )
+        if conflicted
+        else _condition(CONFLICTED, False, "NoConflict", "", gen)
+    )
     invalid = by_state.get(State.INVALID, [])
     invalid_cond = (
-        _condition(INVALID, True, _reason(invalid[0].reason, "Invalid"),
-                   _quote(invalid, "invalid"), gen)
-        if invalid else _condition(INVALID, False, "Valid", "", gen))
+        _condition(
+            INVALID, True, _reason(invalid[0].reason, "Invalid"), _quote(invalid, "invalid"), gen
+        )
+        if invalid
+        else _condition(INVALID, False, "Valid", "", gen)
+    )
 
     conditions = [ready_cond, conflict_cond, invalid_cond]
     if resource.ref.kind == BRIDGE_NETWORK:
-        warned = [r for r in selected if r.state == State.APPLIED
-                  and r.reason == SUBNET_OVERLAPS_NODE]
+        warned = [
+            r for r in selected if r.state == State.APPLIED and r.reason == SUBNET_OVERLAPS_NODE
+        ]
         conditions.append(
-            _condition(SUBNET_OVERLAPS_NODE, True, SUBNET_OVERLAPS_NODE,
-                       _quote(warned, "overlaps a node network"), gen)
-            if warned else _condition(SUBNET_OVERLAPS_NODE, False, "NoOverlap", "", gen))
+            _condition(
+                SUBNET_OVERLAPS_NODE,
+                True,
+                SUBNET_OVERLAPS_NODE,
+                _quote(warned, "overlaps a node network"),
+                gen,
+            )
+            if warned
+            else _condition(SUBNET_OVERLAPS_NODE, False, "NoOverlap", "", gen)
+        )
 
     problem_nodes = [
-        {"node": r.node, "state": r.state,
-         "reason": r.reason if r.state != State.APPLIED else "GenerationPending",
-         "message": _clip(r.message if r.state != State.APPLIED else _pending(r, gen),
-                          MAX_NODE_MESSAGE)}
+        {
+            "node": r.node,
+            "state": r.state,
+            "reason": r.reason if r.state != State.APPLIED else "GenerationPending",
+            "message": _clip(
+                r.message if r.state != State.APPLIED else _pending(r, gen), MAX_NODE_MESSAGE
+            ),
+        }
         for r in problems[:MAX_PROBLEM_NODES]
     ]
     return {
@@ -251,11 +310,20 @@ def assigned_ports(chosen: Sequence[Entry]) -> dict[str, Any]:
     if not assigned:
         return {}
     distinct = {r.ports for r in assigned}
-    summary = (next(iter(distinct)) if len(distinct) == 1 else
-               f"{len(distinct)} ports on {_plural(len(assigned), 'node')}")
-    listed = [{"node": r.node, "port": r.assigned[0],
-               **({"portEnd": r.assigned[1]} if r.assigned[1] != r.assigned[0] else {})}
-              for r in assigned[:MAX_ASSIGNED_NODES] if r.assigned is not None]
+    summary = (
+        next(iter(distinct))
+        if len(distinct) == 1
+        else f"{len(distinct)} ports on {_plural(len(assigned), 'node')}"
+    )
+    listed = [
+        {
+            "node": r.node,
+            "port": r.assigned[0],
+            **({"portEnd": r.assigned[1]} if r.assigned[1] != r.assigned[0] else {}),
+        }
+        for r in assigned[:MAX_ASSIGNED_NODES]
+        if r.assigned is not None
+    ]
     return {"assignedPort": summary, "assignedPorts": listed}
 
 
@@ -265,8 +333,9 @@ def _pending(report: Entry, gen: int) -> str:
     return f"applied generation {report.observed_generation}, current is {gen}"
 
 
-def merge_conditions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]],
-                     now: str) -> list[dict[str, Any]]:
+def merge_conditions(
+    old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]], now: str
+) -> list[dict[str, Any]]:
     """`new` (without times) merged with `old`: lastTransitionTime is kept while a condition's
     status is unchanged and set to `now` when it changes; old conditions of types not in
     `new` are kept after ours, unchanged."""
@@ -286,8 +355,9 @@ def condition(conditions: Iterable[Mapping[str, Any]], ctype: str) -> Mapping[st
     return next((c for c in conditions if c.get("type") == ctype), None)
 
 
-def transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]
-                ) -> list[Transition]:
+def transitions(
+    old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]
+) -> list[Transition]:
     """Events worth posting when the conditions go from `old` to `new` (transitions only:
     the same conditions twice give nothing, so a reconcile that changes nothing is silent).
 
@@ -298,6 +368,7 @@ def transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any
     - Invalid becomes True: Warning `Invalid`.
     - SubnetOverlapsNode becomes True: Warning `SubnetOverlapsNode`.
     """
+
     def status_of(conds: Sequence[Mapping[str, Any]], ctype: str) -> str:
         c = condition(conds, ctype)
         return str(c.get("status", "Unknown")) if c is not None else "Unknown"
@@ -312,10 +383,16 @@ def transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any
     if (c := became(READY, "True")) is not None:
         out.append(Transition(NORMAL, "Ready", text(c.get("message"))))
     ready_new, ready_old = condition(new, READY), condition(old, READY)
-    if (ready_new is not None and ready_new.get("status") == "False"
-            and ready_new.get("reason") == State.FAILED
-            and not (ready_old is not None and ready_old.get("status") == "False"
-                     and ready_old.get("reason") == State.FAILED)):
+    if (
+        ready_new is not None
+        and ready_new.get("status") == "False"
+        and ready_new.get("reason") == State.FAILED
+        and not (
+            ready_old is not None
+            and ready_old.get("status") == "False"
+            and ready_old.get("reason") == State.FAILED
+        )
+    ):
         out.append(Transition(WARNING, "Failed", text(ready_new.get("message"))))
     if (c := became(CONFLICTED, "True")) is not None:
         out.append(Transition(WARNING, "Conflicted", text(c.get("message"))))
@@ -328,8 +405,9 @@ def transitions(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any
     return out
 
 
-def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]
-                 ) -> dict[str, Any] | None:
+def status_patch(
+    current: Mapping[str, Any] | None, desired: Mapping[str, Any]
+) -> dict[str, Any] | None:
     """The JSON merge patch of `.status` that turns `current` into `desired` (the top-level
     fields that differ; other writers' fields are left alone), or None when nothing changed."""
     current = current or {}

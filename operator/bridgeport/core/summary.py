@@ -63,4 +63,4 @@ def decode(text: object) -> tuple[int, ...] | None:
         return None
     if len(raw) != 8 * BUCKETS:
         return None
-    return tuple(int.from_bytes(raw[i:i + 8], "big") for i in range(0, len(raw), 8))
+    return tuple(int.from_bytes(raw[i : i + 8], "big") for i in range(0, len(raw), 8))

@@ -15,8 +15,10 @@ import struct
 from dataclasses import dataclass, field
 
 TRACE_TABLE = "bridgeport_trace"  # ip family; created and deleted by one trace run
-_NOISE = re.compile(r" (ip (dscp|ecn|ttl|id|length)|tcp window) \S+"
-                    r"|(?<=counter) packets \d+ bytes \d+")
+_NOISE = re.compile(
+    r" (ip (dscp|ecn|ttl|id|length)|tcp window) \S+"
+    r"|(?<=counter) packets \d+ bytes \d+"
+)
 _EVENT = re.compile(r"^trace id (\S+) (\S+) (\S+) (\S+) (.*)$")
 _PROTOCOLS = {"tcp": 6, "udp": 17}
 
@@ -32,17 +34,29 @@ class Probe:
     def packet(self) -> bytes:
         proto = _PROTOCOLS[self.protocol]
         if proto == 6:  # SYN, window 64240, no options
-            l4 = struct.pack("!HHIIBBHHH", self.sport, self.port, 0x62703031, 0, 5 << 4, 0x02,
-                             64240, 0, 0)
+            l4 = struct.pack(
+                "!HHIIBBHHH", self.sport, self.port, 0x62703031, 0, 5 << 4, 0x02, 64240, 0, 0
+            )
         else:
             payload = b"bridgeport trace probe"
             l4 = struct.pack("!HHHH", self.sport, self.port, 8 + len(payload), 0) + payload
         pseudo = self.client.packed + self.host.packed + struct.pack("!BBH", 0, proto, len(l4))
         checksum = _checksum(pseudo + l4)
         offset = 16 if proto == 6 else 6
-        l4 = l4[:offset] + struct.pack("!H", checksum or 0xFFFF) + l4[offset + 2:]
-        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0x6274, 0, 64, proto, 0,
-                             self.client.packed, self.host.packed)
+        l4 = l4[:offset] + struct.pack("!H", checksum or 0xFFFF) + l4[offset + 2 :]
+        header = struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(l4),
+            0x6274,
+            0,
+            64,
+            proto,
+            0,
+            self.client.packed,
+            self.host.packed,
+        )
         header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
         return header + l4
 
@@ -96,13 +110,17 @@ class Result:
             else:
                 out.append(f"    {s.family} {s.table} {s.chain}: {s.what}")
         if self.verdict == "delivered":
-            out.append(f"DELIVERED: every table let the probe through; it would leave as: "
-                       f"{self.last_packet}")
+            out.append(
+                f"DELIVERED: every table let the probe through; it would leave as: "
+                f"{self.last_packet}"
+            )
         elif self.verdict == "dropped" and self.by is not None:
             out.append(f"DROPPED by {self.by.where}: {self.by.what}")
         else:
-            out.append("NO VERDICT: the probe left nftables' view before any final hook "
-                       "(routing, rp_filter or a missing route dropped it; see `ip route get`)")
+            out.append(
+                "NO VERDICT: the probe left nftables' view before any final hook "
+                "(routing, rp_filter or a missing route dropped it; see `ip route get`)"
+            )
         return out
 
 

@@ -43,8 +43,9 @@ def kopf_settings() -> kopf.OperatorSettings:
     return s
 
 
-def list_metadata(api: client.CustomObjectsApi, plural: str, key: str,
-                  namespace: str | None = None) -> set[str]:
+def list_metadata(
+    api: client.CustomObjectsApi, plural: str, key: str, namespace: str | None = None
+) -> set[str]:
     """One metadata field (`uid`, `name`) of every object of our group's `plural`: metadata
     only, in pages, so a listing of 10,000 objects stays small. Blocking."""
     out: set[str] = set()

@@ -65,8 +65,11 @@ def document(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
     return {
         "apiVersion": body.get("apiVersion", API_VERSION),
         "kind": kind,
-        "metadata": {k: meta.get(k) for k in ("name", "namespace", "generation",
-                                              "creationTimestamp", "uid") if k in meta},
+        "metadata": {
+            k: meta.get(k)
+            for k in ("name", "namespace", "generation", "creationTimestamp", "uid")
+            if k in meta
+        },
         "spec": body.get("spec"),
     }
 
@@ -76,9 +79,11 @@ def _identity(body: Mapping[str, Any]) -> tuple[Key, str, int]:
     meta = meta if isinstance(meta, Mapping) else {}
     generation = meta.get("generation")
     # Interned: 100,000 stubs share a few namespaces.
-    return ((sys.intern(str(meta.get("namespace") or "")), str(meta.get("name") or "")),
-            str(meta.get("uid") or ""),
-            generation if isinstance(generation, int) else 0)
+    return (
+        (sys.intern(str(meta.get("namespace") or "")), str(meta.get("name") or "")),
+        str(meta.get("uid") or ""),
+        generation if isinstance(generation, int) else 0,
+    )
 
 
 def _uid_generation(res: ParseResult) -> tuple[str, int]:
@@ -96,8 +101,10 @@ class _Listing:
 class ClusterCache:
     """Not thread-safe: the source serialises calls."""
 
-    def __init__(self, parse: Callable[[Mapping[str, Any], str], ParseResult] | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        parse: Callable[[Mapping[str, Any], str], ParseResult] | None = None,
+    ) -> None:
         self._parse = parse or (lambda body, kind: specs.parse(document(body, kind)))
         self.full: dict[str, dict[Key, ParseResult]] = {BRIDGE_NETWORK: {}, PORT_PUBLICATION: {}}
         self.stubs: dict[Key, Stub] = {}
@@ -121,12 +128,16 @@ class ClusterCache:
         if not self.complete:
             return None
         selected = [r for r in self.full[PORT_PUBLICATION].values() if self._visible(r)]
-        return Snapshot((*self.full[BRIDGE_NETWORK].values(), *selected),
-                        node_labels=dict(self.labels))
+        return Snapshot(
+            (*self.full[BRIDGE_NETWORK].values(), *selected), node_labels=dict(self.labels)
+        )
 
     def counts(self) -> dict[str, int]:
-        return {"bridgenetworks": len(self.full[BRIDGE_NETWORK]),
-                "publications": len(self.full[PORT_PUBLICATION]), "stubs": len(self.stubs)}
+        return {
+            "bridgenetworks": len(self.full[BRIDGE_NETWORK]),
+            "publications": len(self.full[PORT_PUBLICATION]),
+            "stubs": len(self.stubs),
+        }
 
     # -- what the list-watches write ---------------------------------------------------------
 
@@ -150,8 +161,11 @@ class ClusterCache:
                 changed |= self._drop(kind, key)
         was_complete = self.complete
         self._listed.add(kind)
-        if kind == PORT_PUBLICATION and self.pending is not None and not self._stubs_match(
-                self.pending):
+        if (
+            kind == PORT_PUBLICATION
+            and self.pending is not None
+            and not self._stubs_match(self.pending)
+        ):
             changed |= self._switch_labels(self.pending)
         return self.complete and (changed or not was_complete)
 
@@ -163,8 +177,9 @@ class ClusterCache:
         listing = self._listing.get(kind)
         if listing is not None:
             listing.seen.add(key)
-        changed = self._set_node(body) if kind == NODE else self._put(kind, key, uid,
-                                                                       generation, body)
+        changed = (
+            self._set_node(body) if kind == NODE else self._put(kind, key, uid, generation, body)
+        )
         if listing is not None:
             listing.changed |= changed
             return False
@@ -189,15 +204,17 @@ class ClusterCache:
 
     # -- publications and networks -----------------------------------------------------------
 
-    def _put(self, kind: str, key: Key, uid: str, generation: int,
-             body: Mapping[str, Any]) -> bool:
+    def _put(self, kind: str, key: Key, uid: str, generation: int, body: Mapping[str, Any]) -> bool:
         if self._unchanged(kind, key, uid, generation):
             return False  # a status-only change (ours or the controller's): nothing to do
         res = self._parse(body, kind)
         before = self._visible_key(kind, key)
         self._remove(kind, key)
-        if (kind == PORT_PUBLICATION and not isinstance(res, InvalidResource)
-                and not self._wanted(res.node_selector)):
+        if (
+            kind == PORT_PUBLICATION
+            and not isinstance(res, InvalidResource)
+            and not self._wanted(res.node_selector)
+        ):
             self._add_stub(key, Stub(uid, generation, res.node_selector))
             return before
         self.full[kind][key] = res
@@ -244,13 +261,13 @@ class ClusterCache:
 
     def _visible(self, res: ParseResult) -> bool:
         """In the snapshot: networks, invalid objects, publications selecting the node."""
-        return not isinstance(res, specs.PortPublication) or res.node_selector.matches(
-            self.labels)
+        return not isinstance(res, specs.PortPublication) or res.node_selector.matches(self.labels)
 
     def _wanted(self, selector: NodeSelector) -> bool:
         """Keep the spec: it selects the node under its current or its pending labels."""
         return selector.matches(self.labels) or (
-            self.pending is not None and selector.matches(self.pending))
+            self.pending is not None and selector.matches(self.pending)
+        )
 
     # -- stubs -------------------------------------------------------------------------------
 

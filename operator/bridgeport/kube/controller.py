@@ -75,15 +75,17 @@ class ControllerSettings:
 
 
 class Controller:
-    def __init__(self, settings: ControllerSettings | None = None, *,
-                 api: client.ApiClient | None = None) -> None:
+    def __init__(
+        self, settings: ControllerSettings | None = None, *, api: client.ApiClient | None = None
+    ) -> None:
         self.config = settings or ControllerSettings()
         self.namespace_scope = self.config.namespace_scope
         self.store = Store()
         self.registry = kopf.OperatorRegistry()
         self._api = api
-        self.peering = Peering(self._custom_objects, enabled=self.config.peering,
-                               name=self.config.peering_name)
+        self.peering = Peering(
+            self._custom_objects, enabled=self.config.peering, name=self.config.peering_name
+        )
         self.writer = StatusWriter(self.store, self._custom_objects, self.peering.identity)
         self.lister = Lister(self._custom_objects, self.namespace_scope)
         self.first = FirstListing()
@@ -108,9 +110,11 @@ class Controller:
         # object, which is quadratic in the objects of a listing (minutes at 10,000).
         for plural in PLURALS.values():
             kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-event", registry=reg)(
-                self._resource_event)
+                self._resource_event
+            )
         kopf.on.event(GROUP, VERSION, NODESTATES, id="nodestates-event", registry=reg)(
-            self._node_event)
+            self._node_event
+        )
 
     def _record_resource(self, body: kopf.Body) -> None:
         if self.namespace_scope and body.metadata.namespace not in (None, self.namespace_scope):
@@ -121,8 +125,7 @@ class Controller:
         self.writer.seen(uid, body.metadata.get("resourceVersion"))
         self._mark(dirty)
 
-    async def _resource_event(self, event: Mapping[str, Any], body: kopf.Body,
-                              **_: Any) -> None:
+    async def _resource_event(self, event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         uid = body.metadata.uid or ""
         if event.get("type") is None:
             self.writer.relisted(uid)
@@ -138,8 +141,9 @@ class Controller:
                 self._mark(dirty)
         self._ready()
 
-    async def _node_event(self, event: Mapping[str, Any], name: str, status: Mapping[str, Any],
-                          **_: Any) -> None:
+    async def _node_event(
+        self, event: Mapping[str, Any], name: str, status: Mapping[str, Any], **_: Any
+    ) -> None:
         self.first.saw(node_key(name))
         if event.get("type") == "DELETED":
             self._mark(self.store.drop_node(name))
@@ -165,8 +169,11 @@ class Controller:
 
     def _ready(self) -> None:
         if self.first.reached():
-            log.info("first complete listing received", resources=len(self.store.resources),
-                     nodes=len(self.store.nodes))
+            log.info(
+                "first complete listing received",
+                resources=len(self.store.resources),
+                nodes=len(self.store.nodes),
+            )
             self._dirty.update(self.store.resources)
         if self.first.complete and (self._dirty or self.store.view.pending):
             self._wake.set()
@@ -197,8 +204,7 @@ class Controller:
             if retry:
                 self._failures += 1
                 delay = min(60.0, 2.0 ** min(self._failures, 6))
-                log.warning("status writes failed; retrying", resources=len(retry),
-                            delay=delay)
+                log.warning("status writes failed; retrying", resources=len(retry), delay=delay)
                 self._dirty |= retry
                 asyncio.get_running_loop().call_later(delay, self._wake.set)
             else:
@@ -245,17 +251,24 @@ class Controller:
             settings.peering.clusterwide = True
 
         # Started before kopf, so kopf's shutdown leaves them to us (it only reaps its own).
-        tasks = [asyncio.create_task(self.reconcile_forever(), name="bridgeport reconciler"),
-                 asyncio.create_task(self.resync_forever(), name="bridgeport resync"),
-                 asyncio.create_task(self._expect_listing(), name="bridgeport first listing")]
+        tasks = [
+            asyncio.create_task(self.reconcile_forever(), name="bridgeport reconciler"),
+            asyncio.create_task(self.resync_forever(), name="bridgeport resync"),
+            asyncio.create_task(self._expect_listing(), name="bridgeport first listing"),
+        ]
         if self.peering.enabled:
             tasks.append(asyncio.create_task(self.peering.explain_wait(), name="peering check"))
-        log.info("controller starting", identity=self.peering.identity,
-                 peering=self.peering.enabled, priority=self.peering.priority,
-                 namespace=self.namespace_scope or "(all)")
+        log.info(
+            "controller starting",
+            identity=self.peering.identity,
+            peering=self.peering.enabled,
+            priority=self.peering.priority,
+            namespace=self.namespace_scope or "(all)",
+        )
         try:
             await kopf.operator(
-                registry=self.registry, settings=settings,
+                registry=self.registry,
+                settings=settings,
                 identity=cast(Any, self.peering.identity),
                 clusterwide=not self.namespace_scope,
                 namespaces=[self.namespace_scope] if self.namespace_scope else (),
@@ -270,12 +283,25 @@ class Controller:
 def _plain(body: kopf.Body) -> dict[str, Any]:
     """The parts we keep, copied out of kopf's live view of the object."""
     meta = {k: body.metadata.get(k) for k in _META_KEYS if k in body.metadata}
-    return copy.deepcopy({"kind": body.get("kind"), "metadata": meta,
-                          "spec": dict(body.spec), "status": dict(body.status)})
+    return copy.deepcopy(
+        {
+            "kind": body.get("kind"),
+            "metadata": meta,
+            "spec": dict(body.spec),
+            "status": dict(body.status),
+        }
+    )
 
 
-_META_KEYS = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp",
-              "deletionTimestamp")
+_META_KEYS = (
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
 
 
 def run_controller(settings: ControllerSettings) -> int:

@@ -25,12 +25,19 @@ async def serve(endpoint: str) -> asyncio.Server:
             target = head.split(b" ", 2)[1].decode("latin-1") if head.count(b" ") >= 2 else ""
             ok = target.split("?", 1)[0] == path
             body = b"ok\n" if ok else b"not found\n"
-            writer.write(b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                         b"Connection: close\r\n\r\n%s"
-                         % (b"200 OK" if ok else b"404 Not Found", len(body), body))
+            writer.write(
+                b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s"
+                % (b"200 OK" if ok else b"404 Not Found", len(body), body)
+            )
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError, IndexError):
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            IndexError,
+        ):
             pass
         finally:
             writer.close()

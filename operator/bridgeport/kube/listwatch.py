@@ -62,8 +62,9 @@ class ListWatch:
     """`call` is a Kubernetes client list function with its path arguments bound (it takes
     limit, _continue, watch, resource_version, ... as keywords)."""
 
-    def __init__(self, name: str, call: Callable[..., Any], sink: Sink,
-                 timing: Timing | None = None) -> None:
+    def __init__(
+        self, name: str, call: Callable[..., Any], sink: Sink, timing: Timing | None = None
+    ) -> None:
         self.name = name
         self.call = call
         self.sink = sink
@@ -109,8 +110,11 @@ class ListWatch:
                     continue  # the server's timeout, or our interrupt: watch on
                 raise WatchError("the watch ended at once without events")
             except Gone:
-                log.info("resourceVersion expired; listing again", collection=self.name,
-                         resource_version=self.resource_version)
+                log.info(
+                    "resourceVersion expired; listing again",
+                    collection=self.name,
+                    resource_version=self.resource_version,
+                )
                 self.resource_version = None
                 delay = self._delay(failures) if failures else 0.0  # the first one at once
             except Exception as exc:
@@ -129,9 +133,14 @@ class ListWatch:
 
     def _log_failure(self, exc: Exception, delay: float, failures: int) -> None:
         known = isinstance(exc, ApiException | WatchError | OSError | ValueError) or (
-            type(exc).__module__.startswith("urllib3"))
-        fields = {"collection": self.name, "retry_in": round(delay, 1), "failures": failures + 1,
-                  "error": _describe(exc)}
+            type(exc).__module__.startswith("urllib3")
+        )
+        fields = {
+            "collection": self.name,
+            "retry_in": round(delay, 1),
+            "failures": failures + 1,
+            "error": _describe(exc),
+        }
         if known:
             log.warning("cannot list or watch; retrying", **fields)
         else:
@@ -174,10 +183,13 @@ class ListWatch:
     def _watch(self) -> int:
         """Watch until the server's timeout or an interrupt; the events seen."""
         timeout = random.randint(*self.timing.watch_timeout)
-        resp = self._request(watch=True, resource_version=self.resource_version,
-                             allow_watch_bookmarks=True, timeout_seconds=timeout,
-                             _request_timeout=(CONNECT_TIMEOUT,
-                                               timeout + self.timing.read_slack))
+        resp = self._request(
+            watch=True,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _request_timeout=(CONNECT_TIMEOUT, timeout + self.timing.read_slack),
+        )
         with self._lock:
             self._response = resp
         seen = 0
@@ -190,8 +202,7 @@ class ListWatch:
                 if kind == "ERROR":
                     if obj.get("code") == 410:
                         raise Gone(str(obj.get("message", "")))
-                    raise WatchError(f"{obj.get('code')} {obj.get('reason')}: "
-                                     f"{obj.get('message')}")
+                    raise WatchError(f"{obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
                 if kind == "DELETED":
                     self.sink.delete(obj)
                 elif kind in ("ADDED", "MODIFIED"):

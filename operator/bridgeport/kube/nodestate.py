@@ -27,8 +27,12 @@ HEARTBEAT = 300.0
 
 
 class NodeStateReporter:
-    def __init__(self, node_name: str, node_uid: Callable[[], str | None],
-                 api: client.ApiClient | None = None) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        node_uid: Callable[[], str | None],
+        api: client.ApiClient | None = None,
+    ) -> None:
         self.node_name = node_name
         self.node_uid = node_uid
         self._api = api
@@ -52,8 +56,11 @@ class NodeStateReporter:
             await asyncio.to_thread(self._write, status)
         except (ApiException, OSError) as exc:
             metrics.ERRORS.labels("nodestate").inc()
-            log.warning("cannot write NodeState; will retry on the next sync",
-                        node=self.node_name, error=str(getattr(exc, "reason", exc)))
+            log.warning(
+                "cannot write NodeState; will retry on the next sync",
+                node=self.node_name,
+                error=str(getattr(exc, "reason", exc)),
+            )
             return
         self._last, self._last_at = comparable, time.monotonic()
 
@@ -67,16 +74,25 @@ class NodeStateReporter:
             if exc.status == 404:
                 return {}
             if exc.status == 403:
-                log.warning("RBAC forbids reading this node's NodeState: assigned host ports "
-                            "are assigned afresh after a restart (the chart grants get on "
-                            "nodestates)", node=self.node_name)
+                log.warning(
+                    "RBAC forbids reading this node's NodeState: assigned host ports "
+                    "are assigned afresh after a restart (the chart grants get on "
+                    "nodestates)",
+                    node=self.node_name,
+                )
                 return {}
-            log.warning("cannot read this node's NodeState back; retrying",
-                        node=self.node_name, error=str(exc.reason))
+            log.warning(
+                "cannot read this node's NodeState back; retrying",
+                node=self.node_name,
+                error=str(exc.reason),
+            )
             return None
         except OSError as exc:
-            log.warning("cannot read this node's NodeState back; retrying",
-                        node=self.node_name, error=str(exc))
+            log.warning(
+                "cannot read this node's NodeState back; retrying",
+                node=self.node_name,
+                error=str(exc),
+            )
             return None
         status = obj.get("status") if isinstance(obj, dict) else None
         return assigned_ports(entries(self.node_name, status))
@@ -84,8 +100,9 @@ class NodeStateReporter:
     def _write(self, status: dict[str, Any]) -> None:
         body = {"status": status}
         try:
-            self.api.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, self.node_name,
-                                                        body)
+            self.api.patch_cluster_custom_object_status(
+                GROUP, VERSION, PLURAL, self.node_name, body
+            )
             return
         except ApiException as exc:
             if exc.status != 404:
@@ -95,11 +112,18 @@ class NodeStateReporter:
         log.info("NodeState created", node=self.node_name)
 
     def _new_object(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": self.node_name,
-                                "labels": {"app.kubernetes.io/managed-by": "bridgeport"}}
+        meta: dict[str, Any] = {
+            "name": self.node_name,
+            "labels": {"app.kubernetes.io/managed-by": "bridgeport"},
+        }
         uid = self.node_uid()
         if uid:
-            meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node",
-                                        "name": self.node_name, "uid": uid}]
-        return {"apiVersion": API_VERSION, "kind": "NodeState", "metadata": meta,
-                "spec": {"nodeName": self.node_name}}
+            meta["ownerReferences"] = [
+                {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": uid}
+            ]
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "NodeState",
+            "metadata": meta,
+            "spec": {"nodeName": self.node_name},
+        }

@@ -47,8 +47,9 @@ class Peering:
         s.peering.priority = self.priority
 
     def _get(self) -> Any:
-        return self.api().get_cluster_custom_object(PEERING_GROUP, PEERING_VERSION,
-                                                    PEERING_PLURAL, self.name)
+        return self.api().get_cluster_custom_object(
+            PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, self.name
+        )
 
     async def active(self) -> bool:
         """Double-check kopf's peering verdict before writing: a standby must never write."""
@@ -64,8 +65,12 @@ class Peering:
         except OSError:
             API_ERRORS.labels("peering").inc()
             return False
-        return is_active_peer(cast(Mapping[str, Any], obj).get("status"), self.identity,
-                              self.priority, datetime.datetime.now(datetime.UTC))
+        return is_active_peer(
+            cast(Mapping[str, Any], obj).get("status"),
+            self.identity,
+            self.priority,
+            datetime.datetime.now(datetime.UTC),
+        )
 
     async def explain_wait(self, interval: float = 5.0) -> None:
         """kopf waits silently, forever, for a missing peering object: say once what we wait
@@ -81,7 +86,8 @@ class Peering:
                         "on and that object does not exist, so nothing is processed. The helm "
                         "chart creates it; else apply crds/clusterkopfpeerings.kopf.dev.yaml and "
                         f"create it (kubectl create -f - with kind ClusterKopfPeering, name "
-                        f"{self.name}), or run a single replica with --no-peering")
+                        f"{self.name}), or run a single replica with --no-peering"
+                    )
                     said = True
             except OSError:
                 pass  # the API is unreachable: kopf says so itself

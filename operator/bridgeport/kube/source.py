@@ -73,8 +73,14 @@ class _Feed:
 
 
 class KubeSource:
-    def __init__(self, node_name: str, *, liveness_endpoint: str | None = None,
-                 timing: Timing | None = None, api: client.ApiClient | None = None) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        *,
+        liveness_endpoint: str | None = None,
+        timing: Timing | None = None,
+        api: client.ApiClient | None = None,
+    ) -> None:
         self.node_name = node_name
         self.liveness_endpoint = liveness_endpoint
         self.timing = timing or Timing()
@@ -100,8 +106,10 @@ class KubeSource:
         with self.lock:
             relist = self.cache.needs_relist()
         if relist and (kind == NODE or listed):
-            log.info("node labels changed; listing publications again for their specs",
-                     node=self.node_name)
+            log.info(
+                "node labels changed; listing publications again for their specs",
+                node=self.node_name,
+            )
             self.watches[PORT_PUBLICATION].relist()
         loop = self._loop
         if loop is None:
@@ -114,15 +122,20 @@ class KubeSource:
     def _collections(self, api: client.ApiClient) -> dict[str, ListWatch]:
         co = client.CustomObjectsApi(api)
         calls: dict[str, Callable[..., Any]] = {
-            NODE: partial(client.CoreV1Api(api).list_node,
-                          field_selector=f"metadata.name={self.node_name}"),
-            BRIDGE_NETWORK: partial(co.list_cluster_custom_object, GROUP, VERSION,
-                                    PLURALS[BRIDGE_NETWORK]),
-            PORT_PUBLICATION: partial(co.list_cluster_custom_object, GROUP, VERSION,
-                                      PLURALS[PORT_PUBLICATION]),
+            NODE: partial(
+                client.CoreV1Api(api).list_node, field_selector=f"metadata.name={self.node_name}"
+            ),
+            BRIDGE_NETWORK: partial(
+                co.list_cluster_custom_object, GROUP, VERSION, PLURALS[BRIDGE_NETWORK]
+            ),
+            PORT_PUBLICATION: partial(
+                co.list_cluster_custom_object, GROUP, VERSION, PLURALS[PORT_PUBLICATION]
+            ),
         }
-        return {kind: ListWatch(kind, call, _Feed(self, kind), self.timing)
-                for kind, call in calls.items()}
+        return {
+            kind: ListWatch(kind, call, _Feed(self, kind), self.timing)
+            for kind, call in calls.items()
+        }
 
     async def run(self, changed: Callable[[], None]) -> None:
         self._changed = changed
@@ -137,14 +150,16 @@ class KubeSource:
             except (ConfigException, OSError) as exc:
                 raise SourceError(
                     f"cannot load Kubernetes credentials ({exc}); in a pod the service account "
-                    "is used, elsewhere KUBECONFIG or ~/.kube/config") from None
+                    "is used, elsewhere KUBECONFIG or ~/.kube/config"
+                ) from None
         server = None
         if self.liveness_endpoint:
             try:
                 server = await health.serve(self.liveness_endpoint)
             except OSError as exc:
-                raise SourceError(f"--health-port: cannot serve {self.liveness_endpoint}: "
-                                  f"{exc.strerror or exc}") from None
+                raise SourceError(
+                    f"--health-port: cannot serve {self.liveness_endpoint}: {exc.strerror or exc}"
+                ) from None
         self.watches = self._collections(api)
         waiter = asyncio.create_task(self._warn_if_incomplete())
         try:
@@ -166,6 +181,9 @@ class KubeSource:
     async def _warn_if_incomplete(self) -> None:
         await asyncio.sleep(NODE_WAIT_WARNING)
         if not self.cache.complete:
-            log.warning("no complete listing yet, so nothing is programmed: check that the API "
-                        "server is reachable, that the credentials work, and that NODE_NAME "
-                        "names an existing Node", node=self.node_name)
+            log.warning(
+                "no complete listing yet, so nothing is programmed: check that the API "
+                "server is reachable, that the credentials work, and that NODE_NAME "
+                "names an existing Node",
+                node=self.node_name,
+            )

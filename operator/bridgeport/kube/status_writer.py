@@ -30,8 +30,9 @@ log = structlog.get_logger(__name__)
 
 
 class StatusWriter:
-    def __init__(self, store: Store, api: Callable[[], client.CustomObjectsApi],
-                 instance: str) -> None:
+    def __init__(
+        self, store: Store, api: Callable[[], client.CustomObjectsApi], instance: str
+    ) -> None:
         self.store = store
         self.api = api
         self.instance = instance  # this replica, as Events name it
@@ -69,8 +70,9 @@ class StatusWriter:
                 if isinstance(exc, ApiException) and exc.status == 404:
                     continue  # deleted meanwhile; its DELETED event follows
                 API_ERRORS.labels("patch").inc()
-                log.warning("cannot write status", resource=str(ref),
-                            error=str(getattr(exc, "reason", exc)))
+                log.warning(
+                    "cannot write status", resource=str(ref), error=str(getattr(exc, "reason", exc))
+                )
                 retry.add(ref)
         return retry
 
@@ -81,13 +83,15 @@ class StatusWriter:
             w.caught_up = True
         lagging = w is not None and not w.caught_up
         current = w.status if w is not None and lagging else cached.status
-        old_conditions = tuple(c for c in current.get("conditions") or ()
-                               if isinstance(c, Mapping))
+        old_conditions = tuple(c for c in current.get("conditions") or () if isinstance(c, Mapping))
         resource = st.Resource(res.ref, res.uid, res.generation, old_conditions)
         reports, ready, inactive = self.store.inputs(res.ref)
         desired = st.compute_status(resource, reports, st.rfc3339(now), ready, inactive)
-        if w is not None and w.desired == desired and (
-                lagging or cached.resource_version == w.resource_version):
+        if (
+            w is not None
+            and w.desired == desired
+            and (lagging or cached.resource_version == w.resource_version)
+        ):
             return  # already written (what the server kept of it is in w.status)
         if self._rejected.get(res.uid) == desired:
             return
@@ -98,22 +102,33 @@ class StatusWriter:
         try:
             obj = await asyncio.to_thread(self._patch_status, ref, patch)
         except ApiException as exc:
-            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (
-                    404, 408, 409, 429):
+            if (
+                exc.status is not None
+                and 400 <= exc.status < 500
+                and exc.status not in (404, 408, 409, 429)
+            ):
                 API_ERRORS.labels("patch").inc()
-                log.error("the API server rejected our status; not retrying until it changes",
-                          resource=str(ref), status=exc.status, error=str(exc.body)[:500])
+                log.error(
+                    "the API server rejected our status; not retrying until it changes",
+                    resource=str(ref),
+                    status=exc.status,
+                    error=str(exc.body)[:500],
+                )
                 self._rejected[res.uid] = desired
                 return
             raise
         self._rejected.pop(res.uid, None)
         meta = obj.get("metadata") or {}
         stored = obj.get("status")
-        self._written[res.uid] = Written(str(meta.get("resourceVersion", "")), desired,
-                                         dict(stored) if isinstance(stored, Mapping) else {})
+        self._written[res.uid] = Written(
+            str(meta.get("resourceVersion", "")),
+            desired,
+            dict(stored) if isinstance(stored, Mapping) else {},
+        )
         STATUS_WRITES.labels(ref.kind).inc()
-        log.info("status written", resource=str(ref), ready=desired["ready"],
-                 generation=res.generation)
+        log.info(
+            "status written", resource=str(ref), ready=desired["ready"], generation=res.generation
+        )
         for t in st.transitions(old_conditions, desired["conditions"]):
             await post_event(self.api(), res, t, now, self.instance)
 
@@ -122,8 +137,10 @@ class StatusWriter:
         body = {"status": patch}
         if ref.namespace:
             obj = self.api().patch_namespaced_custom_object_status(
-                GROUP, VERSION, ref.namespace, plural, ref.name, body, _content_type=MERGE_PATCH)
+                GROUP, VERSION, ref.namespace, plural, ref.name, body, _content_type=MERGE_PATCH
+            )
         else:
             obj = self.api().patch_cluster_custom_object_status(
-                GROUP, VERSION, plural, ref.name, body, _content_type=MERGE_PATCH)
+                GROUP, VERSION, plural, ref.name, body, _content_type=MERGE_PATCH
+            )
         return cast(dict[str, Any], obj)

@@ -23,14 +23,21 @@ from bridgeport.core.specs import API_VERSION, NodeSelector, ResourceRef
 
 # -- kopf: store nothing anywhere ----------------------------------------------------------------
 
+
 class NoProgressStorage(kopf.ProgressStorage):
     """Handler progress is never persisted: our handlers (index, event) have no progress."""
 
     def fetch(self, *, key: kopf.HandlerId, body: kopf.Body) -> kopf.ProgressRecord | None:
         return None
 
-    def store(self, *, key: kopf.HandlerId, record: kopf.ProgressRecord, body: kopf.Body,
-              patch: kopf.Patch) -> None:
+    def store(
+        self,
+        *,
+        key: kopf.HandlerId,
+        record: kopf.ProgressRecord,
+        body: kopf.Body,
+        patch: kopf.Patch,
+    ) -> None:
         return None
 
     def purge(self, *, key: kopf.HandlerId, body: kopf.Body, patch: kopf.Patch) -> None:
@@ -54,6 +61,7 @@ class NoDiffBaseStorage(kopf.DiffBaseStorage):
 
 
 # -- the in-memory store -------------------------------------------------------------------------
+
 
 @dataclass
 class Cached:
@@ -92,17 +100,26 @@ class Store:
         res = st.resource_from_body(body)
         meta = body.get("metadata") or {}
         old = self.resources.get(res.ref)
-        if old is not None and old.resource.uid != res.uid and (
+        if (
+            old is not None
+            and old.resource.uid != res.uid
+            and (
                 meta.get("deletionTimestamp")
-                or str(meta.get("creationTimestamp", "")) < old.created):
+                or str(meta.get("creationTimestamp", "")) < old.created
+            )
+        ):
             # A late event of a deleted incarnation (kopf runs one worker per uid, so events
             # of two objects with the same name can interleave): the newer object stays.
             return res.ref, set()
         status = body.get("status")
         now = time.monotonic()
-        self.resources[res.ref] = Cached(res, str(meta.get("resourceVersion", "")),
-                                         dict(status) if isinstance(status, Mapping) else {},
-                                         now, str(meta.get("creationTimestamp", "")))
+        self.resources[res.ref] = Cached(
+            res,
+            str(meta.get("resourceVersion", "")),
+            dict(status) if isinstance(status, Mapping) else {},
+            now,
+            str(meta.get("creationTimestamp", "")),
+        )
         tracked = Tracked(res.ref, res.uid, res.generation, _selector(body))
         return res.ref, self.view.put_resource(tracked, now)
 
@@ -142,6 +159,7 @@ def _selector(body: Mapping[str, Any]) -> NodeSelector | None:
 
 # -- peering -------------------------------------------------------------------------------------
 
+
 def own_identity() -> str:
     """Like kopf's: the pod name when set (POD_ID / POD_NAME), else user@host/time/random."""
     pod = os.environ.get("POD_ID") or os.environ.get("POD_NAME")
@@ -155,8 +173,9 @@ def own_identity() -> str:
     return f"{user}@{socket.gethostname()}/{now}/{random.randrange(36**3):03x}"
 
 
-def is_active_peer(peering_status: Mapping[str, Any] | None, identity: str, priority: int,
-                   now: datetime.datetime) -> bool:
+def is_active_peer(
+    peering_status: Mapping[str, Any] | None, identity: str, priority: int, now: datetime.datetime
+) -> bool:
     """kopf's rule: pause while a live peer has a higher or the same priority."""
     for peer, info in (peering_status or {}).items():
         if peer == identity or not isinstance(info, Mapping):

@@ -52,9 +52,12 @@ _READ = select.EPOLLIN | _HUP
 _OUT = select.EPOLLOUT
 _RELAY_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 _LISTEN_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
-CONNECT_ERRORS = {errno.ECONNREFUSED: "connect_refused", errno.ETIMEDOUT: "connect_timeout",
-                  errno.EHOSTUNREACH: "connect_unreachable",
-                  errno.ENETUNREACH: "connect_unreachable"}
+CONNECT_ERRORS = {
+    errno.ECONNREFUSED: "connect_refused",
+    errno.ETIMEDOUT: "connect_timeout",
+    errno.EHOSTUNREACH: "connect_unreachable",
+    errno.ENETUNREACH: "connect_unreachable",
+}
 _ERROR_CELL = {kind: FIRST_ERROR + i for i, kind in enumerate(ERROR_KINDS)}
 Report = Callable[[wire.Log], None]
 
@@ -96,9 +99,18 @@ def reset(sock: socket.socket) -> None:
 class Engine:
     """Listeners and relays of one worker; run() until stop()."""
 
-    def __init__(self, counters: Counters, worker: int, *, max_connections: int,
-                 connect_timeout: float, report: Report, log_interval: float = 10.0,
-                 max_per_source: int = 0, idle_timeout: float = 0.0) -> None:
+    def __init__(
+        self,
+        counters: Counters,
+        worker: int,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        report: Report,
+        log_interval: float = 10.0,
+        max_per_source: int = 0,
+        idle_timeout: float = 0.0,
+    ) -> None:
         self.counters, self.cells, self.worker = counters, counters.cells, worker
         self.max_connections, self.connect_timeout = max_connections, connect_timeout
         # Fairness: one client address cannot hold a listener's every connection, and a
@@ -223,8 +235,15 @@ class Engine:
                 with contextlib.suppress(Exception):
                     handler.close(hard=True)
         else:
-            self.report({"op": "log", "slot": -1, "kind": "internal",
-                         "error": f"{type(exc).__name__}: {exc}", "suppressed": 0})
+            self.report(
+                {
+                    "op": "log",
+                    "slot": -1,
+                    "kind": "internal",
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "suppressed": 0,
+                }
+            )
 
     def _reap_idle(self, now: float) -> None:
         """Reset connections that moved no bytes for idle_timeout."""
@@ -242,8 +261,7 @@ class Engine:
         for relay in list(self.unconfirmed):
             if relay.started > deadline:
                 break
-            relay.acceptor.error("connect_timeout",
-                                 f"no answer within {self.connect_timeout:g}s")
+            relay.acceptor.error("connect_timeout", f"no answer within {self.connect_timeout:g}s")
             relay.close(hard=True)
 
     def error(self, slot: int, kind: str, message: str) -> None:
@@ -254,8 +272,15 @@ class Engine:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return
         self._quiet_until[key] = now + self.log_interval
-        self.report({"op": "log", "slot": slot, "kind": kind, "error": message,
-                     "suppressed": self._suppressed.pop(key, 0)})
+        self.report(
+            {
+                "op": "log",
+                "slot": slot,
+                "kind": kind,
+                "error": message,
+                "suppressed": self._suppressed.pop(key, 0),
+            }
+        )
 
 
 class _Callback:
@@ -271,8 +296,9 @@ class _Callback:
 class Acceptor:
     """One shared listening socket: accepts, connects to the target, starts a relay."""
 
-    def __init__(self, engine: Engine, slot: int, sock: socket.socket,
-                 target: tuple[str, int]) -> None:
+    def __init__(
+        self, engine: Engine, slot: int, sock: socket.socket, target: tuple[str, int]
+    ) -> None:
         self.engine, self.slot, self.sock = engine, slot, sock
         self.base = engine.counters.base(slot, engine.worker)
         self.relays: set[Relay] = set()
@@ -304,9 +330,13 @@ class Acceptor:
                 continue
             bucket = engine.counters.bucket(self.slot, address[0])
             if engine.max_per_source and (
-                    engine.counters.source_active(bucket) >= engine.max_per_source):
-                self.error("source_limit", f"{address[0][:45]} holds {engine.max_per_source} "
-                           "connections, the per-source limit")  # counted before the reset
+                engine.counters.source_active(bucket) >= engine.max_per_source
+            ):
+                self.error(
+                    "source_limit",
+                    f"{address[0][:45]} holds {engine.max_per_source} "
+                    "connections, the per-source limit",
+                )  # counted before the reset
                 reset(client)
                 continue
             self._connect(client, engine.counters.source_cell(bucket, engine.worker))
@@ -361,11 +391,29 @@ class _Pump:
 class Relay:
     """A client connection and its upstream, relayed until both sides are done."""
 
-    __slots__ = ("acceptor", "c", "client", "closed", "confirmed", "engine", "last", "pumps",
-                 "source_cell", "started", "u", "upstream")
+    __slots__ = (
+        "acceptor",
+        "c",
+        "client",
+        "closed",
+        "confirmed",
+        "engine",
+        "last",
+        "pumps",
+        "source_cell",
+        "started",
+        "u",
+        "upstream",
+    )
 
-    def __init__(self, acceptor: Acceptor, client: socket.socket, upstream: socket.socket,
-                 pipes: tuple[tuple[int, int], tuple[int, int]], source_cell: int) -> None:
+    def __init__(
+        self,
+        acceptor: Acceptor,
+        client: socket.socket,
+        upstream: socket.socket,
+        pipes: tuple[tuple[int, int], tuple[int, int]],
+        source_cell: int,
+    ) -> None:
         engine = acceptor.engine
         self.acceptor, self.engine, self.client, self.upstream = acceptor, engine, client, upstream
         self.c, self.u = c, u = client.fileno(), upstream.fileno()
@@ -374,8 +422,10 @@ class Relay:
         self.source_cell = source_cell
         engine.cells[source_cell] += 1
         base = acceptor.base
-        self.pumps = (_Pump(c, u, pipes[0], base + BYTES_IN),
-                      _Pump(u, c, pipes[1], base + BYTES_OUT))
+        self.pumps = (
+            _Pump(c, u, pipes[0], base + BYTES_IN),
+            _Pump(u, c, pipes[1], base + BYTES_OUT),
+        )
         engine.cells[base + ACTIVE] += 1
         acceptor.relays.add(self)
         engine.unconfirmed[self] = None

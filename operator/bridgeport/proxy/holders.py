@@ -21,7 +21,7 @@ def _local(field: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, i
     """'0100007F:1F90' (host-order 32-bit words) -> (127.0.0.1, 8080)."""
     hexaddr, hexport = field.split(":")
     raw = bytes.fromhex(hexaddr)
-    packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     return ipaddress.ip_address(packed), int(hexport, 16)
 
 

@@ -16,8 +16,9 @@ log = structlog.get_logger(__name__)
 
 
 class Listener:
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 port: ProxyPort) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, port: ProxyPort
+    ) -> None:
         self.loop, self.sock, self.port = loop, sock, port
         self.where = describe(port.key)
         self.target: tuple[str, int] = (str(port.target), port.target_port)
@@ -37,8 +38,14 @@ class Listener:
         """Log a warning naming the publication, the listener and the target."""
         if suppressed:
             fields["suppressed"] = suppressed
-        log.warning(event, publication=self.port.owner.key, listen=self.where,
-                    target=f"{self.target[0]}:{self.target[1]}", kind=kind, **fields)
+        log.warning(
+            event,
+            publication=self.port.owner.key,
+            listen=self.where,
+            target=f"{self.target[0]}:{self.target[1]}",
+            kind=kind,
+            **fields,
+        )
 
     def tick(self, now: float) -> None:
         """Periodic housekeeping (timeouts), called by the manager's sweeper."""

@@ -31,14 +31,23 @@ def bind_failure(key: ProxyKey, owner: ResourceRef, exc: OSError) -> ProxyStatus
     """Turn a bind/listen error into a status a user can act on."""
     where = describe(key)
     if exc.errno == errno.EADDRINUSE:
-        return ProxyStatus("failed", owner, "PortInUse",
-                           f"{where} is already in use by another process")
+        return ProxyStatus(
+            "failed", owner, "PortInUse", f"{where} is already in use by another process"
+        )
     if exc.errno == errno.EACCES:
-        return ProxyStatus("failed", owner, "PermissionDenied",
-                           f"binding {where} needs CAP_NET_BIND_SERVICE (ports below "
-                           "net.ipv4.ip_unprivileged_port_start are privileged)")
+        return ProxyStatus(
+            "failed",
+            owner,
+            "PermissionDenied",
+            f"binding {where} needs CAP_NET_BIND_SERVICE (ports below "
+            "net.ipv4.ip_unprivileged_port_start are privileged)",
+        )
     if exc.errno == errno.EADDRNOTAVAIL:
-        return ProxyStatus("failed", owner, "AddressNotAvailable",
-                           f"cannot bind {where}: {key.listen} is not an address of this node")
+        return ProxyStatus(
+            "failed",
+            owner,
+            "AddressNotAvailable",
+            f"cannot bind {where}: {key.listen} is not an address of this node",
+        )
     reason = exc.strerror or str(exc)
     return ProxyStatus("failed", owner, "BindFailed", f"cannot bind {where}: {reason}")

@@ -50,10 +50,17 @@ class Fairness:
 
 
 class ProxyManager:
-    def __init__(self, *, registry: CollectorRegistry | None = None,
-                 udp_idle_timeout: float = 90.0, max_udp_flows: int = 4096,
-                 max_tcp_connections: int = 4096, connect_timeout: float = 5.0,
-                 workers: int | None = None, fairness: Fairness | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        udp_idle_timeout: float = 90.0,
+        max_udp_flows: int = 4096,
+        max_tcp_connections: int = 4096,
+        connect_timeout: float = 5.0,
+        workers: int | None = None,
+        fairness: Fairness | None = None,
+    ) -> None:
         self.workers = default_workers() if workers is None else max(1, workers)
         self.udp_idle_timeout = udp_idle_timeout
         self.max_udp_flows = max_udp_flows
@@ -73,16 +80,21 @@ class ProxyManager:
         if registry is not None:
             registry.register(self._collector)
 
-    async def sync(self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (),
-                   release: bool = True) -> dict[ProxyKey, ProxyStatus]:
+    async def sync(
+        self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (), release: bool = True
+    ) -> dict[ProxyKey, ProxyStatus]:
         """Converge on `desired` listeners and `claims`; bind failures become statuses, never
         exceptions. With release=False what is no longer wanted stays bound until release()."""
         loop = asyncio.get_running_loop()
         wanted: dict[ProxyKey, ProxyPort] = {}
         for port in desired:
             if wanted.setdefault(port.key, port) is not port:
-                log.warning("duplicate proxy port ignored", listen=describe(port.key),
-                            publication=port.owner.key, kept=wanted[port.key].owner.key)
+                log.warning(
+                    "duplicate proxy port ignored",
+                    listen=describe(port.key),
+                    publication=port.owner.key,
+                    kept=wanted[port.key].owner.key,
+                )
         hold: dict[ProxyKey, Claim] = {}
         for claim in claims:
             if claim.key not in wanted:
@@ -157,26 +169,39 @@ class ProxyManager:
         status = bind_failure(key, owner, exc)
         if status.reason == "PortInUse":
             # Naming the holder scans /proc: do it when a failure appears, not every resync.
-            if previous is not None and previous.owner == owner and (
-                    previous.reason == "PortInUse"):
+            if (
+                previous is not None
+                and previous.owner == owner
+                and (previous.reason == "PortInUse")
+            ):
                 status = previous
             else:
-                status = ProxyStatus(status.state, owner, status.reason,
-                                     status.message + describe_holder(key))
+                status = ProxyStatus(
+                    status.state, owner, status.reason, status.message + describe_holder(key)
+                )
         if previous != status:  # log changes, not every resync
-            log.warning("port claim failed", listen=describe(key),
-                        publication=owner.key, reason=status.reason,
-                        message=status.message)
+            log.warning(
+                "port claim failed",
+                listen=describe(key),
+                publication=owner.key,
+                reason=status.reason,
+                message=status.message,
+            )
         self.failed[key] = status
         return status
 
-    async def _ensure(self, loop: asyncio.AbstractEventLoop, key: ProxyKey,
-                      port: ProxyPort) -> ProxyStatus:
+    async def _ensure(
+        self, loop: asyncio.AbstractEventLoop, key: ProxyKey, port: ProxyPort
+    ) -> ProxyStatus:
         current = self.listeners.get(key)
         if current is not None:
             if current.port != port:
-                log.info("proxy retargeted", listen=describe(key), publication=port.owner.key,
-                         target=f"{port.target}:{port.target_port}")
+                log.info(
+                    "proxy retargeted",
+                    listen=describe(key),
+                    publication=port.owner.key,
+                    target=f"{port.target}:{port.target_port}",
+                )
                 current.retarget(port)
             return ProxyStatus("listening", port.owner)
         try:
@@ -184,8 +209,13 @@ class ProxyManager:
         except OSError as exc:
             return self._failed(key, port.owner, exc)
         self.failed.pop(key, None)
-        log.info("proxy listening", listen=describe(key), publication=port.owner.key,
-                 target=f"{port.target}:{port.target_port}", why=port.why)
+        log.info(
+            "proxy listening",
+            listen=describe(key),
+            publication=port.owner.key,
+            target=f"{port.target}:{port.target_port}",
+            why=port.why,
+        )
         return ProxyStatus("listening", port.owner)
 
     def _listen(self, loop: asyncio.AbstractEventLoop, port: ProxyPort) -> Listener:
@@ -197,19 +227,29 @@ class ProxyManager:
                 if slot is None:
                     raise OSError(errno.ENOSPC, "the proxy's TCP listener table is full")
                 return TcpListener(loop, sock, port, pool, slot)
-            return UdpListener(loop, sock, port, self.max_udp_flows, self.udp_idle_timeout,
-                               self._udp_buf, self.fairness.udp_flows_per_source)
+            return UdpListener(
+                loop,
+                sock,
+                port,
+                self.max_udp_flows,
+                self.udp_idle_timeout,
+                self._udp_buf,
+                self.fairness.udp_flows_per_source,
+            )
         except BaseException:
             sock.close()
             raise
 
     def _tcp_workers(self) -> WorkerPool:
         if self._pool is None:
-            self._pool = WorkerPool(self.workers, max_connections=self.max_tcp_connections,
-                                    connect_timeout=self.connect_timeout,
-                                    on_log=self._worker_log,
-                                    max_per_source=self.fairness.tcp_per_source,
-                                    idle_timeout=self.fairness.tcp_idle_timeout)
+            self._pool = WorkerPool(
+                self.workers,
+                max_connections=self.max_tcp_connections,
+                connect_timeout=self.connect_timeout,
+                on_log=self._worker_log,
+                max_per_source=self.fairness.tcp_per_source,
+                idle_timeout=self.fairness.tcp_idle_timeout,
+            )
             log.info("proxy workers started", workers=self.workers)
         return self._pool
 

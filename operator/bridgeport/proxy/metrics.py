@@ -43,23 +43,29 @@ class Row:
 
 
 class ProxyCollector(Collector):
-    def __init__(self, rows: Callable[[], Iterable[Row]],
-                 workers: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
+    def __init__(
+        self,
+        rows: Callable[[], Iterable[Row]],
+        workers: Callable[[], tuple[int, int]] = lambda: (0, 0),
+    ) -> None:
         self._rows, self._workers = rows, workers
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         p = "bridgeport_proxy_"
-        up = GaugeMetricFamily(p + "listener_up", "1 if the listener is bound, 0 if binding "
-                               "failed (see the publication's status)", labels=_LABELS)
-        conns = CounterMetricFamily(p + "connections", "TCP connections accepted and UDP flows "
-                                    "created", labels=_LABELS)
-        active = GaugeMetricFamily(p + "active_connections", "Live TCP connections",
-                                   labels=_LABELS)
+        up = GaugeMetricFamily(
+            p + "listener_up",
+            "1 if the listener is bound, 0 if binding failed (see the publication's status)",
+            labels=_LABELS,
+        )
+        conns = CounterMetricFamily(
+            p + "connections", "TCP connections accepted and UDP flows created", labels=_LABELS
+        )
+        active = GaugeMetricFamily(p + "active_connections", "Live TCP connections", labels=_LABELS)
         flows = GaugeMetricFamily(p + "udp_flows", "Live UDP flows", labels=_LABELS)
-        nbytes = CounterMetricFamily(p + "bytes", "Bytes relayed",
-                                     labels=[*_LABELS, "direction"])
-        errors = CounterMetricFamily(p + "errors", "Relay errors by kind",
-                                     labels=[*_LABELS, "kind"])
+        nbytes = CounterMetricFamily(p + "bytes", "Bytes relayed", labels=[*_LABELS, "direction"])
+        errors = CounterMetricFamily(
+            p + "errors", "Relay errors by kind", labels=[*_LABELS, "kind"]
+        )
         for row in self._rows():
             labels = [row.key.listen, str(row.key.port), row.key.protocol.value, row.owner.key]
             s = row.stats
@@ -74,6 +80,9 @@ class ProxyCollector(Collector):
                 errors.add_metric([*labels, kind], count)
         live, restarts = self._workers()
         yield GaugeMetricFamily(p + "workers", "TCP proxy worker processes running", live)
-        yield CounterMetricFamily(p + "worker_restarts", "TCP proxy workers restarted after "
-                                  "exiting unexpectedly", restarts)
+        yield CounterMetricFamily(
+            p + "worker_restarts",
+            "TCP proxy workers restarted after exiting unexpectedly",
+            restarts,
+        )
         yield from (up, conns, active, flows, nbytes, errors)

@@ -54,8 +54,16 @@ LogSink = Callable[[int, wire.Log], None]
 
 
 class WorkerPool:
-    def __init__(self, count: int, *, max_connections: int, connect_timeout: float,
-                 on_log: LogSink, max_per_source: int = 0, idle_timeout: float = 0.0) -> None:
+    def __init__(
+        self,
+        count: int,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        on_log: LogSink,
+        max_per_source: int = 0,
+        idle_timeout: float = 0.0,
+    ) -> None:
         self.count = count
         self.max_connections, self.connect_timeout = max_connections, connect_timeout
         self.max_per_source, self.idle_timeout = max_per_source, idle_timeout
@@ -113,8 +121,11 @@ class WorkerPool:
             try:
                 await asyncio.wait_for(asyncio.shield(ack), _ACK_TIMEOUT)
             except TimeoutError:
-                log.error("proxy worker did not close its sockets in time, killing it",
-                          worker=worker.index, pid=worker.proc.pid)
+                log.error(
+                    "proxy worker did not close its sockets in time, killing it",
+                    worker=worker.index,
+                    pid=worker.proc.pid,
+                )
                 worker.proc.kill()
             if not worker.alive or worker.proc.poll() is not None:
                 await self._reap(worker)  # an exiting worker frees its sockets when it is gone
@@ -138,14 +149,30 @@ class WorkerPool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bridgeport.proxy.worker", "--index", str(index),
-                 "--workers", str(self.count), "--control-fd", str(theirs.fileno()),
-                 "--counters-fd", str(self.counters.fd),
-                 "--max-connections", str(self.max_connections),
-                 "--connect-timeout", str(self.connect_timeout),
-                 "--max-per-source", str(self.max_per_source),
-                 "--idle-timeout", str(self.idle_timeout)],
-                pass_fds=(theirs.fileno(), self.counters.fd), stdin=subprocess.DEVNULL)
+                [
+                    sys.executable,
+                    "-m",
+                    "bridgeport.proxy.worker",
+                    "--index",
+                    str(index),
+                    "--workers",
+                    str(self.count),
+                    "--control-fd",
+                    str(theirs.fileno()),
+                    "--counters-fd",
+                    str(self.counters.fd),
+                    "--max-connections",
+                    str(self.max_connections),
+                    "--connect-timeout",
+                    str(self.connect_timeout),
+                    "--max-per-source",
+                    str(self.max_per_source),
+                    "--idle-timeout",
+                    str(self.idle_timeout),
+                ],
+                pass_fds=(theirs.fileno(), self.counters.fd),
+                stdin=subprocess.DEVNULL,
+            )
         except OSError as exc:
             ours.close()
             log.error("proxy worker cannot start", worker=index, error=str(exc))
@@ -161,9 +188,11 @@ class WorkerPool:
 
     def _send_listeners(self, worker: _Worker, slots: list[int]) -> None:
         for i in range(0, len(slots), MAX_FDS):
-            batch = slots[i:i + MAX_FDS]
-            message: wire.Listen = {"op": "listen", "listeners": [
-                {"slot": s, "target": list(self.listening[s][1])} for s in batch]}
+            batch = slots[i : i + MAX_FDS]
+            message: wire.Listen = {
+                "op": "listen",
+                "listeners": [{"slot": s, "target": list(self.listening[s][1])} for s in batch],
+            }
             fds = [self.listening[s][0].fileno() for s in batch]
             self._send(worker, message, fds)
 
@@ -171,8 +200,12 @@ class WorkerPool:
         try:
             socket.send_fds(worker.control, [wire.encode(message)], fds)
         except OSError as exc:  # gone or stuck: restarting it re-sends everything
-            log.error("proxy worker unreachable, restarting it", worker=worker.index,
-                      pid=worker.proc.pid, error=str(exc))
+            log.error(
+                "proxy worker unreachable, restarting it",
+                worker=worker.index,
+                pid=worker.proc.pid,
+                error=str(exc),
+            )
             worker.proc.kill()
             self._gone(worker)
 
@@ -210,8 +243,13 @@ class WorkerPool:
         code = worker.proc.poll()
         if self._loop.time() - worker.started > _STABLE:
             self._backoff[worker.index] = _BACKOFF[0]
-        log.error("proxy worker exited, restarting it", worker=worker.index,
-                  pid=worker.proc.pid, code=code, delay=self._backoff[worker.index])
+        log.error(
+            "proxy worker exited, restarting it",
+            worker=worker.index,
+            pid=worker.proc.pid,
+            code=code,
+            delay=self._backoff[worker.index],
+        )
         self.restarts += 1
         self._schedule_respawn(worker.index)
 

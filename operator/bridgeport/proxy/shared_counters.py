@@ -20,8 +20,18 @@ import os
 import zlib
 
 CONNECTIONS, ACTIVE, BYTES_IN, BYTES_OUT = range(4)
-ERROR_KINDS = ("accept", "connection_limit", "connect", "connect_refused", "connect_timeout",
-               "connect_unreachable", "reset", "internal", "source_limit", "idle_timeout")
+ERROR_KINDS = (
+    "accept",
+    "connection_limit",
+    "connect",
+    "connect_refused",
+    "connect_timeout",
+    "connect_unreachable",
+    "reset",
+    "internal",
+    "source_limit",
+    "idle_timeout",
+)
 FIRST_ERROR = 4  # index of the first error cell: FIRST_ERROR + ERROR_KINDS.index(kind)
 WIDTH = FIRST_ERROR + len(ERROR_KINDS)
 SLOTS = 1 << 16  # TCP listeners per agent: every port of one address family and then some
@@ -65,7 +75,7 @@ class Counters:
     def totals(self, slot: int) -> list[int]:
         """Every cell of a listener, summed over the workers."""
         start = self.base(slot, 0)
-        row = self.cells[start:start + self.workers * WIDTH]
+        row = self.cells[start : start + self.workers * WIDTH]
         return [sum(row[i::WIDTH]) for i in range(WIDTH)]
 
     def clear(self, slot: int) -> None:

@@ -112,10 +112,13 @@ def reply_pktinfo(ancdata: Ancillary) -> Ancillary:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
             _, local, _ = _IN_PKTINFO.unpack_from(data)
             return [(level, kind, _IN_PKTINFO.pack(0, local, bytes(4)))]
-        if (level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO
-                and len(data) >= _IN6_PKTINFO.size):
+        if (
+            level == socket.IPPROTO_IPV6
+            and kind == socket.IPV6_PKTINFO
+            and len(data) >= _IN6_PKTINFO.size
+        ):
             # Keep the interface: a link-local source is only meaningful with it.
-            return [(level, kind, bytes(data[:_IN6_PKTINFO.size]))]
+            return [(level, kind, bytes(data[: _IN6_PKTINFO.size]))]
     return []
 
 

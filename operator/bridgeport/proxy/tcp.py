@@ -27,14 +27,22 @@ from bridgeport.proxy.shared_counters import (
     FIRST_ERROR,
 )
 
-_EVENTS = {"accept": "proxy accept failed",
-           "connection_limit": "proxy connection limit reached, refusing",
-           "internal": "proxy relay internal error (the connection was reset)"}
+_EVENTS = {
+    "accept": "proxy accept failed",
+    "connection_limit": "proxy connection limit reached, refusing",
+    "internal": "proxy relay internal error (the connection was reset)",
+}
 
 
 class TcpListener(Listener):
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, port: ProxyPort,
-                 pool: WorkerPool, slot: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        port: ProxyPort,
+        pool: WorkerPool,
+        slot: int,
+    ) -> None:
         super().__init__(loop, sock, port)
         self.pool, self.slot = pool, slot
         pool.listen(slot, sock, self.target)
@@ -52,8 +60,12 @@ class TcpListener(Listener):
     def worker_log(self, message: wire.Log) -> None:
         """A worker's error report (counted and throttled there)."""
         kind = message["kind"]
-        self.warn(_EVENTS.get(kind, "proxy cannot connect to the target"), kind,
-                  message["suppressed"], error=message["error"])
+        self.warn(
+            _EVENTS.get(kind, "proxy cannot connect to the target"),
+            kind,
+            message["suppressed"],
+            error=message["error"],
+        )
 
     def retarget(self, port: ProxyPort) -> None:
         super().retarget(port)

@@ -27,8 +27,14 @@ FlowKey = tuple[Any, bytes]  # (client address, local address as pktinfo bytes)
 class _Flow:
     __slots__ = ("client", "fd", "key", "last", "listener", "reply", "sock")
 
-    def __init__(self, listener: UdpListener, key: FlowKey, client: Any, reply: Ancillary,
-                 sock: socket.socket) -> None:
+    def __init__(
+        self,
+        listener: UdpListener,
+        key: FlowKey,
+        client: Any,
+        reply: Ancillary,
+        sock: socket.socket,
+    ) -> None:
         self.listener, self.key, self.client, self.reply = listener, key, client, reply
         self.sock, self.fd = sock, sock.fileno()
         self.last = listener.loop.time()
@@ -66,9 +72,16 @@ class _Flow:
 
 
 class UdpListener(Listener):
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, port: ProxyPort,
-                 max_flows: int, idle_timeout: float, buf: bytearray,
-                 max_per_source: int = 0) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        port: ProxyPort,
+        max_flows: int,
+        idle_timeout: float,
+        buf: bytearray,
+        max_per_source: int = 0,
+    ) -> None:
         super().__init__(loop, sock, port)
         self.stats = ListenerStats()
         self.throttle = Throttle()
@@ -108,8 +121,7 @@ class UdpListener(Listener):
             except BlockingIOError:
                 self.stats.errors["dropped"] += 1
             except OSError as exc:  # e.g. ECONNREFUSED left by an earlier ICMP error
-                self.error("target_unreachable", "proxy UDP target unreachable",
-                           error=str(exc))
+                self.error("target_unreachable", "proxy UDP target unreachable", error=str(exc))
             else:
                 self.stats.bytes_in += n
 
@@ -118,8 +130,12 @@ class UdpListener(Listener):
         if self.max_per_source and len(own) >= self.max_per_source:
             self._evict_oldest(client[0], own)
         if len(self.flows) >= self.max_flows:
-            self.error("udp_flow_limit", "proxy UDP flow table full, dropping datagrams from "
-                       "new clients", limit=self.max_flows, idle_timeout=self.idle_timeout)
+            self.error(
+                "udp_flow_limit",
+                "proxy UDP flow table full, dropping datagrams from new clients",
+                limit=self.max_flows,
+                idle_timeout=self.idle_timeout,
+            )
             return None
         sock = socket.socket(self.target_family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         try:
@@ -138,8 +154,12 @@ class UdpListener(Listener):
 
     def _evict_oldest(self, host: str, own: dict[FlowKey, _Flow]) -> None:
         self.flows.pop(next(iter(own))).close()
-        self.error("source_limit", "proxy UDP client at its flow limit: its oldest flow was "
-                   "closed for a new one", client=str(host)[:45], limit=self.max_per_source)
+        self.error(
+            "source_limit",
+            "proxy UDP client at its flow limit: its oldest flow was closed for a new one",
+            client=str(host)[:45],
+            limit=self.max_per_source,
+        )
 
     def tick(self, now: float) -> None:
         """Reap idle flows."""

@@ -39,10 +39,15 @@ class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         self.control = socket.socket(fileno=args.control_fd)
         self.counters = Counters(args.counters_fd, args.workers)
-        self.engine = Engine(self.counters, args.index, max_connections=args.max_connections,
-                             connect_timeout=args.connect_timeout, report=self.send,
-                             max_per_source=args.max_per_source,
-                             idle_timeout=args.idle_timeout)
+        self.engine = Engine(
+            self.counters,
+            args.index,
+            max_connections=args.max_connections,
+            connect_timeout=args.connect_timeout,
+            report=self.send,
+            max_per_source=args.max_per_source,
+            idle_timeout=args.idle_timeout,
+        )
         self.engine.watch(self.control.fileno(), self.on_control)
 
     def send(self, message: wire.Log) -> None:
@@ -63,8 +68,9 @@ class Worker:
         message = wire.to_worker(data)
         if message["op"] == "listen":
             for spec, fd in zip(message["listeners"], fds, strict=True):
-                self.engine.listen(spec["slot"], socket.socket(fileno=fd),
-                                   wire.target(spec["target"]))
+                self.engine.listen(
+                    spec["slot"], socket.socket(fileno=fd), wire.target(spec["target"])
+                )
         elif message["op"] == "retarget":
             self.engine.retarget(message["slot"], wire.target(message["target"]))
         elif message["op"] == "unlisten":
