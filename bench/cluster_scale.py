@@ -544,7 +544,7 @@ def run_agent(
 
 def agent_scale(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str]]) -> None:
     total = args.agent_publications
-    mine = max(1, total // 100)
+    mine = max(1, total * args.agent_select // 100)
     node_name = "scale-agent"
     with control_plane(tmp / "kube-agent") as cp:
         co = api_client(cp)
@@ -624,6 +624,9 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=10)
     ap.add_argument("--changes", type=int, default=25, help="NodeState changes (x2) timed")
     ap.add_argument("--agent-publications", type=int, default=100_000)
+    ap.add_argument(
+        "--agent-select", type=int, default=1, help="percent of them that select the agent's node"
+    )
     ap.add_argument("--skip-agent", action="store_true")
     ap.add_argument(
         "--baseline",
