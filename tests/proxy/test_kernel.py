@@ -241,6 +241,13 @@ def test_tcp_connection_limit(w: World) -> None:
     d = w.driver("--max-tcp-connections", "1")
     d.sync(port("127.0.0.1", 8080))
     w.start(w.node, "stuck", "127.0.0.1", 8080)
+    # The kernel completes the handshake before a worker accepts and counts the connection:
+    # the next client must come after it is counted, or it would take the one slot itself.
+    wait_for(
+        lambda: d.metric("bridgeport_proxy_active_connections") == 1,
+        timeout=15,
+        what="the stuck connection counted",
+    )
     assert w.ask(w.node, "refused", "127.0.0.1", 8080)["outcome"] in ("ConnectionResetError", "eof")
     assert d.metric("bridgeport_proxy_errors_total", kind="connection_limit") == 1
 
