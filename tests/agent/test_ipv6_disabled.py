@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.builders import network
+from tests.harness.node import agent_argv
 from tests.netns import netns, wait_for
 
 pytestmark = pytest.mark.root
@@ -29,20 +30,7 @@ def test_subnet6_without_ipv6_applies_the_ipv4_side(tmp_path: Path) -> None:
         for conf in ("all", "default"):
             node.sysctl(f"net.ipv6.conf.{conf}.disable_ipv6", "1")
         agent = node.popen(
-            [
-                sys.executable,
-                "-m",
-                "bridgeport",
-                "agent",
-                "--source",
-                f"dir:{tmp_path}",
-                "--node-name",
-                "n",
-                "--metrics-port",
-                "0",
-                "--state-file",
-                str(state),
-            ],
+            agent_argv(tmp_path, state),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.builders import network
+from tests.harness.node import agent_argv
 from tests.netns import TOOLS, netns, wait_for
 
 pytestmark = pytest.mark.root
@@ -30,22 +31,7 @@ def test_new_port_is_isolated_without_waiting_for_resync(tmp_path: Path) -> None
     with netns("bpw") as node:
         state = tmp_path / "out" / "state.json"
         agent = node.popen(
-            [
-                sys.executable,
-                "-m",
-                "bridgeport",
-                "agent",
-                "--source",
-                f"dir:{tmp_path}",
-                "--node-name",
-                "n",
-                "--metrics-port",
-                "0",
-                "--resync",
-                "3600",
-                "--state-file",
-                str(state),
-            ],
+            agent_argv(tmp_path, state, "--resync", "3600"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.builders import network
+from tests.harness.node import agent_argv
 from tests.netns import netns, wait_for
 
 pytestmark = pytest.mark.root
@@ -28,21 +29,7 @@ def test_forwarding_managed_only_when_asked(tmp_path: Path, manage: bool) -> Non
         node.sysctl("net.ipv4.ip_forward", "0")
         extra = ["--manage-sysctls"] if manage else []
         agent = node.popen(
-            [
-                sys.executable,
-                "-m",
-                "bridgeport",
-                "agent",
-                "--source",
-                f"dir:{tmp_path}",
-                "--node-name",
-                "n",
-                "--metrics-port",
-                "0",
-                "--state-file",
-                str(tmp_path / "out" / "state.json"),
-                *extra,
-            ],
+            agent_argv(tmp_path, tmp_path / "out" / "state.json", *extra),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -41,6 +41,14 @@ table inet foreigntool {
 """
 
 
+def agent_argv(source: Path, state: Path, *extra: str) -> list[str]:
+    """A standalone agent on one directory of manifests, node "n", no metrics port."""
+    return [
+        sys.executable, "-m", "bridgeport", "agent", "--source", f"dir:{source}",
+        "--node-name", "n", "--metrics-port", "0", "--state-file", str(state), *extra,
+    ]  # fmt: skip
+
+
 @dataclass
 class Agent:
     node: Netns
