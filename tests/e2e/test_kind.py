@@ -7,7 +7,8 @@ Scenarios (skipped without BRIDGEPORT_E2E_KUBECONFIG, i.e. outside tests/e2e/kin
   published port, and a new connection works at once (5 s timeout) after each new pod is Ready
 - deleting an agent pod loses no kernel-path traffic (every request answered meanwhile)
 - killing the controller pod does not stop status from converging
-- 10,000 PortPublications: the agent stays within the chart's memory limit (RSS reported)
+- 10,000 PortPublications: the agent and its proxy workers stay within the chart's memory limit
+  (their summed RSS and peak reported)
 """
 
 from __future__ import annotations
@@ -127,6 +128,26 @@ def agent_pid(node: str) -> int:
         if "bridgeport" in args and " agent" in args and "python" in args:
             return int(pid)
     raise AssertionError(f"no agent process on {node}")
+
+
+def agent_memory(node: str) -> tuple[int, int, int]:
+    """RSS and peak RSS (VmHWM) in bytes, summed over the agent and its proxy workers (spawned
+    interpreters, so little is shared), and the process count: the container's memory limit
+    charges them all, not the main process alone."""
+    main = agent_pid(node)
+    pids = [main]
+    for line in on_node(node, "ps", "-eo", "pid=,ppid=").splitlines():
+        pid, ppid = (int(x) for x in line.split())
+        if ppid == main:
+            pids.append(pid)
+    rss = hwm = 0
+    for pid in pids:
+        fields = dict(
+            line.split(":", 1) for line in on_node(node, "cat", f"/proc/{pid}/status").splitlines()
+        )
+        rss += int(fields["VmRSS"].split()[0]) * 1024
+        hwm += int(fields["VmHWM"].split()[0]) * 1024
+    return rss, hwm, len(pids)
 
 
 def test_agent_runs_with_exactly_the_charts_privileges(w: KubeWorld) -> None:
@@ -314,7 +335,8 @@ def test_status_converges_after_the_controller_pod_is_killed(w: KubeWorld) -> No
 @pytest.mark.timeout(1800)
 def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
     """10,000 PortPublications on one node: the agent programs them all, is not restarted, and
-    its RSS stays under the chart's memory limit. The RSS is printed and written to REPORT."""
+    the summed peak RSS of the agent and its proxy workers stays under the chart's memory limit.
+    The figures are printed and written to REPORT."""
     count = int(os.environ.get("BRIDGEPORT_E2E_MANY", "10000"))
     node = w.nodes[0]
     pod = next(p for p in agent_pods(w) if p["spec"]["nodeName"] == node.name)
@@ -379,17 +401,12 @@ def test_agent_memory_with_10000_publications(w: KubeWorld) -> None:
             f"agent on {node.name} restarted while programming {count} publications: {restarted}"
         )
         took = time.monotonic() - started
-        status = on_node(node.name, "cat", f"/proc/{agent_pid(node.name)}/status")
-        rss = next(
-            int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")
-        )
-        hwm = next(
-            int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")
-        )
+        rss, hwm, procs = agent_memory(node.name)
         now = next(p for p in agent_pods(w) if p["spec"]["nodeName"] == node.name)
         line = (
             f"agent with {count} PortPublications on {node.name}: RSS {rss / 2**20:.0f} MiB,"
-            f" peak {hwm / 2**20:.0f} MiB, limit {limit}; programmed in {took:.0f} s"
+            f" peak {hwm / 2**20:.0f} MiB ({procs} processes: the agent and its proxy workers),"
+            f" limit {limit}; programmed in {took:.0f} s"
         )
         print(line)
         with REPORT.open("a") as f:
