@@ -1,6 +1,6 @@
 """Resource documents for every test: one builder per kind, the API version from the code.
 
-Parsed forms (what the planner takes) are `specs.parse(network(...))`; see tests/core.
+Parsed forms (what the planner takes) are in tests/core/parsed.py.
 """
 
 from __future__ import annotations

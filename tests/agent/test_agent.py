@@ -29,7 +29,7 @@ from bridgeport.core.report import Report
 from bridgeport.core.source import Snapshot
 from bridgeport.core.specs import ParseResult
 from bridgeport.proxy.listener_status import ProxyStatus
-from tests.core.test_planner import NODE, net, pub
+from tests.core.parsed import NODE, net, pub
 
 
 class ListSource:

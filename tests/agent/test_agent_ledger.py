@@ -29,7 +29,7 @@ from bridgeport.core.plan import State
 from bridgeport.core.report import Entry, Report, tally
 from bridgeport.core.specs import PORT_PUBLICATION, ResourceRef
 from tests.agent.test_agent import HeldPorts, ListSource, agent_for, fake_node
-from tests.core.test_planner import net, pub
+from tests.core.parsed import net, pub
 
 REFS = [ResourceRef(PORT_PUBLICATION, "ns", f"p{i}") for i in range(8)]
 entries = st.builds(

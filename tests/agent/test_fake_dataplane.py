@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bridgeport.adapters.fake import FakeDataplane, InvariantBroken
 from bridgeport.adapters.nft import NftError
 from bridgeport.core import planner, ruleset
-from tests.core.test_planner import NODE, net, pub
+from tests.core.parsed import NODE, net, pub
 
 
 def tables(*resources: Any) -> tuple[ruleset.Table, ruleset.Table]:

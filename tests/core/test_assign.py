@@ -34,7 +34,7 @@ from bridgeport.core.plan import NodeFacts, NodePlan
 from bridgeport.core.specs import PORT_PUBLICATION, ResourceRef
 from tests.agent.test_agent import HeldPorts, ListSource
 from tests.builders import publication
-from tests.core.test_planner import NODE, net, pub
+from tests.core.parsed import NODE, net, pub
 
 
 def ref(name: str) -> ResourceRef:

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from bridgeport.core import firstseen, planner, specs
 from bridgeport.core.plan import NodeFacts
-from tests.core.test_planner import NODE, message, net, pub, states
+from tests.core.parsed import NODE, message, net, pub, states
 
 
 def ref(res: object) -> specs.ResourceRef:

@@ -13,7 +13,7 @@ from pathlib import Path
 from bridgeport.core import planner, ruleset
 from bridgeport.core.plan import NodePlan
 from tests.builders import API
-from tests.core.test_planner import NODE, message, net, pub, states
+from tests.core.parsed import NODE, message, net, pub, states
 
 
 def nft(plan: NodePlan, family: int = 4) -> str:

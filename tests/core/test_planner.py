@@ -20,29 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridgeport.core import planner, ruleset, specs
-from bridgeport.core.plan import NodeFacts, NodePlan
-from tests.builders import network, publication
+from bridgeport.core.plan import NodeFacts
+from tests.core.parsed import ADDRESSES, NODE, message, net, pub, states
 
-ADDRESSES = ("192.0.2.1", "192.0.2.11", "2001:db8::1", "2001:db8::11")
-NODE = NodeFacts("node-1", {"zone": "a"}, frozenset(ipaddress.ip_address(a) for a in ADDRESSES))
 DUAL = {"address": "10.0.0.2", "address6": "fd00::2", "port": 80}
 V6 = {"address": "fd00::2", "port": 80}
-
-
-def pub(name: str, port: int, created: str = "", ns: str = "default", **spec: Any) -> Any:
-    return specs.parse(publication(name, port, namespace=ns, created=created, **spec))
-
-
-def net(name: str, subnet: str, created: str = "", **spec: Any) -> Any:
-    return specs.parse(network(name, subnet, created=created, **spec))
-
-
-def states(plan: NodePlan) -> dict[str, tuple[str, str]]:
-    return {o.ref.name: (o.state.value, o.reason) for o in plan.outcomes}
-
-
-def message(plan: NodePlan, name: str) -> str:
-    return next(o.message for o in plan.outcomes if o.ref.name == name)
 
 
 def test_oldest_wins_and_loser_names_winner() -> None:

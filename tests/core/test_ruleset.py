@@ -13,7 +13,7 @@ from typing import Any
 
 from bridgeport.core import planner, ruleset
 from bridgeport.core.plan import NodeFacts
-from tests.core.test_planner import NODE, net, pub
+from tests.core.parsed import NODE, net, pub
 
 
 def tables(*resources: Any) -> tuple[ruleset.Table, ruleset.Table]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from bridgeport.core import planner, settle
 from bridgeport.core.specs import ResourceRef
 from bridgeport.proxy.listener_status import ProxyStatus
-from tests.core.test_planner import NODE, net, pub, states
+from tests.core.parsed import NODE, net, pub, states
 
 WEB = ResourceRef("PortPublication", "default", "web")
 API = ResourceRef("PortPublication", "default", "api")
