@@ -16,25 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from tests.builders import API  # noqa: E402
-from tests.netns import Netns, netns, veth, wait_for  # noqa: E402
+from tests.netns import netns, wait_for  # noqa: E402
 
-HTTPD_C = ROOT / "bench" / "httpd.c"
+from topology import iperf, topology, wrk  # noqa: E402
 
 
 def resources(count: int) -> list[dict[str, Any]]:
@@ -65,26 +59,6 @@ def _pub(name: str, host_port: int, port: int) -> dict[str, Any]:
     }
 
 
-def iperf(client: Netns, host: str, port: int, seconds: int) -> float:
-    out = client.run(
-        ["iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"], timeout=seconds + 30
-    ).stdout
-    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
-
-
-def wrk(client: Netns, url: str, seconds: int, node: Netns) -> float:
-    # Measure the NAT path, not conntrack's capacity: start each run with an empty table.
-    node.run(["conntrack", "-F"], check=False)
-    out = client.run(
-        ["wrk", "-t2", "-c50", f"-d{seconds}s", "-H", "Connection: close", url],
-        timeout=seconds + 30,
-    ).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
-        raise RuntimeError(f"wrk output not understood:\n{out}")
-    return float(match.group(1))
-
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -112,61 +86,15 @@ def main() -> None:
     secs, many = args.seconds, args.publications
     rows: list[tuple[str, str]] = []
 
-    with ExitStack() as stack:
-        tmp = Path(tempfile.mkdtemp(prefix="bp-bench-"))
-        stack.callback(shutil.rmtree, tmp, True)
-        httpd = tmp / "httpd"
-        subprocess.run(["gcc", "-O2", "-o", str(httpd), str(HTTPD_C)], check=True)
-        node, client, target = (stack.enter_context(netns(p)) for p in ("bbn", "bbc", "bbt"))
-        veth(client, "eth0", node, "eth0")
-        node.run("ip addr add 192.0.2.1/24 dev eth0")
-        client.run("ip addr add 192.0.2.2/24 dev eth0")
+    with topology("bb") as b:
+        node, client, target = b.node, b.client, b.target
         client.run("ip route add 10.77.0.0/24 via 192.0.2.1")  # for the direct baseline
-        node.sysctl("net.ipv4.ip_forward", "1")
-        # 30k closed connections a second would fill conntrack (262,144 entries, TIME_WAIT
-        # 120 s) within seconds and every path would measure the table, not its rules.
-        node.sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1")
-        resdir = tmp / "resources"
-        resdir.mkdir()
-        (resdir / "bench.yaml").write_text(yaml.safe_dump_all(resources(8)))
-        agent_log = (tmp / "agent.log").open("w")
-        agent = node.popen(
-            [
-                sys.executable,
-                "-m",
-                "bridgeport",
-                "--log-format",
-                "json",
-                "agent",
-                "--source",
-                f"dir:{resdir}",
-                "--node-name",
-                "bench",
-                "--state-file",
-                str(tmp / "state.json"),
-                "--resync",
-                "3600",
-            ],
-            stdout=agent_log,
-            stderr=agent_log,
-        )
-        wait_for(
-            lambda: node.run("ip link show bp-bench", check=False).returncode == 0,
-            what="agent bridge",
-        )
-        veth(target, "eth0", node, "bbport")
-        node.run("ip link set bbport master bp-bench")
-        target.run("ip addr add 10.77.0.2/24 dev eth0")
-        target.run("ip route add default via 10.77.0.1")
+        b.write(resources(8))
+        agent = b.start_agent()
+        b.attach_target()
         target.popen(["iperf3", "-s", "-p", "5201"])
-        target.popen([str(httpd), "80", "2"])
-        wait_for(
-            lambda: (
-                "ok"
-                in client.run("curl -s --max-time 1 http://192.0.2.1:8080/", check=False).stdout
-            ),
-            what="published http",
-        )
+        b.serve_http()
+        b.wait_published()
         # Direct access is dropped by design; admit the client for the baseline only (the
         # agent's drift repair is parked with --resync 3600).
         node.run(["nft", "insert rule ip bridgeport to_bp-bench ip saddr 192.0.2.2 accept"])
@@ -183,9 +111,9 @@ def main() -> None:
         ]
         rss_small = rss_mib(agent.pid)
 
-        (resdir / "bench.yaml").write_text(yaml.safe_dump_all(resources(many)))
+        b.write(resources(many))
         wait_for(
-            lambda: json.loads((tmp / "state.json").read_text())["counts"]["dnat"] >= many,
+            lambda: json.loads(b.state.read_text())["counts"]["dnat"] >= many,
             timeout=120,
             what=f"{many} publications applied",
         )
@@ -195,14 +123,14 @@ def main() -> None:
         # One publication changes among `many`: the agent's own reconcile time, from its log.
         changed = resources(many)
         changed[5]["spec"]["target"]["port"] = 81
-        seen = len(reconciles(tmp / "agent.log"))
-        (resdir / "bench.yaml").write_text(yaml.safe_dump_all(changed))
+        seen = len(reconciles(b.log))
+        b.write(changed)
         wait_for(
-            lambda: len(reconciles(tmp / "agent.log")) > seen,
+            lambda: len(reconciles(b.log)) > seen,
             timeout=120,
             what="the agent's reconcile of one change",
         )
-        agent_change = reconciles(tmp / "agent.log")[-1]
+        agent_change = reconciles(b.log)[-1]
         rows += [
             (f"new conn/s with {many} publications", f"{many_cps:.0f}"),
             (f"ratio {many} : 10 publications", f"{many_cps / dnat_cps:.2f}x"),
@@ -276,7 +204,6 @@ def main() -> None:
                 f"table digest alone {probe['digest_ms']:.1f}",
             ),
         ]
-        node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
 
     width = max(len(k) for k, _ in rows)
     print(f"\nbridgeport kernel data plane, {secs}s per measurement, same run:")

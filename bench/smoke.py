@@ -35,6 +35,7 @@ HELPERS = {
     "scale_probe.py": "dataplane.py",
     "proxy/alt_relay.py": "proxy/run.py",
     "agent_tracemalloc.py": "cluster_scale.py",
+    "topology.py": "dataplane.py, sources.py, counters.py",
 }
 TIMEOUT = 900  # seconds per benchmark: a bound on a hang, generous for a loaded machine
 

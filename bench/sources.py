@@ -17,25 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from tests.builders import network, publication  # noqa: E402
-from tests.netns import netns, veth, wait_for  # noqa: E402
+from tests.netns import wait_for  # noqa: E402
 
-from dataplane import HTTPD_C, wrk  # noqa: E402
+from topology import topology, wrk  # noqa: E402
 
 PUBLICATIONS, RANGES = 1000, 10
 
@@ -64,58 +58,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     results: dict[bool, list[float]] = {False: [], True: []}
-    with ExitStack() as stack:
-        tmp = Path(tempfile.mkdtemp(prefix="bp-bench-src-"))
-        stack.callback(shutil.rmtree, tmp, True)
-        httpd = tmp / "httpd"
-        subprocess.run(["gcc", "-O2", "-o", str(httpd), str(HTTPD_C)], check=True)
-        node, client, target = (stack.enter_context(netns(p)) for p in ("bsn", "bsc", "bst"))
-        veth(client, "eth0", node, "eth0")
-        node.run("ip addr add 192.0.2.1/24 dev eth0")
-        client.run("ip addr add 192.0.2.2/24 dev eth0")
-        node.sysctl("net.ipv4.ip_forward", "1")
-        node.sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1")
-        resdir = tmp / "resources"
-        resdir.mkdir()
-        state = tmp / "state.json"
-        agent_log = (tmp / "agent.log").open("w")
-        (resdir / "bench.yaml").write_text(yaml.safe_dump_all(resources(False)))
-        agent = node.popen(
-            [
-                sys.executable,
-                "-m",
-                "bridgeport",
-                "--log-format",
-                "json",
-                "agent",
-                "--source",
-                f"dir:{resdir}",
-                "--node-name",
-                "bench",
-                "--state-file",
-                str(state),
-                "--resync",
-                "3600",
-            ],
-            stdout=agent_log,
-            stderr=agent_log,
-        )
-        stack.callback(
-            lambda: node.run(
-                [sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False
-            )
-        )
-        stack.callback(agent.terminate)
-        wait_for(
-            lambda: node.run("ip link show bp-bench", check=False).returncode == 0,
-            timeout=60,
-            what="agent bridge",
-        )
-        veth(target, "eth0", node, "bsport")
-        node.run("ip link set bsport master bp-bench")
-        target.run("ip addr add 10.77.0.2/24 dev eth0")
-        target.run("ip route add default via 10.77.0.1")
-        target.popen([str(httpd), "80", "2"])
+    with topology("bs") as b:
+        node, client, state = b.node, b.client, b.state
+        b.write(resources(False))
+        b.start_agent()
+        b.attach_target(timeout=60)
+        b.serve_http()
 
         def applied(with_sources: bool) -> bool:
             try:
@@ -127,22 +75,13 @@ def main() -> None:
 
         for _ in range(args.rounds):
             for with_sources in (False, True):
-                (resdir / "bench.yaml").write_text(yaml.safe_dump_all(resources(with_sources)))
+                b.write(resources(with_sources))
                 wait_for(
                     lambda w=with_sources: applied(w),
                     timeout=300,
                     what=f"publications applied (allowedSources={with_sources})",
                 )
-                wait_for(
-                    lambda: (
-                        "ok"
-                        in client.run(
-                            "curl -s --max-time 3 http://192.0.2.1:8080/", check=False
-                        ).stdout
-                    ),
-                    timeout=120,
-                    what=f"published http (allowedSources={with_sources})",
-                )
+                b.wait_published()
                 results[with_sources].append(
                     wrk(client, "http://192.0.2.1:8080/", args.seconds, node)
                 )
