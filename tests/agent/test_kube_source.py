@@ -68,10 +68,23 @@ async def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Non
 
 
 def run_source(
-    kube_client: Any, node: str, body: Callable[[KubeSource, list[float]], Awaitable[None]]
+    kube_client: Any,
+    kubectl: Kubectl,
+    labels: dict[str, str],
+    body: Callable[[KubeSource, list[float]], Awaitable[None]],
 ) -> None:
-    """Run a source for `node` while `body` runs; body gets the source and a list that grows
-    by one entry per wake-up."""
+    """Run a source for a new Node with `labels` while `body` runs; body gets the source (its
+    node_name is the Node's) and a list that grows by one entry per wake-up. The Node is
+    deleted afterwards."""
+    node = f"src-{uuid.uuid4().hex[:8]}"
+    kubectl.ok(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}}
+        ),
+    )
 
     async def main() -> None:
         source = KubeSource(node, timing=FAST, api=kube_client)
@@ -85,25 +98,26 @@ def run_source(
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    asyncio.run(main())
-
-
-def make_node(kubectl: Kubectl, labels: dict[str, str]) -> str:
-    name = f"src-{uuid.uuid4().hex[:8]}"
-    kubectl.ok(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
-        ),
-    )
-    return name
+    try:
+        asyncio.run(main())
+    finally:
+        kubectl("delete", "node", node, "--ignore-not-found")
 
 
 def create(co: client.CustomObjectsApi, ns: str, *docs: dict[str, Any]) -> None:
     for doc in docs:
         co.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, doc)
+
+
+async def patch(
+    co: client.CustomObjectsApi, ns: str, name: str, body: dict[str, Any], status: bool = False
+) -> None:
+    call = co.patch_namespaced_custom_object_status if status else co.patch_namespaced_custom_object
+    await asyncio.to_thread(call, GROUP, VERSION, ns, PLURAL, name, body)
+
+
+async def delete(co: client.CustomObjectsApi, ns: str, name: str) -> None:
+    await asyncio.to_thread(co.delete_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name)
 
 
 def test_paged_listing_keeps_specs_only_for_what_selects_the_node(
@@ -116,23 +130,19 @@ def test_paged_listing_keeps_specs_only_for_what_selects_the_node(
         *(publication(f"a{i}", namespace, "a", 8000 + i) for i in range(6)),
         *(publication(f"b{i}", namespace, "b", 9000 + i) for i in range(13)),
     )
-    node = make_node(kubectl, {"zone": "a"})
-    try:
 
-        async def body(source: KubeSource, wakes: list[float]) -> None:
-            assert set(mine(source, namespace)) == {f"a{i}" for i in range(6)}
-            lw = source.watches[PORT_PUBLICATION]
-            assert lw.lists == 1 and lw.pages >= 19 / 4  # every page of one listing
-            with source.lock:
-                stubs = {k for k in source.cache.stubs if k[0] == namespace}
-            assert stubs == {(namespace, f"b{i}") for i in range(13)}
-            snap = source.snapshot()
-            assert snap is not None and snap.node_labels == {"zone": "a"}
-            assert source.node_uid
+    async def body(source: KubeSource, wakes: list[float]) -> None:
+        assert set(mine(source, namespace)) == {f"a{i}" for i in range(6)}
+        lw = source.watches[PORT_PUBLICATION]
+        assert lw.lists == 1 and lw.pages >= 19 / 4  # every page of one listing
+        with source.lock:
+            stubs = {k for k in source.cache.stubs if k[0] == namespace}
+        assert stubs == {(namespace, f"b{i}") for i in range(13)}
+        snap = source.snapshot()
+        assert snap is not None and snap.node_labels == {"zone": "a"}
+        assert source.node_uid
 
-        run_source(kube_client, node, body)
-    finally:
-        kubectl("delete", "node", node, "--ignore-not-found")
+    run_source(kube_client, kubectl, {"zone": "a"}, body)
 
 
 def test_events_arrive_across_watch_timeouts(
@@ -146,63 +156,33 @@ def test_events_arrive_across_watch_timeouts(
         publication("gone", namespace, "a"),
         publication("other", namespace, "b"),
     )
-    node = make_node(kubectl, {"zone": "a"})
-    try:
 
-        async def body(source: KubeSource, wakes: list[float]) -> None:
-            assert set(mine(source, namespace)) == {"keep", "gone"}
-            lw = source.watches[PORT_PUBLICATION]
-            await asyncio.sleep(7)  # two or three watch timeouts (2-3 s) go by
-            assert lw.lists == 1  # renewed from its resourceVersion, never relisted
-            await asyncio.to_thread(create, co, namespace, publication("new", namespace, "a"))
-            await asyncio.to_thread(
-                co.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, "gone"
-            )
-            await asyncio.to_thread(
-                co.patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                "keep",
-                {"spec": {"hostPort": 8181}},
-            )
-            await until(
-                lambda: (
-                    set(mine(source, namespace)) == {"keep", "new"}
-                    and mine(source, namespace)["keep"].host_port == 8181
-                ),
-                "the changes",
-            )
-            # Status writes (the controller's) and changes of a stub wake nobody.
-            await asyncio.sleep(1)
-            before = len(wakes)
-            await asyncio.to_thread(
-                co.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                "keep",
-                {"status": {"ready": "1/1"}},
-            )
-            await asyncio.to_thread(
-                co.patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                "other",
-                {"spec": {"hostPort": 7000}},
-            )
-            await asyncio.to_thread(create, co, namespace, publication("o2", namespace, "b"))
-            await until(lambda: (namespace, "o2") in source.cache.stubs, "the stub o2")
-            await asyncio.sleep(0.5)
-            assert len(wakes) == before
+    async def body(source: KubeSource, wakes: list[float]) -> None:
+        assert set(mine(source, namespace)) == {"keep", "gone"}
+        lw = source.watches[PORT_PUBLICATION]
+        await asyncio.sleep(7)  # two or three watch timeouts (2-3 s) go by
+        assert lw.lists == 1  # renewed from its resourceVersion, never relisted
+        await asyncio.to_thread(create, co, namespace, publication("new", namespace, "a"))
+        await delete(co, namespace, "gone")
+        await patch(co, namespace, "keep", {"spec": {"hostPort": 8181}})
+        await until(
+            lambda: (
+                set(mine(source, namespace)) == {"keep", "new"}
+                and mine(source, namespace)["keep"].host_port == 8181
+            ),
+            "the changes",
+        )
+        # Status writes (the controller's) and changes of a stub wake nobody.
+        await asyncio.sleep(1)
+        before = len(wakes)
+        await patch(co, namespace, "keep", {"status": {"ready": "1/1"}}, status=True)
+        await patch(co, namespace, "other", {"spec": {"hostPort": 7000}})
+        await asyncio.to_thread(create, co, namespace, publication("o2", namespace, "b"))
+        await until(lambda: (namespace, "o2") in source.cache.stubs, "the stub o2")
+        await asyncio.sleep(0.5)
+        assert len(wakes) == before
 
-        run_source(kube_client, node, body)
-    finally:
-        kubectl("delete", "node", node, "--ignore-not-found")
+    run_source(kube_client, kubectl, {"zone": "a"}, body)
 
 
 def test_410_gone_lists_again_and_sweeps_what_was_deleted(
@@ -210,34 +190,28 @@ def test_410_gone_lists_again_and_sweeps_what_was_deleted(
 ) -> None:
     co = client.CustomObjectsApi(kube_client)
     create(co, namespace, publication("stays", namespace), publication("deleted", namespace))
-    node = make_node(kubectl, {})
-    try:
 
-        async def body(source: KubeSource, wakes: list[float]) -> None:
-            assert set(mine(source, namespace)) == {"stays", "deleted"}
-            lw = source.watches[PORT_PUBLICATION]
-            # The source goes away (its watch stops); meanwhile one object is deleted and one
-            # created, and it comes back resuming from a resourceVersion the server no
-            # longer serves (what a long disconnection or an etcd compaction leaves).
-            lw.stop()
-            lw.join(30)
-            await asyncio.to_thread(
-                co.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, "deleted"
-            )
-            await asyncio.to_thread(create, co, namespace, publication("created", namespace))
-            lists = lw.lists
-            lw._stop.clear()
-            lw.resource_version = "1"
-            lw.start()
-            await until(lambda: lw.lists > lists, "a relist after 410 Gone")
-            await until(
-                lambda: set(mine(source, namespace)) == {"stays", "created"}, "the relisted state"
-            )
-            assert wakes  # the relist's changes woke the agent
+    async def body(source: KubeSource, wakes: list[float]) -> None:
+        assert set(mine(source, namespace)) == {"stays", "deleted"}
+        lw = source.watches[PORT_PUBLICATION]
+        # The source goes away (its watch stops); meanwhile one object is deleted and one
+        # created, and it comes back resuming from a resourceVersion the server no
+        # longer serves (what a long disconnection or an etcd compaction leaves).
+        lw.stop()
+        lw.join(30)
+        await delete(co, namespace, "deleted")
+        await asyncio.to_thread(create, co, namespace, publication("created", namespace))
+        lists = lw.lists
+        lw._stop.clear()
+        lw.resource_version = "1"
+        lw.start()
+        await until(lambda: lw.lists > lists, "a relist after 410 Gone")
+        await until(
+            lambda: set(mine(source, namespace)) == {"stays", "created"}, "the relisted state"
+        )
+        assert wakes  # the relist's changes woke the agent
 
-        run_source(kube_client, node, body)
-    finally:
-        kubectl("delete", "node", node, "--ignore-not-found")
+    run_source(kube_client, kubectl, {}, body)
 
 
 def test_node_label_changes(kube_client: Any, crds: Any, kubectl: Kubectl, namespace: str) -> None:
@@ -249,39 +223,37 @@ def test_node_label_changes(kube_client: Any, crds: Any, kubectl: Kubectl, names
         publication("b", namespace, "b", 8002),
         publication("all", namespace, None, 8003),
     )
-    node = make_node(kubectl, {"zone": "a"})
-    try:
 
-        async def body(source: KubeSource, wakes: list[float]) -> None:
-            lw = source.watches[PORT_PUBLICATION]
-            assert set(mine(source, namespace)) == {"a", "all"}
-            # zone=b: stub "b" matches, so the publications are listed again for its spec;
-            # the snapshot switches only with it.
-            await asyncio.to_thread(kubectl.ok, "label", "node", node, "--overwrite", "zone=b")
-            await until(lambda: set(mine(source, namespace)) == {"b", "all"}, "b selected")
-            snap = source.snapshot()
-            assert snap is not None and snap.node_labels == {"zone": "b"}
-            assert lw.lists == 2
-            assert mine(source, namespace)["b"].host_port == 8002
-            # zone=c: no stub matches, so no relist; "b" becomes a stub.
-            await asyncio.to_thread(kubectl.ok, "label", "node", node, "--overwrite", "zone=c")
-            await until(
-                lambda: (
-                    (snap := source.snapshot()) is not None and snap.node_labels == {"zone": "c"}
-                ),
-                "zone=c",
-            )
-            assert set(mine(source, namespace)) == {"all"}
-            assert lw.lists == 2
-            with source.lock:
-                assert {(namespace, "a"), (namespace, "b")} <= set(source.cache.stubs)
-            # Kubelet-style status updates of the Node change no label: nothing happens.
-            before = len(wakes)
-            await asyncio.to_thread(kubectl.ok, "annotate", "node", node, "x=y")
-            await until(lambda: source.watches[NODE].resource_version is not None, "node")
-            await asyncio.sleep(1)
-            assert len(wakes) == before
+    async def body(source: KubeSource, wakes: list[float]) -> None:
+        lw = source.watches[PORT_PUBLICATION]
+        assert set(mine(source, namespace)) == {"a", "all"}
+        # zone=b: stub "b" matches, so the publications are listed again for its spec;
+        # the snapshot switches only with it.
+        await asyncio.to_thread(
+            kubectl.ok, "label", "node", source.node_name, "--overwrite", "zone=b"
+        )
+        await until(lambda: set(mine(source, namespace)) == {"b", "all"}, "b selected")
+        snap = source.snapshot()
+        assert snap is not None and snap.node_labels == {"zone": "b"}
+        assert lw.lists == 2
+        assert mine(source, namespace)["b"].host_port == 8002
+        # zone=c: no stub matches, so no relist; "b" becomes a stub.
+        await asyncio.to_thread(
+            kubectl.ok, "label", "node", source.node_name, "--overwrite", "zone=c"
+        )
+        await until(
+            lambda: (snap := source.snapshot()) is not None and snap.node_labels == {"zone": "c"},
+            "zone=c",
+        )
+        assert set(mine(source, namespace)) == {"all"}
+        assert lw.lists == 2
+        with source.lock:
+            assert {(namespace, "a"), (namespace, "b")} <= set(source.cache.stubs)
+        # Kubelet-style status updates of the Node change no label: nothing happens.
+        before = len(wakes)
+        await asyncio.to_thread(kubectl.ok, "annotate", "node", source.node_name, "x=y")
+        await until(lambda: source.watches[NODE].resource_version is not None, "node")
+        await asyncio.sleep(1)
+        assert len(wakes) == before
 
-        run_source(kube_client, node, body)
-    finally:
-        kubectl("delete", "node", node, "--ignore-not-found")
+    run_source(kube_client, kubectl, {"zone": "a"}, body)
