@@ -10,14 +10,15 @@ networks, invalid or duplicate documents) replans the node in full. Groups only 
 between full plans: a group larger than needed costs time, never correctness.
 
 `IncrementalRenderer` patches the previous tables' map elements with the DNATs that left and
-joined (and recomputes the merged loop-port set, a few ms), and renders in full whenever
-bridges or source allowlists changed.
+joined (and counts the loop ports, merging again only the port ranges a change touches), and
+renders in full whenever bridges or source allowlists changed.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -398,22 +399,56 @@ def _doc_order(res: ParseResult) -> tuple[str, str]:
 
 
 class _LoopPorts:
-    """The loop-port set's spans per protocol, merged as `ruleset` merges them, kept as
-    spans come and go: only the merged intervals a changed span touches are merged again."""
+    """The loop-port sets kept as ports come and go: single ports counted (two publications
+    may share one), ranges merged as `ruleset` merges them, where only the merged intervals
+    a changed range touches are merged again."""
 
     def __init__(self, plan: NodePlan) -> None:
+        self.singles: Counter[tuple[Protocol, int]] = Counter()
         self.spans: dict[Protocol, list[tuple[int, int]]] = {}  # sorted, with repeats
         self.merged: dict[Protocol, list[tuple[int, int]]] = {}  # sorted, disjoint
         for proto, lo, hi in _spans(plan.dnats, plan.proxies):
-            self.spans.setdefault(proto, []).append((lo, hi))
+            if lo == hi:
+                self.singles[proto, lo] += 1
+            else:
+                self.spans.setdefault(proto, []).append((lo, hi))
         for proto, spans in self.spans.items():
             spans.sort()
-            self.merged[proto] = _merge(spans)
+            self.merged[proto] = ruleset.merge_spans(spans)
 
     def update(
         self, removed: list[tuple[Protocol, int, int]], added: list[tuple[Protocol, int, int]]
+    ) -> dict[str, tuple[set[ruleset.Element], set[ruleset.Element]]]:
+        """Apply the spans that left and came; per set, the elements that left and came."""
+        out: dict[str, tuple[set[ruleset.Element], set[ruleset.Element]]] = {}
+        singles = self.singles
+        for sign, changed in ((-1, removed), (1, added)):
+            for proto, lo, hi in changed:
+                if lo != hi:
+                    continue
+                before = singles[proto, lo]
+                singles[proto, lo] = after = before + sign
+                if not after:
+                    del singles[proto, lo]
+                if (before > 0) != (after > 0):  # it came or went: one element
+                    gone, new = out.setdefault(ruleset.LOOP_PORTS, (set(), set()))
+                    e = ruleset.loop_element(proto, lo, lo)
+                    (new if after else gone).add(e)
+        if ruleset.LOOP_PORTS in out:  # a port that went and came back in one delta
+            gone, new = out[ruleset.LOOP_PORTS]
+            both = gone & new
+            gone -= both
+            new -= both
+        ranges = self._ranges(
+            [x for x in removed if x[1] != x[2]], [x for x in added if x[1] != x[2]]
+        )
+        if ranges[0] or ranges[1]:
+            out[ruleset.LOOP_RANGES] = ranges
+        return out
+
+    def _ranges(
+        self, removed: list[tuple[Protocol, int, int]], added: list[tuple[Protocol, int, int]]
     ) -> tuple[set[ruleset.Element], set[ruleset.Element]]:
-        """Apply the spans that left and came; the elements that left and came."""
         gone: set[ruleset.Element] = set()
         new: set[ruleset.Element] = set()
         for proto in {p for p, _, _ in removed} | {p for p, _, _ in added}:
@@ -439,14 +474,14 @@ class _LoopPorts:
             for lo, hi in touched:
                 a, b = bisect.bisect_left(spans, (lo,)), bisect.bisect_right(spans, (hi + 1,))
                 collect.update(spans[a:b])
-            remade = _merge(sorted(collect))
+            remade = ruleset.merge_spans(sorted(collect))
             for interval in touched:
                 del merged[bisect.bisect_left(merged, interval)]
             for interval in remade:
                 bisect.insort(merged, interval)
             before, after = set(touched), set(remade)
-            gone |= {_loop_element(proto, lo, hi) for lo, hi in before - after}
-            new |= {_loop_element(proto, lo, hi) for lo, hi in after - before}
+            gone |= {ruleset.loop_element(proto, lo, hi) for lo, hi in before - after}
+            new |= {ruleset.loop_element(proto, lo, hi) for lo, hi in after - before}
         return gone, new
 
 
@@ -455,21 +490,6 @@ def _spans(dnats: Sequence[Dnat], proxies: Sequence[ProxyPort]) -> list[tuple[Pr
         *((d.protocol, d.port, d.port_end) for d in dnats),
         *((p.protocol, p.port, p.port) for p in proxies),
     ]
-
-
-def _merge(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted spans merged where they overlap (adjacent ones stay apart, as in ruleset)."""
-    merged: list[list[int]] = []
-    for lo, hi in spans:
-        if merged and lo <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], hi)
-        else:
-            merged.append([lo, hi])
-    return [(lo, hi) for lo, hi in merged]
-
-
-def _loop_element(proto: Protocol, lo: int, hi: int) -> ruleset.Element:
-    return ruleset.Element(f"{proto.nft} . {lo}" if lo == hi else f"{proto.nft} . {lo}-{hi}")
 
 
 class IncrementalRenderer:
@@ -533,7 +553,7 @@ class IncrementalRenderer:
         table: ruleset.Table,
         delta: Delta,
         version: int,
-        loop: tuple[set[ruleset.Element], set[ruleset.Element]],
+        loop: Mapping[str, tuple[set[ruleset.Element], set[ruleset.Element]]],
     ) -> ruleset.Table:
         gone: dict[str, set[ruleset.Element]] = {}
         new: dict[str, set[ruleset.Element]] = {}
@@ -547,8 +567,8 @@ class IncrementalRenderer:
                         into.setdefault("cnt" + name[3:], set()).add(
                             ruleset.Element(e.key, "", e.comment)
                         )
-        if loop[0] or loop[1]:  # every published port range, merged (both families)
-            gone[ruleset.LOOP_PORTS], new[ruleset.LOOP_PORTS] = loop
+        for name, (out, came) in loop.items():  # every published port (both families)
+            gone[name], new[name] = out, came
         if not gone and not new:
             return table
         elements = dict(table.elements)

@@ -21,7 +21,8 @@ from bridgeport.core.plan import BridgePlan, Dnat, NodePlan, SourceRule
 from bridgeport.core.specs import IFNAME, GatewayMode, Protocol
 
 TABLE = "bridgeport"
-LOOP_PORTS = "loop_ports"
+LOOP_PORTS = "loop_ports"  # single published ports: a hash set
+LOOP_RANGES = "loop_ranges"  # published port ranges: an interval set
 FAMILIES = ("ip", "ip6")
 COMMENT = "managed by bridgeport; changes are reverted"
 _SAFE_COMMENT = re.compile(r"^[a-z0-9./-]{1,128}$")
@@ -192,8 +193,12 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
         # as long as the element count).
         Lookup("src_host", f"{addr} . inet_proto . inet_service : verdict"),
         Lookup("src_any", "inet_proto . inet_service : verdict"),
-        # Every published protocol . port: remote loopback to these is dropped in raw.
-        Lookup(LOOP_PORTS, "inet_proto . inet_service", interval=True),
+        # Every published protocol . port: remote loopback to these is dropped in raw. Single
+        # ports in a hash set, ranges apart in an interval set: the kernel keeps a concatenated
+        # interval set as pipapo, whose every insert and delete is O(elements) (10,000 single
+        # ports: ~1 s to load, 15 ms to delete one; a hash set: 40 ms, 0.1 ms).
+        Lookup(LOOP_PORTS, "inet_proto . inet_service"),
+        Lookup(LOOP_RANGES, "inet_proto . inet_service", interval=True),
         Lookup("shared", "ifname"),
         Lookup("bridges", "ifname"),
         Lookup("routed", f"{addr} . inet_proto . inet_service", interval=True),
@@ -213,7 +218,9 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
                 if counters and name in COUNTED:  # cnt_host mirrors pub_host, ...
                     elements["cnt" + name[3:]].add(Element(element.key, "", element.comment))
     source_chains = _source_chains(plan.source_rules, version, ip, elements)
-    elements[LOOP_PORTS] |= _loop_port_elements(plan)
+    singles, ranges = _loop_port_elements(plan)
+    elements[LOOP_PORTS] |= singles
+    elements[LOOP_RANGES] |= ranges
     # The same check on the DNAT path (nat, first packet of a flow) and on the proxy's path
     # (input, new flows): two hash lookups, then the publication's own short list.
     check = (
@@ -234,7 +241,9 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
             "raw_prerouting",
             (
                 f'{ip} daddr {loopback} iif != "lo" '
-                "meta l4proto . th dport @loop_ports counter drop",
+                f"meta l4proto . th dport @{LOOP_PORTS} counter drop",
+                f'{ip} daddr {loopback} iif != "lo" '
+                f"meta l4proto . th dport @{LOOP_RANGES} counter drop",
                 # loopback: Kernel (CVE-2020-8558 again): our route_localnet bridges would deliver
                 # a container's packets for 127.0.0.0/8 to the node's loopback services.
                 *(("ip daddr 127.0.0.0/8 iifname @localnet counter drop",) if kernel_lo else ()),
@@ -531,31 +540,36 @@ def _source_chains(
     return list(chains.values())
 
 
-def loop_port_elements(plan: NodePlan) -> frozenset[Element]:
-    """The loop-port set's elements (the incremental renderer recomputes them)."""
-    return frozenset(_loop_port_elements(plan))
-
-
-def _loop_port_elements(plan: NodePlan) -> set[Element]:
-    """Every published protocol . port range, merged (an interval set refuses overlaps)."""
+def _loop_port_elements(plan: NodePlan) -> tuple[set[Element], set[Element]]:
+    """Every published protocol . port: the single ports, and the ranges merged (an interval
+    set refuses overlaps; a single port inside a range is listed in both sets)."""
+    singles: set[Element] = set()
     spans: dict[Protocol, list[tuple[int, int]]] = {}
     for d in plan.dnats:
-        spans.setdefault(d.protocol, []).append((d.port, d.port_end))
-    for p in plan.proxies:
-        spans.setdefault(p.protocol, []).append((p.port, p.port))
-    out: set[Element] = set()
-    for proto, ranges in spans.items():
-        merged: list[list[int]] = []
-        for lo, hi in sorted(ranges):
-            if merged and lo <= merged[-1][1]:  # adjacent stay apart: smaller diffs
-                merged[-1][1] = max(merged[-1][1], hi)
-            else:
-                merged.append([lo, hi])
-        out |= {
-            Element(f"{proto.nft} . {lo}" if lo == hi else f"{proto.nft} . {lo}-{hi}")
-            for lo, hi in merged
-        }
-    return out
+        if d.port == d.port_end:
+            singles.add(loop_element(d.protocol, d.port, d.port))
+        else:
+            spans.setdefault(d.protocol, []).append((d.port, d.port_end))
+    singles |= {loop_element(p.protocol, p.port, p.port) for p in plan.proxies}
+    ranges: set[Element] = set()
+    for proto, spans_of in spans.items():
+        ranges |= {loop_element(proto, lo, hi) for lo, hi in merge_spans(sorted(spans_of))}
+    return singles, ranges
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted spans merged where they overlap (adjacent ones stay apart: smaller diffs)."""
+    merged: list[list[int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [(lo, hi) for lo, hi in merged]
+
+
+def loop_element(proto: Protocol, lo: int, hi: int) -> Element:
+    return Element(f"{proto.nft} . {lo}" if lo == hi else f"{proto.nft} . {lo}-{hi}")
 
 
 def _comment(text: str) -> str:
