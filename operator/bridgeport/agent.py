@@ -34,12 +34,12 @@ from bridgeport.core.plan import (
     NodeFacts,
     NodePlan,
     Outcome,
-    ProxyKey,
     ProxyPort,
     State,
     udp_mappings,
 )
 from bridgeport.core.report import Entry, ProxyState, Report, assigned_ports, entries
+from bridgeport.core.sockets import ProxyReport, SocketChanges, SocketReports
 from bridgeport.core.source import Snapshot, Source
 from bridgeport.core.specs import ResourceRef
 
@@ -50,8 +50,12 @@ MAX_AVOIDED = 64  # ports a host process took from one publication, remembered t
 
 class Proxies(Protocol):
     async def sync(
-        self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (), release: bool = True
-    ) -> Mapping[ProxyKey, settle.ProxyReport]: ...
+        self,
+        desired: Sequence[ProxyPort],
+        claims: Sequence[Claim] = (),
+        release: bool = True,
+        changes: SocketChanges | None = None,
+    ) -> SocketReports[ProxyReport]: ...
 
     async def release(self) -> None: ...
 
@@ -158,6 +162,7 @@ class Agent:
         self._overridden: set[ResourceRef] = set()  # refs whose outcome settle overrode
         self._proxy_states: Mapping[ResourceRef, ProxyState] = {}
         self._proxy_retry = True  # the last proxy sync had failures: sync again
+        self._proxied: NodePlan | None = None  # the plan whose sockets the proxies hold
         self._unreleased = False  # a sync's unwanted sockets wait for a committed transaction
         self._journal = (
             Journal(journal_path(settings.state_file)) if settings.state_file is not None else None
@@ -291,9 +296,18 @@ class Agent:
             delta is None or delta.sockets_changed or self._proxy_retry
         )
         if synced:
-            proxied, proxy_states = await self._sync_proxies(plan, snapshot, facts)
+            # Between partial plans the proxies hear only what changed: O(change). A resync
+            # has them walk every socket anyway.
+            changes = (
+                delta.sockets()
+                if delta is not None and delta.before is self._proxied and not check_drift
+                else None
+            )
+            proxied, proxy_states = await self._sync_proxies(plan, snapshot, facts, changes)
             if proxied is not plan:  # replanned with ports in use: render it in full
                 plan, delta = proxied, None
+        elif delta is not None and delta.before is self._proxied:
+            self._proxied = plan  # the same sockets
         tables, digest = await asyncio.to_thread(self._render, plan, delta)
         overrides, commands, full = await asyncio.to_thread(
             self._converge_kernel, plan, delta, tables, check_drift, self._planner.networks()
@@ -556,7 +570,11 @@ class Agent:
             log.warning("cannot flush stale UDP conntrack entries", error=str(exc))
 
     async def _sync_proxies(
-        self, plan: NodePlan, snapshot: Snapshot, facts: NodeFacts
+        self,
+        plan: NodePlan,
+        snapshot: Snapshot,
+        facts: NodeFacts,
+        changes: SocketChanges | None,
     ) -> tuple[NodePlan, dict[ResourceRef, ProxyState]]:
         """Claim first, program after: every proxy listener and port claim is bound before
         nftables changes, and released only after (release()). A port a host process holds
@@ -565,22 +583,23 @@ class Agent:
         then tried too: repeat until every planned socket is held (each round adds a loser)."""
         assert self.proxies is not None
         lost = settle.Lost(dict(facts.ports_in_use), dict(facts.claims_failed))
+        self._proxied = None  # until the proxies answer
         while True:
-            statuses = await self.proxies.sync(plan.proxies, plan.claims, release=False)
-            if not lost.add(plan, statuses):
+            statuses = await self.proxies.sync(
+                plan.proxies, plan.claims, release=False, changes=changes
+            )
+            if not lost.add(plan, statuses.failed):
                 break
             plan = await asyncio.to_thread(
                 settle.replan_without, snapshot.resources, facts, lost.in_use, lost.unclaimed
             )
+            changes = None  # another plan altogether
+        self._proxied = plan
         # Any loser or failure: bind again on the next reconcile (the port may be free then,
         # and a partial plan does not know which ports were in use).
-        self._proxy_retry = bool(lost.in_use or lost.unclaimed) or any(
-            s.state == "failed" for s in statuses.values()
-        )
-        claimed = {c.key for c in plan.claims}
-        return plan, settle.proxy_states(  # a bare claim is not a proxy
-            s for k, s in statuses.items() if k not in claimed or s.state == "failed"
-        )
+        self._proxy_retry = bool(lost.in_use or lost.unclaimed or statuses.failed)
+        # O(listeners + failures): a bare claim is not a proxy.
+        return plan, settle.proxy_states((*statuses.served.values(), *statuses.failed.values()))
 
     def _render(
         self, plan: NodePlan, delta: Delta | None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from structlog.testing import capture_logs
 from bridgeport.adapters import statefile
 from bridgeport.adapters.fake import FakeDataplane
 from bridgeport.agent import Agent, AgentSettings
-from bridgeport.core.plan import Claim, ProxyKey, ProxyPort
+from bridgeport.core.plan import Claim, ProxyPort
 from bridgeport.core.report import Report
+from bridgeport.core.sockets import SocketChanges, SocketReports
 from bridgeport.core.source import Snapshot
 from bridgeport.core.specs import ParseResult
 from bridgeport.proxy.listener_status import ProxyStatus
@@ -69,16 +70,21 @@ class HeldPorts:
         self.releases: list[int] = []  # transactions committed at each release()
 
     async def sync(
-        self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (), release: bool = True
-    ) -> Mapping[ProxyKey, ProxyStatus]:
+        self,
+        desired: Sequence[ProxyPort],
+        claims: Sequence[Claim] = (),
+        release: bool = True,
+        changes: SocketChanges | None = None,
+    ) -> SocketReports[ProxyStatus]:
         self.synced.append(list(desired))
         self.claimed.append(list(claims))
-        return {
+        statuses = {
             p.key: ProxyStatus("failed", p.owner, "PortInUse", f"{p.port} is in use")
             if p.port in self.held
             else ProxyStatus("listening", p.owner)
             for p in [*desired, *claims]
         }
+        return SocketReports.of(statuses, {c.key for c in claims})
 
     async def release(self) -> None:
         self.releases.append(len(self.fake.transactions) if self.fake else -1)

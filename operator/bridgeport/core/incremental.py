@@ -24,6 +24,7 @@ from typing import Any
 
 from bridgeport.core import planner, ruleset
 from bridgeport.core.plan import Claim, Dnat, NodeFacts, NodePlan, Outcome, ProxyPort
+from bridgeport.core.sockets import SocketChanges
 from bridgeport.core.specs import (
     BRIDGE_NETWORK,
     PORT_PUBLICATION,
@@ -49,6 +50,14 @@ class Delta:
     sockets_changed: bool = True  # proxy listeners or port claims changed
     proxies_removed: tuple[ProxyPort, ...] = ()
     proxies_added: tuple[ProxyPort, ...] = ()
+    claims_removed: tuple[Claim, ...] = ()
+    claims_added: tuple[Claim, ...] = ()
+
+    def sockets(self) -> SocketChanges:
+        """How the plan's listeners and claims changed from `before`'s."""
+        return SocketChanges(
+            self.proxies_removed, self.proxies_added, self.claims_removed, self.claims_added
+        )
 
 
 class _Groups:
@@ -308,6 +317,8 @@ class IncrementalPlanner:
         added: list[Dnat] = []
         p_removed: list[ProxyPort] = []
         p_added: list[ProxyPort] = []
+        c_removed: list[Claim] = []
+        c_added: list[Claim] = []
         new_dnats, new_proxies = _by_owner(sub.dnats), _by_owner(sub.proxies)
         new_claims, new_sources = _by_owner(sub.claims), _by_owner(sub.source_rules)
         sources_changed = sockets_changed = False
@@ -345,6 +356,8 @@ class IncrementalPlanner:
             c_before, c_after = self._claims.pop(ref, ()), new_claims.get(ref, ())
             if c_before != c_after:
                 sockets_changed = True
+                c_removed += c_before
+                c_added += c_after
                 for c in c_before:
                     self._sorted_claims.remove(c)
                 for c in c_after:
@@ -364,6 +377,8 @@ class IncrementalPlanner:
             sockets_changed,
             tuple(p_removed),
             tuple(p_added),
+            tuple(c_removed),
+            tuple(c_added),
         )
         # The planner lists source rules in the order it plans publications: incumbents
         # first, then the oldest.

@@ -10,13 +10,13 @@ ClaimFailed, the same way).
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bridgeport.core import planner
 from bridgeport.core.plan import NodeFacts, NodePlan, Outcome, ProxyKey, State
 from bridgeport.core.report import ProxyState
+from bridgeport.core.sockets import ProxyReport
 from bridgeport.core.specs import BRIDGE_NETWORK, ParseResult, ResourceRef
 
 Overrides = dict[ResourceRef, Outcome]
@@ -38,22 +38,6 @@ class KeptBridge:
     network: str
     bridge: str
     ports: int
-
-
-class ProxyReport(typing.Protocol):
-    """One proxy listener's answer (proxy.listener_status.ProxyStatus has this shape)."""
-
-    @property
-    def state(self) -> str: ...  # listening | failed
-
-    @property
-    def reason(self) -> str: ...
-
-    @property
-    def message(self) -> str: ...
-
-    @property
-    def owner(self) -> ResourceRef: ...
 
 
 def bridges_kept(plan: NodePlan, overrides: Overrides, kept: Iterable[KeptBridge]) -> Overrides:
@@ -120,17 +104,21 @@ class Lost:
     unclaimed: dict[ResourceRef, str]  # another bind error on an address a DNAT captures
 
     def add(self, plan: NodePlan, reports: Mapping[ProxyKey, ProxyReport]) -> int:
-        """Record the new losers among `reports` for `plan`; how many there were. A listener
-        that only serves loopback (holds nothing) failing for another reason is not a loss:
-        the DNAT does not depend on it."""
-        holding = {c.key for c in plan.claims} | {p.key for p in plan.proxies if p.holds}
+        """Record the new losers among `reports` (the failed ones will do) for `plan`; how
+        many there were. A listener that only serves loopback (holds nothing) failing for
+        another reason is not a loss: the DNAT does not depend on it."""
+        holding: set[ProxyKey] | None = None  # O(sockets): only when something failed so
         new = 0
         for key, r in reports.items():
             if r.state != "failed" or r.owner in self.in_use or r.owner in self.unclaimed:
                 continue
             if r.reason == "PortInUse":
                 self.in_use[r.owner] = r.message
-            elif key in holding:
+                new += 1
+                continue
+            if holding is None:
+                holding = {c.key for c in plan.claims} | {p.key for p in plan.proxies if p.holds}
+            if key in holding:
                 self.unclaimed[r.owner] = r.message
             else:
                 continue

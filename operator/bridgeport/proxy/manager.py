@@ -2,7 +2,8 @@
 event loop.
 
 Level-based like the rest of the agent: sync() gets the whole desired set every time, binds
-what is missing (retrying earlier failures), retargets what changed and closes the rest.
+what is missing (retrying earlier failures), retargets what changed and closes the rest; told
+how the set changed since the last sync, it does so in O(change).
 Claims are bound, non-listening sockets that keep a DNATed address:port from anyone else
 (core/claims.py). The agent binds before it programs and releases after (sync(release=False),
 then release()), so no rule of ours ever captures a port that we do not hold.
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import errno
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,6 +24,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from bridgeport.core.plan import Claim, ProxyKey, ProxyPort
+from bridgeport.core.sockets import SocketChanges, SocketReports
 from bridgeport.core.specs import Protocol, ResourceRef
 from bridgeport.proxy import wire
 from bridgeport.proxy.holders import describe_holder
@@ -36,6 +38,7 @@ from bridgeport.proxy.udp import UdpListener
 
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
+_S = TypeVar("_S", ProxyPort, Claim)
 _YIELD_EVERY = 100  # binds between yields, so 1,000 new ports never stall the loop
 
 
@@ -70,8 +73,14 @@ class ProxyManager:
         self.listeners: dict[ProxyKey, Listener] = {}
         self.failed: dict[ProxyKey, ProxyStatus] = {}
         self.held: dict[ProxyKey, tuple[socket.socket | None, ResourceRef]] = {}
-        self._want_listen: set[ProxyKey] = set()
-        self._want_hold: set[ProxyKey] = set()
+        # What the last sync wanted: a listener per address, a claim per address (a listener
+        # there holds it instead), the addresses named twice (the first one won).
+        self._wanted: dict[ProxyKey, ProxyPort] = {}
+        self._claimed: dict[ProxyKey, Claim] = {}
+        self._twice: set[ProxyKey] = set()
+        self._stale: set[ProxyKey] = set()  # maybe bound, no longer wanted: for release()
+        self._statuses: dict[ProxyKey, ProxyStatus] = {}  # every wanted key's last status
+        self._served: dict[ProxyKey, ProxyStatus] = {}  # the listeners' of them
         self._pool: WorkerPool | None = None  # started with the first TCP listener
         self._udp_buf = bytearray(65536)  # the largest datagram
         self._sweeper: asyncio.TimerHandle | None = None
@@ -81,54 +90,134 @@ class ProxyManager:
             registry.register(self._collector)
 
     async def sync(
-        self, desired: Sequence[ProxyPort], claims: Sequence[Claim] = (), release: bool = True
-    ) -> dict[ProxyKey, ProxyStatus]:
+        self,
+        desired: Sequence[ProxyPort],
+        claims: Sequence[Claim] = (),
+        release: bool = True,
+        changes: SocketChanges | None = None,
+    ) -> SocketReports[ProxyStatus]:
         """Converge on `desired` listeners and `claims`; bind failures become statuses, never
-        exceptions. With release=False what is no longer wanted stays bound until release()."""
+        exceptions. With release=False what is no longer wanted stays bound until release().
+
+        `changes`, when given, says how `desired` and `claims` differ from the last sync's
+        (the caller vouches for it): then only the sockets it names, and the failed ones, are
+        looked at, O(change). Without it, or when it does not fit what the manager wants now
+        (an address named twice: the order of the whole list decides), every socket is."""
         loop = asyncio.get_running_loop()
+        changed = None if changes is None else self._change(changes)
+        # After a change, the failures are retried too, as a whole sync would: the port may
+        # be free now.
+        keys = (
+            self._want(desired, claims) if changed is None else sorted(changed | self.failed.keys())
+        )
+        for key in [k for k in self.failed if not self._wants(k)]:
+            del self.failed[key]
+        if release:
+            await self.release()
+        binds = 0
+        for key in sorted(k for k in keys if k in self._wanted):
+            if key not in self.listeners:
+                binds += 1
+                if binds % _YIELD_EVERY == 0:  # 1,000 new ports never stall the loop
+                    await asyncio.sleep(0)
+            self._report(key, await self._ensure(loop, key, self._wanted[key]))
+        for key in keys:  # the plan's order (the delta's: sorted as the plan sorts them)
+            claim = self._claimed.get(key)
+            if claim is None or key in self._wanted:
+                if not self._wants(key):
+                    self._statuses.pop(key, None)
+                    self._served.pop(key, None)
+                continue
+            held = self.held.get(key)
+            if held is not None:  # steady state: no coroutine, no syscall
+                if held[1] != claim.owner:
+                    self.held[key] = (held[0], claim.owner)
+                before = self._statuses.get(key)
+                if before is None or before.state != "listening" or before.owner != claim.owner:
+                    self._report(key, ProxyStatus("listening", claim.owner))
+                continue
+            binds += 1
+            if binds % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            self._report(key, await self._hold(key, claim))
+        self._arm_sweeper(loop)
+        # The failures in the order of a whole sync: listeners, then claims, each by address.
+        failed = sorted(self.failed.items(), key=lambda f: (f[0] not in self._wanted, f[0]))
+        return SocketReports(dict(self._statuses), dict(failed), dict(self._served))
+
+    def _want(self, desired: Sequence[ProxyPort], claims: Sequence[Claim]) -> list[ProxyKey]:
+        """Want exactly these (the first of each address wins); every wanted key, claims in
+        their order. O(sockets)."""
         wanted: dict[ProxyKey, ProxyPort] = {}
+        twice: set[ProxyKey] = set()
         for port in desired:
             if wanted.setdefault(port.key, port) is not port:
+                twice.add(port.key)
                 log.warning(
                     "duplicate proxy port ignored",
                     listen=describe(port.key),
                     publication=port.owner.key,
                     kept=wanted[port.key].owner.key,
                 )
-        hold: dict[ProxyKey, Claim] = {}
+        claimed: dict[ProxyKey, Claim] = {}
         for claim in claims:
-            if claim.key not in wanted:
-                hold.setdefault(claim.key, claim)
-        self._want_listen, self._want_hold = set(wanted), set(hold)
-        for key in [k for k in self.failed if k not in wanted and k not in hold]:
-            del self.failed[key]
-        if release:
-            await self.release()
-        statuses: dict[ProxyKey, ProxyStatus] = {}
-        for i, (key, port) in enumerate(sorted(wanted.items())):
-            if i and i % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            statuses[key] = await self._ensure(loop, key, port)
-        for i, (key, claim) in enumerate(hold.items()):  # the plan's order: already sorted
-            held = self.held.get(key)
-            if held is not None:  # steady state: no coroutine, no syscall
-                if held[1] != claim.owner:
-                    self.held[key] = (held[0], claim.owner)
-                statuses[key] = ProxyStatus("listening", claim.owner)
-                continue
-            if i and i % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            statuses[key] = await self._hold(key, claim)
-        self._arm_sweeper(loop)
-        return statuses
+            if claimed.setdefault(claim.key, claim) is not claim:
+                twice.add(claim.key)
+        self._wanted, self._claimed, self._twice = wanted, claimed, twice
+        # Bound and no longer wanted as what they are: release() lets them go.
+        self._stale = {k for k in self.listeners if k not in wanted}
+        self._stale |= {k for k in self.held if k not in claimed or k in wanted}
+        # The reports start afresh: every wanted key is reported below.
+        self._statuses, self._served = {}, {}
+        return [*wanted, *(k for k in claimed if k not in wanted)]
+
+    def _change(self, changes: SocketChanges) -> set[ProxyKey] | None:
+        """Apply `changes` to what is wanted; the keys they touch, or None (nothing applied)
+        when they do not fit: a removed socket that is not the one wanted, an address that
+        would be, or was, named twice."""
+        keys = changes.keys()
+        if (
+            keys & self._twice
+            or not _fits(changes.proxies_removed, changes.proxies_added, self._wanted)
+            or not _fits(changes.claims_removed, changes.claims_added, self._claimed)
+        ):
+            return None
+        for p in changes.proxies_removed:
+            del self._wanted[p.key]
+        for c in changes.claims_removed:
+            del self._claimed[c.key]
+        for p in changes.proxies_added:
+            self._wanted[p.key] = p
+        for c in changes.claims_added:
+            self._claimed[c.key] = c
+        self._stale |= keys
+        return keys
+
+    def _wants(self, key: ProxyKey) -> bool:
+        return key in self._wanted or key in self._claimed
+
+    def _holds(self, key: ProxyKey) -> bool:
+        """A claim wanted on key (a listener wanted there holds it instead)."""
+        return key in self._claimed and key not in self._wanted
+
+    def _report(self, key: ProxyKey, status: ProxyStatus) -> None:
+        self._statuses[key] = status
+        if key in self._wanted and key not in self._claimed:
+            self._served[key] = status
+        else:
+            self._served.pop(key, None)
 
     async def release(self) -> None:
         """Close the listeners and claims the last sync() no longer wanted."""
-        await self._close([k for k in self.listeners if k not in self._want_listen])
-        for i, key in enumerate([k for k in self.held if k not in self._want_hold]):
-            if i and i % _YIELD_EVERY == 0:  # 5,000 claims released must not stall the loop
-                await asyncio.sleep(0)
-            self._drop_claim(key)
+        stale, self._stale = sorted(self._stale), set()
+        await self._close([k for k in stale if k in self.listeners and k not in self._wanted])
+        dropped = 0
+        for key in stale:
+            if key in self.held and not self._holds(key):
+                dropped += 1
+                if dropped % _YIELD_EVERY == 0:  # 5,000 claims released must not stall the loop
+                    await asyncio.sleep(0)
+                self._drop_claim(key)
 
     def _drop_claim(self, key: ProxyKey) -> None:
         sock, owner = self.held.pop(key)
@@ -155,8 +244,14 @@ class ProxyManager:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-            stale = [k for k in self.listeners if k not in self._want_listen and _overlap(k, key)]
-            held = [k for k in self.held if k not in self._want_hold and _overlap(k, key)]
+            stale = [
+                k
+                for k in self._stale
+                if k in self.listeners and k not in self._wanted and _overlap(k, key)
+            ]
+            held = [
+                k for k in self._stale if k in self.held and not self._holds(k) and _overlap(k, key)
+            ]
             if not stale and not held:
                 raise
         await self._close(stale)
@@ -309,6 +404,8 @@ class ProxyManager:
         for key in list(self.held):
             self._drop_claim(key)
         self.failed.clear()
+        self._wanted, self._claimed, self._twice, self._stale = {}, {}, set(), set()
+        self._statuses, self._served = {}, {}
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -316,6 +413,16 @@ class ProxyManager:
             with contextlib.suppress(KeyError):
                 self._registry.unregister(self._collector)
             self._registry = None
+
+
+def _fits(removed: Sequence[_S], added: Sequence[_S], wanted: Mapping[ProxyKey, _S]) -> bool:
+    """Each removed socket is the one wanted at its address, and afterwards no address is
+    wanted twice."""
+    gone = {s.key for s in removed}
+    if len(gone) != len(removed) or any(wanted.get(s.key) != s for s in removed):
+        return False
+    came = {s.key for s in added}
+    return len(came) == len(added) and not any(k in wanted and k not in gone for k in came)
 
 
 def _overlap(a: ProxyKey, b: ProxyKey) -> bool:
