@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from structlog.testing import capture_logs
 from bridgeport.adapters import statefile
 from bridgeport.adapters.fake import FakeDataplane
 from bridgeport.agent import Agent, AgentSettings
-from bridgeport.core.plan import Claim, ProxyPort
+from bridgeport.core.plan import Claim, ProxyKey, ProxyPort
 from bridgeport.core.report import Report
 from bridgeport.core.sockets import SocketChanges, SocketReports
 from bridgeport.core.source import Snapshot
@@ -68,6 +69,8 @@ class HeldPorts:
         self.synced: list[list[ProxyPort]] = []
         self.claimed: list[list[Claim]] = []
         self.releases: list[int] = []  # transactions committed at each release()
+        self.told = 0  # syncs told only what changed
+        self.last: Mapping[ProxyKey, ProxyStatus] = {}  # the last sync's statuses
 
     async def sync(
         self,
@@ -76,6 +79,14 @@ class HeldPorts:
         release: bool = True,
         changes: SocketChanges | None = None,
     ) -> SocketReports[ProxyStatus]:
+        if changes is not None:  # the agent vouches: the last sync's sockets, so changed
+            self.told += 1
+            for old, removed, added, new in (
+                (self.synced[-1], changes.proxies_removed, changes.proxies_added, desired),
+                (self.claimed[-1], changes.claims_removed, changes.claims_added, claims),
+            ):
+                assert Counter(removed) <= Counter(old), changes
+                assert Counter(old) - Counter(removed) + Counter(added) == Counter(new), changes
         self.synced.append(list(desired))
         self.claimed.append(list(claims))
         statuses = {
@@ -84,6 +95,7 @@ class HeldPorts:
             else ProxyStatus("listening", p.owner)
             for p in [*desired, *claims]
         }
+        self.last = statuses
         return SocketReports.of(statuses, {c.key for c in claims})
 
     async def release(self) -> None:
@@ -316,6 +328,38 @@ def test_claims_hold_before_and_let_go_after_the_transaction() -> None:
         source.resources.append(pub("more", 8082, loopback="Never"))
         await agent.reconcile()
         assert proxies.releases == [len(fake.transactions)]  # nothing let go
+
+    asyncio.run(body())
+
+
+def test_the_proxies_hear_only_what_changed_between_partial_plans() -> None:
+    """A publication added or deleted after the first plan: the proxies are told those
+    sockets alone (HeldPorts checks the changes against the last sync). A resync, a replan
+    around a port in use and the sync after it walk every socket."""
+    source = ListSource(*(pub(f"p{i}", 8100 + i, loopback="Never") for i in range(5)))
+    fake = fake_node()
+    proxies = HeldPorts({8090}, fake)
+    agent = agent_for(source, fake, proxies=proxies)
+
+    async def body() -> None:
+        await agent.reconcile()
+        assert proxies.told == 0  # the first plan is a full one
+        source.resources.append(pub("new", 8200, loopback="Never"))
+        await agent.reconcile()
+        assert proxies.told == 1
+        assert {c.port for c in proxies.claimed[-1]} == {*range(8100, 8105), 8200}
+        source.resources.pop()
+        await agent.reconcile()
+        assert proxies.told == 2
+        assert await agent.reconcile(check_drift=True) is not None
+        source.resources.append(pub("held", 8090, loopback="Never"))  # a host process has it
+        report = await agent.reconcile()
+        assert report is not None and states(report)["held"] == ("Conflicted", "PortInUse")
+        source.resources.append(pub("late", 8300, loopback="Never"))
+        await agent.reconcile()
+        assert proxies.told == 3  # the told sync failed; the replan's and the next: whole
+        # 1 + 2 told + (told, replan) + (whole, replan): the resync had nothing to bind.
+        assert len(proxies.claimed) == 7
 
     asyncio.run(body())
 

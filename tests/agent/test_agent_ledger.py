@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridgeport.adapters import statefile
-from bridgeport.core import firstseen, specs
+from bridgeport.core import firstseen, settle, specs
 from bridgeport.core.ledger import Ledger
 from bridgeport.core.plan import State
 from bridgeport.core.report import Entry, Report, tally
@@ -219,9 +219,8 @@ def test_the_agents_reports_equal_the_full_computation(rounds: list[Any], held: 
             seen.append(report)
 
         fake = fake_node()
-        agent = agent_for(
-            source, fake, proxies=HeldPorts(held, fake), state_file=state, reporters=[record]
-        )
+        proxies = HeldPorts(held, fake)
+        agent = agent_for(source, fake, proxies=proxies, state_file=state, reporters=[record])
 
         async def body() -> None:
             for edits in rounds:
@@ -251,6 +250,11 @@ def test_the_agents_reports_equal_the_full_computation(rounds: list[Any], held: 
                     key=lambda e: e.ref,
                 )
                 assert sorted(published.entries, key=lambda e: e.ref) == full
+                # Read from the failures and listeners alone: as from every socket's status.
+                claimed = {c.key for c in proxies.claimed[-1]}
+                assert done.proxy_states == settle.proxy_states(
+                    s for k, s in proxies.last.items() if k not in claimed or s.state == "failed"
+                )
                 assert published.tallied == tally(full)
                 assert {
                     k: v

@@ -12,6 +12,7 @@ replans only its port group.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -184,6 +185,15 @@ def test_incremental_equals_full(initial: list[dict[str, Any]], steps: list[Any]
                 got.proxies,
                 got.claims,
             ), kind
+            # The proxy manager hears only these: before's sockets with them applied are
+            # the plan's.
+            sockets = delta.sockets()
+            for old, removed, added, new in (
+                (before.proxies, sockets.proxies_removed, sockets.proxies_added, got.proxies),
+                (before.claims, sockets.claims_removed, sockets.claims_added, got.claims),
+            ):
+                assert Counter(removed) <= Counter(old), kind
+                assert Counter(old) - Counter(removed) + Counter(added) == Counter(new), kind
 
 
 def test_one_change_replans_its_group_only() -> None:
