@@ -454,6 +454,8 @@ class _LoopPorts:
             both = gone & new
             gone -= both
             new -= both
+            if not gone and not new:
+                del out[ruleset.LOOP_PORTS]
         ranges = self._ranges(
             [x for x in removed if x[1] != x[2]], [x for x in added if x[1] != x[2]]
         )
@@ -584,19 +586,29 @@ class IncrementalRenderer:
                         )
         for name, (out, came) in loop.items():  # every published port (both families)
             gone[name], new[name] = out, came
-        if not gone and not new:
-            return table
         elements = dict(table.elements)
+        patched = False
         for name in gone.keys() | new.keys():
             before = elements.get(name, frozenset())
-            out, came = gone.get(name, set()), new.get(name, set())
+            # What really leaves and comes: an element both removed and added stays (an edit
+            # that keeps a publication's counter element, or its loop port), and a set that
+            # does not change keeps its object, so the diff skips it.
+            came = {e for e in new.get(name, ()) if e not in before}
+            out = {e for e in gone.get(name, ()) if e in before and e not in new.get(name, ())}
+            if not out and not came:
+                continue
             value = self._digests.get((table.family, name), 0)
-            for e in out:  # the digest follows what really left and came: O(change)
-                if e in before and e not in came:
-                    value ^= ruleset.element_hash(e)
-            for e in came:
-                if e not in before:
-                    value ^= ruleset.element_hash(e)
+            for e in (*out, *came):  # the digest follows what left and came: O(change)
+                value ^= ruleset.element_hash(e)
             self._digests[(table.family, name)] = value
-            elements[name] = (before - out) | came
+            # One copy of the set, not two, when elements only leave or only come.
+            if not came:
+                elements[name] = before.difference(out)
+            elif not out:
+                elements[name] = before.union(came)
+            else:
+                elements[name] = (before - out) | came
+            patched = True
+        if not patched:
+            return table
         return replace(table, elements=elements)
