@@ -7,7 +7,8 @@ Scenarios:
   does not
 - a frame from a neighbour to 127.0.0.1:<published port> (what route_localnet=1 would route,
   CVE-2020-8558) is dropped in raw before NAT: the drop rule counts it and conntrack never sees
-  it, while the same frame to the node's address is DNATed
+  it, while the same frame to the node's address is DNATed; a port inside a published range
+  is dropped too (the ranges' own set and rule)
 """
 
 from __future__ import annotations
@@ -102,9 +103,11 @@ def _mac(ns: object, dev: str) -> str:
     return str(out).strip().replace(":", "")
 
 
-def _drops(w: World) -> int:
+def _drops(w: World, lookup: str = "loop_ports") -> int:
+    """Packets the remote-loopback drop counted: single ports (`loop_ports`) or port ranges
+    (`loop_ranges`), each its own rule."""
     out = w.node.run("nft list chain ip bridgeport raw_prerouting").stdout
-    found = re.search(r"counter packets (\d+)", out)
+    found = re.search(rf"@{lookup} counter packets (\d+)", out)
     return int(found.group(1)) if found else -1
 
 
@@ -112,11 +115,18 @@ def test_remote_loopback_is_dropped(w: World) -> None:
     w.node.sysctl("net.ipv4.conf.all.route_localnet", "1")
     w.node.sysctl("net.ipv4.conf.eth0.route_localnet", "1")
     try:
-        w.agent.apply(NET, publication("dns", 8220, TARGET, 53, protocol="UDP"))
-        w.agent.wait({"net-s": "Applied", "dns": "Applied"})
+        w.agent.apply(
+            NET,
+            publication("dns", 8220, TARGET, 53, protocol="UDP"),
+            # A range without proxies: its ports are only in the interval set.
+            publication(
+                "dnsr", 8230, TARGET, 53, protocol="UDP", hostPortEnd=8232, loopback="Never"
+            ),
+        )
+        w.agent.wait({"net-s": "Applied", "dns": "Applied", "dnsr": "Applied"})
         _serve(w)
-        before = _drops(w)
-        assert before >= 0
+        before, ranged = _drops(w), _drops(w, "loop_ranges")
+        assert before >= 0 and ranged >= 0
         frame = [
             sys.executable,
             "-c",
@@ -139,6 +149,11 @@ def test_remote_loopback_is_dropped(w: World) -> None:
             ),
             timeout=5,
             what="DNATed flow",
+        )
+        assert _drops(w) == before + 3
+        w.client.run([*frame[:-1], "8231", "127.0.0.1"])  # inside the range
+        wait_for(
+            lambda: _drops(w, "loop_ranges") >= ranged + 3, timeout=5, what="range drop counted"
         )
         assert _drops(w) == before + 3
     finally:
