@@ -164,7 +164,15 @@ def serving(w: World, name: str) -> Iterator[Path_]:
         yield Path_(name, node, TARGET, IPERF, HTTP)
     elif name.startswith("bridgeport"):
         opts = ("--workers", "1") if "1 worker" in name else ()
-        with driver(node, "--uvloop", *opts) as proc:
+        saved = dict(os.environ)
+        os.environ.update(AB_VARIANTS.get(name, {}))
+        try:
+            cm = driver(node, "--uvloop", *opts)
+            proc = cm.__enter__()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        with cm:
             statuses = command(proc, {"sync": [proxy_ports(ip, IPERF), proxy_ports(hp, HTTP)]})
             if "failed" in json.dumps(statuses):
                 raise RuntimeError(f"proxy did not bind: {statuses}")
@@ -361,7 +369,12 @@ def _docker_proxy() -> str:
 
 
 DOCKER_PROXY = _docker_proxy()
+AB_VARIANTS = {  # TEMPORARY A/B knobs (issue 14)
+    "bridgeport base": {"PYTHONPATH": "/tmp/relay/base/operator"},
+    "bridgeport splice": {"BRIDGEPORT_RELAY_COPY": "0"},
+}
 PATHS = [
+    *AB_VARIANTS,
     "kernel DNAT",
     "direct",
     "bridgeport",

@@ -5,14 +5,18 @@ wakes one worker per new connection and the workers share the load with no user-
 balancing. A connection is two sockets registered once, edge-triggered, for reading and
 writing; nothing is re-armed afterwards (2 epoll_ctl per connection, against 12 for libuv).
 
-Bytes go socket -> pipe -> socket inside the kernel; Python only sees counts. Each direction
-holds at most one pipe's worth of data (PIPE_SIZE): when the destination cannot take more,
-that direction stops reading until an EPOLLOUT edge says it can (backpressure, bounded memory,
-and a stuck peer only ever waits on its own connection).
+Each direction starts by copying (recv into one buffer the worker shares, send at once), and
+switches to splice for good once a read fills that buffer: a bulk stream. Small exchanges
+(requests, responses) then cost one recv and one send, where splice costs two plus an EAGAIN
+read (a short splice proves nothing: it can stop on pipe slots; a short recv means the socket
+was empty). Spliced bytes go socket -> pipe -> socket inside the kernel; Python only sees
+counts. Each direction holds at most a copy buffer or one pipe's worth of data: when the
+destination cannot take more, that direction stops reading until an EPOLLOUT edge says it can
+(backpressure, bounded memory, and a stuck peer only ever waits on its own connection).
 
 The relay starts while the upstream connect is still in flight: client bytes wait in the
-pipe until the connect's EPOLLOUT edge. A connect that never completes is reset by the
-sweeper after connect_timeout. Measurements: bench/proxy/README.md.
+client's socket until the connect's EPOLLOUT edge. A connect that never completes is reset by
+the sweeper after connect_timeout. Measurements: bench/proxy/README.md.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from bridgeport.proxy.shared_counters import (
     Counters,
 )
 
-PIPE_SIZE = 256 * 1024  # bytes in flight per direction; see bench/proxy/README.md
+PIPE_SIZE = 256 * 1024  # bytes in flight per spliced direction; see bench/proxy/README.md
+# A read that fills the copy buffer marks a bulk stream: that direction splices from then on.
+COPY_SIZE = int(os.environ.get("BRIDGEPORT_RELAY_COPY", "65536"))  # AB: 0 = splice only
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _splice = os.splice  # no attribute lookup: this is the hot path
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -48,6 +54,7 @@ _ACCEPT_BURST = 64  # accepts per wakeup, so a connection storm cannot starve ot
 _PAUSE = 0.1  # seconds a listener rests when the worker is out of file descriptors
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _HUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_FAILED = select.EPOLLHUP | select.EPOLLERR
 _READ = select.EPOLLIN | _HUP
 _OUT = select.EPOLLOUT
 _RELAY_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
@@ -125,6 +132,7 @@ class Engine:
         self.ready: list[Acceptor] = []  # listeners with connections waiting, see run()
         self.paused: dict[Acceptor, float] = {}  # listeners resting until, see pause()
         self.pool = PipePool()
+        self.buffer = memoryview(bytearray(max(COPY_SIZE, 1)))  # every copying direction's
         self.running = True
         self._quiet_until: dict[tuple[int, str], float] = {}
         self._suppressed: dict[tuple[int, str], int] = {}
@@ -343,19 +351,11 @@ class Acceptor:
 
     def _connect(self, client: socket.socket, source_cell: int) -> None:
         client.setblocking(False)
-        pool = self.engine.pool
         try:
             upstream = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             reset(client)
             self.error("accept", f"cannot open a socket to the target: {exc}")
-            return
-        try:
-            pipes = pool.get(), pool.get()
-        except OSError as exc:  # out of file descriptors: refuse this one, keep serving
-            reset(client)
-            upstream.close()
-            self.error("accept", f"cannot open a pipe: {exc}")
             return
         # A relay must not add Nagle delays (Go, hence docker-proxy, does the same); accepted
         # sockets inherit TCP_NODELAY from the listener (set by the agent).
@@ -364,28 +364,46 @@ class Acceptor:
         if code not in (0, errno.EINPROGRESS):
             reset(client)
             upstream.close()
-            for pipe in pipes:
-                pool.put(pipe, empty=True)
             self.error(CONNECT_ERRORS.get(code, "connect"), os.strerror(code))
             return
-        Relay(self, client, upstream, pipes, source_cell)
+        Relay(self, client, upstream, source_cell)
 
     def error(self, kind: str, message: str) -> None:
         self.engine.error(self.slot, kind, message)
 
 
 class _Pump:
-    """One direction: src -> pipe -> dst."""
+    """One direction: src -> dst, copied through the shared buffer, then spliced through a pipe
+    once a read fills the buffer."""
 
-    __slots__ = ("bytes_cell", "dst", "eof", "hup", "pending", "pipe", "src")
+    __slots__ = (
+        "bulk",
+        "bytes_cell",
+        "dst",
+        "eof",
+        "held",
+        "hup",
+        "pending",
+        "pipe",
+        "recv_into",
+        "send",
+        "src",
+    )
 
-    def __init__(self, src: int, dst: int, pipe: tuple[int, int], bytes_cell: int) -> None:
-        self.src, self.dst, self.pipe, self.bytes_cell = src, dst, pipe, bytes_cell
-        self.pending = 0  # bytes sitting in the pipe
-        self.eof = False  # src's FIN was read (and passed on once the pipe is empty)
+    def __init__(self, src: socket.socket, dst: socket.socket, bytes_cell: int) -> None:
+        self.src, self.dst, self.bytes_cell = src.fileno(), dst.fileno(), bytes_cell
+        self.recv_into, self.send = src.recv_into, dst.send
+        self.pipe: tuple[int, int] | None = None  # set when this direction splices
+        self.pending = 0  # bytes waiting for dst: in `held`, or in the pipe
+        self.held = _EMPTY  # copied bytes dst could not take yet
+        self.eof = False  # src's FIN was read (and passed on once nothing is pending)
         # src signalled its FIN (or an error): read to the end, because under edge
         # triggering that signal is not repeated.
         self.hup = False
+        self.bulk = not COPY_SIZE  # a read filled the copy buffer: splice from now on
+
+
+_EMPTY = memoryview(b"")
 
 
 class Relay:
@@ -411,7 +429,6 @@ class Relay:
         acceptor: Acceptor,
         client: socket.socket,
         upstream: socket.socket,
-        pipes: tuple[tuple[int, int], tuple[int, int]],
         source_cell: int,
     ) -> None:
         engine = acceptor.engine
@@ -423,8 +440,8 @@ class Relay:
         engine.cells[source_cell] += 1
         base = acceptor.base
         self.pumps = (
-            _Pump(c, u, pipes[0], base + BYTES_IN),
-            _Pump(u, c, pipes[1], base + BYTES_OUT),
+            _Pump(client, upstream, base + BYTES_IN),
+            _Pump(upstream, client, base + BYTES_OUT),
         )
         engine.cells[base + ACTIVE] += 1
         acceptor.relays.add(self)
@@ -440,12 +457,16 @@ class Relay:
             if mask & _READ:
                 if mask & _HUP:
                     to_target.hup = True
-                self.pump(to_target)
+                if self.confirmed:  # else the client's bytes wait in its socket
+                    self.pump(to_target)
             if mask & _OUT and to_client.pending and not self.closed:
                 self.pump(to_client)
             return
-        if not self.confirmed and not self._connected(mask):
-            return
+        if not self.confirmed:
+            if not self._connected(mask):
+                return
+            self.pump(to_target)  # what the client sent while the connect was in flight
+            mask &= ~_OUT
         if mask & _READ and not self.closed:
             if mask & _HUP:
                 to_client.hup = True
@@ -455,10 +476,11 @@ class Relay:
 
     def _connected(self, mask: int) -> bool:
         """The upstream's first events: has the connect succeeded (or failed)?"""
-        code = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            self.fail(OSError(code, os.strerror(code)), upstream=True)
-            return False
+        if mask & _FAILED:  # only then can SO_ERROR hold a code: spare the syscall otherwise
+            code = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                self.fail(OSError(code, os.strerror(code)), upstream=True)
+                return False
         if not mask & _OUT:
             return False  # still connecting
         self.confirmed = True
@@ -467,9 +489,11 @@ class Relay:
 
     def pump(self, p: _Pump) -> None:
         """Move what src has to dst until src is empty or dst is full (edge-triggered)."""
+        if p.pipe is None and not self.copy(p):
+            return
         while self.drain(p) and not p.eof:
             try:
-                n = _splice(p.src, p.pipe[1], PIPE_SIZE, None, None, _FLAGS)
+                n = _splice(p.src, p.pipe[1], PIPE_SIZE, None, None, _FLAGS)  # type: ignore[index]
             except BlockingIOError:
                 return  # src is empty: its next EPOLLIN edge resumes this direction
             except OSError as exc:
@@ -485,12 +509,56 @@ class Relay:
             # EAGAIN costs nothing measurable (bench/proxy/README.md); Go's splice does it too.
             p.pending = n
 
+    def copy(self, p: _Pump) -> bool:
+        """Copy until src is empty or dst is full; True once this direction splices."""
+        buffer, cells = self.engine.buffer, self.engine.cells
+        size = len(buffer)
+        while self.drain(p) and not p.eof:
+            if p.bulk and self.to_splice(p):
+                return True
+            try:
+                n = p.recv_into(buffer)
+            except BlockingIOError:
+                return False  # src is empty: its next EPOLLIN edge resumes this direction
+            except OSError as exc:
+                self.fail(exc, upstream=p.src == self.u)
+                return False
+            if n == 0:
+                self.finish(p)
+                return False
+            try:
+                sent = p.send(buffer[:n], socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.fail(exc, upstream=p.dst == self.u)
+                return False
+            cells[p.bytes_cell] += sent
+            p.bulk = n == size  # a full read: a bulk stream, spliced once dst took it all
+            if sent < n:  # dst is full: keep the rest; dst's EPOLLOUT edge resumes
+                p.held, p.pending = memoryview(buffer[sent:n].tobytes()), n - sent
+                return False
+            if not p.bulk and not p.hup:
+                return False  # a short TCP read means its receive queue is empty
+        return False
+
+    def to_splice(self, p: _Pump) -> bool:
+        try:
+            p.pipe = self.engine.pool.get()
+        except OSError:  # out of descriptors: copying works too
+            p.bulk = False
+            return False
+        return True
+
     def drain(self, p: _Pump) -> bool:
-        """Empty the pipe into dst; False if dst is full (its EPOLLOUT edge resumes)."""
+        """Empty the pipe (or the held bytes) into dst; False if dst is full (its EPOLLOUT
+        edge resumes)."""
         cells, n = self.engine.cells, p.pending
+        if n and p.pipe is None:
+            return self._send_held(p)
         while n:
             try:
-                sent = _splice(p.pipe[0], p.dst, n, None, None, _FLAGS)
+                sent = _splice(p.pipe[0], p.dst, n, None, None, _FLAGS)  # type: ignore[index]
             except BlockingIOError:
                 p.pending = n
                 return False
@@ -501,6 +569,20 @@ class Relay:
             n -= sent
             cells[p.bytes_cell] += sent
         p.pending = 0
+        return True
+
+    def _send_held(self, p: _Pump) -> bool:
+        while p.pending:
+            try:
+                sent = p.send(p.held, socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                self.fail(exc, upstream=p.dst == self.u)
+                return False
+            self.engine.cells[p.bytes_cell] += sent
+            p.held, p.pending = p.held[sent:], p.pending - sent
+        p.held = _EMPTY
         return True
 
     def finish(self, p: _Pump) -> None:
@@ -536,7 +618,8 @@ class Relay:
         engine.cells[self.acceptor.base + ACTIVE] -= 1
         engine.cells[self.source_cell] -= 1
         for p in self.pumps:
-            engine.pool.put(p.pipe, empty=not p.pending)
+            if p.pipe is not None:
+                engine.pool.put(p.pipe, empty=not p.pending)
         if hard:
             reset(self.client)
             reset(self.upstream)
