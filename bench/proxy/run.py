@@ -166,9 +166,9 @@ def serving(w: World, name: str) -> Iterator[Path_]:
         opts = ("--workers", "1") if "1 worker" in name else ()
         saved = dict(os.environ)
         os.environ.update(AB_VARIANTS.get(name, {}))
+        cm = ExitStack()
         try:
-            cm = driver(node, "--uvloop", *opts)
-            proc = cm.__enter__()
+            proc = cm.enter_context(driver(node, "--uvloop", *opts))
         finally:
             os.environ.clear()
             os.environ.update(saved)
