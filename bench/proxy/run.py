@@ -371,7 +371,6 @@ def _docker_proxy() -> str:
 DOCKER_PROXY = _docker_proxy()
 AB_VARIANTS = {  # TEMPORARY A/B knobs (issue 14)
     "bridgeport base": {"PYTHONPATH": "/tmp/relay/base/operator"},
-    "bridgeport splice": {"BRIDGEPORT_RELAY_COPY": "0"},
 }
 PATHS = [
     *AB_VARIANTS,

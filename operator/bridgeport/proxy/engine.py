@@ -45,7 +45,7 @@ from bridgeport.proxy.shared_counters import (
 
 PIPE_SIZE = 256 * 1024  # bytes in flight per spliced direction; see bench/proxy/README.md
 # A read that fills the copy buffer marks a bulk stream: that direction splices from then on.
-COPY_SIZE = int(os.environ.get("BRIDGEPORT_RELAY_COPY", "65536"))  # AB: 0 = splice only
+COPY_SIZE = 64 * 1024
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _splice = os.splice  # no attribute lookup: this is the hot path
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -134,7 +134,7 @@ class Engine:
         self.ready: list[Acceptor] = []  # listeners with connections waiting, see run()
         self.paused: dict[Acceptor, float] = {}  # listeners resting until, see pause()
         self.pool = PipePool()
-        self.buffer = memoryview(bytearray(max(COPY_SIZE, 1)))  # every copying direction's
+        self.buffer = memoryview(bytearray(COPY_SIZE))  # every copying direction's
         self.running = True
         self._quiet_until: dict[tuple[int, str], float] = {}
         self._suppressed: dict[tuple[int, str], int] = {}
@@ -403,7 +403,7 @@ class _Pump:
         # src signalled its FIN (EPOLLRDHUP) or an error (EPOLLHUP, EPOLLERR): read to the
         # end, because under edge triggering that signal is not repeated.
         self.hup = 0
-        self.bulk = not COPY_SIZE  # a read filled the copy buffer: splice from now on
+        self.bulk = False  # a read filled the copy buffer: splice from now on
 
 
 _EMPTY = memoryview(b"")
