@@ -164,15 +164,7 @@ def serving(w: World, name: str) -> Iterator[Path_]:
         yield Path_(name, node, TARGET, IPERF, HTTP)
     elif name.startswith("bridgeport"):
         opts = ("--workers", "1") if "1 worker" in name else ()
-        saved = dict(os.environ)
-        os.environ.update(AB_VARIANTS.get(name, {}))
-        cm = ExitStack()
-        try:
-            proc = cm.enter_context(driver(node, "--uvloop", *opts))
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        with cm:
+        with driver(node, "--uvloop", *opts) as proc:
             statuses = command(proc, {"sync": [proxy_ports(ip, IPERF), proxy_ports(hp, HTTP)]})
             if "failed" in json.dumps(statuses):
                 raise RuntimeError(f"proxy did not bind: {statuses}")
@@ -369,11 +361,7 @@ def _docker_proxy() -> str:
 
 
 DOCKER_PROXY = _docker_proxy()
-AB_VARIANTS = {  # TEMPORARY A/B knobs (issue 14)
-    "bridgeport base": {"PYTHONPATH": "/tmp/relay/base/operator"},
-}
 PATHS = [
-    *AB_VARIANTS,
     "kernel DNAT",
     "direct",
     "bridgeport",
