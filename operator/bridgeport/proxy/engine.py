@@ -494,9 +494,11 @@ class Relay:
         """Move what src has to dst until src is empty or dst is full (edge-triggered)."""
         if p.pipe is None and not self.copy(p):
             return
+        assert p.pipe is not None  # copy() returns True once it took a pipe
+        pipe_in = p.pipe[1]
         while self.drain(p) and not p.eof:
             try:
-                n = _splice(p.src, p.pipe[1], PIPE_SIZE, None, None, _FLAGS)  # type: ignore[index]
+                n = _splice(p.src, pipe_in, PIPE_SIZE, None, None, _FLAGS)
             except BlockingIOError:
                 return  # src is empty: its next EPOLLIN edge resumes this direction
             except OSError as exc:
@@ -550,6 +552,7 @@ class Relay:
         return False
 
     def to_splice(self, p: _Pump) -> bool:
+        """A bulk stream: take a pipe (False, and keep copying, if none can be had)."""
         try:
             p.pipe = self.engine.pool.get()
         except OSError:  # out of descriptors: copying works too
@@ -562,12 +565,12 @@ class Relay:
     def drain(self, p: _Pump) -> bool:
         """Empty the pipe (or the held bytes) into dst; False if dst is full (its EPOLLOUT
         edge resumes)."""
-        cells, n = self.engine.cells, p.pending
-        if n and p.pipe is None:
-            return self._send_held(p)
+        cells, n, pipe = self.engine.cells, p.pending, p.pipe
+        if pipe is None:
+            return self._send_held(p) if n else True
         while n:
             try:
-                sent = _splice(p.pipe[0], p.dst, n, None, None, _FLAGS)  # type: ignore[index]
+                sent = _splice(pipe[0], p.dst, n, None, None, _FLAGS)
             except BlockingIOError:
                 p.pending = n
                 return False
@@ -581,6 +584,7 @@ class Relay:
         return True
 
     def _send_held(self, p: _Pump) -> bool:
+        """The copied bytes dst could not take; False if it still cannot."""
         while p.pending:
             try:
                 sent = p.send(p.held, _SEND)
