@@ -1,7 +1,8 @@
 """TCP listener, the agent's side: owns the bound socket; the workers relay (pool.py).
 
 Relay choice (the figures, prototypes and runs are in bench/proxy/README.md): splice(2) moves
-bytes without copying them through Python; an edge-triggered epoll loop of our own registers
+bulk streams without copying them through Python (small exchanges are copied: fewer syscalls
+than a pipe round trip); an edge-triggered epoll loop of our own registers
 each socket once, where uvloop's handles make several epoll_ctl calls per connection; worker
 processes sharing the listening sockets use the cores one interpreter cannot (threads would
 share its lock).
