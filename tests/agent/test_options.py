@@ -117,14 +117,18 @@ def test_gateway_mode_routed(w: World) -> None:
         ),
         publication("web", 8080, "10.98.3.2", 80),
         publication("web6", 8086, "fd00:98:3::2", 80),
+        # Container port ranges go to the routed_range interval set, single ports to routed.
+        publication("span", 9000, "10.98.3.2", 9000, hostPortEnd=9001),
     )
-    state = w.agent.wait({"rt": "Applied", "web": "Applied", "web6": "Applied"})
+    state = w.agent.wait({"rt": "Applied", "web": "Applied", "web6": "Applied", "span": "Applied"})
     assert "ignored" in next(r for r in state["resources"] if r["name"] == "web")["message"]
     box = w.container("bp-rt", "10.98.3.2/24", "10.98.3.1", "fd00:98:3::2/64", "fd00:98:3::1")
-    w.serve(box, "--tcp", "80", "--tcp", "22")
+    w.serve(box, "--tcp", "80", "--tcp", "22", "--tcp", "9001", "--tcp", "9002")
     w.serve(w.client, "--tcp", "5000")
     with routes(w, "10.98.3.0/24"):
         assert w.ask(w.client, "tcp", "10.98.3.2", 80) == f"{CLIENT_IP} 80"
+        assert w.ask(w.client, "tcp", "10.98.3.2", 9001) == f"{CLIENT_IP} 9001"
+        assert w.ask(w.client, "tcp", "10.98.3.2", 9002, timeout=1).startswith("ERR")
         assert w.ask(w.client, "tcp", "10.98.3.2", 22, timeout=1).startswith("ERR")
         assert pings(w.client, "10.98.3.2")
         assert w.ask(w.client, "tcp", NODE_IP, 8080, timeout=1).startswith("ERR")

@@ -127,6 +127,9 @@ def test_icc_off_keeps_published_ports_reachable_from_inside(w: World) -> None:
         publication("peer6", 8078, "fd00:95::3", 80),
         publication("peer-udp", 8079, "10.95.1.3", 80, protocol="UDP"),
         publication("peer-bound", 8075, "10.95.1.3", 80, hostIP=NODE_IP2),
+        # Port ranges live in the icc_proxy_*_range interval sets, single ports in hash sets.
+        publication("peer-range", 8090, "10.95.1.3", 8090, hostPortEnd=8091),
+        publication("peer-bound-range", 8092, "10.95.1.3", 8092, hostPortEnd=8093, hostIP=NODE_IP2),
     )
     w.agent.wait(
         {
@@ -137,11 +140,13 @@ def test_icc_off_keeps_published_ports_reachable_from_inside(w: World) -> None:
             "peer6": "Applied",
             "peer-udp": "Applied",
             "peer-bound": "Applied",
+            "peer-range": "Applied",
+            "peer-bound-range": "Applied",
         }
     )
     a, b = box(w, 2), box(w, 3)
     w.serve(a, "--tcp", "80", "--udp", "80")
-    w.serve(b, "--tcp", "80", "--udp", "80")
+    w.serve(b, "--tcp", "80", "--udp", "80", *(f"--tcp={p}" for p in range(8090, 8094)))
     wait_for(
         lambda: w.node.run("ip -d link show master bp-d").stdout.count("isolated on") == 2,
         timeout=5,
@@ -153,6 +158,8 @@ def test_icc_off_keeps_published_ports_reachable_from_inside(w: World) -> None:
     assert w.ask(a, "udp", NODE_IP, 8079) == f"{GW} 80"
     assert w.ask(a, "tcp", NODE_IP2, 8075) == f"{GW} 80"  # a host-IP publication
     assert w.ask(a, "tcp", NODE_IP, 8075, timeout=1).startswith("ERR")  # not published there
+    assert w.ask(a, "tcp", NODE_IP, 8091) == f"{GW} 8091"  # a range, served by the proxy
+    assert w.ask(a, "tcp", NODE_IP2, 8093) == f"{GW} 8093"  # a host-IP range
     v6_ready(w, a, NODE_IP6, 8078, f"{GW6} 80")
     assert w.ask(a, "tcp", NODE_IP6, 8077) == f"{GW6} 80"
     assert w.ask(a, "tcp", "10.95.1.3", 80, timeout=1).startswith("ERR")

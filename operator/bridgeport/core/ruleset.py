@@ -184,8 +184,16 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
         Lookup("pub_any_range", f"inet_proto . inet_service : {addr}", interval=True, counter=c),
         *(_count_lookups(addr) if counters else ()),
         Lookup("icc_off", "ifname"),
-        Lookup("icc_proxy_host", f"ifname . {addr} . inet_proto . inet_service", interval=True),
-        Lookup("icc_proxy_any", "ifname . inet_proto . inet_service", interval=True),
+        # Single ports in hash sets and ranges apart in interval sets, here and below: the kernel
+        # keeps a concatenated interval set as pipapo, whose every insert and delete is
+        # O(elements) (10,000 single ports: ~1 s to load, 15 ms to delete one; a hash set:
+        # 40 ms, 0.1 ms).
+        Lookup("icc_proxy_host", f"ifname . {addr} . inet_proto . inet_service"),
+        Lookup(
+            "icc_proxy_host_range", f"ifname . {addr} . inet_proto . inet_service", interval=True
+        ),
+        Lookup("icc_proxy_any", "ifname . inet_proto . inet_service"),
+        Lookup("icc_proxy_any_range", "ifname . inet_proto . inet_service", interval=True),
         # spec.allowedSources: restricted address . protocol . port -> that publication's
         # src_<id> chain, which drops every source outside its list. Hash maps, one exact
         # lookup per new flow whatever the number of publications (an interval set of
@@ -193,15 +201,13 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
         # as long as the element count).
         Lookup("src_host", f"{addr} . inet_proto . inet_service : verdict"),
         Lookup("src_any", "inet_proto . inet_service : verdict"),
-        # Every published protocol . port: remote loopback to these is dropped in raw. Single
-        # ports in a hash set, ranges apart in an interval set: the kernel keeps a concatenated
-        # interval set as pipapo, whose every insert and delete is O(elements) (10,000 single
-        # ports: ~1 s to load, 15 ms to delete one; a hash set: 40 ms, 0.1 ms).
+        # Every published protocol . port: remote loopback to these is dropped in raw.
         Lookup(LOOP_PORTS, "inet_proto . inet_service"),
         Lookup(LOOP_RANGES, "inet_proto . inet_service", interval=True),
         Lookup("shared", "ifname"),
         Lookup("bridges", "ifname"),
-        Lookup("routed", f"{addr} . inet_proto . inet_service", interval=True),
+        Lookup("routed", f"{addr} . inet_proto . inet_service"),
+        Lookup("routed_range", f"{addr} . inet_proto . inet_service", interval=True),
         Lookup("fwd_in", "ifname : verdict"),
         Lookup("fwd_out", "ifname : verdict"),
         Lookup("masq_from", "ifname : verdict"),
@@ -229,8 +235,9 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
     )
     for r in plan.routed:
         if r.family == version:
-            ports = f"{r.port}" if r.port == r.port_end else f"{r.port}-{r.port_end}"
-            elements["routed"].add(
+            single = r.port == r.port_end
+            ports = f"{r.port}" if single else f"{r.port}-{r.port_end}"
+            elements["routed" if single else "routed_range"].add(
                 Element(f"{r.target} . {r.protocol.nft} . {ports}", comment=_comment(r.owner.key))
             )
 
@@ -264,7 +271,9 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
             "icc_proxy",
             (
                 f"iifname . {ip} daddr . meta l4proto . th dport @icc_proxy_host accept",
+                f"iifname . {ip} daddr . meta l4proto . th dport @icc_proxy_host_range accept",
                 "iifname . meta l4proto . th dport @icc_proxy_any accept",
+                "iifname . meta l4proto . th dport @icc_proxy_any_range accept",
             ),
         ),
         # The output hook needs a numeric priority; loopback destinations go to the proxy.
@@ -444,7 +453,10 @@ def _to_bridge_rules(b: BridgePlan, version: int) -> tuple[str, ...]:
             rules.append("iifname != @bridges accept")
         elif mode is GatewayMode.ROUTED:
             ip, icmp = ("ip", "icmp") if version == 4 else ("ip6", "ipv6-icmp")
-            rules.append(f"iifname != @bridges {ip} daddr . meta l4proto . th dport @routed accept")
+            for routed in ("routed", "routed_range"):
+                rules.append(
+                    f"iifname != @bridges {ip} daddr . meta l4proto . th dport @{routed} accept"
+                )
             rules.append(f"iifname != @bridges meta l4proto {icmp} accept")
     rules.append("counter drop")
     return tuple(rules)
@@ -483,10 +495,12 @@ def dnat_elements(d: Dnat) -> list[tuple[str, Element]]:
     skip: list[tuple[str, Element]] = []
     if d.proxy_from:
         _check_ifname(d.proxy_from)
-        ports = f"{d.port}" if d.port == d.port_end else f"{d.port}-{d.port_end}"
+        single = d.port == d.port_end
+        ports = f"{d.port}" if single else f"{d.port}-{d.port_end}"
         skip.append(
             (
-                "icc_proxy_host" if d.host_ip is not None else "icc_proxy_any",
+                ("icc_proxy_host" if d.host_ip is not None else "icc_proxy_any")
+                + ("" if single else "_range"),
                 Element(f'"{d.proxy_from}" . {host}{proto} . {ports}', "", comment),
             )
         )
