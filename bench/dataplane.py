@@ -120,17 +120,22 @@ def main() -> None:
         time.sleep(1)
         many_cps = wrk(client, "http://192.0.2.1:8080/", secs, node)
         rss_many = rss_mib(agent.pid)
-        # One publication changes among `many`: the agent's own reconcile time, from its log.
-        changed = resources(many)
-        changed[5]["spec"]["target"]["port"] = 81
-        seen = len(reconciles(b.log))
-        b.write(changed)
-        wait_for(
-            lambda: len(reconciles(b.log)) > seen,
-            timeout=120,
-            what="the agent's reconcile of one change",
-        )
-        agent_change = reconciles(b.log)[-1]
+        # One publication changes among `many`, three times: the agent's own reconcile time,
+        # from its log (the first change after the load is reported apart).
+        agent_changes: list[dict[str, Any]] = []
+        for k in range(3):
+            changed = resources(many)
+            changed[5 + k]["spec"]["target"]["port"] = 81
+            seen = len(reconciles(b.log))
+            b.write(changed)
+            wait_for(
+                lambda seen=seen: len(reconciles(b.log)) > seen,
+                timeout=120,
+                what="the agent's reconcile of one change",
+            )
+            agent_changes.append(reconciles(b.log)[-1])
+            time.sleep(0.5)
+        agent_change = min(agent_changes[1:], key=lambda r: float(r["ms"]))
         rows += [
             (f"new conn/s with {many} publications", f"{many_cps:.0f}"),
             (f"ratio {many} : 10 publications", f"{many_cps / dnat_cps:.2f}x"),
@@ -200,7 +205,10 @@ def main() -> None:
             (
                 "change one publication, the agent's whole reconcile (ms, its log)",
                 f"{agent_change['ms']:.1f} ({agent_change['commands']} commands): "
-                f"{agent_change['ms'] / full_ms:.1%} of the full plan + render + apply; "
+                f"{agent_change['ms'] / full_ms:.1%} of the full plan + render + apply "
+                f"(the dir source re-reads the file, so all {many} documents are compared; "
+                f"bench/agent_change.py times a change as the kube source hands it over); "
+                f"the first change after the load {agent_changes[0]['ms']:.0f}; "
                 f"table digest alone {probe['digest_ms']:.1f}",
             ),
         ]

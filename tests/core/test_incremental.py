@@ -209,3 +209,22 @@ def test_one_change_replans_its_group_only() -> None:
     assert inc.delta is not None
     assert [d.port for d in inc.delta.removed] == [10007]
     assert [d.port for d in inc.delta.added] == [20000]
+
+
+def test_incumbency_replans_only_contested_groups() -> None:
+    """After a load, every publication turns incumbent at once: only those sharing a port
+    group can change outcome, and only their groups are replanned."""
+    older = pub_doc("older", 8000, 0, "TCP", None, 2, 0, "Never", None)
+    newer = pub_doc("newer", 8000, 0, "TCP", None, 3, 5, "Never", None)
+    alone = [pub_doc(f"a{i}", 9000 + i, 0, "TCP", None, 4, 0, "Never", None) for i in range(50)]
+    resources = [specs.parse(d) for d in (older, newer, *alone)]
+    ref = {r.meta.ref.name: r.meta.ref for r in resources}
+    inc = IncrementalPlanner()
+    facts = replace(FACTS, incumbents=frozenset({ref["newer"]}))  # the newer one keeps 8000
+    assert inc.plan(resources, facts) == planner.plan(resources, facts)
+    for incumbents in ({ref["older"], *(ref[f"a{i}"] for i in range(50))}, {ref["newer"]}):
+        facts = replace(FACTS, incumbents=frozenset(incumbents))
+        plan = inc.plan(resources, facts)
+        assert plan == planner.plan(resources, facts)  # the winner of 8000 flipped
+        assert inc.delta is not None
+        assert inc.delta.refs == {ref["older"], ref["newer"]}  # not the 50 alone

@@ -169,7 +169,8 @@ class IncrementalPlanner:
             )
             if moved is not None:
                 for ref in promoted:  # its claims rank anew: replan its port group
-                    moved.setdefault(ref, self._pubs.get(ref))
+                    if self._contested(ref):
+                        moved.setdefault(ref, self._pubs.get(ref))
                 self._facts = plain
                 return self._partial(moved, replace(plain, assigned={}))
         # Assigned host ports depend on every publication: allocate once, for all, and plan
@@ -215,6 +216,17 @@ class IncrementalPlanner:
             return None
         moved = set(facts.incumbents ^ prev.incumbents)
         return moved if all(r.kind == PORT_PUBLICATION for r in moved) else None
+
+    def _contested(self, ref: ResourceRef) -> bool:
+        """Whether `ref` shares its port group: incumbency only ranks the claimants of one
+        group, so a publication alone in its group keeps its outcome whatever its incumbency
+        (after a load of 10,000, every one of them turns incumbent at once). A publication
+        that joins the group in this change is replanned with it anyway."""
+        pub = self._pubs.get(ref)
+        if pub is None:
+            return True
+        root = self._groups.find((pub.protocol.value, pub.host_port))
+        return len(self._groups.members.get(root, ())) > 1
 
     def _changed_publications(
         self, gone: list[ParseResult], new: list[ParseResult]
