@@ -3,11 +3,12 @@
 Property (hypothesis): over random edit sequences (publications added, removed, moved to other
 ports, ranges, host IPs (0.0.0.0 and :: included), protocols, dual-stack targets,
 allowedSources; networks with interContainer on and off and node facts changing now and
-then; invalid documents), after every edit the incremental plan equals `planner.plan` and
+then: forwarding, incumbents, local addresses a hostIP names, interfaces that are not ours;
+invalid documents), after every edit the incremental plan equals `planner.plan` and
 the patched tables equal `ruleset.render` (and their kept digest `ruleset.digest`), and a
 partial plan's delta names every resource whose outcome moved and says when sockets did.
-Scenario: one changed publication among many
-replans only its port group.
+Scenarios: one changed publication among many replans only its port group; incumbency, an
+address and a foreign interface replan only what names them.
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ edits = st.one_of(
     st.tuples(st.just("dup"), pubs),  # a second document of the same publication
     # Publications Applied here now (incumbents): they keep their ports against older ones.
     st.tuples(st.just("incumbents"), st.sets(st.sampled_from([f"p{i}" for i in range(12)]))),
+    # A hostIP some publications name becomes local or stops being local.
+    st.tuples(st.just("address"), st.sampled_from([NODE_IP, "192.0.2.9"])),
+    # An interface that is not ours comes or goes: a container's veth, or the network's name.
+    st.tuples(st.just("foreign"), st.sampled_from(["veth1", "bridge"])),
 )
 
 
@@ -151,6 +156,11 @@ def test_incremental_equals_full(initial: list[dict[str, Any]], steps: list[Any]
                     specs.ResourceRef("PortPublication", "ns", name) for name in arg
                 ),
             )
+        elif kind == "address":
+            facts = replace(facts, addresses=facts.addresses ^ {specs.ipaddress.ip_address(arg)})
+        elif kind == "foreign":
+            name = specs.parse(net).bridge if arg == "bridge" else arg  # type: ignore[union-attr]
+            facts = replace(facts, foreign_interfaces=facts.foreign_interfaces ^ {name})
         elif kind == "dup":
             docs[arg["metadata"]["name"] + "~dup"] = arg
             parsed.pop(arg["metadata"]["name"] + "~dup", None)
@@ -228,3 +238,29 @@ def test_incumbency_replans_only_contested_groups() -> None:
         assert plan == planner.plan(resources, facts)  # the winner of 8000 flipped
         assert inc.delta is not None
         assert inc.delta.refs == {ref["older"], ref["newer"]}  # not the 50 alone
+
+
+def test_addresses_and_foreign_interfaces_replan_only_what_names_them() -> None:
+    """A container's veth (an interface that is not ours) or a new local address must not
+    replan 10,000 publications: only those naming it, or all when a network names it."""
+    bound = pub_doc("bound", 7000, 0, "TCP", "192.0.2.9", 2, 0, "Never", None)  # not local yet
+    wild = [pub_doc(f"w{i}", 9000 + i, 0, "TCP", None, 3, 0, "Never", None) for i in range(50)]
+    net = specs.parse(net_doc("10.9.0.0/24"))
+    resources = [net, *(specs.parse(d) for d in (bound, *wild))]
+    inc = IncrementalPlanner()
+    facts = FACTS
+    assert inc.plan(resources, facts) == planner.plan(resources, facts)
+    steps: list[tuple[str, Any, set[str] | None]] = [
+        ("foreign_interfaces", {"veth1"}, set()),
+        ("addresses", {specs.ipaddress.ip_address("192.0.2.9")}, {"bound"}),
+        ("foreign_interfaces", {net.bridge}, None),  # type: ignore[union-attr]  # a full plan
+        ("addresses", {specs.ipaddress.ip_address("192.0.2.9")}, {"bound"}),
+    ]
+    for field, toggle, refs in steps:
+        facts = replace(facts, **{field: getattr(facts, field) ^ toggle})
+        assert inc.plan(resources, facts) == planner.plan(resources, facts), field
+        if refs is None:
+            assert inc.delta is None
+        else:
+            assert inc.delta is not None
+            assert {r.name for r in inc.delta.refs} == refs, field

@@ -5,9 +5,11 @@
 their port claims, so they fall into port groups: publications of one protocol whose port
 ranges touch (one union-find over (protocol, port)). When only publications changed, the
 groups they left or joined are replanned by the full planner, on those publications plus every
-other resource, and their results replace the cached ones. Anything else (node facts,
-networks, invalid or duplicate documents) replans the node in full. Groups only ever merge
-between full plans: a group larger than needed costs time, never correctness.
+other resource, and their results replace the cached ones. Node facts that resources name
+(incumbency, local addresses, interfaces that are not ours) move only the publications naming
+them. Anything else (other node facts, networks, invalid or duplicate documents) replans the
+node in full. Groups only ever merge between full plans: a group larger than needed costs
+time, never correctness.
 
 `IncrementalRenderer` patches the previous tables' map elements with the DNATs that left and
 joined (and counts the loop ports, merging again only the port ranges a change touches), and
@@ -28,6 +30,7 @@ from bridgeport.core.sockets import SocketChanges
 from bridgeport.core.specs import (
     BRIDGE_NETWORK,
     PORT_PUBLICATION,
+    BridgeNetwork,
     InvalidResource,
     ParseResult,
     PortPublication,
@@ -36,6 +39,8 @@ from bridgeport.core.specs import (
 )
 
 Slot = tuple[str, int]  # (protocol, port)
+# Node facts whose change moves only the resources naming them (IncrementalPlanner._facts_moved).
+_NAMED_FACTS = ("incumbents", "addresses", "foreign_interfaces")
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,7 @@ class IncrementalPlanner:
         by_id = dict(zip(map(id, resources), resources, strict=True))
         known, self._ids = self._ids, by_id
         plain = replace(facts, assigned=None, listening={}, remembered={}, avoid={})
-        promoted = self._incumbency_moved(plain)
+        promoted = self._facts_moved(plain)
         if (
             self._base is not None
             and known is not None
@@ -168,9 +173,8 @@ class IncrementalPlanner:
                 [by_id[i] for i in by_id.keys() - known.keys()],
             )
             if moved is not None:
-                for ref in promoted:  # its claims rank anew: replan its port group
-                    if self._contested(ref):
-                        moved.setdefault(ref, self._pubs.get(ref))
+                for ref in promoted:  # replan its port group under the new facts
+                    moved.setdefault(ref, self._pubs.get(ref))
                 self._facts = plain
                 return self._partial(moved, replace(plain, assigned={}))
         # Assigned host ports depend on every publication: allocate once, for all, and plan
@@ -186,7 +190,7 @@ class IncrementalPlanner:
         others_t = tuple(sorted(others, key=_doc_order))
         if (
             self._base is None
-            or plain != self._facts
+            or promoted is None
             or others_t != self._others
             or any(_ref(o) in pubs for o in others_t)
         ):  # defined more than once
@@ -198,24 +202,43 @@ class IncrementalPlanner:
             if (old := prev.get(ref)) is not pub and old != pub
         }
         changed.update((ref, prev[ref]) for ref in prev.keys() - pubs.keys())
+        for ref in promoted:
+            changed.setdefault(ref, prev.get(ref))
+        self._facts = plain
         if any(ref in self._other_refs for ref in changed):  # was defined more than once
             return self._full(resources, facts, pubs, others_t)
         self._pubs = pubs
         self._assigning = any(p.assign is not None for p in pubs.values())
         return self._partial(changed, facts)
 
-    def _incumbency_moved(self, facts: NodeFacts) -> set[ResourceRef] | None:
-        """The publications whose incumbency changed when nothing else in the facts did
-        (a publication newly Applied, or no longer); None when other facts changed."""
+    def _facts_moved(self, facts: NodeFacts) -> set[ResourceRef] | None:
+        """The publications a change of node facts can move, when only facts that resources
+        name changed; None when others did (a full plan). Incumbency (a publication newly
+        Applied, or no longer) moves its port group if contested. Local addresses move the
+        publications on a changed hostIP. Interfaces that are not ours come and go with every
+        container's veth: they move nothing unless a network asks for one's name."""
         prev = self._facts
         if prev is None:
             return None
-        if facts.incumbents is prev.incumbents or facts.incumbents == prev.incumbents:
-            return set() if facts == prev else None
-        if replace(facts, incumbents=prev.incumbents) != prev:
+        if facts == prev:
+            return set()
+        if replace(facts, **{f: getattr(prev, f) for f in _NAMED_FACTS}) != prev:
             return None
         moved = set(facts.incumbents ^ prev.incumbents)
-        return moved if all(r.kind == PORT_PUBLICATION for r in moved) else None
+        if not all(r.kind == PORT_PUBLICATION for r in moved):
+            return None
+        moved = {ref for ref in moved if self._contested(ref)}
+        names = facts.foreign_interfaces ^ prev.foreign_interfaces
+        addresses = facts.addresses ^ prev.addresses
+        for other in self._others:
+            if isinstance(other, BridgeNetwork) and (
+                other.bridge in names
+                or {other.host_binding, other.egress_address, other.egress_address6} & addresses
+            ):
+                return None
+        if addresses:
+            moved.update(r for r, p in self._pubs.items() if p.specific_host_ip in addresses)
+        return moved
 
     def _contested(self, ref: ResourceRef) -> bool:
         """Whether `ref` shares its port group: incumbency only ranks the claimants of one
