@@ -28,6 +28,7 @@ SMOKE: dict[str, list[str]] = {
     "sources.py": ["--seconds", "1", "--rounds", "1"],
     "counters.py": ["--seconds", "1", "--rounds", "1", "--publications", "50"],
     "agent_change.py": ["--publications", "200", "--rounds", "1", "--changes", "2"],
+    "churn.py": ["--publications", "50", "--containers", "1"],
 }
 # Scripts that are not benchmarks of their own: who runs them.
 HELPERS = {
