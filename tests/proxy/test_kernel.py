@@ -8,7 +8,8 @@ privileged port without CAP_NET_BIND_SERVICE; address not on the node; retarget 
 rebinding; 1,000 listeners (setup time and RSS printed); refused and unreachable targets;
 a stuck client not blocking others; TCP connection and UDP flow limits; a killed worker is
 replaced while the other serves; workers exit with the agent, freeing the port; a worker out
-of file descriptors defers clients and recovers.
+of file descriptors defers clients and recovers; UDP relayed by one worker while the agent is
+stopped (SIGSTOP); a killed UDP worker's listener handed to its replacement.
 """
 
 from __future__ import annotations
@@ -347,3 +348,59 @@ def test_out_of_file_descriptors(w: World) -> None:
         what="the held connections to end",
     )
     assert w.ask(w.node, "hello", "127.0.0.1", 8095)["reply"].startswith("hello from target")
+
+
+def _holders(w: World, number: int, protocol: str = "u") -> set[int]:
+    """The processes holding the listening socket(s) on port `number` (ss -p)."""
+    out = w.node.run(f"ss -H{protocol}lnp sport = :{number}").stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+
+def test_udp_relayed_while_the_agent_is_stopped(w: World) -> None:
+    """A UDP listener is held by the agent and exactly one worker (TCP: by every worker).
+    With the agent stopped (SIGSTOP), that worker answers every datagram, for a client seen
+    before and for new ones: the agent's own work never stalls UDP."""
+    d = w.driver("--workers", "2")
+    d.sync(port("127.0.0.1", 8098, "UDP"), port("127.0.0.1", 8099))
+    wait_for(lambda: len(_workers(d)) == 2)
+    workers = set(_workers(d))
+    assert _holders(w, 8099, "t") == {d.proc.pid, *workers}
+    wait_for(lambda: len(_holders(w, 8098)) == 2, what="the UDP socket handed to a worker")
+    assert len(_holders(w, 8098) & workers) == 1 and d.proc.pid in _holders(w, 8098)
+    client = [sys.executable, str(TOOLS / "peer_client.py"), "datagrams", "127.0.0.1", "8098"]
+    seen = w.node.popen([*client, "before", "1"])
+    assert None not in json.loads(seen.communicate(timeout=30)[0])["replies"]
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        procs = [w.node.popen([*client, tag, "50"]) for tag in ("alpha", "beta")]
+        for tag, proc in zip(("alpha", "beta"), procs, strict=True):
+            replies = json.loads(proc.communicate(timeout=120)[0])["replies"]
+            assert replies == [
+                f"target {NODE_UP}:{_port(r)} {tag}-{i}" for i, r in enumerate(replies)
+            ], replies[:3]
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+    assert d.metric("bridgeport_proxy_connections_total", port="8098", protocol="UDP") == 3
+    assert d.metric("bridgeport_proxy_udp_flows", port="8098") == 3
+
+
+def test_killed_udp_worker_hands_over_its_listener(w: World) -> None:
+    """The worker relaying a UDP listener is killed: its flows are gone (counted so), and
+    its replacement is handed the listener and answers again."""
+    d = w.driver("--workers", "2", "--udp-idle-timeout", "600")
+    d.sync(port("127.0.0.1", 8098, "UDP"))
+    wait_for(lambda: len(_holders(w, 8098)) == 2, what="the UDP socket handed to a worker")
+    (owner,) = _holders(w, 8098) - {d.proc.pid}
+    assert None not in w.ask(w.node, "datagrams", "127.0.0.1", 8098, "a", 2)["replies"]
+    assert d.metric("bridgeport_proxy_udp_flows", port="8098") == 1
+    os.kill(owner, signal.SIGKILL)
+    wait_for(lambda: d.metric("bridgeport_proxy_worker_restarts_total") == 1, timeout=10)
+    wait_for(
+        lambda: len(_holders(w, 8098) - {d.proc.pid, owner}) == 1,
+        timeout=10,
+        what="the replacement to hold the UDP socket",
+    )
+    assert d.metric("bridgeport_proxy_udp_flows", port="8098") == 0
+    assert None not in w.ask(w.node, "datagrams", "127.0.0.1", 8098, "b", 2)["replies"]
+    assert d.metric("bridgeport_proxy_udp_flows", port="8098") == 1
+    assert d.metric("bridgeport_proxy_connections_total", port="8098") == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -212,5 +213,56 @@ def test_refused_target_resets_client(run: Callable[[Awaitable[Any]], Any]) -> N
         w.close()
         assert next(iter(m.listeners.values())).snapshot().errors["connect_refused"] == 1
         await m.close()
+
+    run(main())
+
+
+def test_udp_relayed_while_the_agent_loop_is_blocked(
+    run: Callable[[Awaitable[Any]], Any],
+) -> None:
+    """The agent's event loop held busy (as a big plan or a garbage collection holds it): a
+    worker still answers every datagram, of a client seen before and of a new one. When the
+    agent relayed UDP itself, not one was answered until the loop was free again."""
+
+    def echo(sock: socket.socket) -> None:
+        while True:
+            try:
+                data, peer = sock.recvfrom(100)
+            except OSError:  # closed: the test is over
+                return
+            sock.sendto(b"re:" + data, peer)
+
+    def ask_all(port: int, replies: list[bytes | None], done: threading.Event) -> None:
+        try:
+            for _ in range(2):  # a client, then a new client (a new flow)
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                    client.settimeout(5)
+                    for i in range(20):
+                        client.sendto(b"%d" % i, ("127.0.0.1", port))
+                        try:
+                            replies.append(client.recv(100))
+                        except TimeoutError:  # not answered: the test fails, end it now
+                            replies.append(None)
+                            return
+        finally:
+            done.set()
+
+    async def main() -> None:
+        target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        target.bind(("127.0.0.1", 0))
+        threading.Thread(target=echo, args=(target,), daemon=True).start()
+        port = free_port(socket.SOCK_DGRAM)
+        m = ProxyManager(workers=1)
+        await m.sync([pp(port, target.getsockname()[1], Protocol.UDP)])
+        replies: list[bytes | None] = []
+        done = threading.Event()
+        threading.Thread(target=ask_all, args=(port, replies, done), daemon=True).start()
+        # Blocks this event loop (the agent's) until every datagram was answered or not.
+        assert done.wait(60)
+        assert replies == [b"re:%d" % i for _ in range(2) for i in range(20)]
+        stats = next(iter(m.listeners.values())).snapshot()
+        assert stats.connections == 2 and stats.bytes_out == sum(len(r or b"") for r in replies)
+        await m.close()
+        target.close()
 
     run(main())

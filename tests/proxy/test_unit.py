@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from bridgeport.core.plan import ProxyKey
 from bridgeport.core.specs import Protocol, ResourceRef
+from bridgeport.proxy.datagram import Throttle
 from bridgeport.proxy.listener_status import bind_failure, describe
 from bridgeport.proxy.metrics import ListenerStats, ProxyCollector, Row
+from bridgeport.proxy.pktinfo import IP_PKTINFO, pack_pktinfo, reply_pktinfo
 from bridgeport.proxy.shared_counters import ACTIVE, CONNECTIONS, ERROR_KINDS, FIRST_ERROR, Counters
-from bridgeport.proxy.sockets import IP_PKTINFO, pack_pktinfo, reply_pktinfo
-from bridgeport.proxy.udp import Throttle
 
 OWNER = ResourceRef("PortPublication", "shop", "web")
 

@@ -1,9 +1,10 @@
 """The fallback userland proxy (docker-proxy's job): listeners owned by the agent.
 
 The agent binds one socket per (address, port, protocol) from the plan's ProxyPorts
-(manager.ProxyManager). UDP is relayed in the agent's event loop through a per-client flow
-table (udp.py); TCP by a few worker processes sharing the agent's listening sockets
-(pool.py spawns worker.py processes; engine.py relays), with splice(2).
+(manager.ProxyManager). A few worker processes relay (pool.py spawns worker.py processes):
+TCP on every worker, sharing the agent's listening sockets (engine.py, splice(2)); each UDP
+listener on one worker, through a per-client flow table (datagram.py). The agent's event
+loop relays nothing.
 
 Nothing is imported here: a worker process imports only what it uses.
 """

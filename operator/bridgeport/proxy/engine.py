@@ -17,6 +17,8 @@ destination cannot take more, that direction stops reading until an EPOLLOUT edg
 The relay starts while the upstream connect is still in flight: client bytes wait in the
 client's socket until the connect's EPOLLOUT edge. A connect that never completes is reset by
 the sweeper after connect_timeout. Measurements: bench/proxy/README.md.
+
+UDP listeners (datagram.py) run on the same loop: each lives in one worker only.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridgeport.proxy import wire
+from bridgeport.proxy.datagram import Flow, UdpRelay
 from bridgeport.proxy.shared_counters import (
     ACTIVE,
     BYTES_IN,
@@ -119,6 +122,9 @@ class Engine:
         log_interval: float = 10.0,
         max_per_source: int = 0,
         idle_timeout: float = 0.0,
+        max_udp_flows: int = 4096,
+        udp_idle_timeout: float = 90.0,
+        udp_per_source: int = 0,
     ) -> None:
         self.counters, self.cells, self.worker = counters, counters.cells, worker
         self.max_connections, self.connect_timeout = max_connections, connect_timeout
@@ -135,6 +141,11 @@ class Engine:
         self.paused: dict[Acceptor, float] = {}  # listeners resting until, see pause()
         self.pool = PipePool()
         self.buffer = memoryview(bytearray(COPY_SIZE))  # every copying direction's
+        # UDP: flows per listener, seconds idle before a flow closes, flows per client address.
+        self.max_udp_flows, self.udp_idle_timeout = max_udp_flows, udp_idle_timeout
+        self.udp_per_source = udp_per_source
+        self.datagrams: dict[int, UdpRelay] = {}  # UDP listeners, by slot
+        self.datagram_buffer = bytearray(65536)  # the largest datagram
         self.running = True
         self._quiet_until: dict[tuple[int, str], float] = {}
         self._suppressed: dict[tuple[int, str], int] = {}
@@ -147,8 +158,11 @@ class Engine:
         self.epoll.register(fd, select.EPOLLIN)
 
     def listen(self, slot: int, sock: socket.socket, target: tuple[str, int]) -> None:
-        if slot in self.acceptors:
+        if slot in self.acceptors or slot in self.datagrams:
             self.unlisten(slot)
+        if sock.type == socket.SOCK_DGRAM:
+            self.datagrams[slot] = UdpRelay(self, slot, sock, target)
+            return
         sock.setblocking(False)
         self.acceptors[slot] = acceptor = Acceptor(self, slot, sock, target)
         self.handlers[sock.fileno()] = acceptor
@@ -157,9 +171,13 @@ class Engine:
     def retarget(self, slot: int, target: tuple[str, int]) -> None:
         if acceptor := self.acceptors.get(slot):
             acceptor.set_target(target)
+        elif datagrams := self.datagrams.get(slot):
+            datagrams.set_target(target)
 
     def unlisten(self, slot: int) -> None:
-        """Stop accepting and reset every connection of the listener."""
+        """Stop accepting and reset every connection of the listener (UDP: close its flows)."""
+        if (datagrams := self.datagrams.pop(slot, None)) is not None:
+            datagrams.close()
         acceptor = self.acceptors.pop(slot, None)
         if acceptor is None:
             return
@@ -180,7 +198,7 @@ class Engine:
         self.running = False
 
     def close(self) -> None:
-        for slot in list(self.acceptors):
+        for slot in [*self.acceptors, *self.datagrams]:
             self.unlisten(slot)
         self.pool.close()
         self.epoll.close()
@@ -193,15 +211,22 @@ class Engine:
         next_sweep = time.monotonic() + interval
         idle_every = min(max(self.idle_timeout / 4, 0.05), 5.0)
         next_idle = time.monotonic() + idle_every
+        udp_every = min(max(self.udp_idle_timeout / 4, 0.05), 5.0)
+        next_udp = time.monotonic() + udp_every
         while self.running:
+            timeout = _PAUSE if self.paused else interval
             try:
-                events = poll(_PAUSE if self.paused else interval, 256)
+                events = poll(min(timeout, udp_every) if self.datagrams else timeout, 256)
             except InterruptedError:
                 continue
             self.now = now = time.monotonic()
             if self.idle_timeout and now >= next_idle:
                 next_idle = now + idle_every
                 self._reap_idle(now)
+            if now >= next_udp:
+                next_udp = now + udp_every
+                for relay in list(self.datagrams.values()):
+                    relay.reap(now)
             for fd, mask in events:
                 handler = handlers.get(fd)
                 if handler is None:  # its fd was closed earlier in this batch
@@ -238,7 +263,13 @@ class Engine:
                 self.epoll.register(acceptor.sock.fileno(), _LISTEN_EVENTS)
 
     def _contain(self, handler: Any, exc: Exception) -> None:
-        if isinstance(handler, Relay | Acceptor):
+        if isinstance(handler, UdpRelay):
+            handler.error("internal", f"{type(exc).__name__}: {exc}")
+        elif isinstance(handler, Flow):
+            handler.relay.error("internal", f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(Exception):
+                handler.relay.drop(handler)
+        elif isinstance(handler, Relay | Acceptor):
             owner = handler.acceptor if isinstance(handler, Relay) else handler
             owner.error("internal", f"{type(exc).__name__}: {exc}")
             if isinstance(handler, Relay):

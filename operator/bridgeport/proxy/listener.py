@@ -1,16 +1,29 @@
-"""What TCP and UDP listeners share: the bound socket, its target, warnings naming both."""
+"""What TCP and UDP listeners share: the bound socket, its target, warnings naming both, and
+the agent's side of a listener the workers relay (pool.py): counters from shared memory,
+the workers' error reports as warnings."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from collections import Counter
+from typing import Any, ClassVar
 
 import structlog
 
 from bridgeport.core.plan import ProxyPort
+from bridgeport.proxy import wire
 from bridgeport.proxy.listener_status import describe
 from bridgeport.proxy.metrics import ListenerStats
+from bridgeport.proxy.pool import WorkerPool
+from bridgeport.proxy.shared_counters import (
+    ACTIVE,
+    BYTES_IN,
+    BYTES_OUT,
+    CONNECTIONS,
+    ERROR_KINDS,
+    FIRST_ERROR,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -47,10 +60,50 @@ class Listener:
             **fields,
         )
 
-    def tick(self, now: float) -> None:
-        """Periodic housekeeping (timeouts), called by the manager's sweeper."""
-
     def close(self) -> None:
-        """Close the agent's socket and whatever the agent relays itself. For TCP the workers
-        must have let go first (WorkerPool.unlisten): only then is the port free."""
-        raise NotImplementedError
+        """Close the agent's socket. The workers must have let go first (WorkerPool.unlisten):
+        only then is the port free."""
+        self.sock.close()
+
+
+class PooledListener(Listener):
+    """A listener the workers relay: the agent binds it, hands it over, reads its counters."""
+
+    EVENTS: ClassVar[dict[str, str]] = {}  # a worker's error kind -> the warning's event
+    DEFAULT_EVENT = "proxy relay error"
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        port: ProxyPort,
+        pool: WorkerPool,
+        slot: int,
+    ) -> None:
+        super().__init__(loop, sock, port)
+        self.pool, self.slot = pool, slot
+        pool.listen(slot, sock, self.target)
+
+    def snapshot(self) -> ListenerStats:
+        """Summed over the workers from shared memory: current at every read."""
+        cells = self.pool.totals(self.slot)
+        stats = ListenerStats()
+        stats.connections, stats.active = cells[CONNECTIONS], cells[ACTIVE]
+        stats.bytes_in, stats.bytes_out = cells[BYTES_IN], cells[BYTES_OUT]
+        errors = zip(ERROR_KINDS, cells[FIRST_ERROR:], strict=True)
+        stats.errors = Counter({kind: n for kind, n in errors if n})
+        return stats
+
+    def worker_log(self, message: wire.Log) -> None:
+        """A worker's error report (counted and throttled there)."""
+        kind = message["kind"]
+        self.warn(
+            self.EVENTS.get(kind, self.DEFAULT_EVENT),
+            kind,
+            message["suppressed"],
+            error=message["error"],
+        )
+
+    def retarget(self, port: ProxyPort) -> None:
+        super().retarget(port)
+        self.pool.retarget(self.slot, self.target)

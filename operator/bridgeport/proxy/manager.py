@@ -7,7 +7,7 @@ how the set changed since the last sync, it does so in O(change).
 Claims are bound, non-listening sockets that keep a DNATed address:port from anyone else
 (core/claims.py). The agent binds before it programs and releases after (sync(release=False),
 then release()), so no rule of ours ever captures a port that we do not hold.
-TCP worker processes start with the first TCP listener.
+The worker processes that relay TCP and UDP start with the first listener.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from bridgeport.core.sockets import SocketChanges, SocketReports
 from bridgeport.core.specs import Protocol, ResourceRef
 from bridgeport.proxy import wire
 from bridgeport.proxy.holders import describe_holder
-from bridgeport.proxy.listener import Listener
+from bridgeport.proxy.listener import Listener, PooledListener
 from bridgeport.proxy.listener_status import ProxyStatus, bind_failure, describe
 from bridgeport.proxy.metrics import ListenerStats, ProxyCollector, Row
 from bridgeport.proxy.pool import WorkerPool, default_workers
@@ -81,9 +81,7 @@ class ProxyManager:
         self._stale: set[ProxyKey] = set()  # maybe bound, no longer wanted: for release()
         self._statuses: dict[ProxyKey, ProxyStatus] = {}  # every wanted key's last status
         self._served: dict[ProxyKey, ProxyStatus] = {}  # the listeners' of them
-        self._pool: WorkerPool | None = None  # started with the first TCP listener
-        self._udp_buf = bytearray(65536)  # the largest datagram
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._pool: WorkerPool | None = None  # started with the first listener
         self._registry = registry
         self._collector = ProxyCollector(self._rows, self._worker_counts)
         if registry is not None:
@@ -140,7 +138,6 @@ class ProxyManager:
             if binds % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             self._report(key, await self._hold(key, claim))
-        self._arm_sweeper(loop)
         # The failures in the order of a whole sync: listeners, then claims, each by address.
         failed = sorted(self.failed.items(), key=lambda f: (f[0] not in self._wanted, f[0]))
         return SocketReports(dict(self._statuses), dict(failed), dict(self._served))
@@ -316,26 +313,17 @@ class ProxyManager:
     def _listen(self, loop: asyncio.AbstractEventLoop, port: ProxyPort) -> Listener:
         sock = open_listener(port.key)
         try:
-            if port.protocol is Protocol.TCP:
-                pool = self._tcp_workers()
-                slot = pool.allocate()
-                if slot is None:
-                    raise OSError(errno.ENOSPC, "the proxy's TCP listener table is full")
-                return TcpListener(loop, sock, port, pool, slot)
-            return UdpListener(
-                loop,
-                sock,
-                port,
-                self.max_udp_flows,
-                self.udp_idle_timeout,
-                self._udp_buf,
-                self.fairness.udp_flows_per_source,
-            )
+            pool = self._workers()
+            slot = pool.allocate()
+            if slot is None:
+                raise OSError(errno.ENOSPC, "the proxy's listener table is full")
+            kind = TcpListener if port.protocol is Protocol.TCP else UdpListener
+            return kind(loop, sock, port, pool, slot)
         except BaseException:
             sock.close()
             raise
 
-    def _tcp_workers(self) -> WorkerPool:
+    def _workers(self) -> WorkerPool:
         if self._pool is None:
             self._pool = WorkerPool(
                 self.workers,
@@ -344,41 +332,30 @@ class ProxyManager:
                 on_log=self._worker_log,
                 max_per_source=self.fairness.tcp_per_source,
                 idle_timeout=self.fairness.tcp_idle_timeout,
+                max_udp_flows=self.max_udp_flows,
+                udp_idle_timeout=self.udp_idle_timeout,
+                udp_per_source=self.fairness.udp_flows_per_source,
             )
             log.info("proxy workers started", workers=self.workers)
         return self._pool
 
     def _worker_log(self, slot: int, message: wire.Log) -> None:
         for listener in self.listeners.values():
-            if isinstance(listener, TcpListener) and listener.slot == slot:
+            if isinstance(listener, PooledListener) and listener.slot == slot:
                 listener.worker_log(message)
                 return
         if slot < 0:  # not about one listener (a listener's own lines die with it)
             log.error("proxy worker error", kind=message["kind"], error=message["error"])
 
     async def _close(self, keys: list[ProxyKey]) -> None:
-        """Close listeners, the TCP ones' worker copies first, in one round trip."""
+        """Close listeners, the workers' copies first, in one round trip."""
         closing = [self.listeners.pop(key) for key in keys]
-        slots = [lst.slot for lst in closing if isinstance(lst, TcpListener)]
+        slots = [lst.slot for lst in closing if isinstance(lst, PooledListener)]
         if slots and self._pool is not None:
             await self._pool.unlisten(slots)
         for listener in closing:
             listener.close()
             log.info("proxy stopped", listen=describe(listener.port.key))
-
-    def _arm_sweeper(self, loop: asyncio.AbstractEventLoop) -> None:
-        """One timer for every UDP listener's idle flows, instead of one per flow (TCP
-        connect timeouts are the workers' own)."""
-        if self._sweeper is None and self.listeners:
-            interval = self.udp_idle_timeout / 4
-            self._sweeper = loop.call_later(min(max(interval, 0.05), 5.0), self._sweep, loop)
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._sweeper = None
-        now = loop.time()
-        for listener in list(self.listeners.values()):
-            listener.tick(now)
-        self._arm_sweeper(loop)
 
     def rows(self) -> Iterator[Row]:
         """Every listener with its counters (the per-publication metrics add them up)."""
@@ -397,9 +374,6 @@ class ProxyManager:
 
     async def close(self) -> None:
         """Close every listener and live connection, stop the workers, unregister metrics."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
         await self._close(list(self.listeners))
         for key in list(self.held):
             self._drop_claim(key)

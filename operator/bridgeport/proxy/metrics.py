@@ -79,10 +79,12 @@ class ProxyCollector(Collector):
             for kind, count in sorted(dict(s.errors).items()):
                 errors.add_metric([*labels, kind], count)
         live, restarts = self._workers()
-        yield GaugeMetricFamily(p + "workers", "TCP proxy worker processes running", live)
+        yield GaugeMetricFamily(
+            p + "workers", "Proxy worker processes running (they relay TCP and UDP)", live
+        )
         yield CounterMetricFamily(
             p + "worker_restarts",
-            "TCP proxy workers restarted after exiting unexpectedly",
+            "Proxy workers restarted after exiting unexpectedly",
             restarts,
         )
         yield from (up, conns, active, flows, nbytes, errors)

@@ -1,5 +1,5 @@
-"""The agent's side of the TCP proxy workers: spawn them, hand them listening sockets, keep
-them alive.
+"""The agent's side of the proxy workers: spawn them, hand them listening sockets, keep them
+alive.
 
 Why processes: one Python event loop relaying short connections saturates a core while the
 kernel work it drives needs more (bench/proxy/README.md); threads share one interpreter lock.
@@ -7,8 +7,13 @@ The agent still binds every port (port claims and conflicts stay in one place) a
 worker accepts on the same sockets (EPOLLEXCLUSIVE wakes one of them per connection), so the
 number of processes does not grow with the number of ports.
 
-A worker that exits is restarted with a backoff and handed every listener again; the others
-keep serving meanwhile. The listening sockets never leave the agent, so no port is lost.
+A UDP listener goes to one worker only, the one with the fewest UDP listeners when it came:
+its datagrams must all meet one flow table. The agent's event loop never relays, so its own
+work (a big plan, a garbage collection) cannot stall traffic.
+
+A worker that exits is restarted with a backoff and handed every listener again (TCP: all of
+them, UDP: its own; their flows are gone); the others keep serving meanwhile. The listening
+sockets never leave the agent, so no port is lost.
 """
 
 from __future__ import annotations
@@ -63,13 +68,19 @@ class WorkerPool:
         on_log: LogSink,
         max_per_source: int = 0,
         idle_timeout: float = 0.0,
+        max_udp_flows: int = 4096,
+        udp_idle_timeout: float = 90.0,
+        udp_per_source: int = 0,
     ) -> None:
         self.count = count
         self.max_connections, self.connect_timeout = max_connections, connect_timeout
         self.max_per_source, self.idle_timeout = max_per_source, idle_timeout
+        self.max_udp_flows, self.udp_idle_timeout = max_udp_flows, udp_idle_timeout
+        self.udp_per_source = udp_per_source
         self.on_log = on_log
         self.counters = Counters.create(count)
         self.listening: dict[int, tuple[socket.socket, tuple[str, int]]] = {}  # by slot
+        self.udp_owner: dict[int, int] = {}  # UDP listener slot -> the worker relaying it
         self.workers: list[_Worker | None] = [None] * count
         self.restarts = 0
         self._seq = 0
@@ -94,15 +105,27 @@ class WorkerPool:
         return self._next_slot - 1
 
     def listen(self, slot: int, sock: socket.socket, target: tuple[str, int]) -> None:
+        """Hand a listening socket to the workers: TCP to all, UDP to one (a dead one gets
+        it when it restarts)."""
         self.listening[slot] = (sock, target)
-        for worker in self._live():
+        if sock.type == socket.SOCK_DGRAM:
+            load = [0] * self.count
+            for index in self.udp_owner.values():
+                load[index] += 1
+            self.udp_owner[slot] = load.index(min(load))
+        for worker in self._serving(slot):
             self._send_listeners(worker, [slot])
 
     def retarget(self, slot: int, target: tuple[str, int]) -> None:
         sock, _ = self.listening[slot]
         self.listening[slot] = (sock, target)
-        for worker in self._live():
+        for worker in self._serving(slot):
             self._send(worker, {"op": "retarget", "slot": slot, "target": list(target)})
+
+    def _serving(self, slot: int) -> list[_Worker]:
+        """The live workers that relay a listener."""
+        owner = self.udp_owner.get(slot)
+        return [w for w in self._live() if owner is None or w.index == owner]
 
     async def unlisten(self, slots: list[int]) -> None:
         """Every worker closes its copy of the sockets and resets their connections; the
@@ -111,6 +134,7 @@ class WorkerPool:
             return
         for slot in slots:
             self.listening.pop(slot, None)
+            self.udp_owner.pop(slot, None)
         waits = []
         for worker in self._live():
             self._seq += 1
@@ -169,6 +193,12 @@ class WorkerPool:
                     str(self.max_per_source),
                     "--idle-timeout",
                     str(self.idle_timeout),
+                    "--max-udp-flows",
+                    str(self.max_udp_flows),
+                    "--udp-idle-timeout",
+                    str(self.udp_idle_timeout),
+                    "--udp-per-source",
+                    str(self.udp_per_source),
                 ],
                 pass_fds=(theirs.fileno(), self.counters.fd),
                 stdin=subprocess.DEVNULL,
@@ -184,7 +214,9 @@ class WorkerPool:
         worker = _Worker(index, proc, ours, self._loop.time())
         self.workers[index] = worker
         self._loop.add_reader(ours.fileno(), self._on_message, worker)
-        self._send_listeners(worker, list(self.listening))
+        self._send_listeners(
+            worker, [s for s in self.listening if self.udp_owner.get(s, index) == index]
+        )
 
     def _send_listeners(self, worker: _Worker, slots: list[int]) -> None:
         for i in range(0, len(slots), MAX_FDS):

@@ -1,10 +1,11 @@
-"""TCP proxy counters in shared memory: each worker adds to its own cells, the agent sums.
+"""Proxy counters in shared memory: each worker adds to its own cells, the agent sums.
 
 One memfd holds an int64 array laid out [slot][worker][cell]. A listener's cells are
 adjacent, so only the pages of slots in use are ever touched (the file is sparse). Each
 worker writes only its own cells, so there are no locks; the agent reads them at scrape time
 (always current, no messages), and workers read each other's `active` cells to hold one
-connection limit per listener across all of them.
+connection limit per listener across all of them. A UDP listener lives in one worker: its
+ACTIVE cell counts live flows, CONNECTIONS the flows created.
 
 After the listeners, each worker has SOURCE_BUCKETS cells counting live connections per
 (listener, source address) bucket (a CRC of both): the per-source limit sums one bucket over
@@ -31,10 +32,15 @@ ERROR_KINDS = (
     "internal",
     "source_limit",
     "idle_timeout",
+    # UDP (datagram.py)
+    "udp_flow_limit",
+    "target_unreachable",
+    "receive",
+    "dropped",
 )
 FIRST_ERROR = 4  # index of the first error cell: FIRST_ERROR + ERROR_KINDS.index(kind)
 WIDTH = FIRST_ERROR + len(ERROR_KINDS)
-SLOTS = 1 << 16  # TCP listeners per agent: every port of one address family and then some
+SLOTS = 1 << 16  # listeners per agent (TCP and UDP): every port of one family and then some
 SOURCE_BUCKETS = 1 << 14
 
 

@@ -1,6 +1,7 @@
 """The agent <-> proxy worker control protocol: one JSON message per SOCK_SEQPACKET packet.
 
-    agent -> worker  Listen (+ one listening socket per listener, SCM_RIGHTS), Retarget,
+    agent -> worker  Listen (+ one listening socket per listener, SCM_RIGHTS: TCP or UDP, as
+                     the socket's type says), Retarget,
                      Unlisten (answered by Done once the sockets are closed)
     worker -> agent  Done, Log (an error, throttled in the worker; `suppressed` since the last)
 

@@ -1,9 +1,10 @@
-"""A proxy worker process: relays TCP for the listening sockets the agent hands it.
+"""A proxy worker process: relays TCP and UDP for the listening sockets the agent hands it.
 
     python -m bridgeport.proxy.worker --index I --workers N --control-fd F --counters-fd M ...
 
 The agent binds every port itself (binding is how it claims a port and sees conflicts) and
 passes the sockets over a SOCK_SEQPACKET control channel with SCM_RIGHTS (messages: wire.py).
+Every worker gets every TCP listener; a UDP listener goes to one worker only (its flow table).
 
 Counters go to shared memory (shared_counters.py), not messages. The worker exits when the control
 channel closes, so it never outlives the agent. Standard library only, to keep each worker's
@@ -47,6 +48,9 @@ class Worker:
             report=self.send,
             max_per_source=args.max_per_source,
             idle_timeout=args.idle_timeout,
+            max_udp_flows=args.max_udp_flows,
+            udp_idle_timeout=args.udp_idle_timeout,
+            udp_per_source=args.udp_per_source,
         )
         self.engine.watch(self.control.fileno(), self.on_control)
 
@@ -95,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connect-timeout", type=float, default=5.0)
     p.add_argument("--max-per-source", type=int, default=0)
     p.add_argument("--idle-timeout", type=float, default=0.0)
+    p.add_argument("--max-udp-flows", type=int, default=4096)
+    p.add_argument("--udp-idle-timeout", type=float, default=90.0)
+    p.add_argument("--udp-per-source", type=int, default=0)
     args = p.parse_args(argv)
     # The agent decides when workers stop (by closing the channel); a terminal's Ctrl-C
     # reaches the whole process group and must not kill relays under a running agent.
