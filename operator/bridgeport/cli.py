@@ -167,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         default=int(os.environ.get("BRIDGEPORT_PROXY_WORKERS", "0")),
-        help="processes relaying proxied TCP (0: one per CPU, at most 4)",
+        help="processes relaying proxied TCP and UDP (0: one per CPU, at most 4)",
     )
     a.add_argument(
         "--health-port",
@@ -486,10 +486,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from bridgeport import agent
 
     log = structlog.get_logger("bridgeport.cli")
-    # The event loop (the proxy's UDP relay, health) needs the GIL back after every socket
+    # The event loop (health, the workers' messages) needs the GIL back after every socket
     # call. While a thread parses or plans thousands of resources, the default 5 ms switch
-    # interval makes each handoff wait up to 5 ms, and proxied datagrams queue: gaps of
-    # 260-340 ms at 5,000 resources (bench/input_stall.py), 6-12 ms at 0.5 ms.
+    # interval makes each handoff wait up to 5 ms. (Measured when the loop still relayed UDP:
+    # gaps of 260-340 ms at 5,000 resources (bench/input_stall.py), 6-12 ms at 0.5 ms.)
     sys.setswitchinterval(0.0005)
     if args.cleanup:
         removed = agent.cleanup()
@@ -535,7 +535,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from bridgeport.proxy.manager import Fairness, ProxyManager
     from bridgeport.proxy.worker import raise_fd_limit
 
-    raise_fd_limit()  # listeners, port claims and UDP flows are file descriptors of the agent
+    raise_fd_limit()  # listeners and port claims are file descriptors of the agent
     # Even with --no-proxy the manager runs: it holds the claims on every DNATed port.
     fairness = Fairness(
         args.proxy_max_connections_per_source,

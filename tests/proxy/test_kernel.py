@@ -364,7 +364,8 @@ def test_udp_relayed_while_the_agent_is_stopped(w: World) -> None:
     d.sync(port("127.0.0.1", 8098, "UDP"), port("127.0.0.1", 8099))
     wait_for(lambda: len(_workers(d)) == 2)
     workers = set(_workers(d))
-    assert _holders(w, 8099, "t") == {d.proc.pid, *workers}
+    # Handed over once each worker took its messages: TCP to both, UDP to one.
+    wait_for(lambda: _holders(w, 8099, "t") == {d.proc.pid, *workers}, what="TCP handed over")
     wait_for(lambda: len(_holders(w, 8098)) == 2, what="the UDP socket handed to a worker")
     assert len(_holders(w, 8098) & workers) == 1 and d.proc.pid in _holders(w, 8098)
     client = [sys.executable, str(TOOLS / "peer_client.py"), "datagrams", "127.0.0.1", "8098"]
@@ -385,12 +386,16 @@ def test_udp_relayed_while_the_agent_is_stopped(w: World) -> None:
 
 
 def test_killed_udp_worker_hands_over_its_listener(w: World) -> None:
-    """The worker relaying a UDP listener is killed: its flows are gone (counted so), and
-    its replacement is handed the listener and answers again."""
+    """Two UDP listeners go to two workers. The worker relaying one is killed: its flows are
+    gone (counted so), and its replacement is handed the listener and answers again."""
     d = w.driver("--workers", "2", "--udp-idle-timeout", "600")
-    d.sync(port("127.0.0.1", 8098, "UDP"))
-    wait_for(lambda: len(_holders(w, 8098)) == 2, what="the UDP socket handed to a worker")
+    d.sync(port("127.0.0.1", 8098, "UDP"), port("127.0.0.1", 8088, "UDP"))
+    wait_for(
+        lambda: len(_holders(w, 8098)) == len(_holders(w, 8088)) == 2,
+        what="each UDP socket handed to a worker",
+    )
     (owner,) = _holders(w, 8098) - {d.proc.pid}
+    assert owner not in _holders(w, 8088)
     assert None not in w.ask(w.node, "datagrams", "127.0.0.1", 8098, "a", 2)["replies"]
     assert d.metric("bridgeport_proxy_udp_flows", port="8098") == 1
     os.kill(owner, signal.SIGKILL)

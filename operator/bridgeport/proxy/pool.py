@@ -81,6 +81,7 @@ class WorkerPool:
         self.counters = Counters.create(count)
         self.listening: dict[int, tuple[socket.socket, tuple[str, int]]] = {}  # by slot
         self.udp_owner: dict[int, int] = {}  # UDP listener slot -> the worker relaying it
+        self._udp_load = [0] * count  # UDP listeners per worker
         self.workers: list[_Worker | None] = [None] * count
         self.restarts = 0
         self._seq = 0
@@ -108,11 +109,9 @@ class WorkerPool:
         """Hand a listening socket to the workers: TCP to all, UDP to one (a dead one gets
         it when it restarts)."""
         self.listening[slot] = (sock, target)
-        if sock.type == socket.SOCK_DGRAM:
-            load = [0] * self.count
-            for index in self.udp_owner.values():
-                load[index] += 1
-            self.udp_owner[slot] = load.index(min(load))
+        if sock.type == socket.SOCK_DGRAM and slot not in self.udp_owner:
+            owner = self.udp_owner[slot] = self._udp_load.index(min(self._udp_load))
+            self._udp_load[owner] += 1
         for worker in self._serving(slot):
             self._send_listeners(worker, [slot])
 
@@ -134,7 +133,8 @@ class WorkerPool:
             return
         for slot in slots:
             self.listening.pop(slot, None)
-            self.udp_owner.pop(slot, None)
+            if (owner := self.udp_owner.pop(slot, None)) is not None:
+                self._udp_load[owner] -= 1
         waits = []
         for worker in self._live():
             self._seq += 1
