@@ -90,14 +90,17 @@ class UdpRelay:
             if flow is None:
                 continue
             flow.last = self.engine.now
+            # Counted before the send, taken back if it fails: whoever sees the datagram
+            # arrive sees it counted.
+            self.cells[self.base + BYTES_IN] += n
             try:
                 flow.sock.send(self.view[:n])
             except BlockingIOError:
+                self.cells[self.base + BYTES_IN] -= n
                 self.cells[self.base + _ERROR_CELL["dropped"]] += 1
             except OSError as exc:  # e.g. ECONNREFUSED left by an earlier ICMP error
+                self.cells[self.base + BYTES_IN] -= n
                 self.error("target_unreachable", str(exc))
-            else:
-                self.cells[self.base + BYTES_IN] += n
 
     def _open(self, key: FlowKey, client: Any, reply: Ancillary) -> Flow | None:
         own = self.by_source.get(client[0], {})
@@ -207,15 +210,15 @@ class Flow:
                 relay.error("target_unreachable", str(exc))
                 return
             self.last = relay.engine.now
+            cells[base + BYTES_OUT] += n  # before the send, as BYTES_IN
             try:
                 if self.reply:
                     relay.sock.sendmsg([relay.view[:n]], self.reply, 0, self.client)
                 else:
                     relay.sock.sendto(relay.view[:n], self.client)
             except OSError:  # a full socket buffer drops, as the network would
+                cells[base + BYTES_OUT] -= n
                 cells[base + _ERROR_CELL["dropped"]] += 1
-            else:
-                cells[base + BYTES_OUT] += n
 
     def close(self) -> None:
         relay = self.relay
