@@ -11,6 +11,7 @@ apply. `--code DIR` runs the agent from another checkout's operator/ directory (
 before this change), for a side-by-side run.
 
 Run as root: `.venv/bin/python bench/input_stall.py [--resources 5000] [--rounds 3]`.
+Figures: README.md, "Bad input" (since the workers relay UDP, gaps stay at the quiet floor).
 """
 
 from __future__ import annotations
