@@ -108,7 +108,7 @@ if __name__ == "__main__":
     p.add_argument("--max-tcp-per-source", type=int, default=Fairness.tcp_per_source)
     p.add_argument("--tcp-idle-timeout", type=float, default=Fairness.tcp_idle_timeout)
     p.add_argument("--max-udp-flows-per-source", type=int, default=Fairness.udp_flows_per_source)
-    p.add_argument("--workers", type=int, default=None, help="TCP proxy worker processes")
+    p.add_argument("--workers", type=int, default=None, help="proxy worker processes (TCP and UDP)")
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args()
     log.setup("INFO", json=True)  # to stderr: stdout carries the replies
