@@ -83,7 +83,7 @@ class UdpRelay:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self.error("receive", f"receive failed: {exc}")
+                self.error("receive", str(exc))
                 return
             key = (client, reply[0][2] if reply else b"")
             flow = self.flows.get(key) or self._open(key, client, reply)
