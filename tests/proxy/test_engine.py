@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from bridgeport.proxy import engine as engine_module
+from bridgeport.proxy import wire
 from bridgeport.proxy.engine import Engine, Relay
 from bridgeport.proxy.shared_counters import BYTES_IN, BYTES_OUT, Counters
 from tests.netns import wait_for
@@ -41,7 +42,8 @@ class Ends:
 @pytest.fixture
 def relay(request: pytest.FixtureRequest) -> Iterator[Ends]:
     counters = Counters.create(workers=1, slots=2)
-    engine = Engine(counters, 0, max_connections=16, connect_timeout=2.0, report=lambda _: None)
+    limits = wire.Limits(max_connections=16, connect_timeout=2.0)
+    engine = Engine(counters, 0, limits, report=lambda _: None)
     target_listener = socket.create_server(("127.0.0.1", 0))
     listener = socket.socket()
     # Accepted sockets inherit the listener's buffer sizes: a small send buffer toward the

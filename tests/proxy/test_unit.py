@@ -8,6 +8,7 @@ counters add up over workers and outlive a dead one.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import ipaddress
 import os
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from bridgeport.core.plan import ProxyKey
 from bridgeport.core.specs import Protocol, ResourceRef
+from bridgeport.proxy import wire
 from bridgeport.proxy.datagram import Throttle
 from bridgeport.proxy.listener_status import bind_failure, describe
 from bridgeport.proxy.metrics import ListenerStats, ProxyCollector, Row
@@ -123,3 +125,20 @@ def test_shared_counters_sum_workers_and_survive_a_dead_one() -> None:
     finally:
         other.close()
         counters.close()
+
+
+def test_worker_limits_survive_the_command_line() -> None:
+    """The pool passes a worker its limits as flags; the worker reads back the same ones."""
+    limits = wire.Limits(
+        max_connections=7,
+        connect_timeout=1.5,
+        max_per_source=3,
+        idle_timeout=60.0,
+        max_udp_flows=9,
+        udp_idle_timeout=2.5,
+        udp_per_source=4,
+    )
+    parser = argparse.ArgumentParser()
+    wire.Limits.add_arguments(parser)
+    assert wire.Limits.from_args(parser.parse_args(limits.argv())) == limits
+    assert wire.Limits.from_args(parser.parse_args([])) == wire.Limits()

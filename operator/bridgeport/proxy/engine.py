@@ -115,22 +115,16 @@ class Engine:
         self,
         counters: Counters,
         worker: int,
+        limits: wire.Limits,
         *,
-        max_connections: int,
-        connect_timeout: float,
         report: Report,
         log_interval: float = 10.0,
-        max_per_source: int = 0,
-        idle_timeout: float = 0.0,
-        max_udp_flows: int = 4096,
-        udp_idle_timeout: float = 90.0,
-        udp_per_source: int = 0,
     ) -> None:
         self.counters, self.cells, self.worker = counters, counters.cells, worker
-        self.max_connections, self.connect_timeout = max_connections, connect_timeout
+        self.max_connections, self.connect_timeout = limits.max_connections, limits.connect_timeout
         # Fairness: one client address cannot hold a listener's every connection, and a
         # connection with no bytes either way for idle_timeout is reset (0: never).
-        self.max_per_source, self.idle_timeout = max_per_source, idle_timeout
+        self.max_per_source, self.idle_timeout = limits.max_per_source, limits.idle_timeout
         self.now = time.monotonic()  # once per loop turn: what relays stamp as activity
         self.report, self.log_interval = report, log_interval
         self.epoll = select.epoll()
@@ -142,8 +136,8 @@ class Engine:
         self.pool = PipePool()
         self.buffer = memoryview(bytearray(COPY_SIZE))  # every copying direction's
         # UDP: flows per listener, seconds idle before a flow closes, flows per client address.
-        self.max_udp_flows, self.udp_idle_timeout = max_udp_flows, udp_idle_timeout
-        self.udp_per_source = udp_per_source
+        self.max_udp_flows, self.udp_idle_timeout = limits.max_udp_flows, limits.udp_idle_timeout
+        self.udp_per_source = limits.udp_per_source
         self.datagrams: dict[int, UdpRelay] = {}  # UDP listeners, by slot
         self.datagram_buffer = bytearray(65536)  # the largest datagram
         self.running = True

@@ -325,17 +325,16 @@ class ProxyManager:
 
     def _workers(self) -> WorkerPool:
         if self._pool is None:
-            self._pool = WorkerPool(
-                self.workers,
+            limits = wire.Limits(
                 max_connections=self.max_tcp_connections,
                 connect_timeout=self.connect_timeout,
-                on_log=self._worker_log,
                 max_per_source=self.fairness.tcp_per_source,
                 idle_timeout=self.fairness.tcp_idle_timeout,
                 max_udp_flows=self.max_udp_flows,
                 udp_idle_timeout=self.udp_idle_timeout,
                 udp_per_source=self.fairness.udp_flows_per_source,
             )
+            self._pool = WorkerPool(self.workers, limits, on_log=self._worker_log)
             log.info("proxy workers started", workers=self.workers)
         return self._pool
 

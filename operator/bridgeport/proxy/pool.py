@@ -62,21 +62,11 @@ class WorkerPool:
     def __init__(
         self,
         count: int,
+        limits: wire.Limits,
         *,
-        max_connections: int,
-        connect_timeout: float,
         on_log: LogSink,
-        max_per_source: int = 0,
-        idle_timeout: float = 0.0,
-        max_udp_flows: int = 4096,
-        udp_idle_timeout: float = 90.0,
-        udp_per_source: int = 0,
     ) -> None:
-        self.count = count
-        self.max_connections, self.connect_timeout = max_connections, connect_timeout
-        self.max_per_source, self.idle_timeout = max_per_source, idle_timeout
-        self.max_udp_flows, self.udp_idle_timeout = max_udp_flows, udp_idle_timeout
-        self.udp_per_source = udp_per_source
+        self.count, self.limits = count, limits
         self.on_log = on_log
         self.counters = Counters.create(count)
         self.listening: dict[int, tuple[socket.socket, tuple[str, int]]] = {}  # by slot
@@ -185,20 +175,7 @@ class WorkerPool:
                     str(theirs.fileno()),
                     "--counters-fd",
                     str(self.counters.fd),
-                    "--max-connections",
-                    str(self.max_connections),
-                    "--connect-timeout",
-                    str(self.connect_timeout),
-                    "--max-per-source",
-                    str(self.max_per_source),
-                    "--idle-timeout",
-                    str(self.idle_timeout),
-                    "--max-udp-flows",
-                    str(self.max_udp_flows),
-                    "--udp-idle-timeout",
-                    str(self.udp_idle_timeout),
-                    "--udp-per-source",
-                    str(self.udp_per_source),
+                    *self.limits.argv(),
                 ],
                 pass_fds=(theirs.fileno(), self.counters.fd),
                 stdin=subprocess.DEVNULL,

@@ -5,15 +5,53 @@
                      Unlisten (answered by Done once the sockets are closed)
     worker -> agent  Done, Log (an error, throttled in the worker; `suppressed` since the last)
 
+The worker's `Limits` travel once, on its command line.
+
 Standard library only: the worker imports it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+from dataclasses import dataclass, fields
 from typing import Literal, TypedDict, cast
 
 Target = tuple[str, int]  # (host, port) of the proxied target
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one worker relays under: set by the agent's flags, passed on the worker's command
+    line (`argv`, `add_arguments`, `from_args`: one name per field, `--max-connections`...)."""
+
+    max_connections: int = 4096
+    """TCP connections a worker relays at once; more are reset."""
+    connect_timeout: float = 5.0
+    """Seconds a connect to the target may take before the client is reset."""
+    max_per_source: int = 0
+    """TCP connections one client address may hold per listener (0: no limit)."""
+    idle_timeout: float = 0.0
+    """Seconds without a byte either way before a TCP connection is reset (0: never)."""
+    max_udp_flows: int = 4096
+    """UDP flows per listener; a new client past it is dropped."""
+    udp_idle_timeout: float = 90.0
+    """Seconds without a datagram before a UDP flow closes."""
+    udp_per_source: int = 0
+    """UDP flows one client address may hold per listener; its oldest gives way (0: no limit)."""
+
+    def argv(self) -> list[str]:
+        return [f"--{f.name.replace('_', '-')}={getattr(self, f.name)}" for f in fields(self)]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for f in fields(cls):
+            flag = f"--{f.name.replace('_', '-')}"
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Limits:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 class ListenerSpec(TypedDict):

@@ -41,16 +41,7 @@ class Worker:
         self.control = socket.socket(fileno=args.control_fd)
         self.counters = Counters(args.counters_fd, args.workers)
         self.engine = Engine(
-            self.counters,
-            args.index,
-            max_connections=args.max_connections,
-            connect_timeout=args.connect_timeout,
-            report=self.send,
-            max_per_source=args.max_per_source,
-            idle_timeout=args.idle_timeout,
-            max_udp_flows=args.max_udp_flows,
-            udp_idle_timeout=args.udp_idle_timeout,
-            udp_per_source=args.udp_per_source,
+            self.counters, args.index, wire.Limits.from_args(args), report=self.send
         )
         self.engine.watch(self.control.fileno(), self.on_control)
 
@@ -95,13 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, required=True)
     p.add_argument("--control-fd", type=int, required=True)
     p.add_argument("--counters-fd", type=int, required=True)
-    p.add_argument("--max-connections", type=int, default=4096)
-    p.add_argument("--connect-timeout", type=float, default=5.0)
-    p.add_argument("--max-per-source", type=int, default=0)
-    p.add_argument("--idle-timeout", type=float, default=0.0)
-    p.add_argument("--max-udp-flows", type=int, default=4096)
-    p.add_argument("--udp-idle-timeout", type=float, default=90.0)
-    p.add_argument("--udp-per-source", type=int, default=0)
+    wire.Limits.add_arguments(p)
     args = p.parse_args(argv)
     # The agent decides when workers stop (by closing the channel); a terminal's Ctrl-C
     # reaches the whole process group and must not kill relays under a running agent.
