@@ -126,8 +126,8 @@ class Report:
     # The entries' tally when the agent kept it up to date (core/ledger.py); else computed.
     tallied: Tally | None = None
 
-    def document(self) -> dict[str, Any]:
-        """The state file: everything, entries in full."""
+    def _header(self) -> dict[str, Any]:
+        """The fields every form of the state file opens with."""
         return {
             "node": self.node,
             "agentVersion": self.agent_version,
@@ -136,6 +136,12 @@ class Report:
             "tableDigest": self.table_digest,
             "counts": dict(self.counts),
             "labels": dict(self.labels),
+        }
+
+    def document(self) -> dict[str, Any]:
+        """The state file: everything, entries in full."""
+        return {
+            **self._header(),
             "resources": [e.document() for e in self.entries],
             "errors": list(self.errors),
             **({"firstSeen": dict(self.first_seen)} if self.first_seen else {}),
@@ -147,13 +153,7 @@ class Report:
         which it counts and digests as the NodeState does (the state journal has them all)."""
         t = self.tallied or tally(self.entries)
         return {
-            "node": self.node,
-            "agentVersion": self.agent_version,
-            "lastSync": self.last_sync,
-            "lastSyncMs": self.last_sync_ms,
-            "tableDigest": self.table_digest,
-            "counts": dict(self.counts),
-            "labels": dict(self.labels),
+            **self._header(),
             "resources": [e.document() for e in t.listed],
             "applied": {
                 "count": t.applied,
