@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from tests.builders import API  # noqa: E402
+from tests.builders import network, publication  # noqa: E402
 from tests.netns import netns, wait_for  # noqa: E402
 
 from topology import iperf, topology, wrk  # noqa: E402
@@ -33,12 +33,7 @@ from topology import iperf, topology, wrk  # noqa: E402
 
 def resources(count: int) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = [
-        {
-            "apiVersion": API,
-            "kind": "BridgeNetwork",
-            "metadata": {"name": "bench"},
-            "spec": {"subnet": "10.77.0.0/24", "bridge": "bp-bench"},
-        },
+        network("bench", "10.77.0.0/24", bridge="bp-bench"),
         _pub("iperf", 15201, 5201),
         _pub("http", 8080, 80),
     ]
@@ -47,16 +42,7 @@ def resources(count: int) -> list[dict[str, Any]]:
 
 
 def _pub(name: str, host_port: int, port: int) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "PortPublication",
-        "metadata": {"name": name, "namespace": "bench"},
-        "spec": {
-            "hostPort": host_port,
-            "loopback": "Never",
-            "target": {"address": "10.77.0.2", "port": port},
-        },
-    }
+    return publication(name, host_port, "10.77.0.2", port, namespace="bench", loopback="Never")
 
 
 def rss_mib(pid: int) -> float:

@@ -26,6 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.harness.node import bridgeport_argv  # noqa: E402
 from tests.netns import Netns, netns, veth, wait_for  # noqa: E402
 
 HTTPD_C = ROOT / "bench" / "httpd.c"
@@ -61,11 +62,10 @@ class Bench:
     def start_agent(self, *extra: str) -> subprocess.Popen[str]:
         """The real agent in the node netns, its periodic resync parked (a benchmark measures
         reconciles it causes); JSON logs appended to `log`."""
-        argv = [
-            sys.executable, "-m", "bridgeport", "--log-format", "json", "agent",
-            "--source", f"dir:{self.resources}", "--node-name", "bench",
+        argv = bridgeport_argv(
+            "agent", "--source", f"dir:{self.resources}", "--node-name", "bench",
             "--state-file", str(self.state), "--resync", "3600", *extra,
-        ]  # fmt: skip
+        )  # fmt: skip
         out = self.log.open("a")
         return self.node.popen(argv, stdout=out, stderr=out)
 

@@ -27,7 +27,6 @@ import re
 import signal
 import ssl
 import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -43,6 +42,7 @@ import yaml
 from tests.builders import API
 from tests.deploy.test_chart import render, render_text
 from tests.e2e.world import loopback_bridge
+from tests.harness.node import bridgeport_argv
 from tests.netns import netns, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.apiserver]
@@ -540,24 +540,10 @@ def agent_in_netns(inst: Installed, kubeconfig: Path, node: str) -> Iterator[Pat
     port = int(inst.cp.server.rsplit(":", 1)[1])
     with netns("bprb") as ns, loopback_bridge(ns, port, inst.workdir):
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "NODE_NAME": node}
-        cmd = [
-            sys.executable,
-            "-m",
-            "bridgeport",
-            "--log-format",
-            "json",
-            "agent",
-            "--source",
-            "kube",
-            "--node-name",
-            node,
-            "--resync",
-            "5",
-            "--health-port",
-            "0",
-            "--metrics-port",
-            "0",
-        ]
+        cmd = bridgeport_argv(
+            "agent", "--source", "kube", "--node-name", node, "--resync", "5",
+            "--health-port", "0", "--metrics-port", "0",
+        )  # fmt: skip
         with log.open("w") as out:
             proc = subprocess.Popen(ns.prefix() + cmd, stdout=out, stderr=out, env=env)
         try:
@@ -570,18 +556,8 @@ def agent_in_netns(inst: Installed, kubeconfig: Path, node: str) -> Iterator[Pat
 def controller_process(inst: Installed, kubeconfig: Path) -> Iterator[Path]:
     log = inst.workdir / "controller.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_ID": "rbac-controller-0"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "bridgeport",
-        "--log-format",
-        "json",
-        "controller",
-        "--health-port",
-        "0",
-        "--metrics-port",
-        "0",
-    ]  # with kopf peering, as deployed
+    # With kopf peering, as deployed.
+    cmd = bridgeport_argv("controller", "--health-port", "0", "--metrics-port", "0")
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env)
     try:

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from tests.harness.node import bridgeport_argv
 from tests.netns import Netns, netns, unique, veth, wait_for
 
 KUBECTL = os.environ.get("BRIDGEPORT_E2E_KUBECTL", "kubectl")  # external clusters only
@@ -53,23 +54,10 @@ class Node:
         """The agent; without a state file, as the chart runs it (its NodeState remembers)."""
         log = (self.workdir / f"{self.name}.log").open("a")
         state = ["--state-file", str(self.workdir / f"{self.name}.json")] if state_file else []
-        cmd = [
-            sys.executable,
-            "-m",
-            "bridgeport",
-            "--log-format",
-            "json",
-            "agent",
-            "--node-name",
-            self.name,
-            *state,
-            "--resync",
-            "5",
-            "--health-port",
-            "0",
-            "--metrics-port",
-            str(METRICS_PORT),
-        ]
+        cmd = bridgeport_argv(
+            "agent", "--node-name", self.name, *state, "--resync", "5",
+            "--health-port", "0", "--metrics-port", str(METRICS_PORT),
+        )  # fmt: skip
         self.agent = subprocess.Popen(
             self.ns.prefix() + cmd, stdout=log, stderr=log, text=True, env=self.env
         )

@@ -41,6 +41,12 @@ table inet foreigntool {
 """
 
 
+def bridgeport_argv(*args: str) -> list[str]:
+    """`python -m bridgeport --log-format json ARGS` with this interpreter: the JSON lines the
+    tests and benchmarks read back."""
+    return [sys.executable, "-m", "bridgeport", "--log-format", "json", *args]
+
+
 def agent_argv(source: Path, state: Path, *extra: str) -> list[str]:
     """A standalone agent on one directory of manifests, node "n", no metrics port."""
     return [
@@ -64,23 +70,10 @@ class Agent:
 
     def start(self, *extra: str) -> None:
         log = self.log_path.open("a")
-        cmd = [
-            sys.executable,
-            "-m",
-            "bridgeport",
-            "--log-format",
-            "json",
-            "agent",
-            "--source",
-            f"dir:{self.resources}",
-            "--node-name",
-            "node-1",
-            "--state-file",
-            str(self.state_file),
-            "--resync",
-            "1",
-            *extra,
-        ]
+        cmd = bridgeport_argv(
+            "agent", "--source", f"dir:{self.resources}", "--node-name", "node-1",
+            "--state-file", str(self.state_file), "--resync", "1", *extra,
+        )  # fmt: skip
         self.proc = subprocess.Popen(self.node.prefix() + cmd, stdout=log, stderr=log, text=True)
 
     def stop(self) -> None:
