@@ -354,8 +354,14 @@ class Acceptor:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE, ENOBUFS...: the backlog keeps the client waiting
+                out_of_fds = exc.errno in _OUT_OF_FDS
+                # accept(2) takes a descriptor before it looks at the backlog, so with none
+                # left it fails even when no client waits: that defers nobody (a client that
+                # comes makes the listener readable, and this fail again).
+                if out_of_fds and not _readable(self.sock):
+                    return
                 self.error("accept", str(exc))
-                if exc.errno in _OUT_OF_FDS:
+                if out_of_fds:
                     engine.pause(self)
                 return
             cells[self.base + CONNECTIONS] += 1
@@ -398,6 +404,13 @@ class Acceptor:
 
     def error(self, kind: str, message: str) -> None:
         self.engine.error(self.slot, kind, message)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """A client waits in the listener's backlog (poll(2): no descriptor needed)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _Pump:
