@@ -53,6 +53,10 @@ def relay(request: pytest.FixtureRequest) -> Iterator[Ends]:
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     engine.listen(0, listener, target_listener.getsockname()[:2])
+    # The engine sleeps until an event: closing `stop` wakes it to stop, as a worker's
+    # control channel does when the agent goes.
+    stop, stopped = socket.socketpair()
+    engine.watch(stopped.fileno(), engine.stop)
     thread = threading.Thread(target=engine.run, daemon=True)
     thread.start()
     client = target = None
@@ -64,9 +68,9 @@ def relay(request: pytest.FixtureRequest) -> Iterator[Ends]:
         wait_for(lambda: engine.acceptors[0].relays, what="the relay")
         yield Ends(engine, client, target, next(iter(engine.acceptors[0].relays)))
     finally:
-        engine.stop()
+        stop.close()
         thread.join(TIMEOUT)
-        for sock in (client, target, target_listener):
+        for sock in (client, target, target_listener, stopped):
             if sock is not None:
                 sock.close()
         engine.close()

@@ -16,6 +16,7 @@ Standard library only: the worker imports it.
 from __future__ import annotations
 
 import ipaddress
+import math
 import select
 import socket
 import time
@@ -135,11 +136,16 @@ class UdpRelay:
         self.cells[self.base + ACTIVE] += 1
         return flow
 
-    def reap(self, now: float) -> None:
-        """Close the flows idle for idle_timeout."""
-        deadline = now - self.idle_timeout
-        for key in [k for k, f in self.flows.items() if f.last <= deadline]:
-            self.flows.pop(key).close()
+    def reap(self, now: float) -> float:
+        """Close the flows idle for idle_timeout; the last activity of the oldest one left
+        (inf: none left)."""
+        deadline, oldest = now - self.idle_timeout, math.inf
+        for key, flow in list(self.flows.items()):
+            if flow.last <= deadline:
+                self.flows.pop(key).close()
+            elif flow.last < oldest:
+                oldest = flow.last
+        return oldest
 
     def drop(self, flow: Flow) -> None:
         """Close one flow (a bug in its handler must cost that flow, not the worker)."""
@@ -194,9 +200,12 @@ class Flow:
     ) -> None:
         self.relay, self.key, self.client, self.reply = relay, key, client, reply
         self.sock, self.fd = sock, sock.fileno()
-        self.last = relay.engine.now
-        relay.engine.handlers[self.fd] = self
-        relay.engine.epoll.register(self.fd, select.EPOLLIN)
+        engine = relay.engine
+        self.last = engine.now
+        if engine.next_udp == math.inf:  # the first flow: its expiry is the next check
+            engine.next_udp = self.last + relay.idle_timeout
+        engine.handlers[self.fd] = self
+        engine.epoll.register(self.fd, select.EPOLLIN)
 
     def event(self, fd: int, mask: int) -> None:
         relay = self.relay

@@ -15,8 +15,13 @@ destination cannot take more, that direction stops reading until an EPOLLOUT edg
 (backpressure, bounded memory, and a stuck peer only ever waits on its own connection).
 
 The relay starts while the upstream connect is still in flight: client bytes wait in the
-client's socket until the connect's EPOLLOUT edge. A connect that never completes is reset by
-the sweeper after connect_timeout. Measurements: bench/proxy/README.md.
+client's socket until the connect's EPOLLOUT edge. A connect that never completes is reset
+once connect_timeout has passed. Measurements: bench/proxy/README.md.
+
+The loop sleeps until its earliest deadline (the oldest pending connect's timeout, a paused
+listener's rest, the next idle check of TCP connections or UDP flows, when there are any) or
+until an event: an idle worker blocks in epoll_wait and is never woken. The agent's death
+wakes it too: its end of the control channel closes, which reads as EOF (worker.py).
 
 UDP listeners (datagram.py) run on the same loop: each lives in one worker only.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import select
 import socket
@@ -126,6 +132,11 @@ class Engine:
         # connection with no bytes either way for idle_timeout is reset (0: never).
         self.max_per_source, self.idle_timeout = limits.max_per_source, limits.idle_timeout
         self.now = time.monotonic()  # once per loop turn: what relays stamp as activity
+        # When the next idle check of TCP connections / UDP flows is due (inf: none to check).
+        # Each check schedules the next one for the oldest survivor's expiry, at least a
+        # quarter timeout (capped at 5 s) later: a reset comes at most that late.
+        self.next_idle = self.next_udp = math.inf
+        self.idle_every = min(max(self.idle_timeout / 4, 0.05), 5.0)
         self.report, self.log_interval = report, log_interval
         self.epoll = select.epoll()
         self.handlers: dict[int, Any] = {}  # fd -> object with .event(fd, mask)
@@ -138,6 +149,7 @@ class Engine:
         # UDP: flows per listener, seconds idle before a flow closes, flows per client address.
         self.max_udp_flows, self.udp_idle_timeout = limits.max_udp_flows, limits.udp_idle_timeout
         self.udp_per_source = limits.udp_per_source
+        self.udp_every = min(max(self.udp_idle_timeout / 4, 0.05), 5.0)
         self.datagrams: dict[int, UdpRelay] = {}  # UDP listeners, by slot
         self.datagram_buffer = bytearray(65536)  # the largest datagram
         self.running = True
@@ -189,6 +201,8 @@ class Engine:
             self._suppressed.pop(key, None)
 
     def stop(self) -> None:
+        """End run() after this loop turn. Call it from a callback of the loop (watch()):
+        from elsewhere it takes effect only when an event or a deadline next wakes the loop."""
         self.running = False
 
     def close(self) -> None:
@@ -201,26 +215,16 @@ class Engine:
 
     def run(self) -> None:
         poll, handlers = self.epoll.poll, self.handlers
-        interval = min(max(self.connect_timeout / 4, 0.05), 1.0)
-        next_sweep = time.monotonic() + interval
-        idle_every = min(max(self.idle_timeout / 4, 0.05), 5.0)
-        next_idle = time.monotonic() + idle_every
-        udp_every = min(max(self.udp_idle_timeout / 4, 0.05), 5.0)
-        next_udp = time.monotonic() + udp_every
         while self.running:
-            timeout = _PAUSE if self.paused else interval
             try:
-                events = poll(min(timeout, udp_every) if self.datagrams else timeout, 256)
+                events = poll(self._timeout(time.monotonic()), 256)
             except InterruptedError:
                 continue
             self.now = now = time.monotonic()
-            if self.idle_timeout and now >= next_idle:
-                next_idle = now + idle_every
+            if now >= self.next_idle:
                 self._reap_idle(now)
-            if now >= next_udp:
-                next_udp = now + udp_every
-                for relay in list(self.datagrams.values()):
-                    relay.reap(now)
+            if now >= self.next_udp:
+                self._reap_udp(now)
             for fd, mask in events:
                 handler = handlers.get(fd)
                 if handler is None:  # its fd was closed earlier in this batch
@@ -237,11 +241,20 @@ class Engine:
                     acceptor.accept()
                 except Exception as exc:
                     self._contain(acceptor, exc)
-            if self.unconfirmed and (now := time.monotonic()) >= next_sweep:
-                next_sweep = now + interval
-                self._sweep(now)
+            if self.unconfirmed:
+                self._sweep(time.monotonic())
             if self.paused:
                 self._resume(time.monotonic())
+
+    def _timeout(self, now: float) -> float:
+        """Seconds until the earliest deadline; -1 (block until an event) when there is none."""
+        due = min(self.next_idle, self.next_udp)
+        if self.unconfirmed:  # oldest first: the first one times out first
+            due = min(due, next(iter(self.unconfirmed)).started + self.connect_timeout)
+        if self.paused:
+            due = min(due, *self.paused.values())
+        # epoll_wait rounds the timeout up to a whole millisecond: no early wakeup, no spin.
+        return -1.0 if due == math.inf else max(due - now, 0.0)
 
     def pause(self, acceptor: Acceptor) -> None:
         """Out of file descriptors: stop accepting for a moment rather than spin on a
@@ -282,22 +295,34 @@ class Engine:
 
     def _reap_idle(self, now: float) -> None:
         """Reset connections that moved no bytes for idle_timeout."""
-        deadline = now - self.idle_timeout
+        deadline, oldest = now - self.idle_timeout, math.inf
         for acceptor in list(self.acceptors.values()):
-            idle = [r for r in acceptor.relays if r.last < deadline]
+            idle = []
+            for relay in acceptor.relays:
+                if relay.last <= deadline:
+                    idle.append(relay)
+                elif relay.last < oldest:
+                    oldest = relay.last
             # Counted before the resets, so a client that sees one finds it counted.
             self.cells[acceptor.base + _ERROR_CELL["idle_timeout"]] += len(idle)
             for relay in idle:
                 relay.close(hard=True)
+        self.next_idle = _next_check(oldest + self.idle_timeout, now + self.idle_every)
+
+    def _reap_udp(self, now: float) -> None:
+        """Close the UDP flows idle for udp_idle_timeout."""
+        oldest = min((relay.reap(now) for relay in self.datagrams.values()), default=math.inf)
+        self.next_udp = _next_check(oldest + self.udp_idle_timeout, now + self.udp_every)
 
     def _sweep(self, now: float) -> None:
         """Reset connections whose connect to the target has not completed in time."""
         deadline = now - self.connect_timeout
-        for relay in list(self.unconfirmed):
+        while self.unconfirmed:
+            relay = next(iter(self.unconfirmed))  # the oldest
             if relay.started > deadline:
-                break
+                return
             relay.acceptor.error("connect_timeout", f"no answer within {self.connect_timeout:g}s")
-            relay.close(hard=True)
+            relay.close(hard=True)  # takes it out of unconfirmed
 
     def error(self, slot: int, kind: str, message: str) -> None:
         """Count an error and report it to the agent, at most once per interval per kind."""
@@ -316,6 +341,11 @@ class Engine:
                 "suppressed": self._suppressed.pop(key, 0),
             }
         )
+
+
+def _next_check(expiry: float, earliest: float) -> float:
+    """When to check again: at `expiry` (inf: nothing left to expire), not before `earliest`."""
+    return expiry if expiry == math.inf else max(expiry, earliest)
 
 
 class _Callback:
@@ -486,6 +516,8 @@ class Relay:
         )
         engine.cells[base + ACTIVE] += 1
         acceptor.relays.add(self)
+        if engine.next_idle == math.inf and engine.idle_timeout:  # the first connection
+            engine.next_idle = self.started + engine.idle_timeout
         engine.unconfirmed[self] = None
         engine.handlers[c] = engine.handlers[u] = self
         engine.epoll.register(c, _RELAY_EVENTS)
