@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -65,13 +70,27 @@ class PortTaken(RuntimeError):
 
 
 def serve(port: int, registry: CollectorRegistry) -> None:
-    """Serve /metrics on `port` (0: not at all); a taken port is one clear error."""
+    """Serve /metrics on `port` (0: not at all) from a thread of its own, so a scrape never
+    waits for the event loop; a taken port is one clear error."""
     if not port:
         return
     try:
-        start_http_server(port, registry=registry)
+        server = make_server(
+            "0.0.0.0", port, make_wsgi_app(registry), ThreadingWSGIServer, handler_class=_Quiet
+        )
     except OSError as exc:
         raise PortTaken(
             f"cannot serve /metrics on port {port}: {exc.strerror or exc}; choose another "
             "port with --metrics-port (or METRICS_PORT), or 0 to disable"
         ) from None
+    # prometheus_client's start_http_server serves with serve_forever()'s default, which
+    # wakes every 0.5 s to look for a shutdown() that never comes (the thread ends with the
+    # process): poll_interval None blocks until a scrape, so an idle agent stays asleep.
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": None}, name="metrics", daemon=True
+    ).start()
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log line per scrape."""

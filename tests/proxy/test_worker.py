@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +29,7 @@ from bridgeport.proxy.shared_counters import (
     Counters,
 )
 from tests.netns import wait_for
+from tests.wakeups import context_switches
 
 Target = tuple[str, int]
 TIMEOUT = 20.0  # a bound on every blocking call, never a measurement
@@ -87,16 +87,6 @@ class Worker:
 
     def descriptors(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def switches(self) -> int:
-        """Context switches of every thread of the worker so far (voluntary: each time it
-        slept, involuntary: each time it was preempted)."""
-        total = 0
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            for line in (task / "status").read_text().splitlines():
-                if "ctxt_switches:" in line:
-                    total += int(line.split()[1])
-        return total
 
     def close(self) -> None:
         self.control.close()  # the worker's signal to exit
@@ -166,9 +156,9 @@ def test_idle_worker_is_never_woken(target: socket.socket) -> None:
                 assert client.recv(16) == b"udp"
                 worker.sync()
                 assert worker.cell(0, ACTIVE) == worker.cell(1, ACTIVE) == 1
-                before = worker.switches()
+                before = context_switches(worker.proc.pid)
                 time.sleep(IDLE_WINDOW)  # the observation window, not a wait for a condition
-                woken = worker.switches() - before
+                woken = context_switches(worker.proc.pid) - before
                 assert woken <= IDLE_SLACK, f"{woken} context switches in {IDLE_WINDOW:g}s"
                 round_trip(tcp_client, upstream, b"still relayed")
     finally:
