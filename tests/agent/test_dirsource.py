@@ -3,12 +3,18 @@
 Scenarios: multi-document YAML, JSON and `kind: List` files are read; dotfiles and other
 suffixes are not; the agent's own state file in the same directory is ignored (reading it
 back would trigger a sync per write, forever); an unreadable file is an error, not a crash;
-an unchanged directory is not re-read.
+an unchanged directory is not re-read. Changes are noticed through inotify with polling and
+rescans an hour apart: a new file, an edited one, a ConfigMap-style `..data` symlink swap, the
+directory removed and made again; a directory that does not exist yet is polled for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -62,3 +68,94 @@ def test_unreadable_file_is_reported(tmp_path: Path) -> None:
     snap = src.snapshot()
     assert snap is not None and len(snap.resources) == 1
     assert snap.errors[0].startswith("bad.yaml: unreadable, skipped:")
+
+
+HOUR = 3600.0  # poll and rescan intervals that no test waits for: only inotify can wake
+TIMEOUT = 30.0  # a bound on each wait, never a measurement
+
+
+def names(src: DirSource) -> list[str] | None:
+    snap = src.snapshot()
+    return None if snap is None else sorted(r.meta.ref.name for r in snap.resources)  # type: ignore[union-attr]
+
+
+def doc(name: str) -> str:
+    return yaml.safe_dump({**NET, "metadata": {"name": name}})
+
+
+def watched(src: DirSource, steps: list[tuple[Callable[[], None], list[str]]]) -> None:
+    """Run the source; after each step, wait for the snapshot it should produce."""
+
+    async def go() -> None:
+        changes = asyncio.Queue[None]()
+        task = asyncio.create_task(src.run(lambda: changes.put_nowait(None)))
+        try:
+            for step, expected in steps:
+                step()
+                while names(src) != expected:
+                    await asyncio.wait_for(changes.get(), TIMEOUT)
+        finally:
+            task.cancel()
+
+    asyncio.run(go())
+
+
+def test_changes_wake_the_source_without_polling(tmp_path: Path) -> None:
+    src = DirSource(tmp_path, poll_interval=HOUR, rescan_interval=HOUR)
+    data = tmp_path / "..2026_12_01"
+
+    def configmap_swap() -> None:  # kubelet: a new ..data dir, then rename a symlink over
+        data.mkdir()
+        (data / "c.yaml").write_text(doc("c2"))
+        (tmp_path / "..data_tmp").symlink_to(data.name)
+        os.rename(tmp_path / "..data_tmp", tmp_path / "..data")
+
+    watched(
+        src,
+        [
+            (lambda: (tmp_path / "a.yaml").write_text(doc("a")), ["a"]),
+            (lambda: (tmp_path / "a.yaml").write_text(doc("b")), ["b"]),
+            (lambda: (tmp_path / "c.yaml").symlink_to("..data/c.yaml"), ["b"]),  # dangling
+            (configmap_swap, ["b", "c2"]),
+            ((tmp_path / "a.yaml").unlink, ["c2"]),
+        ],
+    )
+
+
+def test_directory_removed_and_made_again(tmp_path: Path) -> None:
+    path = tmp_path / "res"
+    path.mkdir()
+    (path / "a.yaml").write_text(doc("a"))
+    src = DirSource(path, poll_interval=HOUR, rescan_interval=HOUR)
+
+    def remake() -> None:  # all before the source runs again: it must watch the new one
+        shutil.rmtree(path)
+        path.mkdir()
+        (path / "b.yaml").write_text(doc("b"))
+
+    watched(
+        src,
+        [
+            (lambda: None, ["a"]),
+            (remake, ["b"]),
+            (lambda: (path / "c.yaml").write_text(doc("c")), ["b", "c"]),  # watched again
+        ],
+    )
+
+
+def test_missing_directory_is_polled_for(tmp_path: Path) -> None:
+    path = tmp_path / "later"
+    src = DirSource(path, poll_interval=0.05, rescan_interval=HOUR)
+
+    def make() -> None:
+        path.mkdir()
+        (path / "a.yaml").write_text(doc("a"))
+
+    watched(
+        src,
+        [
+            (lambda: None, []),
+            (make, ["a"]),
+            (lambda: (path / "a.yaml").write_text(doc("z")), ["z"]),
+        ],
+    )

@@ -2,9 +2,10 @@
 
 Scenarios (issue 9): an agent whose bridge has two containers attached, and nothing else
 happening, does not reconcile again and again on the link events of its own writes (hairpin
-and isolation on the ports), with br_netfilter on or off. And while changes keep arriving
-(a port flapping on and off the bridge), the periodic resync still checks for drift and
-restores a deleted table.
+and isolation on the ports), with br_netfilter on or off. An agent with 20 TCP and 5 UDP
+publications on its proxy workers, and /metrics served, makes (almost) no context switches
+at all, workers included. And while changes keep arriving (a port flapping on and off the
+bridge), the periodic resync still checks for drift and restores a deleted table.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,6 +27,7 @@ import pytest
 from tests.builders import network, publication
 from tests.harness.node import Agent
 from tests.netns import Netns, netns, unique, veth, wait_for
+from tests.wakeups import context_switches
 
 pytestmark = pytest.mark.root
 
@@ -102,6 +105,42 @@ def test_idle_node_with_ports_stays_idle(agent: Agent, br_netfilter: bool) -> No
         # A flag someone else turns off is a reason to reconcile, and is repaired at once.
         node.run(f"ip link set {ports[0]} type bridge_slave hairpin off")
         wait_for(lambda: flags_set(node, ports[0]), timeout=30, what="hairpin restored")
+
+
+WAKEUP_WINDOW = 3.0  # seconds watched; the agent and its workers used to make ~30 per second
+# (a 0.25 s directory poll, /metrics polling for shutdown every 0.5 s, each worker's 1 s
+# sweep); 0-1 now. The slack absorbs a straggling netlink event of the agent's own start.
+WAKEUP_SLACK = 5
+
+
+def test_idle_agent_and_its_proxy_workers_sleep(agent: Agent) -> None:
+    """Proxied publications (loopback: Auto), nothing happening, the resync an hour away: the
+    agent (every thread) and its workers together make at most WAKEUP_SLACK context switches
+    in the window."""
+    agent.apply(
+        network("n", "10.96.9.0/24", bridge="bp-wake"),
+        *(publication(f"t{i}", 18000 + i, "10.96.9.2", 80) for i in range(20)),
+        *(publication(f"u{i}", 19000 + i, "10.96.9.2", 53, protocol="UDP") for i in range(5)),
+    )
+    agent.start("--resync", "3600")  # /metrics served (9102 in the node netns)
+    expected = {"n": "Applied"} | {f"t{i}": "Applied" for i in range(20)}
+    agent.wait(expected | {f"u{i}": "Applied" for i in range(5)}, timeout=60)
+    assert agent.proc is not None
+    pid = agent.proc.pid
+
+    def workers_serving() -> list[int]:
+        """The workers, once each holds the TCP listeners (its start is over)."""
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+        workers = [int(p) for p in out.stdout.split()]
+        holders = agent.node.run("ss -Hltnp sport = :18019").stdout
+        return workers if workers and all(f"pid={w}," in holders for w in workers) else []
+
+    wait_for(workers_serving, timeout=30, what="the workers holding the listeners")
+    processes = [pid, *workers_serving()]
+    before = sum(context_switches(p) for p in processes)
+    time.sleep(WAKEUP_WINDOW)  # the observation window, not a wait for a condition
+    woken = sum(context_switches(p) for p in processes) - before
+    assert woken <= WAKEUP_SLACK, f"{woken} context switches in {WAKEUP_WINDOW:g}s"
 
 
 def test_drift_repair_keeps_its_schedule_while_changes_keep_arriving(agent: Agent) -> None:

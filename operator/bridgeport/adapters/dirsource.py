@@ -1,7 +1,10 @@
 """Standalone source: every *.yaml, *.yml and *.json file in a directory (multi-document).
 
-Polls cheaply (stat only) so changes are noticed well within a second, with no inotify
-dependency. Only files whose stat changed are read again, in a worker thread, so a large or
+Scans cheaply (stat only) when inotify says the directory changed (dirwatch.py), and every
+`rescan_interval` for what it cannot see (a symlinked file changed at its target); where no
+watch can be had (no directory yet, the watch limit reached) it polls every `poll_interval`.
+So changes are noticed well within a second and an idle agent is not woken. Only files whose
+stat changed are read again, in a worker thread, so a large or
 hostile file never stalls the event loop that serves the proxies. Only regular files are read
 (a FIFO would block), each bounded in size, nesting depth and YAML alias expansion. Whatever
 goes wrong with one file is an error for that file: the rest still applies.
@@ -10,6 +13,7 @@ goes wrong with one file is an error for that file: the rest still applies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -21,6 +25,7 @@ from typing import Any
 import structlog
 import yaml
 
+from bridgeport.adapters.dirwatch import DirWatch
 from bridgeport.core import specs
 from bridgeport.core.source import Snapshot
 
@@ -53,12 +58,17 @@ class _Loaded:
 
 class DirSource:
     def __init__(
-        self, path: Path, poll_interval: float = 0.25, ignore: Iterable[Path] = ()
+        self,
+        path: Path,
+        poll_interval: float = 0.25,
+        ignore: Iterable[Path] = (),
+        rescan_interval: float = 30.0,
     ) -> None:
         self.path = path
         # The agent's own state file may live here: reading it back would loop forever.
+        # (Its writes do wake a scan, which finds nothing changed.)
         self.ignore = {os.path.realpath(p) for p in ignore}
-        self.poll_interval = poll_interval
+        self.poll_interval, self.rescan_interval = poll_interval, rescan_interval
         self._signature: dict[str, StatKey] | None = None
         self._loaded: dict[str, _Loaded] = {}
         self._snapshot: Snapshot | None = None
@@ -112,13 +122,25 @@ class DirSource:
         return True
 
     async def run(self, changed: Callable[[], None]) -> None:
-        while True:
-            try:
-                if await asyncio.to_thread(self.refresh):
-                    changed()
-            except Exception:  # never let one bad read stop the watch
-                log.exception("directory source refresh failed", path=str(self.path))
-            await asyncio.sleep(self.poll_interval)
+        loop, wake, watch = asyncio.get_running_loop(), asyncio.Event(), DirWatch()
+        if watch.fd >= 0:
+            loop.add_reader(watch.fd, watch.read, wake.set)
+        try:
+            while True:
+                watching = watch.watch(str(self.path))  # before the scan: no change missed
+                wake.clear()
+                try:
+                    if await asyncio.to_thread(self.refresh):
+                        changed()
+                except Exception:  # never let one bad read stop the watch
+                    log.exception("directory source refresh failed", path=str(self.path))
+                wait = self.rescan_interval if watching else self.poll_interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), wait)
+        finally:
+            if watch.fd >= 0:
+                loop.remove_reader(watch.fd)
+            watch.close()
 
 
 def load_files(paths: list[Path]) -> tuple[list[specs.ParseResult], list[str]]:
