@@ -6,7 +6,6 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
 from typing import NamedTuple
 
 from bridgeport.core.specs import GatewayMode, IPAddress, IPNetwork, Protocol, ResourceRef
@@ -177,6 +176,13 @@ class RoutedPort:
     owner: ResourceRef
 
 
+def address_text(address: IPAddress) -> str:
+    """str(address), without formatting the wildcards that most sockets are bound to."""
+    if int(address) == 0:
+        return "0.0.0.0" if address.version == 4 else "::"
+    return str(address)
+
+
 class ProxyKey(NamedTuple):
     """One socket's address. A NamedTuple: a sync hashes every key of 10,000 claims a few
     times, and a tuple's hash is C, a dataclass's Python."""
@@ -198,10 +204,13 @@ class ProxyPort:
     owner: ResourceRef
     why: str  # loopback | loopback+link-local | icc-off | no-forwarding | always
     holds: bool = False  # also the claim on an address a DNAT captures (core/claims.py)
+    # The socket's address, made once: plans sort by it and a sync hashes it a few times.
+    key: ProxyKey = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> ProxyKey:
-        return ProxyKey(str(self.listen), self.port, self.protocol)
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "key", ProxyKey(address_text(self.listen), self.port, self.protocol)
+        )
 
 
 @dataclass(frozen=True)
@@ -213,11 +222,13 @@ class Claim:
     port: int
     protocol: Protocol
     owner: ResourceRef
+    # Made once: a steady-state sync of 10,000 claims is mostly this (str() of an address).
+    key: ProxyKey = field(init=False, compare=False, repr=False)
 
-    @cached_property
-    def key(self) -> ProxyKey:
-        # Cached: a steady-state sync of 10,000 claims is mostly this (str() of an address).
-        return ProxyKey(str(self.listen), self.port, self.protocol)
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "key", ProxyKey(address_text(self.listen), self.port, self.protocol)
+        )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from bridgeport.core import assign
 from bridgeport.core import claims as port_claims
@@ -25,6 +25,7 @@ from bridgeport.core.plan import (
     RoutedPort,
     SourceRule,
     State,
+    address_text,
 )
 from bridgeport.core.specs import (
     BridgeNetwork,
@@ -205,13 +206,14 @@ def _port_verdict(
 ) -> _Verdict | None:
     """Why this publication takes no host port on this node (the verdicts that come before
     any port is looked at), or None when it does. A routed network ignores host ports."""
-    network = _target_network(declared, declared.target_address, applied)
-    nat_part, routed_ports = _split_routed(declared, applied)
+    nets = _target_networks(declared, applied)
+    network = nets[declared.target_address.version]
+    nat_part, routed_ports = _split_routed(declared, nets)
     if nat_part is None:
         return _Verdict(State.APPLIED, "Programmed", _routed_message(routed_ports, network))
     pub, verdict, _ = _host_binding(nat_part, network)
     verdict = verdict or _publication_verdict(
-        pub, facts, applied, all_networks, _Claims(), routed_only=True
+        pub, facts, nets, applied, all_networks, _Claims(), routed_only=True
     )
     if verdict is not None:
         return verdict
@@ -407,7 +409,8 @@ def _plan_publications(
     routed: list[RoutedPort] = []
     for declared in publications:
         ref = declared.meta.ref
-        if declared.unresolved and _split_routed(declared, applied)[0] is not None:
+        nets = _target_networks(declared, applied)
+        if declared.unresolved and _split_routed(declared, nets)[0] is not None:
             unserved = _port_verdict(declared, facts, applied, all_networks) or (
                 _no_free_port(declared, facts)
             )
@@ -415,24 +418,25 @@ def _plan_publications(
                 ref, declared.meta.generation, *_fields(unserved), declared.meta.uid
             )
             continue
-        network = _target_network(declared, declared.target_address, applied)
-        nat_part, routed_ports = _split_routed(declared, applied)
+        network = nets[declared.target_address.version]
+        nat_part, routed_ports = _split_routed(declared, nets)
         pub, verdict, bound = (
             _host_binding(nat_part, network) if nat_part is not None else (declared, None, "")
         )
         verdict = verdict or _publication_verdict(
-            pub, facts, applied, all_networks, accepted, routed_only=nat_part is None
+            pub, facts, nets, applied, all_networks, accepted, routed_only=nat_part is None
         )
         if verdict is None and nat_part is None:
             routed += routed_ports
             verdict = _Verdict(State.APPLIED, "Programmed", _routed_message(routed_ports, network))
         if verdict is None:
             kernel_lo, lo_note = _kernel_loopback(pub, facts, network)
-            pub_dnats = _dnats(pub, facts, applied, kernel_lo)
+            pub_dnats = _dnats(pub, facts, nets, kernel_lo)
             pub_proxies, pub_claims = port_claims.assign(
-                pub_dnats, _proxies(pub, facts, applied, kernel_lo), facts.userland_proxy
+                pub_dnats, _proxies(pub, facts, nets, kernel_lo), facts.userland_proxy
             )
-            pub_claims = _without_covered_loopback(pub_claims, pub_proxies)
+            if kernel_lo is not None:
+                pub_claims = _without_covered_loopback(pub_claims, pub_proxies)
             if not pub_dnats and not pub_proxies:
                 verdict = _unserved(pub, facts)
             else:
@@ -483,14 +487,14 @@ def _source_rules(
 
 
 def _split_routed(
-    pub: PortPublication, applied: dict[str, BridgePlan]
+    pub: PortPublication, nets: _Networks
 ) -> tuple[PortPublication | None, list[RoutedPort]]:
     """The part of `pub` that is NATed (None when every target family's network is routed)
     and the container ports that routed families open instead (gateway modes are per family:
     a dual-stack target may be NATed in one and routed in the other)."""
     routed = []
     for target in pub.targets:
-        network = _target_network(pub, target, applied)
+        network = nets[target.version]
         if (
             network is not None
             and network.mode(target.version) is GatewayMode.ROUTED
@@ -572,9 +576,20 @@ def _target_network(
     return None
 
 
+_Networks = dict[int, BridgePlan | None]  # a publication's target networks, by target family
+
+
+def _target_networks(pub: PortPublication, applied: dict[str, BridgePlan]) -> _Networks:
+    """The network of each target, by family (a publication has one target per family at
+    most), looked up once per publication: the parts of it planned later (a routed
+    family split off, a hostBinding taken) keep their targets and so their networks."""
+    return {t.version: _target_network(pub, t, applied) for t in pub.targets}
+
+
 def _publication_verdict(
     pub: PortPublication,
     facts: NodeFacts,
+    nets: _Networks,
     applied: dict[str, BridgePlan],
     all_networks: dict[str, BridgeNetwork],
     accepted: _Claims,
@@ -616,7 +631,7 @@ def _publication_verdict(
             f"BridgeNetwork {pub.network} is not applied on node {facts.name}",
         )
     for target in pub.targets:
-        network = _target_network(pub, target, applied)
+        network = nets[target.version]
         if network is not None and network.internal:
             return _Verdict(
                 State.INACTIVE,
@@ -676,8 +691,7 @@ def _reserved(pub: PortPublication, reserved: frozenset[int]) -> str:
     )
 
 
-@dataclass(frozen=True)
-class _Claim:
+class _Claim(NamedTuple):
     """One family's share of a publication: its address, or None for the whole family."""
 
     family: int
@@ -686,20 +700,21 @@ class _Claim:
 
 
 def _claims_of(pub: PortPublication) -> list[_Claim]:
-    return [_Claim(family, pub.specific_host_ip, pub) for family in pub.families]
+    address = pub.specific_host_ip
+    return [_Claim(family, address, pub) for family in pub.families]
 
 
 class _Claims:
     """Accepted claims indexed by (family, protocol, port), so checking one is O(ports)."""
 
     def __init__(self) -> None:
-        self.by_port: dict[tuple[int, str, int], list[_Claim]] = {}
+        self.by_port: dict[tuple[int, Protocol, int], list[_Claim]] = {}
         self.ranges: list[_Claim] = []
 
     def add(self, pub: PortPublication) -> None:
         for claim in _claims_of(pub):
-            if pub.port_count == 1:
-                key = (claim.family, pub.protocol.value, pub.host_port)
+            if pub.host_port == pub.host_port_end:
+                key = (claim.family, pub.protocol, pub.host_port)
                 self.by_port.setdefault(key, []).append(claim)
             else:
                 self.ranges.append(claim)
@@ -711,11 +726,12 @@ class _Claims:
         they share."""
         hits: list[_Claim] = []
         for claim in _claims_of(pub):
-            hits += [w for w in self.ranges if _claims_overlap(w, claim)]
+            if self.ranges:
+                hits += [w for w in self.ranges if _claims_overlap(w, claim)]
             for port in range(pub.host_port, pub.host_port_end + 1):
                 hits += [
                     w
-                    for w in self.by_port.get((claim.family, pub.protocol.value, port), ())
+                    for w in self.by_port.get((claim.family, pub.protocol, port), ())
                     if _claims_overlap(w, claim)
                 ]
         if not hits:
@@ -792,16 +808,13 @@ def _with_route_localnet(bridges: list[BridgePlan], dnats: list[Dnat]) -> list[B
     ]
 
 
-def _proxy_bridge(
-    pub: PortPublication, target: IPAddress, facts: NodeFacts, applied: dict[str, BridgePlan]
-) -> str:
+def _proxy_bridge(pub: PortPublication, network: BridgePlan | None, facts: NodeFacts) -> str:
     """The bridge whose own traffic to this port the proxy serves instead of DNAT, or "".
 
     With interContainer: false, a DNATed packet from a container to its own or a
     neighbour's published port is bridged back between isolated ports (br_netfilter
     DNATs at the bridge) and dropped. Docker leaves that traffic to docker-proxy; so do we,
-    whenever the proxy can serve the port."""
-    network = _target_network(pub, target, applied)
+    whenever the proxy can serve the port (`network`: the target's)."""
     if network is None or network.inter_container:
         return ""
     if (
@@ -816,7 +829,7 @@ def _proxy_bridge(
 def _dnats(
     pub: PortPublication,
     facts: NodeFacts,
-    applied: dict[str, BridgePlan],
+    nets: _Networks,
     kernel_lo: IPAddress | None = None,
 ) -> list[Dnat]:
     """Kernel NAT per family, unless the host IP is loopback or the family cannot forward;
@@ -847,28 +860,28 @@ def _dnats(
             pub.protocol,
             pub.host_port,
             pub.host_port_end,
-            pub.target_for(family),
+            target,
             pub.target_port,
             pub.meta.ref,
-            _proxy_bridge(pub, pub.target_for(family), facts, applied),
+            _proxy_bridge(pub, nets[target.version], facts),
         )
         for family in pub.families
         if facts.forwarding(family)
+        for target in (pub.target_for(family),)
     ]
 
 
 def _proxies(
     pub: PortPublication,
     facts: NodeFacts,
-    applied: dict[str, BridgePlan],
+    nets: _Networks,
     kernel_lo: IPAddress | None = None,
 ) -> list[ProxyPort]:
-    return [p for p in _proxy_listens(pub, facts, applied) if p.listen != kernel_lo]
+    listens = _proxy_listens(pub, facts, nets)
+    return listens if kernel_lo is None else [p for p in listens if p.listen != kernel_lo]
 
 
-def _proxy_listens(
-    pub: PortPublication, facts: NodeFacts, applied: dict[str, BridgePlan]
-) -> list[ProxyPort]:
+def _proxy_listens(pub: PortPublication, facts: NodeFacts, nets: _Networks) -> list[ProxyPort]:
     if pub.loopback is LoopbackPolicy.NEVER or pub.protocol is Protocol.SCTP:
         return []  # the userland proxy speaks TCP and UDP
     host = pub.specific_host_ip
@@ -882,7 +895,7 @@ def _proxy_listens(
             listens.append((host, "loopback", target))
         elif not facts.forwarding(family):
             listens.append((everywhere, "no-forwarding", target))
-        elif _proxy_bridge(pub, target, facts, applied):
+        elif _proxy_bridge(pub, nets[target.version], facts):
             listens.append((everywhere, "icc-off", target))
         elif host is None and family == 4:
             listens.append((LOOPBACK4, "loopback", target))
@@ -933,33 +946,37 @@ def _unserved(pub: PortPublication, facts: NodeFacts) -> _Verdict:
 def _applied_message(pub: PortPublication, dnats: list[Dnat], proxies: list[ProxyPort]) -> str:
     """What serves the publication, per target: "8080/TCP -> 10.0.0.2:80 via kernel DNAT and
     proxy on 127.0.0.1; [fd00::2]:80 via ..."."""
-    parts = []
-    for target in sorted(
-        {*(d.target for d in dnats), *(p.target for p in proxies)}, key=_addr_order
-    ):
-        address = hostport(target)
-        ports = (
-            f"{pub.target_port}"
-            if pub.port_count == 1
-            else f"{pub.target_port}-{pub.target_port + pub.port_count - 1}"
-        )
-        via = []
-        if any(d.target == target and not d.loopback for d in dnats):
-            via.append("kernel DNAT")
-        elif any(d.target == target for d in dnats):
-            via.append(f"kernel DNAT on {next(d.host_ip for d in dnats if d.loopback)}")
-        listens = sorted({str(p.listen) for p in proxies if p.target == target})
-        if listens:
-            via.append("proxy on " + ", ".join(listens))
-        parts.append(f"{address}:{ports} via {' and '.join(via)}")
-    unserved = sorted(
-        {t.version for t in pub.targets}
-        - {t.version for t in (*(d.target for d in dnats), *(p.target for p in proxies))}
+    # Targets by family (a publication has one per family), in one pass over each list (a
+    # range has a listener per port): whether a DNAT off loopback serves it (True) or only
+    # one on loopback (False), and the proxy's listen addresses.
+    kernel: dict[int, bool] = {}
+    for d in dnats:
+        kernel[d.target.version] = kernel.get(d.target.version, False) or not d.loopback
+    listens: dict[int, set[str]] = {}
+    for p in proxies:
+        listens.setdefault(p.target.version, set()).add(address_text(p.listen))
+    ports = (
+        f"{pub.target_port}"
+        if pub.host_port == pub.host_port_end
+        else f"{pub.target_port}-{pub.target_port + pub.port_count - 1}"
     )
-    if pub.host_ip is None and unserved:
-        parts.append(
-            f"IPv{unserved[0]} not served: forwarding is off and the proxy cannot serve it"
-        )
+    served = kernel.keys() | listens.keys()
+    parts = []
+    for family in sorted(served):
+        via = []
+        if kernel.get(family):
+            via.append("kernel DNAT")
+        elif family in kernel:
+            via.append(f"kernel DNAT on {next(d.host_ip for d in dnats if d.loopback)}")
+        if family in listens:
+            via.append("proxy on " + ", ".join(sorted(listens[family])))
+        parts.append(f"{hostport(pub.target_for(family))}:{ports} via {' and '.join(via)}")
+    if pub.host_ip is None:
+        unserved = sorted({t.version for t in pub.targets} - served)
+        if unserved:
+            parts.append(
+                f"IPv{unserved[0]} not served: forwarding is off and the proxy cannot serve it"
+            )
     return f"{pub.describe()} -> {'; '.join(parts)}"
 
 

@@ -55,7 +55,7 @@ class Protocol(StrEnum):
 
     @property
     def nft(self) -> str:
-        return self.value.lower()
+        return self.lower()  # a str method: no Enum.value lookup (10,000s per render)
 
 
 class Isolation(StrEnum):
@@ -124,6 +124,8 @@ class NodeSelector:
     match_expressions: tuple[Requirement, ...] = ()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
+        if not self.match_labels and not self.match_expressions:
+            return True  # most resources select every node: no generators to run
         return all(labels.get(k) == v for k, v in self.match_labels) and all(
             r.matches(labels) for r in self.match_expressions
         )
@@ -250,12 +252,16 @@ class PortPublication:
         those of its targets (a wildcard claims both families only when it targets both)."""
         if self.host_ip is not None:
             return (self.host_ip.version,)
-        return tuple(t.version for t in self.targets)
+        if self.target_address6 is None:
+            return (self.target_address.version,)
+        return (self.target_address.version, 6)
 
     def target_for(self, family: int) -> IPAddress:
         """The target serving host-side `family`: the same family's address when there is
         one; else (a loopback hostIP, which only the proxy serves) the other family's."""
-        return next((t for t in self.targets if t.version == family), self.target_address)
+        if family == 6 and self.target_address6 is not None:
+            return self.target_address6  # target_address is then IPv4
+        return self.target_address
 
     def describe(self) -> str:
         host = f"{hostport(self.host_ip)}:" if self.host_ip else ""
