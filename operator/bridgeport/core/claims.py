@@ -14,8 +14,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import replace
 
-from bridgeport.core.plan import Claim, Dnat, ProxyKey, ProxyPort, address_text
-from bridgeport.core.specs import IPAddress
+from bridgeport.core.plan import Claim, Dnat, ProxyKey, ProxyPort
+from bridgeport.core.specs import IPAddress, address_text
 
 WILDCARD: dict[int, IPAddress] = {
     4: ipaddress.IPv4Address("0.0.0.0"),

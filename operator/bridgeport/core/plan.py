@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
-from bridgeport.core.specs import GatewayMode, IPAddress, IPNetwork, Protocol, ResourceRef
+from bridgeport.core.specs import (
+    GatewayMode,
+    IPAddress,
+    IPNetwork,
+    Protocol,
+    ResourceRef,
+    address_text,
+)
 
 
 class State(StrEnum):
@@ -174,13 +181,6 @@ class RoutedPort:
     port: int
     port_end: int
     owner: ResourceRef
-
-
-def address_text(address: IPAddress) -> str:
-    """str(address), without formatting the wildcards that most sockets are bound to."""
-    if int(address) == 0:
-        return "0.0.0.0" if address.version == 4 else "::"
-    return str(address)
 
 
 class ProxyKey(NamedTuple):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import NamedTuple, TypeVar
 
 from bridgeport.core import assign
@@ -25,7 +25,6 @@ from bridgeport.core.plan import (
     RoutedPort,
     SourceRule,
     State,
-    address_text,
 )
 from bridgeport.core.specs import (
     BridgeNetwork,
@@ -38,6 +37,7 @@ from bridgeport.core.specs import (
     PortPublication,
     Protocol,
     ResourceRef,
+    address_text,
     hostport,
 )
 
@@ -48,8 +48,7 @@ LOOPBACK4 = ipaddress.IPv4Address("127.0.0.1")
 LOOPBACK6 = ipaddress.IPv6Address("::1")
 
 
-@dataclass(frozen=True)
-class _Verdict:
+class _Verdict(NamedTuple):  # a tuple: one is made for every resource
     state: State
     reason: str
     message: str
@@ -452,7 +451,7 @@ def _plan_publications(
                     _applied_message(pub, pub_dnats, pub_proxies) + lo_note,
                 )
         if bound:
-            verdict = replace(verdict, message=f"{verdict.message}; {bound}")
+            verdict = verdict._replace(message=f"{verdict.message}; {bound}")
         assigned = (
             (pub.host_port, pub.host_port_end)
             if pub.assign is not None and not pub.unresolved

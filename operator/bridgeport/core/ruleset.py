@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from bridgeport.core.plan import BridgePlan, Dnat, NodePlan, SourceRule
-from bridgeport.core.specs import IFNAME, GatewayMode, Protocol
+from bridgeport.core.specs import IFNAME, GatewayMode, Protocol, address_text
 
 TABLE = "bridgeport"
 LOOP_PORTS = "loop_ports"  # single published ports: a hash set
@@ -90,7 +90,13 @@ class Table:
             elements = sorted(self.elements.get(s.name, ()))
             if elements:
                 lines.append("\t\telements = {")
-                lines += [f"\t\t\t{e.text()}," for e in elements]
+                # Element.text inline: a full load writes tens of thousands.
+                lines += [
+                    f"\t\t\t{key}"
+                    + (f' comment "{comment}"' if comment else "")
+                    + (f" : {value}," if value else ",")
+                    for key, value, comment in elements
+                ]
                 lines.append("\t\t}")
             lines.append("\t}")
         for c in self.chains:
@@ -125,7 +131,8 @@ def render(plan: NodePlan, counters: bool = True) -> tuple[Table, Table]:
     does, instead of br_netfilter bridging it back between two isolated ports.
 
     `counters` adds per-publication packet and byte counters (see `_count_chains`)."""
-    return (_ip_table(plan, 4, counters), _ip_table(plan, 6, counters))
+    loop = _loop_port_elements(plan)  # the same in both tables
+    return (_ip_table(plan, 4, loop, counters), _ip_table(plan, 6, loop, counters))
 
 
 def digest(
@@ -161,7 +168,12 @@ def elements_digest(elements: Iterable[Element]) -> int:
     return value
 
 
-def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
+def _ip_table(
+    plan: NodePlan,
+    version: int,
+    loop: tuple[frozenset[Element], frozenset[Element]],
+    counters: bool = True,
+) -> Table:
     ip, addr = ("ip", "ipv4_addr") if version == 4 else ("ip6", "ipv6_addr")
     loopback = "127.0.0.0/8" if version == 4 else "::1"
     # Link-local sources cannot be forwarded to a container: Docker leaves them to its proxy
@@ -224,9 +236,6 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
                 if counters and name in COUNTED:  # cnt_host mirrors pub_host, ...
                     elements["cnt" + name[3:]].add(Element(element.key, "", element.comment))
     source_chains = _source_chains(plan.source_rules, version, ip, elements)
-    singles, ranges = _loop_port_elements(plan)
-    elements[LOOP_PORTS] |= singles
-    elements[LOOP_RANGES] |= ranges
     # The same check on the DNAT path (nat, first packet of a flow) and on the proxy's path
     # (input, new flows): two hash lookups, then the publication's own short list.
     check = (
@@ -357,7 +366,9 @@ def _ip_table(plan: NodePlan, version: int, counters: bool = True) -> Table:
                 Chain(f"masq_{b.name}", (f'{ip} saddr {subnet} oifname != "{b.name}" {nat}',))
             )
     chains += source_chains
-    return Table(ip, lookups, tuple(chains), {k: frozenset(v) for k, v in elements.items()})
+    frozen = {k: frozenset(v) for k, v in elements.items()}
+    frozen[LOOP_PORTS], frozen[LOOP_RANGES] = loop  # every published protocol . port
+    return Table(ip, lookups, tuple(chains), frozen)
 
 
 def _accept_mark_rules(plan: NodePlan) -> tuple[str, ...]:
@@ -489,9 +500,12 @@ def _kernel_loopback_chains() -> list[Chain]:
 
 def dnat_elements(d: Dnat) -> list[tuple[str, Element]]:
     proto = d.protocol.nft
-    host = f"{d.host_ip} . " if d.host_ip is not None else ""
+    host = f"{address_text(d.host_ip)} . " if d.host_ip is not None else ""
     prefix = "pub_lo" if d.loopback else "pub_host" if d.host_ip is not None else "pub_any"
     comment = _comment(d.owner.key)
+    if not d.proxy_from and d.port == d.port_end:  # most: one map element
+        target = f"{address_text(d.target)} . {d.target_port}"
+        return [(prefix, Element(f"{host}{proto} . {d.port}", target, comment))]
     skip: list[tuple[str, Element]] = []
     if d.proxy_from:
         _check_ifname(d.proxy_from)
@@ -512,7 +526,14 @@ def _dnat_map_elements(
 ) -> list[tuple[str, Element]]:
     if d.port == d.port_end:
         return [
-            (prefix, Element(f"{host}{proto} . {d.port}", f"{d.target} . {d.target_port}", comment))
+            (
+                prefix,
+                Element(
+                    f"{host}{proto} . {d.port}",
+                    f"{address_text(d.target)} . {d.target_port}",
+                    comment,
+                ),
+            )
         ]
     if d.same_ports:
         return [
@@ -554,7 +575,7 @@ def _source_chains(
     return list(chains.values())
 
 
-def _loop_port_elements(plan: NodePlan) -> tuple[set[Element], set[Element]]:
+def _loop_port_elements(plan: NodePlan) -> tuple[frozenset[Element], frozenset[Element]]:
     """Every published protocol . port: the single ports, and the ranges merged (an interval
     set refuses overlaps; a single port inside a range is listed in both sets)."""
     singles: set[Element] = set()
@@ -568,7 +589,7 @@ def _loop_port_elements(plan: NodePlan) -> tuple[set[Element], set[Element]]:
     ranges: set[Element] = set()
     for proto, spans_of in spans.items():
         ranges |= {loop_element(proto, lo, hi) for lo, hi in merge_spans(sorted(spans_of))}
-    return singles, ranges
+    return frozenset(singles), frozenset(ranges)
 
 
 def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -319,7 +319,17 @@ def bounded(errors: list[str]) -> tuple[str, ...]:
 
 def hostport(address: IPAddress) -> str:
     """An address as it stands before :port ([v6] in brackets)."""
-    return f"[{address}]" if address.version == 6 else str(address)
+    return f"[{address}]" if address.version == 6 else address_text(address)
+
+
+def address_text(address: IPAddress) -> str:
+    """str(address): for IPv4 in half the time (a full plan and render of 10,000
+    publications write tens of thousands), with the wildcards unformatted."""
+    if int(address) == 0:
+        return "0.0.0.0" if address.version == 4 else "::"
+    if address.version == 6:
+        return str(address)
+    return "%d.%d.%d.%d" % tuple(address.packed)  # noqa: UP031 (the fastest spelling)
 
 
 def default_bridge_name(network_name: str) -> str:
