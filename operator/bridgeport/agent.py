@@ -287,7 +287,9 @@ class Agent:
             accept_mark=self.settings.accept_mark,
             route_localnet=self.settings.manage_sysctls and facts.route_localnet,
         )
-        plan = await asyncio.to_thread(self._planner.plan, snapshot.resources, facts)
+        plan = await asyncio.to_thread(
+            self._planner.plan, snapshot.resources, facts, self._stamper.moved
+        )
         delta = self._planner.delta
         proxy_states = self._proxy_states
         # Sockets are synced when the plan's changed, or when some could not be bound (the

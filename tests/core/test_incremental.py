@@ -6,7 +6,9 @@ allowedSources; networks with interContainer on and off and node facts changing 
 then: forwarding, incumbents, local addresses a hostIP names, interfaces that are not ours;
 invalid documents), after every edit the incremental plan equals `planner.plan` and
 the patched tables equal `ruleset.render` (and their kept digest `ruleset.digest`), and a
-partial plan's delta names every resource whose outcome moved and says when sockets did.
+partial plan's delta names every resource whose outcome moved and says when sockets did. The
+same with the objects that moved handed over by a first-seen Stamper (as the agent does),
+including after steps that planner missed (a reconcile that failed after stamping).
 Scenarios: one changed publication among many replans only its port group; incumbency, an
 address and a foreign interface replan only what names them.
 """
@@ -20,7 +22,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridgeport.core import planner, ruleset, specs
+from bridgeport.core import firstseen, planner, ruleset, specs
 from bridgeport.core.incremental import IncrementalPlanner, IncrementalRenderer
 from bridgeport.core.plan import NodeFacts
 from tests.builders import API
@@ -88,52 +90,72 @@ def net_doc(subnet: str, icc: bool = True) -> dict[str, Any]:
     }
 
 
-pubs = st.builds(
-    pub_doc,
-    name=st.sampled_from([f"p{i}" for i in range(12)]),
-    port=st.integers(8000, 8012),
-    span=st.sampled_from([0, 0, 0, 2]),
-    proto=st.sampled_from(["TCP", "UDP"]),
-    host_ip=st.sampled_from([None, NODE_IP, "192.0.2.9", "0.0.0.0", "::"]),
-    target=st.integers(2, 5),
-    created=st.integers(0, 5),
-    loopback=st.sampled_from(["Never", "Auto"]),
-    zone=st.sampled_from([None, "a", "b"]),
-    dual=st.booleans(),
-    sources=st.booleans(),
-    assign=st.sampled_from(["", "", "", "range", "ephemeral"]),
-)
-edits = st.one_of(
-    st.tuples(st.just("put"), pubs),
-    st.tuples(
-        st.just("drop"),
-        st.sampled_from([f"p{i}{dup}" for i in range(12) for dup in ("", "", "~dup")]),
-    ),
-    st.tuples(
-        st.just("net"),
-        st.sampled_from([("10.9.0.0/24", True), ("10.8.0.0/24", True), ("10.9.0.0/24", False)]),
-    ),
-    st.tuples(st.just("facts"), st.sampled_from([True, False])),
-    st.tuples(st.just("invalid"), st.sampled_from(["p3", "bad"])),
-    st.tuples(st.just("dup"), pubs),  # a second document of the same publication
-    # Publications Applied here now (incumbents): they keep their ports against older ones.
-    st.tuples(st.just("incumbents"), st.sets(st.sampled_from([f"p{i}" for i in range(12)]))),
-    # A hostIP some publications name becomes local or stops being local.
-    st.tuples(st.just("address"), st.sampled_from([NODE_IP, "192.0.2.9"])),
-    # An interface that is not ours comes or goes: a container's veth, or the network's name.
-    st.tuples(st.just("foreign"), st.sampled_from(["veth1", "bridge"])),
-)
+def pub_strategy(assigning: bool) -> st.SearchStrategy[dict[str, Any]]:
+    """Publications; with `assigning`, some of them have their ports assigned by the node
+    (every plan then compares all publications: the incremental planner's fast path, which
+    compares only the objects that went and came, runs only in examples without them)."""
+    return st.builds(
+        pub_doc,
+        name=st.sampled_from([f"p{i}" for i in range(12)]),
+        port=st.integers(8000, 8012),
+        span=st.sampled_from([0, 0, 0, 2]),
+        proto=st.sampled_from(["TCP", "UDP"]),
+        host_ip=st.sampled_from([None, NODE_IP, "192.0.2.9", "0.0.0.0", "::"]),
+        target=st.integers(2, 5),
+        created=st.integers(0, 5),
+        loopback=st.sampled_from(["Never", "Auto"]),
+        zone=st.sampled_from([None, "a", "b"]),
+        dual=st.booleans(),
+        sources=st.booleans(),
+        assign=st.sampled_from(["", "", "", "range", "ephemeral"] if assigning else [""]),
+    )
+
+
+def edit_strategy(pubs: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.tuples(st.just("put"), pubs),
+        st.tuples(
+            st.just("drop"),
+            st.sampled_from([f"p{i}{dup}" for i in range(12) for dup in ("", "", "~dup")]),
+        ),
+        st.tuples(
+            st.just("net"),
+            st.sampled_from([("10.9.0.0/24", True), ("10.8.0.0/24", True), ("10.9.0.0/24", False)]),
+        ),
+        st.tuples(st.just("facts"), st.sampled_from([True, False])),
+        st.tuples(st.just("invalid"), st.sampled_from(["p3", "bad"])),
+        st.tuples(st.just("dup"), pubs),  # a second document of the same publication
+        # Publications Applied here now (incumbents): they keep their ports against older ones.
+        st.tuples(st.just("incumbents"), st.sets(st.sampled_from([f"p{i}" for i in range(12)]))),
+        # A hostIP some publications name becomes local or stops being local.
+        st.tuples(st.just("address"), st.sampled_from([NODE_IP, "192.0.2.9"])),
+        # An interface that is not ours comes or goes: a container's veth, or the network's
+        # name.
+        st.tuples(st.just("foreign"), st.sampled_from(["veth1", "bridge"])),
+    )
+
+
+def scenario(assigning: bool) -> st.SearchStrategy[tuple[list[Any], list[Any]]]:
+    """Initial publications and the edits that follow."""
+    pubs = pub_strategy(assigning)
+    return st.tuples(
+        st.lists(pubs, max_size=10), st.lists(edit_strategy(pubs), min_size=1, max_size=25)
+    )
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(pubs, max_size=10), st.lists(edits, min_size=1, max_size=25))
-def test_incremental_equals_full(initial: list[dict[str, Any]], steps: list[Any]) -> None:
+@given(st.booleans().flatmap(scenario), st.sets(st.integers(0, 25), max_size=4))
+def test_incremental_equals_full(
+    edited: tuple[list[dict[str, Any]], list[Any]], missed: set[int]
+) -> None:
+    initial, steps = edited
     docs: dict[str, dict[str, Any]] = {d["metadata"]["name"]: d for d in initial}
     parsed: dict[str, Any] = {}  # unchanged documents keep their parsed object, as sources do
     net = net_doc("10.9.0.0/24")
     facts = FACTS
     inc, rend = IncrementalPlanner(), IncrementalRenderer()
-    for kind, arg in [("start", None), *steps]:
+    stamper, told = firstseen.Stamper({}), IncrementalPlanner()  # the network has no time
+    for step, (kind, arg) in enumerate([("start", None), *steps]):
         if kind == "put":
             docs[arg["metadata"]["name"]] = arg
             parsed.pop(arg["metadata"]["name"], None)
@@ -182,6 +204,9 @@ def test_incremental_equals_full(initial: list[dict[str, Any]], steps: list[Any]
         full = planner.plan(resources, facts)
         got = inc.plan(resources, facts)
         assert got == full, kind
+        stamped = stamper.stamp(resources, f"2026-01-01T00:00:{step:02d}.000000Z")
+        if step not in missed:
+            assert told.plan(stamped, facts, stamper.moved) == planner.plan(stamped, facts), kind
         tables = ruleset.render(full)
         assert rend.render(got, inc.delta) == tables, kind
         assert rend.digest() == ruleset.digest(tables), kind

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
+from bridgeport.core.source import Moved
 from bridgeport.core.specs import InvalidResource, ParseResult, PortPublication, ResourceRef
 
 
@@ -37,8 +38,10 @@ def stamp(
 class Stamper:
     """`stamp` in O(change): the resources a source hands out again are the same objects
     (sources keep what did not change), so only objects not seen last time are looked at;
-    finding them takes C-level set operations on their ids. `take_changes` tells which
-    first-seen times appeared or went since the last call (None: all of them, at first)."""
+    finding them takes C-level set operations on their ids. `moved` says which objects of
+    the result went and came (None after the first call), so the planner need not look
+    again. `take_changes` tells which first-seen times appeared or went since the last call
+    (None: all of them, at first)."""
 
     def __init__(self, first_seen: Mapping[str, str]) -> None:
         self.first_seen = dict(first_seen)
@@ -51,11 +54,14 @@ class Stamper:
         # How many of the resources are publications that assign their host port: kept as
         # objects come and go, so the agent need not scan for them.
         self.assigning = 0
+        self._out: tuple[ParseResult, ...] | None = None  # the last result
+        self.moved: Moved | None = None  # its objects that went and came
 
-    def stamp(self, resources: Sequence[ParseResult], now: str) -> Sequence[ParseResult]:
+    def stamp(self, resources: Sequence[ParseResult], now: str) -> tuple[ParseResult, ...]:
         by_id = dict(zip(map(id, resources), resources, strict=True))
         gone = self._seen.keys() - by_id.keys()
         new = by_id.keys() - self._seen.keys()
+        went = [self._stamped[i] for i in gone]
         # New ones first: a resource replaced by a new object keeps its first-seen time.
         for i in new:
             res = by_id[i]
@@ -82,10 +88,15 @@ class Stamper:
             for k in [k for k in self.first_seen if k not in self._keys]:
                 del self.first_seen[k]
             self._changes = None
-        if not self._replaced:
-            return resources  # every resource has its own creation time (the API's)
-        stamped = self._stamped
-        return [stamped[id(r)] for r in resources]
+        if not self._replaced:  # every resource has its own creation time (the API's)
+            out = tuple(resources)
+        else:
+            stamped = self._stamped
+            out = tuple([stamped[id(r)] for r in resources])
+        came = tuple(self._stamped[i] for i in new)
+        self.moved = None if self._out is None else Moved(self._out, tuple(went), came)
+        self._out = out
+        return out
 
     def _release(self, k: str) -> None:
         left = self._keys[k] - 1

@@ -27,6 +27,7 @@ from typing import Any
 from bridgeport.core import planner, ruleset
 from bridgeport.core.plan import Claim, Dnat, NodeFacts, NodePlan, Outcome, ProxyPort
 from bridgeport.core.sockets import SocketChanges
+from bridgeport.core.source import Moved
 from bridgeport.core.specs import (
     BRIDGE_NETWORK,
     PORT_PUBLICATION,
@@ -148,35 +149,61 @@ class IncrementalPlanner:
         self._verdicts = planner.PortVerdicts()
         self.delta: Delta | None = None  # of the last plan; None when it was a full plan
         self._ids: dict[int, ParseResult] | None = None  # the last resources, by id()
+        self._input: Sequence[ParseResult] | None = None  # the last resources
         self._other_refs: set[ResourceRef | None] = set()
         self._defined_twice = False
         self._assigning = False  # a publication assigns its host port: no id fast path
 
-    def plan(self, resources: Sequence[ParseResult], facts: NodeFacts) -> NodePlan:
+    def plan(
+        self, resources: Sequence[ParseResult], facts: NodeFacts, moved: Moved | None = None
+    ) -> NodePlan:
+        """`moved`, when given, says which objects went and came since `moved.before`: used
+        when that was the last call's `resources`, instead of comparing all of them."""
+        try:
+            return self._plan(resources, facts, moved)
+        except BaseException:
+            self._ids = self._input = self._base = None  # state unknown: plan in full next
+            raise
+
+    def _plan(
+        self, resources: Sequence[ParseResult], facts: NodeFacts, moved: Moved | None
+    ) -> NodePlan:
         # Sources hand out unchanged resources as the same objects: what changed are the
         # objects not seen last time (C-level set operations on their ids, no Python loop
-        # over every resource). Not with publications that assign their host ports: those
-        # ports depend on every publication (the full comparison below).
-        by_id = dict(zip(map(id, resources), resources, strict=True))
-        known, self._ids = self._ids, by_id
+        # over every resource; none at all when told). Not with publications that assign
+        # their host ports: those ports depend on every publication (the full comparison).
+        went: list[ParseResult] = []
+        came: list[ParseResult] = []
+        seen = self._ids is not None
+        if moved is not None and self._ids is not None and moved.before is self._input:
+            by_id = self._ids  # brought up to date in O(change)
+            for r in moved.went:
+                del by_id[id(r)]
+            went += moved.went
+            for r in moved.came:
+                by_id[id(r)] = r
+            came += moved.came
+        else:
+            by_id = dict(zip(map(id, resources), resources, strict=True))
+            if self._ids is not None:
+                went += [self._ids[i] for i in self._ids.keys() - by_id.keys()]
+                came += [by_id[i] for i in by_id.keys() - self._ids.keys()]
+        self._ids, self._input = by_id, resources
         plain = replace(facts, assigned=None, listening={}, remembered={}, avoid={})
         promoted = self._facts_moved(plain)
         if (
             self._base is not None
-            and known is not None
+            and seen
             and promoted is not None
             and not self._defined_twice
             and not self._assigning
         ):
-            moved = self._changed_publications(
-                [known[i] for i in known.keys() - by_id.keys()],
-                [by_id[i] for i in by_id.keys() - known.keys()],
-            )
-            if moved is not None:
+            changed_pubs = self._changed_publications(went, came)
+            if changed_pubs is not None:
                 for ref in promoted:  # replan its port group under the new facts
-                    moved.setdefault(ref, self._pubs.get(ref))
+                    changed_pubs.setdefault(ref, self._pubs.get(ref))
                 self._facts = plain
-                return self._partial(moved, replace(plain, assigned={}))
+                return self._partial(changed_pubs, replace(plain, assigned={}))
         # Assigned host ports depend on every publication: allocate once, for all, and plan
         # with the publications resolved to their ports (a new port is a changed publication).
         facts = replace(plain, assigned=planner.allocate_ports(resources, facts, self._verdicts))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,18 @@ class Snapshot:
     resources: tuple[ParseResult, ...]
     errors: tuple[str, ...] = ()  # unreadable inputs, reported and skipped
     node_labels: Mapping[str, str] | None = None  # when the source knows them (the Node object)
+
+
+@dataclass(frozen=True)
+class Moved:
+    """The objects that went and came between two successive sequences of resources (by
+    identity): found once per reconcile (firstseen.Stamper) and handed on, so that the next
+    consumer (the incremental planner) need not compare all of them again. Valid only for a
+    consumer whose last sequence was `before`."""
+
+    before: Sequence[ParseResult]
+    went: tuple[ParseResult, ...]
+    came: tuple[ParseResult, ...]
 
 
 class SourceError(RuntimeError):
