@@ -18,7 +18,9 @@ look as the API server hands them out (uid, generation, creationTimestamp). Each
   times, each one reconcile.
 
 Run as root: `.venv/bin/python bench/agent_change.py [--publications 10000] [--rounds 3]`
-(it re-executes itself in a scratch netns). `--profile FILE` writes a cProfile of the changes.
+(it re-executes itself in a scratch netns). `--profile FILE` writes a cProfile of the changes;
+`--no-counters` runs the agent (and renders) without per-publication counters
+(`--no-publication-counters`).
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ async def _round(
     source: MemorySource,
     state: Path,
     profile: cProfile.Profile | None,
+    counters: bool = True,
 ) -> dict[str, Any]:
     from bridgeport.adapters.dataplane import KernelDataplane
     from bridgeport.agent import Agent, AgentSettings
@@ -150,7 +153,7 @@ async def _round(
     proxies = ProxyManager(workers=1)
     agent = Agent(
         source,
-        AgentSettings("bench", state_file=state, resync=3600, doctor_interval=0),
+        AgentSettings("bench", state_file=state, resync=3600, doctor_interval=0, counters=counters),
         proxies=proxies,
         reporters=[nodestate],
         dataplane=TimedKernel(),
@@ -175,7 +178,7 @@ async def _round(
     plan = planner.plan(resources, facts)
     plan_ms = _ms(start)
     start = time.perf_counter()
-    ruleset.render(plan)
+    ruleset.render(plan, counters=counters)
     render_ms = _ms(start)
     out: list[float] = []
     commands: list[int] = []
@@ -242,7 +245,9 @@ async def _round(
     }
 
 
-async def _child(n: int, rounds: int, changes: int, adds: int, profile_to: str | None) -> None:
+async def _child(
+    n: int, rounds: int, changes: int, adds: int, profile_to: str | None, counters: bool
+) -> None:
     from bridgeport import log
     from bridgeport.proxy.worker import raise_fd_limit
 
@@ -267,7 +272,7 @@ async def _child(n: int, rounds: int, changes: int, adds: int, profile_to: str |
     with tempfile.TemporaryDirectory(prefix="bp-change-") as tmp:
         for _ in range(rounds):
             results.append(
-                await _round(n, changes, adds, source, Path(tmp) / "state.json", profile)
+                await _round(n, changes, adds, source, Path(tmp) / "state.json", profile, counters)
             )
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     if profile is not None and profile_to:
@@ -275,12 +280,16 @@ async def _child(n: int, rounds: int, changes: int, adds: int, profile_to: str |
         for prof in threads:
             stats.add(prof)
         stats.dump_stats(profile_to)
-    print(json.dumps({"publications": n, "rounds": results}))
+    print(json.dumps({"publications": n, "counters": counters, "rounds": results}))
 
 
 def _report(data: dict[str, Any]) -> None:
     n = data["publications"]
-    print(f"one change among {n:,} publications, agent-side end to end, same process:")
+    counters = "on" if data["counters"] else "off"
+    print(
+        f"one change among {n:,} publications, agent-side end to end, same process "
+        f"(per-publication counters {counters}):"
+    )
     ratios, strict = [], []
     for i, r in enumerate(data["rounds"], 1):
         change = statistics.median(r["change_ms"])
@@ -324,6 +333,7 @@ def main() -> None:
         "--adds", type=int, default=3, help="publications added and deleted again, one at a time"
     )
     ap.add_argument("--profile", help="write a cProfile of the changes here")
+    ap.add_argument("--no-counters", action="store_true", help="without per-publication counters")
     ap.add_argument(
         "--code",
         type=Path,
@@ -334,7 +344,16 @@ def main() -> None:
     if args.child:
         if args.code:
             sys.path.insert(0, str(args.code / "operator"))
-        asyncio.run(_child(args.publications, args.rounds, args.changes, args.adds, args.profile))
+        asyncio.run(
+            _child(
+                args.publications,
+                args.rounds,
+                args.changes,
+                args.adds,
+                args.profile,
+                not args.no_counters,
+            )
+        )
         return
     name = f"bpchange{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
@@ -358,6 +377,8 @@ def main() -> None:
         ]
         if args.profile:
             cmd += ["--profile", args.profile]
+        if args.no_counters:
+            cmd.append("--no-counters")
         if args.code:
             cmd += ["--code", str(args.code.resolve())]
         proc = subprocess.run(cmd, check=True, timeout=1800, stdout=subprocess.PIPE, text=True)

@@ -83,8 +83,11 @@ def test_declaration_change_forces_full_replace() -> None:
 
 def test_replace_script_is_atomic_declare_delete_redeclare() -> None:
     """The full script works whether or not the table exists, in one batch."""
-    script = tables()[0].replace_script()
+    table = tables(*(pub(f"p{i}", 8000 + i) for i in range(20)))[0]
+    script = table.replace_script()
     assert script.startswith("add table ip bridgeport\ndelete table ip bridgeport\ntable ip")
+    # The table as text() writes it, its elements in whatever order the sets hold them.
+    assert sorted(script.splitlines()[2:]) == sorted(table.text().splitlines())
 
 
 def test_fingerprint_counts() -> None:
