@@ -81,12 +81,14 @@ def pub_doc(
     }
 
 
-def net_doc(subnet: str, icc: bool = True) -> dict[str, Any]:
+def net_doc(
+    subnet: str, icc: bool = True, name: str = "n1", subnet6: str = "fd00:9::/64"
+) -> dict[str, Any]:
     return {
         "apiVersion": API,
         "kind": "BridgeNetwork",
-        "metadata": {"name": "n1"},
-        "spec": {"subnet": subnet, "subnet6": "fd00:9::/64", "interContainer": icc},
+        "metadata": {"name": name},
+        "spec": {"subnet": subnet, "subnet6": subnet6, "interContainer": icc},
     }
 
 
@@ -125,8 +127,14 @@ def edit_strategy(pubs: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[
         st.tuples(st.just("facts"), st.sampled_from([True, False])),
         st.tuples(st.just("invalid"), st.sampled_from(["p3", "bad"])),
         st.tuples(st.just("dup"), pubs),  # a second document of the same publication
-        # Publications Applied here now (incumbents): they keep their ports against older ones.
-        st.tuples(st.just("incumbents"), st.sets(st.sampled_from([f"p{i}" for i in range(12)]))),
+        # A second network: none, one whose subnet n1's overlaps, or one beside it.
+        st.tuples(st.just("net2"), st.sampled_from([None, "10.9.0.0/24", "10.7.0.0/24"])),
+        # Resources Applied here now (incumbents): they keep their claims against older ones
+        # (~n1, ~n2: the networks, which conflict when their subnets overlap).
+        st.tuples(
+            st.just("incumbents"),
+            st.sets(st.sampled_from([*(f"p{i}" for i in range(12)), "~n1", "~n2"])),
+        ),
         # A hostIP some publications name becomes local or stops being local.
         st.tuples(st.just("address"), st.sampled_from([NODE_IP, "192.0.2.9"])),
         # An interface that is not ours comes or goes: a container's veth, or the network's
@@ -152,6 +160,7 @@ def test_incremental_equals_full(
     docs: dict[str, dict[str, Any]] = {d["metadata"]["name"]: d for d in initial}
     parsed: dict[str, Any] = {}  # unchanged documents keep their parsed object, as sources do
     net = net_doc("10.9.0.0/24")
+    net2: dict[str, Any] | None = None
     facts = FACTS
     inc, rend = IncrementalPlanner(), IncrementalRenderer()
     stamper, told = firstseen.Stamper({}), IncrementalPlanner()  # the network has no time
@@ -163,6 +172,8 @@ def test_incremental_equals_full(
             docs.pop(arg, None)
         elif kind == "net":
             net = net_doc(*arg)
+        elif kind == "net2":
+            net2 = None if arg is None else net_doc(arg, name="n2", subnet6="fd00:7::/64")
         elif kind == "facts":
             facts = NodeFacts(
                 "n",
@@ -175,7 +186,10 @@ def test_incremental_equals_full(
             facts = replace(
                 facts,
                 incumbents=frozenset(
-                    specs.ResourceRef("PortPublication", "ns", name) for name in arg
+                    specs.ResourceRef("BridgeNetwork", "", name[1:])
+                    if name.startswith("~")
+                    else specs.ResourceRef("PortPublication", "ns", name)
+                    for name in arg
                 ),
             )
         elif kind == "address":
@@ -194,9 +208,10 @@ def test_incremental_equals_full(
                 "spec": {"hostPort": 0},
             }
             parsed.pop(arg, None)
-        if parsed.get("~net", (None,))[0] is not net:  # a changed network is a new object
-            parsed["~net"] = (net, specs.parse(net))
-        resources = [parsed["~net"][1]]
+        for key, doc in (("~net", net), ("~net2", net2)):  # a changed network: a new object
+            if doc is not None and parsed.get(key, (None,))[0] is not doc:
+                parsed[key] = (doc, specs.parse(doc))
+        resources = [parsed["~net"][1], *([parsed["~net2"][1]] if net2 is not None else [])]
         for name, doc in sorted(docs.items()):
             if name not in parsed:
                 parsed[name] = specs.parse(doc)
@@ -263,6 +278,25 @@ def test_incumbency_replans_only_contested_groups() -> None:
         assert plan == planner.plan(resources, facts)  # the winner of 8000 flipped
         assert inc.delta is not None
         assert inc.delta.refs == {ref["older"], ref["newer"]}  # not the 50 alone
+
+
+def test_a_network_turning_incumbent_replans_nothing_else() -> None:
+    """After a start, the network turns incumbent with the publications: its outcome holds,
+    so the next change is a partial plan (it was a full one); a network whose incumbency
+    decides a conflict between networks is a full plan."""
+    docs = [pub_doc(f"p{i}", 10000 + i, 0, "TCP", None, 2, 0, "Never", None) for i in range(50)]
+    n1, n2 = (specs.parse(net_doc("10.9.0.0/24", name=n)) for n in ("n1", "n2"))
+    resources = [n1, *(specs.parse(d) for d in docs)]
+    inc = IncrementalPlanner()
+    applied = inc.plan(resources, FACTS).outcomes
+    facts = replace(FACTS, incumbents=frozenset(o.ref for o in applied))
+    assert inc.plan(resources, facts) == planner.plan(resources, facts)
+    assert inc.delta is not None and not inc.delta.refs
+    resources.append(n2)  # it conflicts with n1 (same subnet) and loses: n1 is older by name
+    assert inc.plan(resources, facts) == planner.plan(resources, facts)
+    facts = replace(facts, incumbents=frozenset({n2.meta.ref}))  # n2 now wins the subnet
+    assert inc.plan(resources, facts) == planner.plan(resources, facts)
+    assert inc.delta is None
 
 
 def test_addresses_and_foreign_interfaces_replan_only_what_names_them() -> None:

@@ -241,7 +241,8 @@ class IncrementalPlanner:
     def _facts_moved(self, facts: NodeFacts) -> set[ResourceRef] | None:
         """The publications a change of node facts can move, when only facts that resources
         name changed; None when others did (a full plan). Incumbency (a publication newly
-        Applied, or no longer) moves its port group if contested. Local addresses move the
+        Applied, or no longer) moves its port group if contested; a network's nothing, while
+        the networks keep their outcomes (else a full plan). Local addresses move the
         publications on a changed hostIP. Interfaces that are not ours come and go with every
         container's veth: they move nothing unless a network asks for one's name."""
         prev = self._facts
@@ -252,9 +253,9 @@ class IncrementalPlanner:
         if replace(facts, **{f: getattr(prev, f) for f in _NAMED_FACTS}) != prev:
             return None
         moved = set(facts.incumbents ^ prev.incumbents)
-        if not all(r.kind == PORT_PUBLICATION for r in moved):
+        if any(r.kind != PORT_PUBLICATION for r in moved) and not self._networks_hold(facts):
             return None
-        moved = {ref for ref in moved if self._contested(ref)}
+        moved = {ref for ref in moved if ref.kind == PORT_PUBLICATION and self._contested(ref)}
         names = facts.foreign_interfaces ^ prev.foreign_interfaces
         addresses = facts.addresses ^ prev.addresses
         for other in self._others:
@@ -266,6 +267,17 @@ class IncrementalPlanner:
         if addresses:
             moved.update(r for r, p in self._pubs.items() if p.specific_host_ip in addresses)
         return moved
+
+    def _networks_hold(self, facts: NodeFacts) -> bool:
+        """Whether the networks keep their outcomes under these facts (a network's
+        incumbency only ranks networks that conflict: one newly Applied, as at every start,
+        changes nothing else). Then what publications see of them is unchanged too."""
+        refs = [_ref(o) for o in self._others]
+        if len(set(refs)) != len(refs):
+            return False  # a network defined more than once: plan() chooses
+        networks = [o for o in self._others if isinstance(o, BridgeNetwork)]
+        outcomes = planner.network_outcomes(networks, facts)
+        return all(self._outcomes.get(ref) == o for ref, o in outcomes.items())
 
     def _contested(self, ref: ResourceRef) -> bool:
         """Whether `ref` shares its port group: incumbency only ranks the claimants of one

@@ -266,6 +266,16 @@ def _duplicate_order(res: ParseResult) -> tuple[int, tuple[str, str, str], str]:
     return (0, res.meta.age_key, repr(res))
 
 
+def network_outcomes(
+    networks: Iterable[BridgeNetwork], facts: NodeFacts
+) -> dict[ResourceRef, Outcome]:
+    """The networks' outcomes as plan() makes them (of one definition each): they depend on
+    the networks and the node's facts alone."""
+    outcomes: dict[ResourceRef, Outcome] = {}
+    _plan_networks(sorted(networks, key=lambda n: _claim_order(n, facts)), facts, outcomes)
+    return outcomes
+
+
 def _plan_networks(
     networks: list[BridgeNetwork], facts: NodeFacts, outcomes: dict[ResourceRef, Outcome]
 ) -> list[BridgePlan]:
