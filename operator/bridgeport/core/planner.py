@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import replace
+from operator import attrgetter
 from typing import NamedTuple, TypeVar
 
 from bridgeport.core import assign
@@ -100,11 +101,11 @@ def plan(resources: Iterable[ParseResult], facts: NodeFacts) -> NodePlan:
         bridges=tuple(sorted(bridges, key=lambda b: b.name)),
         dnats=tuple(sorted(dnats, key=_dnat_order)),
         proxies=tuple(sorted(proxies, key=lambda p: (p.key, _addr_order(p.target)))),
-        claims=tuple(sorted(claims, key=lambda c: c.key)),
+        claims=tuple(sorted(claims, key=attrgetter("key"))),
         source_rules=tuple(sources),
         routed=tuple(sorted(routed, key=_routed_order)),
         accept_mark=facts.accept_mark,
-        outcomes=tuple(sorted(outcomes.values(), key=lambda o: o.ref)),
+        outcomes=tuple(sorted(outcomes.values(), key=attrgetter("ref"))),
         errors=tuple(sorted(errors)),
     )
 
@@ -285,9 +286,7 @@ def _plan_networks(
         if verdict is None:
             accepted.append(net)
             verdict = _applied_network(net, facts)
-        outcomes[net.meta.ref] = Outcome(
-            net.meta.ref, net.meta.generation, *_fields(verdict), net.meta.uid
-        )
+        outcomes[net.meta.ref] = Outcome(net.meta.ref, net.meta.generation, *verdict, net.meta.uid)
     return [_bridge_plan(n, facts) for n in accepted]
 
 
@@ -423,9 +422,7 @@ def _plan_publications(
             unserved = _port_verdict(declared, facts, applied, all_networks) or (
                 _no_free_port(declared, facts)
             )
-            outcomes[ref] = Outcome(
-                ref, declared.meta.generation, *_fields(unserved), declared.meta.uid
-            )
+            outcomes[ref] = Outcome(ref, declared.meta.generation, *unserved, declared.meta.uid)
             continue
         network = nets[declared.target_address.version]
         nat_part, routed_ports = _split_routed(declared, nets)
@@ -467,7 +464,7 @@ def _plan_publications(
             if pub.assign is not None and not pub.unresolved
             else None
         )
-        outcomes[ref] = Outcome(ref, pub.meta.generation, *_fields(verdict), pub.meta.uid, assigned)
+        outcomes[ref] = Outcome(ref, pub.meta.generation, *verdict, pub.meta.uid, assigned)
     return dnats, proxies, claims, sources, routed
 
 
@@ -987,10 +984,6 @@ def _applied_message(pub: PortPublication, dnats: list[Dnat], proxies: list[Prox
                 f"IPv{unserved[0]} not served: forwarding is off and the proxy cannot serve it"
             )
     return f"{pub.describe()} -> {'; '.join(parts)}"
-
-
-def _fields(v: _Verdict) -> tuple[State, str, str]:
-    return v.state, v.reason, v.message
 
 
 def _addr_order(address: IPAddress) -> tuple[int, int]:
