@@ -493,13 +493,12 @@ class _LoopPorts:
     a changed range touches are merged again."""
 
     def __init__(self, plan: NodePlan) -> None:
-        self.singles: Counter[tuple[Protocol, int]] = Counter()
+        published = _spans(plan.dnats, plan.proxies)
+        self.singles = Counter((proto, lo) for proto, lo, hi in published if lo == hi)
         self.spans: dict[Protocol, list[tuple[int, int]]] = {}  # sorted, with repeats
         self.merged: dict[Protocol, list[tuple[int, int]]] = {}  # sorted, disjoint
-        for proto, lo, hi in _spans(plan.dnats, plan.proxies):
-            if lo == hi:
-                self.singles[proto, lo] += 1
-            else:
+        for proto, lo, hi in published:
+            if lo != hi:
                 self.spans.setdefault(proto, []).append((lo, hi))
         for proto, spans in self.spans.items():
             spans.sort()
@@ -626,11 +625,14 @@ class IncrementalRenderer:
         if tables is None:
             tables = ruleset.render(plan, counters=self.counters)
             self._loop = _LoopPorts(plan)
-            self._digests = {
-                (t.family, s.name): ruleset.elements_digest(t.elements.get(s.name, ()))
-                for t in tables
-                for s in t.lookups
-            }
+            digests: dict[int, int] = {}  # by set object: the tables share their loop ports
+            self._digests = {}
+            for t in tables:
+                for s in t.lookups:
+                    elements = t.elements.get(s.name, frozenset())
+                    if id(elements) not in digests:
+                        digests[id(elements)] = ruleset.elements_digest(elements)
+                    self._digests[(t.family, s.name)] = digests[id(elements)]
         self._plan, self._tables = plan, tables
         return tables
 
