@@ -222,3 +222,20 @@ def test_selector_semantics() -> None:
     assert not sel.matches({"zone": "a"})
     assert not sel.matches({"zone": "a", "edge": "1", "tier": "db"})
     assert specs.NodeSelector().matches({})
+
+
+def test_address_text_is_str() -> None:
+    """The fast formatting of addresses writes what str() writes."""
+    for text in (
+        "0.0.0.0",
+        "10.78.0.2",
+        "255.255.255.255",
+        "127.0.0.1",
+        "::",
+        "::1",
+        "fd00:9::2",
+        "::ffff:10.0.0.1",
+        "fe80::1%eth0",
+    ):
+        address = ipaddress.ip_address(text)
+        assert specs.address_text(address) == str(address), text
