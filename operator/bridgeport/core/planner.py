@@ -977,7 +977,7 @@ def _applied_message(pub: PortPublication, dnats: list[Dnat], proxies: list[Prox
         if family in listens:
             via.append("proxy on " + ", ".join(sorted(listens[family])))
         parts.append(f"{hostport(pub.target_for(family))}:{ports} via {' and '.join(via)}")
-    if pub.host_ip is None:
+    if pub.host_ip is None and len(served) < len(pub.targets):  # one family per target
         unserved = sorted({t.version for t in pub.targets} - served)
         if unserved:
             parts.append(
