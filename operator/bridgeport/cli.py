@@ -77,6 +77,38 @@ def _fwmark(text: str) -> Fwmark:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
+def _seconds(zero_allowed: bool) -> Callable[[str], float]:
+    """An argparse type: seconds, > 0 (or >= 0 where 0 means never)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not (value >= 0 if zero_allowed else value > 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"{text} is not a finite number of seconds {'>= 0' if zero_allowed else '> 0'}"
+            )
+        return value
+
+    return parse
+
+
 ACCEPT_FWMARK_HELP = (
     "packets with this mark (MARK[/MASK]) pass bridgeport's forward drops: "
     "set it in your own nftables chain at a priority below 0"
@@ -135,28 +167,50 @@ def parser() -> argparse.ArgumentParser:
     )
     a.add_argument(
         "--udp-idle-timeout",
-        type=float,
+        type=_seconds(zero_allowed=False),
         default=90.0,
         metavar="SECONDS",
         help="how long a proxied UDP flow lives without traffic",
     )
     a.add_argument(
+        "--proxy-max-connections",
+        type=_count(1),
+        default=4096,
+        metavar="N",
+        help="live proxied TCP connections per listener, across all workers; a client "
+        "past it is reset",
+    )
+    a.add_argument(
+        "--proxy-connect-timeout",
+        type=_seconds(zero_allowed=False),
+        default=5.0,
+        metavar="SECONDS",
+        help="how long the proxy's connect to the target may take before the client is reset",
+    )
+    a.add_argument(
+        "--proxy-max-udp-flows",
+        type=_count(1),
+        default=4096,
+        metavar="N",
+        help="proxied UDP flows per listener; datagrams of a new client past it are dropped",
+    )
+    a.add_argument(
         "--proxy-max-connections-per-source",
-        type=int,
+        type=_count(0),
         default=1024,
         metavar="N",
         help="live proxied TCP connections per listener and client address (0: no limit)",
     )
     a.add_argument(
         "--proxy-tcp-idle-timeout",
-        type=float,
+        type=_seconds(zero_allowed=True),
         default=3600.0,
         metavar="SECONDS",
         help="reset a proxied TCP connection idle this long (0: never)",
     )
     a.add_argument(
         "--proxy-max-udp-flows-per-source",
-        type=int,
+        type=_count(0),
         default=1024,
         metavar="N",
         help="proxied UDP flows per listener and client address; beyond it the "
@@ -545,6 +599,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     proxies = ProxyManager(
         registry=REGISTRY,
         udp_idle_timeout=args.udp_idle_timeout,
+        max_udp_flows=args.proxy_max_udp_flows,
+        max_tcp_connections=args.proxy_max_connections,
+        connect_timeout=args.proxy_connect_timeout,
         workers=args.proxy_workers or None,
         fairness=fairness,
     )
