@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from bridgeport.cli import parser
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bridgeport"
 CRDS = REPO / "crds"
@@ -118,6 +120,7 @@ def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
         ("agent.updateStrategy.maxUnavailable", "lots", "/agent/updateStrategy/maxUnavailable"),
         ("agent.resyncSeconds", "30", "resyncSeconds"),  # a typo'd key is not silently ignored
         ("agent.acceptFwmark", "mark", "/agent/acceptFwmark"),
+        ("agent.proxyLimits.connectTimeout", "soon", "/agent/proxyLimits/connectTimeout"),
     ],
 )
 def test_schema_rejects_wrong_values(key: str, value: str, complaint: str) -> None:
@@ -151,6 +154,39 @@ def test_schema_accepts_documented_alternatives() -> None:
     dep = find(objs, "Deployment")
     assert "--no-peering" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert not [o for o in objs if o["kind"] == "ClusterKopfPeering"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"agent.proxyLimits.maxConnections": 0}, {"agent.proxyLimits.connectTimeout": 0}],
+    ids=["defaults", "no-connections", "no-connect-time"],
+)
+def test_schema_bounds_the_proxy_limits(values: dict[str, Any]) -> None:
+    """Typed values too: 0 connections or a 0 s connect timeout is refused by the schema,
+    as the agent's flags refuse it (a chart that renders must give an agent that starts)."""
+    proc = helm("template", RELEASE, str(CHART), *set_args(values), check=False)
+    assert (proc.returncode == 0) == (not values), proc.stderr
+
+
+LIMITS = {
+    "agent.proxyLimits.maxConnections": 100,
+    "agent.proxyLimits.connectTimeout": 2.5,
+    "agent.proxyLimits.maxUdpFlows": 50,
+}
+
+
+@pytest.mark.parametrize(
+    ("values", "limits"),
+    [({}, (4096, 5.0, 4096)), (ALL_FEATURES, (4096, 5.0, 4096)), (LIMITS, (100, 2.5, 50))],
+    ids=["defaults", "all-features", "limits"],
+)
+def test_rendered_agent_args_parse(values: dict[str, Any], limits: tuple[Any, ...]) -> None:
+    """Every flag the chart renders is one the agent accepts, with the values the chart says."""
+    c = find(render(values), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    args = parser().parse_args(c["args"])
+    assert args.command == "agent" and args.source == "kube"
+    got = (args.proxy_max_connections, args.proxy_connect_timeout, args.proxy_max_udp_flows)
+    assert got == limits
 
 
 # -- what the defaults render ------------------------------------------------------------------
