@@ -218,6 +218,29 @@ def test_labels_change_again_during_the_relist() -> None:
     assert names(cache) == {"net", "b"}
 
 
+def test_one_relist_is_asked_per_pending_labels() -> None:
+    """A kubelet's Node status updates repeat the pending labels: no second listing of every
+    publication. New pending labels, or a listing that began before them, ask again."""
+    cache = ready({"zone": "a"}, pp("a", "a"), pp("b", "b"), pp("c", "c"))
+    assert cache.set_labels({"zone": "b"}) is Labels.RELIST
+    assert cache.ask_relist()
+    assert cache.set_labels({"zone": "b"}) is Labels.RELIST  # a status update
+    assert not cache.ask_relist()
+    cache.begin_list(PORT_PUBLICATION)  # the listing asked for zone=b
+    for name in "abc":
+        cache.put(PORT_PUBLICATION, pp(name, name))  # c: a stub, zone=c is not pending yet
+    assert cache.set_labels({"zone": "c"}) is Labels.RELIST  # other labels: other specs
+    assert cache.ask_relist() and not cache.ask_relist()
+    cache.end_list(PORT_PUBLICATION)  # began before zone=c: c's spec is still missing
+    assert cache.needs_relist() and cache.ask_relist()
+    assert listed(cache, PORT_PUBLICATION, pp("a", "a"), pp("b", "b"), pp("c", "c"))
+    assert not cache.ask_relist()
+    assert names(cache) == {"net", "c"}
+    # Back to b after the switch: a relist for b is asked again.
+    assert cache.set_labels({"zone": "b"}) is Labels.RELIST
+    assert cache.ask_relist()
+
+
 def test_node_deleted_means_no_labels() -> None:
     cache = ready({"zone": "a"}, pp("a", "a"), pp("all"))
     assert cache.delete(NODE, node({"zone": "a"}))

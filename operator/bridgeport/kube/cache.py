@@ -111,6 +111,9 @@ class ClusterCache:
         self._selectors: dict[NodeSelector, list[Any]] = {}  # selector -> [itself, stub count]
         self.labels: dict[str, str] = {}  # what the snapshot is for
         self.pending: dict[str, str] | None = None  # the node's newer labels, while relisting
+        # A relist was asked for the pending labels: more Node events with them (a kubelet's
+        # status updates) must not start another listing of every publication.
+        self._relist_asked = False
         # The Node's uid as last seen, kept after it is deleted: a NodeState the agent writes
         # meanwhile is still owned by it, so the garbage collector removes it (an orphan
         # would count as a node forever).
@@ -161,12 +164,11 @@ class ClusterCache:
                 changed |= self._drop(kind, key)
         was_complete = self.complete
         self._listed.add(kind)
-        if (
-            kind == PORT_PUBLICATION
-            and self.pending is not None
-            and not self._stubs_match(self.pending)
-        ):
-            changed |= self._switch_labels(self.pending)
+        if kind == PORT_PUBLICATION and self.pending is not None:
+            if self._stubs_match(self.pending):
+                self._relist_asked = False  # it began before these labels: ask again
+            else:
+                changed |= self._switch_labels(self.pending)
         return self.complete and (changed or not was_complete)
 
     def put(self, kind: str, body: Mapping[str, Any]) -> bool:
@@ -201,6 +203,14 @@ class ClusterCache:
     def needs_relist(self) -> bool:
         """Stubs match the pending labels: the publications' specs must be listed again."""
         return self.pending is not None and self._stubs_match(self.pending)
+
+    def ask_relist(self) -> bool:
+        """Whether to ask for that listing now: it is needed and was not asked for these
+        pending labels yet (or a listing that began before them has ended). Marks it asked."""
+        if self._relist_asked or not self.needs_relist():
+            return False
+        self._relist_asked = True
+        return True
 
     # -- publications and networks -----------------------------------------------------------
 
@@ -292,11 +302,12 @@ class ClusterCache:
         labels = dict(labels)
         if labels == self.labels:
             if self.pending is not None:  # back to the labels of the snapshot
-                self.pending = None
+                self.pending, self._relist_asked = None, False
                 self._demote()
             return Labels.SAME
         if self._stubs_match(labels):
-            self.pending = labels
+            if labels != self.pending:
+                self.pending, self._relist_asked = labels, False
             return Labels.RELIST
         self._switch_labels(labels)
         return Labels.CHANGED
@@ -312,7 +323,7 @@ class ClusterCache:
         return self.set_labels({}) is Labels.CHANGED
 
     def _switch_labels(self, labels: dict[str, str]) -> bool:
-        self.labels, self.pending = labels, None
+        self.labels, self.pending, self._relist_asked = labels, None, False
         self._demote()
         return True
 

@@ -104,8 +104,8 @@ class KubeSource:
         """From a watch thread: wake the agent, and relist publications that new node labels
         may select."""
         with self.lock:
-            relist = self.cache.needs_relist()
-        if relist and (kind == NODE or listed):
+            relist = (kind == NODE or listed) and self.cache.ask_relist()
+        if relist:
             log.info(
                 "node labels changed; listing publications again for their specs",
                 node=self.node_name,
