@@ -7,7 +7,8 @@ Paths: kernel DNAT from the client netns; bridgeport's proxy (its default of one
 CPU, and one worker); bridgeport's loopback: Kernel (127.0.0.1 DNATed by our own rendered
 ruleset in the node's output path, route_localnet on n0); docker-proxy (when
 hack/docker-proxy.sh can build it); socat -b 131072; a plain asyncio-Protocol relay (the
-alternative we did not keep); the target dialled
+alternative we did not keep); a BPF sockmap relay (a prototype, only when named in --only:
+sockmap_relay.py); the target dialled
 directly from the node (reference). Rounds interleave the paths; medians are shown.
 Proxies listen on 127.0.0.1 in the node netns and their clients run there, as for Docker's
 loopback traffic.
@@ -64,6 +65,8 @@ class Path_:
     iperf_port: int
     http_port: int
     pids: tuple[int, ...] = ()  # the proxy's processes, for CPU accounting
+    # The sockmap relay's bytes are sent by kernel workqueue threads: their CPU counts too.
+    kworkers: bool = False
 
 
 @dataclass
@@ -175,18 +178,21 @@ def serving(w: World, name: str) -> Iterator[Path_]:
     elif name in ("socat -b131072", "docker-proxy"):
         with per_port_processes(w, name, ((ip, IPERF), (hp, HTTP))) as pids:
             yield Path_(name, node, "127.0.0.1", ip, hp, pids)
-    else:  # the asyncio Protocol relay we measured against and did not keep
+    else:  # the asyncio Protocol relay we did not keep, or the BPF sockmap prototype
+        script = "sockmap_relay.py" if name.startswith("sockmap") else "alt_relay.py"
         proc = ready(
             node.popen(
                 [
                     sys.executable,
-                    str(HERE / "alt_relay.py"),
+                    str(HERE / script),
+                    *os.environ.get("SOCKMAP_ARGS", "").split(),
                     f"127.0.0.1:{ip}={TARGET}:{IPERF}",
                     f"127.0.0.1:{hp}={TARGET}:{HTTP}",
                 ]
             )
         )
-        yield Path_(name, node, "127.0.0.1", ip, hp, (proc.pid,))
+        pids = (proc.pid, *children(proc.pid))
+        yield Path_(name, node, "127.0.0.1", ip, hp, pids, kworkers=script != "alt_relay.py")
         proc.kill()
         proc.wait()
         node.procs.remove(proc)
@@ -284,13 +290,37 @@ def children(pid: int) -> tuple[int, ...]:
     return tuple(int(x) for x in out.split())
 
 
-def cpu_seconds(pids: tuple[int, ...]) -> float:
-    """user + system time of the processes and their reaped children."""
+def cpu_seconds(pids: tuple[int, ...], kworkers: bool = False) -> float:
+    """user + system time of the processes and their reaped children (and, with `kworkers`,
+    of every kernel workqueue thread: on a machine running only the bench, mostly ours)."""
     total = 0
+    if kworkers:
+        pids += tuple(
+            int(d.name)
+            for d in Path("/proc").iterdir()
+            if d.name.isdigit() and _comm(d).startswith("kworker")
+        )
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:  # a kworker that exited
+            continue
         total += sum(int(x) for x in fields[11:15])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _comm(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "comm").read_text()
+    except OSError:
+        return ""
+
+
+def host_busy() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs; /proc/stat minus idle and iowait):
+    the proxy, the clients, the target and the kernel's work for all of them."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def iperf(p: Path_, seconds: int) -> float:
@@ -322,7 +352,9 @@ def wrk(p: Path_, seconds: int) -> tuple[float, int]:
     ).stdout
     rate = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return rate, sum(int(x) for x in errors.groups()) if errors else 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    count = sum(int(x) for x in errors.groups()) if errors else 0
+    return rate, count + (int(non2xx.group(1)) if non2xx else 0)
 
 
 def rss_kib(pids: tuple[int, ...]) -> int:
@@ -370,6 +402,7 @@ PATHS = [
     "socat -b131072",
     "asyncio relay",
     "loopback: Kernel",
+    "sockmap relay (prototype)",
 ]
 
 
@@ -377,7 +410,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="runs per path; medians are shown")
-    ap.add_argument("--only", nargs="*", default=PATHS, choices=PATHS)
+    # The prototype runs only when named: it needs BPF (see bench/proxy/README.md).
+    default = [p for p in PATHS if "prototype" not in p]
+    ap.add_argument("--only", nargs="*", default=default, choices=PATHS)
     ap.add_argument("--httpd-workers", type=int, default=1)
     ap.add_argument("--ports", type=int, default=1000, help="proxied ports for the RSS row")
     a = ap.parse_args()
@@ -393,13 +428,22 @@ def main() -> None:
         for r in range(a.rounds):
             for name in paths:
                 with serving(w, name) as p:
-                    cpu0 = cpu_seconds(p.pids)
+                    cpu0 = cpu_seconds(p.pids, p.kworkers)
                     gbit = iperf(p, a.seconds)
-                    cpu1 = cpu_seconds(p.pids)
+                    cpu1 = cpu_seconds(p.pids, p.kworkers)
                     time.sleep(1)
+                    host0 = host_busy()
                     rate, errors = wrk(p, a.seconds)
-                    cpu2 = cpu_seconds(p.pids)
-                run = Run(gbit, rate, errors, (cpu1 - cpu0) / a.seconds, (cpu2 - cpu1) / a.seconds)
+                    host = host_busy() - host0
+                    cpu2 = cpu_seconds(p.pids, p.kworkers)
+                run = Run(
+                    gbit,
+                    rate,
+                    errors,
+                    (cpu1 - cpu0) / a.seconds,
+                    (cpu2 - cpu1) / a.seconds,
+                    host / (rate * a.seconds) * 1e6 if rate else float("nan"),
+                )
                 runs[name].append(run)
                 print(f"  round {r + 1} {name}: {run}", file=sys.stderr, flush=True)
             load.append(os.getloadavg()[0])
@@ -415,7 +459,9 @@ def main() -> None:
     )
     print(
         f"(medians of {a.rounds} rounds; x kernel = median of per-round ratios; cpu = the "
-        f"proxy's processes' CPU, 100% = one core; iperf3 -t {a.seconds}; wrk -c 50 "
+        f"proxy's processes' CPU, 100% = one core (the sockmap relay's: with every kworker "
+        f"thread's); host us/conn = the machine's busy CPU per wrk connection, everything "
+        f"included; iperf3 -t {a.seconds}; wrk -c 50 "
         f"-d {a.seconds}s -H 'Connection: close'; {os.cpu_count()} CPUs, "
         f"kernel {os.uname().release})"
     )
@@ -442,7 +488,7 @@ def table(runs: dict[str, list[Run]]) -> None:
 
     print(
         f"\n{'path':22} {'Gbit/s':>7} {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'conn/s':>8}"
-        f" {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'errors':>6}"
+        f" {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'errors':>6} {'host us/conn':>12}"
     )
     for name, rs in runs.items():
         tput = f"{med(rs, gbit):7.1f} {ratio(rs, kernel, gbit):>9} {ratio(rs, docker, gbit):>9}"
@@ -450,6 +496,7 @@ def table(runs: dict[str, list[Run]]) -> None:
         print(
             f"{name:22} {tput} {med(rs, lambda x: x.cpu_iperf):5.0%} {conns}"
             f" {med(rs, lambda x: x.cpu_wrk):5.0%} {sum(x.errors for x in rs):6d}"
+            f" {med(rs, lambda x: x.host_us):12.0f}"
         )
 
 
@@ -460,11 +507,12 @@ class Run:
     errors: int
     cpu_iperf: float
     cpu_wrk: float
+    host_us: float  # the whole machine's busy CPU per wrk connection, microseconds
 
     def __str__(self) -> str:
         return (
             f"{self.gbit:.1f} Gbit/s (cpu {self.cpu_iperf:.0%}), {self.rate:.0f} conn/s "
-            f"(cpu {self.cpu_wrk:.0%}, {self.errors} socket errors)"
+            f"(cpu {self.cpu_wrk:.0%}, {self.errors} errors, host {self.host_us:.0f} us/conn)"
         )
 
 

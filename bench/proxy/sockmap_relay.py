@@ -24,7 +24,8 @@ bytes_received - 1 for the FIN); until then the loop re-checks every millisecond
 FLUSH_TIMEOUT. A reset closes both sockets at once (bytes still queued are lost, as with any
 proxy that sees an RST).
 
-usage: sockmap_relay.py [--workers N] LISTEN_HOST:PORT=TARGET_HOST:PORT ...   (prints "ready")
+usage: sockmap_relay.py [--workers N] LISTEN_HOST:PORT=TARGET_HOST:PORT ...
+       (prints "ready (ATTACH_TYPE) PORT,...": the bound ports, for listeners given port 0)
        sockmap_relay.py --check         (correctness on loopback: HTTP-like close, sha256 bulk)
 """
 
@@ -58,6 +59,7 @@ BPF_PSEUDO_MAP_FD = 1
 SKB_REMOTE_IP4, SKB_LOCAL_IP4, SKB_REMOTE_PORT, SKB_LOCAL_PORT = 92, 96, 132, 136
 # struct tcp_info (include/uapi/linux/tcp.h), u64 fields.
 TI_BYTES_RECEIVED, TI_NOTSENT, TI_BYTES_SENT, TI_BYTES_RETRANS, TI_SIZE = 128, 144, 200, 208, 232
+SO_SNDBUFFORCE = 32
 MAX_PAIRS = 32768
 FLUSH_TIMEOUT = 5.0  # seconds a FIN waits for the peer to take the bytes before it
 
@@ -167,6 +169,7 @@ class Side:
     sock: socket.socket
     key: bytes = b""
     active: bool = False  # the upstream: its connect is what completes the pair
+    remote: tuple[str, int] = ("", 0)  # the upstream's target (no getpeername)
     peer: Side | None = None
     eof: bool = False  # FIN received
     shut: bool = False  # FIN forwarded to the peer (we shut its write side)
@@ -186,13 +189,17 @@ class Relay:
     peers: int
     members: int
     ep: select.epoll = field(default_factory=select.epoll)
-    listeners: dict[int, tuple[socket.socket, tuple[str, int]]] = field(default_factory=dict)
+    # fd -> (listening socket, its address, the target)
+    listeners: dict[int, tuple[socket.socket, tuple[str, int], tuple[str, int]]] = field(
+        default_factory=dict
+    )
     sides: dict[int, Side] = field(default_factory=dict)
     waiting: set[Side] = field(default_factory=set)
     stats: Stats = field(default_factory=Stats)
+    sndbuf: int = 0  # SO_SNDBUFFORCE on both sockets; 0: autotuned
 
     def listen(self, sock: socket.socket, target: tuple[str, int]) -> None:
-        self.listeners[sock.fileno()] = (sock, target)
+        self.listeners[sock.fileno()] = (sock, sock.getsockname(), target)
         self.ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
 
     def run(self) -> None:
@@ -205,7 +212,9 @@ class Relay:
             for side in list(self.waiting):
                 self.forward_fin(side)
 
-    def accept(self, listener: socket.socket, target: tuple[str, int]) -> None:
+    def accept(
+        self, listener: socket.socket, local: tuple[str, int], target: tuple[str, int]
+    ) -> None:
         while True:
             try:
                 conn, addr = listener.accept()
@@ -215,8 +224,7 @@ class Relay:
                 return  # ECONNABORTED, EMFILE: the next connection may do better
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            up.setblocking(False)
+            up = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             err = up.connect_ex(target)
             if err not in (0, errno.EINPROGRESS):
@@ -224,8 +232,11 @@ class Relay:
                 up.close()
                 self.stats.failed += 1
                 continue
-            client = Side(conn, sock_key(listener.getsockname(), addr))
-            upstream = Side(up, active=True, peer=client)
+            if self.sndbuf:
+                for s in (conn, up):
+                    s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, self.sndbuf)
+            client = Side(conn, sock_key(local, addr))
+            upstream = Side(up, active=True, peer=client, remote=target)
             client.peer = upstream
             self.sides[conn.fileno()] = client
             self.sides[up.fileno()] = upstream
@@ -240,7 +251,12 @@ class Relay:
                 self.stats.failed += 1
                 self.close(side)
                 return
-            self.link(peer, side)
+            try:
+                self.link(peer, side)
+            except OSError:  # a socket already closing (EOPNOTSUPP: not ESTABLISHED)
+                self.stats.failed += 1
+                self.close(side)
+                return
         if mask & select.EPOLLERR:
             self.stats.failed += 1
             self.close(side)
@@ -251,8 +267,7 @@ class Relay:
     def link(self, client: Side, upstream: Side) -> None:
         """Both sockets into `peers`, then into `members` (the verdict), then run the verdict
         over what either had queued before."""
-        target = upstream.sock.getpeername()
-        upstream.key = sock_key(upstream.sock.getsockname(), target)
+        upstream.key = sock_key(upstream.sock.getsockname(), upstream.remote)
         for map_fd, pairs in (
             (self.peers, ((client, upstream), (upstream, client))),
             (self.members, ((client, client), (upstream, upstream))),
@@ -311,11 +326,11 @@ def parse(spec: str) -> tuple[tuple[str, int], tuple[str, int]]:
     return (lh, int(lp)), (th, int(tp))
 
 
-def serve(specs: list[str], workers: int) -> None:
+def serve(specs: list[str], workers: int, sndbuf: int) -> None:
     peers, members = sockhash(), sockhash()
     prog = load(verdict_program(peers))
     kind = attach(members, prog)
-    relay = Relay(peers, members)
+    relay = Relay(peers, members, sndbuf=sndbuf)
     for spec in specs:
         listen, target = parse(spec)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -331,8 +346,9 @@ def serve(specs: list[str], workers: int) -> None:
             for fd in relay.listeners:
                 relay.ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
             break
-    else:
-        print(f"ready ({kind})", flush=True)
+    else:  # the bound ports, for listeners given port 0
+        ports = ",".join(str(s.getsockname()[1]) for s, _, _ in relay.listeners.values())
+        print(f"ready ({kind}) {ports}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (print(relay.stats, file=sys.stderr), os._exit(0)))
     relay.run()
 
@@ -379,16 +395,13 @@ def check(requests: int, bulk_mib: int, transfers: int) -> int:
         t = socket.create_server(("127.0.0.1", 0), backlog=1024)
         targets.append(t.getsockname()[1])
         threading.Thread(target=fn, args=(t, arg), daemon=True).start()
-    http_port, bulk_port, banner_port = 19401, 19402, 19403
     relay = subprocess.Popen(
         [
             sys.executable,
             __file__,
             "--workers",
             "1",
-            f"127.0.0.1:{http_port}=127.0.0.1:{targets[0]}",
-            f"127.0.0.1:{bulk_port}=127.0.0.1:{targets[1]}",
-            f"127.0.0.1:{banner_port}=127.0.0.1:{targets[2]}",
+            *(f"127.0.0.1:0=127.0.0.1:{port}" for port in targets),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -401,6 +414,7 @@ def check(requests: int, bulk_mib: int, transfers: int) -> int:
             print(f"relay did not start: {line!r} {relay.stderr.read() if relay.stderr else ''}")
             return 1
         print(line.strip())
+        http_port, bulk_port, banner_port = (int(x) for x in line.split()[-1].split(","))
         want = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
         bad = 0
         for _ in range(requests):
@@ -447,6 +461,7 @@ def check(requests: int, bulk_mib: int, transfers: int) -> int:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workers", type=int, default=2, help="processes (bridgeport: one per CPU)")
+    p.add_argument("--sndbuf", type=int, default=0, help="SO_SNDBUFFORCE bytes (an experiment)")
     p.add_argument("--check", action="store_true")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--transfers", type=int, default=5)
@@ -455,7 +470,7 @@ def main() -> None:
     a = p.parse_args()
     if a.check:
         sys.exit(check(a.requests, a.mib, a.transfers))
-    serve(a.spec, a.workers)
+    serve(a.spec, a.workers, a.sndbuf)
 
 
 if __name__ == "__main__":
