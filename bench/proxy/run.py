@@ -486,15 +486,16 @@ def table(runs: dict[str, list[Run]]) -> None:
     def rate(x: Run) -> float:
         return x.rate
 
+    width = max(22, *map(len, runs))
     print(
-        f"\n{'path':22} {'Gbit/s':>7} {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'conn/s':>8}"
+        f"\n{'path':{width}} {'Gbit/s':>7} {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'conn/s':>8}"
         f" {'x kernel':>9} {'x docker':>9} {'cpu':>5} {'errors':>6} {'host us/conn':>12}"
     )
     for name, rs in runs.items():
         tput = f"{med(rs, gbit):7.1f} {ratio(rs, kernel, gbit):>9} {ratio(rs, docker, gbit):>9}"
         conns = f"{med(rs, rate):8.0f} {ratio(rs, kernel, rate):>9} {ratio(rs, docker, rate):>9}"
         print(
-            f"{name:22} {tput} {med(rs, lambda x: x.cpu_iperf):5.0%} {conns}"
+            f"{name:{width}} {tput} {med(rs, lambda x: x.cpu_iperf):5.0%} {conns}"
             f" {med(rs, lambda x: x.cpu_wrk):5.0%} {sum(x.errors for x in rs):6d}"
             f" {med(rs, lambda x: x.host_us):12.0f}"
         )
