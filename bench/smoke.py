@@ -29,6 +29,7 @@ SMOKE: dict[str, list[str]] = {
     "counters.py": ["--seconds", "1", "--rounds", "1", "--publications", "50"],
     "agent_change.py": ["--publications", "200", "--rounds", "1", "--changes", "2"],
     "churn.py": ["--publications", "50", "--containers", "1"],
+    "proxy/wakeups.py": ["--tcp", "2", "--udp", "1", "--seconds", "1", "--settle", "0.5"],
     # The BPF relay prototype's own correctness check (run.py runs it only when named).
     "proxy/sockmap_relay.py": ["--check", "--requests", "50", "--transfers", "1", "--mib", "4"],
 }
