@@ -11,21 +11,16 @@ bridge), the periodic resync still checks for drift and restores a deleted table
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
 from tests.builders import network, publication
-from tests.harness.node import Agent
+from tests.harness.node import Agent, lone_agent
 from tests.netns import Netns, netns, unique, veth, wait_for
 from tests.wakeups import context_switches
 
@@ -36,20 +31,9 @@ QUIET_WINDOW = 3.0  # seconds watched on the idle node; the loop did ~30 reconci
 
 @pytest.fixture
 def agent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Agent]:
-    if os.geteuid() != 0 or shutil.which("nft") is None:
-        pytest.skip("kernel tests need root and nft")
     monkeypatch.setenv("BRIDGEPORT_LOG_LEVEL", "DEBUG")  # every reconcile logs "reconciled"
-    workdir = Path(tempfile.mkdtemp(prefix="bridgeport-idle-"))
-    try:
-        with netns("bpi") as node:
-            agent = Agent(node, workdir)
-            try:
-                yield agent
-            finally:
-                agent.stop()
-                node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with lone_agent("bpi") as agent:
+        yield agent
 
 
 def reconciles(agent: Agent) -> list[dict[str, object]]:

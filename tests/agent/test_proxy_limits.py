@@ -11,20 +11,17 @@ argparse's one-line error before anything starts.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.builders import network, publication
-from tests.harness.node import Agent
-from tests.netns import netns, wait_for
+from tests.harness.node import Agent, lone_agent
+from tests.netns import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -54,19 +51,8 @@ for _ in range(2):
 
 @pytest.fixture
 def agent() -> Iterator[Agent]:
-    if os.geteuid() != 0 or shutil.which("nft") is None:
-        pytest.skip("kernel tests need root and nft")
-    workdir = Path(tempfile.mkdtemp(prefix="bridgeport-limits-"))
-    try:
-        with netns("bpl") as node:
-            agent = Agent(node, workdir)
-            try:
-                yield agent
-            finally:
-                agent.stop()
-                node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with lone_agent("bpl") as agent:
+        yield agent
 
 
 def errors(agent: Agent) -> dict[str, float]:

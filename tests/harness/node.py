@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,25 @@ class Agent:
             return "\n".join(self.log_path.read_text().splitlines()[-lines:])
         except OSError:
             return ""
+
+
+@contextmanager
+def lone_agent(prefix: str) -> Iterator[Agent]:
+    """An agent (not started) in a node netns of its own, no client or foreign state; on the
+    way out it is stopped, its tables and bridges removed and its files deleted."""
+    if os.geteuid() != 0 or shutil.which("nft") is None:
+        pytest.skip("kernel tests need root and nft")
+    workdir = Path(tempfile.mkdtemp(prefix=f"bridgeport-{prefix}-"))
+    try:
+        with netns(prefix) as node:
+            agent = Agent(node, workdir)
+            try:
+                yield agent
+            finally:
+                agent.stop()
+                node.run([sys.executable, "-m", "bridgeport", "agent", "--cleanup"], check=False)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @dataclass
