@@ -90,6 +90,20 @@ def test_replace_script_is_atomic_declare_delete_redeclare() -> None:
     assert sorted(script.splitlines()[2:]) == sorted(table.text().splitlines())
 
 
+def test_set_digest_is_the_xor_of_its_element_hashes() -> None:
+    """The incremental renderer flips one element's hash in or out of a set's digest: that is
+    only right while a whole set's digest is the XOR of the same hashes."""
+    table = tables(net("n", "10.0.0.0/24"), *(pub(f"p{i}", 8000 + i) for i in range(5)))[0]
+    checked = 0
+    for elements in table.elements.values():
+        flipped = 0
+        for e in elements:
+            flipped ^= ruleset.element_hash(e)
+        assert ruleset.elements_digest(elements) == flipped
+        checked += bool(elements)
+    assert checked >= 3  # maps with values and comments, sets without
+
+
 def test_fingerprint_counts() -> None:
     """Fingerprint: rules per chain and elements per set, as a listing would show them."""
     same_ports = {"hostPortEnd": 95, "target": {"address": "10.0.0.2", "port": 90}}
