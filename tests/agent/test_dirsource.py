@@ -5,7 +5,8 @@ suffixes are not; the agent's own state file in the same directory is ignored (r
 back would trigger a sync per write, forever); an unreadable file is an error, not a crash;
 an unchanged directory is not re-read. Changes are noticed through inotify with polling and
 rescans an hour apart: a new file, an edited one, a ConfigMap-style `..data` symlink swap, the
-directory removed and made again; a directory that does not exist yet is polled for.
+directory removed and made again; a directory that does not exist yet is polled for; a removed
+watch's leftover events leave the watch that replaced it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from bridgeport.adapters.dirsource import DirSource
+from bridgeport.adapters.dirwatch import DirWatch
 from tests.builders import network
 
 NET = network("n", "10.0.0.0/24")
@@ -159,3 +161,27 @@ def test_missing_directory_is_polled_for(tmp_path: Path) -> None:
             (lambda: (path / "a.yaml").write_text(doc("z")), ["z"]),
         ],
     )
+
+
+def test_a_removed_watchs_events_leave_the_current_one(tmp_path: Path) -> None:
+    """DELETE_SELF and IGNORED of a watch already replaced must not remove its replacement
+    (the source would fall back to polling, or lose changes until the next rescan)."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    watch = DirWatch()
+    try:
+        assert watch.watch(str(old))
+        watch.wd = -1
+        assert watch.watch(str(new))  # the watch added since
+        current = watch.wd
+        old.rmdir()  # the first watch's DELETE_SELF and IGNORED are queued
+        woken: list[None] = []
+        watch.read(lambda: woken.append(None))
+        assert woken and watch.wd == current
+        (new / "a.yaml").write_text(doc("a"))
+        woken.clear()
+        watch.read(lambda: woken.append(None))
+        assert woken, "the current watch still reports its directory's changes"
+    finally:
+        watch.close()

@@ -60,9 +60,11 @@ class DirWatch:
             events = events or bool(data)
             offset = 0
             while offset + _EVENT.size <= len(data):
-                _, mask, _, length = _EVENT.unpack_from(data, offset)
+                wd, mask, _, length = _EVENT.unpack_from(data, offset)
                 offset += _EVENT.size + length
-                if mask & _SELF_GONE and self.wd >= 0:
+                # Only the current watch's: an IGNORED left over from a removed one must not
+                # take down the watch added since.
+                if mask & _SELF_GONE and wd == self.wd >= 0:
                     self._rm(self.fd, self.wd)  # a moved directory would stay watched
                     self.wd = -1
         if events:
