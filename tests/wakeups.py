@@ -4,18 +4,26 @@ thread sleeps, or is preempted), so a loaded machine cannot make it pass or fail
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 
-def context_switches(pid: int) -> int:
-    """Voluntary and involuntary context switches of every live thread of `pid` so far."""
-    total = 0
+def thread_switches(pid: int) -> Counter[str]:
+    """Voluntary and involuntary context switches so far of each live thread of `pid`, by
+    thread name and id ("python3/1234")."""
+    found: Counter[str] = Counter()
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
+            name = f"{(task / 'comm').read_text().strip()}/{task.name}"
             status = (task / "status").read_text()
         except OSError:  # the thread ended meanwhile
             continue
-        total += sum(
+        found[name] += sum(
             int(line.split()[1]) for line in status.splitlines() if "ctxt_switches:" in line
         )
-    return total
+    return found
+
+
+def context_switches(pid: int) -> int:
+    """All of `pid`'s threads' context switches so far."""
+    return sum(thread_switches(pid).values())

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -30,21 +29,7 @@ sys.path.insert(0, str(ROOT))
 from tests.builders import network, publication  # noqa: E402
 from tests.harness.node import bridgeport_argv  # noqa: E402
 from tests.netns import netns, wait_for  # noqa: E402
-
-
-def switches(pid: int) -> Counter[str]:
-    """Context switches so far of each thread of `pid`, by thread name and id."""
-    found: Counter[str] = Counter()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name = f"{(task / 'comm').read_text().strip()}/{task.name}"
-            status = (task / "status").read_text()
-        except OSError:  # the thread ended
-            continue
-        for line in status.splitlines():
-            if "ctxt_switches:" in line:
-                found[name] += int(line.split()[1])
-    return found
+from tests.wakeups import thread_switches  # noqa: E402
 
 
 def children(pid: int) -> list[int]:
@@ -97,7 +82,7 @@ def main() -> int:
         listeners = node.run("ss -Hln sport ge :18000 and sport le :19999").stdout
         time.sleep(args.settle)  # startup work done: imports, first resync scheduled
         workers = children(agent.pid)
-        before = {pid: switches(pid) for pid in [agent.pid, *workers]}
+        before = {pid: thread_switches(pid) for pid in [agent.pid, *workers]}
         if args.strace:
             trace = subprocess.Popen(
                 ["strace", "-f", "-tt", "-p", str(agent.pid), "-o", str(args.strace)]
@@ -106,7 +91,7 @@ def main() -> int:
         if args.strace:
             trace.terminate()
             trace.wait()
-        after = {pid: switches(pid) for pid in [agent.pid, *workers]}
+        after = {pid: thread_switches(pid) for pid in [agent.pid, *workers]}
     print(
         f"{args.tcp} TCP + {args.udp} UDP publications, {len(listeners.splitlines())} "
         f"listening sockets, {len(workers)} workers; context switches in {args.seconds:g} s:"
